@@ -1,0 +1,145 @@
+"""Leaf types shared by every layer: ids, status enums, request specs and step shapes.
+
+Nothing here imports anything from shunter. A type that two layers both need lives here, so
+that no layer has to import a layer beside or above it (STYLE.md section 2).
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass, field
+
+__all__ = [
+    "DEFAULT_BLOCK_SIZE",
+    "DEFAULT_TENANT",
+    "FINISHED_STATUSES",
+    "FinishReason",
+    "RequestId",
+    "RequestSpec",
+    "RequestStatus",
+    "StepShape",
+    "TenantId",
+]
+
+RequestId = str
+TenantId = str
+
+DEFAULT_BLOCK_SIZE = 16  # tokens per KV block, as in vLLM
+DEFAULT_TENANT: TenantId = "default"
+
+
+class RequestStatus(enum.IntEnum):
+    """Where a request is. Finished states sort after every live one (vLLM v1 request.py)."""
+
+    WAITING = 0
+    RUNNING = 1
+    PREEMPTED = 2
+    SWAPPED = 3
+    FINISHED_STOPPED = 10
+    FINISHED_LENGTH = 11
+    FINISHED_ABORTED = 12
+    FINISHED_REJECTED = 13
+
+    @property
+    def is_finished(self) -> bool:
+        return self >= RequestStatus.FINISHED_STOPPED
+
+
+class FinishReason(enum.StrEnum):
+    """Why a request ended, as the OpenAI API and the metrics report it."""
+
+    STOP = "stop"
+    LENGTH = "length"
+    ABORT = "abort"
+    REJECTED = "rejected"
+
+
+FINISHED_STATUSES: dict[RequestStatus, FinishReason] = {
+    RequestStatus.FINISHED_STOPPED: FinishReason.STOP,
+    RequestStatus.FINISHED_LENGTH: FinishReason.LENGTH,
+    RequestStatus.FINISHED_ABORTED: FinishReason.ABORT,
+    RequestStatus.FINISHED_REJECTED: FinishReason.REJECTED,
+}
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class RequestSpec:
+    """One request as a workload describes it, before any runtime touches it.
+
+    `num_output_tokens` is the true output length a trace recorded. Only the simulator's
+    executor (which plays the model) and explicit oracle predictors may read it; a scheduler
+    policy never does. `max_output_tokens` is the user's cap (OpenAI `max_tokens`); None means
+    "up to the model's context".
+
+    `hash_ids` are prefix-block identities as in the Mooncake trace: equal ids at equal
+    positions mean a reusable KV prefix, each covering `hash_block_size` tokens. None means the
+    prompt shares nothing with any other request (unless `prompt_token_ids` are given, whose
+    content is hashed instead).
+    """
+
+    request_id: RequestId
+    arrival_s: float
+    num_prompt_tokens: int
+    num_output_tokens: int
+    max_output_tokens: int | None = None
+    tenant: TenantId = DEFAULT_TENANT
+    priority: int = 0  # smaller runs first, as in vLLM
+    session_id: str | None = None
+    program_id: str | None = None
+    ttft_slo_s: float | None = None
+    tpot_slo_s: float | None = None
+    hash_ids: tuple[int, ...] | None = None
+    hash_block_size: int = DEFAULT_BLOCK_SIZE
+    prompt_token_ids: tuple[int, ...] | None = field(default=None, repr=False)
+
+    def __post_init__(self) -> None:
+        if self.arrival_s < 0:
+            raise ValueError(f"request {self.request_id}: arrival_s must be >= 0, got {self.arrival_s}")
+        if self.num_prompt_tokens < 1:
+            raise ValueError(
+                f"request {self.request_id}: num_prompt_tokens must be >= 1, got {self.num_prompt_tokens}"
+            )
+        if self.num_output_tokens < 1:
+            raise ValueError(
+                f"request {self.request_id}: num_output_tokens must be >= 1, got {self.num_output_tokens}"
+            )
+        if self.max_output_tokens is not None and self.max_output_tokens < 1:
+            raise ValueError(
+                f"request {self.request_id}: max_output_tokens must be >= 1, got {self.max_output_tokens}"
+            )
+        if self.hash_block_size < 1:
+            raise ValueError(f"request {self.request_id}: hash_block_size must be >= 1")
+        if self.prompt_token_ids is not None and len(self.prompt_token_ids) != self.num_prompt_tokens:
+            raise ValueError(
+                f"request {self.request_id}: {len(self.prompt_token_ids)} prompt token ids "
+                f"but num_prompt_tokens={self.num_prompt_tokens}"
+            )
+        for name in ("ttft_slo_s", "tpot_slo_s"):
+            value = getattr(self, name)
+            if value is not None and value <= 0:
+                raise ValueError(f"request {self.request_id}: {name} must be > 0, got {value}")
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class StepShape:
+    """What a cost model needs to know about one engine step (one forward pass).
+
+    Prefill chunks are (num_new_tokens, num_context_tokens_before_chunk) pairs; decodes are
+    summarised, since their cost depends only on their count and the KV they read.
+    """
+
+    prefill_chunks: tuple[tuple[int, int], ...] = ()
+    num_decode_requests: int = 0
+    num_decode_context_tokens: int = 0  # KV tokens read by all decodes together
+
+    @property
+    def num_prefill_tokens(self) -> int:
+        return sum(n for n, _ in self.prefill_chunks)
+
+    @property
+    def num_tokens(self) -> int:
+        return self.num_prefill_tokens + self.num_decode_requests
+
+    @property
+    def num_requests(self) -> int:
+        return len(self.prefill_chunks) + self.num_decode_requests

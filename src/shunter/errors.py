@@ -1,0 +1,53 @@
+"""Typed errors for bad input at a boundary (config, trace file, CLI flag, model file, HTTP body).
+
+    ShunterError
+     ├── ConfigError          a scenario file, config field or CLI flag is invalid
+     ├── WorkloadError        a trace or workload file is malformed (names file, line, field)
+     ├── ModelError           a model file is missing, unreadable or of an unsupported kind
+     └── RequestError         an API request is invalid (mapped to HTTP 4xx by the gateway)
+          └── ... the gateway adds its own subclasses (auth, rate limit, not found)
+
+Expected resource outcomes ("does not fit", "preempt") are return values, not exceptions;
+broken internal invariants are asserts. These classes are only for what a user handed us.
+"""
+
+from __future__ import annotations
+
+__all__ = ["ConfigError", "ModelError", "RequestError", "ShunterError", "WorkloadError"]
+
+
+class ShunterError(Exception):
+    """Base of every error raised for bad user input."""
+
+
+class ConfigError(ShunterError, ValueError):
+    """A scenario file, config field or CLI flag is invalid."""
+
+
+class WorkloadError(ShunterError, ValueError):
+    """A workload/trace file is malformed. The message names the file, line and field."""
+
+    def __init__(self, message: str, *, path: str | None = None, line: int | None = None,
+                 field: str | None = None) -> None:
+        self.path = path
+        self.line = line
+        self.field = field
+        where = ":".join(str(p) for p in (path, line) if p is not None)
+        prefix = f"{where}: " if where else ""
+        suffix = f" (field {field!r})" if field else ""
+        super().__init__(f"{prefix}{message}{suffix}")
+
+
+class ModelError(ShunterError):
+    """A model file is missing, corrupt or unsupported."""
+
+
+class RequestError(ShunterError, ValueError):
+    """An API request is invalid; `status_code` is the HTTP status the gateway answers with."""
+
+    status_code = 400
+
+    def __init__(self, message: str, *, param: str | None = None, code: str | None = None) -> None:
+        self.param = param
+        self.code = code
+        super().__init__(message)

@@ -1,0 +1,65 @@
+"""Per-request timing records: the one input of every metric, in sim, engine, gateway and bench."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from shunter.core.types import DEFAULT_TENANT, FinishReason
+
+__all__ = ["RequestRecord"]
+
+
+@dataclass(slots=True, kw_only=True)
+class RequestRecord:
+    """What happened to one request, in seconds on one clock.
+
+    `token_times_s` holds the time each output token reached the client (the first one is the
+    first token, so TTFT = token_times_s[0] - arrival_s). A rejected or aborted request keeps
+    its record with `finish_reason` set, so nothing a user submitted disappears from results.
+    """
+
+    request_id: str
+    arrival_s: float
+    num_prompt_tokens: int
+    tenant: str = DEFAULT_TENANT
+    priority: int = 0
+    first_scheduled_s: float | None = None
+    token_times_s: list[float] = field(default_factory=list)
+    finish_s: float | None = None
+    finish_reason: FinishReason | None = None
+    num_preemptions: int = 0
+    num_cached_tokens: int = 0  # prompt tokens served from the prefix cache
+    ttft_slo_s: float | None = None
+    tpot_slo_s: float | None = None
+    session_id: str | None = None
+    program_id: str | None = None
+    replica_id: int | None = None
+    error: str | None = None  # why a request was rejected or failed, in words
+
+    @property
+    def num_output_tokens(self) -> int:
+        return len(self.token_times_s)
+
+    @property
+    def is_completed(self) -> bool:
+        return self.finish_reason in (FinishReason.STOP, FinishReason.LENGTH)
+
+    @property
+    def ttft_s(self) -> float | None:
+        return self.token_times_s[0] - self.arrival_s if self.token_times_s else None
+
+    @property
+    def e2e_s(self) -> float | None:
+        return None if self.finish_s is None else self.finish_s - self.arrival_s
+
+    @property
+    def tpot_s(self) -> float | None:
+        """vLLM's definition: (E2E - TTFT) / (output tokens - 1); None for one-token outputs."""
+        n = len(self.token_times_s)
+        if n < 2:
+            return None
+        return (self.token_times_s[-1] - self.token_times_s[0]) / (n - 1)
+
+    @property
+    def queue_s(self) -> float | None:
+        return None if self.first_scheduled_s is None else self.first_scheduled_s - self.arrival_s

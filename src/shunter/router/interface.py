@@ -1,0 +1,56 @@
+"""Cluster routing: pure functions from replica snapshots to a decision.
+
+A router never sees a live engine, socket or scheduler: only `ReplicaView` snapshots, taken
+by whoever owns the replicas (the simulator's cluster or the gateway's live router loop).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Protocol
+
+from shunter.core.types import RequestSpec
+
+__all__ = ["ReplicaView", "RouteDecision", "Router"]
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ReplicaView:
+    """A snapshot of one replica's load, as a router may see it (possibly stale)."""
+
+    replica_id: int
+    num_waiting: int = 0
+    num_running: int = 0
+    num_waiting_tokens: int = 0  # prompt tokens not yet computed, over waiting requests
+    num_running_tokens: int = 0  # tokens held in KV by running requests
+    num_free_blocks: int = 0
+    num_total_blocks: int = 1
+    block_size: int = 16
+    taken_at_s: float = 0.0
+
+    @property
+    def num_requests(self) -> int:
+        return self.num_waiting + self.num_running
+
+    @property
+    def num_load_tokens(self) -> int:
+        return self.num_waiting_tokens + self.num_running_tokens
+
+    @property
+    def kv_usage(self) -> float:
+        return 1.0 - self.num_free_blocks / self.num_total_blocks
+
+
+@dataclass(frozen=True, slots=True)
+class RouteDecision:
+    """Which replica gets a request."""
+
+    replica_id: int
+
+
+class Router(Protocol):
+    """Chooses a replica for each request from snapshots."""
+
+    def route(self, request: RequestSpec, replicas: list[ReplicaView]) -> RouteDecision:
+        """Pick a replica for `request`; `replicas` is never empty."""
+        ...
