@@ -58,8 +58,9 @@ class SchedulerOutput:
     step_id: int
     chunks: tuple[ScheduledChunk, ...]
     new_requests: tuple[NewRequestData, ...] = ()
-    swap_out: tuple[tuple[int, int], ...] = ()  # (device block, host block) copies before the step
-    swap_in: tuple[tuple[int, int], ...] = ()  # (host block, device block) copies before the step
+    # Copies to make before the step's forward pass, swap_out first, then swap_in.
+    swap_out: tuple[tuple[int, int], ...] = ()  # (device block, host block)
+    swap_in: tuple[tuple[int, int], ...] = ()  # (host block, device block)
     preempted_ids: tuple[RequestId, ...] = ()  # recompute-preempted: executor drops their state
     finished_ids: tuple[RequestId, ...] = ()  # ended since the last step: executor drops state
     shape: StepShape = field(default_factory=StepShape)
@@ -92,6 +93,7 @@ class RequestOutput:
     new_token_ids: tuple[int, ...]
     finish_reason: FinishReason | None = None
     num_cached_tokens: int = 0
+    error: str | None = None  # why a request was rejected, in words
 
     @property
     def is_finished(self) -> bool:

@@ -1,0 +1,116 @@
+"""The KV block pool: reference counts, a prefix cache, and an LRU queue of free blocks.
+
+Invariants (checked by `check_invariants`, and by the tests after every operation):
+- every block is either free (ref count 0, in the free queue) or used (ref count > 0, not in it);
+- the cache maps a hash only to a block that carries that hash;
+- a free block may keep its hash: it stays a cache hit until it is handed out again, and a hit
+  on a free block takes it out of the free queue *without* losing its hash (nano-vllm's bug).
+
+The free queue is ordered for eviction: its head is handed out first. Callers free a request's
+blocks tail-first, so the ends of long prompts are evicted before their shared beginnings.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from collections.abc import Iterable
+
+__all__ = ["BlockPool"]
+
+
+class BlockPool:
+    """Fixed set of `num_blocks` KV blocks, ids 0..num_blocks-1."""
+
+    __slots__ = ("_free", "_hash_of", "_ref", "cached", "enable_caching", "num_blocks")
+
+    def __init__(self, num_blocks: int, *, enable_caching: bool = True) -> None:
+        if num_blocks < 1:
+            raise ValueError(f"num_blocks must be >= 1, got {num_blocks}")
+        self.num_blocks = num_blocks
+        self.enable_caching = enable_caching
+        self._ref = [0] * num_blocks
+        self._hash_of: list[int | None] = [None] * num_blocks
+        self._free: OrderedDict[int, None] = OrderedDict.fromkeys(range(num_blocks))
+        self.cached: dict[int, int] = {}  # block hash -> block id
+
+    @property
+    def num_free_blocks(self) -> int:
+        return len(self._free)
+
+    @property
+    def num_used_blocks(self) -> int:
+        return self.num_blocks - len(self._free)
+
+    def ref_count(self, block_id: int) -> int:
+        return self._ref[block_id]
+
+    def block_hash(self, block_id: int) -> int | None:
+        return self._hash_of[block_id]
+
+    def lookup(self, block_hash: int) -> int | None:
+        """The block holding this hash's KV, or None on a miss."""
+        return self.cached.get(block_hash)
+
+    def num_free_among(self, block_ids: Iterable[int]) -> int:
+        """How many of these (cache-hit) blocks are currently free, i.e. would leave the queue."""
+        ref = self._ref
+        return sum(1 for b in block_ids if ref[b] == 0)
+
+    def can_allocate(self, num_blocks: int) -> bool:
+        return num_blocks <= len(self._free)
+
+    def allocate(self, num_blocks: int) -> list[int]:
+        """Hand out `num_blocks` fresh blocks (evicting their cached hashes); caller checked fit."""
+        assert num_blocks <= len(self._free), f"allocate {num_blocks} > free {len(self._free)}"
+        free, ref, hash_of, cached = self._free, self._ref, self._hash_of, self.cached
+        out = []
+        for _ in range(num_blocks):
+            block_id, _ = free.popitem(last=False)
+            old = hash_of[block_id]
+            if old is not None:
+                if cached.get(old) == block_id:
+                    del cached[old]
+                hash_of[block_id] = None
+            ref[block_id] = 1
+            out.append(block_id)
+        return out
+
+    def touch(self, block_ids: Iterable[int]) -> None:
+        """Take a reference on cache-hit blocks; a free one leaves the queue but keeps its hash."""
+        ref, free = self._ref, self._free
+        for b in block_ids:
+            if ref[b] == 0:
+                del free[b]
+            ref[b] += 1
+
+    def free(self, block_ids: Iterable[int]) -> None:
+        """Drop one reference on each block, in the given order (callers pass tail-first)."""
+        ref, free = self._ref, self._free
+        for b in block_ids:
+            assert ref[b] > 0, f"double free of block {b}"
+            ref[b] -= 1
+            if ref[b] == 0:
+                free[b] = None
+
+    def cache(self, block_id: int, block_hash: int) -> bool:
+        """Publish a full block's hash; False if caching is off or another block has it already."""
+        if not self.enable_caching or block_hash in self.cached:
+            return False
+        assert self._hash_of[block_id] is None, f"block {block_id} already carries a hash"
+        self._hash_of[block_id] = block_hash
+        self.cached[block_hash] = block_id
+        return True
+
+    def reset_cache(self) -> None:
+        """Forget every cached hash (e.g. after weights change); used blocks keep their KV."""
+        self.cached.clear()
+        self._hash_of = [None] * self.num_blocks
+
+    def check_invariants(self) -> None:
+        """Assert the pool's invariants; O(num_blocks), for tests and debugging."""
+        for b in range(self.num_blocks):
+            assert self._ref[b] >= 0, f"block {b} has ref {self._ref[b]}"
+            assert (self._ref[b] == 0) == (b in self._free), f"block {b}: ref/free mismatch"
+        for h, b in self.cached.items():
+            assert self._hash_of[b] == h, f"cache maps {h} to block {b} holding {self._hash_of[b]}"
+        assert len(self._free) + sum(1 for r in self._ref if r > 0) == self.num_blocks

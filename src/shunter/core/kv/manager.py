@@ -1,0 +1,129 @@
+"""Per-request KV bookkeeping on top of the block pool: prefix hits, slots, swap, free.
+
+The manager answers "does it fit" with return values (STYLE.md section 8): a request that
+cannot get its blocks gets False and the scheduler decides whom to preempt.
+"""
+
+from __future__ import annotations
+
+from shunter.core.kv.block_pool import BlockPool
+from shunter.core.request import Request
+
+__all__ = ["KVCacheManager"]
+
+
+def _cdiv(a: int, b: int) -> int:
+    return -(-a // b)
+
+
+class KVCacheManager:
+    __slots__ = ("_free_host", "block_size", "num_host_blocks", "pool")
+
+    def __init__(self, num_blocks: int, block_size: int, *, enable_caching: bool = True,
+                 num_host_blocks: int = 0) -> None:
+        self.pool = BlockPool(num_blocks, enable_caching=enable_caching)
+        self.block_size = block_size
+        self.num_host_blocks = num_host_blocks
+        self._free_host = list(range(num_host_blocks - 1, -1, -1))  # pop() hands out 0 first
+
+    @property
+    def num_free_blocks(self) -> int:
+        return self.pool.num_free_blocks
+
+    @property
+    def num_free_host_blocks(self) -> int:
+        return len(self._free_host)
+
+    def num_blocks_for(self, num_tokens: int) -> int:
+        return _cdiv(num_tokens, self.block_size)
+
+    def computed_blocks(self, request: Request) -> list[int]:
+        """The longest cached prefix of the request's known tokens, as block ids.
+
+        At least one token is always left to compute, since the step that computes the last
+        token is the one that samples the next.
+        """
+        if not self.pool.enable_caching:
+            return []
+        max_blocks = (request.num_tokens - 1) // self.block_size
+        hits: list[int] = []
+        lookup = self.pool.lookup
+        for block_hash in request.block_hashes[:max_blocks]:
+            block_id = lookup(block_hash)
+            if block_id is None:
+                break
+            hits.append(block_id)
+        return hits
+
+    def allocate_slots(self, request: Request, num_new_tokens: int, *,
+                       hit_blocks: list[int] | None = None, reserve_blocks: int = 0) -> bool:
+        """Make room for `num_new_tokens` more computed tokens, after taking any cache hits.
+
+        Fails (returning False, changing nothing) unless `reserve_blocks` stay free afterwards.
+        """
+        hits = hit_blocks or []
+        num_have = len(request.block_ids) + len(hits)
+        num_computed = request.num_computed_tokens + len(hits) * self.block_size
+        num_needed = self.num_blocks_for(num_computed + num_new_tokens) - num_have
+        num_needed = max(num_needed, 0)
+        num_taken = num_needed + (self.pool.num_free_among(hits) if hits else 0)
+        if num_taken + reserve_blocks > self.pool.num_free_blocks:
+            return False
+        if hits:
+            self.pool.touch(hits)
+            request.block_ids.extend(hits)
+            request.num_published_blocks = len(request.block_ids)
+            request.num_computed_tokens = num_computed
+        if num_needed:
+            request.block_ids.extend(self.pool.allocate(num_needed))
+        return True
+
+    def publish(self, request: Request) -> None:
+        """Put the hashes of the request's newly full, computed blocks into the prefix cache."""
+        num_full = min(request.num_computed_tokens // self.block_size, len(request.block_hashes))
+        start = request.num_published_blocks
+        if num_full <= start:
+            return
+        cache, ids, hashes = self.pool.cache, request.block_ids, request.block_hashes
+        for j in range(start, num_full):
+            cache(ids[j], hashes[j])
+        request.num_published_blocks = num_full
+
+    def free(self, request: Request) -> None:
+        """Release the request's device blocks, tail first so shared heads are evicted last."""
+        if request.block_ids:
+            self.pool.free(reversed(request.block_ids))
+            request.block_ids = []
+        request.num_published_blocks = 0
+
+    def can_swap_out(self, request: Request) -> bool:
+        return len(request.block_ids) <= len(self._free_host)
+
+    def swap_out(self, request: Request) -> list[tuple[int, int]]:
+        """Move the request's KV to host blocks; returns (device, host) copy pairs."""
+        host = [self._free_host.pop() for _ in request.block_ids]
+        pairs = list(zip(request.block_ids, host, strict=True))
+        request.host_block_ids = host
+        self.free(request)
+        return pairs
+
+    def can_swap_in(self, request: Request, reserve_blocks: int = 0) -> bool:
+        assert request.host_block_ids is not None
+        return len(request.host_block_ids) + reserve_blocks <= self.pool.num_free_blocks
+
+    def swap_in(self, request: Request) -> list[tuple[int, int]]:
+        """Bring a swapped request's KV back; returns (host, device) copy pairs."""
+        host = request.host_block_ids
+        assert host is not None and not request.block_ids
+        device = self.pool.allocate(len(host))
+        request.block_ids = device
+        request.num_published_blocks = 0
+        self._free_host.extend(reversed(host))
+        request.host_block_ids = None
+        return list(zip(host, device, strict=True))
+
+    def free_host(self, request: Request) -> None:
+        """Drop a swapped request's host copy (it was aborted or finished while swapped)."""
+        if request.host_block_ids:
+            self._free_host.extend(reversed(request.host_block_ids))
+        request.host_block_ids = None

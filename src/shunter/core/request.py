@@ -1,0 +1,94 @@
+"""A request's scheduling state, and the only functions that change its status.
+
+Token-centric, as in vLLM v1: a request has `num_tokens` (prompt + generated so far) and
+`num_computed_tokens` (whose KV exists). There is no prefill or decode phase: a request whose
+computed count is far behind is prefilling; one exactly one behind is decoding.
+
+The true output length of a trace never reaches this record: a request only learns it has
+ended when its executor says so (`StepResult.stopped`) or a length limit is hit.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from shunter.core.kv.hashing import BlockHasher, request_salt
+from shunter.core.types import DEFAULT_BLOCK_SIZE, RequestId, RequestSpec, RequestStatus
+
+__all__ = ["Request"]
+
+
+@dataclass(slots=True, eq=False, kw_only=True)
+class Request:
+    request_id: RequestId
+    arrival_s: float
+    num_prompt_tokens: int
+    max_output_tokens: int | None = None
+    tenant: str = "default"
+    priority: int = 0
+    session_id: str | None = None
+    program_id: str | None = None
+    ttft_slo_s: float | None = None
+    tpot_slo_s: float | None = None
+    sampling_seed: int | None = None
+    # What a predictor believes the output length is (SJF/LTR policies); never the truth.
+    predicted_output_tokens: float | None = None
+
+    status: RequestStatus = RequestStatus.WAITING
+    num_output_tokens: int = 0
+    num_computed_tokens: int = 0
+    token_ids: list[int] | None = None  # prompt + output token ids in the engine; None in sim
+    block_ids: list[int] = field(default_factory=list)
+    block_hashes: list[int] = field(default_factory=list)
+    num_published_blocks: int = 0  # leading block_ids whose hashes are in the prefix cache
+    host_block_ids: list[int] | None = None  # where the KV lives while SWAPPED
+    num_cached_tokens: int | None = None  # prompt tokens hit in the prefix cache, at first admission
+    num_preemptions: int = 0
+    has_progressed: bool = False  # computed a token since last (re)admission: preemptible again
+    first_scheduled_s: float | None = None
+    hasher: BlockHasher | None = None
+
+    @classmethod
+    def from_spec(cls, spec: RequestSpec, *, block_size: int = DEFAULT_BLOCK_SIZE) -> Request:
+        """Build scheduling state from a workload spec, leaving its true output length behind."""
+        token_ids = list(spec.prompt_token_ids) if spec.prompt_token_ids is not None else None
+        hasher = BlockHasher(block_size, hash_ids=spec.hash_ids,
+                             hash_block_size=spec.hash_block_size,
+                             salt=request_salt(spec.request_id))
+        request = cls(
+            request_id=spec.request_id, arrival_s=spec.arrival_s,
+            num_prompt_tokens=spec.num_prompt_tokens, max_output_tokens=spec.max_output_tokens,
+            tenant=spec.tenant, priority=spec.priority, session_id=spec.session_id,
+            program_id=spec.program_id, ttft_slo_s=spec.ttft_slo_s, tpot_slo_s=spec.tpot_slo_s,
+            token_ids=token_ids, hasher=hasher,
+        )
+        hasher.extend(request.block_hashes, request.num_tokens, token_ids)
+        return request
+
+    @property
+    def num_tokens(self) -> int:
+        return self.num_prompt_tokens + self.num_output_tokens
+
+    @property
+    def num_uncomputed_tokens(self) -> int:
+        return self.num_tokens - self.num_computed_tokens
+
+    @property
+    def is_prefilling(self) -> bool:
+        return self.num_computed_tokens < self.num_prompt_tokens
+
+    @property
+    def is_finished(self) -> bool:
+        return self.status.is_finished
+
+    def append_output(self, token_id: int) -> None:
+        """Record one sampled token and extend the block hashes it completes."""
+        self.num_output_tokens += 1
+        if self.token_ids is not None:
+            self.token_ids.append(token_id)
+        if self.hasher is not None:
+            self.hasher.extend(self.block_hashes, self.num_tokens, self.token_ids)
+
+    def set_status(self, status: RequestStatus) -> None:
+        assert not self.status.is_finished, f"{self.request_id} is already {self.status.name}"
+        self.status = status

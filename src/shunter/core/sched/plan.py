@@ -1,0 +1,56 @@
+"""The mutable plan of one step, frozen into a SchedulerOutput at the end of `schedule`."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from shunter.core.request import Request
+from shunter.core.sched.interface import NewRequestData, ScheduledChunk, SchedulerOutput
+from shunter.core.types import RequestId, StepShape
+
+__all__ = ["StepPlan"]
+
+
+@dataclass(slots=True)
+class StepPlan:
+    budget: int
+    scheduled: list[tuple[Request, int]] = field(default_factory=list)
+    new_requests: list[NewRequestData] = field(default_factory=list)
+    swap_out: list[tuple[int, int]] = field(default_factory=list)
+    swap_in: list[tuple[int, int]] = field(default_factory=list)
+    preempted_ids: list[RequestId] = field(default_factory=list)
+
+    def add(self, request: Request, num_tokens: int) -> None:
+        assert 0 < num_tokens <= self.budget, f"{num_tokens} tokens over budget {self.budget}"
+        self.scheduled.append((request, num_tokens))
+        self.budget -= num_tokens
+
+    def add_new_request(self, request: Request) -> None:
+        """The executor sees the request afresh: first admission, or back from recompute."""
+        token_ids = tuple(request.token_ids) if request.token_ids is not None else None
+        self.new_requests.append(NewRequestData(request.request_id, token_ids,
+                                                request.num_prompt_tokens, request.sampling_seed))
+
+    def build(self, step_id: int, finished_ids: tuple[RequestId, ...],
+              emit_block_tables: bool) -> SchedulerOutput:
+        chunks = []
+        prefill_chunks = []
+        num_decodes = 0
+        num_decode_context = 0
+        for request, n in self.scheduled:
+            computed = request.num_computed_tokens
+            is_sampling = computed + n == request.num_tokens
+            blocks = tuple(request.block_ids) if emit_block_tables else ()
+            chunks.append(ScheduledChunk(request.request_id, computed, n, blocks, is_sampling))
+            if n == 1 and is_sampling and computed > 0:
+                num_decodes += 1
+                num_decode_context += computed
+            else:
+                prefill_chunks.append((n, computed))
+        shape = StepShape(prefill_chunks=tuple(prefill_chunks), num_decode_requests=num_decodes,
+                          num_decode_context_tokens=num_decode_context)
+        return SchedulerOutput(
+            step_id=step_id, chunks=tuple(chunks), new_requests=tuple(self.new_requests),
+            swap_out=tuple(self.swap_out), swap_in=tuple(self.swap_in),
+            preempted_ids=tuple(self.preempted_ids), finished_ids=finished_ids, shape=shape,
+        )

@@ -1,0 +1,117 @@
+"""The scheduling-policy interface, and the keyed waiting queue most policies share.
+
+A policy decides *order*, never mechanism. It supplies:
+- a waiting queue (usually `KeyedQueue` over a static ordering key: smaller runs first);
+- a victim key over running requests (the largest is preempted first);
+- `should_preempt(waiting, running)`: whether a waiting request may displace a running one
+  (priority preemption); memory-pressure preemption needs no permission;
+- charging hooks (`on_scheduled`, `on_finished`) for policies that keep service counters
+  (VTC, DLPM, MLFQ). Hooks change the policy's own state, never the request.
+
+Time-varying orders stay static where they can: continuous aging `priority - waited/aging_s`
+orders requests exactly like the static key `priority * aging_s + arrival_s`.
+"""
+
+from __future__ import annotations
+
+import heapq
+from collections.abc import Callable, Iterator
+from itertools import count
+from typing import Protocol
+
+from shunter.core.request import Request
+
+__all__ = ["KeyedQueue", "Policy", "WaitingQueue"]
+
+
+class WaitingQueue(Protocol):
+    """Requests not running, in the order a policy wants them admitted."""
+
+    def add(self, request: Request) -> None:
+        """Queue a request (new, preempted or swapped out)."""
+        ...
+
+    def peek(self) -> Request | None:
+        """The next request to admit, without removing it."""
+        ...
+
+    def pop(self) -> Request:
+        """Remove and return the next request to admit."""
+        ...
+
+    def remove(self, request: Request) -> None:
+        """Take a queued request out (it was aborted)."""
+        ...
+
+    def __len__(self) -> int: ...
+
+    def __iter__(self) -> Iterator[Request]: ...
+
+
+class Policy(Protocol):
+    """Ordering, victims and charging: everything a scheduling policy decides."""
+
+    name: str
+
+    def make_queue(self) -> WaitingQueue:
+        """A fresh waiting queue in this policy's order."""
+        ...
+
+    def victim_key(self, request: Request, now_s: float) -> object:
+        """Sort key over running requests; the largest is preempted first."""
+        ...
+
+    def should_preempt(self, waiting: Request, running: Request, now_s: float) -> bool:
+        """Whether `waiting` may take the place of `running` (priority preemption)."""
+        ...
+
+    def on_scheduled(self, request: Request, num_tokens: int, now_s: float) -> None:
+        """Charge `num_tokens` of service scheduled for `request` this step."""
+        ...
+
+    def on_finished(self, request: Request, now_s: float) -> None:
+        """The request left the scheduler (finished, aborted or rejected)."""
+        ...
+
+
+class KeyedQueue:
+    """A heap over a static key, with lazy removal; FIFO among equal keys."""
+
+    __slots__ = ("_heap", "_key", "_live", "_seq")
+
+    def __init__(self, key: Callable[[Request], object]) -> None:
+        self._key = key
+        self._heap: list[tuple[object, int, Request]] = []
+        self._live: dict[str, int] = {}  # request id -> seq of its live heap entry
+        self._seq = count()
+
+    def add(self, request: Request) -> None:
+        seq = next(self._seq)
+        self._live[request.request_id] = seq
+        heapq.heappush(self._heap, (self._key(request), seq, request))
+
+    def _drop_dead(self) -> None:
+        heap, live = self._heap, self._live
+        while heap and live.get(heap[0][2].request_id) != heap[0][1]:
+            heapq.heappop(heap)
+
+    def peek(self) -> Request | None:
+        self._drop_dead()
+        return self._heap[0][2] if self._heap else None
+
+    def pop(self) -> Request:
+        self._drop_dead()
+        _, _, request = heapq.heappop(self._heap)
+        del self._live[request.request_id]
+        return request
+
+    def remove(self, request: Request) -> None:
+        self._live.pop(request.request_id, None)
+
+    def __len__(self) -> int:
+        return len(self._live)
+
+    def __iter__(self) -> Iterator[Request]:
+        live = self._live
+        entries = sorted(e for e in self._heap if live.get(e[2].request_id) == e[1])
+        return iter([e[2] for e in entries])

@@ -1,0 +1,28 @@
+"""Scheduling policies by name: one line per policy."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from shunter.core.sched.policies.fcfs import FcfsPolicy
+from shunter.core.sched.policies.priority import PriorityPolicy
+from shunter.core.sched.policy import Policy
+
+__all__ = ["POLICIES", "make_policy"]
+
+POLICIES: dict[str, Callable[..., Policy]] = {
+    "fcfs": FcfsPolicy,
+    "priority": PriorityPolicy,
+}
+
+
+def make_policy(name: str, **params: Any) -> Policy:
+    """Build the named policy; unknown names and parameters raise ValueError naming the valid ones."""
+    factory = POLICIES.get(name)
+    if factory is None:
+        raise ValueError(f"unknown scheduling policy {name!r}; valid: {', '.join(sorted(POLICIES))}")
+    try:
+        return factory(**params)
+    except TypeError as exc:
+        raise ValueError(f"bad parameters for policy {name!r}: {exc}") from None

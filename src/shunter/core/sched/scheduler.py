@@ -1,0 +1,296 @@
+"""The engine-level scheduler: one step's batch, decided the same way in sim and engine.
+
+Model (as in vLLM v1): there is no prefill or decode phase. A request has `num_tokens` and
+`num_computed_tokens`; a step gives it some tokens of a shared budget. Each step:
+
+0. priority preemption: while the best waiting request cannot fit and the policy lets it
+   displace the worst running one (that has progressed since admission), preempt that one;
+1. running requests, in policy order, each get their uncomputed tokens (1 for a decode, a
+   chunk for a prompt in progress); one that cannot get a KV block preempts the worst running
+   request, possibly itself;
+2. waiting requests, in policy order, are admitted while they fit (prefix-cache hits first,
+   then the rest chunked into the leftover budget) — but not in a step that preempted in (1),
+   which is what stops preemption storms;
+3. a frozen SchedulerOutput is emitted; `update` applies the StepResult when it comes back.
+
+With chunked prefill off (prefill-first, vLLM v0 / Orca), phase 2 runs before phase 1 and a
+step that admits any prompt runs only whole prompts: decodes stall behind prefills.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from shunter.core.clock import Clock
+from shunter.core.kv.manager import KVCacheManager
+from shunter.core.request import Request
+from shunter.core.sched.config import SchedulerConfig
+from shunter.core.sched.interface import RequestOutput, SchedulerOutput, StepResult
+from shunter.core.sched.plan import StepPlan
+from shunter.core.sched.policy import Policy
+from shunter.core.sched.stats import SchedulerStats
+from shunter.core.types import FINISHED_STATUSES, RequestId, RequestStatus
+
+__all__ = ["CoreScheduler", "SchedulerConfig"]
+
+
+class CoreScheduler:
+    def __init__(self, config: SchedulerConfig, policy: Policy, clock: Clock) -> None:
+        self.config = config
+        self.policy = policy
+        self.clock = clock
+        self.kv = KVCacheManager(config.num_blocks, config.block_size,
+                                 enable_caching=config.enable_prefix_caching,
+                                 num_host_blocks=config.num_host_blocks)
+        self.waiting = policy.make_queue()
+        self.running: list[Request] = []
+        self.requests: dict[RequestId, Request] = {}
+        self.num_preemptions = 0
+        self.num_waiting_tokens = 0
+        self._step_id = 0
+        self._finished_ids: list[RequestId] = []
+        self._watermark_blocks = int(config.watermark * config.num_blocks)
+
+    # ---- requests in and out -------------------------------------------------------------
+
+    @property
+    def has_work(self) -> bool:
+        return bool(self.running) or len(self.waiting) > 0
+
+    def rejection_reason(self, request: Request) -> str | None:
+        """Why a request can never run here, or None if it can."""
+        cfg = self.config
+        if request.num_prompt_tokens >= cfg.max_model_len:
+            return (f"prompt of {request.num_prompt_tokens} tokens leaves no room for output "
+                    f"within max_model_len={cfg.max_model_len}")
+        num_blocks = self.kv.num_blocks_for(request.num_prompt_tokens + 1)
+        if num_blocks > cfg.num_blocks:
+            return (f"prompt of {request.num_prompt_tokens} tokens needs {num_blocks} KV blocks; "
+                    f"the cache has {cfg.num_blocks}")
+        if not cfg.enable_chunked_prefill and request.num_prompt_tokens > cfg.max_num_batched_tokens:
+            return (f"prompt of {request.num_prompt_tokens} tokens exceeds max_num_batched_tokens="
+                    f"{cfg.max_num_batched_tokens} and chunked prefill is off")
+        return None
+
+    def add_request(self, request: Request) -> RequestOutput | None:
+        if request.request_id in self.requests:
+            raise ValueError(f"duplicate request id {request.request_id!r}")
+        reason = self.rejection_reason(request)
+        if reason is not None:
+            request.set_status(RequestStatus.FINISHED_REJECTED)
+            self.policy.on_finished(request, self.clock.now())
+            return RequestOutput(request.request_id, (), FINISHED_STATUSES[request.status],
+                                 error=reason)
+        self.requests[request.request_id] = request
+        self._enqueue(request)
+        return None
+
+    def abort(self, request_id: RequestId) -> RequestOutput | None:
+        request = self.requests.get(request_id)
+        if request is None:
+            return None
+        if request.status == RequestStatus.RUNNING:
+            self.running.remove(request)
+        else:
+            self.waiting.remove(request)
+            self.num_waiting_tokens -= request.num_uncomputed_tokens
+        self._finish(request, RequestStatus.FINISHED_ABORTED)
+        return RequestOutput(request_id, (), FINISHED_STATUSES[request.status],
+                             num_cached_tokens=request.num_cached_tokens or 0)
+
+    def stats(self) -> SchedulerStats:
+        return SchedulerStats(
+            num_waiting=len(self.waiting), num_running=len(self.running),
+            num_waiting_tokens=self.num_waiting_tokens,
+            num_running_tokens=sum(r.num_tokens for r in self.running),
+            num_free_blocks=self.kv.num_free_blocks, num_total_blocks=self.config.num_blocks,
+            num_preemptions=self.num_preemptions,
+        )
+
+    # ---- one step ------------------------------------------------------------------------
+
+    def schedule(self) -> SchedulerOutput:
+        now = self.clock.now()
+        self._step_id += 1
+        plan = StepPlan(budget=self.config.max_num_batched_tokens)
+        self._preempt_for_priority(plan, now)
+        if self.config.enable_chunked_prefill:
+            if not self._schedule_running(plan, now):
+                self._schedule_waiting(plan, now)
+        elif not self._schedule_waiting(plan, now):
+            self._schedule_running(plan, now)
+        for request, num_tokens in plan.scheduled:
+            self.policy.on_scheduled(request, num_tokens, now)
+        finished, self._finished_ids = tuple(self._finished_ids), []
+        return plan.build(self._step_id, finished, self.config.emit_block_tables)
+
+    def _schedule_running(self, plan: StepPlan, now: float) -> bool:
+        """Phase 1. Returns whether any request was preempted for memory."""
+        running = self.running
+        running.sort(key=lambda r: self.policy.victim_key(r, now))
+        chunked = self.config.enable_chunked_prefill
+        preempted = False
+        i = 0
+        while i < len(running) and plan.budget > 0:
+            request = running[i]
+            num_new = request.num_uncomputed_tokens
+            if not chunked and num_new > plan.budget and plan.scheduled:
+                i += 1
+                continue
+            num_new = min(num_new, plan.budget)
+            while not self.kv.allocate_slots(request, num_new):
+                victim = running[-1]  # the worst by victim key: never one scheduled already
+                self._preempt(victim, plan)
+                preempted = True
+                if victim is request:
+                    break
+            else:
+                plan.add(request, num_new)
+                i += 1
+        return preempted
+
+    def _schedule_waiting(self, plan: StepPlan, now: float) -> bool:
+        """Phase 2. Returns whether any request was admitted."""
+        cfg = self.config
+        admitted = False
+        reserved = self._reserved_blocks() if cfg.admission == "whole" else 0
+        while plan.budget > 0 and len(self.running) < cfg.max_num_seqs:
+            request = self.waiting.peek()
+            if request is None:
+                break
+            num_queued = request.num_uncomputed_tokens
+            reserve = self._reserve_for(request, reserved)
+            if request.status == RequestStatus.SWAPPED:
+                if not self.kv.can_swap_in(request, reserve + 1):
+                    break
+                plan.swap_in.extend(self.kv.swap_in(request))
+                num_new = min(request.num_uncomputed_tokens, plan.budget)
+                ok = self.kv.allocate_slots(request, num_new)
+                assert ok, "swap-in reserved a block for the next token"
+            else:
+                hits = self.kv.computed_blocks(request) if request.num_computed_tokens == 0 else []
+                num_new = request.num_uncomputed_tokens - len(hits) * cfg.block_size
+                if not cfg.enable_chunked_prefill and num_new > plan.budget and plan.scheduled:
+                    break  # prefill-first runs whole prompts; only a lone oversized one is chunked
+                num_new = min(num_new, plan.budget)
+                if not self.kv.allocate_slots(request, num_new, hit_blocks=hits,
+                                              reserve_blocks=reserve):
+                    break
+                if request.num_cached_tokens is None:
+                    request.num_cached_tokens = len(hits) * cfg.block_size
+                plan.add_new_request(request)
+            self.waiting.pop()
+            self.num_waiting_tokens -= num_queued
+            request.status = RequestStatus.RUNNING
+            request.has_progressed = False
+            if request.first_scheduled_s is None:
+                request.first_scheduled_s = now
+            self.running.append(request)
+            reserved += self._whole_reservation(request)
+            plan.add(request, num_new)
+            admitted = True
+        return admitted
+
+    def _preempt_for_priority(self, plan: StepPlan, now: float) -> None:
+        """Phase 0: let a better waiting request displace worse running ones, if the policy says so."""
+        top = self.waiting.peek()
+        while top is not None and self.running and not self._fits(top):
+            candidates = [r for r in self.running if r.has_progressed]
+            if not candidates:
+                return
+            victim = max(candidates, key=lambda r: self.policy.victim_key(r, now))
+            if not self.policy.should_preempt(top, victim, now):
+                return
+            self._preempt(victim, plan)
+
+    # ---- helpers -------------------------------------------------------------------------
+
+    def _fits(self, request: Request) -> bool:
+        num_new = min(request.num_uncomputed_tokens, self.config.max_num_batched_tokens)
+        need = self.kv.num_blocks_for(request.num_computed_tokens + num_new) - len(request.block_ids)
+        return (len(self.running) < self.config.max_num_seqs
+                and need + self._watermark_blocks <= self.kv.num_free_blocks)
+
+    def _reserve_for(self, request: Request, reserved: int) -> int:
+        """Blocks that must stay free after admitting `request` (none when nothing runs)."""
+        if not self.running:
+            return 0
+        if self.config.admission == "whole":
+            return self._watermark_blocks + reserved + self._whole_reservation(request)
+        return self._watermark_blocks
+
+    def _whole_reservation(self, request: Request) -> int:
+        """Blocks a request may still grow by: up to its max output, capped by the context."""
+        if self.config.admission != "whole":
+            return 0
+        limit = self.config.max_seq_len
+        if request.max_output_tokens is not None:
+            limit = min(limit, request.num_prompt_tokens + request.max_output_tokens)
+        held = max(len(request.block_ids), self.kv.num_blocks_for(request.num_tokens))
+        return max(self.kv.num_blocks_for(limit) - held, 0)
+
+    def _reserved_blocks(self) -> int:
+        return sum(self._whole_reservation(r) for r in self.running)
+
+    def _enqueue(self, request: Request) -> None:
+        self.waiting.add(request)
+        self.num_waiting_tokens += request.num_uncomputed_tokens
+
+    def _preempt(self, request: Request, plan: StepPlan) -> None:
+        self.running.remove(request)
+        request.num_preemptions += 1
+        self.num_preemptions += 1
+        request.has_progressed = False
+        if self.config.preemption_mode == "swap" and self.kv.can_swap_out(request):
+            plan.swap_out.extend(self.kv.swap_out(request))
+            request.status = RequestStatus.SWAPPED
+        else:
+            self.kv.free(request)
+            request.num_computed_tokens = 0
+            request.status = RequestStatus.PREEMPTED
+            plan.preempted_ids.append(request.request_id)
+        self._enqueue(request)
+
+    def _finish(self, request: Request, status: RequestStatus) -> None:
+        self.kv.free(request)
+        self.kv.free_host(request)
+        request.set_status(status)
+        self.policy.on_finished(request, self.clock.now())
+        del self.requests[request.request_id]
+        self._finished_ids.append(request.request_id)
+
+    # ---- results -------------------------------------------------------------------------
+
+    def update(self, output: SchedulerOutput, result: StepResult) -> Sequence[RequestOutput]:
+        outputs: list[RequestOutput] = []
+        max_seq_len = self.config.max_seq_len
+        for chunk in output.chunks:
+            request = self.requests.get(chunk.request_id)
+            if request is None or request.status != RequestStatus.RUNNING:
+                continue  # aborted while the step ran
+            request.num_computed_tokens += chunk.num_scheduled_tokens
+            request.has_progressed = True
+            if not chunk.is_sampling:
+                self.kv.publish(request)
+                continue
+            token_id = result.sampled[chunk.request_id]
+            request.append_output(token_id)
+            self.kv.publish(request)
+            status = self._stop_status(request, result, max_seq_len)
+            if status is not None:
+                self.running.remove(request)
+                self._finish(request, status)
+            reason = FINISHED_STATUSES[status] if status is not None else None
+            outputs.append(RequestOutput(request.request_id, (token_id,), reason,
+                                         num_cached_tokens=request.num_cached_tokens or 0))
+        return outputs
+
+    @staticmethod
+    def _stop_status(request: Request, result: StepResult, max_seq_len: int) -> RequestStatus | None:
+        if request.request_id in result.stopped:
+            return RequestStatus.FINISHED_STOPPED
+        if request.max_output_tokens is not None and request.num_output_tokens >= request.max_output_tokens:
+            return RequestStatus.FINISHED_LENGTH
+        if request.num_tokens >= max_seq_len:
+            return RequestStatus.FINISHED_LENGTH
+        return None
