@@ -1,0 +1,94 @@
+import random
+
+import pytest
+
+from shunter.core.kv.block_pool import BlockPool
+
+
+def test_allocate_and_free_keep_counts():
+    pool = BlockPool(8)
+    got = pool.allocate(3)
+    assert got == [0, 1, 2]
+    assert pool.num_free_blocks == 5 and pool.num_used_blocks == 3
+    pool.check_invariants()
+    pool.free(reversed(got))
+    assert pool.num_free_blocks == 8
+    pool.check_invariants()
+
+
+def test_hit_on_free_block_keeps_its_hash():
+    pool = BlockPool(4)
+    (b,) = pool.allocate(1)
+    assert pool.cache(b, 111)
+    pool.free([b])
+    assert pool.lookup(111) == b  # free but still cached
+    pool.touch([b])
+    assert pool.ref_count(b) == 1 and pool.block_hash(b) == 111 and pool.lookup(111) == b
+    pool.check_invariants()
+
+
+def test_allocation_evicts_least_recently_freed_first():
+    pool = BlockPool(3)
+    a, b, c = pool.allocate(3)
+    for blk, h in ((a, 1), (b, 2), (c, 3)):
+        pool.cache(blk, h)
+    pool.free([c, b, a])  # tail first: c is evicted first
+    (first,) = pool.allocate(1)
+    assert first == c and pool.lookup(3) is None and pool.lookup(1) == a
+    pool.check_invariants()
+
+
+def test_duplicate_hash_is_not_cached_twice():
+    pool = BlockPool(2)
+    a, b = pool.allocate(2)
+    assert pool.cache(a, 5)
+    assert not pool.cache(b, 5)
+    assert pool.block_hash(b) is None and pool.lookup(5) == a
+
+
+def test_caching_off_never_caches():
+    pool = BlockPool(2, enable_caching=False)
+    (a,) = pool.allocate(1)
+    assert not pool.cache(a, 1) and pool.lookup(1) is None
+
+
+def test_double_free_is_an_invariant_violation():
+    pool = BlockPool(2)
+    (a,) = pool.allocate(1)
+    pool.free([a])
+    with pytest.raises(AssertionError):
+        pool.free([a])
+
+
+def test_invalid_size():
+    with pytest.raises(ValueError):
+        BlockPool(0)
+
+
+def test_random_operations_keep_invariants():
+    rng = random.Random(0)
+    pool = BlockPool(32)
+    held: list[int] = []
+    for step in range(2000):
+        op = rng.random()
+        if op < 0.4 and pool.num_free_blocks:
+            n = rng.randint(1, pool.num_free_blocks)
+            new = pool.allocate(n)
+            for blk in new:
+                if rng.random() < 0.5:
+                    pool.cache(blk, rng.randint(0, 50))
+            held.extend(new)
+        elif op < 0.7 and held:
+            k = rng.randint(1, len(held))
+            rng.shuffle(held)
+            pool.free(held[:k])
+            held = held[k:]
+        else:
+            h = rng.randint(0, 50)
+            blk = pool.lookup(h)
+            if blk is not None:
+                pool.touch([blk])
+                held.append(blk)
+                assert pool.block_hash(blk) == h
+        pool.check_invariants()
+        assert pool.num_used_blocks == len(set(held))
