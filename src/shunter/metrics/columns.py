@@ -1,0 +1,134 @@
+"""RequestRecords turned into numpy columns once, so every metric is a vectorised expression.
+
+Per-request fields become arrays of length N; every output token time of every request is
+concatenated into one array `token_times_s` with CSR-style `token_offsets` (request i owns
+`token_times_s[token_offsets[i]:token_offsets[i + 1]]`). Missing values (`None` in a record)
+become NaN *inside* the columns only; nothing derived from them reaches a report as NaN.
+
+Tenants are numbered in sorted name order, so results never depend on record order.
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections import Counter
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+import numpy as np
+
+from shunter.core.types import FinishReason
+from shunter.metrics.record import RequestRecord
+
+__all__ = ["RecordColumns", "UNSPECIFIED_REJECTION", "to_columns"]
+
+UNSPECIFIED_REJECTION = "unspecified"  # the rejection reason of a record whose `error` is None
+
+_COMPLETED = (FinishReason.STOP, FinishReason.LENGTH)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class RecordColumns:
+    """Column view of N records (float64 times in seconds, NaN where a record has None)."""
+
+    arrival_s: np.ndarray
+    first_scheduled_s: np.ndarray
+    finish_s: np.ndarray
+    num_prompt_tokens: np.ndarray  # int64
+    num_cached_tokens: np.ndarray  # int64
+    num_preemptions: np.ndarray  # int64
+    num_output_tokens: np.ndarray  # int64
+    token_offsets: np.ndarray  # int64, length N + 1
+    token_times_s: np.ndarray  # float64, length token_offsets[-1]
+    is_completed: np.ndarray  # bool
+    is_rejected: np.ndarray  # bool
+    is_aborted: np.ndarray  # bool
+    tenant_index: np.ndarray  # int64 index into tenant_names
+    tenant_names: tuple[str, ...]  # sorted
+    ttft_slo_s: np.ndarray  # the record's own SLO, NaN when it has none
+    tpot_slo_s: np.ndarray
+    rejections: dict[str, int]  # rejection reason -> count, sorted by reason
+
+    @property
+    def num_requests(self) -> int:
+        return int(self.arrival_s.shape[0])
+
+    @property
+    def num_tenants(self) -> int:
+        return len(self.tenant_names)
+
+    @property
+    def first_token_s(self) -> np.ndarray:
+        """Time of each request's first token; NaN for requests without one."""
+        return self._token_at(self.token_offsets[:-1])
+
+    @property
+    def last_token_s(self) -> np.ndarray:
+        """Time of each request's last token; NaN for requests without one."""
+        return self._token_at(self.token_offsets[1:] - 1)
+
+    def _token_at(self, positions: np.ndarray) -> np.ndarray:
+        out = np.full(self.num_requests, np.nan)
+        has_tokens = self.num_output_tokens > 0
+        out[has_tokens] = self.token_times_s[positions[has_tokens]]
+        return out
+
+
+def _float_column(values: list[float | None]) -> np.ndarray:
+    return np.array([np.nan if v is None else v for v in values], dtype=np.float64)
+
+
+def _tenant_column(records: list[RequestRecord]) -> tuple[np.ndarray, tuple[str, ...]]:
+    first_seen: dict[str, int] = {}
+    seen_index = np.fromiter(
+        (first_seen.setdefault(r.tenant, len(first_seen)) for r in records),
+        dtype=np.int64, count=len(records),
+    )
+    names = tuple(sorted(first_seen))
+    rank = np.empty(len(names), dtype=np.int64)
+    for sorted_index, name in enumerate(names):
+        rank[first_seen[name]] = sorted_index
+    return rank[seen_index], names
+
+
+def _token_column(records: list[RequestRecord], num_tokens: np.ndarray) -> np.ndarray:
+    total = int(num_tokens.sum())
+    if records and not isinstance(records[0].token_times_s, list):
+        # Array-backed token times (array('d'), numpy): concatenating buffers beats iterating.
+        parts = [np.asarray(r.token_times_s, dtype=np.float64) for r in records]
+        return np.concatenate(parts) if parts else np.empty(0)
+    chained = itertools.chain.from_iterable(r.token_times_s for r in records)
+    return np.fromiter(chained, dtype=np.float64, count=total)
+
+
+def to_columns(records: Iterable[RequestRecord]) -> RecordColumns:
+    """Extract every field the metrics need from `records` in one pass per field."""
+    recs = records if isinstance(records, list) else list(records)
+    n = len(recs)
+    num_out = np.fromiter((len(r.token_times_s) for r in recs), dtype=np.int64, count=n)
+    offsets = np.zeros(n + 1, dtype=np.int64)
+    np.cumsum(num_out, out=offsets[1:])
+    reasons = [r.finish_reason for r in recs]
+    tenant_index, tenant_names = _tenant_column(recs)
+    rejections = Counter(
+        r.error or UNSPECIFIED_REJECTION for r in recs if r.finish_reason == FinishReason.REJECTED
+    )
+    return RecordColumns(
+        arrival_s=np.fromiter((r.arrival_s for r in recs), dtype=np.float64, count=n),
+        first_scheduled_s=_float_column([r.first_scheduled_s for r in recs]),
+        finish_s=_float_column([r.finish_s for r in recs]),
+        num_prompt_tokens=np.fromiter((r.num_prompt_tokens for r in recs), np.int64, count=n),
+        num_cached_tokens=np.fromiter((r.num_cached_tokens for r in recs), np.int64, count=n),
+        num_preemptions=np.fromiter((r.num_preemptions for r in recs), np.int64, count=n),
+        num_output_tokens=num_out,
+        token_offsets=offsets,
+        token_times_s=_token_column(recs, num_out),
+        is_completed=np.fromiter((x in _COMPLETED for x in reasons), dtype=bool, count=n),
+        is_rejected=np.fromiter((x == FinishReason.REJECTED for x in reasons), bool, count=n),
+        is_aborted=np.fromiter((x == FinishReason.ABORT for x in reasons), dtype=bool, count=n),
+        tenant_index=tenant_index,
+        tenant_names=tenant_names,
+        ttft_slo_s=_float_column([r.ttft_slo_s for r in recs]),
+        tpot_slo_s=_float_column([r.tpot_slo_s for r in recs]),
+        rejections=dict(sorted(rejections.items())),
+    )
