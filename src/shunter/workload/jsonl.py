@@ -1,0 +1,230 @@
+"""The canonical workload file: JSON Lines, a superset of the Mooncake trace format.
+
+One request per line::
+
+    {"timestamp": 1500, "input_length": 700, "output_length": 42, "hash_ids": [0, 1]}
+
+- `timestamp`: arrival in milliseconds, relative to the start of the trace (int or float);
+- `input_length`, `output_length`: prompt and true output tokens (ints);
+- `hash_ids` (optional): ints, each naming `hash_block_size` tokens of the request's token
+  sequence from its start (prompt, then output); equal ids at equal positions are a shared
+  KV prefix. Mooncake's blocks are 512 tokens, the default here; a line may override it with
+  `hash_block_size`. At most ceil((input+output)/hash_block_size) ids are allowed;
+- optional: `request_id` (str, default "r<i>" for the i-th request, from 0), `tenant` (str),
+  `priority` (int), `session_id`, `program_id` (str), `ttft_slo_s`, `tpot_slo_s` (> 0),
+  `max_output_tokens` (int >= 1), `prompt_token_ids` (ints, as many as input_length).
+
+Unknown keys are ignored, so traces that carry more columns still load. Blank lines are
+skipped. Timestamps must not decrease (equal ones are fine: Mooncake logs in batches).
+
+`write_jsonl` writes exactly what `iter_jsonl` reads back: every RequestSpec field survives,
+floats included (the timestamp is written as the exact decimal of arrival_s * 1000).
+"""
+
+from __future__ import annotations
+
+import gzip
+import json
+import math
+from collections.abc import Iterable, Iterator
+from decimal import Decimal
+from pathlib import Path
+from typing import Any
+
+from shunter.core.types import DEFAULT_TENANT, RequestSpec
+from shunter.errors import WorkloadError
+from shunter.workload.parse import LoadOptions, LoadReport, open_text
+
+__all__ = ["MOONCAKE_HASH_BLOCK_SIZE", "iter_jsonl", "spec_to_line", "write_jsonl"]
+
+MOONCAKE_HASH_BLOCK_SIZE = 512  # tokens per hash id in the Mooncake traces
+
+_DECODER = json.JSONDecoder(parse_float=Decimal)  # floats keep their exact decimal text
+_OPTIONAL_STRS = ("tenant", "session_id", "program_id")
+_SLO_FIELDS = ("ttft_slo_s", "tpot_slo_s")
+
+
+def _int(obj: dict[str, Any], key: str, where: tuple[str, int], *,
+         minimum: int | None) -> int:
+    value = obj[key]
+    if type(value) is not int:
+        raise WorkloadError(f"must be an integer, got {value!r}", path=where[0], line=where[1],
+                            field=key)
+    if minimum is not None and value < minimum:
+        raise WorkloadError(f"must be >= {minimum}, got {value}", path=where[0], line=where[1],
+                            field=key)
+    return value
+
+
+def _positive_float(value: Any, key: str, where: tuple[str, int]) -> float:
+    number = float(value) if type(value) in (int, Decimal) and abs(value) < 1e300 else math.nan
+    if not (number > 0 and math.isfinite(number)):
+        raise WorkloadError(f"must be a number > 0, got {value!r}", path=where[0],
+                            line=where[1], field=key)
+    return number
+
+
+def _int_tuple(value: Any, key: str, where: tuple[str, int]) -> tuple[int, ...]:
+    if type(value) is not list or not all(type(v) is int for v in value):
+        raise WorkloadError("must be a list of integers", path=where[0], line=where[1], field=key)
+    return tuple(value)
+
+
+def _arrival_s(obj: dict[str, Any], where: tuple[str, int]) -> float:
+    if "timestamp" not in obj:
+        raise WorkloadError("missing field", path=where[0], line=where[1], field="timestamp")
+    ms = obj["timestamp"]
+    kind = type(ms)
+    if kind is int:
+        arrival_s = ms / 1000
+    elif kind is Decimal and ms.is_finite():
+        arrival_s = float(ms / 1000)
+    else:
+        raise WorkloadError(f"must be a number of milliseconds, got {ms!r}", path=where[0],
+                            line=where[1], field="timestamp")
+    if arrival_s < 0:
+        raise WorkloadError(f"must be >= 0, got {ms}", path=where[0], line=where[1],
+                            field="timestamp")
+    return arrival_s
+
+
+def _optional_fields(obj: dict[str, Any], where: tuple[str, int]) -> dict[str, Any]:
+    """The optional RequestSpec fields present on a line, checked."""
+    fields: dict[str, Any] = {}
+    for key in _OPTIONAL_STRS:
+        value = obj.get(key)
+        if value is not None:
+            if type(value) is not str:
+                raise WorkloadError(f"must be a string, got {value!r}", path=where[0],
+                                    line=where[1], field=key)
+            fields[key] = value
+    if obj.get("priority") is not None:
+        fields["priority"] = _int(obj, "priority", where, minimum=None)
+    if obj.get("max_output_tokens") is not None:
+        fields["max_output_tokens"] = _int(obj, "max_output_tokens", where, minimum=1)
+    for key in _SLO_FIELDS:
+        if obj.get(key) is not None:
+            fields[key] = _positive_float(obj[key], key, where)
+    if obj.get("prompt_token_ids") is not None:
+        fields["prompt_token_ids"] = _int_tuple(obj["prompt_token_ids"], "prompt_token_ids", where)
+    return fields
+
+
+def _record_to_spec(obj: Any, index: int, where: tuple[str, int], options: LoadOptions,
+                    report: LoadReport) -> RequestSpec:
+    path, line = where
+    if type(obj) is not dict:
+        raise WorkloadError("line is not a JSON object", path=path, line=line)
+    arrival_s = _arrival_s(obj, where)
+    lengths = []
+    for key in ("input_length", "output_length"):
+        if key not in obj:
+            raise WorkloadError("missing field", path=path, line=line, field=key)
+        lengths.append(report.clamp_zero(_int(obj, key, where, minimum=0),
+                                         is_prompt=key == "input_length", options=options,
+                                         path=path, line=line, field=key))
+    fields = _optional_fields(obj, where)
+    block_size = MOONCAKE_HASH_BLOCK_SIZE
+    if obj.get("hash_block_size") is not None:
+        block_size = _int(obj, "hash_block_size", where, minimum=1)
+    hash_ids = None
+    if obj.get("hash_ids") is not None:
+        hash_ids = _int_tuple(obj["hash_ids"], "hash_ids", where)
+        max_ids = -(-(lengths[0] + lengths[1]) // block_size)
+        if len(hash_ids) > max_ids:
+            raise WorkloadError(
+                f"{len(hash_ids)} ids but the request has only {max_ids} blocks of {block_size} tokens",
+                path=path, line=line, field="hash_ids")
+    request_id = obj.get("request_id", f"r{index}")
+    if type(request_id) is not str:
+        raise WorkloadError(f"must be a string, got {request_id!r}", path=path, line=line,
+                            field="request_id")
+    try:
+        return RequestSpec(request_id=request_id, arrival_s=arrival_s, num_prompt_tokens=lengths[0],
+                           num_output_tokens=lengths[1], hash_ids=hash_ids,
+                           hash_block_size=block_size, **fields)
+    except ValueError as exc:  # a cross-field rule RequestSpec checks (prompt_token_ids length)
+        raise WorkloadError(str(exc), path=path, line=line) from None
+
+
+def iter_jsonl(path: str | Path, options: LoadOptions, report: LoadReport) -> Iterator[RequestSpec]:
+    """Yield the requests of a JSONL / Mooncake file lazily, in file order."""
+    name = str(path)
+    decode = _DECODER.decode
+    prev_arrival_s = 0.0
+    index = 0
+    with open_text(path) as f:
+        for line_no, text in enumerate(f, start=1):
+            if not text.strip():
+                continue
+            try:
+                obj = decode(text)
+            except json.JSONDecodeError as exc:
+                raise WorkloadError(f"bad JSON: {exc.msg} at column {exc.colno}", path=name,
+                                    line=line_no) from None
+            spec = _record_to_spec(obj, index, (name, line_no), options, report)
+            if spec.arrival_s < prev_arrival_s and not options.allow_unsorted:
+                raise WorkloadError(
+                    f"timestamp goes backwards ({prev_arrival_s * 1000:g} ms before it); "
+                    "load_workload(..., sort=True) sorts the file stably instead",
+                    path=name, line=line_no, field="timestamp")
+            prev_arrival_s = spec.arrival_s
+            index += 1
+            yield spec
+    if index == 0:
+        raise WorkloadError("file has no requests", path=name, line=1)
+
+
+def _timestamp_text(arrival_s: float) -> str:
+    """arrival_s * 1000 as the exact decimal that reads back to the same float."""
+    ms = Decimal(repr(arrival_s)).scaleb(3)
+    if ms == ms.to_integral_value():
+        return str(int(ms))
+    return format(ms.normalize(), "f")
+
+
+def spec_to_line(spec: RequestSpec, index: int) -> str:
+    """One JSONL line (no newline) for the `index`-th request of a file."""
+    record: dict[str, Any] = {
+        "input_length": spec.num_prompt_tokens,
+        "output_length": spec.num_output_tokens,
+    }
+    if spec.hash_ids is not None:
+        record["hash_ids"] = list(spec.hash_ids)
+    if spec.hash_block_size != MOONCAKE_HASH_BLOCK_SIZE:
+        record["hash_block_size"] = spec.hash_block_size
+    if spec.request_id != f"r{index}":
+        record["request_id"] = spec.request_id
+    if spec.tenant != DEFAULT_TENANT:
+        record["tenant"] = spec.tenant
+    if spec.priority != 0:
+        record["priority"] = spec.priority
+    for key in ("session_id", "program_id", "ttft_slo_s", "tpot_slo_s", "max_output_tokens"):
+        value = getattr(spec, key)
+        if value is not None:
+            record[key] = value
+    if spec.prompt_token_ids is not None:
+        record["prompt_token_ids"] = list(spec.prompt_token_ids)
+    body = json.dumps(record, separators=(", ", ": "), allow_nan=False)
+    return '{"timestamp": ' + _timestamp_text(spec.arrival_s) + ", " + body[1:]
+
+
+def write_jsonl(specs: Iterable[RequestSpec], path: str | Path) -> int:
+    """Write requests as canonical JSONL (gzip if the name ends in .gz); return how many."""
+    count = 0
+    p = Path(path)
+    opener = _open_gz_write if p.suffix == ".gz" else _open_write
+    with opener(p) as f:
+        for spec in specs:
+            f.write(spec_to_line(spec, count))
+            f.write("\n")
+            count += 1
+    return count
+
+
+def _open_write(p: Path) -> Any:
+    return open(p, "w", encoding="utf-8", newline="\n")
+
+
+def _open_gz_write(p: Path) -> Any:
+    return gzip.open(p, "wt", encoding="utf-8", newline="\n")
