@@ -1,0 +1,65 @@
+"""The `shunter` command: composition root. Flags and files become objects here; nothing
+imports this package."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+
+from shunter import __version__
+from shunter.cli.common import add_scenario_flags, fail
+from shunter.cli.simulate import run_compare, run_simulate
+from shunter.core.sched.registry import POLICIES
+from shunter.errors import ShunterError
+from shunter.router.registry import ROUTERS
+
+__all__ = ["main"]
+
+_EPILOG = "Run `shunter COMMAND --help` for the flags of each command."
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="shunter", epilog=_EPILOG,
+        description="Decides which LLM request runs, where, and when: one scheduling core for a "
+                    "cluster simulator, a PyTorch engine and an OpenAI-compatible gateway.")
+    parser.add_argument("--version", action="version", version=f"shunter {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    sim = sub.add_parser(
+        "simulate", help="simulate a cluster serving a workload and print its metrics",
+        description="Simulate a cluster serving a workload. With no arguments, runs the built-in "
+                    "scenario (a sample of the real Azure 2023 conversation trace). "
+                    f"Policies: {', '.join(sorted(POLICIES))}. Routers: {', '.join(sorted(ROUTERS))}.")
+    add_scenario_flags(sim)
+    sim.set_defaults(handler=run_simulate)
+    cmp = sub.add_parser(
+        "compare", help="run several policies or routers on the same workload, side by side",
+        description="Run the same workload under several scheduling policies or routers and print "
+                    "them side by side (best value per row highlighted).")
+    add_scenario_flags(cmp, single=False)
+    what = cmp.add_mutually_exclusive_group(required=True)
+    what.add_argument("--policy", metavar="A,B,...",
+                      help=f"policies to compare: {', '.join(sorted(POLICIES))}")
+    what.add_argument("--router", metavar="A,B,...",
+                      help=f"routers to compare: {', '.join(sorted(ROUTERS))}")
+    cmp.set_defaults(handler=run_compare)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.command is None:
+        parser.print_help()
+        return 2
+    try:
+        return args.handler(args)
+    except (ShunterError, ValueError) as exc:
+        return fail(str(exc))
+    except KeyboardInterrupt:
+        return fail("interrupted")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,118 @@
+"""Pieces shared by subcommands: the scenario flags, workload loading, progress, errors."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import replace
+from typing import Any
+
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+from shunter.config import Scenario, builtin_scenario, load_scenario, resolve_trace
+from shunter.core.sched.registry import POLICIES
+from shunter.core.types import RequestSpec
+from shunter.router.registry import ROUTERS
+from shunter.workload.loaders import TRACE_FORMATS, load_workload
+
+__all__ = ["add_scenario_flags", "console", "fail", "load_specs", "progress_bar", "scenario_from_args",
+           "stdout_console"]
+
+console = Console(stderr=True)
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
+    return value
+
+
+def _positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"must be > 0, got {value}")
+    return value
+
+
+def add_scenario_flags(parser: argparse.ArgumentParser, *, single: bool = True) -> None:
+    """The flags of `simulate` (and, with single=False, `compare`, which lists policies itself)."""
+    parser.add_argument("scenario", nargs="?", metavar="SCENARIO_FILE",
+                        help="TOML or YAML scenario file (default: the built-in Azure 2023 sample)")
+    w = parser.add_argument_group("workload")
+    w.add_argument("--trace", metavar="FILE", help="workload trace file")
+    w.add_argument("--trace-format", choices=sorted(TRACE_FORMATS),
+                   help="format of --trace (default: detected from the file)")
+    w.add_argument("--num-requests", type=_positive_int, metavar="N",
+                   help="use the first N requests (length files: sample N with replacement)")
+    w.add_argument("--rate", type=_positive_float, metavar="REQ_PER_S",
+                   help="Poisson arrivals at this rate (required for length files without times)")
+    w.add_argument("--seed", type=int, metavar="N", help="seed for sampling and arrivals (default 0)")
+    c = parser.add_argument_group("cluster")
+    c.add_argument("--model", help="model name, e.g. llama-3.1-8b, llama-3.1-70b, qwen2.5-7b")
+    c.add_argument("--gpu", help="GPU name, e.g. a100-80gb, h100, h200, l40s")
+    c.add_argument("--tp", type=_positive_int, metavar="N", help="tensor-parallel degree")
+    c.add_argument("--replicas", type=_positive_int, metavar="N", help="number of replicas")
+    if single:
+        c.add_argument("--router", help=f"cluster router: {', '.join(sorted(ROUTERS))}")
+        c.add_argument("--policy", help=f"scheduling policy: {', '.join(sorted(POLICIES))}")
+    s = parser.add_argument_group("SLOs and output")
+    s.add_argument("--ttft-slo", type=_positive_float, metavar="S", help="TTFT SLO in seconds")
+    s.add_argument("--tpot-slo", type=_positive_float, metavar="S", help="TPOT SLO in seconds")
+    s.add_argument("--json", metavar="FILE", help="write results as JSON")
+    s.add_argument("--csv", metavar="FILE", help="write results as CSV")
+    s.add_argument("--quiet", action="store_true", help="no progress bar")
+
+
+def scenario_from_args(args: argparse.Namespace) -> Scenario:
+    scenario = load_scenario(args.scenario) if args.scenario else builtin_scenario()
+    flags: dict[str, Any] = {
+        "trace": args.trace, "format": args.trace_format, "num_requests": args.num_requests,
+        "rate": args.rate, "seed": args.seed, "model": args.model, "gpu": args.gpu, "tp": args.tp,
+        "num_replicas": args.replicas, "router": getattr(args, "router", None),
+        "policy": getattr(args, "policy", None), "ttft_slo_s": args.ttft_slo,
+        "tpot_slo_s": args.tpot_slo,
+    }
+    changes = {k: v for k, v in flags.items() if v is not None}
+    if args.trace is not None:
+        changes.setdefault("format", None)  # a new trace's format is detected unless given
+        scenario = replace(scenario, name=args.trace, base_dir=None)  # a flag's path is cwd's
+    return scenario.with_overrides(**changes)
+
+
+def load_specs(scenario: Scenario) -> list[RequestSpec]:
+    wl = scenario.workload
+    if wl.trace is None:
+        raise ValueError("the scenario names no workload: give --trace FILE or [workload] trace")
+    path = resolve_trace(wl.trace, scenario.base_dir)
+    return load_workload(path, wl.format, num_requests=wl.num_requests, rate=wl.rate, seed=wl.seed)
+
+
+@contextmanager
+def progress_bar(total: int, label: str, *, quiet: bool) -> Iterator[Callable[[int], None]]:
+    """A callback that moves a bar to `done` of `total`; a no-op when quiet or not a terminal."""
+    if quiet or not console.is_terminal:
+        yield lambda done: None
+        return
+    with Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
+                  TimeElapsedColumn(), console=console, transient=True) as progress:
+        task = progress.add_task(label, total=total)
+        yield lambda done: progress.update(task, completed=done)
+
+
+def fail(message: str) -> int:
+    console.print(f"[bold red]error:[/] {message}", highlight=False)
+    return 2
+
+
+def stdout_console() -> Console:
+    return Console(file=sys.stdout)

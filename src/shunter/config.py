@@ -1,0 +1,190 @@
+"""Scenario files (TOML or YAML) -> validated config objects, and the built-in scenario.
+
+A scenario has five tables, every key optional:
+
+    name = "..."
+    [workload]  trace, format, num_requests, rate, seed
+    [cluster]   model, gpu, tp, replicas, router, router_params, cost_model, num_blocks,
+                swap_space_gib
+    [scheduler] policy, policy_params, and any SchedulerConfig field (max_num_batched_tokens,
+                max_num_seqs, enable_chunked_prefill, preemption_mode, admission, ...)
+    [slo]       ttft_s, tpot_s
+
+An unknown table or key, or a value of the wrong type, is a ConfigError naming the file, the
+table and the key. A relative trace path is relative to the scenario file; `builtin:NAME`
+names a file shipped in `shunter/scenarios/data/`.
+"""
+
+from __future__ import annotations
+
+import tomllib
+from dataclasses import dataclass, field, fields, replace
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from shunter.core.sched.config import SchedulerConfig
+from shunter.errors import ConfigError
+from shunter.sim.config import SimConfig
+
+__all__ = ["BUILTIN_PREFIX", "Scenario", "WorkloadConfig", "builtin_scenario", "load_scenario",
+           "resolve_trace"]
+
+BUILTIN_PREFIX = "builtin:"
+_DEFAULT_SCENARIO = "default.toml"
+
+_SCHEDULER_KEYS = {f.name: f.type for f in fields(SchedulerConfig)} | {
+    "policy": "str", "policy_params": "dict"}
+for _derived in ("num_blocks", "num_host_blocks", "emit_block_tables"):
+    _SCHEDULER_KEYS.pop(_derived)
+
+_SCHEMA: dict[str, dict[str, str]] = {
+    "workload": {"trace": "str", "format": "str", "num_requests": "int", "rate": "float",
+                 "seed": "int"},
+    "cluster": {"model": "str", "gpu": "str", "tp": "int", "replicas": "int", "router": "str",
+                "router_params": "dict", "cost_model": "str", "num_blocks": "int",
+                "swap_space_gib": "float"},
+    "scheduler": {k: str(v) for k, v in _SCHEDULER_KEYS.items()},
+    "slo": {"ttft_s": "float", "tpot_s": "float"},
+}
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class WorkloadConfig:
+    trace: str | None = None
+    format: str | None = None
+    num_requests: int | None = None
+    rate: float | None = None
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.num_requests is not None and self.num_requests < 1:
+            raise ConfigError(f"num_requests must be >= 1, got {self.num_requests}")
+        if self.rate is not None and self.rate <= 0:
+            raise ConfigError(f"rate must be > 0 requests/s, got {self.rate}")
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Scenario:
+    name: str = "scenario"
+    workload: WorkloadConfig = field(default_factory=WorkloadConfig)
+    sim: SimConfig = field(default_factory=SimConfig)
+    ttft_slo_s: float | None = None
+    tpot_slo_s: float | None = None
+    base_dir: Path | None = None  # where relative trace paths start
+
+    def with_overrides(self, **changes: Any) -> Scenario:
+        """Apply CLI flags: keys are workload/sim field names or ttft_slo_s/tpot_slo_s."""
+        wl = {k: v for k, v in changes.items() if k in _field_names(WorkloadConfig)}
+        sim = {k: v for k, v in changes.items() if k in _field_names(SimConfig)}
+        top = {k: v for k, v in changes.items() if k in ("ttft_slo_s", "tpot_slo_s", "name")}
+        unknown = set(changes) - set(wl) - set(sim) - set(top)
+        assert not unknown, f"unknown overrides {unknown}"
+        try:
+            return replace(self, workload=replace(self.workload, **wl),
+                           sim=replace(self.sim, **sim), **top)
+        except ValueError as exc:
+            raise ConfigError(str(exc)) from None
+
+
+def _field_names(cls: type) -> set[str]:
+    return {f.name for f in fields(cls)}
+
+
+def _check_type(where: str, key: str, value: Any, kind: str) -> Any:
+    ok = {
+        "int": isinstance(value, int) and not isinstance(value, bool),
+        "float": isinstance(value, int | float) and not isinstance(value, bool),
+        "str": isinstance(value, str),
+        "bool": isinstance(value, bool),
+        "dict": isinstance(value, dict),
+    }
+    expected = next((k for k in ok if k in kind), "str")
+    if expected == "int" and "float" in kind:
+        expected = "float"
+    if not ok[expected]:
+        raise ConfigError(f"{where}: {key} must be a {expected}, got {value!r}")
+    return float(value) if expected == "float" else value
+
+
+def _parse_tables(data: Any, where: str) -> dict[str, dict[str, Any]]:
+    if not isinstance(data, dict):
+        raise ConfigError(f"{where}: a scenario must be a table of tables, got {type(data).__name__}")
+    out: dict[str, dict[str, Any]] = {}
+    for table, body in data.items():
+        if table == "name":
+            continue
+        if table not in _SCHEMA:
+            raise ConfigError(f"{where}: unknown table [{table}]; valid: name, {', '.join(_SCHEMA)}")
+        if not isinstance(body, dict):
+            raise ConfigError(f"{where}: [{table}] must be a table")
+        for key, value in body.items():
+            if key not in _SCHEMA[table]:
+                raise ConfigError(f"{where}: unknown key {key!r} in [{table}]; valid: "
+                                  f"{', '.join(sorted(_SCHEMA[table]))}")
+            body[key] = _check_type(f"{where} [{table}]", key, value, _SCHEMA[table][key])
+        out[table] = body
+    return out
+
+
+def scenario_from_dict(data: Any, *, where: str = "scenario", base_dir: Path | None = None) -> Scenario:
+    tables = _parse_tables(data, where)
+    name = data.get("name", Path(where).stem) if isinstance(data, dict) else "scenario"
+    cluster = dict(tables.get("cluster", {}))
+    sched = dict(tables.get("scheduler", {}))
+    slo = tables.get("slo", {})
+    renames = {"replicas": "num_replicas"}
+    sim_kwargs = {renames.get(k, k): v for k, v in cluster.items()}
+    for key in ("policy", "policy_params"):
+        if key in sched:
+            sim_kwargs[key] = sched.pop(key)
+    try:
+        return Scenario(name=str(name), workload=WorkloadConfig(**tables.get("workload", {})),
+                        sim=SimConfig(scheduler=sched, **sim_kwargs),
+                        ttft_slo_s=slo.get("ttft_s"), tpot_slo_s=slo.get("tpot_s"),
+                        base_dir=base_dir)
+    except ValueError as exc:
+        raise ConfigError(f"{where}: {exc}") from None
+
+
+def load_scenario(path: str | Path) -> Scenario:
+    """Read a scenario file; the suffix picks the parser (.toml, .yaml/.yml)."""
+    path = Path(path)
+    try:
+        text = path.read_text()
+    except OSError as exc:
+        raise ConfigError(f"cannot read scenario file {path}: {exc.strerror}") from None
+    try:
+        if path.suffix == ".toml":
+            data = tomllib.loads(text)
+        elif path.suffix in (".yaml", ".yml"):
+            data = yaml.safe_load(text)
+        else:
+            raise ConfigError(f"{path}: scenario files must end in .toml, .yaml or .yml")
+    except (tomllib.TOMLDecodeError, yaml.YAMLError) as exc:
+        raise ConfigError(f"{path}: not valid {path.suffix[1:].upper()}: {exc}") from None
+    return scenario_from_dict(data, where=str(path), base_dir=path.parent)
+
+
+def builtin_scenario() -> Scenario:
+    """The scenario shipped inside the package (a sample of a real trace)."""
+    text = resources.files("shunter.scenarios").joinpath(_DEFAULT_SCENARIO).read_text()
+    return scenario_from_dict(tomllib.loads(text), where=f"{BUILTIN_PREFIX}{_DEFAULT_SCENARIO}")
+
+
+def resolve_trace(trace: str, base_dir: Path | None) -> Path:
+    """The file a scenario's `trace` names: built-in data, or a path relative to the scenario."""
+    if trace.startswith(BUILTIN_PREFIX):
+        name = trace[len(BUILTIN_PREFIX):]
+        data = resources.files("shunter.scenarios").joinpath("data")
+        candidate = Path(str(data.joinpath(name)))
+        if not candidate.is_file():
+            available = sorted(p.name for p in data.iterdir() if p.name.endswith((".csv", ".jsonl")))
+            raise ConfigError(f"no built-in trace {name!r}; available: {', '.join(available)}")
+        return candidate
+    path = Path(trace).expanduser()
+    if not path.is_absolute() and base_dir is not None:
+        path = base_dir / path
+    return path

@@ -1,0 +1,48 @@
+"""The simulator's executor: a cost model predicts each step's time; the trace decides when a
+request stops. Only this class knows true output lengths; the scheduler learns of an end
+through `StepResult.stopped`, exactly as it would from a real model's EOS."""
+
+from __future__ import annotations
+
+from shunter.core.sched.interface import SchedulerOutput, StepResult
+from shunter.core.types import RequestId
+from shunter.sim.cost.interface import CostModel
+
+__all__ = ["SIM_TOKEN_ID", "SimExecutor"]
+
+SIM_TOKEN_ID = 0  # the simulator has no vocabulary: every sampled token is this id
+
+
+class SimExecutor:
+    __slots__ = ("_remaining", "cost_model")
+
+    def __init__(self, cost_model: CostModel) -> None:
+        self.cost_model = cost_model
+        self._remaining: dict[RequestId, int] = {}  # true output tokens not yet sampled
+
+    def register(self, request_id: RequestId, num_output_tokens: int) -> None:
+        """Tell the executor a request's true output length (the trace's)."""
+        self._remaining[request_id] = num_output_tokens
+
+    def forget(self, request_id: RequestId) -> None:
+        self._remaining.pop(request_id, None)
+
+    def execute(self, output: SchedulerOutput) -> StepResult:
+        remaining = self._remaining
+        for request_id in output.finished_ids:
+            remaining.pop(request_id, None)
+        sampled: dict[RequestId, int] = {}
+        stopped: list[RequestId] = []
+        for chunk in output.chunks:
+            if chunk.is_sampling:
+                rid = chunk.request_id
+                sampled[rid] = SIM_TOKEN_ID
+                left = remaining[rid] - 1
+                remaining[rid] = left
+                if left <= 0:
+                    stopped.append(rid)
+        duration_s = self.cost_model.step_time_s(output.shape)
+        num_swapped = len(output.swap_out) + len(output.swap_in)
+        if num_swapped:
+            duration_s += self.cost_model.swap_time_s(num_swapped)
+        return StepResult(duration_s, sampled, frozenset(stopped))

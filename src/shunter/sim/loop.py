@@ -1,0 +1,54 @@
+"""The discrete-event loop: a heap keyed (time_s, priority, seq) over a virtual clock (SimPy's shape).
+
+Events are small frozen records; whoever pops one handles it and pushes its follow-ups. At equal
+times, lower priority values run first: a step that ends at t is applied before a request that
+arrives at t is routed, so the router sees the replica as it is at t.
+"""
+
+from __future__ import annotations
+
+import heapq
+from dataclasses import dataclass
+from itertools import count
+
+from shunter.core.clock import ManualClock
+from shunter.core.types import RequestSpec
+
+__all__ = ["ARRIVAL_PRIORITY", "STEP_DONE_PRIORITY", "Arrival", "Event", "EventLoop", "StepDone"]
+
+STEP_DONE_PRIORITY = 0
+ARRIVAL_PRIORITY = 1
+
+
+@dataclass(frozen=True, slots=True)
+class Arrival:
+    spec: RequestSpec
+
+
+@dataclass(frozen=True, slots=True)
+class StepDone:
+    replica_id: int
+
+
+Event = Arrival | StepDone
+
+
+class EventLoop:
+    __slots__ = ("_heap", "_seq", "clock")
+
+    def __init__(self, clock: ManualClock) -> None:
+        self.clock = clock
+        self._heap: list[tuple[float, int, int, Event]] = []
+        self._seq = count()
+
+    def push(self, time_s: float, priority: int, event: Event) -> None:
+        heapq.heappush(self._heap, (time_s, priority, next(self._seq), event))
+
+    def pop(self) -> Event:
+        """Remove the earliest event and move the clock to its time."""
+        time_s, _, _, event = heapq.heappop(self._heap)
+        self.clock.advance_to(time_s)
+        return event
+
+    def __len__(self) -> int:
+        return len(self._heap)
