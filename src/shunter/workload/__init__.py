@@ -9,7 +9,15 @@
 from __future__ import annotations
 
 from shunter.workload.arrival import ARRIVAL_PROCESSES, arrival_times, iter_arrival_times
+from shunter.workload.generators import (
+    RequestClass,
+    SharedPrefix,
+    SyntheticWorkload,
+    generate,
+    merge_workloads,
+)
 from shunter.workload.jsonl import MOONCAKE_HASH_BLOCK_SIZE, iter_jsonl, spec_to_line, write_jsonl
+from shunter.workload.length_dist import LENGTH_SAMPLERS, LengthDistribution
 from shunter.workload.loaders import (
     TRACE_FORMATS,
     TraceLoader,
@@ -22,19 +30,26 @@ from shunter.workload.parse import ZERO_TOKEN_POLICIES, LoadOptions, LoadReport,
 
 __all__ = [
     "ARRIVAL_PROCESSES",
+    "LENGTH_SAMPLERS",
     "MOONCAKE_HASH_BLOCK_SIZE",
     "TRACE_FORMATS",
     "ZERO_TOKEN_POLICIES",
+    "LengthDistribution",
     "LoadOptions",
     "LoadReport",
+    "RequestClass",
+    "SharedPrefix",
+    "SyntheticWorkload",
     "TraceLoader",
     "ZeroLengthWarning",
     "arrival_times",
     "detect_format",
+    "generate",
     "iter_arrival_times",
     "iter_jsonl",
     "iter_workload",
     "load_workload",
+    "merge_workloads",
     "retime",
     "spec_to_line",
     "write_jsonl",
