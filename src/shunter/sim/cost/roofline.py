@@ -74,8 +74,8 @@ ALL_REDUCE_LATENCY_S = 15e-6
 ALL_REDUCE_LATENCY_PER_RANK_S = 3e-6
 # CPU time per step not hidden behind the GPU: scheduling, input preparation, sampling launch.
 # Estimate: vLLM v1 overlaps most of it (CUDA graphs, async output processing); the published
-# batch-1 TPOTs in tests/sim/cost/test_vllm_throughput.py leave ~0.5 ms for it.
-STEP_CPU_OVERHEAD_S = 0.5e-3
+# batch-1 TPOTs in tests/sim/cost/test_vllm_throughput.py leave a few tenths of a ms for it.
+STEP_CPU_OVERHEAD_S = 0.3e-3
 STEP_CPU_OVERHEAD_PER_REQUEST_S = 2e-6
 # Memory not available to weights or KV: CUDA context, cuBLAS workspaces, NCCL buffers, CUDA
 # graphs (vLLM's "non-torch memory" is typically 0.5-1.5 GiB per GPU). Estimate.
