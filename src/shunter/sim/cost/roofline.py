@@ -35,7 +35,6 @@ from shunter.errors import ConfigError
 from shunter.sim.cost.catalog import GpuSpec, ModelSpec, get_gpu, get_model
 
 __all__ = [
-    "ACTIVATION_RESERVE_BYTES_PER_GPU",
     "ALL_REDUCE_LATENCY_PER_RANK_S",
     "ALL_REDUCE_LATENCY_S",
     "ATTENTION_DECODE_EFFICIENCY",
@@ -47,6 +46,7 @@ __all__ = [
     "ELEMENTWISE_EFFICIENCY",
     "KERNEL_FIXED_S",
     "KV_TRANSFER_LATENCY_S",
+    "RUNTIME_RESERVE_BYTES_PER_GPU",
     "RooflineCostModel",
     "STEP_CPU_OVERHEAD_PER_REQUEST_S",
     "STEP_CPU_OVERHEAD_S",
@@ -79,7 +79,7 @@ STEP_CPU_OVERHEAD_S = 0.3e-3
 STEP_CPU_OVERHEAD_PER_REQUEST_S = 2e-6
 # Memory not available to weights or KV: CUDA context, cuBLAS workspaces, NCCL buffers, CUDA
 # graphs (vLLM's "non-torch memory" is typically 0.5-1.5 GiB per GPU). Estimate.
-ACTIVATION_RESERVE_BYTES_PER_GPU = 1 << 30
+RUNTIME_RESERVE_BYTES_PER_GPU = 1 << 30
 DEFAULT_GPU_MEMORY_UTILIZATION = 0.9  # vLLM's default
 DEFAULT_MAX_NUM_BATCHED_TOKENS = 8192  # the profile run's token count sizes the activation peak
 DEFAULT_MAX_NUM_SEQS = 256  # vLLM's default; sizes the sampler's logits buffers
@@ -117,7 +117,7 @@ class RooflineCostModel:
         kv_dim = self._kv_heads_per_rank * m.head_dim
         s_per_flop = 1.0 / (g.bf16_flops_s * g.compute_efficiency)
         s_per_byte = 1.0 / (g.memory_bandwidth_bytes_s * g.memory_efficiency)
-        # (weights in x out, activations in, activations out) per projection group
+        # (in_features, out_features) of each projection group; per token it reads in, writes out
         shapes = ((h, q_dim + 2 * kv_dim), (q_dim, h), (h, 2 * inter), (inter, h))
         self._linear = tuple(
             (2.0 * k * n * s_per_flop, k * n * dt * s_per_byte, (k + n) * dt * s_per_byte)
@@ -160,7 +160,7 @@ class RooflineCostModel:
         embed_params = m.vocab_size // tp * h * (1 if m.tie_word_embeddings else 2)
         weights_per_rank = (m.num_layers * layer_params + embed_params + h) * dt
         activation_per_token = (4 * h + 3 * inter + q_dim + 2 * kv_dim) * dt
-        reserve_per_rank = (ACTIVATION_RESERVE_BYTES_PER_GPU
+        reserve_per_rank = (RUNTIME_RESERVE_BYTES_PER_GPU
                             + max_num_batched_tokens * activation_per_token
                             + 2 * DEFAULT_MAX_NUM_SEQS * m.vocab_size // tp * LOGITS_BYTES)
         budget_per_rank = int(g.memory_bytes * utilization)
