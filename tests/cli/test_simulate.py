@@ -1,0 +1,105 @@
+"""The CLI contract of issue 2: flags, JSON keys, errors, --help."""
+
+import json
+
+import pytest
+
+from shunter.cli import main
+
+LATENCY_KEYS = {"mean", "p50", "p90", "p99"}
+CONTRACT_KEYS = {"num_requests", "num_completed", "duration_s", "throughput_tok_s", "ttft_s",
+                 "tpot_s", "itl_s", "e2e_s", "queue_s", "slo_attainment", "goodput_req_s",
+                 "num_preemptions", "prefix_hit_rate", "fairness", "tenants"}
+
+
+def write_trace(tmp_path, n=30):
+    path = tmp_path / "trace.jsonl"
+    lines = [json.dumps({"timestamp": i * 100, "input_length": 200 + i, "output_length": 20,
+                         "tenant": "a" if i % 3 else "b"}) for i in range(n)]
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def test_simulate_builtin_scenario_writes_the_contract_json(tmp_path, capsys):
+    out = tmp_path / "r.json"
+    assert main(["simulate", "--num-requests", "40", "--json", str(out), "--quiet"]) == 0
+    data = json.loads(out.read_text())
+    assert set(data) >= CONTRACT_KEYS
+    for key in ("ttft_s", "tpot_s", "itl_s", "e2e_s", "queue_s"):
+        assert set(data[key]) == LATENCY_KEYS
+    assert set(data["fairness"]) >= {"max_service_gap", "jain_index"}
+    assert list(data["tenants"]) == ["default"]
+    assert set(data["tenants"]["default"]) >= {"num_requests", "service", "ttft_s", "e2e_s"}
+    assert data["num_requests"] == data["num_completed"] == 40
+    assert "ttft_s.p99" in capsys.readouterr().out
+
+
+def test_simulate_with_trace_flags_and_csv(tmp_path):
+    trace = write_trace(tmp_path)
+    out_json, out_csv = tmp_path / "r.json", tmp_path / "r.csv"
+    rc = main(["simulate", "--trace", str(trace), "--trace-format", "jsonl", "--model", "qwen2.5-7b",
+               "--gpu", "h100", "--replicas", "2", "--policy", "priority", "--router", "round_robin",
+               "--seed", "3", "--json", str(out_json), "--csv", str(out_csv), "--quiet"])
+    assert rc == 0
+    data = json.loads(out_json.read_text())
+    assert data["policy"] == "priority" and data["router"] == "round_robin"
+    assert data["model"] == "qwen2.5-7b" and data["replicas"] == 2
+    assert set(data["tenants"]) == {"a", "b"}
+    header = out_csv.read_text().splitlines()[0].split(",")
+    assert "ttft_s.p99" in header and "fairness.jain_index" in header
+
+
+def test_simulate_is_deterministic(tmp_path):
+    trace = write_trace(tmp_path)
+    outs = []
+    for name in ("a.json", "b.json"):
+        main(["simulate", "--trace", str(trace), "--json", str(tmp_path / name), "--quiet"])
+        data = json.loads((tmp_path / name).read_text())
+        data.pop("wall_s")
+        outs.append(data)
+    assert outs[0] == outs[1]
+
+
+def test_compare_policies_writes_a_list(tmp_path, capsys):
+    trace = write_trace(tmp_path)
+    out = tmp_path / "c.json"
+    rc = main(["compare", "--policy", "fcfs,priority", "--trace", str(trace), "--json", str(out),
+               "--quiet"])
+    assert rc == 0
+    rows = json.loads(out.read_text())
+    assert [r["policy"] for r in rows] == ["fcfs", "priority"]
+    assert "fcfs" in capsys.readouterr().out
+
+
+def test_compare_routers(tmp_path):
+    trace = write_trace(tmp_path)
+    out = tmp_path / "c.json"
+    assert main(["compare", "--router", "round_robin,least_load", "--replicas", "2", "--trace",
+                 str(trace), "--json", str(out), "--quiet"]) == 0
+    assert [r["router"] for r in json.loads(out.read_text())] == ["round_robin", "least_load"]
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["simulate", "--policy", "nope"], "unknown scheduling policy 'nope'; valid: fcfs, priority"),
+    (["simulate", "--router", "nope"], "unknown router 'nope'"),
+    (["simulate", "--model", "gpt-9"], "gpt-9"),
+    (["simulate", "--trace", "/does/not/exist.csv"], "exist.csv"),
+    (["compare", "--policy", "fcfs,nope"], "unknown policy 'nope'"),
+])
+def test_bad_input_is_a_clear_error_with_exit_code_2(argv, message, capsys):
+    assert main([*argv, "--quiet"]) == 2
+    assert message in " ".join(capsys.readouterr().err.split())
+
+
+def test_bad_flag_values_are_rejected_by_the_parser(capsys):
+    with pytest.raises(SystemExit) as info:
+        main(["simulate", "--num-requests", "0"])
+    assert info.value.code == 2
+    assert "must be >= 1" in capsys.readouterr().err
+
+
+def test_help_lists_policies_and_routers(capsys):
+    with pytest.raises(SystemExit):
+        main(["simulate", "--help"])
+    text = capsys.readouterr().out
+    assert "fcfs" in text and "priority" in text and "least_load" in text and "--trace-format" in text

@@ -1,0 +1,81 @@
+"""The layer directions of DESIGN.md, enforced on the source: imports point downward only."""
+
+import ast
+from pathlib import Path
+
+SRC = Path(__file__).resolve().parents[1] / "src" / "shunter"
+
+# layer -> shunter layers it may import (itself always allowed)
+ALLOWED: dict[str, set[str]] = {
+    "core": set(),
+    "router": {"core.types"},
+    "workload": {"core", "errors"},
+    "metrics": {"core", "errors"},
+    "sim": {"core", "router", "workload", "metrics", "errors"},
+    "engine": {"core", "errors"},
+    "gateway": {"core", "router", "metrics", "workload", "errors"},
+    "bench": {"core", "workload", "metrics", "errors"},
+    "config": {"core", "sim", "errors"},
+    "errors": set(),
+    "scenarios": set(),
+    "__init__": set(),
+    "cli": {"*"},
+}
+FORBIDDEN_THIRD_PARTY = {
+    "core": {"torch", "asyncio", "aiohttp", "httpx", "starlette", "uvicorn", "fastapi", "numpy"},
+    "router": {"torch", "asyncio", "httpx", "starlette"},
+}
+
+
+def layer_of(path: Path) -> str:
+    rel = path.relative_to(SRC)
+    return rel.parts[0].removesuffix(".py")
+
+
+def shunter_imports(tree: ast.AST) -> list[tuple[int, str]]:
+    found = []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            found += [(node.lineno, a.name) for a in node.names]
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            found.append((node.lineno, node.module))
+    return found
+
+
+def allowed(layer: str, target: str) -> bool:
+    rules = ALLOWED[layer]
+    if "*" in rules or target in ("shunter",):
+        return True
+    inner = target.removeprefix("shunter.")
+    if inner.split(".")[0] == layer:
+        return True
+    return any(inner == r or inner.startswith(r + ".") for r in rules)
+
+
+def test_imports_point_downward():
+    problems = []
+    for path in sorted(SRC.rglob("*.py")):
+        layer = layer_of(path)
+        assert layer in ALLOWED, f"{path}: new top-level module {layer!r} needs a layer rule here"
+        for lineno, name in shunter_imports(ast.parse(path.read_text())):
+            where = f"{path.relative_to(SRC)}:{lineno}"
+            if name.startswith("shunter") and not allowed(layer, name):
+                problems.append(f"{where} ({layer}) imports {name}")
+            if name.split(".")[0] in FORBIDDEN_THIRD_PARTY.get(layer, set()):
+                problems.append(f"{where} ({layer}) imports {name}")
+    assert not problems, "\n".join(problems)
+
+
+def test_nothing_imports_cli_or_gateway_from_below():
+    for path in sorted(SRC.rglob("*.py")):
+        layer = layer_of(path)
+        for lineno, name in shunter_imports(ast.parse(path.read_text())):
+            if name.startswith("shunter.cli"):
+                assert layer == "cli", f"{path}:{lineno} imports the CLI"
+            if name.startswith("shunter.gateway"):
+                assert layer in ("cli", "gateway"), f"{path}:{lineno} imports the gateway"
+
+
+def test_the_rule_catches_a_violation():
+    tree = ast.parse("from shunter.sim.runner import simulate\n")
+    assert not allowed("core", shunter_imports(tree)[0][1])
