@@ -1,0 +1,98 @@
+"""Attention over a paged KV cache, for a flattened batch of prefill chunks and decodes.
+
+Layout of one step's tokens: every prefill chunk's tokens first (one segment per request),
+then one token per decoding request. The K/V of the new tokens are written into their cache
+slots first; attention then reads each request's whole context back through its block table.
+Decodes run as one batched attention over a padded gather of their blocks; prefill chunks run
+one segment at a time (a step has few of them). The same tensor code runs on CPU and CUDA.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+__all__ = ["AttentionMetadata", "PrefillSegment", "paged_attention", "write_kv"]
+
+
+@dataclass(slots=True, kw_only=True)
+class PrefillSegment:
+    """One request's chunk: query tokens [query_start, +num_query_tokens) of the batch."""
+
+    query_start: int
+    num_query_tokens: int
+    num_context_tokens: int  # tokens already in the cache before this chunk
+    block_table: torch.Tensor  # [num_blocks covering context + chunk], int64
+    causal_mask: torch.Tensor | None  # [num_query, context + num_query] bool; None if no context
+
+
+@dataclass(slots=True, kw_only=True)
+class AttentionMetadata:
+    """Per-step indexing shared by every layer."""
+
+    slot_mapping: torch.Tensor  # [num_tokens] flat cache slot (block * block_size + offset)
+    prefills: list[PrefillSegment]
+    num_prefill_tokens: int
+    decode_block_tables: torch.Tensor | None = None  # [num_decodes, max_blocks] int64
+    decode_mask: torch.Tensor | None = None  # [num_decodes, 1, 1, max_blocks * block_size] bool
+
+
+def write_kv(k_cache: torch.Tensor, v_cache: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
+             slot_mapping: torch.Tensor) -> None:
+    """Store new keys/values ([num_tokens, num_kv_heads, head_dim]) in their cache slots."""
+    num_kv_heads, head_dim = k.shape[1], k.shape[2]
+    k_cache.view(-1, num_kv_heads, head_dim).index_copy_(0, slot_mapping, k)
+    v_cache.view(-1, num_kv_heads, head_dim).index_copy_(0, slot_mapping, v)
+
+
+def paged_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, k_cache: torch.Tensor,
+                    v_cache: torch.Tensor, meta: AttentionMetadata, scale: float) -> torch.Tensor:
+    """q: [num_tokens, num_heads, head_dim]; k/v: this step's keys/values. Returns q's shape."""
+    out = torch.empty_like(q)
+    for seg in meta.prefills:
+        lo, hi = seg.query_start, seg.query_start + seg.num_query_tokens
+        out[lo:hi] = _prefill_attention(q[lo:hi], k[lo:hi], v[lo:hi], k_cache, v_cache, seg, scale)
+    if meta.decode_block_tables is not None:
+        lo = meta.num_prefill_tokens
+        out[lo:] = _decode_attention(q[lo:], k_cache, v_cache, meta, scale)
+    return out
+
+
+def _gather(cache: torch.Tensor, block_table: torch.Tensor) -> torch.Tensor:
+    """[..., num_blocks] block ids -> [..., num_blocks * block_size, num_kv_heads, head_dim]."""
+    blocks = cache[block_table]
+    return blocks.flatten(-4, -3)
+
+
+def _prefill_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, k_cache: torch.Tensor,
+                       v_cache: torch.Tensor, seg: PrefillSegment, scale: float) -> torch.Tensor:
+    num_heads, num_kv_heads = q.shape[1], k.shape[1]
+    if seg.causal_mask is None:  # the chunk is the whole context: no cache read needed
+        keys, values, mask, causal = k, v, None, True
+    else:
+        length = seg.num_context_tokens + seg.num_query_tokens
+        keys = _gather(k_cache, seg.block_table)[:length]
+        values = _gather(v_cache, seg.block_table)[:length]
+        mask, causal = seg.causal_mask, False
+    out = F.scaled_dot_product_attention(
+        q.transpose(0, 1), keys.transpose(0, 1), values.transpose(0, 1),
+        attn_mask=mask, is_causal=causal, scale=scale, enable_gqa=num_heads != num_kv_heads,
+    )
+    return out.transpose(0, 1)
+
+
+def _decode_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor,
+                      meta: AttentionMetadata, scale: float) -> torch.Tensor:
+    # One query per request: fold the query heads sharing a KV head into the "query length"
+    # axis, so GQA needs no repeated keys and all decodes go through one fused attention call.
+    num_decodes, num_heads, head_dim = q.shape
+    num_kv_heads = k_cache.shape[-2]
+    group = num_heads // num_kv_heads
+    keys = _gather(k_cache, meta.decode_block_tables).transpose(1, 2)  # [D, KV, L, d]
+    values = _gather(v_cache, meta.decode_block_tables).transpose(1, 2)
+    queries = q.view(num_decodes, num_kv_heads, group, head_dim)
+    out = F.scaled_dot_product_attention(queries, keys, values, attn_mask=meta.decode_mask,
+                                         scale=scale)
+    return out.reshape(num_decodes, num_heads, head_dim)

@@ -1,0 +1,137 @@
+"""Runs the model on one step's chunks over the paged KV cache it owns.
+
+The runner knows nothing of the scheduler: it is handed a list of chunks (request, the tokens to
+compute, where they start, the request's block table) and returns the logits of the chunks that
+sample. It owns the device KV cache (one [num_blocks, block_size, num_kv_heads, head_dim] K and V
+per layer, stored as one tensor) and the host-memory cache that preemption by swap copies into.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+
+from shunter.core.types import RequestId
+from shunter.engine.model.attention import AttentionMetadata, PrefillSegment
+from shunter.engine.model.llama import KVCache, LlamaForCausalLM
+
+__all__ = ["ChunkInput", "ModelRunner"]
+
+
+@dataclass(frozen=True, slots=True)
+class ChunkInput:
+    """Compute `token_ids` at positions [num_computed_tokens, +len) into the request's blocks."""
+
+    request_id: RequestId
+    token_ids: Sequence[int]
+    num_computed_tokens: int
+    block_ids: Sequence[int]
+    is_sampling: bool
+
+    @property
+    def num_tokens_after(self) -> int:
+        return self.num_computed_tokens + len(self.token_ids)
+
+
+class ModelRunner:
+    """The model plus its paged KV cache; `execute` runs a whole mixed step in one forward."""
+
+    def __init__(self, model: LlamaForCausalLM, *, num_blocks: int, block_size: int,
+                 num_host_blocks: int = 0) -> None:
+        config = model.config
+        param = next(model.parameters())
+        self.model = model
+        self.device, self.dtype = param.device, param.dtype
+        self.block_size = block_size
+        self.num_blocks = num_blocks
+        shape = (config.num_layers, 2, num_blocks, block_size, config.num_kv_heads, config.head_dim)
+        self.kv = torch.zeros(shape, dtype=self.dtype, device=self.device)
+        host_shape = (config.num_layers, 2, num_host_blocks, *shape[3:])
+        pin = self.device.type == "cuda"
+        self.host_kv = torch.zeros(host_shape, dtype=self.dtype, pin_memory=pin)
+        self.kv_caches: list[KVCache] = [(self.kv[i, 0], self.kv[i, 1])
+                                         for i in range(config.num_layers)]
+
+    @property
+    def kv_bytes_per_block(self) -> int:
+        return self.kv[:, :, 0].numel() * self.kv.element_size()
+
+    def swap_out(self, pairs: Sequence[tuple[int, int]]) -> None:
+        """Copy (device block, host block) pairs to host memory."""
+        if pairs:
+            dev, host = zip(*pairs, strict=True)
+            self.host_kv[:, :, list(host)] = self.kv[:, :, list(dev)].to("cpu")
+
+    def swap_in(self, pairs: Sequence[tuple[int, int]]) -> None:
+        """Copy (host block, device block) pairs back into the device cache."""
+        if pairs:
+            host, dev = zip(*pairs, strict=True)
+            self.kv[:, :, list(dev)] = self.host_kv[:, :, list(host)].to(self.device)
+
+    @torch.inference_mode()
+    def execute(self, chunks: Sequence[ChunkInput]) -> torch.Tensor:
+        """Float32 logits [num_sampling_chunks, vocab], in the order the chunks were given."""
+        if not chunks:
+            return torch.empty(0, self.model.config.vocab_size)
+        input_ids, positions, meta, logit_rows = self._prepare(chunks)
+        hidden = self.model(input_ids, positions, self.kv_caches, meta)
+        if not logit_rows:
+            return torch.empty(0, self.model.config.vocab_size)
+        rows = torch.tensor(logit_rows, dtype=torch.long, device=self.device)
+        return self.model.compute_logits(hidden.index_select(0, rows))
+
+    def _prepare(self, chunks: Sequence[ChunkInput]) -> tuple[
+            torch.Tensor, torch.Tensor, AttentionMetadata, list[int]]:
+        # Prefill chunks first, then single-token decodes, so decodes form one contiguous slice.
+        is_decode = [len(c.token_ids) == 1 and c.num_computed_tokens > 0 for c in chunks]
+        order = [i for i, d in enumerate(is_decode) if not d] + [i for i, d in enumerate(is_decode) if d]
+        bs = self.block_size
+        input_ids: list[int] = []
+        positions: list[int] = []
+        slots: list[int] = []
+        last_row: dict[int, int] = {}
+        prefills: list[PrefillSegment] = []
+        decode_chunks: list[ChunkInput] = []
+        for i in order:
+            c = chunks[i]
+            start, n = c.num_computed_tokens, len(c.token_ids)
+            assert len(c.block_ids) * bs >= start + n, f"{c.request_id}: block table too short"
+            if is_decode[i]:
+                decode_chunks.append(c)
+            else:
+                prefills.append(self._segment(c, len(input_ids)))
+            input_ids.extend(c.token_ids)
+            positions.extend(range(start, start + n))
+            slots.extend(c.block_ids[p // bs] * bs + p % bs for p in range(start, start + n))
+            last_row[i] = len(input_ids) - 1
+        meta = AttentionMetadata(
+            slot_mapping=self._tensor(slots), prefills=prefills,
+            num_prefill_tokens=len(input_ids) - len(decode_chunks))
+        if decode_chunks:
+            meta.decode_block_tables, meta.decode_mask = self._decode_tables(decode_chunks)
+        logit_rows = [last_row[i] for i, c in enumerate(chunks) if c.is_sampling]
+        return self._tensor(input_ids), self._tensor(positions), meta, logit_rows
+
+    def _segment(self, c: ChunkInput, query_start: int) -> PrefillSegment:
+        n, ctx = len(c.token_ids), c.num_computed_tokens
+        num_blocks = -(-(ctx + n) // self.block_size)
+        mask = None
+        if ctx > 0:
+            q_pos = torch.arange(n, device=self.device).unsqueeze(1) + ctx
+            mask = torch.arange(ctx + n, device=self.device).unsqueeze(0) <= q_pos
+        return PrefillSegment(query_start=query_start, num_query_tokens=n, num_context_tokens=ctx,
+                              block_table=self._tensor(c.block_ids[:num_blocks]), causal_mask=mask)
+
+    def _decode_tables(self, decodes: list[ChunkInput]) -> tuple[torch.Tensor, torch.Tensor]:
+        lengths = [c.num_tokens_after for c in decodes]
+        max_blocks = -(-max(lengths) // self.block_size)
+        tables = [list(c.block_ids[:max_blocks]) + [0] * (max_blocks - len(c.block_ids[:max_blocks]))
+                  for c in decodes]
+        lens = self._tensor(lengths)
+        mask = torch.arange(max_blocks * self.block_size, device=self.device) < lens.unsqueeze(1)
+        return self._tensor(tables), mask[:, None, None, :]
+
+    def _tensor(self, values: Sequence[int] | Sequence[Sequence[int]]) -> torch.Tensor:
+        return torch.tensor(values, dtype=torch.long, device=self.device)

@@ -1,0 +1,37 @@
+"""Engine tests need torch (the `engine` extra); without it the whole directory is skipped.
+
+Fixtures build one tiny random-weight Llama per session: the Hugging Face reference model
+(transformers, test-only dependency), the same weights saved as an HF directory, and the
+engine's model loaded from that directory.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+
+import pytest
+
+collect_ignore_glob = [] if importlib.util.find_spec("torch") else ["test_*.py"]
+
+
+@pytest.fixture(scope="session")
+def tiny_hf_model():
+    pytest.importorskip("transformers")
+    from tests.engine.tiny import make_tiny_hf_model  # needs transformers: imported only here
+
+    return make_tiny_hf_model(seed=0)
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tiny_hf_model, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from tests.engine.tiny import save_tiny_hf_dir
+
+    return save_tiny_hf_dir(tiny_hf_model, tmp_path_factory.mktemp("tiny_llama"))
+
+
+@pytest.fixture(scope="session")
+def tiny_loaded(tiny_model_dir: Path):
+    from shunter.engine.loader import load_hf_dir
+
+    return load_hf_dir(tiny_model_dir)
