@@ -152,3 +152,8 @@ def test_real_mooncake_trace_rewrites_byte_identically(traces_dir, tmp_path) -> 
     assert specs[-1].arrival_s == pytest.approx(3537.0, abs=1.0)
     write_jsonl(specs, tmp_path / "copy.jsonl")
     assert (tmp_path / "copy.jsonl").read_bytes() == source.read_bytes()
+
+
+def test_a_single_optional_field_is_not_skipped(write_file) -> None:
+    path = write_file("t.jsonl", '{"timestamp": 0, "input_length": 4, "output_length": 2, "tenant": "b"}\n')
+    assert load_workload(path, "jsonl")[0].tenant == "b"

@@ -42,6 +42,7 @@ MOONCAKE_HASH_BLOCK_SIZE = 512  # tokens per hash id in the Mooncake traces
 _DECODER = json.JSONDecoder(parse_float=Decimal)  # floats keep their exact decimal text
 _OPTIONAL_STRS = ("tenant", "session_id", "program_id")
 _SLO_FIELDS = ("ttft_slo_s", "tpot_slo_s")
+_LENGTH_FIELDS = ("input_length", "output_length")
 
 
 def _int(obj: dict[str, Any], key: str, where: tuple[str, int], *,
@@ -57,8 +58,12 @@ def _int(obj: dict[str, Any], key: str, where: tuple[str, int], *,
 
 
 def _positive_float(value: Any, key: str, where: tuple[str, int]) -> float:
-    number = float(value) if type(value) in (int, Decimal) and abs(value) < 1e300 else math.nan
-    if not (number > 0 and math.isfinite(number)):
+    kind = type(value)
+    try:
+        number = float(value) if kind is Decimal or kind is int else math.nan
+    except OverflowError:  # an int too large for a float
+        number = math.inf
+    if not (number > 0 and number != math.inf):
         raise WorkloadError(f"must be a number > 0, got {value!r}", path=where[0],
                             line=where[1], field=key)
     return number
@@ -116,21 +121,24 @@ def _record_to_spec(obj: Any, index: int, where: tuple[str, int], options: LoadO
     if type(obj) is not dict:
         raise WorkloadError("line is not a JSON object", path=path, line=line)
     arrival_s = _arrival_s(obj, where)
-    lengths = []
-    for key in ("input_length", "output_length"):
+    for key in _LENGTH_FIELDS:
         if key not in obj:
             raise WorkloadError("missing field", path=path, line=line, field=key)
-        lengths.append(report.clamp_zero(_int(obj, key, where, minimum=0),
-                                         is_prompt=key == "input_length", options=options,
-                                         path=path, line=line, field=key))
-    fields = _optional_fields(obj, where)
+    num_in, num_out = obj["input_length"], obj["output_length"]
+    if type(num_in) is not int or type(num_out) is not int or num_in < 1 or num_out < 1:
+        num_in = report.clamp_zero(_int(obj, "input_length", where, minimum=0), is_prompt=True,
+                                   options=options, path=path, line=line, field="input_length")
+        num_out = report.clamp_zero(_int(obj, "output_length", where, minimum=0), is_prompt=False,
+                                    options=options, path=path, line=line, field="output_length")
+    has_more = len(obj) > 3 + ("hash_ids" in obj)  # anything past timestamp, lengths, hash_ids
+    fields = _optional_fields(obj, where) if has_more else {}
     block_size = MOONCAKE_HASH_BLOCK_SIZE
     if obj.get("hash_block_size") is not None:
         block_size = _int(obj, "hash_block_size", where, minimum=1)
     hash_ids = None
     if obj.get("hash_ids") is not None:
         hash_ids = _int_tuple(obj["hash_ids"], "hash_ids", where)
-        max_ids = -(-(lengths[0] + lengths[1]) // block_size)
+        max_ids = -(-(num_in + num_out) // block_size)
         if len(hash_ids) > max_ids:
             raise WorkloadError(
                 f"{len(hash_ids)} ids but the request has only {max_ids} blocks of {block_size} tokens",
@@ -140,8 +148,8 @@ def _record_to_spec(obj: Any, index: int, where: tuple[str, int], options: LoadO
         raise WorkloadError(f"must be a string, got {request_id!r}", path=path, line=line,
                             field="request_id")
     try:
-        return RequestSpec(request_id=request_id, arrival_s=arrival_s, num_prompt_tokens=lengths[0],
-                           num_output_tokens=lengths[1], hash_ids=hash_ids,
+        return RequestSpec(request_id=request_id, arrival_s=arrival_s, num_prompt_tokens=num_in,
+                           num_output_tokens=num_out, hash_ids=hash_ids,
                            hash_block_size=block_size, **fields)
     except ValueError as exc:  # a cross-field rule RequestSpec checks (prompt_token_ids length)
         raise WorkloadError(str(exc), path=path, line=line) from None
