@@ -89,9 +89,10 @@ def test_backwards_times_error_by_default_and_sort_stably_on_request(write_file)
     ({"zero_tokens": "drop"}, "zero_tokens must be one of error, clamp"),
     ({"first_turn_only": True}, "first_turn_only applies to the sharegpt format"),
 ])
-def test_bad_options_are_config_errors(write_file, kwargs: dict, message: str) -> None:
+@pytest.mark.parametrize("sort", [False, True])
+def test_bad_options_are_config_errors(write_file, kwargs: dict, message: str, sort: bool) -> None:
     with pytest.raises(ConfigError, match=message):
-        load_workload(write_file("t.jsonl", JSONL), "jsonl", **kwargs)
+        load_workload(write_file("t.jsonl", JSONL), "jsonl", sort=sort, **kwargs)
 
 
 def test_missing_file_fails_when_the_iterator_is_made(tmp_path) -> None:

@@ -5,8 +5,9 @@ Sarathi-Serve / Vidur / Etalon CSVs: `num_prefill_tokens,num_decode_tokens[,...]
 rate is asked for.
 
 A length file becomes requests the same way whatever its format (`requests_from_lengths`):
-- `num_requests` None or <= the rows: the first rows in file order (read lazily);
-  more than the rows: `num_requests` rows sampled with replacement (seeded);
+- `num_requests` None: every row in file order, streamed; <= the rows: the first rows in file
+  order; more than the rows: `num_requests` rows sampled with replacement (seeded). With a
+  `num_requests`, up to that many rows are held in memory (to know whether to sample);
 - `rate` given: seeded Poisson arrivals from t = 0; no rate: every request arrives at t = 0
   (an offline batch, vLLM's request_rate=inf).
 """

@@ -174,6 +174,8 @@ def load_workload(path: str | Path, fmt: str | None = None, *, num_requests: int
                              zero_tokens=zero_tokens, first_turn_only=first_turn_only,
                              report=report)
     LoadOptions(num_requests=num_requests, rate=rate, seed=seed, zero_tokens=zero_tokens)  # checks
+    if first_turn_only:
+        raise ConfigError(f"first_turn_only applies to the sharegpt format, not {name!r}")
     report = report if report is not None else LoadReport()
     options = LoadOptions(seed=seed, zero_tokens=zero_tokens, allow_unsorted=True)
     reader = _TIMED_READERS[name]

@@ -186,9 +186,10 @@ def _multi_turn(path: str | Path, options: LoadOptions, report: LoadReport) -> I
     else:
         arrivals = iter_arrival_times(seeded_rng(options.seed, STREAM_ARRIVALS), options.rate)
     index = 0
-    for session_id, turns in _chosen_sessions(iter_conversations(path, options, report), options):
+    sessions = _chosen_sessions(iter_conversations(path, options, report), options)
+    for session_id, turns in sessions:
         for request_id, prompt, output, hash_ids in _session_requests(session_id, turns, index,
-                                                                        str(path)):
+                                                                      str(path)):
             if index == options.num_requests:
                 return
             yield RequestSpec(request_id=request_id, arrival_s=next(arrivals),
