@@ -96,6 +96,7 @@ def test_malformed_sharegpt_rows(write_file, rows: str, message: str) -> None:
     assert str(info.value).startswith(str(path.parent / message))
 
 
+@pytest.mark.slow  # reads the 61k-row file three times: ~0.6 s
 def test_real_sharegpt_turns(traces_dir) -> None:
     path = traces_dir / "sharegpt_v3_turn_lengths_mistral_tok.csv"
     report = LoadReport()
