@@ -27,6 +27,11 @@ class ReplicaView:
     num_total_blocks: int = 1
     block_size: int = 16
     taken_at_s: float = 0.0
+    # Speed coefficients (optional; the owner of the replicas fills them from its cost model or
+    # from measurements; routers fall back to their own defaults when they are None):
+    prefill_tokens_per_s: float | None = None  # prompt tokens the replica prefills per second
+    decode_step_s: float | None = None  # wall time of one decode step at the current batch
+    max_num_seqs: int | None = None  # most requests the replica runs in one batch
 
     @property
     def num_requests(self) -> int:

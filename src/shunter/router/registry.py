@@ -2,18 +2,33 @@
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Callable
 from typing import Any
 
 from shunter.router.interface import Router
+from shunter.router.policies.cost import CostRouter
+from shunter.router.policies.d2lpm import D2lpmRouter
 from shunter.router.policies.least_load import LeastLoadRouter
+from shunter.router.policies.llumnix import LlumnixRouter
+from shunter.router.policies.power_of_two import PowerOfTwoRouter
+from shunter.router.policies.prefix_affinity import PrefixAffinityRouter
+from shunter.router.policies.random_choice import RandomRouter
 from shunter.router.policies.round_robin import RoundRobinRouter
+from shunter.router.policies.session import SessionRouter
 
 __all__ = ["ROUTERS", "make_router"]
 
 ROUTERS: dict[str, Callable[..., Router]] = {
     "round_robin": RoundRobinRouter,
     "least_load": LeastLoadRouter,
+    "random": RandomRouter,
+    "power_of_two": PowerOfTwoRouter,
+    "prefix_affinity": PrefixAffinityRouter,
+    "cost": CostRouter,
+    "session": SessionRouter,
+    "d2lpm": D2lpmRouter,
+    "llumnix": LlumnixRouter,
 }
 
 
@@ -25,4 +40,5 @@ def make_router(name: str, **params: Any) -> Router:
     try:
         return factory(**params)
     except TypeError as exc:
-        raise ValueError(f"bad parameters for router {name!r}: {exc}") from None
+        valid = ", ".join(inspect.signature(factory).parameters) or "none"
+        raise ValueError(f"bad parameters for router {name!r}: {exc}; valid: {valid}") from None

@@ -7,11 +7,20 @@ from dataclasses import dataclass
 from shunter.core.types import RequestSpec
 from shunter.router.interface import ReplicaView, RouteDecision
 
-__all__ = ["LeastLoadRouter"]
+__all__ = ["LeastLoadRouter", "least_loaded", "load_key"]
+
+
+def load_key(view: ReplicaView) -> tuple[int, int, int]:
+    """Sort key of "less loaded first": tokens, then requests, then replica id."""
+    return (view.num_load_tokens, view.num_requests, view.replica_id)
+
+
+def least_loaded(replicas: list[ReplicaView]) -> ReplicaView:
+    """The least loaded of `replicas` (never empty)."""
+    return min(replicas, key=load_key)
 
 
 @dataclass(slots=True)
 class LeastLoadRouter:
     def route(self, request: RequestSpec, replicas: list[ReplicaView]) -> RouteDecision:
-        best = min(replicas, key=lambda v: (v.num_load_tokens, v.num_requests, v.replica_id))
-        return RouteDecision(best.replica_id)
+        return RouteDecision(least_loaded(replicas).replica_id)

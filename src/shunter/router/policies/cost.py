@@ -1,0 +1,165 @@
+"""Cost: one number in seconds per replica, the request's expected latency there; the least wins.
+
+It folds cache hits and load into one unit, so neither needs a threshold to switch between them:
+
+    prefill_s    = uncached prompt tokens / prefill_tokens_per_s      (a cache hit costs nothing)
+    queue_s      = waiting prompt tokens / prefill_tokens_per_s       (prefill work queued ahead)
+    slot_s       = excess * L * step_s / max_num_seqs                 (only when the batch is full:
+                   `excess` requests must finish first; slots free at max_num_seqs / (L * step_s))
+    decode_s     = decode_weight * L * step_s                         (decode pressure: every running
+                   request makes each step, so each of the L output tokens, slower)
+    kv_penalty_s = kv_penalty_s * ((u - knee) / (1 - knee)) / (1 - u) for u > kv_knee, else 0
+                   (convex: near-full KV means preemptions and recomputation)
+
+with L = min(expected_output_tokens, max_output_tokens) (the true length is never seen),
+step_s = the view's `decode_step_s` (else `decode_step_base_s + decode_step_per_seq_s * (n + 1)`
+for n running requests), the speed = the view's `prefill_tokens_per_s` (else this router's),
+and u = projected KV usage: blocks held + blocks the waiting prompts need + this request's new
+blocks (uncached prompt + L), over the total. Cached prefixes come from this router's own
+approximate index (`router/prefix_index.py`). Ties (within 1 ns) break at random from the
+injected RNG, or by lowest id with `randomize_ties=False`; `temperature_s > 0` samples a softmin
+instead, P(i) ~ exp(-(cost_i - min cost) / temperature_s).
+"""
+
+from __future__ import annotations
+
+import math
+import random
+from dataclasses import dataclass
+
+from shunter.core.types import RequestSpec
+from shunter.router.interface import ReplicaView, RouteDecision
+from shunter.router.prefix_index import PrefixIndex, PromptBlocks
+
+__all__ = ["CostParams", "CostRouter", "ReplicaCost", "replica_cost"]
+
+TIE_TOLERANCE_S = 1e-9
+MIN_FREE_FRACTION = 1e-3  # caps the KV penalty's pole at u = 1; beyond it the penalty grows linearly
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class CostParams:
+    """The router's speed defaults (used when a view does not carry its own) and weights."""
+
+    prefill_tokens_per_s: float = 10_000.0  # ~ an 8B model on one A100 at a 2k-token chunk
+    decode_step_base_s: float = 0.012  # one decode step of a small batch (weights read once)
+    decode_step_per_seq_s: float = 0.0001  # each running request adds its KV reads to a step
+    expected_output_tokens: int = 128
+    decode_weight: float = 1.0  # 0 routes for time to first token only
+    kv_knee: float = 0.8
+    kv_penalty_s: float = 0.1
+
+    def __post_init__(self) -> None:
+        for name in ("prefill_tokens_per_s", "decode_step_base_s", "expected_output_tokens"):
+            if getattr(self, name) <= 0:
+                raise ValueError(f"{name} must be > 0, got {getattr(self, name)}")
+        for name in ("decode_step_per_seq_s", "decode_weight", "kv_penalty_s"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
+        if not 0.0 <= self.kv_knee < 1.0:
+            raise ValueError(f"kv_knee must be in [0, 1), got {self.kv_knee}")
+
+
+@dataclass(frozen=True, slots=True)
+class ReplicaCost:
+    """The terms of one replica's cost, in seconds."""
+
+    replica_id: int
+    prefill_s: float
+    queue_s: float
+    slot_s: float
+    decode_s: float
+    kv_penalty_s: float
+
+    @property
+    def total_s(self) -> float:
+        return self.prefill_s + self.queue_s + self.slot_s + self.decode_s + self.kv_penalty_s
+
+
+def replica_cost(request: RequestSpec, view: ReplicaView, num_cached_tokens: int,
+                 params: CostParams) -> ReplicaCost:
+    """The expected latency of `request` on `view`'s replica, given its cached prefix there."""
+    p = params
+    num_output = min(p.expected_output_tokens, request.max_output_tokens or p.expected_output_tokens)
+    prefill_tps = view.prefill_tokens_per_s or p.prefill_tokens_per_s
+    step_s = view.decode_step_s
+    if step_s is None:
+        step_s = p.decode_step_base_s + p.decode_step_per_seq_s * (view.num_running + 1)
+    num_uncached = max(0, request.num_prompt_tokens - num_cached_tokens)
+    slot_s = 0.0
+    if view.max_num_seqs is not None:
+        excess = view.num_requests + 1 - view.max_num_seqs
+        if excess > 0:
+            slot_s = excess * num_output * step_s / view.max_num_seqs
+    return ReplicaCost(
+        replica_id=view.replica_id,
+        prefill_s=num_uncached / prefill_tps,
+        queue_s=view.num_waiting_tokens / prefill_tps,
+        slot_s=slot_s,
+        decode_s=p.decode_weight * num_output * step_s,
+        kv_penalty_s=_kv_penalty_s(view, num_uncached + num_output, p),
+    )
+
+
+def _kv_penalty_s(view: ReplicaView, num_new_tokens: int, p: CostParams) -> float:
+    bs = view.block_size
+    num_used = view.num_total_blocks - view.num_free_blocks
+    num_wanted = num_used + -(-view.num_waiting_tokens // bs) + -(-num_new_tokens // bs)
+    usage = num_wanted / view.num_total_blocks
+    if usage <= p.kv_knee:
+        return 0.0
+    return p.kv_penalty_s * (usage - p.kv_knee) / (1.0 - p.kv_knee) / max(1.0 - usage,
+                                                                          MIN_FREE_FRACTION)
+
+
+class CostRouter:
+    __slots__ = ("index", "params", "randomize_ties", "rng", "temperature_s")
+
+    def __init__(self, *, seed: int = 0, rng: random.Random | None = None,
+                 temperature_s: float = 0.0, randomize_ties: bool = True,
+                 prefill_tokens_per_s: float = 10_000.0, decode_step_base_s: float = 0.012,
+                 decode_step_per_seq_s: float = 0.0001, expected_output_tokens: int = 128,
+                 decode_weight: float = 1.0, kv_knee: float = 0.8,
+                 kv_penalty_s: float = 0.1) -> None:
+        if temperature_s < 0:
+            raise ValueError(f"temperature_s must be >= 0, got {temperature_s}")
+        self.params = CostParams(
+            prefill_tokens_per_s=prefill_tokens_per_s, decode_step_base_s=decode_step_base_s,
+            decode_step_per_seq_s=decode_step_per_seq_s,
+            expected_output_tokens=expected_output_tokens, decode_weight=decode_weight,
+            kv_knee=kv_knee, kv_penalty_s=kv_penalty_s)
+        self.rng = rng if rng is not None else random.Random(seed)
+        self.temperature_s = temperature_s
+        self.randomize_ties = randomize_ties
+        self.index = PrefixIndex()
+
+    def costs(self, request: RequestSpec, replicas: list[ReplicaView]) -> list[ReplicaCost]:
+        """Every replica's cost for `request` (read-only: the index is not updated)."""
+        return self._costs(request, replicas, self.index.blocks_of(request))
+
+    def route(self, request: RequestSpec, replicas: list[ReplicaView]) -> RouteDecision:
+        blocks = self.index.blocks_of(request)
+        costs = self._costs(request, replicas, blocks)
+        chosen = replicas[self._pick([c.total_s for c in costs], replicas)]
+        self.index.record(blocks, chosen)
+        return RouteDecision(chosen.replica_id)
+
+    def observe(self, request: RequestSpec, view: ReplicaView) -> None:
+        """Record that `request` went to `view`'s replica when another rule chose it."""
+        self.index.record(self.index.blocks_of(request), view)
+
+    def _costs(self, request: RequestSpec, replicas: list[ReplicaView],
+               blocks: PromptBlocks) -> list[ReplicaCost]:
+        matches = self.index.match_all(blocks, replicas)
+        return [replica_cost(request, v, m, self.params)
+                for v, m in zip(replicas, matches, strict=True)]
+
+    def _pick(self, costs: list[float], replicas: list[ReplicaView]) -> int:
+        best = min(costs)
+        if self.temperature_s > 0:
+            weights = [math.exp(-(c - best) / self.temperature_s) for c in costs]
+            return self.rng.choices(range(len(costs)), weights)[0]
+        ties = [i for i, c in enumerate(costs) if c <= best + TIE_TOLERANCE_S]
+        if self.randomize_ties and len(ties) > 1:
+            return self.rng.choice(ties)
+        return min(ties, key=lambda i: replicas[i].replica_id)
