@@ -1,0 +1,118 @@
+"""EngineExecutor: the core scheduler's Executor, running each step on the real model.
+
+The scheduler owns blocks and decides what to compute; the executor owns what a model needs
+beyond that: each request's token ids (learned from `new_requests`, extended by what it
+samples), the KV tensors and swap copies (through the model runner), sampling parameters and
+the stop conditions that need token or text knowledge (EOS, stop token ids, stop strings).
+Length limits stay with the scheduler.
+"""
+
+from __future__ import annotations
+
+import random
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Protocol
+
+import torch
+
+from shunter.core.sched.interface import SchedulerOutput, StepResult
+from shunter.core.types import RequestId
+from shunter.engine.model_runner import ChunkInput, ModelRunner
+from shunter.engine.sampler import Sampler, SamplingParams, SamplingState
+
+__all__ = ["EngineExecutor", "StopChecker"]
+
+_GREEDY = SamplingParams(temperature=0.0)
+
+
+class StopChecker(Protocol):
+    """Sees every token a request samples; True once its text hit a stop string."""
+
+    def append(self, token_id: int) -> bool:
+        """Record one sampled token; return whether the request should stop."""
+        ...
+
+
+@dataclass(slots=True)
+class _Registration:
+    """What the front-end told us about a request; lives until the request finishes."""
+
+    sampling: SamplingState
+    stop_token_ids: frozenset[int]
+    stop_checker: StopChecker | None
+
+
+class EngineExecutor:
+    """Runs scheduler steps on a ModelRunner and samples the next tokens."""
+
+    def __init__(self, runner: ModelRunner, *, eos_token_ids: frozenset[int] = frozenset(),
+                 rng: random.Random | None = None,
+                 timer: Callable[[], float] = time.perf_counter) -> None:
+        self.runner = runner
+        self.eos_token_ids = eos_token_ids
+        self.sampler = Sampler()
+        self._rng = rng or random.Random(0)
+        self._timer = timer
+        self._registrations: dict[RequestId, _Registration] = {}
+        self._token_ids: dict[RequestId, list[int]] = {}  # dropped on recompute preemption
+
+    @property
+    def num_live_requests(self) -> int:
+        return len(self._token_ids)
+
+    def register(self, request_id: RequestId, params: SamplingParams,
+                 stop_checker: StopChecker | None = None) -> None:
+        """Attach sampling parameters and stop conditions before the request is scheduled."""
+        generator = None
+        if not params.is_greedy:
+            seed = params.seed if params.seed is not None else self._rng.getrandbits(63)
+            generator = torch.Generator().manual_seed(seed)
+        stop_ids = set(params.stop_token_ids)
+        if not params.ignore_eos:
+            stop_ids |= self.eos_token_ids
+        self._registrations[request_id] = _Registration(
+            SamplingState(params, generator), frozenset(stop_ids), stop_checker)
+
+    def unregister(self, request_id: RequestId) -> None:
+        """Forget a request the scheduler never took (rejected) or that ended."""
+        self._registrations.pop(request_id, None)
+        self._token_ids.pop(request_id, None)
+
+    def execute(self, output: SchedulerOutput) -> StepResult:
+        start = self._timer()
+        for request_id in output.finished_ids:
+            self.unregister(request_id)
+        for request_id in output.preempted_ids:
+            self._token_ids.pop(request_id, None)
+        self.runner.swap_out(output.swap_out)  # before swap-in: it may reuse freed blocks
+        self.runner.swap_in(output.swap_in)
+        for new in output.new_requests:
+            assert new.prompt_token_ids is not None, f"{new.request_id}: engine needs token ids"
+            self._token_ids[new.request_id] = list(new.prompt_token_ids)
+        chunks = []
+        for c in output.chunks:
+            tokens = self._token_ids[c.request_id]
+            start_pos = c.num_computed_tokens
+            chunks.append(ChunkInput(c.request_id, tokens[start_pos:start_pos + c.num_scheduled_tokens],
+                                     start_pos, c.block_ids, c.is_sampling))
+        sampled, stopped = self._sample(chunks)
+        return StepResult(duration_s=self._timer() - start, sampled=sampled,
+                          stopped=frozenset(stopped))
+
+    def _sample(self, chunks: list[ChunkInput]) -> tuple[dict[RequestId, int], list[RequestId]]:
+        logits = self.runner.execute(chunks)
+        sampling_ids = [c.request_id for c in chunks if c.is_sampling]
+        regs = [self._registrations.get(rid) for rid in sampling_ids]
+        states = [r.sampling if r is not None else SamplingState(_GREEDY, None) for r in regs]
+        tokens = self.sampler.sample(logits, states)
+        stopped = []
+        for request_id, reg, token_id in zip(sampling_ids, regs, tokens, strict=True):
+            self._token_ids[request_id].append(token_id)
+            if reg is None:
+                continue
+            hit_stop_string = reg.stop_checker is not None and reg.stop_checker.append(token_id)
+            if token_id in reg.stop_token_ids or hit_stop_string:
+                stopped.append(request_id)
+        return dict(zip(sampling_ids, tokens, strict=True)), stopped

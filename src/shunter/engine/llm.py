@@ -1,0 +1,212 @@
+"""LLMEngine: the synchronous engine front-end (prompts in, text and tokens out).
+
+It ties together the pieces that stay separate below it: the core scheduler (which request
+runs, how many tokens, which blocks), the EngineExecutor (the model, KV tensors, sampling,
+EOS and stop strings) and, per request, a streaming detokenizer. Every decision about what to
+compute is the core scheduler's, exactly as in the simulator.
+"""
+
+from __future__ import annotations
+
+import itertools
+import random
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from shunter.core.clock import Clock
+from shunter.core.request import Request
+from shunter.core.sched.config import SchedulerConfig
+from shunter.core.sched.interface import RequestOutput
+from shunter.core.sched.registry import make_policy
+from shunter.core.sched.scheduler import CoreScheduler
+from shunter.core.sched.stats import SchedulerStats
+from shunter.core.types import DEFAULT_TENANT, RequestId, RequestSpec
+from shunter.engine.config import EngineConfig
+from shunter.engine.executor import EngineExecutor
+from shunter.engine.loader import LoadedModel, load_model
+from shunter.engine.model import build_llama
+from shunter.engine.model_runner import ModelRunner
+from shunter.engine.outputs import Completion, EngineOutput, WallClock
+from shunter.engine.sampler import SamplingParams
+from shunter.engine.tokenizer import IncrementalDetokenizer, Tokenizer
+from shunter.errors import ConfigError, RequestError
+
+__all__ = ["LLMEngine", "generate_text"]
+
+
+@dataclass(slots=True)
+class _Tracked:
+    num_prompt_tokens: int
+    detokenizer: IncrementalDetokenizer | None
+    token_ids: list[int]
+
+
+class LLMEngine:
+    """add_request / step / abort over one model replica; `generate` for batch use."""
+
+    def __init__(self, config: EngineConfig | None = None, *, loaded: LoadedModel | None = None,
+                 clock: Clock | None = None) -> None:
+        config = config or EngineConfig()
+        self.config = config
+        if config.num_threads is not None:
+            torch.set_num_threads(config.num_threads)
+        loaded = loaded or load_model(config.model, config.cache_dir)
+        self.tokenizer: Tokenizer | None = loaded.tokenizer
+        self.model_config = loaded.config
+        self.max_model_len = min(loaded.config.max_position_embeddings,
+                                 config.max_model_len or loaded.config.max_position_embeddings)
+        model = build_llama(loaded.config, loaded.tensors, max_positions=self.max_model_len,
+                            dtype=getattr(torch, config.dtype), device=config.device)
+        runner = ModelRunner(model, num_blocks=config.num_blocks, block_size=config.block_size,
+                             num_host_blocks=config.num_host_blocks)
+        eos = self.tokenizer.eos_token_ids if self.tokenizer is not None else frozenset()
+        self.executor = EngineExecutor(runner, eos_token_ids=eos, rng=random.Random(config.seed))
+        self.scheduler = CoreScheduler(self._scheduler_config(config), self._policy(config),
+                                       clock or WallClock())
+        self._ids = itertools.count()
+        self._tracked: dict[RequestId, _Tracked] = {}
+
+    def _scheduler_config(self, config: EngineConfig) -> SchedulerConfig:
+        try:
+            return SchedulerConfig(
+                num_blocks=config.num_blocks, block_size=config.block_size,
+                max_num_batched_tokens=config.max_num_batched_tokens,
+                max_num_seqs=config.max_num_seqs, max_model_len=self.max_model_len,
+                enable_chunked_prefill=config.enable_chunked_prefill,
+                enable_prefix_caching=config.enable_prefix_caching,
+                preemption_mode=config.preemption_mode, num_host_blocks=config.num_host_blocks)
+        except ValueError as exc:
+            raise ConfigError(f"engine scheduler: {exc}") from exc
+
+    @staticmethod
+    def _policy(config: EngineConfig) -> Any:
+        try:
+            return make_policy(config.policy)
+        except ValueError as exc:
+            raise ConfigError(str(exc)) from exc
+
+    # ---- requests ------------------------------------------------------------------------
+
+    @property
+    def has_unfinished_requests(self) -> bool:
+        return self.scheduler.has_work
+
+    def add_request(self, prompt: str | Sequence[int], params: SamplingParams | None = None, *,
+                    request_id: RequestId | None = None, priority: int = 0,
+                    tenant: str = DEFAULT_TENANT) -> RequestId:
+        """Queue a prompt (text or token ids); RequestError if it can never run here."""
+        params = params or SamplingParams()
+        token_ids = self._prompt_token_ids(prompt)
+        request_id = request_id if request_id is not None else f"req-{next(self._ids)}"
+        if request_id in self._tracked:
+            raise RequestError(f"duplicate request id {request_id!r}", param="request_id")
+        room = max(self.max_model_len - len(token_ids), 1)
+        spec = RequestSpec(request_id=request_id, arrival_s=self.scheduler.clock.now(),
+                           num_prompt_tokens=len(token_ids),
+                           num_output_tokens=min(params.max_tokens or room, room),
+                           max_output_tokens=params.max_tokens, tenant=tenant, priority=priority,
+                           prompt_token_ids=tuple(token_ids))
+        request = Request.from_spec(spec, block_size=self.config.block_size)
+        request.sampling_seed = params.seed
+        detok = None
+        if self.tokenizer is not None:
+            detok = IncrementalDetokenizer(self.tokenizer, stop=params.stop,
+                                           skip_special_tokens=params.skip_special_tokens)
+        elif params.stop:
+            raise RequestError("stop strings need a tokenizer; this model has none", param="stop")
+        self.executor.register(request_id, params, detok)
+        rejected = self.scheduler.add_request(request)
+        if rejected is not None:
+            self.executor.unregister(request_id)
+            raise RequestError(f"request rejected: {rejected.error}", param="prompt")
+        self._tracked[request_id] = _Tracked(len(token_ids), detok, [])
+        return request_id
+
+    def _prompt_token_ids(self, prompt: str | Sequence[int]) -> list[int]:
+        if isinstance(prompt, str):
+            if self.tokenizer is None:
+                raise RequestError("this model has no tokenizer; send token ids", param="prompt")
+            token_ids = self.tokenizer.encode(prompt)
+        else:
+            token_ids = [int(t) for t in prompt]
+        if not token_ids:
+            raise RequestError("the prompt is empty", param="prompt")
+        vocab = self.model_config.vocab_size
+        if any(not 0 <= t < vocab for t in token_ids):
+            raise RequestError(f"prompt token ids must be in [0, {vocab})", param="prompt")
+        return token_ids
+
+    def abort(self, request_id: RequestId) -> EngineOutput | None:
+        """End a request wherever it is; frees its blocks. None if unknown or finished."""
+        out = self.scheduler.abort(request_id)
+        self.executor.unregister(request_id)
+        if out is None or request_id not in self._tracked:
+            return None
+        return self._to_engine_output(out)
+
+    def load(self) -> SchedulerStats:
+        """Queue lengths and KV usage right now (what routers and the gateway read)."""
+        return self.scheduler.stats()
+
+    # ---- stepping ------------------------------------------------------------------------
+
+    def step(self) -> list[EngineOutput]:
+        """Run one scheduler step on the model; report every request that progressed."""
+        scheduled = self.scheduler.schedule()
+        result = self.executor.execute(scheduled)
+        return [self._to_engine_output(o) for o in self.scheduler.update(scheduled, result)]
+
+    def _to_engine_output(self, out: RequestOutput) -> EngineOutput:
+        tracked = self._tracked[out.request_id]
+        tracked.token_ids.extend(out.new_token_ids)
+        text = ""
+        if tracked.detokenizer is not None:
+            text = tracked.detokenizer.take_delta(out.is_finished)
+        if out.is_finished:
+            del self._tracked[out.request_id]
+            self.executor.unregister(out.request_id)
+        return EngineOutput(request_id=out.request_id, new_token_ids=tuple(out.new_token_ids),
+                            text=text, finish_reason=out.finish_reason,
+                            num_prompt_tokens=tracked.num_prompt_tokens,
+                            num_output_tokens=len(tracked.token_ids),
+                            num_cached_tokens=out.num_cached_tokens)
+
+    def run(self) -> Iterator[EngineOutput]:
+        """Step until no request is left, yielding every output."""
+        while self.scheduler.has_work:
+            yield from self.step()
+
+    def generate(self, prompts: Sequence[str | Sequence[int]],
+                 params: SamplingParams | Sequence[SamplingParams] | None = None,
+                 ) -> list[Completion]:
+        """Run prompts to completion together (batched); completions in prompt order."""
+        per_prompt = params if isinstance(params, Sequence) else [params] * len(prompts)
+        ids = [self.add_request(p, sp) for p, sp in zip(prompts, per_prompt, strict=True)]
+        tokens: dict[RequestId, list[int]] = {i: [] for i in ids}
+        texts: dict[RequestId, list[str]] = {i: [] for i in ids}
+        done: dict[RequestId, EngineOutput] = {}
+        for out in self.run():
+            if out.request_id in tokens:
+                tokens[out.request_id].extend(out.new_token_ids)
+                texts[out.request_id].append(out.text)
+                if out.is_finished:
+                    done[out.request_id] = out
+        return [Completion(request_id=i, token_ids=tuple(tokens[i]), text="".join(texts[i]),
+                           finish_reason=done[i].finish_reason, num_prompt_tokens=done[i].num_prompt_tokens,
+                           num_cached_tokens=done[i].num_cached_tokens) for i in ids]
+
+
+def generate_text(model: str = "smollm2-135m", prompt: str = "", *, max_tokens: int = 64,
+                  temperature: float = 0.0, seed: int | None = None, chat: bool = False,
+                  config: Mapping[str, Any] | None = None) -> str:
+    """One completion of `prompt` (through the chat template if `chat`): the CLI's entry."""
+    engine = LLMEngine(EngineConfig(model=model, **(config or {})))
+    if chat:
+        if engine.tokenizer is None:
+            raise RequestError("this model has no tokenizer for a chat prompt", param="prompt")
+        prompt = engine.tokenizer.apply_chat_template([{"role": "user", "content": prompt}])
+    params = SamplingParams(max_tokens=max_tokens, temperature=temperature, seed=seed)
+    return engine.generate([prompt], params)[0].text
