@@ -89,6 +89,13 @@ class Request:
         if self.hasher is not None:
             self.hasher.extend(self.block_hashes, self.num_tokens, self.token_ids)
 
+    def append_outputs(self, num_tokens: int) -> None:
+        """Record `num_tokens` sampled tokens at once (the simulator's decode runs; no token ids)."""
+        assert self.token_ids is None, "bulk appends are for requests without token ids"
+        self.num_output_tokens += num_tokens
+        if self.hasher is not None:
+            self.hasher.extend(self.block_hashes, self.num_tokens)
+
     def set_status(self, status: RequestStatus) -> None:
         assert not self.status.is_finished, f"{self.request_id} is already {self.status.name}"
         self.status = status

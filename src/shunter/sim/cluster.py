@@ -42,6 +42,8 @@ class SimCluster:
             event = loop.pop()
             if isinstance(event, StepDone):
                 replica = self.replicas[event.replica_id]
+                if event.generation != replica.generation:
+                    continue  # a run cut short: its old end was replaced
                 finished.extend(replica.finish_step(self.step_log))
                 self._start(replica)
             else:
@@ -73,9 +75,13 @@ class SimCluster:
         rejected = replica.add(spec)
         if rejected is not None:
             finished.append(rejected)
+            return
+        cut_s = replica.cut_run()
+        if cut_s is not None:
+            self.loop.push(cut_s, STEP_DONE_PRIORITY, StepDone(replica.replica_id, replica.generation))
         self._start(replica)
 
     def _start(self, replica: SimReplica) -> None:
         end_s = replica.start_step()
         if end_s is not None:
-            self.loop.push(end_s, STEP_DONE_PRIORITY, StepDone(replica.replica_id))
+            self.loop.push(end_s, STEP_DONE_PRIORITY, StepDone(replica.replica_id, replica.generation))

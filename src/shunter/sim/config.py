@@ -31,6 +31,7 @@ class SimConfig:
     num_blocks: int | None = None
     swap_space_gib: float = 4.0
     record_steps: bool = False
+    fast_forward: bool = True  # apply steady decode runs in bulk (identical results, faster)
 
     def __post_init__(self) -> None:
         if self.tp < 1:

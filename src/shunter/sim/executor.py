@@ -4,6 +4,10 @@ through `StepResult.stopped`, exactly as it would from a real model's EOS."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
+import numpy as np
+
 from shunter.core.sched.interface import SchedulerOutput, StepResult
 from shunter.core.types import RequestId
 from shunter.sim.cost.interface import CostModel
@@ -26,6 +30,31 @@ class SimExecutor:
 
     def forget(self, request_id: RequestId) -> None:
         self._remaining.pop(request_id, None)
+
+    def steps_until_stop(self, request_ids: Sequence[RequestId]) -> int:
+        """Steps until the first of these requests reaches its true output length."""
+        remaining = self._remaining
+        return min(remaining[rid] for rid in request_ids)
+
+    def advance(self, request_ids: Sequence[RequestId], num_steps: int) -> frozenset[RequestId]:
+        """Sample `num_steps` tokens for each request at once; returns those that stop at the last."""
+        remaining = self._remaining
+        stopped = []
+        for rid in request_ids:
+            left = remaining[rid] - num_steps
+            assert left >= 0, f"{rid} decoded past its true length"
+            remaining[rid] = left
+            if left == 0:
+                stopped.append(rid)
+        return frozenset(stopped)
+
+    def decode_run_end_times(self, start_s: float, num_decodes: int, context_tokens: int,
+                             num_steps: int) -> list[float]:
+        """End times of `num_steps` decode-only steps after `start_s`, the i-th (1-based) reading
+        `context_tokens + i * num_decodes` KV tokens; sums taken in step order, as step by step."""
+        contexts = context_tokens + num_decodes * np.arange(1, num_steps + 1, dtype=np.int64)
+        durations = self.cost_model.decode_step_times_s(num_decodes, contexts)
+        return np.cumsum(np.concatenate(([start_s], durations)))[1:].tolist()
 
     def execute(self, output: SchedulerOutput) -> StepResult:
         remaining = self._remaining

@@ -28,6 +28,7 @@ class Arrival:
 @dataclass(frozen=True, slots=True)
 class StepDone:
     replica_id: int
+    generation: int = 0  # the replica's run generation when pushed; stale if it moved on
 
 
 Event = Arrival | StepDone

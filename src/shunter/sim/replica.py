@@ -1,9 +1,20 @@
-"""One simulated replica: the core scheduler driven by a SimExecutor on the virtual clock."""
+"""One simulated replica: the core scheduler driven by a SimExecutor on the virtual clock.
+
+A step in flight may be the first of a steady decode run (`core.sched.decode_run`): the
+replica then plans the run's remaining steps at once, with their exact end times, and applies
+them in bulk when the run ends. The run is cut short at the step in flight when a new request
+is routed here; until it ends, `view()` reports the state step by step would have at that time.
+Results are identical to stepping one by one (`fast_forward=False`), which the tests check.
+"""
 
 from __future__ import annotations
 
+from bisect import bisect_right
+from dataclasses import dataclass
+
 from shunter.core.clock import Clock
 from shunter.core.request import Request
+from shunter.core.sched.decode_run import advance_decode_run, blocks_for_steps, decode_run_horizon
 from shunter.core.sched.interface import SchedulerOutput, StepResult
 from shunter.core.sched.scheduler import CoreScheduler
 from shunter.core.types import RequestId, RequestSpec
@@ -16,26 +27,47 @@ __all__ = ["SimReplica", "StepLog"]
 StepLog = tuple[int, float, float, int, int, int]  # replica, start, end, prefill tokens, decodes, preempted
 
 
+@dataclass(slots=True)
+class _InFlight:
+    output: SchedulerOutput  # the run's first step, scheduled for real
+    result: StepResult
+    start_s: float
+    end_times_s: list[float]  # end of the first step, then of each planned decode step
+    run_ids: list[RequestId]  # the requests every decode step of the run serves
+
+
 class SimReplica:
     def __init__(self, replica_id: int, scheduler: CoreScheduler, executor: SimExecutor,
-                 clock: Clock) -> None:
+                 clock: Clock, *, fast_forward: bool = True) -> None:
         self.replica_id = replica_id
         self.scheduler = scheduler
         self.executor = executor
         self.clock = clock
+        self.fast_forward = fast_forward
+        self.generation = 0  # bumped when a run is cut short: older StepDone events are stale
         self._live: dict[RequestId, tuple[Request, RequestRecord]] = {}
-        self._in_flight: tuple[SchedulerOutput, StepResult, float] | None = None
+        self._in_flight: _InFlight | None = None
 
     @property
     def is_busy(self) -> bool:
         return self._in_flight is not None
 
+    def _steps_done(self, flight: _InFlight) -> int:
+        return bisect_right(flight.end_times_s, self.clock.now())
+
     def view(self) -> ReplicaView:
         s = self.scheduler.stats()
+        running_tokens, free_blocks = s.num_running_tokens, s.num_free_blocks
+        flight = self._in_flight
+        if flight is not None and len(flight.end_times_s) > 1:
+            done = self._steps_done(flight)  # steps of the run that step by step has applied
+            if done:
+                running_tokens += len(flight.run_ids) * done
+                free_blocks -= blocks_for_steps(self.scheduler, min(done, len(flight.end_times_s) - 1))
         return ReplicaView(replica_id=self.replica_id, num_waiting=s.num_waiting,
                            num_running=s.num_running, num_waiting_tokens=s.num_waiting_tokens,
-                           num_running_tokens=s.num_running_tokens,
-                           num_free_blocks=s.num_free_blocks, num_total_blocks=s.num_total_blocks,
+                           num_running_tokens=running_tokens, num_free_blocks=free_blocks,
+                           num_total_blocks=s.num_total_blocks,
                            block_size=self.scheduler.config.block_size, taken_at_s=self.clock.now())
 
     def add(self, spec: RequestSpec) -> RequestRecord | None:
@@ -59,39 +91,82 @@ class SimReplica:
         return None
 
     def start_step(self) -> float | None:
-        """Begin the next step if idle and there is work; returns when it will end."""
+        """Begin the next step (or decode run) if idle and there is work; returns when it ends."""
         if self._in_flight is not None or not self.scheduler.has_work:
             return None
         output = self.scheduler.schedule()
         assert not output.is_empty, f"replica {self.replica_id} has work but scheduled nothing"
         result = self.executor.execute(output)
         start_s = self.clock.now()
-        self._in_flight = (output, result, start_s)
-        return start_s + result.duration_s
+        end_times = [start_s + result.duration_s]
+        run_ids: list[RequestId] = []
+        if self.fast_forward:
+            run_ids = [r.request_id for r in self.scheduler.running]
+            cap = self.executor.steps_until_stop(run_ids) if run_ids else 0
+            num_steps = decode_run_horizon(self.scheduler, output, cap)
+            if num_steps:
+                end_times += self.executor.decode_run_end_times(
+                    end_times[0], len(run_ids), output.shape.num_decode_context_tokens, num_steps)
+        self._in_flight = _InFlight(output, result, start_s, end_times, run_ids)
+        return end_times[-1]
+
+    def cut_run(self) -> float | None:
+        """A request was just queued here: end the run after the step now in flight.
+
+        Returns the new end time (the caller schedules it), or None if nothing changed."""
+        flight = self._in_flight
+        if flight is None or len(flight.end_times_s) == 1:
+            return None
+        keep = self._steps_done(flight) + 1
+        if keep >= len(flight.end_times_s):
+            return None
+        del flight.end_times_s[keep:]
+        self.generation += 1
+        return flight.end_times_s[-1]
 
     def finish_step(self, log: list[StepLog] | None = None) -> list[RequestRecord]:
-        """Apply the step that just ended; returns the records of requests that finished."""
-        assert self._in_flight is not None
-        output, result, start_s = self._in_flight
+        """Apply the step (or run) that just ended; returns the records of finished requests."""
+        flight = self._in_flight
+        assert flight is not None
         self._in_flight = None
-        now = self.clock.now()
+        output, end_times = flight.output, flight.end_times_s
         if log is not None:
-            shape = output.shape
-            log.append((self.replica_id, start_s, now, shape.num_prefill_tokens,
-                        shape.num_decode_requests, len(output.preempted_ids) + len(output.swap_out)))
+            self._log(log, flight)
         done: list[RequestRecord] = []
-        for out in self.scheduler.update(output, result):
+        first_end = end_times[0]
+        for out in self.scheduler.update(output, flight.result):
             request, record = self._live[out.request_id]
-            record.token_times_s.append(now)
+            record.token_times_s.append(first_end)
             if out.finish_reason is not None:
-                del self._live[out.request_id]
-                record.finish_s = now
-                record.finish_reason = out.finish_reason
-                record.first_scheduled_s = request.first_scheduled_s
-                record.num_preemptions = request.num_preemptions
-                record.num_cached_tokens = request.num_cached_tokens or 0
-                done.append(record)
+                done.append(self._close(out.request_id, out.finish_reason))
+        num_steps = len(end_times) - 1
+        if num_steps:
+            stopped = self.executor.advance(flight.run_ids, num_steps)
+            finished = advance_decode_run(self.scheduler, num_steps, stopped)
+            times = end_times[1:]
+            for rid in flight.run_ids:
+                self._live[rid][1].token_times_s.extend(times)
+            done += [self._close(out.request_id, out.finish_reason) for out in finished]
         return done
+
+    def _close(self, request_id: RequestId, reason: object) -> RequestRecord:
+        request, record = self._live.pop(request_id)
+        record.finish_s = record.token_times_s[-1] if record.token_times_s else self.clock.now()
+        record.finish_reason = reason  # type: ignore[assignment]
+        record.first_scheduled_s = request.first_scheduled_s
+        record.num_preemptions = request.num_preemptions
+        record.num_cached_tokens = request.num_cached_tokens or 0
+        return record
+
+    def _log(self, log: list[StepLog], flight: _InFlight) -> None:
+        shape = flight.output.shape
+        log.append((self.replica_id, flight.start_s, flight.end_times_s[0],
+                    shape.num_prefill_tokens, shape.num_decode_requests,
+                    len(flight.output.preempted_ids) + len(flight.output.swap_out)))
+        previous = flight.end_times_s[0]
+        for end in flight.end_times_s[1:]:
+            log.append((self.replica_id, previous, end, 0, len(flight.run_ids), 0))
+            previous = end
 
     def unfinished(self) -> list[RequestRecord]:
         """Records of requests still queued or running (a run cut short must still report them)."""

@@ -55,7 +55,8 @@ def build_cluster(config: SimConfig) -> SimCluster:
     for replica_id in range(config.num_replicas):
         scheduler = CoreScheduler(sched_config, make_policy(config.policy, **config.policy_params),
                                   clock)
-        replicas.append(SimReplica(replica_id, scheduler, SimExecutor(cost_model), clock))
+        replicas.append(SimReplica(replica_id, scheduler, SimExecutor(cost_model), clock,
+                                   fast_forward=config.fast_forward))
     router = make_router(config.router, **config.router_params)
     return SimCluster(replicas, router, clock, record_steps=config.record_steps)
 

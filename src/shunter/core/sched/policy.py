@@ -52,6 +52,9 @@ class Policy(Protocol):
     """Ordering, victims and charging: everything a scheduling policy decides."""
 
     name: str
+    # True when the waiting order and `should_preempt` never change while requests only decode
+    # (no charging-dependent order): lets the simulator apply steady decode steps in bulk.
+    has_static_order: bool
 
     def make_queue(self) -> WaitingQueue:
         """A fresh waiting queue in this policy's order."""

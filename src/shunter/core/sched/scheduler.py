@@ -47,7 +47,7 @@ class CoreScheduler:
         self.requests: dict[RequestId, Request] = {}
         self.num_preemptions = 0
         self.num_waiting_tokens = 0
-        self._step_id = 0
+        self.num_steps = 0
         self._finished_ids: list[RequestId] = []
         self._watermark_blocks = int(config.watermark * config.num_blocks)
 
@@ -94,7 +94,7 @@ class CoreScheduler:
         else:
             self.waiting.remove(request)
             self.num_waiting_tokens -= request.num_uncomputed_tokens
-        self._finish(request, RequestStatus.FINISHED_ABORTED)
+        self.finish_request(request, RequestStatus.FINISHED_ABORTED)
         return RequestOutput(request_id, (), FINISHED_STATUSES[request.status],
                              num_cached_tokens=request.num_cached_tokens or 0)
 
@@ -111,7 +111,7 @@ class CoreScheduler:
 
     def schedule(self) -> SchedulerOutput:
         now = self.clock.now()
-        self._step_id += 1
+        self.num_steps += 1
         plan = StepPlan(budget=self.config.max_num_batched_tokens)
         self._preempt_for_priority(plan, now)
         if self.config.enable_chunked_prefill:
@@ -122,7 +122,7 @@ class CoreScheduler:
         for request, num_tokens in plan.scheduled:
             self.policy.on_scheduled(request, num_tokens, now)
         finished, self._finished_ids = tuple(self._finished_ids), []
-        return plan.build(self._step_id, finished, self.config.emit_block_tables)
+        return plan.build(self.num_steps, finished, self.config.emit_block_tables)
 
     def _schedule_running(self, plan: StepPlan, now: float) -> bool:
         """Phase 1. Returns whether any request was preempted for memory."""
@@ -251,7 +251,8 @@ class CoreScheduler:
             plan.preempted_ids.append(request.request_id)
         self._enqueue(request)
 
-    def _finish(self, request: Request, status: RequestStatus) -> None:
+    def finish_request(self, request: Request, status: RequestStatus) -> None:
+        """End a request that is no longer in the running list or the waiting queue."""
         self.kv.free(request)
         self.kv.free_host(request)
         request.set_status(status)
@@ -279,7 +280,7 @@ class CoreScheduler:
             status = self._stop_status(request, result, max_seq_len)
             if status is not None:
                 self.running.remove(request)
-                self._finish(request, status)
+                self.finish_request(request, status)
             reason = FINISHED_STATUSES[status] if status is not None else None
             outputs.append(RequestOutput(request.request_id, (token_id,), reason,
                                          num_cached_tokens=request.num_cached_tokens or 0))

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from typing import Protocol
 
+import numpy as np
+
 from shunter.core.types import StepShape
 
 __all__ = ["CostModel"]
@@ -14,6 +16,11 @@ class CostModel(Protocol):
 
     def step_time_s(self, shape: StepShape) -> float:
         """Wall time of one engine step (one forward pass plus its CPU overhead) of this shape."""
+        ...
+
+    def decode_step_times_s(self, num_decodes: int, context_tokens: np.ndarray) -> np.ndarray:
+        """`step_time_s` of many decode-only steps (one per element of `context_tokens`), bit
+        for bit equal to calling it once per step."""
         ...
 
     def swap_time_s(self, num_blocks: int) -> float:

@@ -30,6 +30,8 @@ holds the comparison.
 
 from __future__ import annotations
 
+import numpy as np
+
 from shunter.core.types import DEFAULT_BLOCK_SIZE, StepShape
 from shunter.errors import ConfigError
 from shunter.sim.cost.catalog import GpuSpec, ModelSpec, get_gpu, get_model
@@ -236,6 +238,25 @@ class RooflineCostModel:
         comm_s = self._num_all_reduces * (self._all_reduce_latency_s
                                           + self._all_reduce_s_per_token * t)
         head_s = self.lm_head_time_s(num_requests) + self._head_s_per_token * t
+        return cpu_s + self.model.num_layers * layer_s + comm_s + head_s
+
+    def decode_step_times_s(self, num_decodes: int, context_tokens: np.ndarray) -> np.ndarray:
+        """`step_time_s` of decode-only steps of `num_decodes` requests reading each of
+        `context_tokens` KV tokens in all, for many steps at once.
+
+        The float operations are those of `step_time_s`, in the same order, so each element
+        equals it bit for bit: the simulator's decode runs rely on that for exactness.
+        """
+        n = num_decodes
+        cpu_s = STEP_CPU_OVERHEAD_S + STEP_CPU_OVERHEAD_PER_REQUEST_S * n
+        t = float(n)
+        attention_s = ATTENTION_DECODE_FIXED_S + context_tokens * self._decode_s_per_kv_token
+        layer_s = self._layer_fixed_s + self._elementwise_s_per_token * t + attention_s
+        for compute_s, weights_s, io_s in self._linear:
+            layer_s = layer_s + max(compute_s * t, weights_s + io_s * t)
+        comm_s = self._num_all_reduces * (self._all_reduce_latency_s
+                                          + self._all_reduce_s_per_token * t)
+        head_s = self.lm_head_time_s(n) + self._head_s_per_token * t
         return cpu_s + self.model.num_layers * layer_s + comm_s + head_s
 
     def swap_time_s(self, num_blocks: int) -> float:

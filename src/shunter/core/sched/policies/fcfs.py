@@ -13,6 +13,7 @@ __all__ = ["FcfsPolicy"]
 @dataclass(slots=True)
 class FcfsPolicy:
     name: str = "fcfs"
+    has_static_order: bool = True
 
     def make_queue(self) -> KeyedQueue:
         return KeyedQueue(lambda r: r.arrival_s)

@@ -25,6 +25,7 @@ class PriorityPolicy:
     aging_s: float | None = 60.0
     preemption_threshold: float = 1.0
     name: str = "priority"
+    has_static_order: bool = True  # continuous aging keeps the relative order fixed
 
     def __post_init__(self) -> None:
         if self.aging_s is not None and self.aging_s <= 0:

@@ -1,0 +1,149 @@
+"""Steady decode runs: many identical scheduling steps decided and applied at once.
+
+After a step that schedules every running request for exactly one decode token and admits,
+preempts and swaps nothing, the next steps decide the same thing until something changes: a
+request stops or hits a length limit, the KV cache cannot give a growing request its next
+block, or a new request arrives. In between, no decision can change:
+
+- admission stays blocked: free blocks only shrink and the running count is constant, and a
+  policy with a static order keeps the same waiting head (policies without one get no runs
+  while anything waits);
+- priority preemption stays off: for static orders `should_preempt` does not depend on time,
+  and every running request has already progressed (so the candidates are the same);
+- memory-pressure preemption cannot happen while the planned blocks fit.
+
+`decode_run_horizon` says how many such steps follow a just-scheduled step; `advance_decode_run`
+applies them exactly as that many `schedule`/`update` rounds would: block allocations and prefix
+cache publications happen in the same (step, running order) sequence, so block ids, LRU order
+and cache contents end up identical. Only the simulator uses this; the engine runs every step.
+"""
+
+from __future__ import annotations
+
+from shunter.core.request import Request
+from shunter.core.sched.interface import RequestOutput, SchedulerOutput
+from shunter.core.sched.scheduler import CoreScheduler
+from shunter.core.types import FINISHED_STATUSES, RequestStatus
+
+__all__ = ["advance_decode_run", "blocks_for_steps", "decode_run_horizon"]
+
+
+def _cdiv(a: int, b: int) -> int:
+    return -(-a // b)
+
+
+def decode_run_horizon(scheduler: CoreScheduler, output: SchedulerOutput, max_steps: int) -> int:
+    """How many steps after `output` (scheduled, not yet applied) are steady decodes; 0 if none.
+
+    `max_steps` is the caller's own bound (the simulator passes the steps until its first stop).
+    """
+    running = scheduler.running
+    n = len(running)
+    cfg = scheduler.config
+    if (max_steps <= 0 or n == 0 or len(output.chunks) != n or output.new_requests
+            or output.preempted_ids or output.swap_in or output.swap_out):
+        return 0
+    if output.shape.num_decode_requests != n:
+        return 0
+    if len(scheduler.waiting) and n < cfg.max_num_seqs and n < cfg.max_num_batched_tokens:
+        if not scheduler.policy.has_static_order:
+            return 0
+    horizon = max_steps
+    max_seq_len = cfg.max_seq_len
+    for r in running:
+        if not r.has_progressed or r.token_ids is not None:
+            return 0
+        # after the scheduled step the request has num_output+1 outputs and num_tokens+1 tokens
+        if r.max_output_tokens is not None:
+            horizon = min(horizon, r.max_output_tokens - r.num_output_tokens - 1)
+        horizon = min(horizon, max_seq_len - r.num_tokens - 1)
+    if horizon <= 0:
+        return 0
+    return _memory_horizon(scheduler, horizon)
+
+
+def blocks_for_steps(scheduler: CoreScheduler, num_steps: int) -> int:
+    """New blocks the running requests take over the first `num_steps` steps after the one
+    just scheduled (before that step is applied)."""
+    bs = scheduler.config.block_size
+    # a request with c computed tokens holds cdiv(c + 1) blocks for the scheduled step; the
+    # s-th step after it needs cdiv(c + 1 + s)
+    return sum(_cdiv(r.num_computed_tokens + 1 + num_steps, bs)
+               - _cdiv(r.num_computed_tokens + 1, bs) for r in scheduler.running)
+
+
+def _memory_horizon(scheduler: CoreScheduler, horizon: int) -> int:
+    """The most steps (<= horizon) whose new blocks all fit in the free pool."""
+    free = scheduler.kv.num_free_blocks
+    if blocks_for_steps(scheduler, horizon) <= free:
+        return horizon
+    lo, hi = 0, horizon  # fits(lo) holds, fits(hi) does not
+    while hi - lo > 1:
+        mid = (lo + hi) // 2
+        if blocks_for_steps(scheduler, mid) <= free:
+            lo = mid
+        else:
+            hi = mid
+    return lo
+
+
+def advance_decode_run(scheduler: CoreScheduler, num_steps: int,
+                       stopped: frozenset[str]) -> list[RequestOutput]:
+    """Apply `num_steps` steady decode steps (each a `schedule` plus an `update`) at once.
+
+    Call after `update` of the run's first step. `stopped` are requests the executor ended at
+    the last of these steps. Returns the outputs of requests that finished at that step; every
+    other running request simply gained `num_steps` tokens.
+    """
+    pool = scheduler.kv.pool
+    bs = scheduler.config.block_size
+    running = list(scheduler.running)
+    # (step, 0 = allocate before it / 1 = publish after it, running index): the order in which
+    # step-by-step scheduling would have done them
+    events: list[tuple[int, int, int]] = []
+    for index, r in enumerate(running):
+        c = r.num_computed_tokens
+        # step s computes token c+s-1 (0-based) and needs a new block when c+s-1 starts one
+        events.extend((s, 0, index) for s in range((1 - c) % bs or bs, num_steps + 1, bs))
+        # after step s, c+s tokens are computed: block (c+s)/bs - 1 is full when bs divides c+s
+        events.extend((s, 1, index) for s in range((-c) % bs or bs, num_steps + 1, bs))
+        r.append_outputs(num_steps)
+    events.sort()
+    for step, kind, index in events:
+        r = running[index]
+        if kind == 0:
+            assert pool.can_allocate(1), "decode run planned past the free blocks"
+            r.block_ids.extend(pool.allocate(1))
+        else:
+            block = (r.num_computed_tokens + step) // bs - 1
+            pool.cache(r.block_ids[block], r.block_hashes[block])
+    return _finish_run(scheduler, running, num_steps, stopped, scheduler.clock.now())
+
+
+def _finish_run(scheduler: CoreScheduler, running: list[Request], num_steps: int,
+                stopped: frozenset[str], now: float) -> list[RequestOutput]:
+    outputs: list[RequestOutput] = []
+    max_seq_len = scheduler.config.max_seq_len
+    policy = scheduler.policy
+    for r in running:
+        r.num_computed_tokens += num_steps
+        r.num_published_blocks = r.num_computed_tokens // scheduler.config.block_size
+        policy.on_scheduled(r, num_steps, now)
+        status = _stop_status(r, stopped, max_seq_len)
+        if status is not None:
+            scheduler.running.remove(r)
+            scheduler.finish_request(r, status)
+            outputs.append(RequestOutput(r.request_id, (), FINISHED_STATUSES[status],
+                                         num_cached_tokens=r.num_cached_tokens or 0))
+    scheduler.num_steps += num_steps
+    return outputs
+
+
+def _stop_status(r: Request, stopped: frozenset[str], max_seq_len: int) -> RequestStatus | None:
+    if r.request_id in stopped:
+        return RequestStatus.FINISHED_STOPPED
+    if r.max_output_tokens is not None and r.num_output_tokens >= r.max_output_tokens:
+        return RequestStatus.FINISHED_LENGTH
+    if r.num_tokens >= max_seq_len:
+        return RequestStatus.FINISHED_LENGTH
+    return None
