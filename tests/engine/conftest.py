@@ -15,6 +15,18 @@ import pytest
 collect_ignore_glob = [] if importlib.util.find_spec("torch") else ["test_*.py"]
 
 
+@pytest.fixture(scope="session", autouse=True)
+def one_torch_thread():
+    """Tiny models gain nothing from threads, and on a shared 2-core box two OpenMP threads
+    that wait on each other turn milliseconds into seconds."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 @pytest.fixture(scope="session")
 def tiny_hf_model():
     pytest.importorskip("transformers")

@@ -1,0 +1,194 @@
+"""AsyncEngineClient: the engine behind an asyncio API, stepping on its own thread.
+
+The gateway's event loop must never run a forward pass, so the step loop lives on a dedicated
+thread that owns the LLMEngine outright: submits and aborts travel to it as commands, outputs
+travel back to per-request asyncio queues via `call_soon_threadsafe`, and the load snapshot is
+republished after every step (a frozen record, so reading it needs no lock).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from collections import deque
+from collections.abc import AsyncIterator, Callable, Sequence
+from concurrent.futures import Future
+from typing import Any
+
+from shunter.core.sched.stats import SchedulerStats
+from shunter.core.types import DEFAULT_TENANT, RequestId
+from shunter.engine.llm import LLMEngine
+from shunter.engine.outputs import Completion, EngineOutput
+from shunter.engine.sampler import SamplingParams
+
+__all__ = ["AsyncEngineClient", "EngineDeadError"]
+
+_Command = Callable[[], Any]
+
+
+class EngineDeadError(RuntimeError):
+    """The step loop died; the original exception is the __cause__."""
+
+
+class AsyncEngineClient:
+    """submit / stream / abort / load over an LLMEngine stepping on a background thread."""
+
+    def __init__(self, engine: LLMEngine) -> None:
+        self._engine = engine
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._queues: dict[RequestId, asyncio.Queue[EngineOutput | BaseException]] = {}
+        self._commands: deque[tuple[_Command, Future[Any]]] = deque()
+        self._wake = threading.Condition()
+        self._stopping = False
+        self._error: BaseException | None = None
+        self._snapshot = engine.load()
+        self._thread = threading.Thread(target=self._run, name="shunter-engine-step", daemon=True)
+
+    @property
+    def tokenizer(self) -> Any:
+        return self._engine.tokenizer
+
+    async def __aenter__(self) -> AsyncEngineClient:
+        self.start()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    def start(self) -> None:
+        """Start the step thread; call from the event loop that will consume outputs."""
+        self._loop = asyncio.get_running_loop()
+        self._thread.start()
+
+    async def close(self) -> None:
+        """Stop stepping (running requests are dropped) and join the thread."""
+        with self._wake:
+            self._stopping = True
+            self._wake.notify()
+        if self._thread.is_alive():
+            await asyncio.to_thread(self._thread.join)
+
+    # ---- the API -------------------------------------------------------------------------
+
+    def load(self) -> SchedulerStats:
+        """The engine's load after its latest step (queue lengths, KV usage, preemptions)."""
+        return self._snapshot
+
+    async def submit(self, prompt: str | Sequence[int], params: SamplingParams | None = None, *,
+                     request_id: RequestId | None = None, priority: int = 0,
+                     tenant: str = DEFAULT_TENANT) -> RequestId:
+        """Queue a request; raises RequestError at once if the engine refuses it."""
+        queue: asyncio.Queue[EngineOutput | BaseException] = asyncio.Queue()
+
+        def add() -> RequestId:
+            rid = self._engine.add_request(prompt, params, request_id=request_id,
+                                           priority=priority, tenant=tenant)
+            self._queues[rid] = queue  # before the next step can produce its outputs
+            return rid
+
+        return await self._call(add)
+
+    async def stream(self, request_id: RequestId) -> AsyncIterator[EngineOutput]:
+        """The request's outputs as they come; leaving early aborts the request.
+
+        Every submitted request should be streamed (or aborted): its queue lives until then.
+        """
+        queue = self._queues.get(request_id)
+        if queue is None:
+            raise KeyError(f"unknown or already streamed request {request_id!r}")
+        finished = False
+        try:
+            while not finished:
+                item = await queue.get()
+                if isinstance(item, BaseException):
+                    raise EngineDeadError("the engine step loop failed") from item
+                finished = item.is_finished
+                yield item
+        finally:
+            if not finished and self._error is None and not self._stopping:
+                await self.abort(request_id)
+            self._queues.pop(request_id, None)
+
+    async def abort(self, request_id: RequestId) -> None:
+        """End a request wherever it is and free its blocks (no-op if it already ended)."""
+        out = await self._call(lambda: self._engine.abort(request_id))
+        queue = self._queues.get(request_id)
+        if out is not None and queue is not None:
+            queue.put_nowait(out)  # a stream still reading it ends with finish reason "abort"
+
+    async def generate(self, prompt: str | Sequence[int],
+                       params: SamplingParams | None = None) -> Completion:
+        """Submit and wait for the whole completion."""
+        request_id = await self.submit(prompt, params)
+        tokens: list[int] = []
+        texts: list[str] = []
+        last: EngineOutput | None = None
+        async for out in self.stream(request_id):
+            tokens.extend(out.new_token_ids)
+            texts.append(out.text)
+            last = out
+        assert last is not None and last.finish_reason is not None
+        return Completion(request_id=request_id, token_ids=tuple(tokens), text="".join(texts),
+                          finish_reason=last.finish_reason, num_prompt_tokens=last.num_prompt_tokens,
+                          num_cached_tokens=last.num_cached_tokens)
+
+    # ---- plumbing ------------------------------------------------------------------------
+
+    async def _call(self, command: _Command) -> Any:
+        if self._error is not None:
+            raise EngineDeadError("the engine step loop failed") from self._error
+        if self._loop is None:
+            raise RuntimeError("AsyncEngineClient.start() was not called")
+        future: Future[Any] = Future()
+        with self._wake:
+            self._commands.append((command, future))
+            self._wake.notify()
+        return await asyncio.wrap_future(future)
+
+    def _run(self) -> None:
+        engine = self._engine
+        try:
+            while True:
+                with self._wake:
+                    while not self._stopping and not self._commands and not engine.has_unfinished_requests:
+                        self._wake.wait()
+                    if self._stopping:
+                        return
+                    commands = list(self._commands)
+                    self._commands.clear()
+                for command, future in commands:
+                    try:
+                        future.set_result(command())
+                    except Exception as exc:  # a refused request goes back to its caller
+                        future.set_exception(exc)
+                if engine.has_unfinished_requests:
+                    outputs = engine.step()
+                    self._snapshot = engine.load()
+                    if outputs:
+                        self._post(self._deliver, outputs)
+                else:
+                    self._snapshot = engine.load()
+        except BaseException as exc:  # noqa: BLE001 - report any failure to every stream
+            self._error = exc
+            self._post(self._fail_all, exc)
+        finally:
+            with self._wake:
+                pending = list(self._commands)
+                self._commands.clear()
+            for _, future in pending:
+                future.set_exception(EngineDeadError("the engine stopped"))
+
+    def _post(self, fn: Callable[..., None], arg: Any) -> None:
+        assert self._loop is not None
+        if not self._loop.is_closed():
+            self._loop.call_soon_threadsafe(fn, arg)
+
+    def _deliver(self, outputs: list[EngineOutput]) -> None:
+        for out in outputs:
+            queue = self._queues.get(out.request_id)
+            if queue is not None:
+                queue.put_nowait(out)
+
+    def _fail_all(self, exc: BaseException) -> None:
+        for queue in self._queues.values():
+            queue.put_nowait(exc)
