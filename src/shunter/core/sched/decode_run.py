@@ -45,9 +45,9 @@ def decode_run_horizon(scheduler: CoreScheduler, output: SchedulerOutput, max_st
         return 0
     if output.shape.num_decode_requests != n:
         return 0
-    if len(scheduler.waiting) and n < cfg.max_num_seqs and n < cfg.max_num_batched_tokens:
-        if not scheduler.policy.has_static_order:
-            return 0
+    can_admit = len(scheduler.waiting) and n < cfg.max_num_seqs and n < cfg.max_num_batched_tokens
+    if can_admit and not scheduler.policy.has_static_order:
+        return 0  # the waiting head could change while the run charges service
     horizon = max_steps
     max_seq_len = cfg.max_seq_len
     for r in running:
