@@ -9,7 +9,8 @@ unless that replica is *overloaded*:
 
 (load = waiting + running requests, min over all replicas: SGLang's imbalance test, applied to
 the pinned replica). Then, and for the first turn and for requests without a session, the
-`fallback` router ("cost" or "least_load") decides and the session is re-pinned there. Pins are
+`fallback` router ("cost" or "least_load") decides, among the other replicas when moving a
+session off an overloaded one, and the session is re-pinned there. Pins are
 kept for the `max_sessions` most recently seen sessions (LRU), so memory stays bounded on
 endless traces. A "cost" fallback is told about pinned routes too, so its prefix index stays
 whole.
@@ -63,12 +64,15 @@ class SessionRouter:
             return self.fallback.route(request, replicas)
         pinned_id = self._pins.get(session_id)
         pinned = next((v for v in replicas if v.replica_id == pinned_id), None)
-        if pinned is not None and not self.is_overloaded(pinned, replicas):
+        if pinned is None:
+            decision = self.fallback.route(request, replicas)
+        elif not self.is_overloaded(pinned, replicas):
             if isinstance(self.fallback, CostRouter):
                 self.fallback.observe(request, pinned)
             decision = RouteDecision(pinned.replica_id)
-        else:
-            decision = self.fallback.route(request, replicas)
+        else:  # move the session off its overloaded replica
+            others = [v for v in replicas if v is not pinned]
+            decision = self.fallback.route(request, others or replicas)
         self._pins[session_id] = decision.replica_id
         self._pins.move_to_end(session_id)
         if len(self._pins) > self.max_sessions:
