@@ -1,0 +1,229 @@
+"""The live router loop: route each request with a `router/` policy, retry, fail over.
+
+The router is the same object the simulator uses (`shunter.router.registry.make_router`): it
+sees `ReplicaView` snapshots of the routable replicas (healthy, breaker not open), reconciled
+from the gateway's own in-flight counts and the backends' reports (`replica.py`).
+
+A request that fails before any output reached the client is retried on another replica. One
+that fails mid-stream is resumed on another replica with its prompt plus the text already sent
+(`GenerateRequest.replayed`), and the client sees one unbroken stream; the usage it is told
+adds up the tokens of every attempt. A backend's 4xx is the request's fault: passed through,
+never retried. A background task checks health and reads each backend's load.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass, field
+
+from shunter.core.types import RequestSpec
+from shunter.gateway.client import GenerateChunk, GenerateRequest, Usage
+from shunter.gateway.errors import BackendError, ServiceUnavailableError
+from shunter.gateway.metrics import GatewayMetrics, Gauge
+from shunter.gateway.replica import Replica, estimate_tokens, text_hash_ids
+from shunter.router.interface import Router
+
+__all__ = ["Attempt", "PoolConfig", "ReplicaPool", "prompt_text"]
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class PoolConfig:
+    max_attempts: int = 3  # per request, over all replicas
+    health_interval_s: float = 1.0
+    health_timeout_s: float = 2.0
+
+    def __post_init__(self) -> None:
+        if self.max_attempts < 1:
+            raise ValueError(f"max_attempts must be >= 1, got {self.max_attempts}")
+        if not self.health_interval_s > 0:
+            raise ValueError(f"health_interval_s must be > 0, got {self.health_interval_s}")
+
+
+@dataclass(slots=True)
+class Attempt:
+    """What the caller learns while a request runs: where it is, and its merged usage."""
+
+    replica: Replica | None = None
+    num_attempts: int = 0
+    prompt_tokens: int | None = None
+    completion_tokens: int = 0
+    num_cached_tokens: int | None = None
+
+    @property
+    def usage(self) -> Usage | None:
+        return None if self.prompt_tokens is None else Usage(self.prompt_tokens,
+                                                             self.completion_tokens)
+
+
+def prompt_text(request: GenerateRequest) -> str:
+    if request.messages is not None:
+        return "".join(f"<{m.role}>{m.content}" for m in request.messages)
+    return request.prompt or ""
+
+
+@dataclass(slots=True)
+class ReplicaPool:
+    replicas: list[Replica]
+    router: Router
+    config: PoolConfig
+    metrics: GatewayMetrics
+    clock: Callable[[], float]
+    on_capacity: Callable[[], None] = lambda: None  # called when replicas come back
+    _health_task: asyncio.Task[None] | None = field(default=None, repr=False)
+
+    def __post_init__(self) -> None:
+        self.metrics.gauges += self._gauges()
+
+    def capacity(self) -> int:
+        """Request slots over every routable replica."""
+        now = self.clock()
+        return sum(r.max_concurrency for r in self.replicas if r.can_route(now))
+
+    def spec(self, request: GenerateRequest) -> RequestSpec:
+        text = prompt_text(request)
+        return RequestSpec(
+            request_id=request.request_id, arrival_s=self.clock(),
+            num_prompt_tokens=estimate_tokens(len(text)), num_output_tokens=1,
+            max_output_tokens=request.max_tokens, tenant=request.tenant,
+            priority=request.priority, hash_ids=text_hash_ids(text))
+
+    def choose(self, spec: RequestSpec, excluded: set[int]) -> Replica:
+        now = self.clock()
+        routable = [r for r in self.replicas if r.replica_id not in excluded and r.can_route(now)]
+        if not routable:
+            raise ServiceUnavailableError("no healthy backend can take this request",
+                                          code="no_backend")
+        if len(routable) == 1:
+            return routable[0]
+        decision = self.router.route(spec, [r.view(now) for r in routable])
+        chosen = next((r for r in routable if r.replica_id == decision.replica_id), None)
+        assert chosen is not None, f"router chose replica {decision.replica_id}, not offered"
+        return chosen
+
+    async def generate(self, request: GenerateRequest, attempt: Attempt
+                       ) -> AsyncIterator[GenerateChunk]:
+        """Run `request` to its end somewhere; chunks carry text only (usage is in `attempt`)."""
+        spec = self.spec(request)
+        excluded: set[int] = set()
+        current, text_sent = request, ""
+        last_error: BackendError | None = None
+        while attempt.num_attempts < self.config.max_attempts:
+            try:
+                replica = self.choose(spec, excluded)
+            except ServiceUnavailableError:
+                if last_error is None:
+                    raise
+                break
+            attempt.num_attempts += 1
+            attempt.replica = replica
+            self.metrics.routed.inc((replica.name,))
+            base_tokens = attempt.completion_tokens
+            try:
+                async for chunk in self._run_on(replica, current, spec.num_prompt_tokens, attempt,
+                                                base_tokens):
+                    text_sent += chunk.text
+                    yield chunk
+                return
+            except BackendError as exc:
+                if exc.is_client_error:
+                    raise
+                last_error = exc
+                excluded.add(replica.replica_id)
+                self.metrics.failovers.inc(("mid_stream" if text_sent else "before_first_byte",))
+                current = request.replayed(text_sent, attempt.completion_tokens)
+        assert last_error is not None
+        raise BackendError(f"request failed on {attempt.num_attempts} backend(s); last error: "
+                           f"{last_error}", status_code=None)
+
+    async def _run_on(self, replica: Replica, request: GenerateRequest, num_prompt_tokens: int,
+                      attempt: Attempt, base_tokens: int) -> AsyncIterator[GenerateChunk]:
+        replica.on_dispatch(num_prompt_tokens)
+        is_started = is_verdict = False
+        is_replay = bool(request.continuation)
+        try:
+            async with contextlib.aclosing(replica.client.submit(request)) as chunks:
+                async for chunk in chunks:
+                    if not is_started:
+                        is_started = is_verdict = True
+                        replica.on_first_output(num_prompt_tokens)
+                        replica.breaker.on_success()
+                    if chunk.usage is not None:
+                        if attempt.prompt_tokens is None or not is_replay:
+                            attempt.prompt_tokens = chunk.usage.prompt_tokens
+                        attempt.completion_tokens = base_tokens + chunk.usage.completion_tokens
+                    if chunk.num_cached_tokens is not None:
+                        attempt.num_cached_tokens = chunk.num_cached_tokens
+                    yield chunk
+        except BackendError as exc:
+            if not exc.is_client_error:
+                is_verdict = True
+                replica.breaker.on_failure(self.clock())
+                self.metrics.backend_errors.inc((replica.name, "mid_stream" if is_started
+                                                 else "before_first_byte"))
+            raise
+        finally:
+            replica.on_done(num_prompt_tokens, is_started=is_started)
+            if not is_verdict:
+                replica.breaker.on_abandoned()
+            self.on_capacity()
+
+    def start(self) -> None:
+        """Start the background health and load checks (needs a running loop)."""
+        if self._health_task is None:
+            self._health_task = asyncio.get_running_loop().create_task(self._health_loop())
+
+    async def stop(self) -> None:
+        if self._health_task is not None:
+            self._health_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._health_task
+            self._health_task = None
+        for replica in self.replicas:
+            await replica.client.close()
+
+    async def check_once(self) -> None:
+        """One round of health checks and load reads over every replica, concurrently."""
+        await asyncio.gather(*(self._check(r) for r in self.replicas))
+        self.on_capacity()
+
+    async def _check(self, replica: Replica) -> None:
+        timeout = self.config.health_timeout_s
+        try:
+            is_healthy = await asyncio.wait_for(replica.client.health(), timeout)
+            load = await asyncio.wait_for(replica.client.load(), timeout) if is_healthy else None
+        except (TimeoutError, BackendError, OSError):
+            is_healthy, load = False, None
+        replica.is_healthy = is_healthy
+        if is_healthy:
+            replica.breaker.on_health_passed()
+        if load is not None:
+            replica.on_report(load)
+
+    async def _health_loop(self) -> None:
+        while True:
+            await self.check_once()
+            await asyncio.sleep(self.config.health_interval_s)
+
+    def _gauges(self) -> list[Gauge]:
+        def per_replica(read: Callable[[Replica], float]) -> Callable[[], list]:
+            return lambda: [((r.name,), read(r)) for r in self.replicas]
+
+        def reported(name: str) -> Callable[[Replica], float]:
+            return lambda r: 0.0 if r.reported is None else float(getattr(r.reported, name))
+
+        return [
+            Gauge("shunter_replica_waiting", "Requests waiting at each replica (reconciled).",
+                  ("replica",), per_replica(lambda r: r.view(self.clock()).num_waiting)),
+            Gauge("shunter_replica_running", "Requests running at each replica (reconciled).",
+                  ("replica",), per_replica(lambda r: r.view(self.clock()).num_running)),
+            Gauge("shunter_replica_kv_usage", "KV cache usage each replica reported (0..1).",
+                  ("replica",), per_replica(reported("kv_usage"))),
+            Gauge("shunter_replica_preemptions", "Preemptions each replica reported (cumulative).",
+                  ("replica",), per_replica(reported("num_preemptions"))),
+            Gauge("shunter_replica_in_flight", "Requests the gateway has in flight at each replica.",
+                  ("replica",), per_replica(lambda r: r.num_in_flight)),
+            Gauge("shunter_replica_healthy", "1 if the replica is healthy and its breaker closed.",
+                  ("replica",), per_replica(lambda r: float(r.can_route(self.clock())))),
+        ]

@@ -1,0 +1,109 @@
+"""One backend as the gateway tracks it: its client, breaker, health and load accounting.
+
+Load is known two ways, and reconciled: the gateway counts what it dispatched and has not seen
+finish (fresh, but blind to other clients of the backend), and the backend reports its queue
+and KV usage (complete, but as old as the last scrape). A router sees the gateway's own counts
+plus whatever the backend reported beyond what the gateway itself had in flight at that scrape:
+that excess is other clients' work. Nothing dispatched since the scrape is counted twice or lost.
+"""
+
+from __future__ import annotations
+
+import zlib
+from dataclasses import dataclass
+
+from shunter.core.types import DEFAULT_BLOCK_SIZE
+from shunter.gateway.breaker import CircuitBreaker
+from shunter.gateway.client import BackendLoad, EngineClient
+from shunter.router.interface import ReplicaView
+
+__all__ = ["CHARS_PER_TOKEN", "Replica", "estimate_tokens", "text_hash_ids"]
+
+CHARS_PER_TOKEN = 4  # the gateway has no tokenizer: a prompt's size is estimated from its text
+NOMINAL_TOTAL_BLOCKS = 65_536  # for a backend that reports KV usage only as a fraction
+
+
+def estimate_tokens(num_chars: int) -> int:
+    return max(1, -(-num_chars // CHARS_PER_TOKEN))
+
+
+def text_hash_ids(text: str, block_size_tokens: int = DEFAULT_BLOCK_SIZE) -> tuple[int, ...]:
+    """Prefix-block ids of a prompt's text, one per `block_size_tokens` estimated tokens.
+
+    Equal texts give equal ids at equal positions, which is all a prefix-aware router needs.
+    """
+    step = block_size_tokens * CHARS_PER_TOKEN
+    return tuple(zlib.crc32(text[i:i + step].encode()) for i in range(0, len(text), step))
+
+
+@dataclass(slots=True, kw_only=True)
+class Replica:
+    replica_id: int
+    name: str
+    client: EngineClient
+    breaker: CircuitBreaker
+    max_concurrency: int
+    max_num_seqs: int | None = None
+    is_healthy: bool = True
+    num_waiting: int = 0  # dispatched by the gateway, no output yet
+    num_running: int = 0  # dispatched by the gateway, streaming
+    num_waiting_tokens: int = 0
+    num_running_tokens: int = 0
+    reported: BackendLoad | None = None
+    own_waiting_at_report: int = 0
+    own_running_at_report: int = 0
+
+    @property
+    def num_in_flight(self) -> int:
+        return self.num_waiting + self.num_running
+
+    def can_route(self, now_s: float) -> bool:
+        return self.is_healthy and self.breaker.can_send(now_s)
+
+    def on_dispatch(self, num_prompt_tokens: int) -> None:
+        self.num_waiting += 1
+        self.num_waiting_tokens += num_prompt_tokens
+        self.breaker.on_send()
+
+    def on_first_output(self, num_prompt_tokens: int) -> None:
+        self.num_waiting -= 1
+        self.num_waiting_tokens -= num_prompt_tokens
+        self.num_running += 1
+        self.num_running_tokens += num_prompt_tokens
+
+    def on_done(self, num_prompt_tokens: int, *, is_started: bool) -> None:
+        if is_started:
+            self.num_running -= 1
+            self.num_running_tokens -= num_prompt_tokens
+        else:
+            self.num_waiting -= 1
+            self.num_waiting_tokens -= num_prompt_tokens
+        assert self.num_waiting >= 0 and self.num_running >= 0, "in-flight count went negative"
+
+    def on_report(self, load: BackendLoad) -> None:
+        self.reported = load
+        self.own_waiting_at_report = self.num_waiting
+        self.own_running_at_report = self.num_running
+
+    def view(self, now_s: float) -> ReplicaView:
+        """The reconciled snapshot a router sees."""
+        waiting, running = self.num_waiting, self.num_running
+        waiting_tokens, running_tokens = self.num_waiting_tokens, self.num_running_tokens
+        total_blocks, free_blocks = NOMINAL_TOTAL_BLOCKS, NOMINAL_TOTAL_BLOCKS
+        rep = self.reported
+        if rep is not None:
+            other_waiting = max(0, rep.num_waiting - self.own_waiting_at_report)
+            other_running = max(0, rep.num_running - self.own_running_at_report)
+            per_request = (waiting_tokens + running_tokens) // max(1, waiting + running)
+            waiting += other_waiting
+            running += other_running
+            waiting_tokens += other_waiting * per_request
+            running_tokens += other_running * per_request
+            total_blocks = rep.num_total_blocks or NOMINAL_TOTAL_BLOCKS
+            free_blocks = rep.num_free_blocks if rep.num_free_blocks is not None \
+                else round(total_blocks * (1.0 - rep.kv_usage))
+        return ReplicaView(
+            replica_id=self.replica_id, num_waiting=waiting, num_running=running,
+            num_waiting_tokens=waiting_tokens, num_running_tokens=running_tokens,
+            num_free_blocks=free_blocks, num_total_blocks=total_blocks, taken_at_s=now_s,
+            max_num_seqs=self.max_num_seqs)
