@@ -1,0 +1,177 @@
+"""Rate limits, VTC fair queueing, bounded queues, shedding and Retry-After."""
+
+import asyncio
+
+import pytest
+from tests.gateway.factories import MODEL, ManualClock, asgi_client, make_app, run
+
+from shunter.gateway.admission import AdmissionConfig, AdmissionController
+from shunter.gateway.errors import RateLimitError
+from shunter.gateway.metrics import GatewayMetrics
+from shunter.gateway.tenant import TenantConfig, TenantTable
+
+
+def controller(tenants, *, capacity=1, clock=None, **config):
+    clock = clock or ManualClock()
+    table = TenantTable.build(list(tenants), clock())
+    slots = {"n": capacity}
+    ctl = AdmissionController(AdmissionConfig(**config), table, lambda: slots["n"],
+                              GatewayMetrics(), clock)
+    return ctl, clock
+
+
+def test_rate_limit_requests_per_minute_gives_429_with_retry_after():
+    ctl, clock = controller([TenantConfig(name="a", max_requests_per_min=2)], capacity=10)
+
+    async def go():
+        await ctl.admit("a", 0, 10, 10)
+        await ctl.admit("a", 0, 10, 10)
+        with pytest.raises(RateLimitError) as info:
+            await ctl.admit("a", 0, 10, 10)
+        assert info.value.retry_after_s == pytest.approx(30.0)  # 1 request at 2/min
+        clock.now_s += 30.0
+        await ctl.admit("a", 0, 10, 10)
+    run(go())
+    assert ctl.metrics.rejected.get(("a", "rate_limit")) == 1
+
+
+def test_token_limit_charges_the_estimate_then_settles_on_usage():
+    ctl, clock = controller([TenantConfig(name="a", max_tokens_per_min=600)], capacity=10)
+
+    async def go():
+        t = await ctl.admit("a", 0, 100, 400)  # estimate 500 of 600
+        with pytest.raises(RateLimitError) as info:
+            await ctl.admit("a", 0, 100, 100)  # 200 more: 100 short at 10 tokens/s
+        assert info.value.retry_after_s == pytest.approx(10.0)
+        ctl.release(t, 100, 50)  # it used 150, not 500: 350 refunded
+        await ctl.admit("a", 0, 100, 100)
+    run(go())
+
+
+def test_fast_path_admits_until_capacity_then_queues():
+    ctl, _ = controller([], capacity=2)
+
+    async def go():
+        a = await ctl.admit("default", 0, 1, 1)
+        await ctl.admit("default", 0, 1, 1)
+        waiting = asyncio.ensure_future(ctl.admit("default", 0, 1, 1))
+        await asyncio.sleep(0)
+        assert not waiting.done() and ctl.num_queued == 1
+        ctl.release(a, 1, 1)
+        await asyncio.wait_for(waiting, 1)
+        assert ctl.num_active == 2 and ctl.num_queued == 0
+    run(go())
+
+
+def test_vtc_serves_the_least_served_tenant_first_by_weight():
+    """Tenant b (weight 2) gets two slots for each of a's while both are backlogged."""
+    ctl, _ = controller([TenantConfig(name="a", weight=1), TenantConfig(name="b", weight=2)],
+                        capacity=1)
+    order = []
+
+    async def client(tenant, i):
+        ticket = await ctl.admit(tenant, 0, 100, 0)
+        order.append(tenant)
+        await asyncio.sleep(0)
+        ctl.release(ticket, 100, 100)  # service 100 + 2 * 100 = 300 each
+
+    async def go():
+        blocker = await ctl.admit("a", 0, 1, 0)
+        tasks = [asyncio.ensure_future(client(t, i)) for i in range(6) for t in ("a", "b")]
+        await asyncio.sleep(0)
+        ctl.release(blocker, 1, 0)
+        await asyncio.wait_for(asyncio.gather(*tasks), 2)
+    run(go())
+    first_nine = order[:9]
+    assert first_nine.count("b") == 6 and first_nine.count("a") == 3, order
+
+
+def test_newly_backlogged_tenant_gets_no_credit_for_idling():
+    ctl, _ = controller([TenantConfig(name="a"), TenantConfig(name="b")], capacity=1)
+    ctl.counters.update({"a": 1000.0, "b": 0.0})
+
+    async def go():
+        blocker = await ctl.admit("b", 0, 1, 0)
+        wa = asyncio.ensure_future(ctl.admit("a", 0, 1, 0))
+        await asyncio.sleep(0)
+        wb = asyncio.ensure_future(ctl.admit("b", 0, 1, 0))
+        await asyncio.sleep(0)
+        # b was idle in the queue (not backlogged) while a waited: lifted to a's counter
+        assert ctl.counters["b"] == pytest.approx(1000.0)
+        ctl.release(blocker, 1, 0)
+        await asyncio.sleep(0)
+        wa.cancel(), wb.cancel()
+    run(go())
+
+
+def test_full_queue_sheds_lowest_priority_for_a_more_urgent_request():
+    ctl, _ = controller([], capacity=1, max_queued=2)
+
+    async def go():
+        blocker = await ctl.admit("default", 0, 1, 0)
+        low = asyncio.ensure_future(ctl.admit("default", 5, 1, 0))
+        mid = asyncio.ensure_future(ctl.admit("default", 1, 1, 0))
+        await asyncio.sleep(0)
+        with pytest.raises(RateLimitError):  # as unimportant as the least: refused
+            await ctl.admit("default", 5, 1, 0)
+        urgent = asyncio.ensure_future(ctl.admit("default", 0, 1, 0))
+        await asyncio.sleep(0)
+        with pytest.raises(RateLimitError) as info:
+            await low
+        assert info.value.code == "shed"
+        ctl.release(blocker, 1, 0)
+        await asyncio.wait_for(urgent, 1)  # the most urgent goes first
+        assert not mid.done()
+        mid.cancel()
+    run(go())
+    assert ctl.metrics.rejected.get(("default", "shed")) == 1
+    assert ctl.metrics.rejected.get(("default", "queue_full")) == 1
+
+
+def test_queue_timeout_is_429_and_frees_the_queue_slot():
+    ctl, _ = controller([], capacity=1, max_queue_wait_s=0.05)
+
+    async def go():
+        await ctl.admit("default", 0, 1, 0)
+        with pytest.raises(RateLimitError) as info:
+            await ctl.admit("default", 0, 1, 0)
+        assert info.value.code == "queue_timeout" and ctl.num_queued == 0
+    run(go())
+
+
+def test_expected_wait_over_the_limit_is_refused_at_once():
+    ctl, clock = controller([], capacity=1, max_queue_wait_s=10.0)
+    ctl.dispatch_rate_per_s = 0.05  # one slot every 20 s
+
+    async def go():
+        await ctl.admit("default", 0, 1, 0)
+        with pytest.raises(RateLimitError) as info:
+            await ctl.admit("default", 0, 1, 0)
+        assert info.value.code == "overloaded" and info.value.retry_after_s == pytest.approx(20.0)
+    run(go())
+
+
+def test_priority_ceiling_clamps_and_429_has_retry_after_header():
+    app, fakes = make_app(tenants=(
+        TenantConfig(name="free", api_keys=("k1",), priority_ceiling=5, default_priority=7,
+                     max_requests_per_min=1),))
+
+    async def go():
+        async with asgi_client(app) as c:
+            h = {"authorization": "Bearer k1"}
+            ok = await c.post("/v1/completions", headers=h,
+                              json={"model": MODEL, "prompt": "x", "priority": -10})
+            limited = await c.post("/v1/completions", headers=h,
+                                   json={"model": MODEL, "prompt": "x"})
+            return ok, limited
+    ok, limited = run(go())
+    assert ok.status_code == 200
+    assert limited.status_code == 429 and int(limited.headers["retry-after"]) == 60
+    assert limited.json()["error"]["type"] == "rate_limit_error"
+
+
+def test_priority_is_clamped_to_the_ceiling():
+    cfg = TenantConfig(name="t", priority_ceiling=3, default_priority=4)
+    assert (cfg.clamp_priority(None), cfg.clamp_priority(0), cfg.clamp_priority(9)) == (4, 3, 9)
+    with pytest.raises(ValueError):
+        TenantConfig(name="t", priority_ceiling=3, default_priority=1)

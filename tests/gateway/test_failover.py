@@ -1,0 +1,131 @@
+"""Retries before the first byte, mid-stream failover by replay, circuit breaking (in-process)."""
+
+import json
+
+from tests.gateway.factories import MODEL, asgi_client, make_app, run
+
+from shunter.gateway.breaker import BreakerConfig, BreakerState, CircuitBreaker
+from shunter.gateway.client import GenerateRequest
+from shunter.gateway.fake import FakeModel
+
+
+def stream_text(text: str) -> tuple[str, list]:
+    events = [e.removeprefix("data: ") for e in text.split("\n\n") if e]
+    assert events[-1] == "[DONE]"
+    parsed = [json.loads(e) for e in events[:-1]]
+    return "".join(c["text"] for e in parsed for c in e["choices"]), parsed
+
+
+def expected(prompt: str, max_tokens: int) -> list[str]:
+    request = GenerateRequest(request_id="x", model=MODEL, prompt=prompt, max_tokens=max_tokens,
+                              ignore_eos=True)
+    return FakeModel().generate(request)[0]
+
+
+def post(app, body):
+    async def go():
+        async with asgi_client(app) as c:
+            return await c.post("/v1/completions", json=body)
+    return run(go())
+
+
+def test_failure_before_first_byte_is_retried_on_another_replica():
+    app, (r0, r1) = make_app()
+    r0.is_failing, r0.fail_status = True, 503
+    r = post(app, {"model": MODEL, "prompt": "hello", "max_tokens": 4})
+    assert r.status_code == 200
+    assert r.json()["choices"][0]["text"] == "".join(expected("hello", 4)[:4])
+    assert (r0.num_submitted, r1.num_submitted) == (1, 1)
+    assert app.metrics.failovers.get(("before_first_byte",)) == 1
+    assert app.pool.replicas[0].breaker.num_consecutive_failures == 1
+
+
+def test_backend_4xx_is_passed_through_not_retried_and_not_held_against_the_backend():
+    app, (r0, r1) = make_app()
+    r0.is_failing, r0.fail_status = True, 400
+    r = post(app, {"model": MODEL, "prompt": "hello"})
+    assert r.status_code == 400 and r.json()["error"]["code"] == "backend_error"
+    assert r1.num_submitted == 0
+    assert app.pool.replicas[0].breaker.num_consecutive_failures == 0
+
+
+def test_backend_dying_mid_stream_continues_on_another_replica_unbroken():
+    app, (r0, r1) = make_app()
+    r0.fail_after_tokens = 3
+    body = {"model": MODEL, "prompt": "a story", "max_tokens": 10, "ignore_eos": True,
+            "stream": True, "stream_options": {"include_usage": True}}
+    r = post(app, body)
+    text, events = stream_text(r.text)
+    assert text == "".join(expected("a story", 10))
+    assert events[-1]["usage"] == {"prompt_tokens": 2, "completion_tokens": 10,
+                                   "total_tokens": 12}
+    finishes = [c["finish_reason"] for e in events for c in e["choices"]]
+    assert finishes == [None] * 9 + ["length"]
+    assert len({e["id"] for e in events}) == 1
+    assert (r0.num_submitted, r1.num_submitted) == (1, 1)
+    assert app.metrics.failovers.get(("mid_stream",)) == 1
+
+
+def test_every_replica_dying_mid_stream_ends_the_stream_with_an_error_event():
+    app, fakes = make_app()
+    for f in fakes:
+        f.fail_after_tokens = 2
+    r = post(app, {"model": MODEL, "prompt": "x", "max_tokens": 10, "ignore_eos": True,
+                   "stream": True})
+    assert r.status_code == 200
+    events = [e.removeprefix("data: ") for e in r.text.split("\n\n") if e]
+    assert events[-1] == "[DONE]" and "error" in json.loads(events[-2])
+    assert len(events) - 2 == 4  # two words from each replica reached the client
+
+
+def test_all_replicas_failing_before_output_is_502():
+    app, fakes = make_app()
+    for f in fakes:
+        f.is_failing = True
+    r = post(app, {"model": MODEL, "prompt": "x"})
+    assert r.status_code == 502 and r.json()["error"]["type"] == "api_error"
+
+
+def test_breaker_opens_after_consecutive_failures_and_stops_traffic():
+    app, (r0, r1) = make_app()
+    r0.is_failing, r0.fail_status = True, 500
+    for _ in range(6):
+        assert post(app, {"model": MODEL, "prompt": "x"}).status_code == 200
+    assert app.pool.replicas[0].breaker.state is BreakerState.OPEN
+    assert r0.num_submitted == 3 and r1.num_submitted == 6
+
+
+def test_breaker_half_opens_after_cooldown_and_closes_on_success():
+    b = CircuitBreaker(BreakerConfig(failure_threshold=2, cooldown_s=10))
+    b.on_failure(0.0)
+    assert b.can_send(1.0)
+    b.on_failure(1.0)
+    assert b.state is BreakerState.OPEN and not b.can_send(5.0)
+    assert b.can_send(11.0) and b.state is BreakerState.HALF_OPEN
+    b.on_send()
+    assert not b.can_send(11.0)  # one probe at a time
+    b.on_failure(12.0)
+    assert b.state is BreakerState.OPEN and not b.can_send(13.0)
+    b.on_health_passed()
+    assert b.can_send(13.0)
+    b.on_send()
+    b.on_success()
+    assert b.state is BreakerState.CLOSED and b.can_send(13.0)
+
+
+def test_health_check_takes_an_unhealthy_replica_out_and_back():
+    app, (r0, r1) = make_app()
+
+    async def go():
+        r0.is_healthy = False
+        await app.pool.check_once()
+        async with asgi_client(app) as c:
+            for _ in range(3):
+                await c.post("/v1/completions", json={"model": MODEL, "prompt": "x"})
+            health = await c.get("/health")
+        assert health.json()["healthy"] == ["r1"]
+        r0.is_healthy = True
+        await app.pool.check_once()
+        assert app.pool.capacity() == 128
+    run(go())
+    assert (r0.num_submitted, r1.num_submitted) == (0, 3)
