@@ -3,7 +3,7 @@
 A scenario has five tables, every key optional:
 
     name = "..."
-    [workload]  trace, format, num_requests, rate, seed
+    [workload]  trace, format, num_requests, rate, seed, zero_tokens
     [cluster]   model, gpu, tp, replicas, router, router_params, cost_model, num_blocks,
                 swap_space_gib
     [scheduler] policy, policy_params, and any SchedulerConfig field (max_num_batched_tokens,
@@ -42,7 +42,7 @@ for _derived in ("num_blocks", "num_host_blocks", "emit_block_tables"):
 
 _SCHEMA: dict[str, dict[str, str]] = {
     "workload": {"trace": "str", "format": "str", "num_requests": "int", "rate": "float",
-                 "seed": "int"},
+                 "seed": "int", "zero_tokens": "str"},
     "cluster": {"model": "str", "gpu": "str", "tp": "int", "replicas": "int", "router": "str",
                 "router_params": "dict", "cost_model": "str", "num_blocks": "int",
                 "swap_space_gib": "float"},
@@ -58,8 +58,11 @@ class WorkloadConfig:
     num_requests: int | None = None
     rate: float | None = None
     seed: int = 0
+    zero_tokens: str = "error"  # rows with 0 tokens: "error" or "clamp" (to 1, counted)
 
     def __post_init__(self) -> None:
+        if self.zero_tokens not in ("error", "clamp"):
+            raise ConfigError(f"zero_tokens must be 'error' or 'clamp', got {self.zero_tokens!r}")
         if self.num_requests is not None and self.num_requests < 1:
             raise ConfigError(f"num_requests must be >= 1, got {self.num_requests}")
         if self.rate is not None and self.rate <= 0:

@@ -55,7 +55,11 @@ def add_scenario_flags(parser: argparse.ArgumentParser, *, single: bool = True) 
     w.add_argument("--num-requests", type=_positive_int, metavar="N",
                    help="use the first N requests (length files: sample N with replacement)")
     w.add_argument("--rate", type=_positive_float, metavar="REQ_PER_S",
-                   help="Poisson arrivals at this rate (required for length files without times)")
+                   help="re-time requests with Poisson arrivals at this rate (length files without "
+                        "times otherwise all arrive at t=0)")
+    w.add_argument("--zero-tokens", choices=("error", "clamp"),
+                   help="rows with 0 prompt or output tokens: reject the file (default) or load them "
+                        "as 1 token, counted and warned about")
     w.add_argument("--seed", type=int, metavar="N", help="seed for sampling and arrivals (default 0)")
     c = parser.add_argument_group("cluster")
     c.add_argument("--model", help="model name, e.g. llama-3.1-8b, llama-3.1-70b, qwen2.5-7b")
@@ -77,7 +81,7 @@ def scenario_from_args(args: argparse.Namespace) -> Scenario:
     scenario = load_scenario(args.scenario) if args.scenario else builtin_scenario()
     flags: dict[str, Any] = {
         "trace": args.trace, "format": args.trace_format, "num_requests": args.num_requests,
-        "rate": args.rate, "seed": args.seed, "model": args.model, "gpu": args.gpu, "tp": args.tp,
+        "rate": args.rate, "seed": args.seed, "zero_tokens": args.zero_tokens, "model": args.model, "gpu": args.gpu, "tp": args.tp,
         "num_replicas": args.replicas, "router": getattr(args, "router", None),
         "policy": getattr(args, "policy", None), "ttft_slo_s": args.ttft_slo,
         "tpot_slo_s": args.tpot_slo,
@@ -94,7 +98,8 @@ def load_specs(scenario: Scenario) -> list[RequestSpec]:
     if wl.trace is None:
         raise ValueError("the scenario names no workload: give --trace FILE or [workload] trace")
     path = resolve_trace(wl.trace, scenario.base_dir)
-    return load_workload(path, wl.format, num_requests=wl.num_requests, rate=wl.rate, seed=wl.seed)
+    return load_workload(path, wl.format, num_requests=wl.num_requests, rate=wl.rate, seed=wl.seed,
+                         zero_tokens=wl.zero_tokens)
 
 
 @contextmanager

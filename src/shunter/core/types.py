@@ -72,9 +72,12 @@ class RequestSpec:
     "up to the model's context".
 
     `hash_ids` are prefix-block identities as in the Mooncake trace: equal ids at equal
-    positions mean a reusable KV prefix, each covering `hash_block_size` tokens. None means the
-    prompt shares nothing with any other request (unless `prompt_token_ids` are given, whose
-    content is hashed instead).
+    positions mean a reusable KV prefix, each covering `hash_block_size` tokens of the request's
+    token sequence from its start (prompt, then output: a multi-turn turn names the blocks its
+    decode fills, which the next turn's prompt reuses); blocks past the ids are unique to the
+    request. Routers measuring prompt overlap count only the first
+    ceil(num_prompt_tokens / hash_block_size) ids. None means the request shares nothing with
+    any other (unless `prompt_token_ids` are given, whose content is hashed instead).
     """
 
     request_id: RequestId
