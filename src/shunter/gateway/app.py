@@ -188,6 +188,8 @@ class GatewayApp:
         chunks = self.pool.generate(api.generate, attempt)
         try:
             async for chunk in chunks:
+                if not chunk.text and chunk.finish_reason is None:
+                    continue  # a usage-only update: the client hears of usage at the end
                 now = self.clock()
                 label = (attempt.replica.name,) if attempt.replica else ("none",)
                 if is_first:

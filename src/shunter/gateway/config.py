@@ -1,0 +1,155 @@
+"""Gateway config files (TOML or YAML) -> validated config objects.
+
+    [server]      host, port, models (served names), max_body_bytes, max_prompt_chars,
+                  drain_timeout_s
+    [router]      name (any of router/registry.py), params = {...}
+    [admission]   max_queued, max_queue_wait_s, input_token_weight, output_token_weight
+    [pool]        max_attempts, health_interval_s, health_timeout_s
+    [breaker]     failure_threshold, cooldown_s
+    [[backends]]  name, kind = "remote" | "engine" | "fake", max_concurrency, max_num_seqs,
+                  remote: url, model, api_key, metrics_path, health_path, continuous_usage
+                  engine: replicas (how many in-process replicas of the served model)
+                  fake:   token_delay_s, first_token_delay_s, num_output_tokens
+    [[tenants]]   name, api_keys, weight, priority_ceiling, default_priority,
+                  max_requests_per_min, max_tokens_per_min
+
+An unknown table or key, or a value of the wrong type, is a ConfigError naming the file, the
+table and the key.
+"""
+
+from __future__ import annotations
+
+import tomllib
+from dataclasses import MISSING, dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from shunter.errors import ConfigError
+from shunter.gateway.admission import AdmissionConfig
+from shunter.gateway.breaker import BreakerConfig
+from shunter.gateway.pool import PoolConfig
+from shunter.gateway.tenant import TenantConfig
+
+__all__ = ["BACKEND_KINDS", "BackendConfig", "GatewayConfig", "ServerConfig", "load_config"]
+
+BACKEND_KINDS = ("remote", "engine", "fake")
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ServerConfig:
+    host: str = "127.0.0.1"
+    port: int = 8000
+    models: tuple[str, ...] = ()
+    max_body_bytes: int = 4 << 20
+    max_prompt_chars: int = 1 << 20
+    drain_timeout_s: float = 30.0
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class BackendConfig:
+    name: str
+    kind: str = "remote"
+    max_concurrency: int = 256
+    max_num_seqs: int | None = None
+    url: str | None = None
+    model: str | None = None
+    api_key: str | None = None
+    metrics_path: str | None = "/metrics"
+    health_path: str = "/health"
+    continuous_usage: bool = True
+    replicas: int = 1
+    token_delay_s: float = 0.0
+    first_token_delay_s: float = 0.0
+    num_output_tokens: int = 16
+
+    def __post_init__(self) -> None:
+        if self.kind not in BACKEND_KINDS:
+            raise ValueError(f"backend {self.name}: unknown kind {self.kind!r}; valid: "
+                             f"{', '.join(BACKEND_KINDS)}")
+        if self.kind == "remote" and not self.url:
+            raise ValueError(f"backend {self.name}: a remote backend needs a url")
+        if self.max_concurrency < 1 or self.replicas < 1:
+            raise ValueError(f"backend {self.name}: max_concurrency and replicas must be >= 1")
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class GatewayConfig:
+    server: ServerConfig = field(default_factory=ServerConfig)
+    router: str = "cost"
+    router_params: dict[str, Any] = field(default_factory=dict)
+    admission: AdmissionConfig = field(default_factory=AdmissionConfig)
+    pool: PoolConfig = field(default_factory=PoolConfig)
+    breaker: BreakerConfig = field(default_factory=BreakerConfig)
+    backends: tuple[BackendConfig, ...] = ()
+    tenants: tuple[TenantConfig, ...] = ()
+
+
+_TYPES: dict[str, tuple[type, ...]] = {
+    "str": (str,), "int": (int,), "float": (int, float), "bool": (bool,),
+    "str | None": (str, type(None)), "int | None": (int, type(None)),
+    "float | None": (int, float, type(None)), "tuple[str, ...]": (list, tuple),
+}
+
+
+def _build(cls: type, table: dict[str, Any], where: str) -> Any:
+    if not isinstance(table, dict):
+        raise ConfigError(f"{where}: expected a table")
+    known = {f.name: f for f in fields(cls)}
+    unknown = set(table) - set(known)
+    if unknown:
+        raise ConfigError(f"{where}: unknown key(s) {', '.join(sorted(unknown))}; valid: "
+                          f"{', '.join(known)}")
+    values = {}
+    for key, value in table.items():
+        kinds = _TYPES.get(str(known[key].type), (object,))
+        if (isinstance(value, bool) and bool not in kinds) or not isinstance(value, kinds):
+            raise ConfigError(f"{where}: key {key!r} must be {known[key].type}, got {value!r}")
+        values[key] = tuple(value) if isinstance(value, list) else value
+    missing = [f.name for f in known.values() if f.default is MISSING
+               and f.default_factory is MISSING and f.name not in values]
+    if missing:
+        raise ConfigError(f"{where}: missing key(s) {', '.join(missing)}")
+    try:
+        return cls(**values)
+    except ValueError as exc:
+        raise ConfigError(f"{where}: {exc}") from None
+
+
+def load_config(path: str | Path) -> GatewayConfig:
+    """Read a TOML or YAML gateway config."""
+    path = Path(path)
+    try:
+        text = path.read_text()
+        raw = yaml.safe_load(text) if path.suffix in (".yaml", ".yml") else tomllib.loads(text)
+    except (OSError, tomllib.TOMLDecodeError, yaml.YAMLError) as exc:
+        raise ConfigError(f"{path}: cannot read gateway config: {exc}") from None
+    raw = raw or {}
+    tables = {"server", "router", "admission", "pool", "breaker", "backends", "tenants"}
+    unknown = set(raw) - tables
+    if unknown:
+        raise ConfigError(f"{path}: unknown table(s) {', '.join(sorted(unknown))}; valid: "
+                          f"{', '.join(sorted(tables))}")
+    router = dict(raw.get("router", {}))
+    router_name = router.pop("name", "cost")
+    router_params = router.pop("params", {})
+    if router or not isinstance(router_name, str) or not isinstance(router_params, dict):
+        raise ConfigError(f"{path} [router]: keys are name (a string) and params (a table)")
+    return GatewayConfig(
+        server=_build(ServerConfig, raw.get("server", {}), f"{path} [server]"),
+        router=router_name, router_params=router_params,
+        admission=_build(AdmissionConfig, raw.get("admission", {}), f"{path} [admission]"),
+        pool=_build(PoolConfig, raw.get("pool", {}), f"{path} [pool]"),
+        breaker=_build(BreakerConfig, raw.get("breaker", {}), f"{path} [breaker]"),
+        backends=tuple(_build(BackendConfig, b, f"{path} [[backends]] #{i + 1}")
+                       for i, b in enumerate(_list(raw, "backends", path))),
+        tenants=tuple(_build(TenantConfig, t, f"{path} [[tenants]] #{i + 1}")
+                      for i, t in enumerate(_list(raw, "tenants", path))))
+
+
+def _list(raw: dict[str, Any], key: str, path: Path) -> list[Any]:
+    value = raw.get(key, [])
+    if not isinstance(value, list):
+        raise ConfigError(f"{path}: {key} must be an array of tables ([[{key}]])")
+    return value

@@ -1,0 +1,206 @@
+"""A fast fake OpenAI-compatible HTTP server over `FakeModel`, on raw asyncio, for tests and the
+overhead benchmark (as vLLM's own router benchmarks use a mock worker).
+
+Raw `asyncio.Protocol` with HTTP/1.1 keep-alive: it must cost the benchmark's 2 cores as little
+as possible, so that what is measured is the router in front of it. It serves POST
+/v1/completions and /v1/chat/completions (streamed with chunked transfer encoding, or whole),
+GET /health, /metrics (vLLM metric names) and /v1/models. `kill()` makes it die like a crashed
+process: every open connection is cut mid-stream and no new one is accepted.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from dataclasses import dataclass, field
+from typing import Any
+
+from shunter.gateway.client import ChatMessage, GenerateRequest
+from shunter.gateway.fake import FakeModel, fake_context, fake_num_tokens
+
+__all__ = ["FakeHttpBackend"]
+
+_MAX_HEADER_BYTES = 65_536
+_REASONS = {200: b"OK", 400: b"Bad Request", 404: b"Not Found", 500: b"Internal Server Error",
+            503: b"Service Unavailable"}
+
+
+@dataclass(slots=True, kw_only=True)
+class FakeHttpBackend:
+    model: FakeModel = field(default_factory=FakeModel)
+    model_name: str = "fake-model"
+    first_token_delay_s: float = 0.0
+    token_delay_s: float = 0.0
+    fail_status: int | None = None  # answer every generation with this status
+    num_requests: int = 0
+    num_running: int = 0
+    num_disconnects: int = 0  # streams whose client left before the end
+    server: asyncio.base_events.Server | None = None
+    connections: set[asyncio.Transport] = field(default_factory=set)
+
+    async def start(self, host: str = "127.0.0.1", port: int = 0) -> int:
+        loop = asyncio.get_running_loop()
+        self.server = await loop.create_server(lambda: _Connection(self), host, port,
+                                               backlog=4096)
+        return self.server.sockets[0].getsockname()[1]
+
+    def kill(self) -> None:
+        """Die at once: stop listening and cut every connection."""
+        if self.server is not None:
+            self.server.close()
+        for transport in list(self.connections):
+            transport.abort()
+
+    async def stop(self) -> None:
+        self.kill()
+        if self.server is not None:
+            await self.server.wait_closed()
+
+    def metrics_text(self) -> bytes:
+        return (f"vllm:num_requests_running{{model_name=\"{self.model_name}\"}} {self.num_running}\n"
+                f"vllm:num_requests_waiting{{model_name=\"{self.model_name}\"}} 0\n"
+                f"vllm:kv_cache_usage_perc{{model_name=\"{self.model_name}\"}} 0.0\n").encode()
+
+
+def _request(body: dict[str, Any], is_chat: bool) -> GenerateRequest:
+    messages = None
+    if is_chat:
+        messages = tuple(ChatMessage(m["role"], m["content"]) for m in body["messages"])
+        if body.get("continue_final_message") and messages and messages[-1].role == "assistant":
+            continuation, messages = messages[-1].content, messages[:-1]
+            return GenerateRequest(request_id="fake", model=body["model"], messages=messages,
+                                   continuation=continuation, **_sampling(body))
+    return GenerateRequest(request_id="fake", model=body["model"], messages=messages,
+                           prompt=None if is_chat else body["prompt"], **_sampling(body))
+
+
+def _sampling(body: dict[str, Any]) -> dict[str, Any]:
+    stop = body.get("stop") or ()
+    return {"max_tokens": body.get("max_tokens"), "ignore_eos": bool(body.get("ignore_eos")),
+            "stop": (stop,) if isinstance(stop, str) else tuple(stop),
+            "stream": bool(body.get("stream"))}
+
+
+class _Connection(asyncio.Protocol):
+    __slots__ = ("backend", "buffer", "transport")
+
+    def __init__(self, backend: FakeHttpBackend) -> None:
+        self.backend = backend
+        self.buffer = b""
+        self.transport: asyncio.Transport | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        self.transport = transport
+        self.backend.connections.add(transport)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        assert self.transport is not None
+        self.backend.connections.discard(self.transport)
+
+    def data_received(self, data: bytes) -> None:
+        self.buffer += data
+        while True:
+            end = self.buffer.find(b"\r\n\r\n")
+            if end < 0:
+                if len(self.buffer) > _MAX_HEADER_BYTES:
+                    self._reply(400, b"{}", close=True)
+                return
+            head = self.buffer[:end].decode("latin-1").split("\r\n")
+            length = 0
+            for line in head[1:]:
+                key, _, value = line.partition(":")
+                if key.strip().lower() == "content-length":
+                    length = int(value)
+            if len(self.buffer) < end + 4 + length:
+                return
+            body = self.buffer[end + 4:end + 4 + length]
+            self.buffer = self.buffer[end + 4 + length:]
+            method, path = head[0].split(" ")[:2]
+            self._handle(method, path, body)
+
+    def _reply(self, status: int, body: bytes, *, close: bool = False,
+               content_type: bytes = b"application/json") -> None:
+        assert self.transport is not None
+        self.transport.write(b"HTTP/1.1 %d %s\r\ncontent-type: %s\r\ncontent-length: %d\r\n\r\n"
+                             % (status, _REASONS.get(status, b"Error"), content_type, len(body))
+                             + body)
+        if close:
+            self.transport.close()
+
+    def _handle(self, method: str, path: str, body: bytes) -> None:
+        backend = self.backend
+        if method == "GET" and path == "/health":
+            self._reply(200, b"{}")
+        elif method == "GET" and path == "/metrics":
+            self._reply(200, backend.metrics_text(), content_type=b"text/plain")
+        elif method == "GET" and path == "/v1/models":
+            self._reply(200, json.dumps({"object": "list", "data": [
+                {"id": backend.model_name, "object": "model"}]}).encode())
+        elif method == "POST" and path in ("/v1/completions", "/v1/chat/completions"):
+            backend.num_requests += 1
+            if backend.fail_status is not None:
+                self._reply(backend.fail_status, b'{"error": {"message": "fake failure"}}')
+                return
+            parsed = json.loads(body)
+            request = _request(parsed, path.endswith("chat/completions"))
+            if request.stream or backend.first_token_delay_s:
+                asyncio.get_running_loop().create_task(self._generate(request, parsed))
+            else:  # the benchmark's hot path: answer within this callback
+                self._reply(200, self._whole(request, parsed))
+        else:
+            self._reply(404, b'{"error": {"message": "not found"}}')
+
+    def _whole(self, request: GenerateRequest, body: dict[str, Any]) -> bytes:
+        words, reason = self.backend.model.generate(request)
+        text = "".join(words)
+        choice: dict[str, Any] = {"index": 0, "finish_reason": reason}
+        if request.is_chat:
+            choice["message"] = {"role": "assistant", "content": text}
+        else:
+            choice["text"] = text
+        num_prompt = fake_num_tokens(fake_context(request))
+        usage = {"prompt_tokens": num_prompt, "completion_tokens": len(words),
+                 "total_tokens": num_prompt + len(words)}
+        return json.dumps({"id": "fake", "object": "text_completion", "model": body["model"],
+                           "choices": [choice], "usage": usage}).encode()
+
+    async def _generate(self, request: GenerateRequest, body: dict[str, Any]) -> None:
+        backend, transport = self.backend, self.transport
+        assert transport is not None
+        backend.num_running += 1
+        try:
+            if backend.first_token_delay_s:
+                await asyncio.sleep(backend.first_token_delay_s)
+            if not request.stream:
+                if not transport.is_closing():
+                    self._reply(200, self._whole(request, body))
+                return
+            transport.write(b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\n"
+                            b"transfer-encoding: chunked\r\n\r\n")
+            await self._stream(request, body)
+        finally:
+            backend.num_running -= 1
+
+    async def _stream(self, request: GenerateRequest, body: dict[str, Any]) -> None:
+        transport = self.transport
+        assert transport is not None
+        words, reason = self.backend.model.generate(request)
+        num_prompt = fake_num_tokens(fake_context(request))
+        for i, word in enumerate(words, start=1):
+            if i > 1 and self.backend.token_delay_s:
+                await asyncio.sleep(self.backend.token_delay_s)
+            if transport.is_closing():
+                self.backend.num_disconnects += 1
+                return
+            delta = {"delta": {"content": word}} if request.is_chat else {"text": word}
+            event = {"choices": [{"index": 0, **delta,
+                                  "finish_reason": reason if i == len(words) else None}],
+                     "usage": {"prompt_tokens": num_prompt, "completion_tokens": i}}
+            _write_chunk(transport, b"data: " + json.dumps(event).encode() + b"\n\n")
+        _write_chunk(transport, b"data: [DONE]\n\n")
+        transport.write(b"0\r\n\r\n")
+
+
+def _write_chunk(transport: asyncio.Transport, data: bytes) -> None:
+    transport.write(b"%x\r\n%s\r\n" % (len(data), data))

@@ -1,0 +1,231 @@
+"""A remote OpenAI-compatible server (vLLM, llama.cpp's llama-server, any other) as an EngineClient.
+
+One pooled `aiohttp` session per backend, created lazily inside the serving loop. aiohttp rather
+than httpx because its C-accelerated HTTP parser and lighter request path cost a fraction of
+httpx's per request on the CPU, and the gateway's added latency is what we are measured on.
+
+Streams ask for `stream_options.include_usage` and vLLM's `continuous_usage_stats`, so every
+chunk carries cumulative token counts (token counts come from `usage`, never from counting
+chunks; a server that ignores the option still sends usage at the end). A resumed request
+(`continuation`) becomes a completion prompt with the text appended, or a chat whose last
+message is the partial assistant turn with vLLM's `continue_final_message` (llama-server
+continues a trailing assistant message by itself). Closing a stream closes its connection,
+which is how OpenAI-compatible servers learn to abort a request.
+
+Load comes from the backend's Prometheus /metrics: vLLM's `vllm:num_requests_running`,
+`vllm:num_requests_waiting`, `vllm:kv_cache_usage_perc` (or the older `gpu_cache_usage_perc`),
+`vllm:num_preemptions_total`; llama-server's `llamacpp:requests_processing`,
+`llamacpp:requests_deferred`, `llamacpp:kv_cache_usage_ratio`.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from typing import Any
+
+import aiohttp
+
+from shunter.gateway.client import BackendLoad, GenerateChunk, GenerateRequest, Usage
+from shunter.gateway.errors import BackendError
+
+__all__ = ["RemoteConfig", "RemoteEngineClient", "parse_load", "request_payload"]
+
+# Prometheus metric name -> BackendLoad field, summed over label sets
+_LOAD_METRICS: dict[str, str] = {
+    "vllm:num_requests_running": "num_running",
+    "vllm:num_requests_waiting": "num_waiting",
+    "vllm:kv_cache_usage_perc": "kv_usage",
+    "vllm:gpu_cache_usage_perc": "kv_usage",
+    "vllm:num_preemptions_total": "num_preemptions",
+    "vllm:num_preemptions": "num_preemptions",
+    "llamacpp:requests_processing": "num_running",
+    "llamacpp:requests_deferred": "num_waiting",
+    "llamacpp:kv_cache_usage_ratio": "kv_usage",
+}
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class RemoteConfig:
+    url: str  # base URL, e.g. http://127.0.0.1:8001 (the /v1 paths are appended)
+    model: str | None = None  # the backend's model name; None: the client's model name
+    api_key: str | None = None
+    connect_timeout_s: float = 5.0
+    read_timeout_s: float = 600.0  # between two reads of a stream
+    health_path: str = "/health"
+    metrics_path: str | None = "/metrics"  # None: the backend reports no load
+    continuous_usage: bool = True
+
+    def __post_init__(self) -> None:
+        if not self.url.startswith(("http://", "https://")):
+            raise ValueError(f"backend url must start with http:// or https://, got {self.url!r}")
+
+
+def request_payload(request: GenerateRequest, model: str | None, continuous_usage: bool
+                    ) -> dict[str, Any]:
+    """The OpenAI body for `request` (a replay appends its continuation)."""
+    body: dict[str, Any] = {"model": model or request.model, "temperature": request.temperature,
+                            "top_p": request.top_p, "stream": request.stream}
+    if request.messages is not None:
+        messages = [{"role": m.role, "content": m.content} for m in request.messages]
+        if request.continuation:
+            messages.append({"role": "assistant", "content": request.continuation})
+            body.update(continue_final_message=True, add_generation_prompt=False)
+        body["messages"] = messages
+    else:
+        body["prompt"] = (request.prompt or "") + request.continuation
+    if request.max_tokens is not None:
+        body["max_tokens"] = request.max_tokens
+    if request.seed is not None:
+        body["seed"] = request.seed
+    if request.stop:
+        body["stop"] = list(request.stop)
+    if request.ignore_eos:
+        body["ignore_eos"] = True
+    if request.priority:  # vLLM refuses a non-zero priority unless its policy is "priority"
+        body["priority"] = request.priority
+    if request.stream:
+        body["stream_options"] = {"include_usage": True,
+                                  **({"continuous_usage_stats": True} if continuous_usage else {})}
+    return body
+
+
+def parse_load(text: str, now_s: float) -> BackendLoad | None:
+    """A BackendLoad from Prometheus text, or None if it has none of the known metrics."""
+    found: dict[str, float] = {}
+    for line in text.splitlines():
+        if not line or line[0] == "#":
+            continue
+        name, _, rest = line.partition("{") if "{" in line.split(" ", 1)[0] else line.partition(" ")
+        field = _LOAD_METRICS.get(name.strip())
+        if field is None:
+            continue
+        try:
+            value = float(rest.rsplit("}", 1)[-1].split()[0])
+        except (IndexError, ValueError):
+            continue
+        found[field] = found.get(field, 0.0) + value
+    if not found:
+        return None
+    return BackendLoad(num_waiting=int(found.get("num_waiting", 0)),
+                       num_running=int(found.get("num_running", 0)),
+                       kv_usage=min(1.0, found.get("kv_usage", 0.0)),
+                       num_preemptions=int(found.get("num_preemptions", 0)), taken_at_s=now_s)
+
+
+def _error_message(raw: bytes) -> str:
+    try:
+        body = json.loads(raw)
+        error = body.get("error", body)
+        return str(error.get("message", error) if isinstance(error, dict) else error)
+    except (ValueError, AttributeError):
+        return raw[:500].decode("utf-8", "replace")
+
+
+def _chunk(obj: dict[str, Any], is_chat: bool) -> GenerateChunk | None:
+    if "error" in obj:
+        raise BackendError(f"backend error mid-stream: {_error_message(json.dumps(obj).encode())}")
+    usage = obj.get("usage")
+    choices = obj.get("choices") or ()
+    text, finish = "", None
+    if choices:
+        choice = choices[0]
+        text = (choice.get("delta") or {}).get("content") or "" if is_chat \
+            else choice.get("text") or ""
+        finish = choice.get("finish_reason")
+    if not text and finish is None and not usage:
+        return None
+    parsed = Usage(usage["prompt_tokens"], usage.get("completion_tokens") or 0) if usage else None
+    cached = ((usage or {}).get("prompt_tokens_details") or {}).get("cached_tokens")
+    return GenerateChunk(text, finish, parsed, cached)
+
+
+class RemoteEngineClient:
+    """An OpenAI-compatible server reached over HTTP."""
+
+    __slots__ = ("_session", "config")
+
+    def __init__(self, config: RemoteConfig) -> None:
+        self.config = config
+        self._session: aiohttp.ClientSession | None = None
+
+    def _http(self) -> aiohttp.ClientSession:
+        if self._session is None or self._session.closed:
+            headers = {"authorization": f"Bearer {self.config.api_key}"} \
+                if self.config.api_key else {}
+            self._session = aiohttp.ClientSession(
+                base_url=self.config.url.rstrip("/") + "/", headers=headers,
+                connector=aiohttp.TCPConnector(limit=0, keepalive_timeout=60),
+                timeout=aiohttp.ClientTimeout(sock_connect=self.config.connect_timeout_s,
+                                              sock_read=self.config.read_timeout_s),
+                json_serialize=json.dumps, auto_decompress=False)
+        return self._session
+
+    def submit(self, request: GenerateRequest) -> AsyncIterator[GenerateChunk]:
+        return self._run(request)
+
+    async def _run(self, request: GenerateRequest) -> AsyncIterator[GenerateChunk]:
+        path = "v1/chat/completions" if request.is_chat else "v1/completions"
+        payload = request_payload(request, self.config.model, self.config.continuous_usage)
+        try:
+            async with self._http().post(path, json=payload) as response:
+                if response.status >= 400:
+                    raw = await response.read()
+                    raise BackendError(_error_message(raw), status_code=response.status)
+                if not request.stream:
+                    yield _whole(json.loads(await response.read()), request.is_chat)
+                    return
+                async for chunk in _sse_chunks(response, request.is_chat):
+                    yield chunk
+        except (TimeoutError, aiohttp.ClientError, ValueError, KeyError) as exc:
+            raise BackendError(f"backend {self.config.url}: {type(exc).__name__}: {exc}") from None
+
+    async def abort(self, request_id: str) -> None:
+        return None  # closing the stream's connection is the abort
+
+    async def load(self) -> BackendLoad | None:
+        if self.config.metrics_path is None:
+            return None
+        async with self._http().get(self.config.metrics_path.lstrip("/")) as response:
+            if response.status != 200:
+                return None
+            return parse_load(await response.text(), time.monotonic())
+
+    async def health(self) -> bool:
+        try:
+            async with self._http().get(self.config.health_path.lstrip("/")) as response:
+                return response.status == 200
+        except (TimeoutError, aiohttp.ClientError):
+            return False
+
+    async def close(self) -> None:
+        if self._session is not None:
+            await self._session.close()
+            self._session = None
+
+
+def _whole(body: dict[str, Any], is_chat: bool) -> GenerateChunk:
+    choice = body["choices"][0]
+    text = (choice.get("message") or {}).get("content") or "" if is_chat else choice.get("text", "")
+    usage = body.get("usage")
+    return GenerateChunk(text, choice.get("finish_reason"),
+                         Usage(usage["prompt_tokens"], usage["completion_tokens"]) if usage else None)
+
+
+async def _sse_chunks(response: aiohttp.ClientResponse, is_chat: bool
+                      ) -> AsyncIterator[GenerateChunk]:
+    is_finished = False
+    async for line in response.content:
+        if not line.startswith(b"data:"):
+            continue
+        data = line[5:].strip()
+        if data == b"[DONE]":
+            return
+        chunk = _chunk(json.loads(data), is_chat)
+        if chunk is not None:
+            is_finished = is_finished or chunk.finish_reason is not None
+            yield chunk
+    if not is_finished:
+        raise BackendError("backend stream ended before the request finished")
