@@ -44,7 +44,8 @@ class Request:
     host_block_ids: list[int] | None = None  # where the KV lives while SWAPPED
     num_cached_tokens: int | None = None  # prompt tokens hit in the prefix cache, at first admission
     num_preemptions: int = 0
-    has_progressed: bool = False  # computed a token since last (re)admission: preemptible again
+    # sampled a new token since last (re)admission; see `is_preemptible`
+    has_progressed: bool = False
     first_scheduled_s: float | None = None
     hasher: BlockHasher | None = None
 
@@ -76,6 +77,12 @@ class Request:
     @property
     def is_prefilling(self) -> bool:
         return self.num_computed_tokens < self.num_prompt_tokens
+
+    @property
+    def is_preemptible(self) -> bool:
+        """No preemption storms: a request preempted before may not be preempted again until it
+        has made progress (sampled a new token) since it was readmitted."""
+        return self.has_progressed or self.num_preemptions == 0
 
     @property
     def is_finished(self) -> bool:

@@ -4,13 +4,16 @@ Model (as in vLLM v1): there is no prefill or decode phase. A request has `num_t
 `num_computed_tokens`; a step gives it some tokens of a shared budget. Each step:
 
 0. priority preemption: while the best waiting request cannot fit and the policy lets it
-   displace the worst running one (that has progressed since admission), preempt that one;
+   displace the worst preemptible running one, preempt that one;
 1. running requests, in policy order, each get their uncomputed tokens (1 for a decode, a
    chunk for a prompt in progress); one that cannot get a KV block preempts the worst running
-   request, possibly itself;
+   request not yet scheduled, possibly itself. No preemption storms: a request preempted before
+   is not preempted again until it has sampled a new token (`Request.is_preemptible`); when
+   only such requests are left, the one asking waits a step instead (it keeps its blocks),
+   unless nothing was scheduled, when the worst must still yield;
 2. waiting requests, in policy order, are admitted while they fit (prefix-cache hits first,
-   then the rest chunked into the leftover budget) — but not in a step that preempted in (1),
-   which is what stops preemption storms;
+   then the rest chunked into the leftover budget) — but not in a step where memory ran short
+   in (1), so that a preempted request is not overtaken by new ones;
 3. a frozen SchedulerOutput is emitted; `update` applies the StepResult when it comes back.
 
 With chunked prefill off (prefill-first, vLLM v0 / Orca), phase 2 runs before phase 1 and a
@@ -125,11 +128,11 @@ class CoreScheduler:
         return plan.build(self.num_steps, finished, self.config.emit_block_tables)
 
     def _schedule_running(self, plan: StepPlan, now: float) -> bool:
-        """Phase 1. Returns whether any request was preempted for memory."""
+        """Phase 1. Returns whether memory ran short (a request was preempted or had to wait)."""
         running = self.running
         running.sort(key=lambda r: self.policy.victim_key(r, now))
         chunked = self.config.enable_chunked_prefill
-        preempted = False
+        is_short = False
         i = 0
         while i < len(running) and plan.budget > 0:
             request = running[i]
@@ -138,16 +141,31 @@ class CoreScheduler:
                 i += 1
                 continue
             num_new = min(num_new, plan.budget)
-            while not self.kv.allocate_slots(request, num_new):
-                victim = running[-1]  # the worst by victim key: never one scheduled already
+            is_allocated = self.kv.allocate_slots(request, num_new)
+            while not is_allocated:
+                is_short = True
+                victim = self._memory_victim(running, i)
+                if victim is None and plan.scheduled:
+                    break  # all left were preempted and have not progressed: this one waits
+                victim = victim or running[-1]  # nothing else would run: someone must yield
                 self._preempt(victim, plan)
-                preempted = True
                 if victim is request:
                     break
-            else:
+                is_allocated = self.kv.allocate_slots(request, num_new)
+            if is_allocated:
                 plan.add(request, num_new)
+            if is_allocated or request.status == RequestStatus.RUNNING:
                 i += 1
-        return preempted
+        return is_short
+
+    @staticmethod
+    def _memory_victim(running: list[Request], first: int) -> Request | None:
+        """The worst of `running[first:]` (not scheduled yet; sorted by victim key) that may be
+        preempted again (`Request.is_preemptible`), or None if none may."""
+        for j in range(len(running) - 1, first - 1, -1):
+            if running[j].is_preemptible:
+                return running[j]
+        return None
 
     def _schedule_waiting(self, plan: StepPlan, now: float) -> bool:
         """Phase 2. Returns whether any request was admitted."""
@@ -195,7 +213,7 @@ class CoreScheduler:
         """Phase 0: let a better waiting request displace worse running ones, if the policy says so."""
         top = self.waiting.peek()
         while top is not None and self.running and not self._fits(top):
-            candidates = [r for r in self.running if r.has_progressed]
+            candidates = [r for r in self.running if r.is_preemptible]
             if not candidates:
                 return
             victim = max(candidates, key=lambda r: self.policy.victim_key(r, now))
@@ -270,10 +288,10 @@ class CoreScheduler:
             if request is None or request.status != RequestStatus.RUNNING:
                 continue  # aborted while the step ran
             request.num_computed_tokens += chunk.num_scheduled_tokens
-            request.has_progressed = True
             if not chunk.is_sampling:
                 self.kv.publish(request)
                 continue
+            request.has_progressed = True  # a new token: recomputing old ones is no progress
             token_id = result.sampled[chunk.request_id]
             request.append_output(token_id)
             self.kv.publish(request)
