@@ -7,7 +7,7 @@ block, or a new request arrives. In between, no decision can change:
 
 - admission stays blocked: free blocks only shrink and the running count is constant, and a
   policy with a static order keeps the same waiting head (policies without one get no runs
-  while anything waits);
+  while anything waits, even with a full batch: their `should_preempt` may change);
 - priority preemption stays off: for static orders `should_preempt` does not depend on time,
   and every running request has already progressed (so the candidates are the same);
 - memory-pressure preemption cannot happen while the planned blocks fit.
@@ -45,9 +45,8 @@ def decode_run_horizon(scheduler: CoreScheduler, output: SchedulerOutput, max_st
         return 0
     if output.shape.num_decode_requests != n:
         return 0
-    can_admit = len(scheduler.waiting) and n < cfg.max_num_seqs and n < cfg.max_num_batched_tokens
-    if can_admit and not scheduler.policy.has_static_order:
-        return 0  # the waiting head could change while the run charges service
+    if len(scheduler.waiting) and not scheduler.policy.has_static_order:
+        return 0  # the waiting head, or whether it may preempt, could change as service is charged
     horizon = max_steps
     max_seq_len = cfg.max_seq_len
     for r in running:
