@@ -97,6 +97,9 @@ def advance_decode_run(scheduler: CoreScheduler, num_steps: int,
     pool = scheduler.kv.pool
     bs = scheduler.config.block_size
     running = list(scheduler.running)
+    now = scheduler.clock.now()
+    for r in running:  # charged as `schedule` charges: before the tokens count as computed
+        scheduler.policy.on_scheduled(r, num_steps, now)
     # (step, 0 = allocate before it / 1 = publish after it, running index): the order in which
     # step-by-step scheduling would have done them
     events: list[tuple[int, int, int]] = []
@@ -116,18 +119,16 @@ def advance_decode_run(scheduler: CoreScheduler, num_steps: int,
         else:
             block = (r.num_computed_tokens + step) // bs - 1
             pool.cache(r.block_ids[block], r.block_hashes[block])
-    return _finish_run(scheduler, running, num_steps, stopped, scheduler.clock.now())
+    return _finish_run(scheduler, running, num_steps, stopped)
 
 
 def _finish_run(scheduler: CoreScheduler, running: list[Request], num_steps: int,
-                stopped: frozenset[str], now: float) -> list[RequestOutput]:
+                stopped: frozenset[str]) -> list[RequestOutput]:
     outputs: list[RequestOutput] = []
     max_seq_len = scheduler.config.max_seq_len
-    policy = scheduler.policy
     for r in running:
         r.num_computed_tokens += num_steps
         r.num_published_blocks = r.num_computed_tokens // scheduler.config.block_size
-        policy.on_scheduled(r, num_steps, now)
         status = _stop_status(r, stopped, max_seq_len)
         if status is not None:
             scheduler.running.remove(r)
