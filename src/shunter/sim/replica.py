@@ -17,7 +17,7 @@ from shunter.core.request import Request
 from shunter.core.sched.decode_run import advance_decode_run, blocks_for_steps, decode_run_horizon
 from shunter.core.sched.interface import SchedulerOutput, StepResult
 from shunter.core.sched.scheduler import CoreScheduler
-from shunter.core.types import RequestId, RequestSpec
+from shunter.core.types import RequestId, RequestSpec, StepShape
 from shunter.metrics.record import RequestRecord
 from shunter.router.interface import ReplicaView
 from shunter.sim.executor import SimExecutor
@@ -47,6 +47,10 @@ class SimReplica:
         self.generation = 0  # bumped when a run is cut short: older StepDone events are stale
         self._live: dict[RequestId, tuple[Request, RequestRecord]] = {}
         self._in_flight: _InFlight | None = None
+        budget = scheduler.config.max_num_batched_tokens
+        # prefill throughput at a full token budget, for routers that price queued prompts
+        self._prefill_tokens_per_s = budget / executor.cost_model.step_time_s(
+            StepShape(prefill_chunks=((budget, 0),)))
 
     @property
     def is_busy(self) -> bool:
@@ -64,11 +68,16 @@ class SimReplica:
             if done:
                 running_tokens += len(flight.run_ids) * done
                 free_blocks -= blocks_for_steps(self.scheduler, min(done, len(flight.end_times_s) - 1))
+        cost = self.executor.cost_model
+        decode_s = cost.step_time_s(StepShape(num_decode_requests=max(s.num_running, 1),
+                                              num_decode_context_tokens=running_tokens))
         return ReplicaView(replica_id=self.replica_id, num_waiting=s.num_waiting,
                            num_running=s.num_running, num_waiting_tokens=s.num_waiting_tokens,
                            num_running_tokens=running_tokens, num_free_blocks=free_blocks,
                            num_total_blocks=s.num_total_blocks,
-                           block_size=self.scheduler.config.block_size, taken_at_s=self.clock.now())
+                           block_size=self.scheduler.config.block_size, taken_at_s=self.clock.now(),
+                           prefill_tokens_per_s=self._prefill_tokens_per_s, decode_step_s=decode_s,
+                           max_num_seqs=self.scheduler.config.max_num_seqs)
 
     def add(self, spec: RequestSpec) -> RequestRecord | None:
         """Queue a request; returns its finished record at once if the scheduler rejected it."""
