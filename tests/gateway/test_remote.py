@@ -1,0 +1,79 @@
+"""Remote backend plumbing: request bodies, replays, Prometheus load parsing, config files."""
+
+import pytest
+
+from shunter.errors import ConfigError
+from shunter.gateway.client import ChatMessage, GenerateRequest
+from shunter.gateway.config import load_config
+from shunter.gateway.remote import parse_load, request_payload
+
+VLLM_METRICS = """# HELP vllm:num_requests_running Number of requests in model execution batches.
+# TYPE vllm:num_requests_running gauge
+vllm:num_requests_running{engine="0",model_name="m"} 3.0
+vllm:num_requests_running{engine="1",model_name="m"} 2.0
+vllm:num_requests_waiting{engine="0",model_name="m"} 7.0
+vllm:kv_cache_usage_perc{engine="0",model_name="m"} 0.25
+vllm:num_preemptions_total{engine="0",model_name="m"} 4.0
+vllm:request_success_total{finished_reason="stop",model_name="m"} 99.0
+"""
+LLAMACPP_METRICS = """llamacpp:requests_processing 2
+llamacpp:requests_deferred 1
+llamacpp:kv_cache_usage_ratio 0.5
+"""
+
+
+def test_parse_load_reads_vllm_and_llama_server_metrics():
+    v = parse_load(VLLM_METRICS, 1.0)
+    assert (v.num_running, v.num_waiting, v.kv_usage, v.num_preemptions) == (5, 7, 0.25, 4)
+    lc = parse_load(LLAMACPP_METRICS, 1.0)
+    assert (lc.num_running, lc.num_waiting, lc.kv_usage) == (2, 1, 0.5)
+    assert parse_load("other_metric 1\n", 1.0) is None
+
+
+def test_payload_asks_for_usage_and_replays_a_chat_as_a_continued_assistant_turn():
+    request = GenerateRequest(request_id="r", model="m", max_tokens=10, stream=True,
+                              messages=(ChatMessage("user", "hi"),), priority=0)
+    body = request_payload(request, "backend-model", True)
+    assert body["model"] == "backend-model" and "priority" not in body
+    assert body["stream_options"] == {"include_usage": True, "continuous_usage_stats": True}
+    replay = request_payload(request.replayed(" hello there", 2), None, True)
+    assert replay["messages"][-1] == {"role": "assistant", "content": " hello there"}
+    assert replay["continue_final_message"] is True and replay["add_generation_prompt"] is False
+    assert replay["max_tokens"] == 8 and replay["model"] == "m"
+    completion = GenerateRequest(request_id="r", model="m", prompt="p", priority=3, stream=False)
+    body = request_payload(completion.replayed(" x", 1), None, False)
+    assert body["prompt"] == "p x" and body["priority"] == 3 and "stream_options" not in body
+
+
+def test_config_file_round_trip_and_errors(tmp_path):
+    path = tmp_path / "gw.toml"
+    path.write_text("""
+[server]
+port = 9000
+models = ["m"]
+[router]
+name = "least_load"
+[admission]
+max_queued = 10
+[[backends]]
+name = "vllm"
+url = "http://127.0.0.1:8001"
+[[tenants]]
+name = "acme"
+api_keys = ["k"]
+weight = 2
+max_requests_per_min = 60
+""")
+    config = load_config(path)
+    assert config.server.port == 9000 and config.router == "least_load"
+    assert config.backends[0].url == "http://127.0.0.1:8001"
+    assert config.tenants[0].api_keys == ("k",) and config.tenants[0].weight == 2
+    path.write_text("[[backends]]\nname = 'x'\nkind = 'remote'\n")
+    with pytest.raises(ConfigError, match="needs a url"):
+        load_config(path)
+    path.write_text("[server]\nport = 'eighty'\n")
+    with pytest.raises(ConfigError, match="port"):
+        load_config(path)
+    path.write_text("[servr]\n")
+    with pytest.raises(ConfigError, match="servr"):
+        load_config(path)
