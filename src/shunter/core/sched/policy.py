@@ -8,6 +8,10 @@ A policy decides *order*, never mechanism. It supplies:
 - charging hooks (`on_scheduled`, `on_finished`) for policies that keep service counters
   (VTC, DLPM, MLFQ). Hooks change the policy's own state, never the request.
 
+A policy whose order depends on the prefix cache (DLPM) also implements `PrefixAwarePolicy`:
+the scheduler then builds its queue with `make_prefix_queue(probe)`, where `probe(request)` is
+the number of prompt tokens the cache would serve that request if it were admitted now.
+
 Time-varying orders stay static where they can: continuous aging `priority - waited/aging_s`
 orders requests exactly like the static key `priority * aging_s + arrival_s`.
 """
@@ -17,11 +21,13 @@ from __future__ import annotations
 import heapq
 from collections.abc import Callable, Iterator
 from itertools import count
-from typing import Protocol
+from typing import Protocol, runtime_checkable
 
 from shunter.core.request import Request
 
-__all__ = ["KeyedQueue", "Policy", "WaitingQueue"]
+__all__ = ["KeyedQueue", "Policy", "PrefixAwarePolicy", "PrefixProbe", "WaitingQueue"]
+
+PrefixProbe = Callable[[Request], int]  # cached prompt tokens a waiting request would hit now
 
 
 class WaitingQueue(Protocol):
@@ -74,6 +80,15 @@ class Policy(Protocol):
 
     def on_finished(self, request: Request, now_s: float) -> None:
         """The request left the scheduler (finished, aborted or rejected)."""
+        ...
+
+
+@runtime_checkable
+class PrefixAwarePolicy(Protocol):
+    """A policy whose waiting order depends on what the prefix cache holds (e.g. DLPM)."""
+
+    def make_prefix_queue(self, probe: PrefixProbe) -> WaitingQueue:
+        """A fresh waiting queue that may call `probe` to rank waiting requests."""
         ...
 
 

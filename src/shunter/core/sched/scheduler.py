@@ -30,7 +30,7 @@ from shunter.core.request import Request
 from shunter.core.sched.config import SchedulerConfig
 from shunter.core.sched.interface import RequestOutput, SchedulerOutput, StepResult
 from shunter.core.sched.plan import StepPlan
-from shunter.core.sched.policy import Policy
+from shunter.core.sched.policy import Policy, PrefixAwarePolicy
 from shunter.core.sched.stats import SchedulerStats
 from shunter.core.types import FINISHED_STATUSES, RequestId, RequestStatus
 
@@ -45,7 +45,8 @@ class CoreScheduler:
         self.kv = KVCacheManager(config.num_blocks, config.block_size,
                                  enable_caching=config.enable_prefix_caching,
                                  num_host_blocks=config.num_host_blocks)
-        self.waiting = policy.make_queue()
+        self.waiting = (policy.make_prefix_queue(self.num_cached_prefix_tokens)
+                        if isinstance(policy, PrefixAwarePolicy) else policy.make_queue())
         self.running: list[Request] = []
         self.requests: dict[RequestId, Request] = {}
         self.num_preemptions = 0
@@ -222,6 +223,14 @@ class CoreScheduler:
             self._preempt(victim, plan)
 
     # ---- helpers -------------------------------------------------------------------------
+
+    def num_cached_prefix_tokens(self, request: Request) -> int:
+        """Tokens a waiting request would not compute if admitted now: its prefix-cache hits, or
+        all it had computed when swapped out (that KV comes back by copy). Prefix-aware policies'
+        probe."""
+        if request.status == RequestStatus.SWAPPED:
+            return request.num_computed_tokens
+        return len(self.kv.computed_blocks(request)) * self.config.block_size
 
     def _fits(self, request: Request) -> bool:
         num_new = min(request.num_uncomputed_tokens, self.config.max_num_batched_tokens)
