@@ -13,6 +13,7 @@ Python process ever reaped, which breaks as soon as a driver runs two children i
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import os
 import signal
 import subprocess
@@ -28,6 +29,7 @@ __all__ = [
     "REPO_ROOT",
     "SHARED_DIR",
     "ProcResult",
+    "die_with_parent",
     "ensure_venv",
     "log",
     "pip_install",
@@ -46,6 +48,7 @@ _PIP_NOISE_PREFIX = "WARNING: Location 'file://"
 _POLL_INTERVAL_S = 0.05
 _KILL_GRACE_S = 10.0
 _KIB = 1024
+_PR_SET_PDEATHSIG = 1  # linux/prctl.h
 
 
 @dataclass(frozen=True, slots=True)
@@ -81,8 +84,13 @@ def run_measured(cmd: Sequence[str | os.PathLike[str]], *, timeout_s: float,
         start_s = time.perf_counter()
         proc = subprocess.Popen([str(c) for c in cmd], cwd=cwd, env=None if env is None else dict(env),
                                 stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
-                                start_new_session=True)
-        status, rusage, is_timed_out = _wait_with_deadline(proc.pid, start_s + timeout_s)
+                                start_new_session=True, preexec_fn=die_with_parent)
+        try:
+            status, rusage, is_timed_out = _wait_with_deadline(proc.pid, start_s + timeout_s)
+        except BaseException:  # Ctrl-C, a test timeout: never leave the tree running
+            _kill_group(proc.pid, signal.SIGKILL)
+            os.waitpid(proc.pid, 0)
+            raise
         wall_s = time.perf_counter() - start_s
     finally:
         if log_path is not None:
@@ -109,6 +117,17 @@ def _wait_with_deadline(pid: int, deadline_s: float) -> tuple[int, os.struct_rus
             _kill_group(pid, signal.SIGKILL)
             deadline_s = float("inf")
         time.sleep(_POLL_INTERVAL_S)
+
+
+def die_with_parent() -> None:
+    """Popen `preexec_fn`: the child gets SIGKILL when the process that started it dies.
+
+    A child in its own session is not reached by signals to our process group, so without this
+    a killed driver leaves vLLM or Vidur running (seen: a 600 s vLLM run reparented to init).
+    Grandchildren are covered by the tools themselves (vLLM's workers watch their parent).
+    """
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
 
 
 def _kill_group(pid: int, sig: signal.Signals) -> None:

