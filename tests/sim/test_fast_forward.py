@@ -43,6 +43,7 @@ SCENARIOS = {
                               scheduler={"max_num_batched_tokens": 256, "max_num_seqs": 8}),
     "whole-admission": SimConfig(num_blocks=400, scheduler={"admission": "whole"}),
     "tp-70b": SimConfig(model="llama-2-70b", tp=2, num_replicas=2),
+    "vtc": SimConfig(num_blocks=300, policy="vtc", scheduler={"max_num_seqs": 16}),
 }
 
 

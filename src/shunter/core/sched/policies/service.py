@@ -1,0 +1,59 @@
+"""Service accounting shared by the charging policies (VTC, DLPM, PLAS, FastSwitch).
+
+A scheduled chunk of `n` tokens for a request with `c` computed tokens covers token positions
+[c, c + n) (hooks run before the step's tokens count as computed, in `schedule` and in decode
+runs alike). Of those, positions below the prompt length P are prompt tokens, and every
+position >= P - 1 samples one output token (the last prompt position samples the first). So a
+request that ran to completion is charged P prompt tokens and exactly its O output tokens, as
+`shunter.metrics` counts service (w_in = 1, w_out = 2 by default).
+
+Each position is charged once: a request recomputing after a recompute-preemption, or
+re-hitting its own blocks, is not charged again (that is the engine's cost, not service the
+tenant received). `skip_cached=True` (DLPM, PLAS) charges only tokens that are computed, so
+prefix-cache hits are free; `skip_cached=False` (VTC) charges the whole prompt.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from shunter.core.request import Request
+from shunter.core.types import RequestId
+
+__all__ = ["DEFAULT_INPUT_WEIGHT", "DEFAULT_OUTPUT_WEIGHT", "ServiceMeter"]
+
+DEFAULT_INPUT_WEIGHT = 1.0  # VTC's w_in: service per prompt token
+DEFAULT_OUTPUT_WEIGHT = 2.0  # VTC's w_out: service per output token
+
+
+@dataclass(slots=True)
+class ServiceMeter:
+    """Weighted service of scheduled chunks, each token position charged at most once."""
+
+    input_weight: float = DEFAULT_INPUT_WEIGHT
+    output_weight: float = DEFAULT_OUTPUT_WEIGHT
+    skip_cached: bool = False
+    _charged: dict[RequestId, int] = field(default_factory=dict)  # positions [0, n) charged
+
+    def __post_init__(self) -> None:
+        if self.input_weight < 0 or self.output_weight < 0:
+            raise ValueError(f"service weights must be >= 0, got input_weight={self.input_weight}, "
+                             f"output_weight={self.output_weight}")
+
+    def charge(self, request: Request, num_tokens: int) -> float:
+        """Service of a chunk of `num_tokens` scheduled now (call from `on_scheduled`)."""
+        start = request.num_computed_tokens
+        end = start + num_tokens
+        charged = self._charged.get(request.request_id, 0)
+        if end <= charged:
+            return 0.0
+        first = max(start, charged) if self.skip_cached else charged
+        self._charged[request.request_id] = end
+        prompt = request.num_prompt_tokens
+        num_input = max(0, min(end, prompt) - first)
+        num_output = end - max(first, prompt - 1)
+        return self.input_weight * num_input + self.output_weight * max(0, num_output)
+
+    def forget(self, request: Request) -> None:
+        """The request left the scheduler."""
+        self._charged.pop(request.request_id, None)

@@ -1,0 +1,129 @@
+"""Virtual Token Counter (Sheng et al., "Fairness in Serving Large Language Models", OSDI'24).
+
+Each tenant has a counter of the service it received, divided by its weight: w_in = 1 per
+prompt token and w_out = 2 per output token, charged as the tokens are scheduled
+(`ServiceMeter`, whole prompts including cache hits). Admission picks the tenant with the
+smallest counter among tenants with waiting requests (ties: the earlier head request), and that
+tenant's next request in (priority, arrival) order.
+
+Counter lift (the paper's Algorithm 1): when a tenant with nothing waiting gets a new request,
+its counter is raised to the smallest counter of the tenants that have requests waiting, or,
+if none do, to the counter the last tenant to leave the queue had when it left. A tenant
+therefore cannot bank service while idle and then monopolise the engine. (The authors'
+artifact lifts only when another tenant is waiting; the paper's rule is used here.) A
+preempted request coming back is not a return from idle and lifts nothing.
+
+This bounds the service gap between backlogged tenants (the paper proves 2x of the largest
+per-step service), where FCFS lets a heavy tenant take everything. VTC never preempts for
+fairness: `should_preempt` is False, and under memory pressure the request of the most-served
+tenant (then the latest arrival) is preempted first. Output lengths are never needed.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+
+from shunter.core.request import Request
+from shunter.core.sched.policies.service import (
+    DEFAULT_INPUT_WEIGHT,
+    DEFAULT_OUTPUT_WEIGHT,
+    ServiceMeter,
+)
+from shunter.core.sched.policies.tenant_queue import TenantQueues
+from shunter.core.types import RequestStatus, TenantId
+
+__all__ = ["VtcPolicy", "VtcQueue"]
+
+
+@dataclass(slots=True)
+class VtcPolicy:
+    input_weight: float = DEFAULT_INPUT_WEIGHT
+    output_weight: float = DEFAULT_OUTPUT_WEIGHT
+    tenant_weights: dict[TenantId, float] | None = None  # weighted VTC; missing tenants weigh 1
+    name: str = "vtc"
+    has_static_order: bool = False  # the order follows counters that grow as service is charged
+    counters: dict[TenantId, float] = field(default_factory=dict)
+    meter: ServiceMeter = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.meter = ServiceMeter(self.input_weight, self.output_weight, skip_cached=False)
+        for tenant, weight in (self.tenant_weights or {}).items():
+            if not weight > 0:
+                raise ValueError(f"tenant weight for {tenant!r} must be > 0, got {weight}")
+
+    def weight(self, tenant: TenantId) -> float:
+        return (self.tenant_weights or {}).get(tenant, 1.0)
+
+    def counter(self, tenant: TenantId) -> float:
+        """Weighted service the tenant received (after lifts)."""
+        return self.counters.get(tenant, 0.0)
+
+    def make_queue(self) -> VtcQueue:
+        return VtcQueue(self)
+
+    def victim_key(self, request: Request, now_s: float) -> object:
+        return (request.priority, self.counter(request.tenant), request.arrival_s)
+
+    def should_preempt(self, waiting: Request, running: Request, now_s: float) -> bool:
+        return False
+
+    def on_scheduled(self, request: Request, num_tokens: int, now_s: float) -> None:
+        service = self.meter.charge(request, num_tokens)
+        if service:
+            tenant = request.tenant
+            self.counters[tenant] = self.counter(tenant) + service / self.weight(tenant)
+
+    def on_finished(self, request: Request, now_s: float) -> None:
+        self.meter.forget(request)
+
+
+class VtcQueue:
+    """Waiting requests per tenant; the head is the least-served waiting tenant's next request."""
+
+    __slots__ = ("_last_left", "_policy", "_queues")
+
+    def __init__(self, policy: VtcPolicy) -> None:
+        self._policy = policy
+        self._queues = TenantQueues()
+        self._last_left = 0.0  # counter of the last tenant to leave the queue, when it left
+
+    def add(self, request: Request) -> None:
+        is_return = request.status == RequestStatus.WAITING and request.num_preemptions == 0
+        floor = self._floor() if is_return else None
+        if self._queues.add(request) and floor is not None:
+            counters = self._policy.counters
+            counters[request.tenant] = max(counters.get(request.tenant, 0.0), floor)
+
+    def _floor(self) -> float:
+        """The counter a returning tenant is lifted to (before it joins the queue)."""
+        counter = self._policy.counter
+        tenants = self._queues.tenants
+        return min(counter(t) for t in tenants) if tenants else self._last_left
+
+    def _best_tenant(self) -> TenantId | None:
+        counter, queues = self._policy.counter, self._queues
+        tenants = queues.tenants
+        if not tenants:
+            return None
+        return min(tenants, key=lambda t: (counter(t), queues.head(t).arrival_s))
+
+    def peek(self) -> Request | None:
+        tenant = self._best_tenant()
+        return None if tenant is None else self._queues.head(tenant)
+
+    def pop(self) -> Request:
+        request = self.peek()
+        assert request is not None, "pop from an empty queue"
+        self.remove(request)
+        return request
+
+    def remove(self, request: Request) -> None:
+        if self._queues.discard(request):
+            self._last_left = self._policy.counter(request.tenant)
+
+    def __len__(self) -> int:
+        return len(self._queues)
+
+    def __iter__(self) -> Iterator[Request]:
+        return iter(self._queues)
