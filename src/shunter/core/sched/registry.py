@@ -7,6 +7,7 @@ from typing import Any
 
 from shunter.core.sched.policies.fcfs import FcfsPolicy
 from shunter.core.sched.policies.priority import PriorityPolicy
+from shunter.core.sched.policies.vtc import VtcPolicy
 from shunter.core.sched.policy import Policy
 
 __all__ = ["POLICIES", "make_policy"]
@@ -14,6 +15,7 @@ __all__ = ["POLICIES", "make_policy"]
 POLICIES: dict[str, Callable[..., Policy]] = {
     "fcfs": FcfsPolicy,
     "priority": PriorityPolicy,
+    "vtc": VtcPolicy,
 }
 
 
