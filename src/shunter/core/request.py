@@ -50,12 +50,18 @@ class Request:
     hasher: BlockHasher | None = None
 
     @classmethod
-    def from_spec(cls, spec: RequestSpec, *, block_size: int = DEFAULT_BLOCK_SIZE) -> Request:
-        """Build scheduling state from a workload spec, leaving its true output length behind."""
+    def from_spec(cls, spec: RequestSpec, *, block_size: int = DEFAULT_BLOCK_SIZE,
+                  hash_blocks: bool = True) -> Request:
+        """Build scheduling state from a workload spec, leaving its true output length behind.
+
+        `hash_blocks=False` (a scheduler without a prefix cache) skips the block hashes, which
+        nothing else reads."""
         token_ids = list(spec.prompt_token_ids) if spec.prompt_token_ids is not None else None
-        hasher = BlockHasher(block_size, hash_ids=spec.hash_ids,
-                             hash_block_size=spec.hash_block_size,
-                             salt=request_salt(spec.request_id))
+        hasher = None
+        if hash_blocks:
+            hasher = BlockHasher(block_size, hash_ids=spec.hash_ids,
+                                 hash_block_size=spec.hash_block_size,
+                                 salt=request_salt(spec.request_id))
         request = cls(
             request_id=spec.request_id, arrival_s=spec.arrival_s,
             num_prompt_tokens=spec.num_prompt_tokens, max_output_tokens=spec.max_output_tokens,
@@ -63,7 +69,8 @@ class Request:
             program_id=spec.program_id, ttft_slo_s=spec.ttft_slo_s, tpot_slo_s=spec.tpot_slo_s,
             token_ids=token_ids, hasher=hasher,
         )
-        hasher.extend(request.block_hashes, request.num_tokens, token_ids)
+        if hasher is not None:
+            hasher.extend(request.block_hashes, request.num_tokens, token_ids)
         return request
 
     @property

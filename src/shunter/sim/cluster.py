@@ -2,19 +2,48 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 
 from shunter.core.clock import ManualClock
 from shunter.core.types import RequestSpec
 from shunter.errors import WorkloadError
 from shunter.metrics.record import RequestRecord
-from shunter.router.interface import Router
+from shunter.router.interface import ReplicaView, Router
 from shunter.sim.loop import ARRIVAL_PRIORITY, STEP_DONE_PRIORITY, Arrival, EventLoop, StepDone
 from shunter.sim.replica import SimReplica, StepLog
 
 __all__ = ["SimCluster"]
 
 ProgressFn = Callable[[int], None]
+
+
+class _LazyViews(Sequence[ReplicaView]):
+    """The replicas' snapshots at one instant, each taken only when a router first reads it.
+
+    A router that looks at one replica (round robin, random) costs O(1) per request instead of
+    O(replicas); one that scans them all sees exactly what a list would have held, since nothing
+    changes between the arrival and its routing decision.
+    """
+
+    __slots__ = ("_replicas", "_views")
+
+    def __init__(self, replicas: list[SimReplica]) -> None:
+        self._replicas = replicas
+        self._views: list[ReplicaView | None] = [None] * len(replicas)
+
+    def __len__(self) -> int:
+        return len(self._replicas)
+
+    def __getitem__(self, index):  # type: ignore[override]
+        if isinstance(index, slice):
+            return [self[i] for i in range(*index.indices(len(self._replicas)))]
+        view = self._views[index]
+        if view is None:
+            view = self._views[index] = self._replicas[index].view()
+        return view
+
+    def __iter__(self) -> Iterator[ReplicaView]:
+        return (self[i] for i in range(len(self._replicas)))
 
 
 class SimCluster:
@@ -68,8 +97,7 @@ class SimCluster:
         return spec.arrival_s
 
     def _route(self, spec: RequestSpec, finished: list[RequestRecord]) -> None:
-        views = [r.view() for r in self.replicas]
-        decision = self.router.route(spec, views)
+        decision = self.router.route(spec, _LazyViews(self.replicas))  # type: ignore[arg-type]
         replica = self.replicas[decision.replica_id]
         self.num_routed[decision.replica_id] += 1
         rejected = replica.add(spec)

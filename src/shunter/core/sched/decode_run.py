@@ -9,7 +9,9 @@ block, or a new request arrives. In between, no decision can change:
   policy with a static order keeps the same waiting head (policies without one get no runs
   while anything waits, even with a full batch: their `should_preempt` may change);
 - priority preemption stays off: for static orders `should_preempt` does not depend on time,
-  and every running request has already progressed (so the candidates are the same);
+  and every running request has already progressed (so the candidates are the same); runs are
+  only taken when it says no for the waiting head, since whether the head fits (what phase 0
+  checks first) can change as free blocks shrink;
 - memory-pressure preemption cannot happen while the planned blocks fit.
 
 `decode_run_horizon` says how many such steps follow a just-scheduled step; `advance_decode_run`
@@ -47,6 +49,8 @@ def decode_run_horizon(scheduler: CoreScheduler, output: SchedulerOutput, max_st
         return 0
     if len(scheduler.waiting) and not scheduler.policy.has_static_order:
         return 0  # the waiting head, or whether it may preempt, could change as service is charged
+    if _may_preempt_for_head(scheduler):
+        return 0  # phase 0 fires as soon as shrinking free memory stops the head from fitting
     horizon = max_steps
     max_seq_len = cfg.max_seq_len
     for r in running:
@@ -59,6 +63,19 @@ def decode_run_horizon(scheduler: CoreScheduler, output: SchedulerOutput, max_st
     if horizon <= 0:
         return 0
     return _memory_horizon(scheduler, horizon)
+
+
+def _may_preempt_for_head(scheduler: CoreScheduler) -> bool:
+    """Whether the policy lets the waiting head displace the worst preemptible running request
+    (constant over a run for static orders; only whether the head fits changes)."""
+    top = scheduler.waiting.peek()
+    candidates = [r for r in scheduler.running if r.is_preemptible]
+    if top is None or not candidates:
+        return False
+    now = scheduler.clock.now()
+    policy = scheduler.policy
+    victim = max(candidates, key=lambda r: policy.victim_key(r, now))
+    return policy.should_preempt(top, victim, now)
 
 
 def blocks_for_steps(scheduler: CoreScheduler, num_steps: int) -> int:
@@ -100,6 +117,11 @@ def advance_decode_run(scheduler: CoreScheduler, num_steps: int,
     now = scheduler.clock.now()
     for r in running:  # charged as `schedule` charges: before the tokens count as computed
         scheduler.policy.on_scheduled(r, num_steps, now)
+    if not pool.enable_caching:  # nothing to publish: allocations are the only events
+        _allocate_run_blocks(scheduler, running, num_steps)
+        for r in running:
+            r.append_outputs(num_steps)
+        return _finish_run(scheduler, running, num_steps, stopped)
     # (step, 0 = allocate before it / 1 = publish after it, running index): the order in which
     # step-by-step scheduling would have done them
     events: list[tuple[int, int, int]] = []
@@ -120,6 +142,38 @@ def advance_decode_run(scheduler: CoreScheduler, num_steps: int,
             block = (r.num_computed_tokens + step) // bs - 1
             pool.cache(r.block_ids[block], r.block_hashes[block])
     return _finish_run(scheduler, running, num_steps, stopped)
+
+
+def _allocate_run_blocks(scheduler: CoreScheduler, running: list[Request], num_steps: int) -> None:
+    """The run's block allocations in (step, running index) order, from one bulk `allocate`.
+
+    Request i needs a block at steps f_i, f_i + bs, f_i + 2 bs, ... with 1 <= f_i <= bs, so
+    round k (steps in (k bs, (k + 1) bs]) serves, in (f_i, i) order, the requests with
+    f_i + k bs <= num_steps: a prefix of that order. The pool hands out the same ids in the
+    same order as one `allocate(1)` per event would, since nothing else touches it meanwhile.
+    """
+    bs = scheduler.config.block_size
+    firsts = []
+    total = 0
+    for index, r in enumerate(running):
+        first = (1 - r.num_computed_tokens) % bs or bs
+        if first <= num_steps:
+            firsts.append((first, index))
+            total += 1 + (num_steps - first) // bs
+    if not total:
+        return
+    pool = scheduler.kv.pool
+    assert pool.can_allocate(total), "decode run planned past the free blocks"
+    ids = iter(pool.allocate(total))
+    firsts.sort()
+    tables = [running[index].block_ids for _, index in firsts]
+    limit = num_steps
+    while limit > 0:
+        for (first, _), table in zip(firsts, tables, strict=True):
+            if first > limit:
+                break
+            table.append(next(ids))
+        limit -= bs
 
 
 def _finish_run(scheduler: CoreScheduler, running: list[Request], num_steps: int,
