@@ -43,6 +43,15 @@ SCENARIOS = {
                               scheduler={"max_num_batched_tokens": 256, "max_num_seqs": 8}),
     "whole-admission": SimConfig(num_blocks=400, scheduler={"admission": "whole"}),
     "tp-70b": SimConfig(model="llama-2-70b", tp=2, num_replicas=2),
+    "sjf-oracle": SimConfig(num_blocks=400, policy="sjf", predictor="oracle",
+                            policy_params={"preemptive": True}),
+    "ltr-noisy": SimConfig(num_replicas=2, policy="ltr", predictor="noisy_oracle",
+                           predictor_params={"kendall_tau": 0.5, "seed": 3},
+                           scheduler={"max_num_seqs": 8}),
+    "mlfq": SimConfig(num_blocks=300, policy="mlfq", policy_params={"promote_s": 5.0}),
+    "mlfq-few-seqs": SimConfig(policy="mlfq", scheduler={"max_num_seqs": 4},
+                               policy_params={"base_quantum_tokens": 4, "promote_s": None}),
+    "sarathi": SimConfig(policy="sarathi", policy_params={"tbt_slo_s": 0.05}),
     "vtc": SimConfig(num_blocks=300, policy="vtc", scheduler={"max_num_seqs": 16}),
 }
 

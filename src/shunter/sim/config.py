@@ -16,6 +16,9 @@ class SimConfig:
     enable_chunked_prefill, preemption_mode, ...). KV capacity comes from the cost model
     (GPU memory left after weights) unless `num_blocks` is given; `max_model_len` defaults to
     the model's context. `swap_space_gib` sizes the host pool for swap preemption per replica.
+    A policy with a TBT target (`sarathi`) gets the token budget that meets it from the cost
+    model unless `scheduler` sets `max_num_batched_tokens`. `predictor_params` of the `learned`
+    predictor may name a `model_path` (JSON from `shunter.workload.rank_training.save_model`).
     """
 
     model: str = "llama-3.1-8b"
@@ -24,6 +27,8 @@ class SimConfig:
     num_replicas: int = 1
     policy: str = "fcfs"
     policy_params: dict[str, Any] = field(default_factory=dict)
+    predictor: str | None = None  # sets predicted output lengths (sjf, ltr): shunter.core.predict
+    predictor_params: dict[str, Any] = field(default_factory=dict)
     router: str = "least_load"
     router_params: dict[str, Any] = field(default_factory=dict)
     cost_model: str = "roofline"

@@ -14,6 +14,7 @@ from bisect import bisect_right
 from dataclasses import dataclass
 
 from shunter.core.clock import Clock
+from shunter.core.predict.interface import Predictor, SessionTracker
 from shunter.core.request import Request
 from shunter.core.sched.decode_run import advance_decode_run, blocks_for_steps, decode_run_horizon
 from shunter.core.sched.interface import SchedulerOutput, StepResult
@@ -39,12 +40,16 @@ class _InFlight:
 
 class SimReplica:
     def __init__(self, replica_id: int, scheduler: CoreScheduler, executor: SimExecutor,
-                 clock: Clock, *, fast_forward: bool = True) -> None:
+                 clock: Clock, *, fast_forward: bool = True, predictor: Predictor | None = None,
+                 sessions: SessionTracker | None = None) -> None:
         self.replica_id = replica_id
         self.scheduler = scheduler
         self.executor = executor
         self.clock = clock
         self.fast_forward = fast_forward
+        # sets each request's predicted output length at arrival; `sessions` is cluster-wide
+        self.predictor = predictor
+        self.sessions = sessions if sessions is not None else SessionTracker()
         self.generation = 0  # bumped when a run is cut short: older StepDone events are stale
         self._live: dict[RequestId, tuple[Request, RequestRecord]] = {}
         self._in_flight: _InFlight | None = None
@@ -92,6 +97,10 @@ class SimReplica:
         config = self.scheduler.config
         request = Request.from_spec(spec, block_size=config.block_size,
                                     hash_blocks=config.enable_prefix_caching)
+        if self.predictor is not None:
+            truth = spec.num_output_tokens if self.predictor.is_oracle else None  # oracles only
+            request.predicted_output_tokens = self.predictor.predict(self.sessions.features(spec),
+                                                                     truth)
         self.executor.register(spec.request_id, spec.num_output_tokens)
         rejected = self.scheduler.add_request(request)
         if rejected is not None:

@@ -6,19 +6,24 @@ from collections.abc import Iterable
 from dataclasses import dataclass, fields
 
 from shunter.core.clock import ManualClock
+from shunter.core.predict.interface import Predictor, SessionTracker
+from shunter.core.predict.registry import make_predictor
 from shunter.core.sched.registry import make_policy
 from shunter.core.sched.scheduler import CoreScheduler, SchedulerConfig
 from shunter.core.types import RequestSpec
+from shunter.errors import ConfigError
 from shunter.metrics.record import RequestRecord
 from shunter.router.registry import make_router
+from shunter.sim.budget import budget_for_tbt
 from shunter.sim.cluster import ProgressFn, SimCluster
 from shunter.sim.config import SimConfig
 from shunter.sim.cost.interface import CostModel
 from shunter.sim.cost.registry import make_cost_model
 from shunter.sim.executor import SimExecutor
 from shunter.sim.replica import SimReplica, StepLog
+from shunter.workload.rank_training import load_model
 
-__all__ = ["SimRun", "build_cluster", "simulate"]
+__all__ = ["SimRun", "build_cluster", "build_predictor", "simulate"]
 
 _GIB = 1024**3
 _SCHEDULER_FIELDS = {f.name for f in fields(SchedulerConfig)}
@@ -43,20 +48,37 @@ def scheduler_config(config: SimConfig, cost_model: CostModel) -> SchedulerConfi
     block_bytes = cost_model.kv_bytes_per_token * block_size  # type: ignore[attr-defined]
     num_host_blocks = int(config.swap_space_gib * _GIB // block_bytes)
     options = {"max_model_len": cost_model.max_model_len, **config.scheduler}
+    tbt_slo_s = getattr(make_policy(config.policy, **config.policy_params), "tbt_slo_s", None)
+    if tbt_slo_s is not None:  # Sarathi-Serve: the budget follows from the TBT target
+        if not options.get("enable_chunked_prefill", True):
+            raise ConfigError(f"policy {config.policy!r} needs enable_chunked_prefill")
+        options.setdefault("max_num_batched_tokens", budget_for_tbt(cost_model, tbt_slo_s))
     return SchedulerConfig(num_blocks=num_blocks, num_host_blocks=num_host_blocks,
                            emit_block_tables=False, **options)
+
+
+def build_predictor(config: SimConfig) -> Predictor | None:
+    """The simulation's output-length predictor, if it names one (one per cluster)."""
+    if config.predictor is None:
+        return None
+    params = dict(config.predictor_params)
+    if "model_path" in params:
+        params.update(load_model(params.pop("model_path")))
+    return make_predictor(config.predictor, **params)
 
 
 def build_cluster(config: SimConfig) -> SimCluster:
     clock = ManualClock()
     cost_model = make_cost_model(config.cost_model, config.model, config.gpu, config.tp)
     sched_config = scheduler_config(config, cost_model)
+    predictor, sessions = build_predictor(config), SessionTracker()
     replicas = []
     for replica_id in range(config.num_replicas):
         scheduler = CoreScheduler(sched_config, make_policy(config.policy, **config.policy_params),
                                   clock)
         replicas.append(SimReplica(replica_id, scheduler, SimExecutor(cost_model), clock,
-                                   fast_forward=config.fast_forward))
+                                   fast_forward=config.fast_forward, predictor=predictor,
+                                   sessions=sessions))
     router = make_router(config.router, **config.router_params)
     return SimCluster(replicas, router, clock, record_steps=config.record_steps)
 

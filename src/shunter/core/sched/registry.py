@@ -6,7 +6,11 @@ from collections.abc import Callable
 from typing import Any
 
 from shunter.core.sched.policies.fcfs import FcfsPolicy
+from shunter.core.sched.policies.ltr import LtrPolicy
+from shunter.core.sched.policies.mlfq import MlfqPolicy
 from shunter.core.sched.policies.priority import PriorityPolicy
+from shunter.core.sched.policies.sarathi import SarathiPolicy
+from shunter.core.sched.policies.sjf import SjfPolicy
 from shunter.core.sched.policies.vtc import VtcPolicy
 from shunter.core.sched.policy import Policy
 
@@ -14,7 +18,11 @@ __all__ = ["POLICIES", "make_policy"]
 
 POLICIES: dict[str, Callable[..., Policy]] = {
     "fcfs": FcfsPolicy,
+    "ltr": LtrPolicy,
+    "mlfq": MlfqPolicy,
     "priority": PriorityPolicy,
+    "sarathi": SarathiPolicy,
+    "sjf": SjfPolicy,
     "vtc": VtcPolicy,
 }
 

@@ -1,0 +1,61 @@
+"""Learning to rank (Fu et al., "Efficient LLM Scheduling by Learning to Rank", NeurIPS'24).
+
+A ranker scores each request at arrival (`Request.predicted_output_tokens` holds the score; a
+pairwise-trained `learned` predictor with kind="rank", or any predictor: only the order of
+scores matters, never their scale as tokens). Requests run by priority, then score: an
+approximation of SJF that needs a good ranking, not good lengths. Unscored requests count as
+`unknown_score`, so with no ranker the order is FCFS.
+
+Starvation prevention. The paper promotes a request once it has been passed over for a number
+of scheduling rounds; here waiting earns rank credit continuously instead, one score unit per
+`aging_s` seconds, i.e. the static key `score * aging_s + arrival_s` (as `priority` ages). It
+bounds starvation the same way (a request scored higher than a newcomer by D waits at most
+D * aging_s for it) and keeps the order static, so the simulator's decode runs stay exact.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from shunter.core.request import Request
+from shunter.core.sched.policy import KeyedQueue
+
+__all__ = ["LtrPolicy"]
+
+
+@dataclass(slots=True)
+class LtrPolicy:
+    aging_s: float | None = 30.0
+    unknown_score: float = 0.0
+    preemptive: bool = False
+    name: str = "ltr"
+    has_static_order: bool = True
+
+    def __post_init__(self) -> None:
+        if self.aging_s is not None and self.aging_s <= 0:
+            raise ValueError(f"aging_s must be > 0 or None, got {self.aging_s}")
+
+    def score(self, request: Request) -> float:
+        s = request.predicted_output_tokens
+        return self.unknown_score if s is None else s
+
+    def _key(self, request: Request) -> tuple[int, float, float]:
+        if self.aging_s is None:
+            return (request.priority, self.score(request), request.arrival_s)
+        return (request.priority, self.score(request) * self.aging_s + request.arrival_s,
+                request.arrival_s)
+
+    def make_queue(self) -> KeyedQueue:
+        return KeyedQueue(self._key)
+
+    def victim_key(self, request: Request, now_s: float) -> object:
+        return self._key(request)
+
+    def should_preempt(self, waiting: Request, running: Request, now_s: float) -> bool:
+        return self.preemptive and self._key(waiting) < self._key(running)
+
+    def on_scheduled(self, request: Request, num_tokens: int, now_s: float) -> None:
+        pass
+
+    def on_finished(self, request: Request, now_s: float) -> None:
+        pass

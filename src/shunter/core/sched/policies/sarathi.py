@@ -1,0 +1,30 @@
+"""Sarathi-Serve (Agrawal et al., OSDI'24): stall-free chunked prefill under a token budget
+chosen from a TBT (time-between-tokens) target.
+
+The batching itself is the core scheduler's chunked-prefill mode (decodes first, then
+in-progress prompts, then new ones, chunked into the leftover budget); the order is FCFS, as in
+Sarathi-Serve. What this policy adds is the target: `tbt_slo_s`. The token budget is a
+`SchedulerConfig` value and choosing it needs a cost model, which the core does not have, so
+the runtime derives it: the simulator's runner sets `max_num_batched_tokens` to the largest
+budget whose worst-case hybrid step stays within `tbt_slo_s`
+(`shunter.sim.budget.budget_for_tbt`); the engine would profile the same thing on its GPU.
+An explicit `max_num_batched_tokens` in the scenario wins over the derived one.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from shunter.core.sched.policies.fcfs import FcfsPolicy
+
+__all__ = ["SarathiPolicy"]
+
+
+@dataclass(slots=True)
+class SarathiPolicy(FcfsPolicy):
+    tbt_slo_s: float = 0.1
+    name: str = "sarathi"
+
+    def __post_init__(self) -> None:
+        if not self.tbt_slo_s > 0:
+            raise ValueError(f"tbt_slo_s must be > 0, got {self.tbt_slo_s}")
