@@ -9,7 +9,6 @@ Results are identical to stepping one by one (`fast_forward=False`), which the t
 
 from __future__ import annotations
 
-from array import array
 from bisect import bisect_right
 from dataclasses import dataclass
 
@@ -23,6 +22,7 @@ from shunter.core.types import RequestId, RequestSpec, StepShape
 from shunter.metrics.record import RequestRecord
 from shunter.router.interface import ReplicaView
 from shunter.sim.executor import SimExecutor
+from shunter.sim.timeline import StepTimeline, TokenTimes
 
 __all__ = ["SimReplica", "StepLog"]
 
@@ -53,6 +53,7 @@ class SimReplica:
         self.generation = 0  # bumped when a run is cut short: older StepDone events are stale
         self._live: dict[RequestId, tuple[Request, RequestRecord]] = {}
         self._in_flight: _InFlight | None = None
+        self._timeline = StepTimeline()  # every applied step's end: token times index into it
         budget = scheduler.config.max_num_batched_tokens
         # prefill throughput at a full token budget, for routers that price queued prompts
         self._prefill_tokens_per_s = budget / executor.cost_model.step_time_s(
@@ -92,7 +93,7 @@ class SimReplica:
             num_prompt_tokens=spec.num_prompt_tokens, tenant=spec.tenant, priority=spec.priority,
             ttft_slo_s=spec.ttft_slo_s, tpot_slo_s=spec.tpot_slo_s, session_id=spec.session_id,
             program_id=spec.program_id, replica_id=self.replica_id,
-            token_times_s=array("d"),  # type: ignore[arg-type]  # 8 bytes a token, not ~32
+            token_times_s=TokenTimes(self._timeline),  # type: ignore[arg-type]  # see timeline.py
         )
         config = self.scheduler.config
         request = Request.from_spec(spec, block_size=config.block_size,
@@ -155,20 +156,20 @@ class SimReplica:
         if log is not None:
             self._log(log, flight)
         done: list[RequestRecord] = []
-        first_end = end_times[0]
+        first = self._timeline.append(end_times[0])
         for out in self.scheduler.update(output, flight.result):
             request, record = self._live[out.request_id]
-            record.token_times_s.append(first_end)
+            record.token_times_s.add(first, first + 1)  # type: ignore[attr-defined]
             if out.finish_reason is not None:
                 done.append(self._close(out.request_id, out.finish_reason))
         num_steps = len(end_times) - 1
         if num_steps:
             stopped = self.executor.advance(flight.run_ids, num_steps)
             finished = advance_decode_run(self.scheduler, num_steps, stopped)
-            times = array("d", end_times[1:])
+            start = self._timeline.extend(end_times[1:])
             live = self._live
             for rid in flight.run_ids:
-                live[rid][1].token_times_s.extend(times)  # type: ignore[arg-type]
+                live[rid][1].token_times_s.add(start, start + num_steps)  # type: ignore[attr-defined]
             done += [self._close(out.request_id, out.finish_reason) for out in finished]
         return done
 

@@ -1,0 +1,124 @@
+"""Token times as index ranges over a replica's step timeline, instead of one float per token.
+
+Every token a replica emits is emitted at the end of one of its steps, and a decoding request
+gets a token at every step until something interrupts it (a prefill-first step, a preemption,
+its end). So a replica keeps one `array('d')` of step end times (`StepTimeline`), and each
+request's token times are a few `[start, stop)` ranges of that array (`TokenTimes`): about 16
+bytes per interruption instead of 8 bytes per token (a list of floats costs ~32 per token).
+
+`TokenTimes` reads like the list it replaces (len, indexing, iteration, equality, numpy
+conversion), so metrics code is unchanged. The values are the very floats step-by-step
+recording stores; nothing is recomputed.
+"""
+
+from __future__ import annotations
+
+from array import array
+from collections.abc import Iterator, Sequence
+from typing import Any, overload
+
+import numpy as np
+
+__all__ = ["StepTimeline", "TokenTimes"]
+
+
+class StepTimeline:
+    """End times of the steps a replica applied, in order; append-only."""
+
+    __slots__ = ("times_s",)
+
+    def __init__(self) -> None:
+        self.times_s = array("d")
+
+    def __len__(self) -> int:
+        return len(self.times_s)
+
+    def append(self, end_s: float) -> int:
+        """Add one step's end; returns its index."""
+        self.times_s.append(end_s)
+        return len(self.times_s) - 1
+
+    def extend(self, ends_s: list[float]) -> int:
+        """Add many steps' ends; returns the index of the first."""
+        start = len(self.times_s)
+        self.times_s.fromlist(ends_s)
+        return start
+
+
+class TokenTimes(Sequence[float]):
+    """One request's token times: ranges of its replica's timeline, merged when adjacent."""
+
+    __slots__ = ("_bounds", "_num_tokens", "_timeline")
+
+    def __init__(self, timeline: StepTimeline) -> None:
+        self._timeline = timeline
+        self._bounds = array("q")  # start0, stop0, start1, stop1, ... (timeline indices)
+        self._num_tokens = 0
+
+    def add(self, start: int, stop: int) -> None:
+        """The request got a token at each step in [start, stop) of the timeline."""
+        assert start < stop <= len(self._timeline), f"bad token range [{start}, {stop})"
+        bounds = self._bounds
+        if bounds and bounds[-1] == start:
+            bounds[-1] = stop
+        else:
+            assert not bounds or bounds[-1] < start, "token ranges must be added in order"
+            bounds.append(start)
+            bounds.append(stop)
+        self._num_tokens += stop - start
+
+    @property
+    def num_ranges(self) -> int:
+        return len(self._bounds) // 2
+
+    def __len__(self) -> int:
+        return self._num_tokens
+
+    @overload
+    def __getitem__(self, index: int) -> float: ...
+
+    @overload
+    def __getitem__(self, index: slice) -> list[float]: ...
+
+    def __getitem__(self, index: int | slice) -> float | list[float]:
+        if isinstance(index, slice):
+            return self.tolist()[index]
+        n = self._num_tokens
+        if index < 0:
+            index += n
+        if not 0 <= index < n:
+            raise IndexError("token index out of range")
+        bounds, times = self._bounds, self._timeline.times_s
+        if index == n - 1:  # the last token (finish time): O(1)
+            return times[bounds[-1] - 1]
+        for k in range(0, len(bounds), 2):
+            width = bounds[k + 1] - bounds[k]
+            if index < width:
+                return times[bounds[k] + index]
+            index -= width
+        raise AssertionError("token count and ranges disagree")
+
+    def __iter__(self) -> Iterator[float]:
+        bounds, times = self._bounds, self._timeline.times_s
+        for k in range(0, len(bounds), 2):
+            yield from times[bounds[k]:bounds[k + 1]]
+
+    def tolist(self) -> list[float]:
+        return list(self)
+
+    def __array__(self, dtype: Any = None, copy: Any = None) -> np.ndarray:
+        bounds, times = self._bounds, self._timeline.times_s
+        parts = [np.frombuffer(times[bounds[k]:bounds[k + 1]], dtype=np.float64)
+                 for k in range(0, len(bounds), 2)]
+        out = np.concatenate(parts) if parts else np.empty(0, dtype=np.float64)
+        return out if dtype is None else out.astype(dtype, copy=False)
+
+    def __eq__(self, other: object) -> bool:
+        if isinstance(other, Sequence | array):
+            return len(self) == len(other) and all(a == b for a, b in zip(self, other, strict=True))
+        return NotImplemented
+
+    __hash__ = None  # type: ignore[assignment]  # mutable, like the list it replaces
+
+    def __repr__(self) -> str:
+        return f"TokenTimes({self.tolist()!r})"
