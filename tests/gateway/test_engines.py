@@ -46,13 +46,22 @@ def test_openai_client_through_the_gateway_to_a_real_vllm_cpu_server():
         remote = RemoteEngineClient(RemoteConfig(url=vllm.base_url))
         with live_gateway(clients=[("vllm", remote)], model_names=("smollm2",)) as stack:
             c = openai.OpenAI(base_url=stack.base_url, api_key="x", timeout=120, max_retries=0)
-            chat = c.chat.completions.create(
-                model="smollm2", temperature=0, max_tokens=12,
-                messages=[{"role": "user", "content": "What is the capital of France?"}])
-            assert "Paris" in chat.choices[0].message.content
+            direct = openai.OpenAI(base_url=f"{vllm.base_url}/v1", api_key="x", timeout=120,
+                                   max_retries=0)
+            messages = [{"role": "user", "content": "What is the capital of France?"}]
+            routed, plain = (x.chat.completions.create(model="smollm2", temperature=0,
+                                                       max_tokens=12, messages=messages)
+                             for x in (c, direct))
+            assert routed.choices[0].message.content == plain.choices[0].message.content != ""
+            assert routed.usage.completion_tokens == plain.usage.completion_tokens
             chunks = list(c.completions.create(
                 model="smollm2", prompt="One, two, three,", max_tokens=8, temperature=0,
                 stream=True, stream_options={"include_usage": True}, extra_body={"ignore_eos": True}))
+            plain = direct.completions.create(model="smollm2", prompt="One, two, three,",
+                                              max_tokens=8, temperature=0,
+                                              extra_body={"ignore_eos": True})
+            assert "".join(ch.choices[0].text for ch in chunks if ch.choices) == \
+                plain.choices[0].text
             assert chunks[-1].usage.completion_tokens == 8
             with pytest.raises(openai.BadRequestError):  # vLLM's 4xx passed through
                 c.completions.create(model="smollm2", prompt="x " * 3000, max_tokens=4)
