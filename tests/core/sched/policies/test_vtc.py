@@ -85,16 +85,22 @@ def test_a_returning_tenant_is_lifted_to_the_least_served_waiting_tenant():
     queue.add(make_request("b0", tenant="b"))
     policy.counters.update({"a": 100.0, "b": 40.0, "idle": 5.0})  # as if a and b were served
     queue.add(make_request("i0", tenant="idle"))
+    assert policy.counter("idle") == 5.0  # the lift applies at the next decision
+    assert queue.peek().request_id == "b0"  # b (40) has waited longer than the lifted idle (40)
     assert policy.counter("idle") == 40.0  # lifted: no banking service while away
+    policy.counters["idle"] = 41.0
     queue.add(make_request("i1", tenant="idle"))
-    assert policy.counter("idle") == 40.0  # already waiting: no lift
+    queue.peek()
+    assert policy.counter("idle") == 41.0  # already waiting: no lift
     queue.add(make_request("fresh", tenant="new"))
+    queue.peek()
     assert policy.counter("new") == 40.0
     # with nothing waiting, a returning tenant is lifted to the last one to leave
     popped = [queue.pop() for _ in range(5)]
     assert len(queue) == 0 and popped[-1].tenant == "a"  # the most served goes last
     last = policy.counter("a")
     queue.add(make_request("z0", tenant="z"))
+    queue.peek()
     assert policy.counter("z") == last
 
 

@@ -36,6 +36,7 @@ def run_trace(scheduler: CoreScheduler, executor: FakeExecutor, clock: ManualClo
         for o in scheduler.update(out, res):
             record = records[o.request_id]
             record.token_times_s.extend([clock.now()] * len(o.new_token_ids))
+            record.num_cached_tokens = o.num_cached_tokens
             if o.finish_reason is not None:
                 record.finish_s = clock.now()
                 record.finish_reason = o.finish_reason
