@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
+from shunter.core.sched.policies.dlpm import DlpmPolicy
 from shunter.core.sched.policies.fcfs import FcfsPolicy
 from shunter.core.sched.policies.ltr import LtrPolicy
 from shunter.core.sched.policies.mlfq import MlfqPolicy
@@ -17,6 +18,7 @@ from shunter.core.sched.policy import Policy
 __all__ = ["POLICIES", "make_policy"]
 
 POLICIES: dict[str, Callable[..., Policy]] = {
+    "dlpm": DlpmPolicy,
     "fcfs": FcfsPolicy,
     "ltr": LtrPolicy,
     "mlfq": MlfqPolicy,
