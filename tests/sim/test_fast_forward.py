@@ -53,6 +53,8 @@ SCENARIOS = {
                                policy_params={"base_quantum_tokens": 4, "promote_s": None}),
     "sarathi": SimConfig(policy="sarathi", policy_params={"tbt_slo_s": 0.05}),
     "vtc": SimConfig(num_blocks=300, policy="vtc", scheduler={"max_num_seqs": 16}),
+    "dlpm": SimConfig(num_blocks=300, policy="dlpm", policy_params={"quantum": 2048.0},
+                      scheduler={"max_num_seqs": 16}),
 }
 
 
