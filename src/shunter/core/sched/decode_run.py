@@ -24,8 +24,8 @@ from __future__ import annotations
 
 from shunter.core.request import Request
 from shunter.core.sched.interface import RequestOutput, SchedulerOutput
-from shunter.core.sched.scheduler import CoreScheduler
-from shunter.core.types import FINISHED_STATUSES, RequestStatus
+from shunter.core.sched.scheduler import CoreScheduler, stop_status
+from shunter.core.types import FINISHED_STATUSES
 
 __all__ = ["advance_decode_run", "blocks_for_steps", "decode_run_horizon"]
 
@@ -183,7 +183,7 @@ def _finish_run(scheduler: CoreScheduler, running: list[Request], num_steps: int
     for r in running:
         r.num_computed_tokens += num_steps
         r.num_published_blocks = r.num_computed_tokens // scheduler.config.block_size
-        status = _stop_status(r, stopped, max_seq_len)
+        status = stop_status(r, stopped, max_seq_len)
         if status is not None:
             scheduler.running.remove(r)
             scheduler.finish_request(r, status)
@@ -192,12 +192,3 @@ def _finish_run(scheduler: CoreScheduler, running: list[Request], num_steps: int
     scheduler.num_steps += num_steps
     return outputs
 
-
-def _stop_status(r: Request, stopped: frozenset[str], max_seq_len: int) -> RequestStatus | None:
-    if r.request_id in stopped:
-        return RequestStatus.FINISHED_STOPPED
-    if r.max_output_tokens is not None and r.num_output_tokens >= r.max_output_tokens:
-        return RequestStatus.FINISHED_LENGTH
-    if r.num_tokens >= max_seq_len:
-        return RequestStatus.FINISHED_LENGTH
-    return None

@@ -34,7 +34,7 @@ from shunter.core.sched.policy import Policy, PrefixAwarePolicy
 from shunter.core.sched.stats import SchedulerStats
 from shunter.core.types import FINISHED_STATUSES, RequestId, RequestStatus
 
-__all__ = ["CoreScheduler", "SchedulerConfig"]
+__all__ = ["CoreScheduler", "SchedulerConfig", "stop_status"]
 
 
 class CoreScheduler:
@@ -304,7 +304,7 @@ class CoreScheduler:
             token_id = result.sampled[chunk.request_id]
             request.append_output(token_id)
             self.kv.publish(request)
-            status = self._stop_status(request, result, max_seq_len)
+            status = stop_status(request, result.stopped, max_seq_len)
             if status is not None:
                 self.running.remove(request)
                 self.finish_request(request, status)
@@ -313,12 +313,14 @@ class CoreScheduler:
                                          num_cached_tokens=request.num_cached_tokens or 0))
         return outputs
 
-    @staticmethod
-    def _stop_status(request: Request, result: StepResult, max_seq_len: int) -> RequestStatus | None:
-        if request.request_id in result.stopped:
-            return RequestStatus.FINISHED_STOPPED
-        if request.max_output_tokens is not None and request.num_output_tokens >= request.max_output_tokens:
-            return RequestStatus.FINISHED_LENGTH
-        if request.num_tokens >= max_seq_len:
-            return RequestStatus.FINISHED_LENGTH
-        return None
+
+def stop_status(request: Request, stopped: frozenset[RequestId], max_seq_len: int) -> RequestStatus | None:
+    """How a request that just sampled a token ends, if it does: the executor's stop first,
+    then its max output tokens, then the longest sequence the replica can hold."""
+    if request.request_id in stopped:
+        return RequestStatus.FINISHED_STOPPED
+    if request.max_output_tokens is not None and request.num_output_tokens >= request.max_output_tokens:
+        return RequestStatus.FINISHED_LENGTH
+    if request.num_tokens >= max_seq_len:
+        return RequestStatus.FINISHED_LENGTH
+    return None
