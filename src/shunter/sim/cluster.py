@@ -2,15 +2,17 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from dataclasses import replace
 
 from shunter.core.clock import ManualClock
-from shunter.core.types import RequestSpec
+from shunter.core.types import RequestId, RequestSpec
 from shunter.errors import WorkloadError
 from shunter.metrics.record import RequestRecord
 from shunter.router.interface import ReplicaView, Router
 from shunter.sim.loop import ARRIVAL_PRIORITY, STEP_DONE_PRIORITY, Arrival, EventLoop, StepDone
 from shunter.sim.replica import SimReplica, StepLog
+from shunter.workload.program import FollowUp
 
 __all__ = ["SimCluster"]
 
@@ -59,9 +61,12 @@ class SimCluster:
         self.num_routed = [0] * len(replicas)
 
     def run(self, specs: Iterable[RequestSpec], *, on_progress: ProgressFn | None = None,
-            progress_every: int = 1000) -> list[RequestRecord]:
+            progress_every: int = 1000,
+            follow_ups: Mapping[RequestId, FollowUp] | None = None) -> list[RequestRecord]:
         """Simulate until every request has finished; returns one record per request, in
-        finishing order. Arrivals are pulled lazily, so a streamed trace stays streamed."""
+        finishing order. Arrivals are pulled lazily, so a streamed trace stays streamed.
+        `follow_ups` maps a request id to a dependent request released `delay_s` after that
+        request finishes (closed-loop agent programs, `shunter.workload.program`)."""
         arrivals = iter(specs)
         finished: list[RequestRecord] = []
         last_arrival_s = self._push_next(arrivals, 0.0)
@@ -69,6 +74,7 @@ class SimCluster:
         loop = self.loop
         while len(loop):
             event = loop.pop()
+            num_before = len(finished)
             if isinstance(event, StepDone):
                 replica = self.replicas[event.replica_id]
                 if event.generation != replica.generation:
@@ -78,6 +84,8 @@ class SimCluster:
             else:
                 self._route(event.spec, finished)
                 last_arrival_s = self._push_next(arrivals, last_arrival_s)
+            if follow_ups:
+                self._release(finished[num_before:], follow_ups)
             if on_progress is not None and len(finished) >= next_report:
                 on_progress(len(finished))
                 next_report = len(finished) + progress_every
@@ -108,6 +116,16 @@ class SimCluster:
         if cut_s is not None:
             self.loop.push(cut_s, STEP_DONE_PRIORITY, StepDone(replica.replica_id, replica.generation))
         self._start(replica)
+
+    def _release(self, records: list[RequestRecord],
+                 follow_ups: Mapping[RequestId, FollowUp]) -> None:
+        """Queue the requests that were waiting for these to finish."""
+        now = self.clock.now()
+        for record in records:
+            follow = follow_ups.get(record.request_id)
+            if follow is not None:
+                at_s = now + follow.delay_s
+                self.loop.push(at_s, ARRIVAL_PRIORITY, Arrival(replace(follow.spec, arrival_s=at_s)))
 
     def _start(self, replica: SimReplica) -> None:
         end_s = replica.start_step()

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, fields
 
 from shunter.core.clock import ManualClock
@@ -10,7 +10,7 @@ from shunter.core.predict.interface import Predictor, SessionTracker
 from shunter.core.predict.registry import make_predictor
 from shunter.core.sched.registry import make_policy
 from shunter.core.sched.scheduler import CoreScheduler, SchedulerConfig
-from shunter.core.types import RequestSpec
+from shunter.core.types import RequestId, RequestSpec
 from shunter.errors import ConfigError
 from shunter.metrics.record import RequestRecord
 from shunter.router.registry import make_router
@@ -21,6 +21,7 @@ from shunter.sim.cost.interface import CostModel
 from shunter.sim.cost.registry import make_cost_model
 from shunter.sim.executor import SimExecutor
 from shunter.sim.replica import SimReplica, StepLog
+from shunter.workload.program import FollowUp
 from shunter.workload.rank_training import load_model
 
 __all__ = ["SimRun", "build_cluster", "build_predictor", "simulate"]
@@ -84,9 +85,12 @@ def build_cluster(config: SimConfig) -> SimCluster:
 
 
 def simulate(config: SimConfig, specs: Iterable[RequestSpec], *,
-             on_progress: ProgressFn | None = None) -> SimRun:
-    """Run `specs` (sorted by arrival) to completion; every request gets exactly one record."""
+             on_progress: ProgressFn | None = None,
+             follow_ups: Mapping[RequestId, FollowUp] | None = None) -> SimRun:
+    """Run `specs` (sorted by arrival) to completion; every request gets exactly one record.
+
+    `follow_ups`: requests released when another finishes (see `SimCluster.run`)."""
     cluster = build_cluster(config)
-    records = cluster.run(specs, on_progress=on_progress)
+    records = cluster.run(specs, on_progress=on_progress, follow_ups=follow_ups)
     preemptions = sum(r.scheduler.num_preemptions for r in cluster.replicas)
     return SimRun(records, cluster.num_routed, preemptions, cluster.step_log)
