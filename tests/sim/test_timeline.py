@@ -81,3 +81,18 @@ def test_metrics_columns_accept_token_times():
         expected += values
     cols = to_columns(records)
     assert np.array_equal(cols.token_times_s, np.array(expected))
+
+
+def test_trimmed_steps_keep_live_token_times():
+    timeline = StepTimeline()
+    old, live = TokenTimes(timeline), TokenTimes(timeline)
+    start = timeline.extend([1.0, 2.0, 3.0, 4.0])
+    old.add(start, start + 2)
+    live.add(start + 2, start + 4)
+    timeline.trim(live.first_step)
+    assert timeline.base == 2 and len(timeline) == 4
+    later = timeline.append(5.0)
+    assert later == 4
+    live.add(later, later + 1)
+    assert list(live) == [3.0, 4.0, 5.0] and live[0] == 3.0 and live[-1] == 5.0
+    assert np.array_equal(np.asarray(live), [3.0, 4.0, 5.0])

@@ -14,9 +14,12 @@ from shunter.sim.loop import ARRIVAL_PRIORITY, STEP_DONE_PRIORITY, Arrival, Even
 from shunter.sim.replica import SimReplica, StepLog
 from shunter.workload.program import FollowUp
 
-__all__ = ["SimCluster"]
+__all__ = ["TRIM_EVERY_RECORDS", "RecordFn", "SimCluster"]
 
 ProgressFn = Callable[[int], None]
+RecordFn = Callable[[RequestRecord], None]
+# A streamed run forgets step times no live request reads, once per this many finished records.
+TRIM_EVERY_RECORDS = 4096
 
 
 class _LazyViews(Sequence[ReplicaView]):
@@ -61,14 +64,20 @@ class SimCluster:
         self.num_routed = [0] * len(replicas)
 
     def run(self, specs: Iterable[RequestSpec], *, on_progress: ProgressFn | None = None,
-            progress_every: int = 1000,
+            progress_every: int = 1000, on_record: RecordFn | None = None,
             follow_ups: Mapping[RequestId, FollowUp] | None = None) -> list[RequestRecord]:
         """Simulate until every request has finished; returns one record per request, in
         finishing order. Arrivals are pulled lazily, so a streamed trace stays streamed.
         `follow_ups` maps a request id to a dependent request released `delay_s` after that
-        request finishes (closed-loop agent programs, `shunter.workload.program`)."""
+        request finishes (closed-loop agent programs, `shunter.workload.program`).
+
+        With `on_record`, each finished record goes to it instead (the list returned is empty)
+        and is forgotten: memory stays bounded by the requests in flight. A record's token
+        times may be read only during that call (older step times are then trimmed)."""
         arrivals = iter(specs)
         finished: list[RequestRecord] = []
+        num_handed_off = 0
+        next_trim = TRIM_EVERY_RECORDS
         last_arrival_s = self._push_next(arrivals, 0.0)
         next_report = progress_every
         loop = self.loop
@@ -86,11 +95,21 @@ class SimCluster:
                 last_arrival_s = self._push_next(arrivals, last_arrival_s)
             if follow_ups:
                 self._release(finished[num_before:], follow_ups)
-            if on_progress is not None and len(finished) >= next_report:
-                on_progress(len(finished))
-                next_report = len(finished) + progress_every
+            if on_record is not None and finished:
+                num_handed_off += len(finished)
+                for record in finished:
+                    on_record(record)
+                finished.clear()
+                if num_handed_off >= next_trim:
+                    for r in self.replicas:
+                        r.trim_timeline()
+                    next_trim = num_handed_off + TRIM_EVERY_RECORDS
+            num_done = num_handed_off + len(finished)
+            if on_progress is not None and num_done >= next_report:
+                on_progress(num_done)
+                next_report = num_done + progress_every
         if on_progress is not None:
-            on_progress(len(finished))
+            on_progress(num_handed_off + len(finished))
         return finished
 
     def _push_next(self, arrivals: Iterator[RequestSpec], last_s: float) -> float:

@@ -192,6 +192,12 @@ class SimReplica:
             log.append((self.replica_id, previous, end, 0, len(flight.run_ids), 0))
             previous = end
 
+    def trim_timeline(self) -> None:
+        """Forget step times no live request can read (a streamed run has handed its finished
+        records off)."""
+        firsts = (record.token_times_s.first_step for _, record in self._live.values())  # type: ignore[attr-defined]
+        self._timeline.trim(min((f for f in firsts if f is not None), default=len(self._timeline)))
+
     def unfinished(self) -> list[RequestRecord]:
         """Records of requests still queued or running (a run cut short must still report them)."""
         out = []

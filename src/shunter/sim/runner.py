@@ -15,7 +15,7 @@ from shunter.errors import ConfigError
 from shunter.metrics.record import RequestRecord
 from shunter.router.registry import make_router
 from shunter.sim.budget import budget_for_tbt
-from shunter.sim.cluster import ProgressFn, SimCluster
+from shunter.sim.cluster import ProgressFn, RecordFn, SimCluster
 from shunter.sim.config import SimConfig
 from shunter.sim.cost.interface import CostModel
 from shunter.sim.cost.registry import make_cost_model
@@ -85,12 +85,16 @@ def build_cluster(config: SimConfig) -> SimCluster:
 
 
 def simulate(config: SimConfig, specs: Iterable[RequestSpec], *,
-             on_progress: ProgressFn | None = None,
+             on_progress: ProgressFn | None = None, on_record: RecordFn | None = None,
              follow_ups: Mapping[RequestId, FollowUp] | None = None) -> SimRun:
     """Run `specs` (sorted by arrival) to completion; every request gets exactly one record.
 
-    `follow_ups`: requests released when another finishes (see `SimCluster.run`)."""
+    `follow_ups`: requests released when another finishes (see `SimCluster.run`).
+    A lazy `specs` (`iter_workload`) is read as the simulation reaches it. With `on_record`,
+    records are streamed to it as requests finish (see `SimCluster.run`), `SimRun.records` is
+    empty, and memory does not grow with the number of requests (`shunter.sim.stream`)."""
     cluster = build_cluster(config)
-    records = cluster.run(specs, on_progress=on_progress, follow_ups=follow_ups)
+    records = cluster.run(specs, on_progress=on_progress, on_record=on_record,
+                          follow_ups=follow_ups)
     preemptions = sum(r.scheduler.num_preemptions for r in cluster.replicas)
     return SimRun(records, cluster.num_routed, preemptions, cluster.step_log)

@@ -23,26 +23,40 @@ __all__ = ["StepTimeline", "TokenTimes"]
 
 
 class StepTimeline:
-    """End times of the steps a replica applied, in order; append-only."""
+    """End times of the steps a replica applied, in order.
 
-    __slots__ = ("times_s",)
+    Indices are global and never reused. A streamed run, which hands finished records off and
+    forgets them, `trim`s the steps no live request can still read; `times_s[i - base]` holds
+    step i.
+    """
+
+    __slots__ = ("base", "times_s")
 
     def __init__(self) -> None:
         self.times_s = array("d")
+        self.base = 0  # global index of times_s[0]
 
     def __len__(self) -> int:
-        return len(self.times_s)
+        """Steps recorded so far (trimmed ones included): the next step's index."""
+        return self.base + len(self.times_s)
 
     def append(self, end_s: float) -> int:
         """Add one step's end; returns its index."""
         self.times_s.append(end_s)
-        return len(self.times_s) - 1
+        return self.base + len(self.times_s) - 1
 
     def extend(self, ends_s: list[float]) -> int:
         """Add many steps' ends; returns the index of the first."""
-        start = len(self.times_s)
+        start = self.base + len(self.times_s)
         self.times_s.fromlist(ends_s)
         return start
+
+    def trim(self, keep_from: int) -> None:
+        """Forget the steps before `keep_from`: token times that read them become invalid."""
+        drop = keep_from - self.base
+        if drop > 0:
+            del self.times_s[:drop]
+            self.base = keep_from
 
 
 class TokenTimes(Sequence[float]):
@@ -71,6 +85,11 @@ class TokenTimes(Sequence[float]):
     def num_ranges(self) -> int:
         return len(self._bounds) // 2
 
+    @property
+    def first_step(self) -> int | None:
+        """Timeline index of the first token (None before it): what a trim must keep."""
+        return self._bounds[0] if self._bounds else None
+
     def __len__(self) -> int:
         return self._num_tokens
 
@@ -88,27 +107,27 @@ class TokenTimes(Sequence[float]):
             index += n
         if not 0 <= index < n:
             raise IndexError("token index out of range")
-        bounds, times = self._bounds, self._timeline.times_s
+        bounds, times, base = self._bounds, self._timeline.times_s, self._timeline.base
         if index == n - 1:  # the last token (finish time): O(1)
-            return times[bounds[-1] - 1]
+            return times[bounds[-1] - 1 - base]
         for k in range(0, len(bounds), 2):
             width = bounds[k + 1] - bounds[k]
             if index < width:
-                return times[bounds[k] + index]
+                return times[bounds[k] + index - base]
             index -= width
         raise AssertionError("token count and ranges disagree")
 
     def __iter__(self) -> Iterator[float]:
-        bounds, times = self._bounds, self._timeline.times_s
+        bounds, times, base = self._bounds, self._timeline.times_s, self._timeline.base
         for k in range(0, len(bounds), 2):
-            yield from times[bounds[k]:bounds[k + 1]]
+            yield from times[bounds[k] - base:bounds[k + 1] - base]
 
     def tolist(self) -> list[float]:
         return list(self)
 
     def __array__(self, dtype: Any = None, copy: Any = None) -> np.ndarray:
-        bounds, times = self._bounds, self._timeline.times_s
-        parts = [np.frombuffer(times[bounds[k]:bounds[k + 1]], dtype=np.float64)
+        bounds, times, base = self._bounds, self._timeline.times_s, self._timeline.base
+        parts = [np.frombuffer(times[bounds[k] - base:bounds[k + 1] - base], dtype=np.float64)
                  for k in range(0, len(bounds), 2)]
         out = np.concatenate(parts) if parts else np.empty(0, dtype=np.float64)
         return out if dtype is None else out.astype(dtype, copy=False)
