@@ -54,6 +54,10 @@ class ServiceMeter:
         num_output = end - max(first, prompt - 1)
         return self.input_weight * num_input + self.output_weight * max(0, num_output)
 
+    def has_charged(self, request: Request) -> bool:
+        """Whether any chunk of the request was charged since it entered the scheduler."""
+        return request.request_id in self._charged
+
     def forget(self, request: Request) -> None:
         """The request left the scheduler."""
         self._charged.pop(request.request_id, None)

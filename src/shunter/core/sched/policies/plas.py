@@ -1,0 +1,168 @@
+"""Program-Level Attained Service (PLAS, from Autellix: Luo et al., "Autellix: An Efficient
+Serving Engine for LLM Agents as General Programs", 2025).
+
+An agent program makes many LLM calls; scheduling each call by itself (FCFS) lets long
+programs' calls block short programs' at every turn. PLAS ranks a call by the service its whole
+program has attained so far (the calls it finished plus those running), least first: a
+non-clairvoyant approximation of shortest-program-first that needs no output lengths.
+
+- Program: requests with the same `program_id` (else the same `session_id`; else the request
+  alone). Service is `ServiceMeter(skip_cached=True)`: computed prompt tokens x w_in plus output
+  tokens x w_out, so a call whose history is a prefix-cache hit is not charged for it again.
+- Discretised as Autellix does, into queues: level k holds programs with attained service in
+  [T_{k-1}, T_k), T_k = first_level_service x level_ratio^k, `num_levels` levels (the last one
+  open-ended). A running call whose program crosses a threshold is demoted with it.
+- Order: (priority, level, arrival). A call in a lower (better) level may preempt a running
+  call in a higher one (token-granular; the scheduler never preempts a request again before
+  it samples a new token, so there are no storms), and under memory pressure the call of the
+  highest level (then the latest arrival) goes first.
+- Anti-starvation: continuous aging, one level per `aging_s` waited since the call arrived,
+  instead of the paper's promotion of calls whose wait/service ratio exceeds a threshold;
+  order by `level - waited / aging_s` is order by the time-invariant `level * aging_s +
+  arrival_s`, so the queue needs no clock.
+
+Program state is kept while the program has live calls and for the `max_idle_programs` most
+recently active idle ones after that (a closed-loop agent's next call arrives after a gap).
+"""
+
+from __future__ import annotations
+
+from bisect import bisect_right
+from collections import OrderedDict
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+
+from shunter.core.request import Request
+from shunter.core.sched.policies.service import (
+    DEFAULT_INPUT_WEIGHT,
+    DEFAULT_OUTPUT_WEIGHT,
+    ServiceMeter,
+)
+
+__all__ = ["PlasPolicy", "ScanQueue", "program_of"]
+
+
+def program_of(request: Request) -> str:
+    """The program a call belongs to: its program id, else its session, else itself."""
+    return request.program_id or request.session_id or f"request:{request.request_id}"
+
+
+@dataclass(slots=True)
+class PlasPolicy:
+    first_level_service: float = 2048.0  # T_0: service (w_in/w_out tokens) of the first queue
+    level_ratio: float = 2.0
+    num_levels: int = 8
+    aging_s: float | None = 120.0  # None: no anti-starvation
+    input_weight: float = DEFAULT_INPUT_WEIGHT
+    output_weight: float = DEFAULT_OUTPUT_WEIGHT
+    max_idle_programs: int = 1 << 16
+    name: str = "plas"
+    has_static_order: bool = False  # levels follow service that grows as calls run
+    service: dict[str, float] = field(default_factory=dict)  # program -> attained service
+    meter: ServiceMeter = field(init=False)
+    thresholds: list[float] = field(init=False)
+    _live: dict[str, int] = field(default_factory=dict)  # program -> calls in the scheduler
+    _idle: OrderedDict[str, None] = field(default_factory=OrderedDict)
+    _queue: ScanQueue | None = field(default=None, init=False)
+
+    def __post_init__(self) -> None:
+        if not self.first_level_service > 0 or not self.level_ratio > 1:
+            raise ValueError("first_level_service must be > 0 and level_ratio > 1, got "
+                             f"{self.first_level_service}, {self.level_ratio}")
+        if self.num_levels < 1:
+            raise ValueError(f"num_levels must be >= 1, got {self.num_levels}")
+        if self.aging_s is not None and not self.aging_s > 0:
+            raise ValueError(f"aging_s must be > 0 or None, got {self.aging_s}")
+        self.meter = ServiceMeter(self.input_weight, self.output_weight, skip_cached=True)
+        self.thresholds = [self.first_level_service * self.level_ratio ** k
+                           for k in range(self.num_levels - 1)]
+
+    def level(self, request: Request) -> int:
+        """The queue of the call's program: 0 for the least served."""
+        return bisect_right(self.thresholds, self.service.get(program_of(request), 0.0))
+
+    def key(self, request: Request) -> tuple[float, float, float]:
+        level = self.level(request)
+        aged = level if self.aging_s is None else level * self.aging_s + request.arrival_s
+        return (request.priority, aged, request.arrival_s)
+
+    def make_queue(self) -> ScanQueue:
+        self._queue = ScanQueue(self.key)
+        return self._queue
+
+    def victim_key(self, request: Request, now_s: float) -> object:
+        return (request.priority, self.level(request), request.arrival_s)
+
+    def should_preempt(self, waiting: Request, running: Request, now_s: float) -> bool:
+        return ((waiting.priority, self.level(waiting))
+                < (running.priority, self.level(running)))
+
+    def on_scheduled(self, request: Request, num_tokens: int, now_s: float) -> None:
+        program = program_of(request)
+        if not self.meter.has_charged(request):  # first service of this call
+            self._live[program] = self._live.get(program, 0) + 1
+            self._idle.pop(program, None)
+        charged = self.meter.charge(request, num_tokens)
+        if charged:
+            self.service[program] = self.service.get(program, 0.0) + charged
+            if self._queue is not None:
+                self._queue.invalidate()
+
+    def on_finished(self, request: Request, now_s: float) -> None:
+        program = program_of(request)
+        if self.meter.has_charged(request):
+            self._live[program] -= 1
+            if not self._live[program]:
+                del self._live[program]
+                self._idle[program] = None
+                while len(self._idle) > self.max_idle_programs:
+                    gone, _ = self._idle.popitem(last=False)
+                    self.service.pop(gone, None)
+        self.meter.forget(request)
+
+
+class ScanQueue:
+    """Waiting requests ordered by a key computed when asked (it may change while they wait).
+
+    The head is memoised until the queue changes or `invalidate` is called: O(waiting) per
+    decision that follows a change.
+    """
+
+    __slots__ = ("_best", "_items", "_key", "_seq")
+
+    def __init__(self, key: Callable[[Request], tuple[float, ...]]) -> None:
+        self._key = key
+        self._items: dict[str, tuple[int, Request]] = {}  # request id -> (seq, request)
+        self._seq = 0
+        self._best: Request | None = None
+
+    def invalidate(self) -> None:
+        self._best = None
+
+    def add(self, request: Request) -> None:
+        self._items[request.request_id] = (self._seq, request)
+        self._seq += 1
+        self._best = None
+
+    def peek(self) -> Request | None:
+        if self._best is None and self._items:
+            key = self._key
+            self._best = min(self._items.values(), key=lambda e: (key(e[1]), e[0]))[1]
+        return self._best
+
+    def pop(self) -> Request:
+        request = self.peek()
+        assert request is not None, "pop from an empty queue"
+        self.remove(request)
+        return request
+
+    def remove(self, request: Request) -> None:
+        if self._items.pop(request.request_id, None) is not None:
+            self._best = None
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+    def __iter__(self) -> Iterator[Request]:
+        key = self._key
+        return iter([e[1] for e in sorted(self._items.values(), key=lambda e: (key(e[1]), e[0]))])
