@@ -9,6 +9,7 @@ from shunter.core.sched.policies.dlpm import DlpmPolicy
 from shunter.core.sched.policies.fcfs import FcfsPolicy
 from shunter.core.sched.policies.ltr import LtrPolicy
 from shunter.core.sched.policies.mlfq import MlfqPolicy
+from shunter.core.sched.policies.plas import PlasPolicy
 from shunter.core.sched.policies.priority import PriorityPolicy
 from shunter.core.sched.policies.sarathi import SarathiPolicy
 from shunter.core.sched.policies.sjf import SjfPolicy
@@ -22,6 +23,7 @@ POLICIES: dict[str, Callable[..., Policy]] = {
     "fcfs": FcfsPolicy,
     "ltr": LtrPolicy,
     "mlfq": MlfqPolicy,
+    "plas": PlasPolicy,
     "priority": PriorityPolicy,
     "sarathi": SarathiPolicy,
     "sjf": SjfPolicy,
