@@ -55,6 +55,8 @@ SCENARIOS = {
     "vtc": SimConfig(num_blocks=300, policy="vtc", scheduler={"max_num_seqs": 16}),
     "dlpm": SimConfig(num_blocks=300, policy="dlpm", policy_params={"quantum": 2048.0},
                       scheduler={"max_num_seqs": 16}),
+    "plas": SimConfig(num_blocks=300, policy="plas",
+                      policy_params={"first_level_service": 512.0, "aging_s": 5.0}),
 }
 
 
