@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from shunter.core.types import FinishReason
-from shunter.metrics import fairness
+from shunter.metrics import service_gap
 from shunter.metrics.columns import to_columns
 from shunter.metrics.fairness import jain_index, max_service_gap, tenant_weight_array
 from shunter.metrics.summary import summarize
@@ -116,8 +116,8 @@ def test_matches_brute_force_on_random_runs(make_record, seed):
 def test_tiny_chunks_give_the_same_gap(make_record, monkeypatch, seed):
     records = random_records(make_record, 100 + seed, num_requests=60, num_tenants=5)
     expected = gap(records)
-    monkeypatch.setattr(fairness, "MAX_GAP_CELLS", 4)
-    monkeypatch.setattr(fairness, "MIN_GAP_CHUNK_EVENTS", 1)
+    monkeypatch.setattr(service_gap, "GAP_CHUNK_EVENTS", 3)
+    monkeypatch.setattr(service_gap, "MIN_GAP_CHUNK_EVENTS", 1)
     assert gap(records) == pytest.approx(expected)
     assert expected == pytest.approx(brute_force_gap(records))
 
