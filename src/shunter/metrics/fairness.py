@@ -16,11 +16,8 @@ import numpy as np
 
 from shunter.errors import ConfigError
 from shunter.metrics.columns import RecordColumns
-from shunter.metrics.service_gap import (
-    SERVICE_WEIGHT_INPUT,
-    SERVICE_WEIGHT_OUTPUT,
-    max_service_gap,
-)
+from shunter.metrics.service_events import SERVICE_WEIGHT_INPUT, SERVICE_WEIGHT_OUTPUT
+from shunter.metrics.service_gap import max_service_gap
 from shunter.metrics.stats import finite_or_none
 
 __all__ = [
