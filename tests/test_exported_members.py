@@ -4,7 +4,8 @@ import importlib
 from pathlib import Path
 
 SRC = Path(__file__).resolve().parents[1] / "src"
-OPTIONAL_DEPS = ("torch", "tokenizers", "jinja2", "uvloop", "httpx", "starlette", "matplotlib", "ray")
+OPTIONAL_DEPS = ("torch", "tokenizers", "jinja2", "uvloop", "uvicorn", "aiohttp", "httptools",
+                 "matplotlib", "ray")
 
 
 def module_names() -> list[str]:

@@ -80,7 +80,7 @@ def test_compare_routers(tmp_path):
 
 
 @pytest.mark.parametrize("argv, message", [
-    (["simulate", "--policy", "nope"], "unknown scheduling policy 'nope'; valid: fcfs,"),
+    (["simulate", "--policy", "nope"], "unknown scheduling policy 'nope'; valid: "),
     (["simulate", "--router", "nope"], "unknown router 'nope'"),
     (["simulate", "--model", "gpt-9"], "gpt-9"),
     (["simulate", "--trace", "/does/not/exist.csv"], "exist.csv"),

@@ -12,7 +12,7 @@ from tests.gateway.live import live_gateway  # noqa: E402
 
 @pytest.mark.slow
 def test_openai_client_against_in_process_engine_replicas():
-    from shunter.cli.serve import build_backends
+    from shunter.cli.serving import build_backends
     from shunter.gateway.config import BackendConfig
     try:
         slots = build_backends((BackendConfig(name="engine", kind="engine", replicas=2),),

@@ -10,6 +10,7 @@ from collections.abc import Sequence
 from shunter import __version__
 from shunter.cli.common import add_scenario_flags, fail
 from shunter.cli.generate import add_generate_parser
+from shunter.cli.serve import add_serve_parser
 from shunter.cli.simulate import run_compare, run_simulate
 from shunter.core.sched.registry import POLICIES
 from shunter.errors import ShunterError
@@ -45,6 +46,7 @@ def build_parser() -> argparse.ArgumentParser:
     what.add_argument("--router", metavar="A,B,...",
                       help=f"routers to compare: {', '.join(sorted(ROUTERS))}")
     cmp.set_defaults(handler=run_compare)
+    add_serve_parser(sub)
     add_generate_parser(sub)
     return parser
 

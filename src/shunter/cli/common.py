@@ -18,13 +18,13 @@ from shunter.core.types import RequestSpec
 from shunter.router.registry import ROUTERS
 from shunter.workload.loaders import TRACE_FORMATS, load_workload
 
-__all__ = ["add_scenario_flags", "console", "fail", "load_specs", "progress_bar", "scenario_from_args",
-           "stdout_console"]
+__all__ = ["add_scenario_flags", "console", "fail", "load_specs", "positive_int", "progress_bar",
+           "scenario_from_args", "stdout_console"]
 
 console = Console(stderr=True)
 
 
-def _positive_int(text: str) -> int:
+def positive_int(text: str) -> int:
     try:
         value = int(text)
     except ValueError:
@@ -52,7 +52,7 @@ def add_scenario_flags(parser: argparse.ArgumentParser, *, single: bool = True) 
     w.add_argument("--trace", metavar="FILE", help="workload trace file")
     w.add_argument("--trace-format", choices=sorted(TRACE_FORMATS),
                    help="format of --trace (default: detected from the file)")
-    w.add_argument("--num-requests", type=_positive_int, metavar="N",
+    w.add_argument("--num-requests", type=positive_int, metavar="N",
                    help="use the first N requests (length files: sample N with replacement)")
     w.add_argument("--rate", type=_positive_float, metavar="REQ_PER_S",
                    help="re-time requests with Poisson arrivals at this rate (length files without "
@@ -64,8 +64,8 @@ def add_scenario_flags(parser: argparse.ArgumentParser, *, single: bool = True) 
     c = parser.add_argument_group("cluster")
     c.add_argument("--model", help="model name, e.g. llama-3.1-8b, llama-3.1-70b, qwen2.5-7b")
     c.add_argument("--gpu", help="GPU name, e.g. a100-80gb, h100, h200, l40s")
-    c.add_argument("--tp", type=_positive_int, metavar="N", help="tensor-parallel degree")
-    c.add_argument("--replicas", type=_positive_int, metavar="N", help="number of replicas")
+    c.add_argument("--tp", type=positive_int, metavar="N", help="tensor-parallel degree")
+    c.add_argument("--replicas", type=positive_int, metavar="N", help="number of replicas")
     if single:
         c.add_argument("--router", help=f"cluster router: {', '.join(sorted(ROUTERS))}")
         c.add_argument("--policy", help=f"scheduling policy: {', '.join(sorted(POLICIES))}")
