@@ -25,3 +25,11 @@ def test_ratio_helpers():
     assert safe_ratio(0, 4) == 0.0
     assert finite_or_none(float("nan")) is None
     assert finite_or_none(np.float64(1.5)) == 1.5 and type(finite_or_none(np.float64(1.5))) is float
+
+
+def test_may_reorder_gives_the_same_stats_and_default_leaves_input_alone():
+    samples = np.random.default_rng(3).exponential(1.0, 1001)
+    original = samples.copy()
+    expected = LatencyStats.of(samples)
+    assert np.array_equal(samples, original)
+    assert LatencyStats.of(samples.copy(), may_reorder=True) == expected

@@ -42,16 +42,22 @@ class LatencyStats:
     p99: float | None = None
 
     @classmethod
-    def of(cls, samples: np.ndarray) -> LatencyStats:
-        """Summarise `samples`; NaN entries (a request without this latency) are dropped."""
+    def of(cls, samples: np.ndarray, *, may_reorder: bool = False) -> LatencyStats:
+        """Summarise `samples`; NaN entries (a request without this latency) are dropped.
+
+        `may_reorder=True` lets the percentiles partition `samples` in place instead of
+        copying it (1.6 GB for the pooled ITL of 200M tokens).
+        """
         samples = np.asarray(samples, dtype=np.float64)
-        if np.isnan(samples).any():
-            samples = samples[~np.isnan(samples)]
+        is_nan = np.isnan(samples)
+        if is_nan.any():
+            samples, may_reorder = samples[~is_nan], True
         if samples.size == 0:
             return cls()
-        p50, p90, p99 = np.percentile(samples, PERCENTILES)
+        mean = samples.mean()  # before the percentiles may reorder it: same rounding
+        p50, p90, p99 = np.percentile(samples, PERCENTILES, overwrite_input=may_reorder)
         return cls(
-            mean=finite_or_none(samples.mean()),
+            mean=finite_or_none(mean),
             p50=finite_or_none(p50),
             p90=finite_or_none(p90),
             p99=finite_or_none(p99),

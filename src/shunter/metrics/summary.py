@@ -190,7 +190,7 @@ def summarize(records: Iterable[RequestRecord], *, duration_s: float | None = No
         throughput_input_tok_s=safe_ratio(num_prompt_tokens, duration),
         ttft_s=LatencyStats.of(ttft_s[done]),
         tpot_s=LatencyStats.of(tpot_s[done]),
-        itl_s=LatencyStats.of(_itl_samples(cols)),
+        itl_s=LatencyStats.of(_itl_samples(cols), may_reorder=True),
         e2e_s=LatencyStats.of(e2e_s[done]),
         queue_s=LatencyStats.of((cols.first_scheduled_s - cols.arrival_s)[done]),
         slo_attainment=safe_ratio(num_attained, cols.num_requests),
