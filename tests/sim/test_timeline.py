@@ -65,7 +65,7 @@ def test_ranges_must_exist_and_come_in_order():
     times = TokenTimes(timeline)
     timeline.extend([1.0, 2.0, 3.0])
     with pytest.raises(AssertionError):
-        times.add(2, 4)  # past the timeline
+        times.add(2, 4)  # past the timeline (checked when a range starts)
     times.add(2, 3)
     with pytest.raises(AssertionError):
         times.add(0, 1)  # before the last range

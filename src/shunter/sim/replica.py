@@ -157,21 +157,24 @@ class SimReplica:
             self._log(log, flight)
         done: list[RequestRecord] = []
         first = self._timeline.append(end_times[0])
-        for out in self.scheduler.update(output, flight.result):
-            request, record = self._live[out.request_id]
-            record.token_times_s.add(first, first + 1)  # type: ignore[attr-defined]
-            if out.finish_reason is not None:
-                done.append(self._close(out.request_id, out.finish_reason))
+        outputs = self.scheduler.update(output, flight.result)
         num_steps = len(end_times) - 1
-        if num_steps:
-            stopped = self.executor.advance(flight.run_ids, num_steps)
-            finished = advance_decode_run(self.scheduler, num_steps, stopped)
-            start = self._timeline.extend(end_times[1:])
-            live = self._live
-            for rid in flight.run_ids:
-                live[rid][1].token_times_s.add(start, start + num_steps)  # type: ignore[attr-defined]
-            done += [self._close(out.request_id, out.finish_reason) for out in finished]
-        return done
+        live = self._live
+        if not num_steps:
+            for out in outputs:
+                live[out.request_id][1].token_times_s.add(first, first + 1)  # type: ignore[attr-defined]
+                if out.finish_reason is not None:
+                    done.append(self._close(out.request_id, out.finish_reason))
+            return done
+        # A run's first step samples exactly the run's requests and ends none of them (or there
+        # would be no run), so each gets one range: the first step and the run's steps.
+        assert len(outputs) == len(flight.run_ids) and not any(o.finish_reason for o in outputs)
+        stopped = self.executor.advance(flight.run_ids, num_steps)
+        finished = advance_decode_run(self.scheduler, num_steps, stopped)
+        stop = self._timeline.extend(end_times[1:]) + num_steps
+        for rid in flight.run_ids:
+            live[rid][1].token_times_s.add(first, stop)  # type: ignore[attr-defined]
+        return [self._close(out.request_id, out.finish_reason) for out in finished]
 
     def _close(self, request_id: RequestId, reason: object) -> RequestRecord:
         request, record = self._live.pop(request_id)

@@ -71,12 +71,12 @@ class TokenTimes(Sequence[float]):
 
     def add(self, start: int, stop: int) -> None:
         """The request got a token at each step in [start, stop) of the timeline."""
-        assert start < stop <= len(self._timeline), f"bad token range [{start}, {stop})"
         bounds = self._bounds
         if bounds and bounds[-1] == start:
             bounds[-1] = stop
         else:
             assert not bounds or bounds[-1] < start, "token ranges must be added in order"
+            assert start < stop <= len(self._timeline), f"bad token range [{start}, {stop})"
             bounds.append(start)
             bounds.append(stop)
         self._num_tokens += stop - start
