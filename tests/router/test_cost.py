@@ -26,8 +26,9 @@ def test_terms_by_hand():
     assert cost.prefill_s == pytest.approx(48 / 1000)  # 64 prompt tokens, 16 cached
     assert cost.queue_s == pytest.approx(0.5)  # 500 waiting tokens at 1000 tok/s
     assert cost.decode_s == pytest.approx(100 * 0.01)  # L = 100 outputs, one step each
+    assert cost.interference_s == pytest.approx(0.048 * 5)  # delays the 5 requests there
     assert cost.slot_s == 0.0 and cost.kv_penalty_s == 0.0
-    assert cost.total_s == pytest.approx(0.048 + 0.5 + 1.0)
+    assert cost.total_s == pytest.approx(0.048 + 0.5 + 1.0 + 0.24)
 
 
 def test_max_output_tokens_caps_the_expected_output():
