@@ -83,6 +83,7 @@ def test_a_returning_tenant_is_lifted_to_the_least_served_waiting_tenant():
     queue = policy.make_queue()
     queue.add(make_request("a0", tenant="a"))
     queue.add(make_request("b0", tenant="b"))
+    queue.peek()  # lifts apply at a decision
     policy.counters.update({"a": 100.0, "b": 40.0, "idle": 5.0})  # as if a and b were served
     queue.add(make_request("i0", tenant="idle"))
     assert policy.counter("idle") == 5.0  # the lift applies at the next decision
@@ -108,6 +109,7 @@ def test_preempted_requests_coming_back_lift_nothing():
     policy = make_policy("vtc")
     queue = policy.make_queue()
     queue.add(make_request("a0", tenant="a"))
+    queue.peek()
     policy.counters.update({"a": 100.0, "b": 10.0})
     back = make_request("b0", tenant="b")
     back.num_preemptions = 1

@@ -11,10 +11,11 @@ its counter is raised to the smallest counter of the tenants that have requests 
 if none do, to the counter the last tenant to leave the queue had when it left. A tenant
 therefore cannot bank service while idle and then monopolise the engine. (The authors'
 artifact lifts only when another tenant is waiting; the paper's rule is used here.) A
-preempted request coming back is not a return from idle and lifts nothing. The floor is fixed
-at arrival and applied, as max(counter, floor), at the next scheduling decision: service the
-tenant's running requests were charged in between counts the same whether the simulator
-stepped one by one or applied a decode run in bulk.
+preempted request coming back is not a return from idle and lifts nothing. Lifts are applied
+at the next scheduling decision, in the order the tenants returned, from the counters then:
+nothing is charged between an arrival and that decision when stepping one by one, and a
+simulator decode run cut short by the arrival has by then charged its steps, so both see the
+same counters.
 
 This bounds the service gap between backlogged tenants (the paper proves 2x of the largest
 per-step service), where FCFS lets a heavy tenant take everything. VTC never preempts for
@@ -84,33 +85,28 @@ class VtcPolicy:
 class VtcQueue:
     """Waiting requests per tenant; the head is the least-served waiting tenant's next request."""
 
-    __slots__ = ("_last_left", "_lifts", "_policy", "_queues")
+    __slots__ = ("_last_left", "_policy", "_queues", "_returned")
 
     def __init__(self, policy: VtcPolicy) -> None:
         self._policy = policy
         self._queues = TenantQueues()
         self._last_left = 0.0  # counter of the last tenant to leave the queue, when it left
-        self._lifts: dict[TenantId, float] = {}  # floors of returned tenants, not yet applied
-
-    def _counter(self, tenant: TenantId) -> float:
-        return max(self._policy.counter(tenant), self._lifts.get(tenant, 0.0))
+        self._returned: dict[TenantId, None] = {}  # returned from idle, not yet lifted (in order)
 
     def add(self, request: Request) -> None:
         is_return = request.status == RequestStatus.WAITING and request.num_preemptions == 0
-        floor = self._floor() if is_return else None
-        if self._queues.add(request) and floor is not None:
-            self._lifts[request.tenant] = max(self._lifts.get(request.tenant, 0.0), floor)
-
-    def _floor(self) -> float:
-        """The counter a returning tenant is lifted to (before it joins the queue)."""
-        tenants = self._queues.tenants
-        return min(self._counter(t) for t in tenants) if tenants else self._last_left
+        if self._queues.add(request) and is_return:
+            self._returned[request.tenant] = None
 
     def _apply_lifts(self) -> None:
-        counters = self._policy.counters
-        for tenant, floor in self._lifts.items():
+        """Lift each returned tenant to the least-served tenant waiting before it came back."""
+        counters, returned = self._policy.counters, self._returned
+        waiting = [t for t in self._queues.tenants if t not in returned]
+        for tenant in returned:
+            floor = min(counters.get(t, 0.0) for t in waiting) if waiting else self._last_left
             counters[tenant] = max(counters.get(tenant, 0.0), floor)
-        self._lifts.clear()
+            waiting.append(tenant)
+        returned.clear()
 
     def _best_tenant(self) -> TenantId | None:
         counter, queues = self._policy.counter, self._queues
@@ -120,7 +116,7 @@ class VtcQueue:
         return min(tenants, key=lambda t: (counter(t), queues.head(t).arrival_s))
 
     def peek(self) -> Request | None:
-        if self._lifts:
+        if self._returned:
             self._apply_lifts()
         tenant = self._best_tenant()
         return None if tenant is None else self._queues.head(tenant)
@@ -133,8 +129,8 @@ class VtcQueue:
 
     def remove(self, request: Request) -> None:
         if self._queues.discard(request):
-            self._last_left = self._counter(request.tenant)
-            self._lifts.pop(request.tenant, None)
+            self._last_left = self._policy.counter(request.tenant)
+            self._returned.pop(request.tenant, None)
 
     def __len__(self) -> int:
         return len(self._queues)
