@@ -12,9 +12,21 @@ from shunter.core.sched.interface import SchedulerOutput, StepResult
 from shunter.core.types import RequestId
 from shunter.sim.cost.interface import CostModel
 
-__all__ = ["SIM_TOKEN_ID", "SimExecutor"]
+__all__ = ["SIM_TOKEN_ID", "SimExecutor", "num_block_runs"]
 
 SIM_TOKEN_ID = 0  # the simulator has no vocabulary: every sampled token is this id
+
+
+def num_block_runs(pairs: Sequence[tuple[int, int]]) -> int:
+    """How many copies a list of (source, destination) block copies takes: runs where both
+    ids go up by one can be copied at once."""
+    runs = 0
+    prev_src = prev_dst = -2
+    for src, dst in sorted(pairs):
+        if src != prev_src + 1 or dst != prev_dst + 1:
+            runs += 1
+        prev_src, prev_dst = src, dst
+    return runs
 
 
 class SimExecutor:
@@ -73,5 +85,6 @@ class SimExecutor:
         duration_s = self.cost_model.step_time_s(output.shape)
         num_swapped = len(output.swap_out) + len(output.swap_in)
         if num_swapped:
-            duration_s += self.cost_model.swap_time_s(num_swapped)
+            num_runs = num_block_runs(output.swap_out) + num_block_runs(output.swap_in)
+            duration_s += self.cost_model.swap_time_s(num_swapped, num_runs)
         return StepResult(duration_s, sampled, frozenset(stopped))

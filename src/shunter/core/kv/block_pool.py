@@ -75,6 +75,39 @@ class BlockPool:
             out.append(block_id)
         return out
 
+    def roomiest_free_block(self) -> int | None:
+        """Where a new run of ids has the most room to grow: the start of the longest stretch
+        of free ids if nothing precedes it, else its middle (the left half stays for the run
+        that ends before it). O(num_blocks); None if nothing is free."""
+        best_start = best_len = 0
+        start = None
+        ref = self._ref
+        for b in range(self.num_blocks + 1):
+            if b < self.num_blocks and ref[b] == 0:
+                if start is None:
+                    start = b
+                continue
+            if start is not None and b - start > best_len:
+                best_start, best_len = start, b - start
+            start = None
+        if not best_len:
+            return None
+        return best_start if best_start == 0 else best_start + best_len // 2
+
+    def take_free(self, block_id: int) -> bool:
+        """Hand out this particular block if it is free (evicting its cached hash), out of LRU
+        order: contiguous allocation extends a request's run of ids with it."""
+        if not 0 <= block_id < self.num_blocks or self._ref[block_id]:
+            return False
+        del self._free[block_id]
+        old = self._hash_of[block_id]
+        if old is not None:
+            if self.cached.get(old) == block_id:
+                del self.cached[old]
+            self._hash_of[block_id] = None
+        self._ref[block_id] = 1
+        return True
+
     def touch(self, block_ids: Iterable[int]) -> None:
         """Take a reference on cache-hit blocks; a free one leaves the queue but keeps its hash."""
         ref, free = self._ref, self._free

@@ -7,10 +7,11 @@ from typing import Literal
 
 from shunter.core.types import DEFAULT_BLOCK_SIZE
 
-__all__ = ["AdmissionMode", "PreemptionMode", "SchedulerConfig"]
+__all__ = ["AdmissionMode", "KvAllocation", "PreemptionMode", "SchedulerConfig"]
 
 PreemptionMode = Literal["recompute", "swap"]
 AdmissionMode = Literal["watermark", "whole"]
+KvAllocation = Literal["lru", "contiguous"]
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -26,6 +27,9 @@ class SchedulerConfig:
     - `preemption_mode`: "recompute" drops a victim's KV (its blocks stay in the prefix cache,
       so it usually re-hits its own prefix); "swap" copies it to `num_host_blocks` host blocks
       and falls back to recompute when the host pool is full.
+    - `kv_allocation`: "lru" hands out free blocks in LRU order (vLLM: a request's blocks end
+      up scattered); "contiguous" extends each request's run of block ids when it can
+      (FastSwitch's block groups), so swaps copy few large runs instead of many blocks.
     - `emit_block_tables`: put each request's block table in the step output. The simulator
       turns it off because no model reads it; decisions are the same either way.
     """
@@ -42,6 +46,7 @@ class SchedulerConfig:
     admission: AdmissionMode = "watermark"
     watermark: float = 0.01
     emit_block_tables: bool = True
+    kv_allocation: KvAllocation = "lru"
 
     def __post_init__(self) -> None:
         for name in ("num_blocks", "block_size", "max_num_batched_tokens", "max_num_seqs",
@@ -54,6 +59,8 @@ class SchedulerConfig:
             raise ValueError(f"watermark must be in [0, 1), got {self.watermark}")
         if self.preemption_mode not in ("recompute", "swap"):
             raise ValueError(f"preemption_mode must be 'recompute' or 'swap', got {self.preemption_mode!r}")
+        if self.kv_allocation not in ("lru", "contiguous"):
+            raise ValueError(f"kv_allocation must be 'lru' or 'contiguous', got {self.kv_allocation!r}")
         if self.admission not in ("watermark", "whole"):
             raise ValueError(f"admission must be 'watermark' or 'whole', got {self.admission!r}")
 

@@ -18,6 +18,11 @@ block, or a new request arrives. In between, no decision can change:
 applies them exactly as that many `schedule`/`update` rounds would: block allocations and prefix
 cache publications happen in the same (step, running order) sequence, so block ids, LRU order
 and cache contents end up identical. Only the simulator uses this; the engine runs every step.
+
+`begin_steady_run` starts a run with no real first step, from a state whose last step was
+applied, when the very next step is already steady: nothing waits and every running request
+has progressed and is one token behind. Then `schedule` would only sort the running list and
+give each request one token (which it does: the sort, here), so the whole run is bulk.
 """
 
 from __future__ import annotations
@@ -27,7 +32,7 @@ from shunter.core.sched.interface import RequestOutput, SchedulerOutput
 from shunter.core.sched.scheduler import CoreScheduler, stop_status
 from shunter.core.types import FINISHED_STATUSES
 
-__all__ = ["advance_decode_run", "blocks_for_steps", "decode_run_horizon"]
+__all__ = ["advance_decode_run", "begin_steady_run", "blocks_for_steps", "decode_run_horizon"]
 
 
 def _cdiv(a: int, b: int) -> int:
@@ -47,6 +52,8 @@ def decode_run_horizon(scheduler: CoreScheduler, output: SchedulerOutput, max_st
         return 0
     if output.shape.num_decode_requests != n:
         return 0
+    if scheduler.kv.contiguous:
+        return 0  # block ids depend on who allocates when; the bulk path allocates in LRU order
     if len(scheduler.waiting) and not scheduler.policy.has_static_order:
         return 0  # the waiting head, or whether it may preempt, could change as service is charged
     if _may_preempt_for_head(scheduler):
@@ -65,6 +72,36 @@ def decode_run_horizon(scheduler: CoreScheduler, output: SchedulerOutput, max_st
     return _memory_horizon(scheduler, horizon)
 
 
+def begin_steady_run(scheduler: CoreScheduler, max_steps: int) -> int:
+    """Start a steady run from an applied state (see the module docstring): returns its number
+    of steps, 0 if the next step must be scheduled for real. With a run, the running list is
+    sorted by victim key now, as that step's `schedule` would; apply it with
+    `advance_decode_run` (whose steps are then all of the run's)."""
+    running = scheduler.running
+    n = len(running)
+    cfg = scheduler.config
+    if max_steps <= 0 or n == 0 or len(scheduler.waiting) or n > cfg.max_num_batched_tokens:
+        return 0
+    if scheduler.kv.contiguous:
+        return 0  # block ids depend on who allocates when; the bulk path allocates in LRU order
+    horizon = max_steps
+    max_seq_len = cfg.max_seq_len
+    for r in running:
+        if (not r.has_progressed or r.token_ids is not None
+                or r.num_tokens - r.num_computed_tokens != 1):
+            return 0
+        if r.max_output_tokens is not None:
+            horizon = min(horizon, r.max_output_tokens - r.num_output_tokens)
+        horizon = min(horizon, max_seq_len - r.num_tokens)
+    if horizon <= 0:
+        return 0
+    horizon = _memory_horizon(scheduler, horizon, is_applied=True)
+    if horizon:
+        now, policy = scheduler.clock.now(), scheduler.policy
+        running.sort(key=lambda r: policy.victim_key(r, now))
+    return horizon
+
+
 def _may_preempt_for_head(scheduler: CoreScheduler) -> bool:
     """Whether the policy lets the waiting head displace the worst preemptible running request
     (constant over a run for static orders; only whether the head fits changes)."""
@@ -78,25 +115,27 @@ def _may_preempt_for_head(scheduler: CoreScheduler) -> bool:
     return policy.should_preempt(top, victim, now)
 
 
-def blocks_for_steps(scheduler: CoreScheduler, num_steps: int) -> int:
+def blocks_for_steps(scheduler: CoreScheduler, num_steps: int, *, is_applied: bool = False) -> int:
     """New blocks the running requests take over the first `num_steps` steps after the one
-    just scheduled (before that step is applied)."""
+    just scheduled (before that step is applied), or, with `is_applied`, after the last step
+    (applied, nothing scheduled since: `begin_steady_run`)."""
     bs = scheduler.config.block_size
-    # a request with c computed tokens holds cdiv(c + 1) blocks for the scheduled step; the
-    # s-th step after it needs cdiv(c + 1 + s)
-    return sum(_cdiv(r.num_computed_tokens + 1 + num_steps, bs)
-               - _cdiv(r.num_computed_tokens + 1, bs) for r in scheduler.running)
+    # a request with c computed tokens holds cdiv(c + 1) blocks for the scheduled step (cdiv(c)
+    # once applied); the s-th step after it needs cdiv(c + 1 + s) (cdiv(c + s))
+    ahead = 0 if is_applied else 1
+    return sum(_cdiv(r.num_computed_tokens + ahead + num_steps, bs)
+               - _cdiv(r.num_computed_tokens + ahead, bs) for r in scheduler.running)
 
 
-def _memory_horizon(scheduler: CoreScheduler, horizon: int) -> int:
+def _memory_horizon(scheduler: CoreScheduler, horizon: int, *, is_applied: bool = False) -> int:
     """The most steps (<= horizon) whose new blocks all fit in the free pool."""
     free = scheduler.kv.num_free_blocks
-    if blocks_for_steps(scheduler, horizon) <= free:
+    if blocks_for_steps(scheduler, horizon, is_applied=is_applied) <= free:
         return horizon
     lo, hi = 0, horizon  # fits(lo) holds, fits(hi) does not
     while hi - lo > 1:
         mid = (lo + hi) // 2
-        if blocks_for_steps(scheduler, mid) <= free:
+        if blocks_for_steps(scheduler, mid, is_applied=is_applied) <= free:
             lo = mid
         else:
             hi = mid

@@ -44,7 +44,8 @@ class CoreScheduler:
         self.clock = clock
         self.kv = KVCacheManager(config.num_blocks, config.block_size,
                                  enable_caching=config.enable_prefix_caching,
-                                 num_host_blocks=config.num_host_blocks)
+                                 num_host_blocks=config.num_host_blocks,
+                                 contiguous=config.kv_allocation == "contiguous")
         self.waiting = (policy.make_prefix_queue(self.num_cached_prefix_tokens)
                         if isinstance(policy, PrefixAwarePolicy) else policy.make_queue())
         self.running: list[Request] = []

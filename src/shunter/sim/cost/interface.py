@@ -23,8 +23,10 @@ class CostModel(Protocol):
         for bit equal to calling it once per step."""
         ...
 
-    def swap_time_s(self, num_blocks: int) -> float:
-        """Time to copy `num_blocks` KV blocks between host and device memory, one direction."""
+    def swap_time_s(self, num_blocks: int, num_runs: int | None = None) -> float:
+        """Time to copy `num_blocks` KV blocks between host and device memory, one direction;
+        `num_runs`: how many runs of consecutive block ids they form (one copy each per layer
+        and K/V plane), None for one batched copy."""
         ...
 
     def kv_transfer_time_s(self, num_tokens: int, bandwidth_bytes_s: float) -> float:

@@ -52,6 +52,7 @@ __all__ = [
     "RooflineCostModel",
     "STEP_CPU_OVERHEAD_PER_REQUEST_S",
     "STEP_CPU_OVERHEAD_S",
+    "SWAP_COPY_LATENCY_S",
     "SWAP_LATENCY_S",
 ]
 
@@ -87,6 +88,12 @@ DEFAULT_MAX_NUM_BATCHED_TOKENS = 8192  # the profile run's token count sizes the
 DEFAULT_MAX_NUM_SEQS = 256  # vLLM's default; sizes the sampler's logits buffers
 LOGITS_BYTES = 4  # vLLM computes logits in fp32
 SWAP_LATENCY_S = 10e-6  # one cudaMemcpyAsync batch of block copies; estimate
+# One host<->device copy call for a run of consecutive blocks of one layer's K or V cache
+# (vLLM's swap_blocks issues one cudaMemcpyAsync per block per layer and plane). Launch plus
+# DMA setup; estimate from the few-us cost of small cudaMemcpyAsync calls. This is what makes
+# scattered 16-token blocks use a fraction of PCIe bandwidth (FastSwitch, Shen et al. 2024).
+SWAP_COPY_LATENCY_S = 5e-6
+KV_PLANES = 2  # K and V are separate tensors
 KV_TRANSFER_LATENCY_S = 50e-6  # connector handshake + first byte over RDMA/NVLink; estimate
 
 
@@ -259,14 +266,20 @@ class RooflineCostModel:
         head_s = self.lm_head_time_s(n) + self._head_s_per_token * t
         return cpu_s + self.model.num_layers * layer_s + comm_s + head_s
 
-    def swap_time_s(self, num_blocks: int) -> float:
-        """Host<->device copy of `num_blocks` blocks of `block_size` tokens; ranks copy in parallel."""
+    def swap_time_s(self, num_blocks: int, num_runs: int | None = None) -> float:
+        """Host<->device copy of `num_blocks` blocks of `block_size` tokens; ranks copy in parallel.
+
+        With `num_runs` (runs of consecutive block ids), each run costs one copy call per layer
+        and K/V plane: per-call latency x calls + bytes / bandwidth. Without, one batched copy."""
         if num_blocks <= 0:
             return 0.0
         bytes_per_rank = (num_blocks * self.block_size * self.model.num_layers
                           * self._kv_bytes_per_token_rank)
         link = self.gpu.host_bandwidth_bytes_s * self.gpu.host_efficiency
-        return SWAP_LATENCY_S + bytes_per_rank / link
+        if num_runs is None:
+            return SWAP_LATENCY_S + bytes_per_rank / link
+        num_copies = num_runs * self.model.num_layers * KV_PLANES
+        return SWAP_COPY_LATENCY_S * num_copies + bytes_per_rank / link
 
     def kv_transfer_time_s(self, num_tokens: int, bandwidth_bytes_s: float) -> float:
         """KV of `num_tokens` tokens (all layers, all ranks) over a link of `bandwidth_bytes_s`."""
