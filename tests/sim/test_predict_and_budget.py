@@ -13,19 +13,22 @@ from shunter.sim.runner import build_cluster, scheduler_config, simulate
 
 def test_budget_is_the_largest_whose_worst_step_meets_the_target():
     cost = make_cost_model("roofline", "mistral-7b", "a100-80gb")
+    worst = {"num_decodes": 64, "decode_context_tokens": 64 * 2048}
     for target in (0.05, 0.1, 0.5):
-        b = budget_for_tbt(cost, target)
-        assert hybrid_step_time_s(cost, b) <= target < hybrid_step_time_s(cost, b + 32)
-    assert budget_for_tbt(cost, 0.05) < budget_for_tbt(cost, 0.1) < budget_for_tbt(cost, 0.5)
+        b = budget_for_tbt(cost, target, **worst)
+        assert hybrid_step_time_s(cost, b, **worst) <= target < hybrid_step_time_s(cost, b + 32, **worst)
+    assert budget_for_tbt(cost, 0.05, **worst) < budget_for_tbt(cost, 0.1, **worst)
     with pytest.raises(ConfigError, match="out of reach"):
-        budget_for_tbt(cost, 0.001)
+        budget_for_tbt(cost, 0.001, **worst)
 
 
 def test_sarathi_derives_its_budget_unless_the_scenario_sets_one():
     cost = make_cost_model("roofline", "mistral-7b", "a100-80gb")
     derived = scheduler_config(SimConfig(model="mistral-7b", policy="sarathi",
                                          policy_params={"tbt_slo_s": 0.1}), cost)
-    assert derived.max_num_batched_tokens == budget_for_tbt(cost, 0.1)
+    kv_tokens = cost.num_kv_blocks(16) * 16
+    assert derived.max_num_batched_tokens == budget_for_tbt(
+        cost, 0.1, num_decodes=256, decode_context_tokens=kv_tokens)  # full batch, full cache
     fixed = scheduler_config(SimConfig(model="mistral-7b", policy="sarathi",
                                        scheduler={"max_num_batched_tokens": 512}), cost)
     assert fixed.max_num_batched_tokens == 512

@@ -28,6 +28,7 @@ __all__ = ["SimRun", "build_cluster", "build_predictor", "simulate"]
 
 _GIB = 1024**3
 _SCHEDULER_FIELDS = {f.name for f in fields(SchedulerConfig)}
+_MAX_NUM_SEQS_DEFAULT = next(f.default for f in fields(SchedulerConfig) if f.name == "max_num_seqs")
 
 
 @dataclass(slots=True)
@@ -53,7 +54,11 @@ def scheduler_config(config: SimConfig, cost_model: CostModel) -> SchedulerConfi
     if tbt_slo_s is not None:  # Sarathi-Serve: the budget follows from the TBT target
         if not options.get("enable_chunked_prefill", True):
             raise ConfigError(f"policy {config.policy!r} needs enable_chunked_prefill")
-        options.setdefault("max_num_batched_tokens", budget_for_tbt(cost_model, tbt_slo_s))
+        if "max_num_batched_tokens" not in options:  # priced on the worst step: full batch and KV
+            max_num_seqs = options.get("max_num_seqs", _MAX_NUM_SEQS_DEFAULT)
+            options["max_num_batched_tokens"] = budget_for_tbt(
+                cost_model, tbt_slo_s, num_decodes=min(max_num_seqs, num_blocks * block_size),
+                decode_context_tokens=num_blocks * block_size)
     return SchedulerConfig(num_blocks=num_blocks, num_host_blocks=num_host_blocks,
                            emit_block_tables=False, **options)
 

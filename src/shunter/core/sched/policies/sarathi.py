@@ -6,8 +6,9 @@ in-progress prompts, then new ones, chunked into the leftover budget); the order
 Sarathi-Serve. What this policy adds is the target: `tbt_slo_s`. The token budget is a
 `SchedulerConfig` value and choosing it needs a cost model, which the core does not have, so
 the runtime derives it: the simulator's runner sets `max_num_batched_tokens` to the largest
-budget whose worst-case hybrid step stays within `tbt_slo_s`
-(`shunter.sim.budget.budget_for_tbt`); the engine would profile the same thing on its GPU.
+budget whose worst-case hybrid step (a full batch of decodes reading the whole KV cache, plus
+the chunk) stays within `tbt_slo_s` (`shunter.sim.budget.budget_for_tbt`); the engine would
+profile the same thing on its GPU.
 An explicit `max_num_batched_tokens` in the scenario wins over the derived one.
 """
 
