@@ -6,6 +6,7 @@ from collections.abc import Callable
 from typing import Any
 
 from shunter.core.sched.policies.dlpm import DlpmPolicy
+from shunter.core.sched.policies.fastswitch import FastSwitchPolicy
 from shunter.core.sched.policies.fcfs import FcfsPolicy
 from shunter.core.sched.policies.ltr import LtrPolicy
 from shunter.core.sched.policies.mlfq import MlfqPolicy
@@ -20,6 +21,7 @@ __all__ = ["POLICIES", "make_policy"]
 
 POLICIES: dict[str, Callable[..., Policy]] = {
     "dlpm": DlpmPolicy,
+    "fastswitch": FastSwitchPolicy,
     "fcfs": FcfsPolicy,
     "ltr": LtrPolicy,
     "mlfq": MlfqPolicy,
