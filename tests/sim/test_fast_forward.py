@@ -58,6 +58,9 @@ SCENARIOS = {
                       scheduler={"max_num_seqs": 16}),
     "plas": SimConfig(num_blocks=300, policy="plas",
                       policy_params={"first_level_service": 512.0, "aging_s": 5.0}),
+    "fastswitch": SimConfig(num_blocks=300, policy="fastswitch",
+                            policy_params={"quantum_tokens": 64.0},
+                            scheduler={"preemption_mode": "swap"}),
 }
 
 
