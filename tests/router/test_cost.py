@@ -129,3 +129,32 @@ def test_bad_parameters_are_rejected():
         make_router("cost", prefill_tokens_per_s=0)
     with pytest.raises(ValueError, match="temperature_s"):
         make_router("cost", temperature_s=-1)
+
+
+def test_interference_keeps_a_cache_hit_on_a_busy_replica_that_myopia_would_leave():
+    prefix = tuple(range(100))  # 1.6 s of prefill at 1000 tok/s
+
+    def second_pick(interference_weight):
+        router = CostRouter(expected_output_tokens=1, randomize_ties=False,
+                            interference_weight=interference_weight)
+        router.route(req("a", prefix + (900,)), [view(0), view(1)])  # replica 0 holds the prefix
+        busy = [view(0, num_running=50, num_waiting=5, num_waiting_tokens=2000),  # 2 s queued
+                view(1, num_running=50, num_waiting=5, num_waiting_tokens=0)]
+        return router.route(req("b", prefix + (901,)), busy).replica_id
+
+    # Myopic: 2 s of queue > 1.6 s of prefill saved, so recompute the prefix on replica 1.
+    assert second_pick(0.0) == 1
+    # Recomputing it there would also delay the 55 requests on replica 1 by 1.6 s each.
+    assert second_pick(1.0) == 0
+
+
+def test_queued_tokens_are_discounted_by_what_was_cached_when_sent():
+    router = CostRouter(expected_output_tokens=1, queue_window_tokens=1)  # f follows the last
+    prefix = tuple(range(99))
+    router.route(req("a", prefix + (1,)), [view(0)])  # a miss: f = 1
+    assert router.uncached_fraction[0] == pytest.approx(1.0, abs=1e-3)
+    router.route(req("b", prefix + (2,)), [view(0)])  # 99 of 100 blocks cached
+    assert router.uncached_fraction[0] == pytest.approx(0.01, abs=1e-3)
+    queued = view(0, num_waiting=1, num_waiting_tokens=1600)  # 1.6 s if none of it were cached
+    f = router.uncached_fraction[0]
+    assert router.costs(req("c", prefix + (3,)), [queued])[0].queue_s == pytest.approx(f * 1.6)
