@@ -137,3 +137,27 @@ def test_jain_in_summary_is_weight_normalised(make_record):
     assert summarize(records).fairness.jain_index == pytest.approx(225 / 250)
     weighted = summarize(records, tenant_weights={"A": 2.0})
     assert weighted.fairness.jain_index == pytest.approx(1.0)
+
+
+def test_back_to_back_requests_keep_a_tenant_backlogged(make_record):
+    # A's first request ends at 2 exactly when its second arrives: A stays backlogged, so at
+    # 2.5 (B reaches 10 + 2 = 12, A has 1 + 2 = 3) the gap is 9.
+    records = [make_record("a1", 0.0, 1, [2.0], 2.0, STOP, tenant="A"),
+               make_record("a2", 2.0, 1, [4.0], 4.0, STOP, tenant="A"),
+               make_record("b", 0.0, 10, [2.5], 4.0, STOP, tenant="B")]
+    assert gap(records) == 9.0
+    records[1].arrival_s = 2.1  # now A is idle on [2, 2.1) only; still backlogged at 2.5
+    assert gap(records) == 9.0
+    records[1].arrival_s = 3.0  # A idle at 2.5: only the gap at 3 (12 - 3) counts
+    assert gap(records) == 9.0 and brute_force_gap(records) == 9.0
+    records[2].token_times_s = [2.5, 2.7]  # B has 14 at 2.7, while A is idle
+    assert gap(records) == 11.0  # at 3: 14 - 3
+
+
+def test_segmented_helpers():
+    values = np.array([1.0, 2.0, 3.0, 4.0, 5.0])
+    is_first = np.array([True, False, True, False, False])
+    assert service_gap._segmented_cumsum(values, is_first).tolist() == [1, 3, 3, 7, 12]
+    running = service_gap._segmented_cummax(np.array([3.0, 1.0, 2.0, 5.0, 4.0]),
+                                            np.array([0, 0, 1, 1, 1]))
+    assert running.tolist() == [3, 3, 2, 5, 5]

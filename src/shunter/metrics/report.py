@@ -39,7 +39,8 @@ _STAT_KEYS = ("mean", "p50", "p90", "p99")
 
 # Rows of the tables, in order (flattened keys of Summary.to_dict()).
 REPORT_METRICS: tuple[str, ...] = (
-    "num_requests", "num_completed", "num_rejected", "num_aborted", "duration_s",
+    "num_requests", "num_completed", "num_rejected", "num_aborted", "num_unfinished",
+    "duration_s",
     "throughput_tok_s", "throughput_req_s", "throughput_input_tok_s",
     *(f"{lat}.{stat}" for lat in _LATENCIES for stat in _STAT_KEYS),
     "slo_attainment", "goodput_req_s", "num_preemptions", "prefix_hit_rate",
@@ -52,7 +53,8 @@ _HIGHER_IS_BETTER = {
     "slo_attainment", "goodput_req_s", "prefix_hit_rate", "fairness.jain_index",
 }
 _LOWER_IS_BETTER = {
-    "num_rejected", "num_aborted", "num_preemptions", "fairness.max_service_gap", *_LATENCIES,
+    "num_rejected", "num_aborted", "num_unfinished", "num_preemptions",
+    "fairness.max_service_gap", *_LATENCIES,
 }
 
 
