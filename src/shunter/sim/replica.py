@@ -2,7 +2,8 @@
 
 A step in flight may be the first of a steady decode run (`core.sched.decode_run`): the
 replica then plans the run's remaining steps at once, with their exact end times, and applies
-them in bulk when the run ends. The run is cut short at the step in flight when a new request
+them in bulk when the run ends. When the next step is steady already (nothing waits, every
+running request decodes), the run starts without a real first step (`begin_steady_run`). The run is cut short at the step in flight when a new request
 is routed here; until it ends, `view()` reports the state step by step would have at that time.
 Results are identical to stepping one by one (`fast_forward=False`), which the tests check.
 """
@@ -15,7 +16,12 @@ from dataclasses import dataclass
 from shunter.core.clock import Clock
 from shunter.core.predict.interface import Predictor, SessionTracker
 from shunter.core.request import Request
-from shunter.core.sched.decode_run import advance_decode_run, blocks_for_steps, decode_run_horizon
+from shunter.core.sched.decode_run import (
+    advance_decode_run,
+    begin_steady_run,
+    blocks_for_steps,
+    decode_run_horizon,
+)
 from shunter.core.sched.interface import SchedulerOutput, StepResult
 from shunter.core.sched.scheduler import CoreScheduler
 from shunter.core.types import RequestId, RequestSpec, StepShape
@@ -31,8 +37,10 @@ StepLog = tuple[int, float, float, int, int, int]  # replica, start, end, prefil
 
 @dataclass(slots=True)
 class _InFlight:
-    output: SchedulerOutput  # the run's first step, scheduled for real
-    result: StepResult
+    # the run's first step, scheduled for real; None for a steady run, all of whose steps are
+    # planned decode steps (`begin_steady_run`)
+    output: SchedulerOutput | None
+    result: StepResult | None
     start_s: float
     end_times_s: list[float]  # end of the first step, then of each planned decode step
     run_ids: list[RequestId]  # the requests every decode step of the run serves
@@ -70,7 +78,12 @@ class SimReplica:
         s = self.scheduler.stats()
         running_tokens, free_blocks = s.num_running_tokens, s.num_free_blocks
         flight = self._in_flight
-        if flight is not None and len(flight.end_times_s) > 1:
+        if flight is not None and flight.output is None:
+            # step by step has applied `done` steps of the steady run and scheduled the next
+            done = self._steps_done(flight)
+            running_tokens += len(flight.run_ids) * done
+            free_blocks -= blocks_for_steps(self.scheduler, done + 1, is_applied=True)
+        elif flight is not None and len(flight.end_times_s) > 1:
             done = self._steps_done(flight)  # steps of the run that step by step has applied
             if done:
                 running_tokens += len(flight.run_ids) * done
@@ -117,6 +130,10 @@ class SimReplica:
         """Begin the next step (or decode run) if idle and there is work; returns when it ends."""
         if self._in_flight is not None or not self.scheduler.has_work:
             return None
+        if self.fast_forward:
+            end_s = self._start_steady_run()
+            if end_s is not None:
+                return end_s
         output = self.scheduler.schedule()
         assert not output.is_empty, f"replica {self.replica_id} has work but scheduled nothing"
         result = self.executor.execute(output)
@@ -131,6 +148,23 @@ class SimReplica:
                 end_times += self.executor.decode_run_end_times(
                     end_times[0], len(run_ids), output.shape.num_decode_context_tokens, num_steps)
         self._in_flight = _InFlight(output, result, start_s, end_times, run_ids)
+        return end_times[-1]
+
+    def _start_steady_run(self) -> float | None:
+        """Plan a run with no real first step if the next steps are steady; returns its end."""
+        scheduler = self.scheduler
+        if len(scheduler.waiting) or not scheduler.running:
+            return None  # (begin_steady_run checks this too; this is the cheap common exit)
+        run_ids = [r.request_id for r in scheduler.running]
+        num_steps = begin_steady_run(scheduler, self.executor.steps_until_stop(run_ids))
+        if not num_steps:
+            return None
+        start_s = self.clock.now()
+        n = len(run_ids)
+        context_tokens = sum(r.num_computed_tokens for r in scheduler.running)
+        # step i (1-based) reads the KV of every token computed before it
+        end_times = self.executor.decode_run_end_times(start_s, n, context_tokens - n, num_steps)
+        self._in_flight = _InFlight(None, None, start_s, end_times, run_ids)
         return end_times[-1]
 
     def cut_run(self) -> float | None:
@@ -156,7 +190,10 @@ class SimReplica:
         if log is not None:
             self._log(log, flight)
         done: list[RequestRecord] = []
+        if output is None:  # a steady run: every step is a bulk decode step
+            return self._apply_run(flight, self._timeline.extend(end_times), len(end_times))
         first = self._timeline.append(end_times[0])
+        assert flight.result is not None
         outputs = self.scheduler.update(output, flight.result)
         num_steps = len(end_times) - 1
         live = self._live
@@ -169,9 +206,16 @@ class SimReplica:
         # A run's first step samples exactly the run's requests and ends none of them (or there
         # would be no run), so each gets one range: the first step and the run's steps.
         assert len(outputs) == len(flight.run_ids) and not any(o.finish_reason for o in outputs)
+        self._timeline.extend(end_times[1:])
+        return self._apply_run(flight, first, num_steps)
+
+    def _apply_run(self, flight: _InFlight, first: int, num_steps: int) -> list[RequestRecord]:
+        """Apply a run's `num_steps` bulk steps; its requests' tokens are timeline steps
+        [first, end) (`first` may be the run's real first step, already applied)."""
         stopped = self.executor.advance(flight.run_ids, num_steps)
         finished = advance_decode_run(self.scheduler, num_steps, stopped)
-        stop = self._timeline.extend(end_times[1:]) + num_steps
+        stop = len(self._timeline)
+        live = self._live
         for rid in flight.run_ids:
             live[rid][1].token_times_s.add(first, stop)  # type: ignore[attr-defined]
         return [self._close(out.request_id, out.finish_reason) for out in finished]
@@ -186,12 +230,15 @@ class SimReplica:
         return record
 
     def _log(self, log: list[StepLog], flight: _InFlight) -> None:
-        shape = flight.output.shape
-        log.append((self.replica_id, flight.start_s, flight.end_times_s[0],
-                    shape.num_prefill_tokens, shape.num_decode_requests,
-                    len(flight.output.preempted_ids) + len(flight.output.swap_out)))
-        previous = flight.end_times_s[0]
-        for end in flight.end_times_s[1:]:
+        ends = flight.end_times_s
+        previous = flight.start_s
+        if flight.output is not None:
+            shape = flight.output.shape
+            log.append((self.replica_id, flight.start_s, ends[0], shape.num_prefill_tokens,
+                         shape.num_decode_requests,
+                         len(flight.output.preempted_ids) + len(flight.output.swap_out)))
+            previous, ends = ends[0], ends[1:]
+        for end in ends:
             log.append((self.replica_id, previous, end, 0, len(flight.run_ids), 0))
             previous = end
 
