@@ -1,7 +1,7 @@
 """Runs INSIDE the vLLM venv (started as a script by `vllm_cpu.py`); stdlib + vllm/transformers.
 
 Subcommands:
-  convert GGUF_PATH OUT_DIR            GGUF -> HF directory (config, bf16 safetensors, tokenizer)
+  convert GGUF_PATH OUT_DIR            GGUF -> HF directory (config, fp32 safetensors, tokenizer)
   throughput SPEC_JSON RESULT_JSON     offline LLM.generate timing with max_num_seqs = concurrency
 
 Not imported by Shunter code and not part of the shunter package: it needs vLLM's venv.
@@ -23,8 +23,10 @@ def convert(gguf_path: Path, out_dir: Path) -> None:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     tokenizer = AutoTokenizer.from_pretrained(gguf_path.parent, gguf_file=gguf_path.name)
+    # float32: Q4_1 dequantizes to d * q + m with fp16 d and m, which bf16 cannot hold exactly;
+    # fp32 keeps the GGUF's values bit for bit (vLLM casts to its own dtype at load).
     model = AutoModelForCausalLM.from_pretrained(gguf_path.parent, gguf_file=gguf_path.name,
-                                                 dtype=torch.bfloat16)
+                                                 dtype=torch.float32)
     if not getattr(tokenizer, "chat_template", None):
         tokenizer.chat_template = _gguf_chat_template(gguf_path)
     model = _without_gguf_quantizer(model)
@@ -54,10 +56,10 @@ def _without_gguf_quantizer(model):
     config = model.config
     if hasattr(config, "quantization_config"):
         del config.quantization_config
-    clean = AutoModelForCausalLM.from_config(config, dtype=torch.bfloat16)
+    clean = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
     clean.load_state_dict(model.state_dict(), strict=True)
-    bad = [name for name, p in clean.named_parameters() if p.dtype != torch.bfloat16]
-    assert not bad, f"non-bf16 parameters after conversion: {bad[:5]}"
+    bad = [name for name, p in clean.named_parameters() if p.dtype != torch.float32]
+    assert not bad, f"non-fp32 parameters after conversion: {bad[:5]}"
     return clean.eval()
 
 

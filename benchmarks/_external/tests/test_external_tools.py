@@ -62,6 +62,8 @@ def test_vllm_server_answers_chat_and_always_stops() -> None:
             "model": "smollm2", "temperature": 0, "max_tokens": 16,
             "messages": [{"role": "user", "content": "What is the capital of France?"}]})
         assert "Paris" in reply["choices"][0]["message"]["content"]
+        with urllib.request.urlopen(f"{server.base_url}/metrics", timeout=30) as response:
+            assert b"vllm:num_requests_running" in response.read()  # gateways read load here
         port, pid = server.port, server.pid
     with socket.socket() as sock:
         assert sock.connect_ex(("127.0.0.1", port)) != 0  # nothing listens any more
