@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import tempfile
 import time
@@ -111,6 +112,9 @@ def main(argv: list[str] | None = None) -> None:
     if args.child:
         _child(*args.child)
         return
+    # Both children inherit this: on a shared box, OpenMP threads that spin-wait for a
+    # descheduled sibling turn each parallel region into a scheduler time slice.
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     model_dir = None if args.skip_vllm else ensure_smollm2_hf_dir()  # installs vLLM if missing
     rows = []
     for concurrency in (int(c) for c in args.concurrency.split(",")):
@@ -129,7 +133,8 @@ def main(argv: list[str] | None = None) -> None:
 
 def _report(rows: list[dict], args: argparse.Namespace) -> None:
     print(f"SmolLM2-135M-Instruct, prompt {args.prompt_len} / output {args.output_len} tokens, "
-          f"greedy, ignore_eos; shunter dtype {args.dtype}")
+          f"greedy, ignore_eos; shunter dtype {args.dtype}; "
+          f"OMP_WAIT_POLICY={os.environ.get('OMP_WAIT_POLICY')}")
     print("| concurrency | shunter tok/s | vLLM-CPU tok/s | shunter/vLLM |")
     print("|---:|---:|---:|---:|")
     ratios = []

@@ -53,6 +53,8 @@ class LLMEngine:
         self.config = config
         if config.num_threads is not None:
             torch.set_num_threads(config.num_threads)
+        if config.device.startswith("cuda") and not torch.cuda.is_available():
+            raise ConfigError(f"device {config.device!r} requested but CUDA is not available")
         loaded = loaded or load_model(config.model, config.cache_dir)
         self.tokenizer: Tokenizer | None = loaded.tokenizer
         self.model_config = loaded.config

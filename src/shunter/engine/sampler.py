@@ -67,7 +67,9 @@ class Sampler:
         tokens = logits.argmax(dim=-1).tolist()
         random_rows = [i for i, s in enumerate(states) if not s.params.is_greedy]
         if random_rows:
-            probs = self._probabilities(logits[random_rows], [states[i].params for i in random_rows])
+            # Per-request generators live on the CPU, so random rows are drawn there.
+            rows = logits[random_rows].float().cpu()
+            probs = self._probabilities(rows, [states[i].params for i in random_rows])
             for row, i in enumerate(random_rows):
                 gen = states[i].generator
                 noise = torch.empty_like(probs[row]).exponential_(generator=gen)
