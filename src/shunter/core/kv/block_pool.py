@@ -63,16 +63,15 @@ class BlockPool:
         """Hand out `num_blocks` fresh blocks (evicting their cached hashes); caller checked fit."""
         assert num_blocks <= len(self._free), f"allocate {num_blocks} > free {len(self._free)}"
         free, ref, hash_of, cached = self._free, self._ref, self._hash_of, self.cached
-        out = []
-        for _ in range(num_blocks):
-            block_id, _ = free.popitem(last=False)
+        pop = free.popitem
+        out = [pop(False)[0] for _ in range(num_blocks)]  # the LRU head, in order
+        for block_id in out:
             old = hash_of[block_id]
             if old is not None:
                 if cached.get(old) == block_id:
                     del cached[old]
                 hash_of[block_id] = None
             ref[block_id] = 1
-            out.append(block_id)
         return out
 
     def roomiest_free_block(self) -> int | None:
@@ -120,9 +119,10 @@ class BlockPool:
         """Drop one reference on each block, in the given order (callers pass tail-first)."""
         ref, free = self._ref, self._free
         for b in block_ids:
-            assert ref[b] > 0, f"double free of block {b}"
-            ref[b] -= 1
-            if ref[b] == 0:
+            count = ref[b] - 1
+            assert count >= 0, f"double free of block {b}"
+            ref[b] = count
+            if not count:
                 free[b] = None
 
     def cache(self, block_id: int, block_hash: int) -> bool:

@@ -123,8 +123,9 @@ def blocks_for_steps(scheduler: CoreScheduler, num_steps: int, *, is_applied: bo
     # a request with c computed tokens holds cdiv(c + 1) blocks for the scheduled step (cdiv(c)
     # once applied); the s-th step after it needs cdiv(c + 1 + s) (cdiv(c + s))
     ahead = 0 if is_applied else 1
-    return sum(_cdiv(r.num_computed_tokens + ahead + num_steps, bs)
-               - _cdiv(r.num_computed_tokens + ahead, bs) for r in scheduler.running)
+    # -(-a // b) is cdiv(a, b), inlined: this runs once per planned run over every request
+    return sum(-(-(c + num_steps) // bs) + (-c // bs)
+               for c in [r.num_computed_tokens + ahead for r in scheduler.running])
 
 
 def _memory_horizon(scheduler: CoreScheduler, horizon: int, *, is_applied: bool = False) -> int:
