@@ -12,7 +12,7 @@ pytest.importorskip("transformers")
 
 from shunter.core.types import FinishReason  # noqa: E402
 from shunter.engine.config import EngineConfig  # noqa: E402
-from shunter.engine.llm import LLMEngine  # noqa: E402
+from shunter.engine.llm import LLMEngine, generate_text  # noqa: E402
 from shunter.engine.loader import load_gguf  # noqa: E402
 from shunter.engine.sampler import SamplingParams  # noqa: E402
 from shunter.engine.tokenizer import IncrementalDetokenizer  # noqa: E402
@@ -23,9 +23,14 @@ PROMPT = "the cat"
 
 
 @pytest.fixture(scope="module")
-def vocab_loaded(tmp_path_factory: pytest.TempPathFactory):
+def vocab_gguf(tmp_path_factory: pytest.TempPathFactory) -> Path:
     model = make_tiny_hf_model(seed=5, vocab_size=len(byte_level_vocab()[0]))
-    return load_gguf(llama_gguf_from_hf(tmp_path_factory.mktemp("v") / "m.gguf", model))
+    return llama_gguf_from_hf(tmp_path_factory.mktemp("v") / "m.gguf", model)
+
+
+@pytest.fixture(scope="module")
+def vocab_loaded(vocab_gguf: Path):
+    return load_gguf(vocab_gguf)
 
 
 def make_engine(loaded) -> LLMEngine:
@@ -95,7 +100,7 @@ def test_stop_string_split_across_tokens_is_never_streamed(vocab_loaded) -> None
     assert detok.is_stopped and streamed == "abc "
 
 
-def test_engine_outputs_stream_deltas(vocab_loaded, tmp_path: Path) -> None:
+def test_engine_outputs_stream_deltas(vocab_loaded) -> None:
     engine = make_engine(vocab_loaded)
     rid = engine.add_request(PROMPT, SamplingParams(temperature=0.0, max_tokens=8))
     outs = list(engine.run())
@@ -105,3 +110,13 @@ def test_engine_outputs_stream_deltas(vocab_loaded, tmp_path: Path) -> None:
     text = "".join(o.text for o in outs)
     tokens = [t for o in outs for t in o.new_token_ids]
     assert text == vocab_loaded.tokenizer.decode(tokens)
+
+
+def test_generate_text_streams_what_it_returns(vocab_gguf: Path, vocab_loaded) -> None:
+    pieces: list[str] = []
+    text = generate_text(str(vocab_gguf), PROMPT, max_tokens=12, on_text=pieces.append,
+                         config={"dtype": "float32", "num_blocks": 32, "block_size": 4})
+    assert text == "".join(pieces) == greedy(vocab_loaded, max_tokens=12).text
+    chat = generate_text(str(vocab_gguf), PROMPT, max_tokens=4, chat=True,
+                         config={"dtype": "float32", "num_blocks": 32, "block_size": 4})
+    assert isinstance(chat, str)

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import itertools
 import random
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -203,12 +203,23 @@ class LLMEngine:
 
 def generate_text(model: str = "smollm2-135m", prompt: str = "", *, max_tokens: int = 64,
                   temperature: float = 0.0, seed: int | None = None, chat: bool = False,
+                  on_text: Callable[[str], None] | None = None,
                   config: Mapping[str, Any] | None = None) -> str:
-    """One completion of `prompt` (through the chat template if `chat`): the CLI's entry."""
+    """One completion of `prompt` (through the chat template if `chat`): the CLI's entry.
+
+    `on_text` receives each piece of text as it is generated (for streaming to a terminal);
+    `config` overrides EngineConfig fields (dtype, num_threads, cache_dir, ...).
+    """
     engine = LLMEngine(EngineConfig(model=model, **(config or {})))
     if chat:
         if engine.tokenizer is None:
             raise RequestError("this model has no tokenizer for a chat prompt", param="prompt")
         prompt = engine.tokenizer.apply_chat_template([{"role": "user", "content": prompt}])
     params = SamplingParams(max_tokens=max_tokens, temperature=temperature, seed=seed)
-    return engine.generate([prompt], params)[0].text
+    engine.add_request(prompt, params)
+    pieces = []
+    for out in engine.run():
+        pieces.append(out.text)
+        if on_text is not None and out.text:
+            on_text(out.text)
+    return "".join(pieces)
