@@ -51,6 +51,7 @@ from benchmarks._external.vidur_workload import MAX_GAP_MEAN_GAPS, read_capped_l
 from shunter.core.types import RequestSpec
 from shunter.sim.config import SimConfig
 from shunter.sim.runner import simulate
+from shunter.sim.stream import RecordSpill
 
 __all__ = ["iter_vidur_workload", "main", "run_shunter_child", "shunter_config"]
 
@@ -64,12 +65,19 @@ _CHILD_TIMEOUT_S = 3600.0
 _GIB = 2**30
 
 
+def num_copies(num_requests: int) -> int:
+    """How many times the trace's rows are repeated to hold `num_requests` rows."""
+    with open(TRACE, newline="") as f:
+        num_rows = sum(1 for _ in f) - 1
+    return max(math.ceil(num_requests / num_rows), 1)
+
+
 def tiled_trace(num_requests: int) -> Path:
-    """The length trace, with every row repeated enough times to hold `num_requests` rows."""
+    """The length trace, with every row repeated `num_copies` times (Vidur reads this file)."""
     with open(TRACE, newline="") as f:
         rows = list(csv.reader(f))
     header, body = rows[0], rows[1:]
-    copies = math.ceil(num_requests / len(body))
+    copies = num_copies(num_requests)
     if copies <= 1:
         return TRACE
     path = BENCH_DIR / "tmp" / f"splitwise_conv_x{copies}.csv"
@@ -82,19 +90,22 @@ def tiled_trace(num_requests: int) -> Path:
     return path
 
 
-def iter_vidur_workload(num_requests: int, qps: float, seed: int,
-                        trace_file: Path) -> Iterator[tuple[float, int, int]]:
-    """`vidur_workload`, lazily: (arrival_s, prompt, output) in arrival order (see its module)."""
+def iter_vidur_workload(num_requests: int, qps: float, seed: int, trace_file: Path, *,
+                        copies: int = 1) -> Iterator[tuple[float, int, int]]:
+    """`vidur_workload`, lazily: (arrival_s, prompt, output) in arrival order (see its module),
+    over `trace_file` with its rows repeated `copies` times (as `tiled_trace` writes them,
+    without the file: row i of the tiling is row i mod N)."""
     lengths = read_capped_lengths(trace_file, max_tokens=MAX_TOKENS)
-    if not 1 <= num_requests <= len(lengths):
-        raise ValueError(f"num_requests must be in 1..{len(lengths)} for {trace_file}")
-    order = np.random.RandomState(seed).permutation(len(lengths))[:num_requests].tolist()
+    num_rows = len(lengths) * copies
+    if not 1 <= num_requests <= num_rows:
+        raise ValueError(f"num_requests must be in 1..{num_rows} for {trace_file} x {copies}")
+    order = np.random.RandomState(seed).permutation(num_rows)[:num_requests]
     rng = random.Random(seed)
     max_gap_s = (1.0 / qps) * MAX_GAP_MEAN_GAPS
     arrival_s = 0.0
     for index in order:
         arrival_s += min(-math.log(1.0 - rng.random()) / qps, max_gap_s)
-        prompt, output = lengths[index]
+        prompt, output = lengths[int(index) % len(lengths)]
         yield arrival_s, prompt, output
 
 
@@ -111,9 +122,11 @@ def run_shunter_child(params: dict[str, Any]) -> dict[str, Any]:
     """The measured child: build the workload, simulate, summarize; returns the result row."""
     n, replicas, seed = params["num_requests"], params["num_replicas"], params["seed"]
     qps = QPS_PER_REPLICA * replicas
-    workload = iter_vidur_workload(n, qps, seed, Path(params["trace_file"]))
+    workload = iter_vidur_workload(n, qps, seed, TRACE, copies=num_copies(n))
     specs = (RequestSpec(request_id=str(i), arrival_s=a, num_prompt_tokens=p, num_output_tokens=d)
              for i, (a, p, d) in enumerate(workload))
+    if params.get("stream"):
+        return _run_streamed(n, replicas, specs)
     start_s = time.perf_counter()
     run = simulate(shunter_config(replicas), specs)
     sim_s = time.perf_counter() - start_s
@@ -126,19 +139,35 @@ def run_shunter_child(params: dict[str, Any]) -> dict[str, Any]:
     return {"sim_s": sim_s, "num_requests": n, **summarize(requests)}
 
 
+def _run_streamed(n: int, replicas: int, specs: Iterator[RequestSpec]) -> dict[str, Any]:
+    """A streamed run: records spilled to disk as they finish, summarized from the file."""
+    with RecordSpill() as spill:
+        start_s = time.perf_counter()
+        run = simulate(shunter_config(replicas), specs, on_record=spill)
+        sim_s = time.perf_counter() - start_s
+        s = spill.summary()
+    out: dict[str, Any] = {"sim_s": sim_s, "num_requests": n, "num_completed": s["num_completed"],
+                           "num_restarts": run.num_preemptions}
+    for metric in ("ttft", "tpot", "e2e", "queue"):
+        for stat, value in s[f"{metric}_s"].items():
+            out[f"{metric}_{stat}_s"] = value
+    out["throughput_output_tokens_per_s"] = s.get("throughput_tok_s")
+    return out
+
+
 def _children_cpu_s() -> float:
     """CPU seconds of every child this process has reaped (run_measured reaps with wait4)."""
     usage = resource.getrusage(resource.RUSAGE_CHILDREN)
     return usage.ru_utime + usage.ru_stime
 
 
-def measure_shunter(num_requests: int, num_replicas: int, seed: int, trace_file: Path,
-                    workdir: Path) -> dict[str, Any]:
-    """Run the Shunter side in a child process; add its wall time and peak RSS."""
+def measure_shunter(num_requests: int, num_replicas: int, seed: int, workdir: Path, *,
+                    stream: bool = False) -> dict[str, Any]:
+    """Run the Shunter side in a child process; add its wall time, CPU time and peak RSS."""
     workdir.mkdir(parents=True, exist_ok=True)
     out = workdir / "shunter.json"
     params = {"num_requests": num_requests, "num_replicas": num_replicas, "seed": seed,
-              "trace_file": str(trace_file), "out": str(out)}
+              "stream": stream, "out": str(out)}
     cmd = [sys.executable, "-m", "benchmarks.sim_vs_vidur", "--child", json.dumps(params)]
     log_path = workdir / "shunter.log"
     cpu_before_s = _children_cpu_s()
@@ -167,7 +196,8 @@ def measure_vidur(num_requests: int, pp: int, seed: int, trace_file: Path, *,
 
 
 def _same_workload(workdir: Path, num_requests: int, seed: int, trace_file: Path) -> bool:
-    ours = list(iter_vidur_workload(num_requests, QPS_PER_REPLICA * 4, seed, trace_file))
+    ours = list(iter_vidur_workload(num_requests, QPS_PER_REPLICA * 4, seed, TRACE,
+                                    copies=num_copies(num_requests)))
     theirs = vidur_requests(workdir)
     return len(ours) == len(theirs) and all(
         p == tp and d == td and math.isclose(a, ta, rel_tol=1e-9, abs_tol=1e-9)
@@ -212,17 +242,19 @@ def scaling_table(seed: int, *, skip_1m: bool) -> list[dict[str, Any]]:
     sizes = [n for n in SCALING_REQUESTS if not (skip_1m and n >= 1_000_000)]
     results = []
     for num_requests in sizes:
-        trace_file = tiled_trace(num_requests)
         for replicas in SCALING_REPLICAS:
-            log(f"scaling: {num_requests:,} requests on {replicas} replicas")
-            r = measure_shunter(num_requests, replicas, seed, trace_file,
-                                BENCH_DIR / "runs" / f"shunter-scaling-{num_requests}-{replicas}")
+            log(f"scaling: {num_requests:,} requests on {replicas} replicas (streamed)")
+            r = measure_shunter(num_requests, replicas, seed,
+                                BENCH_DIR / "runs" / f"shunter-scaling-{num_requests}-{replicas}",
+                                stream=True)
             results.append({"num_requests": num_requests, "replicas": replicas, **r})
-    _print_table("Shunter scaling (rate = 0.75 req/s per replica; wall = whole child process)",
-                 ("requests", "replicas", "wall s", "sim s", "req / wall s", "peak RSS MiB",
-                  "TTFT p50 s", "E2E p50 s"),
+    _print_table("Shunter scaling, streamed (0.75 req/s per replica; wall and CPU of the whole "
+                 "child process: start-up, workload, simulation, summary)",
+                 ("requests", "replicas", "wall s", "CPU s", "sim s", "req / CPU s",
+                  "peak RSS MiB", "TTFT p50 s", "E2E p50 s"),
                  [(f"{r['num_requests']:,}", r["replicas"], f"{r['wall_s']:.2f}",
-                   f"{r['sim_s']:.2f}", f"{r['num_requests'] / r['wall_s']:,.0f}",
+                   f"{r['cpu_s']:.2f}", f"{r['sim_s']:.2f}",
+                   f"{r['num_requests'] / r['cpu_s']:,.0f}",
                    f"{r['peak_rss_bytes'] / 2**20:,.0f}", f"{r['ttft_p50_s']:.3f}",
                    f"{r['e2e_p50_s']:.2f}") for r in results])
     return results
@@ -232,8 +264,7 @@ def compare(num_requests: int, pp: int, seed: int, *, skip_vidur: bool,
             rerun_vidur: bool) -> dict[str, Any]:
     """Both simulators on one workload; prints the side-by-side table."""
     trace_file = tiled_trace(num_requests)
-    shunter = measure_shunter(num_requests, 4, seed, trace_file,
-                              BENCH_DIR / "runs" / f"shunter-{num_requests}")
+    shunter = measure_shunter(num_requests, 4, seed, BENCH_DIR / "runs" / f"shunter-{num_requests}")
     if skip_vidur:
         print(json.dumps(shunter, indent=1))
         return {"shunter": shunter}
@@ -260,6 +291,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--rerun-vidur", action="store_true", help="ignore a cached Vidur result")
     p.add_argument("--skip-vidur", action="store_true", help="only the Shunter side")
     p.add_argument("--no-scaling", action="store_true", help="skip the scaling table")
+    p.add_argument("--only-scaling", action="store_true", help="only the scaling table")
     p.add_argument("--skip-1m", action="store_true", help="scaling table without 1M requests")
     p.add_argument("--json", metavar="FILE", help="write every measurement as JSON")
     p.add_argument("--child", help=argparse.SUPPRESS)
@@ -270,8 +302,8 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     n = 10_000 if args.quick else args.num_requests
     out: dict[str, Any] = {"num_requests": n}
-    runs = [("speed", n, args.vidur_pp)]
-    if args.fidelity_requests:
+    runs = [] if args.only_scaling else [("speed", n, args.vidur_pp)]
+    if args.fidelity_requests and not args.only_scaling:
         runs.append(("fidelity", args.fidelity_requests, 1))
     for name, num_requests, pp in runs:
         out[name] = compare(num_requests, pp, args.seed, skip_vidur=args.skip_vidur,
