@@ -125,3 +125,13 @@ def test_weights_scale_the_counters():
     assert policy.counter("gold") == 6.0
     with pytest.raises(ValueError, match="tenant weight"):
         make_policy("vtc", tenant_weights={"x": 0})
+
+
+def test_prompts_are_charged_on_admission_and_the_rest_as_computed():
+    vtc, dlpm = ServiceMeter(), ServiceMeter(skip_cached=True)
+    r = make_request("a", num_prompt_tokens=10)
+    r.num_computed_tokens = 8  # prefix-cache hits taken at admission
+    assert vtc.charge_admitted(r) == 9  # all but the last prompt position, hits included
+    assert dlpm.charge_admitted(r) == 1  # only position 8 is computed (the last is left)
+    assert vtc.charge(r, 2) == 1 + 2 == dlpm.charge(r, 2)  # position 9 samples the first output
+    assert vtc.charge_admitted(r) == 0  # readmission after a preemption charges nothing new

@@ -4,8 +4,8 @@ arXiv 2501.14312): prefix locality inside a fairness bound.
 Each tenant has a deficit counter. Admission looks only at tenants with something waiting and
 a positive deficit, and among their requests takes the one with the longest cached prefix
 (SGLang's LPM; ties: priority, then arrival), so requests that share a hot system prompt run
-back to back while its KV is resident. Service is charged to the deficit as it is scheduled,
-counting only tokens actually computed (`ServiceMeter(skip_cached=True)`): cache hits are free,
+back to back while its KV is resident. Service is charged to the deficit, the prompt when the
+request is admitted and outputs as they are generated, counting only tokens actually computed (`ServiceMeter(skip_cached=True)`): cache hits are free,
 which is what lets DLPM keep locality without penalising the tenants that benefit from it.
 When no waiting tenant has a positive deficit, a new round starts: every waiting tenant's
 deficit grows by `quantum` x its weight, as many rounds as it takes for one to go positive,
@@ -87,10 +87,12 @@ class DlpmPolicy:
     def should_preempt(self, waiting: Request, running: Request, now_s: float) -> bool:
         return False
 
-    def on_scheduled(self, request: Request, num_tokens: int, now_s: float) -> None:
-        service = self.meter.charge(request, num_tokens)
+    def charge(self, request: Request, service: float) -> None:
         if service:
             self.deficits[request.tenant] = self.deficit(request.tenant) - service
+
+    def on_scheduled(self, request: Request, num_tokens: int, now_s: float) -> None:
+        self.charge(request, self.meter.charge(request, num_tokens))
         if self._queue is not None:
             self._queue.invalidate()  # a step ran: the prefix cache has changed
 
@@ -138,6 +140,7 @@ class DlpmQueue:
         request = self.peek()
         assert request is not None, "pop from an empty queue"
         self.remove(request)
+        self._policy.charge(request, self._policy.meter.charge_admitted(request))
         return request
 
     def remove(self, request: Request) -> None:

@@ -7,6 +7,11 @@ position >= P - 1 samples one output token (the last prompt position samples the
 request that ran to completion is charged P prompt tokens and exactly its O output tokens, as
 `shunter.metrics` counts service (w_in = 1, w_out = 2 by default).
 
+VTC and DLPM charge a request's prompt when it is admitted (`charge_admitted`, from the
+queue's `pop`), as both papers do: otherwise a tenant in credit could have a whole step's worth
+of requests admitted before the step's service is counted. The last prompt position is left
+to `charge`, since computing it samples the first output token.
+
 Each position is charged once: a request recomputing after a recompute-preemption, or
 re-hitting its own blocks, is not charged again (that is the engine's cost, not service the
 tenant received). `skip_cached=True` (DLPM, PLAS) charges only tokens that are computed, so
@@ -53,6 +58,17 @@ class ServiceMeter:
         num_input = max(0, min(end, prompt) - first)
         num_output = end - max(first, prompt - 1)
         return self.input_weight * num_input + self.output_weight * max(0, num_output)
+
+    def charge_admitted(self, request: Request) -> float:
+        """Service of the prompt a request was just admitted with (all but its last position;
+        with `skip_cached`, none of the positions already computed, e.g. prefix-cache hits)."""
+        end = request.num_prompt_tokens - 1
+        charged = self._charged.get(request.request_id, 0)
+        first = max(request.num_computed_tokens, charged) if self.skip_cached else charged
+        if end <= first:
+            return 0.0
+        self._charged[request.request_id] = end
+        return self.input_weight * (end - first)
 
     def has_charged(self, request: Request) -> bool:
         """Whether any chunk of the request was charged since it entered the scheduler."""

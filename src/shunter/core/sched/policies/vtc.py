@@ -2,7 +2,8 @@
 
 Each tenant has a counter of the service it received, divided by its weight: w_in = 1 per
 prompt token and w_out = 2 per output token, charged as the tokens are scheduled
-(`ServiceMeter`, whole prompts including cache hits). Admission picks the tenant with the
+(`ServiceMeter`, whole prompts including cache hits, charged on admission as the paper does,
+outputs as they are generated). Admission picks the tenant with the
 smallest counter among tenants with waiting requests (ties: the earlier head request), and that
 tenant's next request in (priority, arrival) order.
 
@@ -73,7 +74,9 @@ class VtcPolicy:
         return False
 
     def on_scheduled(self, request: Request, num_tokens: int, now_s: float) -> None:
-        service = self.meter.charge(request, num_tokens)
+        self.charge(request, self.meter.charge(request, num_tokens))
+
+    def charge(self, request: Request, service: float) -> None:
         if service:
             tenant = request.tenant
             self.counters[tenant] = self.counter(tenant) + service / self.weight(tenant)
@@ -124,7 +127,8 @@ class VtcQueue:
     def pop(self) -> Request:
         request = self.peek()
         assert request is not None, "pop from an empty queue"
-        self.remove(request)
+        self._policy.charge(request, self._policy.meter.charge_admitted(request))
+        self.remove(request)  # after the charge: the counter it leaves with counts its prompt
         return request
 
     def remove(self, request: Request) -> None:
