@@ -112,7 +112,7 @@ def main() -> int:
     if not SHARED.is_dir():
         print(f"skipped: {SHARED} (the shared traces) is absent")
         return 0
-    num_requests, precision = (300, 0.15) if args.quick else (800, 0.05)
+    num_requests, precision = (300, 0.15) if args.quick else (600, 0.08)
     cost = make_cost_model("roofline", MODEL, GPU)
     console = Console(width=150)
     table = Table(title=f"Sarathi-Serve capacity (req/s), {MODEL} on 1x {GPU}: P99 TBT <= SLO, "
