@@ -29,6 +29,7 @@ import argparse
 import os
 import sys
 import time
+import warnings
 from pathlib import Path
 
 os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")  # the fits are tiny; threads only contend
@@ -40,7 +41,7 @@ from shunter.core.predict import NoisyOraclePredictor, SessionTracker  # noqa: E
 from shunter.metrics import summarize  # noqa: E402
 from shunter.sim.config import SimConfig  # noqa: E402
 from shunter.sim.runner import simulate  # noqa: E402
-from shunter.workload import load_workload, retime  # noqa: E402
+from shunter.workload import ZeroLengthWarning, load_workload, retime  # noqa: E402
 from shunter.workload.rank_training import (  # noqa: E402
     fit_length_model,
     fit_rank_model,
@@ -78,6 +79,7 @@ def main() -> int:
         return 0
     num_requests, rates = (600, (14.0,)) if args.quick else (2000, (13.0, 15.0))
     started = time.perf_counter()
+    warnings.simplefilter("ignore", ZeroLengthWarning)  # ShareGPT has empty turns; clamped to 1
     specs = load_workload(SHARED / TRACE, num_requests=10 * num_requests, zero_tokens="clamp")
     train, served = split_by_session(specs, TRAIN_FRACTION, seed=0)
     served = served[:num_requests]
