@@ -11,6 +11,8 @@ of scheduling rounds; here waiting earns rank credit continuously instead, one s
 `aging_s` seconds, i.e. the static key `score * aging_s + arrival_s` (as `priority` ages). It
 bounds starvation the same way (a request scored higher than a newcomer by D waits at most
 D * aging_s for it) and keeps the order static, so the simulator's decode runs stay exact.
+The credit is in score units: with a predictor of tokens rather than a ranker, scale `aging_s`
+down accordingly (or use `sjf`, whose aging is in tokens per second).
 """
 
 from __future__ import annotations

@@ -13,8 +13,8 @@ per-request state and the simulator's bulk decode runs charge exactly what singl
 
 Preemption at token granularity: every step, running requests are served in level order and
 a waiting request that cannot fit displaces a running one at least `preemption_threshold`
-levels lower (the scheduler's phase 0; only requests that have progressed since admission are
-displaced, so there are no storms). Starvation: a request gains one level of credit per
+levels lower (the scheduler's phase 0; a request displaced before is not displaced again until
+it has sampled a new token, so there are no preemption storms). Starvation: a request gains one level of credit per
 `promote_s` seconds since arrival, i.e. the static key `level * promote_s + arrival_s` (FastServe
 promotes a job that has waited past a threshold; continuous credit bounds waiting likewise).
 Priorities come first: MLFQ orders requests within a priority.
