@@ -83,7 +83,8 @@ def add_sweep_parser(subparsers: Any) -> argparse.ArgumentParser:
     r = p.add_argument_group("running and output")
     r.add_argument("--workers", type=int, metavar="N", help="local processes (default: CPU count)")
     r.add_argument("--ray", metavar="ADDRESS",
-                   help="run on the Ray cluster at ADDRESS ('auto' finds a running one)")
+                   help="run on the Ray cluster at ADDRESS ('auto' finds a running one, "
+                        "'local' starts one on this machine); needs shunter[ray]")
     r.add_argument("--metric", default=DEFAULT_METRIC, metavar="NAME",
                    help=f"metric to plot against rate (default {DEFAULT_METRIC}); any key of the "
                         "JSON output, e.g. e2e_s.p50, tpot_s.p99, goodput_req_s, slo_attainment")

@@ -152,7 +152,8 @@ def run_tasks(tasks: Sequence[SweepTask], *, max_workers: int | None = None,
 
     Local processes by default (`max_workers`, default: the CPU count, at most one per task;
     1 runs in this process); on the Ray cluster at `ray_address` when given ("auto" finds a
-    running one; an already initialised Ray session in this process is used as it is).
+    running one, "local" starts one here; an already initialised Ray session in this process
+    is used as it is).
     `on_result` sees each row as it finishes (for progress bars).
     """
     if not tasks:
