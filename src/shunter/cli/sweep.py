@@ -89,7 +89,8 @@ def add_sweep_parser(subparsers: Any) -> argparse.ArgumentParser:
                    help=f"metric to plot against rate (default {DEFAULT_METRIC}); any key of the "
                         "JSON output, e.g. e2e_s.p50, tpot_s.p99, goodput_req_s, slo_attainment")
     r.add_argument("--limit", type=float, metavar="VALUE",
-                   help="report each policy's capacity: the highest rate with metric <= VALUE")
+                   help="report each policy's capacity: the highest swept rate up to which the "
+                        "metric stays <= VALUE (a lower bound; sweep finer rates to narrow it)")
     r.add_argument("--json", metavar="FILE", help="write every row as JSON")
     r.add_argument("--csv", metavar="FILE", help="write every row as CSV")
     r.add_argument("--plot", metavar="FILE", help="write the metric-vs-rate plot (PNG, SVG, PDF)")
@@ -192,7 +193,8 @@ def render_curves(lines: dict[tuple[str, int], list[CurvePoint]], metric: str,
     for rate in rates:
         table.add_column(f"{rate:g} req/s", justify="right")
     if limit is not None:
-        table.add_column(f"capacity ({metric} <= {limit:g})", justify="right")
+        table.add_column(f"capacity: highest swept rate with {metric} <= {limit:g}",
+                         justify="right")
     for (policy, replicas), curve in lines.items():
         by_rate = {rate: mean for rate, mean, _, _ in curve}
         cells = [policy, str(replicas), *(_fmt(by_rate.get(rate)) for rate in rates)]
