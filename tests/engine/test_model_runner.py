@@ -98,3 +98,22 @@ def test_swap_out_and_in_preserves_the_cache(tiny_hf_model, tiny_loaded) -> None
     logits = runner.execute([ChunkInput("a", [70], 10, [5, 6, 7], True)])
     ref = reference_logits(tiny_hf_model, prompt + [70])[-1]
     torch.testing.assert_close(logits[0], ref, atol=2e-4, rtol=1e-4)
+
+
+def test_packed_bf16_linears_match_plain_bf16(tiny_loaded) -> None:
+    from shunter.engine.model.packed import PackedLinear, can_pack
+
+    if not can_pack(torch.device("cpu"), torch.bfloat16):
+        pytest.skip("no oneDNN on this CPU build")
+    logits = []
+    for pack in (False, True):
+        model = build_llama(tiny_loaded.config, tiny_loaded.tensors, max_positions=64,
+                            dtype=torch.bfloat16, pack_weights=pack)
+        assert isinstance(model.layers[0].qkv_proj, PackedLinear) == pack
+        runner = ModelRunner(model, num_blocks=16, block_size=BLOCK_SIZE)
+        prompt = list(range(30, 50))
+        rows = [runner.execute([ChunkInput("a", prompt, 0, list(range(8)), True)])[0]]
+        rows.append(runner.execute([ChunkInput("a", [7], 20, list(range(8)), True)])[0])
+        logits.append(torch.stack(rows))
+    torch.testing.assert_close(logits[1], logits[0], atol=0.05, rtol=0.02)
+    assert logits[1].argmax(-1).tolist() == logits[0].argmax(-1).tolist()

@@ -120,7 +120,7 @@ class ModelRunner:
         mask = None
         if ctx > 0:
             q_pos = torch.arange(n, device=self.device).unsqueeze(1) + ctx
-            mask = torch.arange(ctx + n, device=self.device).unsqueeze(0) <= q_pos
+            mask = self._additive(torch.arange(ctx + n, device=self.device).unsqueeze(0) <= q_pos)
         return PrefillSegment(query_start=query_start, num_query_tokens=n, num_context_tokens=ctx,
                               block_table=self._tensor(c.block_ids[:num_blocks]), causal_mask=mask)
 
@@ -131,7 +131,12 @@ class ModelRunner:
                   for c in decodes]
         lens = self._tensor(lengths)
         mask = torch.arange(max_blocks * self.block_size, device=self.device) < lens.unsqueeze(1)
-        return self._tensor(tables), mask[:, None, None, :]
+        return self._tensor(tables), self._additive(mask)[:, None, None, :]
+
+    def _additive(self, allowed: torch.Tensor) -> torch.Tensor:
+        """0 where attention is allowed, -inf elsewhere, in the model's dtype."""
+        mask = torch.zeros(allowed.shape, dtype=self.dtype, device=self.device)
+        return mask.masked_fill_(~allowed, float("-inf"))
 
     def _tensor(self, values: Sequence[int] | Sequence[Sequence[int]]) -> torch.Tensor:
         return torch.tensor(values, dtype=torch.long, device=self.device)

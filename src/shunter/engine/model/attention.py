@@ -25,7 +25,7 @@ class PrefillSegment:
     num_query_tokens: int
     num_context_tokens: int  # tokens already in the cache before this chunk
     block_table: torch.Tensor  # [num_blocks covering context + chunk], int64
-    causal_mask: torch.Tensor | None  # [num_query, context + num_query] bool; None if no context
+    causal_mask: torch.Tensor | None  # [num_query, context + num_query] additive; None: no context
 
 
 @dataclass(slots=True, kw_only=True)
@@ -36,7 +36,9 @@ class AttentionMetadata:
     prefills: list[PrefillSegment]
     num_prefill_tokens: int
     decode_block_tables: torch.Tensor | None = None  # [num_decodes, max_blocks] int64
-    decode_mask: torch.Tensor | None = None  # [num_decodes, 1, 1, max_blocks * block_size] bool
+    # [num_decodes, 1, 1, max_blocks * block_size]: 0 for real keys, -inf for padding. Additive
+    # masks in the model dtype are built once per step; a bool mask would be converted per layer.
+    decode_mask: torch.Tensor | None = None
 
 
 def write_kv(k_cache: torch.Tensor, v_cache: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
@@ -62,8 +64,8 @@ def paged_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, k_cache: 
 
 def _gather(cache: torch.Tensor, block_table: torch.Tensor) -> torch.Tensor:
     """[..., num_blocks] block ids -> [..., num_blocks * block_size, num_kv_heads, head_dim]."""
-    blocks = cache[block_table]
-    return blocks.flatten(-4, -3)
+    blocks = cache.index_select(0, block_table.reshape(-1))
+    return blocks.view(*block_table.shape[:-1], -1, *cache.shape[-2:])
 
 
 def _prefill_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, k_cache: torch.Tensor,

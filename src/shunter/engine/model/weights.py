@@ -8,6 +8,7 @@ import torch
 
 from shunter.engine.model.config import LlamaConfig
 from shunter.engine.model.llama import LlamaForCausalLM
+from shunter.engine.model.packed import can_pack, pack_linears
 from shunter.errors import ModelError
 
 __all__ = ["build_llama", "load_llama_weights"]
@@ -15,14 +16,20 @@ __all__ = ["build_llama", "load_llama_weights"]
 
 def build_llama(config: LlamaConfig, tensors: Mapping[str, torch.Tensor], *, max_positions: int,
                 dtype: torch.dtype = torch.float32, device: str | torch.device = "cpu",
-                ) -> LlamaForCausalLM:
-    """A ready-to-run model in eval mode: built on `device`, weights cast to `dtype`."""
+                pack_weights: bool = True) -> LlamaForCausalLM:
+    """A ready-to-run model in eval mode: built on `device`, weights cast to `dtype`.
+
+    With `pack_weights`, bfloat16 CPU models get oneDNN-prepacked linear layers.
+    """
     with torch.device(device):
         model = LlamaForCausalLM(config, max_positions)
     model.to(dtype=dtype)
     model.rotary.float()  # cos/sin tables stay float32; they are cast per step
     load_llama_weights(model, tensors)
-    return model.eval().requires_grad_(False)
+    model.eval().requires_grad_(False)
+    if pack_weights and can_pack(torch.device(device), dtype):
+        pack_linears(model)
+    return model
 
 
 def load_llama_weights(model: LlamaForCausalLM, tensors: Mapping[str, torch.Tensor]) -> None:
