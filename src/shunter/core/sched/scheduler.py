@@ -234,12 +234,15 @@ class CoreScheduler:
             num_queued = request.num_uncomputed_tokens
             reserve = self._reserve_for(request, reserved)
             if request.status == RequestStatus.SWAPPED:
-                if not self.kv.can_swap_in(request, reserve + 1):
+                # swapped out mid-prompt, it may need more than one new block for its next chunk
+                num_new = min(request.num_uncomputed_tokens, plan.budget)
+                num_held = len(request.host_block_ids or ())
+                need = self.kv.num_blocks_for(request.num_computed_tokens + num_new) - num_held
+                if not self.kv.can_swap_in(request, reserve + max(need, 1)):
                     break
                 plan.swap_in.extend(self.kv.swap_in(request))
-                num_new = min(request.num_uncomputed_tokens, plan.budget)
                 ok = self.kv.allocate_slots(request, num_new)
-                assert ok, "swap-in reserved a block for the next token"
+                assert ok, "swap-in reserved the blocks of the request's next chunk"
             else:
                 hits = self.kv.computed_blocks(request) if request.num_computed_tokens == 0 else []
                 num_new = request.num_uncomputed_tokens - len(hits) * cfg.block_size
