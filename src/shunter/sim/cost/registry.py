@@ -7,6 +7,7 @@ from collections.abc import Callable
 from shunter.errors import ConfigError
 from shunter.sim.cost.catalog import GpuSpec, ModelSpec
 from shunter.sim.cost.interface import CostModel
+from shunter.sim.cost.profile import profile_cost_model
 from shunter.sim.cost.roofline import RooflineCostModel
 
 __all__ = ["COST_MODELS", "CostModelFactory", "make_cost_model"]
@@ -14,6 +15,7 @@ __all__ = ["COST_MODELS", "CostModelFactory", "make_cost_model"]
 CostModelFactory = Callable[[ModelSpec | str, GpuSpec | str, int], CostModel]
 
 COST_MODELS: dict[str, CostModelFactory] = {
+    "profile": profile_cost_model,  # gpu = path of a `shunter profile` file
     "roofline": RooflineCostModel,
 }
 
