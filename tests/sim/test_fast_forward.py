@@ -1,6 +1,7 @@
 """Decode runs applied in bulk must give exactly what stepping one by one gives."""
 
 import random
+import zlib
 from dataclasses import replace
 
 import pytest
@@ -68,7 +69,7 @@ SCENARIOS = {
 @pytest.mark.parametrize("shared", [False, True])
 def test_fast_forward_equals_step_by_step(name, shared):
     config = SCENARIOS[name]
-    specs = varied_workload(seed=hash(name) % 1000, shared=shared)
+    specs = varied_workload(seed=zlib.crc32(name.encode()) % 1000, shared=shared)
     fast = simulate(replace(config, fast_forward=True), specs)
     slow = simulate(replace(config, fast_forward=False), specs)
     assert fingerprint(fast) == fingerprint(slow)
