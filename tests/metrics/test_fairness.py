@@ -9,6 +9,7 @@ from shunter.core.types import FinishReason
 from shunter.metrics import service_gap
 from shunter.metrics.columns import to_columns
 from shunter.metrics.fairness import jain_index, max_service_gap, tenant_weight_array
+from shunter.metrics.service_events import token_units
 from shunter.metrics.summary import summarize
 
 STOP = FinishReason.STOP
@@ -117,7 +118,7 @@ def test_tiny_chunks_give_the_same_gap(make_record, monkeypatch, seed):
     records = random_records(make_record, 100 + seed, num_requests=60, num_tenants=5)
     expected = gap(records)
     monkeypatch.setattr(service_gap, "GAP_CHUNK_EVENTS", 3)
-    monkeypatch.setattr(service_gap, "MIN_GAP_CHUNK_EVENTS", 1)
+    monkeypatch.setattr(service_gap, "MAX_GAP_CELLS", 4)
     assert gap(records) == pytest.approx(expected)
     assert expected == pytest.approx(brute_force_gap(records))
 
@@ -161,3 +162,12 @@ def test_segmented_helpers():
     running = service_gap._segmented_cummax(np.array([3.0, 1.0, 2.0, 5.0, 4.0]),
                                             np.array([0, 0, 1, 1, 1]))
     assert running.tolist() == [3, 3, 2, 5, 5]
+
+
+def test_token_units_sum_tokens_per_tenant_and_time(make_record):
+    records = [make_record(f"a{i}", 0.0, 1, [1.0, 2.0], 2.0, STOP, tenant="A") for i in range(4)]
+    records += [make_record("b", 0.0, 1, [2.0, 0.5], 2.0, STOP, tenant="B")]  # unsorted input
+    units = token_units(to_columns(records))
+    assert units.tenant_offsets.tolist() == [0, 2, 4]
+    assert units.time_s.tolist() == [1.0, 2.0, 0.5, 2.0]
+    assert units.num_tokens.tolist() == [4, 4, 1, 1]

@@ -18,9 +18,10 @@ __all__ = [
     "SERVICE_WEIGHT_INPUT",
     "SERVICE_WEIGHT_OUTPUT",
     "EventStream",
-    "merge_streams",
+    "TokenUnits",
+    "chunk_events",
     "request_stream",
-    "token_stream",
+    "token_units",
 ]
 
 SERVICE_WEIGHT_INPUT = 1  # w_in: service per prompt token
@@ -46,34 +47,44 @@ def _tenant_token_times(cols: RecordColumns, requests: np.ndarray) -> np.ndarray
     return cols.token_times_s[np.repeat(shift, counts) + np.arange(int(counts.sum()))]
 
 
-def token_stream(cols: RecordColumns, out_service: np.ndarray) -> EventStream:
-    """Output-token credits in time order, one event per (time, tenant) with the tokens
-    summed: a simulator emits a whole batch per step, so this shrinks the sweep a lot.
+@dataclass(frozen=True, slots=True)
+class TokenUnits:
+    """Output tokens summed per (tenant, time), tenant-major and time-sorted per tenant.
 
-    Sorting each tenant's times separately and merging the sorted runs costs no more than
-    one global argsort and never holds an index array over every token at once.
+    A simulator emits a whole batch per step, so this is far smaller than one entry per
+    token; and sorting per tenant needs no index array over every token of the run.
     """
+
+    time_s: np.ndarray
+    num_tokens: np.ndarray  # int32
+    tenant_offsets: np.ndarray  # tenant j owns [tenant_offsets[j], tenant_offsets[j + 1])
+
+    @property
+    def num_tenants(self) -> int:
+        return int(self.tenant_offsets.size - 1)
+
+
+def token_units(cols: RecordColumns) -> TokenUnits:
+    """Each tenant's token times sorted and summed per distinct time."""
+    total = cols.token_times_s.size
+    time_s = np.empty(total)
+    num_tokens = np.empty(total, dtype=np.int32)
+    offsets = np.zeros(cols.num_tenants + 1, dtype=np.int64)
     by_tenant = np.argsort(cols.tenant_index, kind="stable")
     bounds = np.cumsum(np.bincount(cols.tenant_index, minlength=cols.num_tenants))[:-1]
-    times, tenants, counts = [], [], []
     for tenant, requests in enumerate(np.split(by_tenant, bounds)):
-        tenant_times = _tenant_token_times(cols, requests)
-        if tenant_times.size == 0:
-            continue
-        tenant_times.sort()
-        is_new_time = np.ones(tenant_times.size, dtype=bool)
-        is_new_time[1:] = tenant_times[1:] != tenant_times[:-1]
+        times = _tenant_token_times(cols, requests)
+        times.sort()
+        is_new_time = np.ones(times.size, dtype=bool)
+        is_new_time[1:] = times[1:] != times[:-1]
         first = np.flatnonzero(is_new_time)
-        times.append(tenant_times[first])
-        tenants.append(np.full(first.size, tenant, dtype=np.int32))
-        counts.append(np.diff(first, append=tenant_times.size))
-    if not times:
-        return EventStream(np.empty(0), np.empty(0, dtype=np.int32), np.empty(0), np.empty(0))
-    time_s = np.concatenate(times)
-    order = np.argsort(time_s, kind="stable")  # one sorted run per tenant: a merge
-    tenant = np.concatenate(tenants)[order]
-    service = np.concatenate(counts)[order] * out_service[tenant]
-    return EventStream(time_s[order], tenant, service, np.zeros(order.size))
+        start, stop = offsets[tenant], offsets[tenant] + first.size
+        time_s[start:stop] = times[first]
+        num_tokens[start:stop] = np.diff(first, append=times.size)
+        offsets[tenant + 1] = stop
+    if offsets[-1] < total // 2:  # mostly shared times: keep the compact copy only
+        time_s, num_tokens = time_s[:offsets[-1]].copy(), num_tokens[:offsets[-1]].copy()
+    return TokenUnits(time_s[:offsets[-1]], num_tokens[:offsets[-1]], offsets)
 
 
 def _backlog_end_s(cols: RecordColumns) -> np.ndarray:
@@ -102,21 +113,24 @@ def request_stream(cols: RecordColumns, weights: np.ndarray) -> EventStream:
     return EventStream(time_s[order], event_tenant[order], service[order], backlog[order])
 
 
-def merge_streams(parts: list[tuple[EventStream, slice]], columns: np.ndarray,
-           num_tenants: int) -> EventStream:
-    """One chunk's events, in time order, with tenants renumbered as columns 0..C-1."""
-    (tokens, tok), (requests, req) = parts
-    time_a, time_b = tokens.time_s[tok], requests.time_s[req]
-    at_b = np.searchsorted(time_a, time_b, side="right") + np.arange(time_b.size)
-    is_b = np.zeros(time_a.size + time_b.size, dtype=bool)
-    is_b[at_b] = True
-    column_of = np.zeros(num_tenants, dtype=np.int16 if columns.size < 2**15 else np.int64)
+def chunk_events(units: TokenUnits, unit_range: tuple[np.ndarray, np.ndarray],
+                 requests: EventStream, request_range: slice, out_service: np.ndarray,
+                 columns: np.ndarray) -> EventStream:
+    """The events of one chunk in time order, tenants renumbered as columns 0..C-1.
+
+    `unit_range` gives each tenant's [start, stop) in `units`; `request_range` slices the
+    (time-sorted) request events. Output-token service is num_tokens * `out_service[tenant]`.
+    """
+    start, stop = unit_range
+    lengths = stop - start
+    index = np.repeat(start - (np.cumsum(lengths) - lengths), lengths) + np.arange(lengths.sum())
+    unit_tenant = np.repeat(np.arange(units.num_tenants), lengths)
+    time_s = np.concatenate([units.time_s[index], requests.time_s[request_range]])
+    order = np.argsort(time_s, kind="stable")  # one sorted run per tenant: a merge
+    column_of = np.zeros(units.num_tenants, dtype=np.int16 if columns.size < 2**15 else np.int64)
     column_of[columns] = np.arange(columns.size)  # small ints: stable argsort is a radix sort
-    merged = []
-    for name in ("time_s", "tenant", "service", "backlog"):
-        a, b = getattr(tokens, name)[tok], getattr(requests, name)[req]
-        out = np.empty(is_b.size, dtype=column_of.dtype if name == "tenant" else a.dtype)
-        out[~is_b] = column_of[a] if name == "tenant" else a
-        out[is_b] = column_of[b] if name == "tenant" else b
-        merged.append(out)
-    return EventStream(*merged)
+    tenant = np.concatenate([unit_tenant, requests.tenant[request_range]])
+    service = np.concatenate([units.num_tokens[index] * out_service[unit_tenant],
+                              requests.service[request_range]])
+    backlog = np.concatenate([np.zeros(index.size), requests.backlog[request_range]])
+    return EventStream(time_s[order], column_of[tenant[order]], service[order], backlog[order])
