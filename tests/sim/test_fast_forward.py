@@ -62,6 +62,10 @@ SCENARIOS = {
     "fastswitch": SimConfig(num_blocks=300, policy="fastswitch",
                             policy_params={"quantum_tokens": 64.0},
                             scheduler={"preemption_mode": "swap"}),
+    "fastswitch-host-reuse": SimConfig(num_blocks=300, policy="fastswitch",
+                                       policy_params={"quantum_tokens": 64.0},
+                                       scheduler={"preemption_mode": "swap",
+                                                  "host_kv_reuse": True}),
 }
 
 

@@ -10,11 +10,18 @@ of the longest stretch of free ids, leaving room on both sides (requests decodin
 would otherwise take each other's next ids). This ignores LRU order for the blocks it takes,
 so it suits engines without a prefix cache (FastSwitch's vLLM baseline had none). Plain LRU
 order scatters a request's blocks, one transfer each (vLLM).
+
+`host_reuse=True` keeps host copies of full blocks after swap-in, keyed by block hash
+(`HostCache`, FastSwitch's KV reuse): a request swapped out again copies only what the host
+lacks, a finished conversation turn is offloaded (`offload`), and a new request continuing a
+host-cached prefix has it copied in (`host_prefix`, then `allocate_slots(host_hits=...)`)
+instead of recomputed.
 """
 
 from __future__ import annotations
 
 from shunter.core.kv.block_pool import BlockPool
+from shunter.core.kv.host import HostCache
 from shunter.core.request import Request
 
 __all__ = ["KVCacheManager"]
@@ -25,13 +32,15 @@ def _cdiv(a: int, b: int) -> int:
 
 
 class KVCacheManager:
-    __slots__ = ("_free_host", "block_size", "contiguous", "num_host_blocks", "pool")
+    __slots__ = ("_free_host", "block_size", "contiguous", "host", "num_host_blocks", "pool")
 
     def __init__(self, num_blocks: int, block_size: int, *, enable_caching: bool = True,
-                 num_host_blocks: int = 0, contiguous: bool = False) -> None:
+                 num_host_blocks: int = 0, contiguous: bool = False,
+                 host_reuse: bool = False) -> None:
         self.pool = BlockPool(num_blocks, enable_caching=enable_caching)
         self.block_size = block_size
         self.contiguous = contiguous
+        self.host = HostCache(num_host_blocks) if host_reuse else None
         self.num_host_blocks = num_host_blocks
         self._free_host = list(range(num_host_blocks - 1, -1, -1))  # pop() hands out 0 first
 
@@ -64,16 +73,35 @@ class KVCacheManager:
             hits.append(block_id)
         return hits
 
+    def host_prefix(self, request: Request, num_hit_blocks: int) -> list[int]:
+        """Host blocks continuing the request's first `num_hit_blocks` device hits (host reuse)."""
+        if self.host is None:
+            return []
+        max_blocks = (request.num_tokens - 1) // self.block_size
+        found: list[int] = []
+        for block_hash in request.block_hashes[num_hit_blocks:max_blocks]:
+            block_id = self.host.lookup(block_hash)
+            if block_id is None:
+                break
+            found.append(block_id)
+        return found
+
     def allocate_slots(self, request: Request, num_new_tokens: int, *,
-                       hit_blocks: list[int] | None = None, reserve_blocks: int = 0) -> bool:
+                       hit_blocks: list[int] | None = None, reserve_blocks: int = 0,
+                       host_hits: list[int] | None = None,
+                       copies: list[tuple[int, int]] | None = None) -> bool:
         """Make room for `num_new_tokens` more computed tokens, after taking any cache hits.
 
+        `host_hits` (host blocks continuing the device hits) get device blocks and count as
+        computed; their (host, device) copies are appended to `copies`.
         Fails (returning False, changing nothing) unless `reserve_blocks` stay free afterwards.
         """
         hits = hit_blocks or []
+        host = host_hits or []
         num_have = len(request.block_ids) + len(hits)
         num_computed = request.num_computed_tokens + len(hits) * self.block_size
-        num_needed = self.num_blocks_for(num_computed + num_new_tokens) - num_have
+        num_needed = (self.num_blocks_for(num_computed + len(host) * self.block_size
+                                          + num_new_tokens) - num_have)
         num_needed = max(num_needed, 0)
         num_taken = num_needed + (self.pool.num_free_among(hits) if hits else 0)
         if num_taken + reserve_blocks > self.pool.num_free_blocks:
@@ -85,7 +113,12 @@ class KVCacheManager:
             request.num_computed_tokens = num_computed
         if num_needed:
             last = request.block_ids[-1] if request.block_ids else None
-            request.block_ids.extend(self._allocate(num_needed, last))
+            new = self._allocate(num_needed, last)
+            if host:
+                assert copies is not None, "host hits need a list for their copies"
+                copies.extend(zip(host, new, strict=False))
+                request.num_computed_tokens += len(host) * self.block_size
+            request.block_ids.extend(new)
         return True
 
     def _allocate(self, num_blocks: int, last: int | None) -> list[int]:
@@ -122,15 +155,60 @@ class KVCacheManager:
             request.block_ids = []
         request.num_published_blocks = 0
 
+    def _full_hashes(self, request: Request) -> list[int | None]:
+        """Per device block, its hash if the block is full and computed (copies reusable)."""
+        num_full = min(request.num_computed_tokens // self.block_size, len(request.block_hashes))
+        return [request.block_hashes[i] if i < num_full else None
+                for i in range(len(request.block_ids))]
+
     def can_swap_out(self, request: Request) -> bool:
-        return len(request.block_ids) <= len(self._free_host)
+        if self.host is None:
+            return len(request.block_ids) <= len(self._free_host)
+        return len(request.block_ids) <= self.host.num_available  # conservative: reuse is free
 
     def swap_out(self, request: Request) -> list[tuple[int, int]]:
-        """Move the request's KV to host blocks; returns (device, host) copy pairs."""
+        """Move the request's KV to host blocks; returns (device, host) copy pairs (with host
+        reuse, only for blocks the host does not hold yet)."""
+        if self.host is not None:
+            return self._swap_out_reusing(request)
         host = [self._free_host.pop() for _ in request.block_ids]
         pairs = list(zip(request.block_ids, host, strict=True))
         request.host_block_ids = host
         self.free(request)
+        return pairs
+
+    def _swap_out_reusing(self, request: Request) -> list[tuple[int, int]]:
+        host_cache = self.host
+        assert host_cache is not None
+        host, pairs = [], []
+        for device, block_hash in zip(request.block_ids, self._full_hashes(request), strict=True):
+            block_id = host_cache.lookup(block_hash)
+            if block_id is not None:
+                host_cache.acquire(block_id)
+            else:
+                block_id = host_cache.allocate(block_hash)
+                pairs.append((device, block_id))
+            host.append(block_id)
+        request.host_block_ids = host
+        self.free(request)
+        return pairs
+
+    def offload(self, request: Request) -> list[tuple[int, int]]:
+        """Copy a finishing request's full blocks the host lacks to host (host reuse; the next
+        turn of its conversation can copy them back in); returns (device, host) pairs. Call
+        before `free`; the copies run before the next step reuses the device blocks."""
+        host_cache = self.host
+        if host_cache is None:
+            return []
+        pairs = []
+        for device, block_hash in zip(request.block_ids, self._full_hashes(request), strict=True):
+            if block_hash is None or host_cache.lookup(block_hash) is not None:
+                continue
+            if not host_cache.num_available:
+                break
+            block_id = host_cache.allocate(block_hash)
+            host_cache.release([block_id])  # kept as a cached copy
+            pairs.append((device, block_id))
         return pairs
 
     def can_swap_in(self, request: Request, reserve_blocks: int = 0) -> bool:
@@ -144,12 +222,18 @@ class KVCacheManager:
         device = self._allocate(len(host), None)
         request.block_ids = device
         request.num_published_blocks = 0
-        self._free_host.extend(reversed(host))
+        if self.host is not None:
+            self.host.release(host)  # full blocks stay cached on the host
+        else:
+            self._free_host.extend(reversed(host))
         request.host_block_ids = None
         return list(zip(host, device, strict=True))
 
     def free_host(self, request: Request) -> None:
         """Drop a swapped request's host copy (it was aborted or finished while swapped)."""
         if request.host_block_ids:
-            self._free_host.extend(reversed(request.host_block_ids))
+            if self.host is not None:
+                self.host.release(request.host_block_ids)
+            else:
+                self._free_host.extend(reversed(request.host_block_ids))
         request.host_block_ids = None

@@ -30,6 +30,10 @@ class SchedulerConfig:
     - `kv_allocation`: "lru" hands out free blocks in LRU order (vLLM: a request's blocks end
       up scattered); "contiguous" extends each request's run of block ids when it can
       (FastSwitch's block groups), so swaps copy few large runs instead of many blocks.
+    - `host_kv_reuse`: keep host copies of swapped KV after swap-in and offload finished
+      conversation turns (requests with a session), keyed by block hash, so later swap-outs
+      copy only what is new and a session's next turn copies its history back in instead of
+      recomputing it (FastSwitch's KV reuse). Needs `num_host_blocks`.
     - `emit_block_tables`: put each request's block table in the step output. The simulator
       turns it off because no model reads it; decisions are the same either way.
     """
@@ -47,6 +51,7 @@ class SchedulerConfig:
     watermark: float = 0.01
     emit_block_tables: bool = True
     kv_allocation: KvAllocation = "lru"
+    host_kv_reuse: bool = False
 
     def __post_init__(self) -> None:
         for name in ("num_blocks", "block_size", "max_num_batched_tokens", "max_num_seqs",

@@ -36,6 +36,9 @@ from shunter.core.types import FINISHED_STATUSES, RequestId, RequestStatus
 
 __all__ = ["CoreScheduler", "SchedulerConfig", "stop_status"]
 
+# a finished conversation turn whose KV the next turn may reuse (host KV reuse)
+_OFFLOADED_STATUSES = (RequestStatus.FINISHED_STOPPED, RequestStatus.FINISHED_LENGTH)
+
 
 class CoreScheduler:
     def __init__(self, config: SchedulerConfig, policy: Policy, clock: Clock) -> None:
@@ -45,7 +48,8 @@ class CoreScheduler:
         self.kv = KVCacheManager(config.num_blocks, config.block_size,
                                  enable_caching=config.enable_prefix_caching,
                                  num_host_blocks=config.num_host_blocks,
-                                 contiguous=config.kv_allocation == "contiguous")
+                                 contiguous=config.kv_allocation == "contiguous",
+                                 host_reuse=config.host_kv_reuse)
         self.waiting = (policy.make_prefix_queue(self.num_cached_prefix_tokens)
                         if isinstance(policy, PrefixAwarePolicy) else policy.make_queue())
         self.running: list[Request] = []
@@ -54,6 +58,7 @@ class CoreScheduler:
         self.num_waiting_tokens = 0
         self.num_steps = 0
         self._finished_ids: list[RequestId] = []
+        self._offloads: list[tuple[int, int]] = []  # finished turns' KV to copy to host next step
         self._watermark_blocks = int(config.watermark * config.num_blocks)
 
     # ---- requests in and out -------------------------------------------------------------
@@ -171,6 +176,9 @@ class CoreScheduler:
         now = self.clock.now()
         self.num_steps += 1
         plan = StepPlan(budget=self.config.max_num_batched_tokens)
+        if self._offloads:  # copied before this step's forward pass reuses those blocks
+            plan.swap_out.extend(self._offloads)
+            self._offloads = []
         self._preempt_for_priority(plan, now)
         if self.config.enable_chunked_prefill:
             if not self._schedule_running(plan, now):
@@ -245,15 +253,19 @@ class CoreScheduler:
                 assert ok, "swap-in reserved the blocks of the request's next chunk"
             else:
                 hits = self.kv.computed_blocks(request) if request.num_computed_tokens == 0 else []
-                num_new = request.num_uncomputed_tokens - len(hits) * cfg.block_size
+                host_hits = (self.kv.host_prefix(request, len(hits))
+                             if request.num_computed_tokens == 0 else [])
+                num_new = (request.num_uncomputed_tokens
+                           - (len(hits) + len(host_hits)) * cfg.block_size)
                 if not cfg.enable_chunked_prefill and num_new > plan.budget and plan.scheduled:
                     break  # prefill-first runs whole prompts; only a lone oversized one is chunked
                 num_new = min(num_new, plan.budget)
                 if not self.kv.allocate_slots(request, num_new, hit_blocks=hits,
-                                              reserve_blocks=reserve):
+                                              reserve_blocks=reserve, host_hits=host_hits,
+                                              copies=plan.swap_in):
                     break
                 if request.num_cached_tokens is None:
-                    request.num_cached_tokens = len(hits) * cfg.block_size
+                    request.num_cached_tokens = (len(hits) + len(host_hits)) * cfg.block_size
                 plan.add_new_request(request)
             self.waiting.pop()
             self.num_waiting_tokens -= num_queued
@@ -337,6 +349,8 @@ class CoreScheduler:
 
     def finish_request(self, request: Request, status: RequestStatus) -> None:
         """End a request that is no longer in the running list or the waiting queue."""
+        if request.session_id is not None and status in _OFFLOADED_STATUSES:
+            self._offloads.extend(self.kv.offload(request))  # no-op without host reuse
         self.kv.free(request)
         self.kv.free_host(request)
         request.set_status(status)
