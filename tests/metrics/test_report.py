@@ -34,7 +34,8 @@ def test_flatten_nested_keys():
 
 
 def test_write_json_is_valid_sorted_and_refuses_nan(tmp_path, hand_records):
-    path = write_json({"policy": "fcfs", **summarize(hand_records).to_dict()}, tmp_path / "a/s.json")
+    summary = summarize(hand_records).to_dict()
+    path = write_json({"policy": "fcfs", **summary}, tmp_path / "a/s.json")
     text = path.read_text()
     data = json.loads(text)
     assert data["policy"] == "fcfs" and list(data) == sorted(data)

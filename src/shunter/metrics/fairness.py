@@ -54,14 +54,15 @@ def tenant_weight_array(cols: RecordColumns, weights: Mapping[str, float] | None
 
 
 def tenant_service(cols: RecordColumns) -> np.ndarray:
-    """Unweighted service per tenant: prompt tokens of requests that got a first token + 2/token."""
+    """Unweighted service per tenant: prompts of requests that got a first token + 2 per token."""
     served_prompt = np.where(cols.num_output_tokens > 0, cols.num_prompt_tokens, 0)
-    per_request = SERVICE_WEIGHT_INPUT * served_prompt + SERVICE_WEIGHT_OUTPUT * cols.num_output_tokens
+    per_request = (SERVICE_WEIGHT_INPUT * served_prompt
+                   + SERVICE_WEIGHT_OUTPUT * cols.num_output_tokens)
     return np.bincount(cols.tenant_index, weights=per_request, minlength=cols.num_tenants)
 
 
 def jain_index(values: np.ndarray) -> float | None:
-    """Jain's index (sum x)^2 / (n * sum x^2): 1 when equal, 1/n when one gets all; None if all 0."""
+    """Jain's index (sum x)^2 / (n sum x^2): 1 if all equal, 1/n if one gets all; None if all 0."""
     values = np.asarray(values, dtype=np.float64)
     square_sum = float(np.square(values).sum())
     if values.size == 0 or square_sum == 0:
