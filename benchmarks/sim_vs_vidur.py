@@ -174,8 +174,10 @@ def measure_shunter(num_requests: int, num_replicas: int, seed: int, workdir: Pa
     result = run_measured(cmd, timeout_s=_CHILD_TIMEOUT_S, cwd=REPO_ROOT, log_path=log_path)
     if result.returncode != 0 or result.is_timed_out:
         raise RuntimeError(f"Shunter child failed (rc={result.returncode}):\n{tail(log_path)}")
-    return {**json.loads(out.read_text()), "wall_s": result.wall_s,
-            "cpu_s": _children_cpu_s() - cpu_before_s, "peak_rss_bytes": result.peak_rss_bytes}
+    row = {**json.loads(out.read_text()), "wall_s": result.wall_s,
+           "cpu_s": _children_cpu_s() - cpu_before_s, "peak_rss_bytes": result.peak_rss_bytes}
+    (workdir / "result.json").write_text(json.dumps(row, indent=1))  # survives a later crash
+    return row
 
 
 def measure_vidur(num_requests: int, pp: int, seed: int, trace_file: Path, *,
@@ -238,11 +240,11 @@ def _print_table(title: str, header: tuple[str, ...], rows: list[tuple[Any, ...]
             print("  ".join("-" * w for w in widths))
 
 
-def scaling_table(seed: int, *, skip_1m: bool) -> list[dict[str, Any]]:
-    sizes = [n for n in SCALING_REQUESTS if not (skip_1m and n >= 1_000_000)]
+def scaling_table(seed: int, *, sizes: tuple[int, ...] = SCALING_REQUESTS,
+                  replica_counts: tuple[int, ...] = SCALING_REPLICAS) -> list[dict[str, Any]]:
     results = []
     for num_requests in sizes:
-        for replicas in SCALING_REPLICAS:
+        for replicas in replica_counts:
             log(f"scaling: {num_requests:,} requests on {replicas} replicas (streamed)")
             r = measure_shunter(num_requests, replicas, seed,
                                 BENCH_DIR / "runs" / f"shunter-scaling-{num_requests}-{replicas}",
@@ -293,6 +295,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--no-scaling", action="store_true", help="skip the scaling table")
     p.add_argument("--only-scaling", action="store_true", help="only the scaling table")
     p.add_argument("--skip-1m", action="store_true", help="scaling table without 1M requests")
+    p.add_argument("--scaling-requests", metavar="N,...", help="scaling rows (default 10k,100k,1M)")
+    p.add_argument("--scaling-replicas", metavar="R,...", help="scaling columns (default 4,16,64)")
     p.add_argument("--json", metavar="FILE", help="write every measurement as JSON")
     p.add_argument("--child", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
@@ -309,7 +313,12 @@ def main(argv: list[str] | None = None) -> int:
         out[name] = compare(num_requests, pp, args.seed, skip_vidur=args.skip_vidur,
                             rerun_vidur=args.rerun_vidur)
     if not args.no_scaling:
-        out["scaling"] = scaling_table(args.seed, skip_1m=args.skip_1m)
+        sizes = (tuple(int(x) for x in args.scaling_requests.split(","))
+                 if args.scaling_requests else SCALING_REQUESTS)
+        sizes = tuple(x for x in sizes if not (args.skip_1m and x >= 1_000_000))
+        replicas = (tuple(int(x) for x in args.scaling_replicas.split(","))
+                    if args.scaling_replicas else SCALING_REPLICAS)
+        out["scaling"] = scaling_table(args.seed, sizes=sizes, replica_counts=replicas)
     if args.json:
         Path(args.json).write_text(json.dumps(out, indent=1))
     return 0
