@@ -1,67 +1,97 @@
-"""A simulated cluster: a router in front of replicas, driven by one event loop."""
+"""A simulated cluster: a router in front of replicas, driven by one event loop.
+
+Topologies plug in here: prefill/decode pools (`disagg.py`), live migration (`migration.py`)
+and stale router views (`staleness.py`). They move requests between replicas only at step
+boundaries (`at_boundary`: the target's run is cut after its step in flight, exactly as an
+arrival cuts it) and wake up through `Timer` events.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
-from dataclasses import replace
+import math
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from dataclasses import dataclass, replace
 
 from shunter.core.clock import ManualClock
 from shunter.core.types import RequestId, RequestSpec
 from shunter.errors import WorkloadError
 from shunter.metrics.record import RequestRecord
-from shunter.router.interface import ReplicaView, Router
-from shunter.sim.loop import ARRIVAL_PRIORITY, STEP_DONE_PRIORITY, Arrival, EventLoop, StepDone
+from shunter.router.interface import Router
+from shunter.sim.config import MigrationConfig
+from shunter.sim.disagg import KV_TRANSFER_TIMER, Disaggregation
+from shunter.sim.loop import (
+    ARRIVAL_PRIORITY,
+    STEP_DONE_PRIORITY,
+    TIMER_PRIORITY,
+    Arrival,
+    EventLoop,
+    StepDone,
+    Timer,
+)
+from shunter.sim.migration import MIGRATION_STAGE_TIMER, MIGRATION_TICK_TIMER, Migrator
 from shunter.sim.replica import SimReplica, StepLog
+from shunter.sim.staleness import ViewSource
 from shunter.workload.program import FollowUp
 
-__all__ = ["TRIM_EVERY_RECORDS", "RecordFn", "SimCluster"]
+__all__ = ["SNAPSHOT_TIMER", "TRIM_EVERY_RECORDS", "ClusterTopology", "RecordFn", "SimCluster"]
 
 ProgressFn = Callable[[int], None]
 RecordFn = Callable[[RequestRecord], None]
 # A streamed run forgets step times no live request reads, once per this many finished records.
 TRIM_EVERY_RECORDS = 4096
+SNAPSHOT_TIMER = "snapshot"
 
 
-class _LazyViews(Sequence[ReplicaView]):
-    """The replicas' snapshots at one instant, each taken only when a router first reads it.
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ClusterTopology:
+    """How the replicas are arranged beyond "a router in front of identical replicas"."""
 
-    A router that looks at one replica (round robin, random) costs O(1) per request instead of
-    O(replicas); one that scans them all sees exactly what a list would have held, since nothing
-    changes between the arrival and its routing decision.
-    """
-
-    __slots__ = ("_replicas", "_views")
-
-    def __init__(self, replicas: list[SimReplica]) -> None:
-        self._replicas = replicas
-        self._views: list[ReplicaView | None] = [None] * len(replicas)
-
-    def __len__(self) -> int:
-        return len(self._replicas)
-
-    def __getitem__(self, index):  # type: ignore[override]
-        if isinstance(index, slice):
-            return [self[i] for i in range(*index.indices(len(self._replicas)))]
-        view = self._views[index]
-        if view is None:
-            view = self._views[index] = self._replicas[index].view()
-        return view
-
-    def __iter__(self) -> Iterator[ReplicaView]:
-        return (self[i] for i in range(len(self._replicas)))
+    decode_router: Router | None = None  # set: disaggregated (replica roles name the pools)
+    skip_prefill_cached_fraction: float | None = None
+    kv_link_bytes_s: float = 25e9
+    snapshot_interval_s: float = 0.0  # router staleness; 0: fresh views
+    counts_in_flight: bool = True
+    migration: MigrationConfig | None = None
 
 
 class SimCluster:
     def __init__(self, replicas: list[SimReplica], router: Router, clock: ManualClock,
-                 *, record_steps: bool = False) -> None:
+                 *, record_steps: bool = False, topology: ClusterTopology | None = None) -> None:
         if not replicas:
             raise ValueError("a cluster needs at least one replica")
+        assert [r.replica_id for r in replicas] == list(range(len(replicas))), "ids are indices"
+        topo = topology or ClusterTopology()
         self.replicas = replicas
         self.router = router
         self.clock = clock
         self.loop = EventLoop(clock)
         self.step_log: list[StepLog] | None = [] if record_steps else None
         self.num_routed = [0] * len(replicas)
+        self._boundary_ops: list[list[Callable[[], None]]] = [[] for _ in replicas]
+        self._snapshot_interval_s = topo.snapshot_interval_s
+        self._armed: dict[str, bool] = {SNAPSHOT_TIMER: False, MIGRATION_TICK_TIMER: False}
+        view_source = _view_factory(topo)
+        self.disagg: Disaggregation | None = None
+        self.views: list[ViewSource] = []
+        pool = replicas
+        if topo.decode_router is not None:
+            prefill = [r for r in replicas if r.role == "prefill"]
+            pool = [r for r in replicas if r.role == "decode"]
+            self.views = [view_source(prefill), view_source(pool)]
+            self.disagg = Disaggregation(
+                self, replicas, router, topo.decode_router, *self.views,
+                kv_link_bytes_s=topo.kv_link_bytes_s,
+                skip_prefill_cached_fraction=topo.skip_prefill_cached_fraction)
+        else:
+            self.views = [view_source(replicas)]
+        self.migrator = (None if topo.migration is None else
+                         Migrator(self, pool, topo.migration, kv_link_bytes_s=topo.kv_link_bytes_s))
+        self._timers: dict[str, Callable[[int], None]] = {
+            SNAPSHOT_TIMER: self._on_snapshot, MIGRATION_TICK_TIMER: self._on_migration_tick}
+        if self.disagg is not None:
+            self._timers[KV_TRANSFER_TIMER] = self.disagg.on_timer
+        if self.migrator is not None:
+            self._timers[MIGRATION_STAGE_TIMER] = self.migrator.on_timer
 
     def run(self, specs: Iterable[RequestSpec], *, on_progress: ProgressFn | None = None,
             progress_every: int = 1000, on_record: RecordFn | None = None,
@@ -89,8 +119,11 @@ class SimCluster:
                 if event.generation != replica.generation:
                     continue  # a run cut short: its old end was replaced
                 finished.extend(replica.finish_step(self.step_log))
-                self._start(replica)
+                self._after_step(replica, finished[num_before:])
+            elif isinstance(event, Timer):
+                self._timers[event.kind](event.key)
             else:
+                self._arm_periodic()
                 self._route(event.spec, finished)
                 last_arrival_s = self._push_next(arrivals, last_arrival_s)
             if follow_ups:
@@ -112,6 +145,21 @@ class SimCluster:
             on_progress(num_handed_off + len(finished))
         return finished
 
+    # ---- services to topologies (`sim.ops.ClusterOps`) --------------------------------------
+
+    def at_boundary(self, replica: SimReplica, op: Callable[[], None]) -> None:
+        if not replica.is_busy:
+            op()
+            self._start(replica)
+            return
+        self._boundary_ops[replica.replica_id].append(op)
+        self._cut(replica)
+
+    def set_timer(self, at_s: float, kind: str, key: int) -> None:
+        self.loop.push(at_s, TIMER_PRIORITY, Timer(kind, key))
+
+    # ---- events ---------------------------------------------------------------------------
+
     def _push_next(self, arrivals: Iterator[RequestSpec], last_s: float) -> float:
         spec = next(arrivals, None)
         if spec is None:
@@ -124,16 +172,31 @@ class SimCluster:
         return spec.arrival_s
 
     def _route(self, spec: RequestSpec, finished: list[RequestRecord]) -> None:
-        decision = self.router.route(spec, _LazyViews(self.replicas))  # type: ignore[arg-type]
-        replica = self.replicas[decision.replica_id]
-        self.num_routed[decision.replica_id] += 1
+        if self.disagg is not None:
+            replica_id = self.disagg.route(spec)
+        else:
+            source = self.views[0]
+            replica_id = self.router.route(spec, source.views()).replica_id  # type: ignore[arg-type]
+            source.dispatched(replica_id, spec)
+        replica = self.replicas[replica_id]
+        self.num_routed[replica_id] += 1
         rejected = replica.add(spec)
         if rejected is not None:
             finished.append(rejected)
+            if self.disagg is not None:
+                self.disagg.forget(spec.request_id)
             return
-        cut_s = replica.cut_run()
-        if cut_s is not None:
-            self.loop.push(cut_s, STEP_DONE_PRIORITY, StepDone(replica.replica_id, replica.generation))
+        self._cut(replica)
+        self._start(replica)
+
+    def _after_step(self, replica: SimReplica, finished: list[RequestRecord]) -> None:
+        ops = self._boundary_ops[replica.replica_id]
+        if ops:
+            self._boundary_ops[replica.replica_id] = []
+            for op in ops:
+                op()
+        if self.disagg is not None:
+            self.disagg.after_step(replica, finished)
         self._start(replica)
 
     def _release(self, records: list[RequestRecord],
@@ -146,7 +209,56 @@ class SimCluster:
                 at_s = now + follow.delay_s
                 self.loop.push(at_s, ARRIVAL_PRIORITY, Arrival(replace(follow.spec, arrival_s=at_s)))
 
+    def _cut(self, replica: SimReplica) -> None:
+        cut_s = replica.cut_run()
+        if cut_s is not None:
+            self.loop.push(cut_s, STEP_DONE_PRIORITY, StepDone(replica.replica_id, replica.generation))
+
     def _start(self, replica: SimReplica) -> None:
         end_s = replica.start_step()
         if end_s is not None:
             self.loop.push(end_s, STEP_DONE_PRIORITY, StepDone(replica.replica_id, replica.generation))
+
+    # ---- periodic timers: armed while the cluster has work, re-armed by the next arrival ----
+
+    def _arm_periodic(self) -> None:
+        if self._snapshot_interval_s > 0 and not self._armed[SNAPSHOT_TIMER]:
+            self._arm(SNAPSHOT_TIMER, self._snapshot_interval_s)
+        if self.migrator is not None and not self._armed[MIGRATION_TICK_TIMER]:
+            self._arm(MIGRATION_TICK_TIMER, self.migrator.config.interval_s)
+
+    def _arm(self, kind: str, interval_s: float) -> None:
+        """Wake `kind` at the first multiple of `interval_s` after now."""
+        now = self.clock.now()
+        index = math.floor(now / interval_s) + 1
+        while index * interval_s <= now:  # floor of a rounded quotient can fall one short
+            index += 1
+        self._armed[kind] = True
+        self.set_timer(index * interval_s, kind, index)
+
+    def _is_active(self) -> bool:
+        return (any(r.is_busy or r.scheduler.has_work for r in self.replicas)
+                or (self.disagg is not None and self.disagg.has_pending)
+                or (self.migrator is not None and self.migrator.is_active))
+
+    def _on_snapshot(self, index: int) -> None:
+        for source in self.views:
+            source.refresh()
+        self._rearm(SNAPSHOT_TIMER, self._snapshot_interval_s)
+
+    def _on_migration_tick(self, index: int) -> None:
+        assert self.migrator is not None
+        self.migrator.tick()
+        self._rearm(MIGRATION_TICK_TIMER, self.migrator.config.interval_s)
+
+    def _rearm(self, kind: str, interval_s: float) -> None:
+        self._armed[kind] = False
+        if self._is_active():
+            self._arm(kind, interval_s)
+
+
+def _view_factory(topo: ClusterTopology) -> Callable[[list[SimReplica]], ViewSource]:
+    def make(replicas: list[SimReplica]) -> ViewSource:
+        return ViewSource(replicas, interval_s=topo.snapshot_interval_s,
+                          counts_in_flight=topo.counts_in_flight)
+    return make

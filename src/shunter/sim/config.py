@@ -2,10 +2,89 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from typing import Any
 
-__all__ = ["SimConfig"]
+__all__ = ["DEFAULT_KV_LINK_BYTES_S", "ROLES", "MigrationConfig", "ReplicaGroup", "SimConfig"]
+
+# KV transfer link between replicas: 200 Gb/s InfiniBand / RoCE per GPU, the usual
+# cross-node fabric (Splitwise assumes InfiniBand between machines; DistServe's low-bandwidth
+# setting is 25 GB/s too). NVLink within a node is ~10x faster; set it per scenario.
+DEFAULT_KV_LINK_BYTES_S = 25e9
+ROLES = ("prefill", "decode")
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ReplicaGroup:
+    """`count` identical replicas in a heterogeneous cluster: their GPU, and optionally their
+    model, TP degree, KV blocks and (disaggregated clusters) pool role."""
+
+    gpu: str
+    count: int = 1
+    model: str | None = None  # None: the cluster's model
+    tp: int | None = None  # None: the cluster's tp
+    num_blocks: int | None = None  # None: from the cost model (or the cluster's num_blocks)
+    role: str | None = None  # "prefill" or "decode" with disaggregation, else None
+
+    def __post_init__(self) -> None:
+        if self.count < 1:
+            raise ValueError(f"a replica group needs count >= 1, got {self.count}")
+        if self.tp is not None and self.tp < 1:
+            raise ValueError(f"tp must be >= 1, got {self.tp}")
+        if self.num_blocks is not None and self.num_blocks < 1:
+            raise ValueError(f"num_blocks must be >= 1, got {self.num_blocks}")
+        if self.role is not None and self.role not in ROLES:
+            raise ValueError(f"role must be one of {', '.join(ROLES)}, got {self.role!r}")
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> ReplicaGroup:
+        valid = {f.name for f in fields(cls)}
+        unknown = set(data) - valid
+        if unknown:
+            raise ValueError(f"unknown replica group keys {sorted(unknown)}; valid: "
+                             f"{', '.join(sorted(valid))}")
+        if "gpu" not in data:
+            raise ValueError("a replica group needs a gpu")
+        return cls(**data)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class MigrationConfig:
+    """Llumnix-style live migration (`shunter.sim.migration`).
+
+    Every `interval_s`, replicas whose freeness (free KV blocks per request after their queue,
+    with high-priority headroom) is below `out_threshold` send one running request each to
+    the freest replicas above `in_threshold`. The KV is copied in stages while the request
+    keeps decoding; when what is left fits in `last_stage_max_blocks` (or after `max_stages`),
+    the request stops, its last blocks are copied, and it resumes on the destination.
+    """
+
+    interval_s: float = 0.1
+    out_threshold: float = 16.0  # blocks per request
+    in_threshold: float = 64.0
+    max_stages: int = 3
+    last_stage_max_blocks: int = 4
+    high_priority: int | None = None  # requests with priority <= this are high priority
+    priority_headroom_blocks: int = 0  # virtual usage each high-priority request adds
+
+    def __post_init__(self) -> None:
+        if self.interval_s <= 0:
+            raise ValueError(f"migration interval_s must be > 0, got {self.interval_s}")
+        if self.in_threshold < self.out_threshold:
+            raise ValueError("migration in_threshold must be >= out_threshold, got "
+                             f"{self.in_threshold} < {self.out_threshold}")
+        if self.max_stages < 1 or self.last_stage_max_blocks < 0 or self.priority_headroom_blocks < 0:
+            raise ValueError("need max_stages >= 1, last_stage_max_blocks >= 0 and "
+                             "priority_headroom_blocks >= 0")
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> MigrationConfig:
+        valid = {f.name for f in fields(cls)}
+        unknown = set(data) - valid
+        if unknown:
+            raise ValueError(f"unknown migration keys {sorted(unknown)}; valid: "
+                             f"{', '.join(sorted(valid))}")
+        return cls(**data)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -37,8 +116,30 @@ class SimConfig:
     swap_space_gib: float = 4.0
     record_steps: bool = False
     fast_forward: bool = True  # apply steady decode runs in bulk (identical results, faster)
+    # Heterogeneous replicas: when set, the groups replace gpu / tp / num_replicas.
+    groups: tuple[ReplicaGroup, ...] = ()
+    # Prefill/decode disaggregation (`shunter.sim.disagg`): `router` picks a prefill replica,
+    # `decode_router` (default: same name) a decode replica; without groups the first
+    # `num_prefill_replicas` replicas (default half, rounded up) form the prefill pool.
+    disaggregation: bool = False
+    num_prefill_replicas: int | None = None
+    decode_router: str | None = None
+    decode_router_params: dict[str, Any] = field(default_factory=dict)
+    # conditional disaggregation: prefill on the decode replica when at least this fraction of
+    # the prompt is in its prefix cache (None: always use the prefill pool)
+    skip_prefill_cached_fraction: float | None = None
+    kv_link_bytes_s: float = DEFAULT_KV_LINK_BYTES_S  # replica-to-replica KV transfers
+    # Router staleness (`shunter.sim.staleness`): 0 = fresh views at every decision.
+    router_snapshot_interval_s: float = 0.0
+    router_counts_in_flight: bool = True
+    # Live migration (`shunter.sim.migration`): None = off; else MigrationConfig keys.
+    migration: dict[str, Any] | None = None
 
     def __post_init__(self) -> None:
+        groups = tuple(g if isinstance(g, ReplicaGroup) else ReplicaGroup.from_dict(dict(g))
+                       for g in self.groups)
+        object.__setattr__(self, "groups", groups)
+        self._check_topology()
         if self.tp < 1:
             raise ValueError(f"tp must be >= 1, got {self.tp}")
         if self.num_replicas < 1:
@@ -51,3 +152,36 @@ class SimConfig:
         if reserved:
             raise ValueError(f"scheduler options {sorted(reserved)} are derived; set num_blocks "
                              "or swap_space_gib on the simulation instead")
+
+    @property
+    def num_replicas_total(self) -> int:
+        return sum(g.count for g in self.groups) if self.groups else self.num_replicas
+
+    def migration_config(self) -> MigrationConfig | None:
+        return None if self.migration is None else MigrationConfig.from_dict(self.migration)
+
+    def _check_topology(self) -> None:
+        if self.kv_link_bytes_s <= 0:
+            raise ValueError(f"kv_link_bytes_s must be > 0, got {self.kv_link_bytes_s}")
+        if self.router_snapshot_interval_s < 0:
+            raise ValueError("router_snapshot_interval_s must be >= 0, got "
+                             f"{self.router_snapshot_interval_s}")
+        fraction = self.skip_prefill_cached_fraction
+        if fraction is not None and not 0.0 <= fraction <= 1.0:
+            raise ValueError(f"skip_prefill_cached_fraction must be in [0, 1], got {fraction}")
+        self.migration_config()  # validates
+        roles = [g.role for g in self.groups]
+        if not self.disaggregation:
+            if any(roles):
+                raise ValueError("replica group roles need disaggregation = true")
+            return
+        if self.groups:
+            if None in roles or set(roles) != set(ROLES):
+                raise ValueError("with disaggregation every replica group needs a role, and "
+                                 "both pools (prefill, decode) need one")
+            return
+        num_prefill = self.num_prefill_replicas
+        if self.num_replicas < 2 or (num_prefill is not None
+                                     and not 1 <= num_prefill < self.num_replicas):
+            raise ValueError(f"disaggregation needs >= 1 prefill and >= 1 decode replica; got "
+                             f"{num_prefill} of {self.num_replicas} replicas for prefill")

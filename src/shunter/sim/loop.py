@@ -14,10 +14,12 @@ from itertools import count
 from shunter.core.clock import ManualClock
 from shunter.core.types import RequestSpec
 
-__all__ = ["ARRIVAL_PRIORITY", "STEP_DONE_PRIORITY", "Arrival", "Event", "EventLoop", "StepDone"]
+__all__ = ["ARRIVAL_PRIORITY", "STEP_DONE_PRIORITY", "TIMER_PRIORITY", "Arrival", "Event",
+           "EventLoop", "StepDone", "Timer"]
 
 STEP_DONE_PRIORITY = 0
-ARRIVAL_PRIORITY = 1
+TIMER_PRIORITY = 1  # after the steps that end at t (a snapshot sees them), before arrivals
+ARRIVAL_PRIORITY = 2
 
 
 @dataclass(frozen=True, slots=True)
@@ -31,7 +33,16 @@ class StepDone:
     generation: int = 0  # the replica's run generation when pushed; stale if it moved on
 
 
-Event = Arrival | StepDone
+@dataclass(frozen=True, slots=True)
+class Timer:
+    """A topology's own event: `kind` says whose (a KV transfer ends, a periodic check is
+    due), `key` which of its pending things."""
+
+    kind: str
+    key: int = 0
+
+
+Event = Arrival | StepDone | Timer
 
 
 class EventLoop:
@@ -50,6 +61,10 @@ class EventLoop:
         time_s, _, _, event = heapq.heappop(self._heap)
         self.clock.advance_to(time_s)
         return event
+
+    def peek_time_s(self) -> float | None:
+        """When the earliest event happens (None when there is none)."""
+        return self._heap[0][0] if self._heap else None
 
     def __len__(self) -> int:
         return len(self._heap)

@@ -28,6 +28,7 @@ from shunter.core.types import RequestId, RequestSpec, StepShape
 from shunter.metrics.record import RequestRecord
 from shunter.router.interface import ReplicaView
 from shunter.sim.executor import SimExecutor
+from shunter.sim.handoff import MovedRequest, splice_token_times
 from shunter.sim.timeline import StepTimeline, TokenTimes
 
 __all__ = ["SimReplica", "StepLog"]
@@ -49,8 +50,9 @@ class _InFlight:
 class SimReplica:
     def __init__(self, replica_id: int, scheduler: CoreScheduler, executor: SimExecutor,
                  clock: Clock, *, fast_forward: bool = True, predictor: Predictor | None = None,
-                 sessions: SessionTracker | None = None) -> None:
+                 sessions: SessionTracker | None = None, role: str | None = None) -> None:
         self.replica_id = replica_id
+        self.role = role  # "prefill" / "decode" in a disaggregated cluster, else None
         self.scheduler = scheduler
         self.executor = executor
         self.clock = clock
@@ -228,6 +230,62 @@ class SimReplica:
         record.num_preemptions = request.num_preemptions
         record.num_cached_tokens = request.num_cached_tokens or 0
         return record
+
+    # ---- requests moving in and out (between steps: the caller cut the run first) ----------
+
+    def computed_tokens_now(self, request_id: RequestId) -> int:
+        """KV tokens the request holds now, as step by step would have applied them."""
+        request = self._live[request_id][0]
+        flight = self._in_flight
+        if flight is None or request_id not in flight.run_ids:
+            return request.num_computed_tokens
+        return request.num_computed_tokens + self._steps_done(flight)
+
+    def prefilled_ids(self) -> list[RequestId]:
+        """Running requests that have sampled their first token (a prefill replica's to hand off)."""
+        return [r.request_id for r in self.scheduler.running
+                if r.num_output_tokens and r.num_uncomputed_tokens == 1]
+
+    def cached_prompt_tokens(self, spec: RequestSpec) -> int:
+        """Prompt tokens of `spec` this replica's prefix cache would serve now."""
+        config = self.scheduler.config
+        if not config.enable_prefix_caching:
+            return 0
+        request = Request.from_spec(spec, block_size=config.block_size)
+        return self.scheduler.num_cached_prefix_tokens(request)
+
+    def detach(self, request_id: RequestId) -> MovedRequest:
+        """Take a running request out, with its record and true remaining length."""
+        assert self._in_flight is None, "detach between steps only"
+        request, record = self._live.pop(request_id)
+        self.scheduler.detach(request_id)
+        num_remaining = self.executor.steps_until_stop([request_id])
+        self.executor.forget(request_id)
+        return MovedRequest(request, record, num_remaining, self.clock.now())
+
+    def can_attach(self, moved: MovedRequest) -> bool:
+        return self.scheduler.can_attach(moved.request)
+
+    def attach(self, moved: MovedRequest) -> bool:
+        """Continue a moved request here with its KV (copied in); False if it does not fit."""
+        assert self._in_flight is None, "attach between steps only"
+        if not self.scheduler.attach(moved.request):
+            return False
+        self._adopt(moved)
+        return True
+
+    def requeue(self, moved: MovedRequest) -> None:
+        """Continue a moved request here by recomputing its KV (it could not be copied in)."""
+        self.scheduler.requeue(moved.request)
+        self._adopt(moved)
+
+    def _adopt(self, moved: MovedRequest) -> None:
+        rid = moved.request.request_id
+        record = moved.record
+        record.token_times_s = splice_token_times(record.token_times_s, self._timeline)  # type: ignore[assignment]
+        record.replica_id = self.replica_id
+        self.executor.register(rid, moved.num_remaining_tokens)
+        self._live[rid] = (moved.request, record)
 
     def _log(self, log: list[StepLog], flight: _InFlight) -> None:
         ends = flight.end_times_s

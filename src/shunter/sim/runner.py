@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field, fields
 
 from shunter.core.clock import ManualClock
 from shunter.core.predict.interface import Predictor, SessionTracker
@@ -15,8 +15,8 @@ from shunter.errors import ConfigError
 from shunter.metrics.record import RequestRecord
 from shunter.router.registry import make_router
 from shunter.sim.budget import budget_for_tbt
-from shunter.sim.cluster import ProgressFn, RecordFn, SimCluster
-from shunter.sim.config import SimConfig
+from shunter.sim.cluster import ClusterTopology, ProgressFn, RecordFn, SimCluster
+from shunter.sim.config import ReplicaGroup, SimConfig
 from shunter.sim.cost.interface import CostModel
 from shunter.sim.cost.registry import make_cost_model
 from shunter.sim.executor import SimExecutor
@@ -24,7 +24,8 @@ from shunter.sim.replica import SimReplica, StepLog
 from shunter.workload.program import FollowUp
 from shunter.workload.rank_training import load_model
 
-__all__ = ["SimRun", "build_cluster", "build_predictor", "simulate"]
+__all__ = ["SimRun", "build_cluster", "build_predictor", "replica_groups", "simulate",
+           "topology_stats"]
 
 _GIB = 1024**3
 _SCHEDULER_FIELDS = {f.name for f in fields(SchedulerConfig)}
@@ -37,16 +38,21 @@ class SimRun:
     num_routed: list[int]
     num_preemptions: int
     step_log: list[StepLog] | None
+    # topology counters: migrations (started, completed, aborted, requeued, downtime), PD
+    # handoffs and transfer times; empty for a plain cluster
+    topology_stats: dict[str, float] = field(default_factory=dict)
 
 
-def scheduler_config(config: SimConfig, cost_model: CostModel) -> SchedulerConfig:
-    """The replica's SchedulerConfig: the user's overrides on top of what the hardware allows."""
+def scheduler_config(config: SimConfig, cost_model: CostModel,
+                     num_blocks: int | None = None) -> SchedulerConfig:
+    """The replica's SchedulerConfig: the user's overrides on top of what the hardware allows
+    (`num_blocks`: this replica's KV capacity, if its group sets one)."""
     unknown = set(config.scheduler) - _SCHEDULER_FIELDS
     if unknown:
         raise ValueError(f"unknown scheduler options {sorted(unknown)}; valid: "
                          f"{', '.join(sorted(_SCHEDULER_FIELDS - {'num_blocks', 'num_host_blocks', 'emit_block_tables'}))}")
     block_size = int(config.scheduler.get("block_size", 16))
-    num_blocks = config.num_blocks or cost_model.num_kv_blocks(block_size)
+    num_blocks = num_blocks or config.num_blocks or cost_model.num_kv_blocks(block_size)
     block_bytes = cost_model.kv_bytes_per_token * block_size  # type: ignore[attr-defined]
     num_host_blocks = int(config.swap_space_gib * _GIB // block_bytes)
     options = {"max_model_len": cost_model.max_model_len, **config.scheduler}
@@ -73,20 +79,44 @@ def build_predictor(config: SimConfig) -> Predictor | None:
     return make_predictor(config.predictor, **params)
 
 
+def replica_groups(config: SimConfig) -> tuple[ReplicaGroup, ...]:
+    """The cluster's replicas as groups: its own `groups`, or one group of identical replicas
+    (split into a prefill and a decode pool when disaggregated)."""
+    if config.groups:
+        return config.groups
+    if not config.disaggregation:
+        return (ReplicaGroup(gpu=config.gpu, count=config.num_replicas),)
+    num_prefill = config.num_prefill_replicas or -(-config.num_replicas // 2)
+    return (ReplicaGroup(gpu=config.gpu, count=num_prefill, role="prefill"),
+            ReplicaGroup(gpu=config.gpu, count=config.num_replicas - num_prefill, role="decode"))
+
+
 def build_cluster(config: SimConfig) -> SimCluster:
     clock = ManualClock()
-    cost_model = make_cost_model(config.cost_model, config.model, config.gpu, config.tp)
-    sched_config = scheduler_config(config, cost_model)
     predictor, sessions = build_predictor(config), SessionTracker()
     replicas = []
-    for replica_id in range(config.num_replicas):
-        scheduler = CoreScheduler(sched_config, make_policy(config.policy, **config.policy_params),
-                                  clock)
-        replicas.append(SimReplica(replica_id, scheduler, SimExecutor(cost_model), clock,
-                                   fast_forward=config.fast_forward, predictor=predictor,
-                                   sessions=sessions))
+    for group in replica_groups(config):
+        cost_model = make_cost_model(config.cost_model, group.model or config.model, group.gpu,
+                                     group.tp or config.tp)
+        sched_config = scheduler_config(config, cost_model, group.num_blocks)
+        for _ in range(group.count):
+            scheduler = CoreScheduler(sched_config,
+                                      make_policy(config.policy, **config.policy_params), clock)
+            replicas.append(SimReplica(len(replicas), scheduler, SimExecutor(cost_model), clock,
+                                       fast_forward=config.fast_forward, predictor=predictor,
+                                       sessions=sessions, role=group.role))
     router = make_router(config.router, **config.router_params)
-    return SimCluster(replicas, router, clock, record_steps=config.record_steps)
+    decode_router = None
+    if config.disaggregation:
+        decode_params = (config.decode_router_params if config.decode_router is not None
+                         else config.router_params)
+        decode_router = make_router(config.decode_router or config.router, **decode_params)
+    topology = ClusterTopology(
+        decode_router=decode_router, skip_prefill_cached_fraction=config.skip_prefill_cached_fraction,
+        kv_link_bytes_s=config.kv_link_bytes_s,
+        snapshot_interval_s=config.router_snapshot_interval_s,
+        counts_in_flight=config.router_counts_in_flight, migration=config.migration_config())
+    return SimCluster(replicas, router, clock, record_steps=config.record_steps, topology=topology)
 
 
 def simulate(config: SimConfig, specs: Iterable[RequestSpec], *,
@@ -102,4 +132,21 @@ def simulate(config: SimConfig, specs: Iterable[RequestSpec], *,
     records = cluster.run(specs, on_progress=on_progress, on_record=on_record,
                           follow_ups=follow_ups)
     preemptions = sum(r.scheduler.num_preemptions for r in cluster.replicas)
-    return SimRun(records, cluster.num_routed, preemptions, cluster.step_log)
+    return SimRun(records, cluster.num_routed, preemptions, cluster.step_log,
+                  topology_stats(cluster))
+
+
+def topology_stats(cluster: SimCluster) -> dict[str, float]:
+    """The counters of the cluster's migration and disaggregation, flat."""
+    out: dict[str, float] = {}
+    if cluster.migrator is not None:
+        m = cluster.migrator
+        out |= {"migrations_started": m.num_started, "migrations_completed": m.num_completed,
+                "migrations_aborted": m.num_aborted, "migrations_requeued": m.num_requeued,
+                "migration_downtime_max_s": max(m.downtime_s, default=0.0),
+                "migration_downtime_mean_s": sum(m.downtime_s) / max(len(m.downtime_s), 1)}
+    if cluster.disagg is not None:
+        d = cluster.disagg
+        out |= {"pd_handoffs": d.num_handoffs, "pd_prefilled_on_decode": d.num_prefilled_on_decode,
+                "pd_transfer_mean_s": sum(d.transfer_s) / max(len(d.transfer_s), 1)}
+    return out
