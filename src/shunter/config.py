@@ -5,7 +5,11 @@ A scenario has five tables, every key optional:
     name = "..."
     [workload]  trace, format, num_requests, rate, seed, zero_tokens
     [cluster]   model, gpu, tp, replicas, router, router_params, cost_model, num_blocks,
-                swap_space_gib
+                swap_space_gib; topologies (`shunter.sim.config.SimConfig`): groups (a list
+                of {gpu, count, model, tp, num_blocks, role} tables, heterogeneous replicas),
+                disaggregation, num_prefill_replicas, decode_router, decode_router_params,
+                skip_prefill_cached_fraction, kv_link_bytes_s, router_snapshot_interval_s,
+                router_counts_in_flight, migration (a table of MigrationConfig keys)
     [scheduler] policy, policy_params, and any SchedulerConfig field (max_num_batched_tokens,
                 max_num_seqs, enable_chunked_prefill, preemption_mode, admission, ...)
     [slo]       ttft_s, tpot_s
@@ -45,7 +49,11 @@ _SCHEMA: dict[str, dict[str, str]] = {
                  "seed": "int", "zero_tokens": "str"},
     "cluster": {"model": "str", "gpu": "str", "tp": "int", "replicas": "int", "router": "str",
                 "router_params": "dict", "cost_model": "str", "num_blocks": "int",
-                "swap_space_gib": "float"},
+                "swap_space_gib": "float", "groups": "list", "disaggregation": "bool",
+                "num_prefill_replicas": "int", "decode_router": "str",
+                "decode_router_params": "dict", "skip_prefill_cached_fraction": "float",
+                "kv_link_bytes_s": "float", "router_snapshot_interval_s": "float",
+                "router_counts_in_flight": "bool", "migration": "dict"},
     "scheduler": {k: str(v) for k, v in _SCHEDULER_KEYS.items()},
     "slo": {"ttft_s": "float", "tpot_s": "float"},
 }
@@ -103,6 +111,7 @@ def _check_type(where: str, key: str, value: Any, kind: str) -> Any:
         "str": isinstance(value, str),
         "bool": isinstance(value, bool),
         "dict": isinstance(value, dict),
+        "list": isinstance(value, list),
     }
     expected = next((k for k in ok if k in kind), "str")
     if expected == "int" and "float" in kind:

@@ -6,7 +6,9 @@ import numpy as np
 import pytest
 from tests.factories import make_spec
 
+from shunter.config import load_scenario
 from shunter.core.types import FinishReason
+from shunter.errors import ConfigError
 from shunter.sim.config import SimConfig
 from shunter.sim.handoff import SplicedTokenTimes
 from shunter.sim.runner import build_cluster, simulate
@@ -138,3 +140,47 @@ def test_topology_config_errors():
         SimConfig(skip_prefill_cached_fraction=1.5)
     with pytest.raises(ValueError, match="router_snapshot_interval_s"):
         SimConfig(router_snapshot_interval_s=-1)
+
+
+SCENARIO_TOML = """
+[cluster]
+router = "cost"
+disaggregation = true
+decode_router = "least_load"
+skip_prefill_cached_fraction = 0.7
+kv_link_bytes_s = 50e9
+router_snapshot_interval_s = 0.05
+migration = { interval_s = 0.2, out_threshold = 8.0 }
+
+[[cluster.groups]]
+gpu = "h100"
+count = 2
+role = "prefill"
+
+[[cluster.groups]]
+gpu = "a100-80gb"
+count = 3
+role = "decode"
+"""
+
+
+def test_every_topology_is_selectable_from_a_scenario_file(tmp_path):
+    path = tmp_path / "pd.toml"
+    path.write_text(SCENARIO_TOML)
+    sim = load_scenario(path).sim
+    assert [(g.gpu, g.count, g.role) for g in sim.groups] == [("h100", 2, "prefill"),
+                                                               ("a100-80gb", 3, "decode")]
+    assert sim.disaggregation and sim.decode_router == "least_load"
+    assert sim.migration_config().interval_s == 0.2 and sim.router_snapshot_interval_s == 0.05
+    run = simulate(sim, burst(10, out=20))
+    assert sum(run.num_routed[:2]) + run.topology_stats["pd_prefilled_on_decode"] == 10
+
+
+def test_bad_topology_keys_in_a_scenario_are_config_errors(tmp_path):
+    path = tmp_path / "bad.toml"
+    path.write_text('[cluster]\ngroups = [{ gpu = "h100", cnt = 2 }]\n')
+    with pytest.raises(ConfigError, match="unknown replica group keys"):
+        load_scenario(path)
+    path.write_text('[cluster]\ngroups = "h100"\n')
+    with pytest.raises(ConfigError, match="groups must be a list"):
+        load_scenario(path)

@@ -37,7 +37,9 @@ class ReplicaGroup:
             raise ValueError(f"role must be one of {', '.join(ROLES)}, got {self.role!r}")
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> ReplicaGroup:
+    def from_dict(cls, data: Any) -> ReplicaGroup:
+        if not isinstance(data, dict):
+            raise ValueError(f"a replica group must be a table, got {data!r}")
         valid = {f.name for f in fields(cls)}
         unknown = set(data) - valid
         if unknown:
@@ -136,7 +138,7 @@ class SimConfig:
     migration: dict[str, Any] | None = None
 
     def __post_init__(self) -> None:
-        groups = tuple(g if isinstance(g, ReplicaGroup) else ReplicaGroup.from_dict(dict(g))
+        groups = tuple(g if isinstance(g, ReplicaGroup) else ReplicaGroup.from_dict(g)
                        for g in self.groups)
         object.__setattr__(self, "groups", groups)
         self._check_topology()
