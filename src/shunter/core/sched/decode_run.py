@@ -6,8 +6,9 @@ request stops or hits a length limit, the KV cache cannot give a growing request
 block, or a new request arrives. In between, no decision can change:
 
 - admission stays blocked: free blocks only shrink and the running count is constant, and a
-  policy with a static order keeps the same waiting head (policies without one get no runs
-  while anything waits, even with a full batch: their `should_preempt` may change);
+  policy with a static order keeps the same waiting head (policies without one get no runs:
+  their waiting head and `should_preempt` may change as service is charged, and so may their
+  victim keys, which order the running requests' block allocations and frees each step);
 - priority preemption stays off: for static orders `should_preempt` does not depend on time,
   and every running request has already progressed (so the candidates are the same); runs are
   only taken when it says no for the waiting head, since whether the head fits (what phase 0
@@ -54,7 +55,7 @@ def decode_run_horizon(scheduler: CoreScheduler, output: SchedulerOutput, max_st
         return 0
     if scheduler.kv.contiguous:
         return 0  # block ids depend on who allocates when; the bulk path allocates in LRU order
-    if len(scheduler.waiting) and not scheduler.policy.has_static_order:
+    if not scheduler.policy.has_static_order:
         return 0  # the waiting head, or whether it may preempt, could change as service is charged
     if _may_preempt_for_head(scheduler):
         return 0  # phase 0 fires as soon as shrinking free memory stops the head from fitting
@@ -82,8 +83,8 @@ def begin_steady_run(scheduler: CoreScheduler, max_steps: int) -> int:
     cfg = scheduler.config
     if max_steps <= 0 or n == 0 or len(scheduler.waiting) or n > cfg.max_num_batched_tokens:
         return 0
-    if scheduler.kv.contiguous:
-        return 0  # block ids depend on who allocates when; the bulk path allocates in LRU order
+    if scheduler.kv.contiguous or not scheduler.policy.has_static_order:
+        return 0  # see decode_run_horizon
     horizon = max_steps
     max_seq_len = cfg.max_seq_len
     for r in running:
