@@ -18,6 +18,7 @@ from collections.abc import AsyncIterator
 from dataclasses import replace
 from typing import Any
 
+from shunter.cli.serve import DEFAULT_MODEL, DEFAULT_NUM_REPLICAS
 from shunter.core.types import FinishReason
 from shunter.engine.async_client import AsyncEngineClient, EngineDeadError
 from shunter.engine.config import EngineConfig
@@ -33,7 +34,6 @@ from shunter.gateway.factory import BackendSlot, GatewayParts, build_app
 from shunter.gateway.fake import FakeEngineClient, FakeModel
 from shunter.gateway.remote import RemoteConfig, RemoteEngineClient
 from shunter.gateway.server import serve
-from shunter.cli.serve import DEFAULT_MODEL, DEFAULT_NUM_REPLICAS
 from shunter.router.registry import ROUTERS
 
 __all__ = ["EngineBackend", "build_backends", "run_serve"]
