@@ -4,7 +4,9 @@ Every `interval_s` (`MigrationConfig`), each replica's *freeness* is measured as
 llumlets do, from *virtual* usage: KV blocks held, plus the blocks every waiting prompt will
 need (so a queue blocked at its head reads as load: de-fragmentation), plus a headroom per
 running high-priority request (so a replica serving them reads as loaded, sheds normal
-requests and keeps their batch small: priority isolation):
+requests and keeps their batch small: priority isolation). As in Llumnix, where llumlets
+report virtual usage to the global scheduler, the headroom is in the replicas' views, so the
+dispatcher sends new requests elsewhere too (`SimReplica.priority_headroom`):
 
     F = (total blocks - virtual usage) / requests        (inf when it has none)
 
@@ -52,17 +54,15 @@ class _Migration:
     moved: MovedRequest | None = None  # set once detached for the final copy
 
 
-def virtual_freeness(replica: SimReplica, config: MigrationConfig, incoming_blocks: int = 0) -> float:
-    """Free blocks per request after virtual usage (see the module docstring)."""
+def virtual_freeness(replica: SimReplica, incoming_blocks: int = 0) -> float:
+    """Free blocks per request after virtual usage (see the module docstring; the view already
+    counts the priority headroom, which the cluster set on the replica)."""
     view = replica.view()
     if view.num_requests == 0 and not incoming_blocks:
         return math.inf
     bs = view.block_size
     virtual = (view.num_total_blocks - view.num_free_blocks + incoming_blocks
                + -(-view.num_waiting_tokens // bs))
-    if config.high_priority is not None and config.priority_headroom_blocks:
-        num_high = sum(1 for r in replica.scheduler.running if r.priority <= config.high_priority)
-        virtual += num_high * config.priority_headroom_blocks
     return (view.num_total_blocks - virtual) / max(view.num_requests, 1)
 
 
@@ -89,6 +89,9 @@ class Migrator:
         self.num_aborted = 0
         self.num_requeued = 0
         self.downtime_s: list[float] = []
+        if config.high_priority is not None and config.priority_headroom_blocks:
+            for replica in self.replicas:
+                replica.priority_headroom = (config.high_priority, config.priority_headroom_blocks)
 
     @property
     def is_active(self) -> bool:
@@ -99,7 +102,7 @@ class Migrator:
         """Pair overloaded with free replicas and start one migration per pair."""
         cfg = self.config
         busy = {id(m.src) for m in self._active.values()} | {id(m.dst) for m in self._active.values()}
-        free = [(virtual_freeness(r, cfg), r.replica_id, r) for r in self.replicas if id(r) not in busy]
+        free = [(virtual_freeness(r), r.replica_id, r) for r in self.replicas if id(r) not in busy]
         sources = sorted(x for x in free if x[0] < cfg.out_threshold)
         dests = sorted((x for x in free if x[0] > cfg.in_threshold), key=lambda x: (-x[0], x[1]))
         for (_, _, src), (_, _, dst) in zip(sources, dests, strict=False):

@@ -53,6 +53,9 @@ class SimReplica:
                  sessions: SessionTracker | None = None, role: str | None = None) -> None:
         self.replica_id = replica_id
         self.role = role  # "prefill" / "decode" in a disaggregated cluster, else None
+        # Llumnix's priority headroom: (priority at or below which a request is high priority,
+        # blocks of virtual usage each running one adds to what this replica reports)
+        self.priority_headroom: tuple[int, int] | None = None
         self.scheduler = scheduler
         self.executor = executor
         self.clock = clock
@@ -90,6 +93,9 @@ class SimReplica:
             if done:
                 running_tokens += len(flight.run_ids) * done
                 free_blocks -= blocks_for_steps(self.scheduler, min(done, len(flight.end_times_s) - 1))
+        if self.priority_headroom is not None:
+            high, blocks = self.priority_headroom
+            free_blocks -= blocks * sum(1 for r in self.scheduler.running if r.priority <= high)
         cost = self.executor.cost_model
         decode_s = cost.step_time_s(StepShape(num_decode_requests=max(s.num_running, 1),
                                               num_decode_context_tokens=running_tokens))
