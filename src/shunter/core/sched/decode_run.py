@@ -30,7 +30,8 @@ from __future__ import annotations
 
 from shunter.core.request import Request
 from shunter.core.sched.interface import RequestOutput, SchedulerOutput
-from shunter.core.sched.scheduler import CoreScheduler, stop_status
+from shunter.core.sched.limits import stop_status
+from shunter.core.sched.scheduler import CoreScheduler
 from shunter.core.types import FINISHED_STATUSES
 
 __all__ = ["advance_decode_run", "begin_steady_run", "blocks_for_steps", "decode_run_horizon"]

@@ -28,13 +28,15 @@ from shunter.core.clock import Clock
 from shunter.core.kv.manager import KVCacheManager
 from shunter.core.request import Request
 from shunter.core.sched.config import SchedulerConfig
+from shunter.core.sched.headroom import Headroom
 from shunter.core.sched.interface import RequestOutput, SchedulerOutput, StepResult
+from shunter.core.sched.limits import rejection_reason, stop_status
 from shunter.core.sched.plan import StepPlan
 from shunter.core.sched.policy import Policy, PrefixAwarePolicy
 from shunter.core.sched.stats import SchedulerStats
 from shunter.core.types import FINISHED_STATUSES, RequestId, RequestStatus
 
-__all__ = ["CoreScheduler", "SchedulerConfig", "stop_status"]
+__all__ = ["CoreScheduler", "SchedulerConfig"]
 
 # a finished conversation turn whose KV the next turn may reuse (host KV reuse)
 _OFFLOADED_STATUSES = (RequestStatus.FINISHED_STOPPED, RequestStatus.FINISHED_LENGTH)
@@ -59,7 +61,7 @@ class CoreScheduler:
         self.num_steps = 0
         self._finished_ids: list[RequestId] = []
         self._offloads: list[tuple[int, int]] = []  # finished turns' KV to copy to host next step
-        self._watermark_blocks = int(config.watermark * config.num_blocks)
+        self.headroom = Headroom(config, self.kv)
 
     # ---- requests in and out -------------------------------------------------------------
 
@@ -69,18 +71,7 @@ class CoreScheduler:
 
     def rejection_reason(self, request: Request) -> str | None:
         """Why a request can never run here, or None if it can."""
-        cfg = self.config
-        if request.num_prompt_tokens >= cfg.max_model_len:
-            return (f"prompt of {request.num_prompt_tokens} tokens leaves no room for output "
-                    f"within max_model_len={cfg.max_model_len}")
-        num_blocks = self.kv.num_blocks_for(request.num_prompt_tokens + 1)
-        if num_blocks > cfg.num_blocks:
-            return (f"prompt of {request.num_prompt_tokens} tokens needs {num_blocks} KV blocks; "
-                    f"the cache has {cfg.num_blocks}")
-        if not cfg.enable_chunked_prefill and request.num_prompt_tokens > cfg.max_num_batched_tokens:
-            return (f"prompt of {request.num_prompt_tokens} tokens exceeds max_num_batched_tokens="
-                    f"{cfg.max_num_batched_tokens} and chunked prefill is off")
-        return None
+        return rejection_reason(self.config, request)
 
     def add_request(self, request: Request) -> RequestOutput | None:
         if request.request_id in self.requests:
@@ -128,7 +119,7 @@ class CoreScheduler:
         need = self.kv.num_blocks_for(request.num_computed_tokens)
         return (len(self.running) < self.config.max_num_seqs
                 and request.num_tokens < self.config.max_seq_len
-                and need + self._watermark_blocks <= self.kv.num_free_blocks)
+                and need + self.headroom.watermark_blocks <= self.kv.num_free_blocks)
 
     def attach(self, request: Request) -> bool:
         """Insert a request detached elsewhere as running, with fresh blocks for the KV of its
@@ -234,13 +225,13 @@ class CoreScheduler:
         """Phase 2. Returns whether any request was admitted."""
         cfg = self.config
         admitted = False
-        reserved = self._reserved_blocks() if cfg.admission == "whole" else 0
+        reserved = self.headroom.reserved_blocks(self.running)
         while plan.budget > 0 and len(self.running) < cfg.max_num_seqs:
             request = self.waiting.peek()
             if request is None:
                 break
             num_queued = request.num_uncomputed_tokens
-            reserve = self._reserve_for(request, reserved)
+            reserve = self.headroom.reserve_for(request, reserved, len(self.running))
             if request.status == RequestStatus.SWAPPED:
                 # swapped out mid-prompt, it may need more than one new block for its next chunk
                 num_new = min(request.num_uncomputed_tokens, plan.budget)
@@ -274,7 +265,7 @@ class CoreScheduler:
             if request.first_scheduled_s is None:
                 request.first_scheduled_s = now
             self.running.append(request)
-            reserved += self._whole_reservation(request)
+            reserved += self.headroom.whole_reservation(request)
             plan.add(request, num_new)
             admitted = True
         return admitted
@@ -282,7 +273,7 @@ class CoreScheduler:
     def _preempt_for_priority(self, plan: StepPlan, now: float) -> None:
         """Phase 0: let a better waiting request displace worse running ones, if the policy says so."""
         top = self.waiting.peek()
-        while top is not None and self.running and not self._fits(top):
+        while top is not None and self.running and not self.headroom.fits(top, len(self.running)):
             candidates = [r for r in self.running if r.is_preemptible]
             if not candidates:
                 return
@@ -300,33 +291,6 @@ class CoreScheduler:
         if request.status == RequestStatus.SWAPPED:
             return request.num_computed_tokens
         return len(self.kv.computed_blocks(request)) * self.config.block_size
-
-    def _fits(self, request: Request) -> bool:
-        num_new = min(request.num_uncomputed_tokens, self.config.max_num_batched_tokens)
-        need = self.kv.num_blocks_for(request.num_computed_tokens + num_new) - len(request.block_ids)
-        return (len(self.running) < self.config.max_num_seqs
-                and need + self._watermark_blocks <= self.kv.num_free_blocks)
-
-    def _reserve_for(self, request: Request, reserved: int) -> int:
-        """Blocks that must stay free after admitting `request` (none when nothing runs)."""
-        if not self.running:
-            return 0
-        if self.config.admission == "whole":
-            return self._watermark_blocks + reserved + self._whole_reservation(request)
-        return self._watermark_blocks
-
-    def _whole_reservation(self, request: Request) -> int:
-        """Blocks a request may still grow by: up to its max output, capped by the context."""
-        if self.config.admission != "whole":
-            return 0
-        limit = self.config.max_seq_len
-        if request.max_output_tokens is not None:
-            limit = min(limit, request.num_prompt_tokens + request.max_output_tokens)
-        held = max(len(request.block_ids), self.kv.num_blocks_for(request.num_tokens))
-        return max(self.kv.num_blocks_for(limit) - held, 0)
-
-    def _reserved_blocks(self) -> int:
-        return sum(self._whole_reservation(r) for r in self.running)
 
     def _enqueue(self, request: Request) -> None:
         self.waiting.add(request)
@@ -384,14 +348,3 @@ class CoreScheduler:
                                          num_cached_tokens=request.num_cached_tokens or 0))
         return outputs
 
-
-def stop_status(request: Request, stopped: frozenset[RequestId], max_seq_len: int) -> RequestStatus | None:
-    """How a request that just sampled a token ends, if it does: the executor's stop first,
-    then its max output tokens, then the longest sequence the replica can hold."""
-    if request.request_id in stopped:
-        return RequestStatus.FINISHED_STOPPED
-    if request.max_output_tokens is not None and request.num_output_tokens >= request.max_output_tokens:
-        return RequestStatus.FINISHED_LENGTH
-    if request.num_tokens >= max_seq_len:
-        return RequestStatus.FINISHED_LENGTH
-    return None

@@ -1,0 +1,40 @@
+"""A request's limits on one replica: whether it can ever run here, and when it must stop."""
+
+from __future__ import annotations
+
+from shunter.core.request import Request
+from shunter.core.sched.config import SchedulerConfig
+from shunter.core.types import RequestId, RequestStatus
+
+__all__ = ["rejection_reason", "stop_status"]
+
+
+def _cdiv(a: int, b: int) -> int:
+    return -(-a // b)
+
+
+def rejection_reason(config: SchedulerConfig, request: Request) -> str | None:
+    """Why a request can never run under `config`, or None if it can."""
+    if request.num_prompt_tokens >= config.max_model_len:
+        return (f"prompt of {request.num_prompt_tokens} tokens leaves no room for output "
+                f"within max_model_len={config.max_model_len}")
+    num_blocks = _cdiv(request.num_prompt_tokens + 1, config.block_size)
+    if num_blocks > config.num_blocks:
+        return (f"prompt of {request.num_prompt_tokens} tokens needs {num_blocks} KV blocks; "
+                f"the cache has {config.num_blocks}")
+    if not config.enable_chunked_prefill and request.num_prompt_tokens > config.max_num_batched_tokens:
+        return (f"prompt of {request.num_prompt_tokens} tokens exceeds max_num_batched_tokens="
+                f"{config.max_num_batched_tokens} and chunked prefill is off")
+    return None
+
+
+def stop_status(request: Request, stopped: frozenset[RequestId], max_seq_len: int) -> RequestStatus | None:
+    """How a request that just sampled a token ends, if it does: the executor's stop first,
+    then its max output tokens, then the longest sequence the replica can hold."""
+    if request.request_id in stopped:
+        return RequestStatus.FINISHED_STOPPED
+    if request.max_output_tokens is not None and request.num_output_tokens >= request.max_output_tokens:
+        return RequestStatus.FINISHED_LENGTH
+    if request.num_tokens >= max_seq_len:
+        return RequestStatus.FINISHED_LENGTH
+    return None
