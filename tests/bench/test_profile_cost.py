@@ -132,3 +132,22 @@ def test_unknown_kv_capacity_asks_for_num_blocks() -> None:
                           kv_bytes_per_token=1)
     with pytest.raises(ConfigError, match="num_blocks"):
         ProfileCostModel(profile).num_kv_blocks(16)
+
+
+def test_shunter_simulate_accepts_a_profile_through_a_scenario_file(tmp_path) -> None:
+    from shunter.cli import main  # the composition root, as a user runs it
+
+    profile = save_profile(fitted(), tmp_path / "p.json")
+    trace = tmp_path / "t.jsonl"
+    trace.write_text("".join(f'{{"timestamp": {i * 200}, "input_length": 40, '
+                             f'"output_length": 5}}\n' for i in range(5)))
+    scenario = tmp_path / "s.toml"
+    scenario.write_text(f'[workload]\ntrace = "{trace}"\n[cluster]\nmodel = "smollm2-135m"\n'
+                        f'cost_model = "profile"\ngpu = "{profile}"\n'
+                        '[scheduler]\nmax_num_batched_tokens = 512\nmax_num_seqs = 8\n')
+    out = tmp_path / "r.json"
+    assert main(["simulate", str(scenario), "--quiet", "--json", str(out)]) == 0
+    result = json.loads(out.read_text())
+    assert result["num_completed"] == 5
+    alone = ProfileCostModel(fitted()).step_time_s(StepShape(prefill_chunks=((40, 0),)))
+    assert result["ttft_s"]["p50"] == pytest.approx(alone)  # 200 ms apart: never queued

@@ -11,7 +11,8 @@ A client sees no steps, only tokens; two experiments expose them:
   token), the gap between two tokens of a stream is one decode step of B requests over about
   B x (C + K/2) KV tokens; the sample is the median gap in that window.
 
-Prompts are unique per request (no prefix-cache hits). Each prefill length is measured
+Prompts are unique per request and, through `nonce`, per probe run: a second probe of the same
+server must not hit the prefix cache the first one filled. Each prefill length is measured
 `num_repeats` times and the median TTFT kept; one untimed request warms the server first.
 The result is the (StepShape, seconds) samples `shunter.sim.cost.profile.fit_profile` takes.
 """
@@ -68,6 +69,7 @@ class ProbePlan:
 
 
 def _spec(request_id: str, num_prompt_tokens: int, num_output_tokens: int) -> RequestSpec:
+    """A probe request; its id seeds its prompt text (`prompt_text`), so ids never repeat."""
     return RequestSpec(request_id=request_id, arrival_s=0.0, num_prompt_tokens=num_prompt_tokens,
                        num_output_tokens=num_output_tokens)
 
@@ -95,14 +97,14 @@ def decode_gap_s(records: Sequence[RequestRecord]) -> float:
 
 async def _prefill_samples(session: aiohttp.ClientSession, config: EndpointConfig,
                            plan: ProbePlan, clock: Callable[[], float],
-                           tick: Callable[[], None]) -> list[StepSample]:
+                           tick: Callable[[], None], nonce: str) -> list[StepSample]:
     samples = []
     for num_tokens in plan.prefill_tokens:
         ttfts, counted = [], num_tokens
         for i in range(plan.num_repeats):
             record = _checked(await send_request(
-                session, _spec(f"probe-prefill-{num_tokens}-{i}", num_tokens, 1), config, clock,
-                max_tokens=1))
+                session, _spec(f"probe{nonce}-prefill-{num_tokens}-{i}", num_tokens, 1), config,
+                clock, max_tokens=1))
             ttfts.append(record.token_times_s[0] - record.arrival_s)
             counted = record.num_prompt_tokens  # what the server tokenized (a BOS counts)
             tick()
@@ -112,12 +114,13 @@ async def _prefill_samples(session: aiohttp.ClientSession, config: EndpointConfi
 
 async def _decode_samples(session: aiohttp.ClientSession, config: EndpointConfig,
                           plan: ProbePlan, clock: Callable[[], float],
-                          tick: Callable[[], None]) -> list[StepSample]:
+                          tick: Callable[[], None], nonce: str) -> list[StepSample]:
     samples = []
     k = plan.num_decode_tokens
     for context in plan.decode_context_tokens:
         for batch in plan.decode_batch_sizes:
-            specs = [_spec(f"probe-decode-{context}-{batch}-{i}", context, k) for i in range(batch)]
+            specs = [_spec(f"probe{nonce}-decode-{context}-{batch}-{i}", context, k)
+                     for i in range(batch)]
             records = [_checked(r) for r in await asyncio.gather(
                 *(send_request(session, s, config, clock) for s in specs))]
             prompt_tokens = sum(r.num_prompt_tokens for r in records)
@@ -128,9 +131,10 @@ async def _decode_samples(session: aiohttp.ClientSession, config: EndpointConfig
     return samples
 
 
-async def probe_endpoint(config: EndpointConfig, plan: ProbePlan, *,
+async def probe_endpoint(config: EndpointConfig, plan: ProbePlan, *, nonce: str = "",
                          on_progress: Callable[[int], None] | None = None) -> list[StepSample]:
-    """Run the plan against `config`'s endpoint; (shape, seconds) samples for the fit."""
+    """Run the plan against `config`'s endpoint; (shape, seconds) samples for the fit.
+    `nonce` goes into every prompt: give each probe of one server its own."""
     start = time.perf_counter()
     done = 0
 
@@ -144,9 +148,9 @@ async def probe_endpoint(config: EndpointConfig, plan: ProbePlan, *,
             on_progress(done)
 
     async with new_session(config) as session:
-        _checked(await send_request(session, _spec("probe-warmup", 16, 4), config, clock))
-        samples = await _prefill_samples(session, config, plan, clock, tick)
-        samples += await _decode_samples(session, config, plan, clock, tick)
+        _checked(await send_request(session, _spec(f"probe{nonce}-warmup", 16, 4), config, clock))
+        samples = await _prefill_samples(session, config, plan, clock, tick, nonce)
+        samples += await _decode_samples(session, config, plan, clock, tick, nonce)
     return samples
 
 

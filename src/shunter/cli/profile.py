@@ -176,7 +176,9 @@ def _measure_url(args: argparse.Namespace, plan: Any) -> tuple[list[StepSample],
     endpoint = bench.EndpointConfig(url=args.url, model=model, api_key=args.api_key)
     max_len, capacity = asyncio.run(bench.endpoint_limits(endpoint))
     with progress_bar(plan.num_experiments, f"profiling {args.url}", quiet=args.quiet) as on_progress:
-        samples = asyncio.run(bench.probe_endpoint(endpoint, plan, on_progress=on_progress))
+        nonce = f"{time.time_ns():x}"  # fresh prompts: no prefix-cache hits from an earlier probe
+        samples = asyncio.run(bench.probe_endpoint(endpoint, plan, nonce=nonce,
+                                                   on_progress=on_progress))
     facts = {"model": model, "source": bench.api_root(args.url), "max_model_len": max_len,
              "kv_capacity_tokens": capacity}
     return samples, facts
