@@ -1,11 +1,12 @@
-"""Streamed runs: finished records spilled to disk as fixed-width rows, summarized at the end.
+"""Streamed runs: finished records spilled to disk column by column, summarized at the end.
 
 Decision (issue 4): a streamed run (`simulate(..., on_record=spill)`) does not keep records.
 `RecordSpill` turns each finished record into one 49-byte row (arrival, first scheduled,
-first token, last token, finish, output tokens, outcome) and writes rows to a file in chunks,
-so the simulation's memory is bounded by the requests in flight, not by the run's length.
-`summary()` then reads the file one column at a time (a memory map), so the peak at the end is a
-few float64 columns: 8 bytes a request per column in use, instead of a record per request.
+first token, last token, finish, output tokens, outcome), buffers rows in chunks and appends
+each field to its own file, so the simulation's memory is bounded by the requests in flight,
+not by the run's length. `summary()` then maps one column file at a time, so the end-of-run
+pass holds a few float64 columns (8 bytes a request each) for the exact percentiles, never a
+record per request.
 
 Latencies use the definitions of `shunter.metrics.summary` over completed requests (TTFT,
 TPOT = (last - first token) / (out - 1) for out >= 2, E2E, queue); percentiles are exact.
@@ -15,10 +16,10 @@ without streaming for those.
 
 from __future__ import annotations
 
-import os
+import shutil
 import tempfile
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import numpy as np
 
@@ -42,17 +43,18 @@ def _or_nan(value: float | None) -> float:
 
 
 class RecordSpill:
-    """A `simulate(on_record=...)` sink: one row per record, written in chunks to `path`
-    (a temporary file, deleted by `close`, when no path is given)."""
+    """A `simulate(on_record=...)` sink: one row per record, each field appended to its own
+    file `<field>.bin` under `directory` (a temporary one, deleted by `close`, if not given)."""
 
-    def __init__(self, path: str | Path | None = None) -> None:
-        if path is None:
-            fd, name = tempfile.mkstemp(prefix="shunter-records-", suffix=".bin")
-            os.close(fd)
-            self.path, self._is_temporary = Path(name), True
+    def __init__(self, directory: str | Path | None = None) -> None:
+        if directory is None:
+            self.directory, self._is_temporary = Path(tempfile.mkdtemp(prefix="shunter-")), True
         else:
-            self.path, self._is_temporary = Path(path), False
-        self._file = open(self.path, "wb")  # noqa: SIM115  # closed by flush/close
+            self.directory, self._is_temporary = Path(directory), False
+            self.directory.mkdir(parents=True, exist_ok=True)
+        self._files: dict[str, BinaryIO] = {
+            name: open(self.directory / f"{name}.bin", "wb")  # noqa: SIM115  # closed by close
+            for name in RECORD_ROW.names}
         self._chunk = np.empty(_ROWS_PER_CHUNK, dtype=RECORD_ROW)
         self._num_buffered = 0
         self.num_records = 0
@@ -71,44 +73,56 @@ class RecordSpill:
             self._flush()
 
     def _flush(self) -> None:
-        self._chunk[:self._num_buffered].tofile(self._file)
+        chunk = self._chunk[:self._num_buffered]
+        for name, f in self._files.items():
+            np.ascontiguousarray(chunk[name]).tofile(f)
+            f.flush()
         self._num_buffered = 0
 
-    def rows(self) -> np.ndarray:
-        """Every row so far, as a read-only memory map (no copy)."""
+    def column(self, name: str) -> np.ndarray:
+        """One field of every row so far, as a read-only memory map (no copy)."""
         self._flush()
-        self._file.flush()
+        dtype = RECORD_ROW.fields[name][0]
         if self.num_records == 0:
-            return np.empty(0, dtype=RECORD_ROW)
-        return np.memmap(self.path, dtype=RECORD_ROW, mode="r", shape=(self.num_records,))
+            return np.empty(0, dtype=dtype)
+        return np.memmap(self.directory / f"{name}.bin", dtype=dtype, mode="r",
+                         shape=(self.num_records,))
 
     def summary(self) -> dict[str, Any]:
-        """Counts, makespan, throughput and TTFT/TPOT/E2E/queue {mean, p50, p90, p99}."""
-        rows = self.rows()
-        done = np.flatnonzero(rows["is_completed"])
+        """Counts, makespan, throughput and TTFT/TPOT/E2E/queue {mean, p50, p90, p99}; one
+        metric at a time, so a few columns are in memory at once."""
+        done = np.flatnonzero(self.column("is_completed"))
         out: dict[str, Any] = {"num_requests": self.num_records, "num_completed": int(done.size)}
-        arrival = rows["arrival_s"][done]
-        for name, values in (
-                ("ttft_s", rows["first_token_s"][done] - arrival),
-                ("e2e_s", rows["finish_s"][done] - arrival),
-                ("queue_s", rows["first_scheduled_s"][done] - arrival)):
+        arrival = self.column("arrival_s")[done]
+        for name, field in (("ttft_s", "first_token_s"), ("e2e_s", "finish_s"),
+                            ("queue_s", "first_scheduled_s")):
+            values = self.column(field)[done]
+            values -= arrival
             out[name] = _stats(values)
-        multi = done[rows["num_output_tokens"][done] >= 2]
-        out["tpot_s"] = _stats((rows["last_token_s"][multi] - rows["first_token_s"][multi])
-                               / (rows["num_output_tokens"][multi] - 1))
+            del values
+        first_s = self.column("first_token_s")
+        num_out = self.column("num_output_tokens")[done]
+        multi = done[num_out >= 2]
+        tpot = self.column("last_token_s")[multi]
+        tpot -= first_s[multi]
+        tpot /= num_out[num_out >= 2] - 1
+        out["tpot_s"] = _stats(tpot)
+        del tpot, multi
         if done.size:
-            ends = np.fmax(rows["finish_s"], rows["last_token_s"])
-            duration_s = float(np.nanmax(ends) - rows["arrival_s"].min())
-            tokens = int(rows["num_output_tokens"][done].sum())
+            tokens = int(num_out.sum())
+            end_s = max(float(np.nanmax(self.column("finish_s"))),
+                        float(np.nanmax(self.column("last_token_s"))))
+            duration_s = end_s - float(self.column("arrival_s").min())
             out |= {"duration_s": duration_s, "num_output_tokens": tokens,
                     "throughput_tok_s": tokens / duration_s if duration_s > 0 else None}
         return out
 
     def close(self) -> None:
         self._flush()
-        self._file.close()
+        for f in self._files.values():
+            f.close()
         if self._is_temporary:
-            self.path.unlink(missing_ok=True)
+            shutil.rmtree(self.directory, ignore_errors=True)
 
     def __enter__(self) -> RecordSpill:
         return self
