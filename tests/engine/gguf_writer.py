@@ -101,6 +101,12 @@ def write_gguf(path: Path, metadata: dict[str, Any],
     return path
 
 
+def _rope_theta(cfg: Any) -> float:
+    """transformers 5 keeps it in rope_parameters; 4.x as a plain attribute."""
+    params = getattr(cfg, "rope_parameters", None) or {}
+    return params.get("rope_theta", getattr(cfg, "rope_theta", 10000.0))
+
+
 def llama_gguf_from_hf(path: Path, hf_model: Any, types: dict[str, str] | None = None) -> Path:
     """Convert an HF LlamaForCausalLM (with the byte-level vocabulary) to GGUF like llama.cpp."""
     cfg = hf_model.config
@@ -112,7 +118,7 @@ def llama_gguf_from_hf(path: Path, hf_model: Any, types: dict[str, str] | None =
         "llama.embedding_length": cfg.hidden_size, "llama.feed_forward_length": cfg.intermediate_size,
         "llama.attention.head_count": cfg.num_attention_heads,
         "llama.attention.head_count_kv": cfg.num_key_value_heads,
-        "llama.rope.freq_base": float(cfg.rope_parameters["rope_theta"]),
+        "llama.rope.freq_base": float(_rope_theta(cfg)),
         "llama.attention.layer_norm_rms_epsilon": float(cfg.rms_norm_eps),
         "tokenizer.ggml.model": "gpt2", "tokenizer.ggml.pre": "smollm",
         "tokenizer.ggml.tokens": tokens, "tokenizer.ggml.token_type": token_types,

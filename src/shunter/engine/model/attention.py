@@ -52,6 +52,8 @@ def write_kv(k_cache: torch.Tensor, v_cache: torch.Tensor, k: torch.Tensor, v: t
 def paged_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, k_cache: torch.Tensor,
                     v_cache: torch.Tensor, meta: AttentionMetadata, scale: float) -> torch.Tensor:
     """q: [num_tokens, num_heads, head_dim]; k/v: this step's keys/values. Returns q's shape."""
+    if not meta.prefills and meta.decode_block_tables is not None:  # all decodes: no copy
+        return _decode_attention(q, k_cache, v_cache, meta, scale)
     out = torch.empty_like(q)
     for seg in meta.prefills:
         lo, hi = seg.query_start, seg.query_start + seg.num_query_tokens
