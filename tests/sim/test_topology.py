@@ -184,3 +184,16 @@ def test_bad_topology_keys_in_a_scenario_are_config_errors(tmp_path):
     path.write_text('[cluster]\ngroups = "h100"\n')
     with pytest.raises(ConfigError, match="groups must be a list"):
         load_scenario(path)
+
+
+def test_priority_headroom_shows_in_the_views_the_router_reads():
+    specs = [make_spec("high", num_prompt_tokens=100, num_output_tokens=50, priority=0),
+             make_spec("low", num_prompt_tokens=100, num_output_tokens=50, priority=1)]
+    config = SimConfig(num_replicas=2, num_blocks=1000, router="round_robin",
+                       migration={"high_priority": 0, "priority_headroom_blocks": 300})
+    cluster = build_cluster(config)
+    for replica, spec in zip(cluster.replicas, specs, strict=True):
+        replica.add(spec)
+        replica.start_step()
+    high, low = (r.view() for r in cluster.replicas)
+    assert low.num_free_blocks - high.num_free_blocks == 300

@@ -91,7 +91,8 @@ class MigrationConfig:
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class SimConfig:
-    """A simulated cluster of identical replicas.
+    """A simulated cluster: identical replicas, or `groups` of different ones, optionally in
+    prefill and decode pools, with live migration and a router that sees stale views.
 
     `scheduler` holds SchedulerConfig overrides (max_num_batched_tokens, max_num_seqs,
     enable_chunked_prefill, preemption_mode, ...). KV capacity comes from the cost model
