@@ -96,6 +96,7 @@ def test_plot_without_matplotlib_says_how_to_get_it(tmp_path):
         plot_cdf({"fcfs": [1.0, 2.0]}, tmp_path / "cdf.png")
 
 
+@pytest.mark.slow  # importing matplotlib alone takes over a second
 @pytest.mark.skipif(importlib.util.find_spec("matplotlib") is None, reason="needs matplotlib")
 def test_plot_cdf_writes_a_file(tmp_path):
     assert plot_cdf({"fcfs": [1.0, 2.0]}, tmp_path / "cdf.png").stat().st_size > 0
