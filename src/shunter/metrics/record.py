@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from shunter.core.types import DEFAULT_TENANT, FinishReason
@@ -24,7 +25,8 @@ class RequestRecord:
     tenant: str = DEFAULT_TENANT
     priority: int = 0
     first_scheduled_s: float | None = None
-    token_times_s: list[float] = field(default_factory=list)
+    # a list, an array('d') (8 bytes a token) or the simulator's ranges over its step timeline
+    token_times_s: Sequence[float] = field(default_factory=list)
     finish_s: float | None = None
     finish_reason: FinishReason | None = None
     num_preemptions: int = 0
