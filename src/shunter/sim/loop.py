@@ -62,9 +62,5 @@ class EventLoop:
         self.clock.advance_to(time_s)
         return event
 
-    def peek_time_s(self) -> float | None:
-        """When the earliest event happens (None when there is none)."""
-        return self._heap[0][0] if self._heap else None
-
     def __len__(self) -> int:
         return len(self._heap)
