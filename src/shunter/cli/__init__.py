@@ -8,10 +8,13 @@ import sys
 from collections.abc import Sequence
 
 from shunter import __version__
+from shunter.cli.bench import add_bench_parser
 from shunter.cli.common import add_scenario_flags, fail
 from shunter.cli.generate import add_generate_parser
+from shunter.cli.profile import add_profile_parser
 from shunter.cli.serve import add_serve_parser
 from shunter.cli.simulate import run_compare, run_simulate
+from shunter.cli.sweep import add_sweep_parser
 from shunter.core.sched.registry import POLICIES
 from shunter.errors import ShunterError
 from shunter.router.registry import ROUTERS
@@ -46,7 +49,10 @@ def build_parser() -> argparse.ArgumentParser:
     what.add_argument("--router", metavar="A,B,...",
                       help=f"routers to compare: {', '.join(sorted(ROUTERS))}")
     cmp.set_defaults(handler=run_compare)
+    add_sweep_parser(sub)
     add_serve_parser(sub)
+    add_bench_parser(sub)
+    add_profile_parser(sub)
     add_generate_parser(sub)
     return parser
 
