@@ -6,6 +6,7 @@ by whoever owns the replicas (the simulator's cluster or the gateway's live rout
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -56,6 +57,6 @@ class RouteDecision:
 class Router(Protocol):
     """Chooses a replica for each request from snapshots."""
 
-    def route(self, request: RequestSpec, replicas: list[ReplicaView]) -> RouteDecision:
+    def route(self, request: RequestSpec, replicas: Sequence[ReplicaView]) -> RouteDecision:
         """Pick a replica for `request`; `replicas` is never empty."""
         ...

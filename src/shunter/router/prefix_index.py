@@ -25,7 +25,7 @@ nothing that another router sent there.
 from __future__ import annotations
 
 from collections import OrderedDict
-from collections.abc import Hashable
+from collections.abc import Hashable, Sequence
 from dataclasses import dataclass
 
 from shunter.core.types import RequestSpec
@@ -86,7 +86,7 @@ class PrefixIndex:
         self._num_anonymous += 1
         return prompt_blocks(request, ("anonymous", self._num_anonymous))
 
-    def match_all(self, blocks: PromptBlocks, replicas: list[ReplicaView]) -> list[int]:
+    def match_all(self, blocks: PromptBlocks, replicas: Sequence[ReplicaView]) -> list[int]:
         """Matched prefix tokens on each of `replicas`, in their order."""
         return [self.match_tokens(v.replica_id, blocks) for v in replicas]
 

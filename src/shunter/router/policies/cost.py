@@ -42,6 +42,7 @@ from __future__ import annotations
 
 import math
 import random
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 from shunter.core.types import RequestSpec
@@ -162,12 +163,12 @@ class CostRouter:
         self.index = PrefixIndex()
         self.uncached_fraction: dict[int, float] = {}  # replica id -> f, see the module doc
 
-    def costs(self, request: RequestSpec, replicas: list[ReplicaView]) -> list[ReplicaCost]:
+    def costs(self, request: RequestSpec, replicas: Sequence[ReplicaView]) -> list[ReplicaCost]:
         """Every replica's cost for `request` (read-only: nothing is recorded)."""
         matches = self.index.match_all(self.index.blocks_of(request), replicas)
         return self._costs(request, replicas, matches)
 
-    def route(self, request: RequestSpec, replicas: list[ReplicaView]) -> RouteDecision:
+    def route(self, request: RequestSpec, replicas: Sequence[ReplicaView]) -> RouteDecision:
         blocks = self.index.blocks_of(request)
         matches = self.index.match_all(blocks, replicas)
         costs = self._costs(request, replicas, matches)
@@ -189,13 +190,13 @@ class CostRouter:
         self.uncached_fraction[view.replica_id] = f
         self.index.record(blocks, view)
 
-    def _costs(self, request: RequestSpec, replicas: list[ReplicaView],
+    def _costs(self, request: RequestSpec, replicas: Sequence[ReplicaView],
                matches: list[int]) -> list[ReplicaCost]:
         return [replica_cost(request, v, m, self.params,
                              self.uncached_fraction.get(v.replica_id, 1.0))
                 for v, m in zip(replicas, matches, strict=True)]
 
-    def _pick(self, costs: list[float], replicas: list[ReplicaView]) -> int:
+    def _pick(self, costs: list[float], replicas: Sequence[ReplicaView]) -> int:
         best = min(costs)
         if self.temperature_s > 0:
             weights = [math.exp(-(c - best) / self.temperature_s) for c in costs]

@@ -33,6 +33,8 @@ and the load guard is KV usage from the snapshot.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 from shunter.core.types import RequestSpec, TenantId
 from shunter.router.interface import ReplicaView, RouteDecision
 from shunter.router.prefix_index import PrefixIndex
@@ -64,7 +66,7 @@ class D2lpmRouter:
         """Service `tenant` may still get on the replica in this round (tokens)."""
         return self.deficits.get((tenant, replica_id), 0.0)
 
-    def route(self, request: RequestSpec, replicas: list[ReplicaView]) -> RouteDecision:
+    def route(self, request: RequestSpec, replicas: Sequence[ReplicaView]) -> RouteDecision:
         tenant = request.tenant
         guarded = [v for v in replicas if v.kv_usage < self.max_kv_usage] or replicas
         if max(self.deficit(tenant, v.replica_id) for v in guarded) <= 0:
@@ -83,7 +85,7 @@ class D2lpmRouter:
         return RouteDecision(chosen.replica_id)
 
     def _refill(self, tenant: TenantId, guarded: list[ReplicaView],
-                replicas: list[ReplicaView]) -> None:
+                replicas: Sequence[ReplicaView]) -> None:
         """Enough rounds of quantum for one guarded replica to go positive; cap at a quantum."""
         best = max(self.deficit(tenant, v.replica_id) for v in guarded)
         num_rounds = int(-best // self.quantum_tokens) + 1

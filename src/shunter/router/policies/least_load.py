@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 from shunter.core.types import RequestSpec
@@ -15,12 +16,12 @@ def load_key(view: ReplicaView) -> tuple[int, int, int]:
     return (view.num_load_tokens, view.num_requests, view.replica_id)
 
 
-def least_loaded(replicas: list[ReplicaView]) -> ReplicaView:
+def least_loaded(replicas: Sequence[ReplicaView]) -> ReplicaView:
     """The least loaded of `replicas` (never empty)."""
     return min(replicas, key=load_key)
 
 
 @dataclass(slots=True)
 class LeastLoadRouter:
-    def route(self, request: RequestSpec, replicas: list[ReplicaView]) -> RouteDecision:
+    def route(self, request: RequestSpec, replicas: Sequence[ReplicaView]) -> RouteDecision:
         return RouteDecision(least_loaded(replicas).replica_id)

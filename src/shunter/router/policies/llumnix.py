@@ -19,6 +19,7 @@ instances, belongs to the simulator's cluster, not to a router.
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 from shunter.core.types import RequestSpec
@@ -37,6 +38,6 @@ def freeness(view: ReplicaView) -> float:
 
 @dataclass(slots=True)
 class LlumnixRouter:
-    def route(self, request: RequestSpec, replicas: list[ReplicaView]) -> RouteDecision:
+    def route(self, request: RequestSpec, replicas: Sequence[ReplicaView]) -> RouteDecision:
         best = max(replicas, key=lambda v: (freeness(v), v.num_free_blocks, -v.replica_id))
         return RouteDecision(best.replica_id)

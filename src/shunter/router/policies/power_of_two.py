@@ -7,6 +7,7 @@ O(log log n), at the cost of reading only two snapshots; "less loaded" is `least
 from __future__ import annotations
 
 import random
+from collections.abc import Sequence
 
 from shunter.core.types import RequestSpec
 from shunter.router.interface import ReplicaView, RouteDecision
@@ -21,7 +22,7 @@ class PowerOfTwoRouter:
     def __init__(self, *, seed: int = 0, rng: random.Random | None = None) -> None:
         self.rng = rng if rng is not None else random.Random(seed)
 
-    def route(self, request: RequestSpec, replicas: list[ReplicaView]) -> RouteDecision:
+    def route(self, request: RequestSpec, replicas: Sequence[ReplicaView]) -> RouteDecision:
         if len(replicas) == 1:
             return RouteDecision(replicas[0].replica_id)
         return RouteDecision(least_loaded(self.rng.sample(replicas, 2)).replica_id)

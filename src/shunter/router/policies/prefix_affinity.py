@@ -19,6 +19,8 @@ are 0.5 / 32 / 1.1. Ties: fewer requests, then lower replica id.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 from shunter.core.types import RequestSpec
 from shunter.router.interface import ReplicaView, RouteDecision
 from shunter.router.prefix_index import PrefixIndex
@@ -48,7 +50,7 @@ class PrefixAffinityRouter:
         self.balance_rel_threshold = balance_rel_threshold
         self.index = PrefixIndex()
 
-    def route(self, request: RequestSpec, replicas: list[ReplicaView]) -> RouteDecision:
+    def route(self, request: RequestSpec, replicas: Sequence[ReplicaView]) -> RouteDecision:
         blocks = self.index.blocks_of(request)
         loads = [v.num_requests for v in replicas]
         if is_imbalanced(loads, self.balance_abs_threshold, self.balance_rel_threshold):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import random
+from collections.abc import Sequence
 
 from shunter.core.types import RequestSpec
 from shunter.router.interface import ReplicaView, RouteDecision
@@ -18,5 +19,5 @@ class RandomRouter:
     def __init__(self, *, seed: int = 0, rng: random.Random | None = None) -> None:
         self.rng = rng if rng is not None else random.Random(seed)
 
-    def route(self, request: RequestSpec, replicas: list[ReplicaView]) -> RouteDecision:
+    def route(self, request: RequestSpec, replicas: Sequence[ReplicaView]) -> RouteDecision:
         return RouteDecision(self.rng.choice(replicas).replica_id)

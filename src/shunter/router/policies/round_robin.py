@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 from shunter.core.types import RequestSpec
@@ -14,7 +15,7 @@ __all__ = ["RoundRobinRouter"]
 class RoundRobinRouter:
     num_routed: int = 0
 
-    def route(self, request: RequestSpec, replicas: list[ReplicaView]) -> RouteDecision:
+    def route(self, request: RequestSpec, replicas: Sequence[ReplicaView]) -> RouteDecision:
         view = replicas[self.num_routed % len(replicas)]
         self.num_routed += 1
         return RouteDecision(view.replica_id)

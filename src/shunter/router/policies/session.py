@@ -19,6 +19,7 @@ whole.
 from __future__ import annotations
 
 from collections import OrderedDict
+from collections.abc import Sequence
 
 from shunter.core.types import RequestSpec
 from shunter.router.interface import ReplicaView, RouteDecision
@@ -51,14 +52,14 @@ class SessionRouter:
         self.max_sessions = max_sessions
         self._pins: OrderedDict[str, int] = OrderedDict()
 
-    def is_overloaded(self, view: ReplicaView, replicas: list[ReplicaView]) -> bool:
+    def is_overloaded(self, view: ReplicaView, replicas: Sequence[ReplicaView]) -> bool:
         """Whether the pinned replica `view` is too busy to keep its session."""
         min_load = min(v.num_requests for v in replicas)
         load = view.num_requests
         return view.kv_usage >= self.max_kv_usage or (
             load - min_load > self.max_load_gap and load > self.max_load_ratio * min_load)
 
-    def route(self, request: RequestSpec, replicas: list[ReplicaView]) -> RouteDecision:
+    def route(self, request: RequestSpec, replicas: Sequence[ReplicaView]) -> RouteDecision:
         session_id = request.session_id
         if session_id is None:
             return self.fallback.route(request, replicas)
