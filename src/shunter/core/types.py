@@ -7,7 +7,10 @@ that no layer has to import a layer beside or above it (STYLE.md section 2).
 from __future__ import annotations
 
 import enum
+import inspect
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from typing import Any, TypeVar
 
 __all__ = [
     "DEFAULT_BLOCK_SIZE",
@@ -19,7 +22,10 @@ __all__ = [
     "RequestStatus",
     "StepShape",
     "TenantId",
+    "make_from_registry",
 ]
+
+_T = TypeVar("_T")
 
 RequestId = str
 TenantId = str
@@ -146,3 +152,20 @@ class StepShape:
     @property
     def num_requests(self) -> int:
         return len(self.prefill_chunks) + self.num_decode_requests
+
+
+def make_from_registry(kind: str, registry: Mapping[str, Callable[..., _T]], name: str,
+                       params: Mapping[str, Any]) -> _T:
+    """Build `name` from a plugin registry (policies, routers, predictors, ...).
+
+    An unknown name raises ValueError listing the valid names; a bad parameter raises
+    ValueError listing the factory's parameters. Every layer's registry goes through here.
+    """
+    factory = registry.get(name)
+    if factory is None:
+        raise ValueError(f"unknown {kind} {name!r}; valid: {', '.join(sorted(registry))}")
+    try:
+        return factory(**params)
+    except TypeError as exc:
+        valid = ", ".join(inspect.signature(factory).parameters) or "none"
+        raise ValueError(f"bad parameters for {kind} {name!r}: {exc}; valid: {valid}") from None

@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-import inspect
 from collections.abc import Callable
 from typing import Any
 
+from shunter.core.types import make_from_registry
 from shunter.router.interface import Router
 from shunter.router.policies.cost import CostRouter
 from shunter.router.policies.d2lpm import D2lpmRouter
@@ -34,11 +34,4 @@ ROUTERS: dict[str, Callable[..., Router]] = {
 
 def make_router(name: str, **params: Any) -> Router:
     """Build the named router; unknown names and parameters raise ValueError naming the valid ones."""
-    factory = ROUTERS.get(name)
-    if factory is None:
-        raise ValueError(f"unknown router {name!r}; valid: {', '.join(sorted(ROUTERS))}")
-    try:
-        return factory(**params)
-    except TypeError as exc:
-        valid = ", ".join(inspect.signature(factory).parameters) or "none"
-        raise ValueError(f"bad parameters for router {name!r}: {exc}; valid: {valid}") from None
+    return make_from_registry("router", ROUTERS, name, params)

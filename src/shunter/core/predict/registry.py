@@ -8,6 +8,7 @@ from typing import Any
 from shunter.core.predict.interface import Predictor
 from shunter.core.predict.learned import LearnedPredictor
 from shunter.core.predict.oracle import NoisyOraclePredictor, OraclePredictor
+from shunter.core.types import make_from_registry
 
 __all__ = ["PREDICTORS", "make_predictor"]
 
@@ -20,10 +21,4 @@ PREDICTORS: dict[str, Callable[..., Predictor]] = {
 
 def make_predictor(name: str, **params: Any) -> Predictor:
     """Build the named predictor; unknown names and parameters raise ValueError naming the valid ones."""
-    factory = PREDICTORS.get(name)
-    if factory is None:
-        raise ValueError(f"unknown predictor {name!r}; valid: {', '.join(sorted(PREDICTORS))}")
-    try:
-        return factory(**params)
-    except TypeError as exc:
-        raise ValueError(f"bad parameters for predictor {name!r}: {exc}") from None
+    return make_from_registry("predictor", PREDICTORS, name, params)

@@ -16,6 +16,7 @@ from shunter.core.sched.policies.sarathi import SarathiPolicy
 from shunter.core.sched.policies.sjf import SjfPolicy
 from shunter.core.sched.policies.vtc import VtcPolicy
 from shunter.core.sched.policy import Policy
+from shunter.core.types import make_from_registry
 
 __all__ = ["POLICIES", "make_policy"]
 
@@ -35,10 +36,4 @@ POLICIES: dict[str, Callable[..., Policy]] = {
 
 def make_policy(name: str, **params: Any) -> Policy:
     """Build the named policy; unknown names and parameters raise ValueError naming the valid ones."""
-    factory = POLICIES.get(name)
-    if factory is None:
-        raise ValueError(f"unknown scheduling policy {name!r}; valid: {', '.join(sorted(POLICIES))}")
-    try:
-        return factory(**params)
-    except TypeError as exc:
-        raise ValueError(f"bad parameters for policy {name!r}: {exc}") from None
+    return make_from_registry("scheduling policy", POLICIES, name, params)
