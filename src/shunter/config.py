@@ -10,7 +10,7 @@ A scenario has five tables, every key optional:
                 disaggregation, num_prefill_replicas, decode_router, decode_router_params,
                 skip_prefill_cached_fraction, kv_link_bytes_s, router_snapshot_interval_s,
                 router_counts_in_flight, migration (a table of MigrationConfig keys)
-    [scheduler] policy, policy_params, and any SchedulerConfig field (max_num_batched_tokens,
+    [scheduler] policy, policy_params, predictor, predictor_params, and any SchedulerConfig field (max_num_batched_tokens,
                 max_num_seqs, enable_chunked_prefill, preemption_mode, admission, ...)
     [slo]       ttft_s, tpot_s
 
@@ -40,7 +40,7 @@ BUILTIN_PREFIX = "builtin:"
 _DEFAULT_SCENARIO = "default.toml"
 
 _SCHEDULER_KEYS = {f.name: f.type for f in fields(SchedulerConfig)} | {
-    "policy": "str", "policy_params": "dict"}
+    "policy": "str", "policy_params": "dict", "predictor": "str", "predictor_params": "dict"}
 for _derived in ("num_blocks", "num_host_blocks", "emit_block_tables"):
     _SCHEDULER_KEYS.pop(_derived)
 
@@ -149,7 +149,7 @@ def scenario_from_dict(data: Any, *, where: str = "scenario", base_dir: Path | N
     slo = tables.get("slo", {})
     renames = {"replicas": "num_replicas"}
     sim_kwargs = {renames.get(k, k): v for k, v in cluster.items()}
-    for key in ("policy", "policy_params"):
+    for key in ("policy", "policy_params", "predictor", "predictor_params"):
         if key in sched:
             sim_kwargs[key] = sched.pop(key)
     try:

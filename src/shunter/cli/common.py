@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -13,6 +14,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from shunter.config import Scenario, builtin_scenario, load_scenario, resolve_trace
+from shunter.core.predict import PREDICTORS
 from shunter.core.sched.registry import POLICIES
 from shunter.core.types import RequestSpec
 from shunter.router.registry import ROUTERS
@@ -31,6 +33,16 @@ def positive_int(text: str) -> int:
         raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
     if value < 1:
         raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
+    return value
+
+
+def _json_object(text: str) -> dict[str, Any]:
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise argparse.ArgumentTypeError(f"not valid JSON: {exc}") from None
+    if not isinstance(value, dict):
+        raise argparse.ArgumentTypeError(f"expected a JSON object, got {text!r}")
     return value
 
 
@@ -69,6 +81,10 @@ def add_scenario_flags(parser: argparse.ArgumentParser, *, single: bool = True) 
     if single:
         c.add_argument("--router", help=f"cluster router: {', '.join(sorted(ROUTERS))}")
         c.add_argument("--policy", help=f"scheduling policy: {', '.join(sorted(POLICIES))}")
+    c.add_argument("--predictor", choices=sorted(PREDICTORS),
+                   help="output-length predictor for sjf/ltr (oracle sees the trace's truth)")
+    c.add_argument("--predictor-params", type=_json_object, metavar="JSON",
+                   help='predictor parameters, e.g. \'{"kendall_tau": 0.5}\' or \'{"model_path": "m.json"}\'')
     s = parser.add_argument_group("SLOs and output")
     s.add_argument("--ttft-slo", type=_positive_float, metavar="S", help="TTFT SLO in seconds")
     s.add_argument("--tpot-slo", type=_positive_float, metavar="S", help="TPOT SLO in seconds")
@@ -84,6 +100,7 @@ def scenario_from_args(args: argparse.Namespace) -> Scenario:
         "rate": args.rate, "seed": args.seed, "zero_tokens": args.zero_tokens, "model": args.model, "gpu": args.gpu, "tp": args.tp,
         "num_replicas": args.replicas, "router": getattr(args, "router", None),
         "policy": getattr(args, "policy", None), "ttft_slo_s": args.ttft_slo,
+        "predictor": args.predictor, "predictor_params": args.predictor_params,
         "tpot_slo_s": args.tpot_slo,
     }
     changes = {k: v for k, v in flags.items() if v is not None}
