@@ -39,7 +39,9 @@ def run_generate(args: argparse.Namespace) -> int:
     except ImportError as exc:
         raise ValueError(f"`shunter generate` needs the engine extra ({exc.name} is missing): "
                          "pip install 'shunter[engine]'") from None
-    text = llm.generate_text(args.model, args.prompt, max_tokens=args.max_tokens,
-                             temperature=args.temperature, seed=args.seed, chat=args.chat)
-    stdout_console().print(text, highlight=False, markup=False)
+    out = stdout_console()
+    llm.generate_text(args.model, args.prompt, max_tokens=args.max_tokens,
+                      temperature=args.temperature, seed=args.seed, chat=args.chat,
+                      on_text=lambda piece: out.print(piece, end="", highlight=False, markup=False))
+    out.print()
     return 0
