@@ -124,7 +124,8 @@ def shunter_gateway() -> Iterator[tuple[str, str]]:
     log_path = OUT_DIR / "shunter-serve.log"
     log_path.parent.mkdir(parents=True, exist_ok=True)
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    cmd = [str(Path(sys.executable).parent / "shunter"), "serve", "--replicas", "1", "--port", str(port),
+    cmd = [str(Path(sys.executable).parent / "shunter"), "serve", "--replicas", "1",
+           "--port", str(port),
            "--model", MODEL]
     with open(log_path, "wb") as out:
         proc = subprocess.Popen(cmd, env=env, stdout=out, stderr=subprocess.STDOUT,

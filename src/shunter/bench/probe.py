@@ -34,7 +34,8 @@ from shunter.core.types import RequestSpec, StepShape
 from shunter.errors import ConfigError
 from shunter.metrics.record import RequestRecord
 
-__all__ = ["ProbePlan", "decode_gap_s", "endpoint_limits", "endpoint_model", "kv_capacity_from_metrics",
+__all__ = ["ProbePlan", "decode_gap_s", "endpoint_limits", "endpoint_model",
+           "kv_capacity_from_metrics",
            "probe_endpoint"]
 
 StepSample = tuple[StepShape, float]

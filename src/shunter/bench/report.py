@@ -41,7 +41,8 @@ def _pyplot() -> Any:
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
     except ImportError as exc:
-        raise ConfigError("the report's plots need matplotlib: pip install 'shunter[plot]'") from exc
+        raise ConfigError("the report's plots need matplotlib: "
+                          "pip install 'shunter[plot]'") from exc
     return plt
 
 
@@ -126,7 +127,8 @@ def _tenant_table(summary: Summary) -> str:
     rows = "".join(
         f"<tr><td>{html.escape(name)}</td><td class=n>{t.num_requests}</td>"
         f"<td class=n>{t.service}</td><td class=n>{format_value(t.ttft_s.p50)}</td>"
-        f"<td class=n>{format_value(t.ttft_s.p99)}</td><td class=n>{format_value(t.e2e_s.p99)}</td></tr>"
+        f"<td class=n>{format_value(t.ttft_s.p99)}</td>"
+        f"<td class=n>{format_value(t.e2e_s.p99)}</td></tr>"
         for name, t in summary.tenants.items())
     return f"<table>{head}{rows}</table>"
 

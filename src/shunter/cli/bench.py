@@ -44,7 +44,8 @@ def parse_floats(text: str) -> tuple[float, ...]:
     try:
         values = tuple(float(v) for v in text.split(",") if v.strip())
     except ValueError:
-        raise argparse.ArgumentTypeError(f"expected numbers separated by commas, got {text!r}") from None
+        raise argparse.ArgumentTypeError(
+            f"expected numbers separated by commas, got {text!r}") from None
     if not values or any(not 0 < v < float("inf") for v in values):
         raise argparse.ArgumentTypeError(f"every value must be a number > 0, got {text!r}")
     return values
@@ -99,7 +100,8 @@ def add_bench_parser(subparsers: Any) -> argparse.ArgumentParser:
                    help="tenants of generated requests and their shares of the traffic")
     w.add_argument("--seed", type=int, default=0, metavar="N", help="workload seed")
     e = p.add_argument_group("endpoint")
-    e.add_argument("--model", metavar="NAME", help="model to ask for (default: the endpoint's first)")
+    e.add_argument("--model", metavar="NAME",
+                   help="model to ask for (default: the endpoint's first)")
     e.add_argument("--api-key", metavar="KEY", help="API key (Authorization: Bearer)")
     e.add_argument("--tenant-key", type=_tenant_key, action="append", default=[],
                    metavar="TENANT=KEY", help="the key of a tenant (repeat for each tenant)")

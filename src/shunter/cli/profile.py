@@ -39,7 +39,8 @@ def _ints(text: str) -> tuple[int, ...]:
     try:
         values = tuple(int(v) for v in text.split(",") if v.strip())
     except ValueError:
-        raise argparse.ArgumentTypeError(f"expected whole numbers separated by commas, got {text!r}") from None
+        raise argparse.ArgumentTypeError(
+            f"expected whole numbers separated by commas, got {text!r}") from None
     if not values or min(values) < 1:
         raise argparse.ArgumentTypeError(f"every value must be >= 1, got {text!r}")
     return values
@@ -55,7 +56,8 @@ def add_profile_parser(subparsers: Any) -> argparse.ArgumentParser:
                     "and save it. Simulate with it: cost_model = \"profile\", gpu = FILE.")
     p.add_argument("url", nargs="?", metavar="URL", help="endpoint, e.g. http://127.0.0.1:8000/v1")
     p.add_argument("--engine", action="store_true", help="profile the reference engine in-process")
-    p.add_argument("--model", metavar="NAME", help="model (default: the endpoint's; engine: smollm2-135m)")
+    p.add_argument("--model", metavar="NAME",
+                   help="model (default: the endpoint's; engine: smollm2-135m)")
     p.add_argument("--api-key", metavar="KEY", help="API key of the endpoint")
     p.add_argument("--out", default="profile.json", metavar="FILE", help="profile file to write")
     p.add_argument("--prefill-tokens", type=_ints, default=(16, 32, 64, 128, 256, 512),
@@ -175,7 +177,8 @@ def _measure_url(args: argparse.Namespace, plan: Any) -> tuple[list[StepSample],
     model = args.model or asyncio.run(bench.endpoint_model(args.url, args.api_key))
     endpoint = bench.EndpointConfig(url=args.url, model=model, api_key=args.api_key)
     max_len, capacity = asyncio.run(bench.endpoint_limits(endpoint))
-    with progress_bar(plan.num_experiments, f"profiling {args.url}", quiet=args.quiet) as on_progress:
+    label = f"profiling {args.url}"
+    with progress_bar(plan.num_experiments, label, quiet=args.quiet) as on_progress:
         nonce = f"{time.time_ns():x}"  # fresh prompts: no prefix-cache hits from an earlier probe
         samples = asyncio.run(bench.probe_endpoint(endpoint, plan, nonce=nonce,
                                                    on_progress=on_progress))
@@ -212,8 +215,10 @@ def run_profile(args: argparse.Namespace) -> int:
     out = stdout_console()
     errors = profile.errors()
     out.print(f"profile of {profile.source}: {len(profile.samples)} step samples, fit error "
-              f"mean {errors.get('mean_rel_error', 0):.1%}, max {errors.get('max_rel_error', 0):.1%}")
-    out.print(f"fixed {profile.fixed_s * 1e3:.2f} ms/step, per prompt {profile.s_per_prefill_chunk * 1e3:.2f} ms, "
+              f"mean {errors.get('mean_rel_error', 0):.1%}, "
+              f"max {errors.get('max_rel_error', 0):.1%}")
+    out.print(f"fixed {profile.fixed_s * 1e3:.2f} ms/step, "
+              f"per prompt {profile.s_per_prefill_chunk * 1e3:.2f} ms, "
               f"per KV token read {profile.s_per_decode_kv_token * 1e6:.3f} us; token-count curve "
               f"at {', '.join(str(k) for k in profile.knots_tokens)} tokens")
     if capacity is None:

@@ -172,7 +172,8 @@ class ProfileCostModel:
             raise ValueError(f"bandwidth_bytes_s must be > 0, got {bandwidth_bytes_s}")
         if num_tokens <= 0:
             return 0.0
-        return KV_TRANSFER_LATENCY_S + num_tokens * self.profile.kv_bytes_per_token / bandwidth_bytes_s
+        size = num_tokens * self.profile.kv_bytes_per_token
+        return KV_TRANSFER_LATENCY_S + size / bandwidth_bytes_s
 
     def num_kv_blocks(self, block_size: int) -> int:
         if block_size < 1:
