@@ -3,9 +3,9 @@
 Traces carry token counts (and Mooncake-style prefix block ids), not text. The prompt is built
 from `PROMPT_WORDS`: common English words that are each one token, with their leading space,
 in the byte-level BPE tokenizers of SmolLM2, GPT-2, Llama 3 and Qwen 2 (a pre-tokenizer splits
-before each space, so word tokens never merge across words and N words are N tokens; checked
-for SmolLM2 in tests/bench). What a server really counted comes back in `usage.prompt_tokens`
-and is what the bench records.
+before each space, so word tokens never merge across words and N words are N tokens: Shunter's
+engine and vLLM both reported exactly N prompt tokens for SmolLM2 in benchmarks/fidelity.py).
+What a server really counted comes back in `usage.prompt_tokens` and is what the bench records.
 
 Prefix sharing is kept: the words of block i of a request with `hash_ids` come from a stream
 seeded by hash_ids[i], so two requests with equal leading ids start with equal text (and equal
