@@ -18,6 +18,7 @@ from shunter.core.predict import PREDICTORS
 from shunter.core.sched.registry import POLICIES
 from shunter.core.types import RequestSpec
 from shunter.router.registry import ROUTERS
+from shunter.sim.cost.registry import COST_MODELS
 from shunter.workload.loaders import TRACE_FORMATS, load_workload
 
 __all__ = ["add_scenario_flags", "console", "fail", "load_specs", "positive_int", "progress_bar",
@@ -81,6 +82,9 @@ def add_scenario_flags(parser: argparse.ArgumentParser, *, single: bool = True) 
     if single:
         c.add_argument("--router", help=f"cluster router: {', '.join(sorted(ROUTERS))}")
         c.add_argument("--policy", help=f"scheduling policy: {', '.join(sorted(POLICIES))}")
+    c.add_argument("--cost-model", choices=sorted(COST_MODELS),
+                   help="step-time model: roofline (default) or profile (then --gpu names the "
+                        "profile file written by `shunter profile`)")
     c.add_argument("--predictor", choices=sorted(PREDICTORS),
                    help="output-length predictor for sjf/ltr (oracle sees the trace's truth)")
     c.add_argument("--predictor-params", type=_json_object, metavar="JSON",
@@ -101,6 +105,7 @@ def scenario_from_args(args: argparse.Namespace) -> Scenario:
         "num_replicas": args.replicas, "router": getattr(args, "router", None),
         "policy": getattr(args, "policy", None), "ttft_slo_s": args.ttft_slo,
         "predictor": args.predictor, "predictor_params": args.predictor_params,
+        "cost_model": args.cost_model,
         "tpot_slo_s": args.tpot_slo,
     }
     changes = {k: v for k, v in flags.items() if v is not None}

@@ -27,7 +27,7 @@ def test_roofline_satisfies_the_protocol() -> None:
 
 
 def test_unknown_cost_model_lists_valid_names() -> None:
-    with pytest.raises(ConfigError, match="valid names: roofline"):
+    with pytest.raises(ConfigError, match="valid names: profile, roofline"):
         make_cost_model("vidur", "llama-3.1-8b", "h100")
 
 
