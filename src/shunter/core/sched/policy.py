@@ -21,7 +21,7 @@ from __future__ import annotations
 import heapq
 from collections.abc import Callable, Iterator
 from itertools import count
-from typing import Protocol, runtime_checkable
+from typing import Any, Protocol, runtime_checkable
 
 from shunter.core.request import Request
 
@@ -133,3 +133,34 @@ class KeyedQueue:
         live = self._live
         entries = sorted(e for e in self._heap if live.get(e[2].request_id) == e[1])
         return iter([e[2] for e in entries])
+
+
+class StaticKeyPolicy:
+    """The shared body of policies that order by one static key (fcfs, priority, sjf, ltr).
+
+    A subclass defines `order_key(request)`: the waiting queue is a heap over it, the largest is
+    preempted first under memory pressure, and with `preemptive` a waiting request displaces a
+    running one with a larger key. No service is charged.
+    """
+
+    __slots__ = ()
+    preemptive = False  # subclasses may make it a field
+
+    def order_key(self, request: Request) -> Any:
+        """The static ordering key; smaller runs first."""
+        raise NotImplementedError
+
+    def make_queue(self) -> KeyedQueue:
+        return KeyedQueue(self.order_key)
+
+    def victim_key(self, request: Request, now_s: float) -> object:
+        return self.order_key(request)
+
+    def should_preempt(self, waiting: Request, running: Request, now_s: float) -> bool:
+        return self.preemptive and self.order_key(waiting) < self.order_key(running)
+
+    def on_scheduled(self, request: Request, num_tokens: int, now_s: float) -> None:
+        pass
+
+    def on_finished(self, request: Request, now_s: float) -> None:
+        pass

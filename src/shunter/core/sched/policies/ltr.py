@@ -20,13 +20,13 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from shunter.core.request import Request
-from shunter.core.sched.policy import KeyedQueue
+from shunter.core.sched.policy import StaticKeyPolicy
 
 __all__ = ["LtrPolicy"]
 
 
 @dataclass(slots=True)
-class LtrPolicy:
+class LtrPolicy(StaticKeyPolicy):
     aging_s: float | None = 30.0
     unknown_score: float = 0.0
     preemptive: bool = False
@@ -41,23 +41,8 @@ class LtrPolicy:
         s = request.predicted_output_tokens
         return self.unknown_score if s is None else s
 
-    def _key(self, request: Request) -> tuple[int, float, float]:
+    def order_key(self, request: Request) -> tuple[int, float, float]:
         if self.aging_s is None:
             return (request.priority, self.score(request), request.arrival_s)
         return (request.priority, self.score(request) * self.aging_s + request.arrival_s,
                 request.arrival_s)
-
-    def make_queue(self) -> KeyedQueue:
-        return KeyedQueue(self._key)
-
-    def victim_key(self, request: Request, now_s: float) -> object:
-        return self._key(request)
-
-    def should_preempt(self, waiting: Request, running: Request, now_s: float) -> bool:
-        return self.preemptive and self._key(waiting) < self._key(running)
-
-    def on_scheduled(self, request: Request, num_tokens: int, now_s: float) -> None:
-        pass
-
-    def on_finished(self, request: Request, now_s: float) -> None:
-        pass

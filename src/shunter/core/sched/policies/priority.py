@@ -15,13 +15,13 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from shunter.core.request import Request
-from shunter.core.sched.policy import KeyedQueue
+from shunter.core.sched.policy import StaticKeyPolicy
 
 __all__ = ["PriorityPolicy"]
 
 
 @dataclass(slots=True)
-class PriorityPolicy:
+class PriorityPolicy(StaticKeyPolicy):
     aging_s: float | None = 60.0
     preemption_threshold: float = 1.0
     name: str = "priority"
@@ -33,7 +33,7 @@ class PriorityPolicy:
         if self.preemption_threshold <= 0:
             raise ValueError(f"preemption_threshold must be > 0, got {self.preemption_threshold}")
 
-    def _key(self, request: Request) -> tuple[float, float]:
+    def order_key(self, request: Request) -> tuple[float, float]:
         if self.aging_s is None:
             return (request.priority, request.arrival_s)
         return (request.priority * self.aging_s + request.arrival_s, request.arrival_s)
@@ -43,18 +43,6 @@ class PriorityPolicy:
             return float(request.priority)
         return request.priority - (now_s - request.arrival_s) / self.aging_s
 
-    def make_queue(self) -> KeyedQueue:
-        return KeyedQueue(self._key)
-
-    def victim_key(self, request: Request, now_s: float) -> object:
-        return self._key(request)
-
     def should_preempt(self, waiting: Request, running: Request, now_s: float) -> bool:
         gap = self.effective_priority(running, now_s) - self.effective_priority(waiting, now_s)
         return gap >= self.preemption_threshold
-
-    def on_scheduled(self, request: Request, num_tokens: int, now_s: float) -> None:
-        pass
-
-    def on_finished(self, request: Request, now_s: float) -> None:
-        pass

@@ -19,7 +19,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from shunter.core.request import Request
-from shunter.core.sched.policy import KeyedQueue
+from shunter.core.sched.policy import StaticKeyPolicy
 
 __all__ = ["DEFAULT_UNKNOWN_OUTPUT_TOKENS", "SjfPolicy"]
 
@@ -27,7 +27,7 @@ DEFAULT_UNKNOWN_OUTPUT_TOKENS = 256.0  # roughly a chat answer's median length
 
 
 @dataclass(slots=True)
-class SjfPolicy:
+class SjfPolicy(StaticKeyPolicy):
     aging_tokens_per_s: float | None = 10.0
     unknown_output_tokens: float = DEFAULT_UNKNOWN_OUTPUT_TOKENS
     preemptive: bool = False
@@ -44,23 +44,8 @@ class SjfPolicy:
         p = request.predicted_output_tokens
         return self.unknown_output_tokens if p is None else p
 
-    def _key(self, request: Request) -> tuple[int, float, float]:
+    def order_key(self, request: Request) -> tuple[int, float, float]:
         predicted = self.predicted_tokens(request)
         if self.aging_tokens_per_s is not None:
             predicted += request.arrival_s * self.aging_tokens_per_s
         return (request.priority, predicted, request.arrival_s)
-
-    def make_queue(self) -> KeyedQueue:
-        return KeyedQueue(self._key)
-
-    def victim_key(self, request: Request, now_s: float) -> object:
-        return self._key(request)
-
-    def should_preempt(self, waiting: Request, running: Request, now_s: float) -> bool:
-        return self.preemptive and self._key(waiting) < self._key(running)
-
-    def on_scheduled(self, request: Request, num_tokens: int, now_s: float) -> None:
-        pass
-
-    def on_finished(self, request: Request, now_s: float) -> None:
-        pass
