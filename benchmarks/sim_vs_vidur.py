@@ -38,7 +38,7 @@ import random
 import resource
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -50,7 +50,7 @@ from benchmarks._external.vidur_workload import MAX_GAP_MEAN_GAPS, read_capped_l
 
 from shunter.core.types import RequestSpec
 from shunter.sim.config import SimConfig
-from shunter.sim.runner import simulate
+from shunter.sim.partition import simulate_parallel
 from shunter.sim.stream import RecordSpill
 
 __all__ = ["iter_vidur_workload", "main", "run_shunter_child", "shunter_config"]
@@ -122,13 +122,17 @@ def run_shunter_child(params: dict[str, Any]) -> dict[str, Any]:
     """The measured child: build the workload, simulate, summarize; returns the result row."""
     n, replicas, seed = params["num_requests"], params["num_replicas"], params["seed"]
     qps = QPS_PER_REPLICA * replicas
-    workload = iter_vidur_workload(n, qps, seed, TRACE, copies=num_copies(n))
-    specs = (RequestSpec(request_id=str(i), arrival_s=a, num_prompt_tokens=p, num_output_tokens=d)
-             for i, (a, p, d) in enumerate(workload))
+    workers = params.get("workers", 1)
+
+    def make_specs() -> Iterator[RequestSpec]:
+        workload = iter_vidur_workload(n, qps, seed, TRACE, copies=num_copies(n))
+        return (RequestSpec(request_id=str(i), arrival_s=a, num_prompt_tokens=p,
+                            num_output_tokens=d) for i, (a, p, d) in enumerate(workload))
+
     if params.get("stream"):
-        return _run_streamed(n, replicas, specs)
+        return _run_streamed(n, replicas, make_specs, workers)
     start_s = time.perf_counter()
-    run = simulate(shunter_config(replicas), specs)
+    run = simulate_parallel(shunter_config(replicas), make_specs, workers=workers)
     sim_s = time.perf_counter() - start_s
     requests = [VidurRequest(
         request_id=int(r.request_id), arrival_s=r.arrival_s, num_prompt_tokens=r.num_prompt_tokens,
@@ -136,18 +140,28 @@ def run_shunter_child(params: dict[str, Any]) -> dict[str, Any]:
         e2e_s=r.e2e_s if r.is_completed else None, queue_s=r.queue_s,
         num_restarts=r.num_preemptions) for r in run.records]
     requests.sort(key=lambda r: r.request_id)
-    return {"sim_s": sim_s, "num_requests": n, **summarize(requests)}
+    return {"sim_s": sim_s, "num_requests": n, **summarize(requests), **_memory(workers)}
 
 
-def _run_streamed(n: int, replicas: int, specs: Iterator[RequestSpec]) -> dict[str, Any]:
+def _memory(workers: int) -> dict[str, Any]:
+    """Peak memory of this process plus its simulation workers (their peaks added, as if they
+    all peaked at once: an upper bound of what the run held)."""
+    own = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    worker = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss * 1024
+    return {"workers": workers, "rss_sum_bytes": own + (workers - 1) * worker}
+
+
+def _run_streamed(n: int, replicas: int, make_specs: Callable[[], Iterator[RequestSpec]],
+                  workers: int) -> dict[str, Any]:
     """A streamed run: records spilled to disk as they finish, summarized from the file."""
     with RecordSpill() as spill:
         start_s = time.perf_counter()
-        run = simulate(shunter_config(replicas), specs, on_record=spill)
+        run = simulate_parallel(shunter_config(replicas), make_specs, workers=workers,
+                                on_record=spill)
         sim_s = time.perf_counter() - start_s
         s = spill.summary()
     out: dict[str, Any] = {"sim_s": sim_s, "num_requests": n, "num_completed": s["num_completed"],
-                           "num_restarts": run.num_preemptions}
+                           "num_restarts": run.num_preemptions, **_memory(workers)}
     for metric in ("ttft", "tpot", "e2e", "queue"):
         for stat, value in s[f"{metric}_s"].items():
             out[f"{metric}_{stat}_s"] = value
@@ -162,20 +176,21 @@ def _children_cpu_s() -> float:
 
 
 def measure_shunter(num_requests: int, num_replicas: int, seed: int, workdir: Path, *,
-                    stream: bool = False) -> dict[str, Any]:
+                    stream: bool = False, workers: int = 1) -> dict[str, Any]:
     """Run the Shunter side in a child process; add its wall time, CPU time and peak RSS."""
     workdir.mkdir(parents=True, exist_ok=True)
     out = workdir / "shunter.json"
     params = {"num_requests": num_requests, "num_replicas": num_replicas, "seed": seed,
-              "stream": stream, "out": str(out)}
+              "stream": stream, "workers": workers, "out": str(out)}
     cmd = [sys.executable, "-m", "benchmarks.sim_vs_vidur", "--child", json.dumps(params)]
     log_path = workdir / "shunter.log"
     cpu_before_s = _children_cpu_s()
     result = run_measured(cmd, timeout_s=_CHILD_TIMEOUT_S, cwd=REPO_ROOT, log_path=log_path)
     if result.returncode != 0 or result.is_timed_out:
         raise RuntimeError(f"Shunter child failed (rc={result.returncode}):\n{tail(log_path)}")
-    row = {**json.loads(out.read_text()), "wall_s": result.wall_s,
-           "cpu_s": _children_cpu_s() - cpu_before_s, "peak_rss_bytes": result.peak_rss_bytes}
+    row = json.loads(out.read_text())
+    row |= {"wall_s": result.wall_s, "cpu_s": _children_cpu_s() - cpu_before_s,
+            "peak_rss_bytes": max(result.peak_rss_bytes, row.pop("rss_sum_bytes"))}
     (workdir / "result.json").write_text(json.dumps(row, indent=1))  # survives a later crash
     return row
 
@@ -241,17 +256,19 @@ def _print_table(title: str, header: tuple[str, ...], rows: list[tuple[Any, ...]
 
 
 def scaling_table(seed: int, *, sizes: tuple[int, ...] = SCALING_REQUESTS,
-                  replica_counts: tuple[int, ...] = SCALING_REPLICAS) -> list[dict[str, Any]]:
+                  replica_counts: tuple[int, ...] = SCALING_REPLICAS,
+                  workers: int = 1) -> list[dict[str, Any]]:
     results = []
     for num_requests in sizes:
         for replicas in replica_counts:
             log(f"scaling: {num_requests:,} requests on {replicas} replicas (streamed)")
             r = measure_shunter(num_requests, replicas, seed,
                                 BENCH_DIR / "runs" / f"shunter-scaling-{num_requests}-{replicas}",
-                                stream=True)
+                                stream=True, workers=workers)
             results.append({"num_requests": num_requests, "replicas": replicas, **r})
-    _print_table("Shunter scaling, streamed (0.75 req/s per replica; wall and CPU of the whole "
-                 "child process: start-up, workload, simulation, summary)",
+    _print_table(f"Shunter scaling, streamed, {workers} process(es) (0.75 req/s per replica; "
+                 "wall and CPU of the whole child process tree: start-up, workload, simulation, "
+                 "summary; peak RSS: the processes' peaks added)",
                  ("requests", "replicas", "wall s", "CPU s", "sim s", "req / CPU s",
                   "peak RSS MiB", "TTFT p50 s", "E2E p50 s"),
                  [(f"{r['num_requests']:,}", r["replicas"], f"{r['wall_s']:.2f}",
@@ -263,10 +280,11 @@ def scaling_table(seed: int, *, sizes: tuple[int, ...] = SCALING_REQUESTS,
 
 
 def compare(num_requests: int, pp: int, seed: int, *, skip_vidur: bool,
-            rerun_vidur: bool) -> dict[str, Any]:
+            rerun_vidur: bool, workers: int = 1) -> dict[str, Any]:
     """Both simulators on one workload; prints the side-by-side table."""
     trace_file = tiled_trace(num_requests)
-    shunter = measure_shunter(num_requests, 4, seed, BENCH_DIR / "runs" / f"shunter-{num_requests}")
+    shunter = measure_shunter(num_requests, 4, seed, BENCH_DIR / "runs" / f"shunter-{num_requests}",
+                              workers=workers)
     if skip_vidur:
         print(json.dumps(shunter, indent=1))
         return {"shunter": shunter}
@@ -276,7 +294,7 @@ def compare(num_requests: int, pp: int, seed: int, *, skip_vidur: bool,
                 f"Vidur: {pp} pipeline stages, i.e. {2 * pp} GPUs a replica; Shunter: TP2 only")
     _print_table(f"{num_requests:,} requests, Llama-2-70B TP2 x 4 replicas on A100, vLLM "
                  f"scheduler, Poisson 3 req/s ({hardware}); identical workload: "
-                 f"{'yes' if same else 'NO'}",
+                 f"{'yes' if same else 'NO'}; Shunter on {workers} process(es), Vidur on one",
                  ("", "Shunter", "Vidur", "Shunter/Vidur"), _side_by_side(shunter, vidur))
     return {"shunter": shunter, "vidur": vidur, "vidur_pp": pp, "same_workload": same}
 
@@ -298,6 +316,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--scaling-requests", metavar="N,...", help="scaling rows (default 10k,100k,1M)")
     p.add_argument("--scaling-replicas", metavar="R,...", help="scaling columns (default 4,16,64)")
     p.add_argument("--json", metavar="FILE", help="write every measurement as JSON")
+    p.add_argument("--workers", type=int, default=1,
+                   help="Shunter processes per run (its replicas never interact under round "
+                        "robin: shunter.sim.partition); default 1")
     p.add_argument("--child", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     if args.child:
@@ -311,14 +332,15 @@ def main(argv: list[str] | None = None) -> int:
         runs.append(("fidelity", args.fidelity_requests, 1))
     for name, num_requests, pp in runs:
         out[name] = compare(num_requests, pp, args.seed, skip_vidur=args.skip_vidur,
-                            rerun_vidur=args.rerun_vidur)
+                            rerun_vidur=args.rerun_vidur, workers=args.workers)
     if not args.no_scaling:
         sizes = (tuple(int(x) for x in args.scaling_requests.split(","))
                  if args.scaling_requests else SCALING_REQUESTS)
         sizes = tuple(x for x in sizes if not (args.skip_1m and x >= 1_000_000))
         replicas = (tuple(int(x) for x in args.scaling_replicas.split(","))
                     if args.scaling_replicas else SCALING_REPLICAS)
-        out["scaling"] = scaling_table(args.seed, sizes=sizes, replica_counts=replicas)
+        out["scaling"] = scaling_table(args.seed, sizes=sizes, replica_counts=replicas,
+                                       workers=args.workers)
     if args.json:
         Path(args.json).write_text(json.dumps(out, indent=1))
     return 0

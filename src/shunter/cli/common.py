@@ -95,6 +95,10 @@ def add_scenario_flags(parser: argparse.ArgumentParser, *, single: bool = True) 
     s.add_argument("--json", metavar="FILE", help="write results as JSON")
     s.add_argument("--csv", metavar="FILE", help="write results as CSV")
     s.add_argument("--quiet", action="store_true", help="no progress bar")
+    s.add_argument("--workers", type=positive_int, default=1, metavar="N",
+                   help="processes for one run when its replicas never interact (router "
+                        "round_robin or random; no migration, disaggregation or predictor); "
+                        "same results (default 1)")
 
 
 def scenario_from_args(args: argparse.Namespace) -> Scenario:

@@ -14,15 +14,25 @@ from shunter.core.types import RequestSpec
 from shunter.metrics.report import render_comparison, render_table, write_csv, write_json
 from shunter.metrics.summary import Summary, summarize
 from shunter.router.registry import ROUTERS
+from shunter.sim.partition import partition_blocker, simulate_parallel
 from shunter.sim.runner import SimRun, simulate
 
 __all__ = ["run_compare", "run_simulate"]
 
 
-def _run(scenario: Scenario, specs: list[RequestSpec], label: str, quiet: bool) -> tuple[SimRun, Summary, float]:
+def _run(scenario: Scenario, specs: list[RequestSpec], label: str, quiet: bool,
+         workers: int = 1) -> tuple[SimRun, Summary, float]:
     start = time.perf_counter()
-    with progress_bar(len(specs), label, quiet=quiet) as on_progress:
-        run = simulate(scenario.sim, specs, on_progress=on_progress)
+    blocker = partition_blocker(scenario.sim) if workers > 1 else "one worker"
+    if blocker is None:
+        if not quiet:
+            stdout_console().print(f"{label}: {workers} worker processes", style="dim")
+        run = simulate_parallel(scenario.sim, lambda: specs, workers=workers)
+    else:
+        if workers > 1 and not quiet:
+            stdout_console().print(f"{label}: one process ({blocker})", style="dim")
+        with progress_bar(len(specs), label, quiet=quiet) as on_progress:
+            run = simulate(scenario.sim, specs, on_progress=on_progress)
     wall_s = time.perf_counter() - start
     summary = summarize(run.records, ttft_slo_s=scenario.ttft_slo_s, tpot_slo_s=scenario.tpot_slo_s)
     return run, summary, wall_s
@@ -47,7 +57,7 @@ def _title(scenario: Scenario, num_requests: int) -> str:
 def run_simulate(args: argparse.Namespace) -> int:
     scenario = scenario_from_args(args)
     specs = load_specs(scenario)
-    run, summary, wall_s = _run(scenario, specs, "simulating", args.quiet)
+    run, summary, wall_s = _run(scenario, specs, "simulating", args.quiet, args.workers)
     out = stdout_console()
     out.print(render_table(summary, _title(scenario, len(specs))))
     out.print(f"simulated {len(specs)} requests in {wall_s:.2f} s of wall time", style="dim")
@@ -73,7 +83,7 @@ def run_compare(args: argparse.Namespace) -> int:
     specs = load_specs(base)
     rows, summaries = [], []
     for name, scenario in zip(names, scenarios, strict=True):
-        run, summary, wall_s = _run(scenario, specs, f"{key} {name}", args.quiet)
+        run, summary, wall_s = _run(scenario, specs, f"{key} {name}", args.quiet, args.workers)
         summaries.append((name, summary))
         rows.append(_result_dict(scenario, run, summary, wall_s))
     out = stdout_console()

@@ -55,7 +55,12 @@ class RouteDecision:
 
 
 class Router(Protocol):
-    """Chooses a replica for each request from snapshots."""
+    """Chooses a replica for each request from snapshots.
+
+    A router whose decisions never read replica state may say so with a class attribute
+    `is_load_blind = True`: the simulator can then split a run across processes
+    (`shunter.sim.partition`).
+    """
 
     def route(self, request: RequestSpec, replicas: Sequence[ReplicaView]) -> RouteDecision:
         """Pick a replica for `request`; `replicas` is never empty."""

@@ -117,6 +117,19 @@ class RecordSpill:
                     "throughput_tok_s": tokens / duration_s if duration_s > 0 else None}
         return out
 
+    def absorb(self, directory: str | Path) -> None:
+        """Append the rows of another spill, written (and closed) under `directory`."""
+        self._flush()
+        sizes = {name: (Path(directory) / f"{name}.bin").stat().st_size for name in RECORD_ROW.names}
+        num_rows = {size // RECORD_ROW.fields[name][0].itemsize for name, size in sizes.items()}
+        if len(num_rows) != 1:
+            raise ValueError(f"{directory}: its column files hold different numbers of rows")
+        for name, f in self._files.items():
+            with open(Path(directory) / f"{name}.bin", "rb") as src:
+                shutil.copyfileobj(src, f)
+            f.flush()
+        self.num_records += num_rows.pop()
+
     def close(self) -> None:
         self._flush()
         for f in self._files.values():

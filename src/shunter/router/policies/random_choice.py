@@ -15,6 +15,7 @@ class RandomRouter:
     """Each request goes to a replica drawn uniformly from `rng` (or `random.Random(seed)`)."""
 
     __slots__ = ("rng",)
+    is_load_blind = True  # decisions never read replica state (sim.partition)
 
     def __init__(self, *, seed: int = 0, rng: random.Random | None = None) -> None:
         self.rng = rng if rng is not None else random.Random(seed)

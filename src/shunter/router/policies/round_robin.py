@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import ClassVar
 
 from shunter.core.types import RequestSpec
 from shunter.router.interface import ReplicaView, RouteDecision
@@ -13,6 +14,7 @@ __all__ = ["RoundRobinRouter"]
 
 @dataclass(slots=True)
 class RoundRobinRouter:
+    is_load_blind: ClassVar[bool] = True  # decisions never read replica state (sim.partition)
     num_routed: int = 0
 
     def route(self, request: RequestSpec, replicas: Sequence[ReplicaView]) -> RouteDecision:
