@@ -45,8 +45,7 @@ class SimExecutor:
 
     def steps_until_stop(self, request_ids: Sequence[RequestId]) -> int:
         """Steps until the first of these requests reaches its true output length."""
-        remaining = self._remaining
-        return min(remaining[rid] for rid in request_ids)
+        return min(map(self._remaining.__getitem__, request_ids))
 
     def advance(self, request_ids: Sequence[RequestId], num_steps: int) -> frozenset[RequestId]:
         """Sample `num_steps` tokens for each request at once; returns those that stop at the last."""

@@ -29,7 +29,7 @@ from shunter.metrics.record import RequestRecord
 from shunter.router.interface import ReplicaView
 from shunter.sim.executor import SimExecutor
 from shunter.sim.handoff import MovedRequest, splice_token_times
-from shunter.sim.timeline import StepTimeline, TokenTimes
+from shunter.sim.timeline import StepTimeline, TokenTimes, add_range
 
 __all__ = ["SimReplica", "StepLog"]
 
@@ -222,10 +222,9 @@ class SimReplica:
         [first, end) (`first` may be the run's real first step, already applied)."""
         stopped = self.executor.advance(flight.run_ids, num_steps)
         finished = advance_decode_run(self.scheduler, num_steps, stopped)
-        stop = len(self._timeline)
         live = self._live
-        for rid in flight.run_ids:
-            live[rid][1].token_times_s.add(first, stop)  # type: ignore[attr-defined]
+        add_range([live[rid][1].token_times_s for rid in flight.run_ids],  # type: ignore[misc]
+                  first, len(self._timeline))
         return [self._close(out.request_id, out.finish_reason) for out in finished]
 
     def _close(self, request_id: RequestId, reason: object) -> RequestRecord:

@@ -14,12 +14,12 @@ recording stores; nothing is recomputed.
 from __future__ import annotations
 
 from array import array
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from typing import Any, overload
 
 import numpy as np
 
-__all__ = ["StepTimeline", "TokenTimes"]
+__all__ = ["StepTimeline", "TokenTimes", "add_range"]
 
 
 class StepTimeline:
@@ -141,3 +141,16 @@ class TokenTimes(Sequence[float]):
 
     def __repr__(self) -> str:
         return f"TokenTimes({self.tolist()!r})"
+
+
+def add_range(times: Iterable[TokenTimes], start: int, stop: int) -> None:
+    """`t.add(start, stop)` for every `t` (a decode run's requests: the simulator's hottest
+    loop, so the common case, a range that continues the last one, is inlined)."""
+    num_tokens = stop - start
+    for t in times:
+        bounds = t._bounds
+        if bounds and bounds[-1] == start:
+            bounds[-1] = stop
+            t._num_tokens += num_tokens
+        else:
+            t.add(start, stop)

@@ -65,6 +65,10 @@ class BlockPool:
         free, ref, hash_of, cached = self._free, self._ref, self._hash_of, self.cached
         pop = free.popitem
         out = [pop(False)[0] for _ in range(num_blocks)]  # the LRU head, in order
+        if not self.enable_caching:  # no block ever carries a hash
+            for block_id in out:
+                ref[block_id] = 1
+            return out
         for block_id in out:
             old = hash_of[block_id]
             if old is not None:

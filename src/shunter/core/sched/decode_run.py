@@ -31,6 +31,7 @@ from __future__ import annotations
 from shunter.core.request import Request
 from shunter.core.sched.interface import RequestOutput, SchedulerOutput
 from shunter.core.sched.limits import stop_status
+from shunter.core.sched.policy import victim_sort_key
 from shunter.core.sched.scheduler import CoreScheduler
 from shunter.core.types import FINISHED_STATUSES
 
@@ -89,18 +90,19 @@ def begin_steady_run(scheduler: CoreScheduler, max_steps: int) -> int:
     horizon = max_steps
     max_seq_len = cfg.max_seq_len
     for r in running:
+        num_tokens = r.num_prompt_tokens + r.num_output_tokens  # r.num_tokens, inlined (hot)
         if (not r.has_progressed or r.token_ids is not None
-                or r.num_tokens - r.num_computed_tokens != 1):
+                or num_tokens - r.num_computed_tokens != 1):
             return 0
-        if r.max_output_tokens is not None:
-            horizon = min(horizon, r.max_output_tokens - r.num_output_tokens)
-        horizon = min(horizon, max_seq_len - r.num_tokens)
+        if r.max_output_tokens is not None and r.max_output_tokens - r.num_output_tokens < horizon:
+            horizon = r.max_output_tokens - r.num_output_tokens
+        if max_seq_len - num_tokens < horizon:
+            horizon = max_seq_len - num_tokens
     if horizon <= 0:
         return 0
     horizon = _memory_horizon(scheduler, horizon, is_applied=True)
     if horizon:
-        now, policy = scheduler.clock.now(), scheduler.policy
-        running.sort(key=lambda r: policy.victim_key(r, now))
+        running.sort(key=victim_sort_key(scheduler.policy, scheduler.clock.now()))
     return horizon
 
 
@@ -124,10 +126,13 @@ def blocks_for_steps(scheduler: CoreScheduler, num_steps: int, *, is_applied: bo
     bs = scheduler.config.block_size
     # a request with c computed tokens holds cdiv(c + 1) blocks for the scheduled step (cdiv(c)
     # once applied); the s-th step after it needs cdiv(c + 1 + s) (cdiv(c + s))
-    ahead = 0 if is_applied else 1
+    ahead = (0 if is_applied else 1) + num_steps
     # -(-a // b) is cdiv(a, b), inlined: this runs once per planned run over every request
-    return sum(-(-(c + num_steps) // bs) + (-c // bs)
-               for c in [r.num_computed_tokens + ahead for r in scheduler.running])
+    total = 0
+    for r in scheduler.running:
+        c = r.num_computed_tokens + ahead
+        total += -(-c // bs) + ((num_steps - c) // bs)
+    return total
 
 
 def _memory_horizon(scheduler: CoreScheduler, horizon: int, *, is_applied: bool = False) -> int:
@@ -222,9 +227,15 @@ def _finish_run(scheduler: CoreScheduler, running: list[Request], num_steps: int
                 stopped: frozenset[str]) -> list[RequestOutput]:
     outputs: list[RequestOutput] = []
     max_seq_len = scheduler.config.max_seq_len
+    bs = scheduler.config.block_size
     for r in running:
-        r.num_computed_tokens += num_steps
-        r.num_published_blocks = r.num_computed_tokens // scheduler.config.block_size
+        computed = r.num_computed_tokens + num_steps
+        r.num_computed_tokens = computed
+        r.num_published_blocks = computed // bs
+        # stop_status's conditions, checked inline first: most requests go on (hot loop)
+        if (r.request_id not in stopped and r.num_prompt_tokens + r.num_output_tokens < max_seq_len
+                and (r.max_output_tokens is None or r.num_output_tokens < r.max_output_tokens)):
+            continue
         status = stop_status(r, stopped, max_seq_len)
         if status is not None:
             scheduler.running.remove(r)

@@ -51,4 +51,6 @@ class Headroom:
         return max(self.kv.num_blocks_for(limit) - held, 0)
 
     def reserved_blocks(self, running: Sequence[Request]) -> int:
+        if self.config.admission != "whole":
+            return 0
         return sum(self.whole_reservation(r) for r in running)

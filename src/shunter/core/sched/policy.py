@@ -25,7 +25,8 @@ from typing import Any, Protocol, runtime_checkable
 
 from shunter.core.request import Request
 
-__all__ = ["KeyedQueue", "Policy", "PrefixAwarePolicy", "PrefixProbe", "WaitingQueue"]
+__all__ = ["KeyedQueue", "Policy", "PrefixAwarePolicy", "PrefixProbe", "StaticKeyPolicy",
+           "WaitingQueue", "victim_sort_key"]
 
 PrefixProbe = Callable[[Request], int]  # cached prompt tokens a waiting request would hit now
 
@@ -164,3 +165,13 @@ class StaticKeyPolicy:
 
     def on_finished(self, request: Request, now_s: float) -> None:
         pass
+
+
+def victim_sort_key(policy: Policy, now_s: float) -> Callable[[Request], Any]:
+    """A key that sorts requests as `policy.victim_key(request, now_s)` does: a static order's
+    key itself when the policy keeps StaticKeyPolicy's victim key (one call per request, not
+    three: the scheduler sorts the running list every step)."""
+    if (isinstance(policy, StaticKeyPolicy)
+            and type(policy).victim_key is StaticKeyPolicy.victim_key):
+        return policy.order_key
+    return lambda request: policy.victim_key(request, now_s)

@@ -32,7 +32,7 @@ from shunter.core.sched.headroom import Headroom
 from shunter.core.sched.interface import RequestOutput, SchedulerOutput, StepResult
 from shunter.core.sched.limits import rejection_reason, stop_status
 from shunter.core.sched.plan import StepPlan
-from shunter.core.sched.policy import Policy, PrefixAwarePolicy
+from shunter.core.sched.policy import Policy, PrefixAwarePolicy, victim_sort_key
 from shunter.core.sched.stats import SchedulerStats
 from shunter.core.types import FINISHED_STATUSES, RequestId, RequestStatus
 
@@ -184,7 +184,7 @@ class CoreScheduler:
     def _schedule_running(self, plan: StepPlan, now: float) -> bool:
         """Phase 1. Returns whether memory ran short (a request was preempted or had to wait)."""
         running = self.running
-        running.sort(key=lambda r: self.policy.victim_key(r, now))
+        running.sort(key=victim_sort_key(self.policy, now))
         chunked = self.config.enable_chunked_prefill
         is_short = False
         i = 0
