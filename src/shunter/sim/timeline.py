@@ -143,14 +143,15 @@ class TokenTimes(Sequence[float]):
         return f"TokenTimes({self.tolist()!r})"
 
 
-def add_range(times: Iterable[TokenTimes], start: int, stop: int) -> None:
+def add_range(times: Iterable[Any], start: int, stop: int) -> None:
     """`t.add(start, stop)` for every `t` (a decode run's requests: the simulator's hottest
     loop, so the common case, a range that continues the last one, is inlined)."""
     num_tokens = stop - start
     for t in times:
-        bounds = t._bounds
-        if bounds and bounds[-1] == start:
-            bounds[-1] = stop
-            t._num_tokens += num_tokens
-        else:
-            t.add(start, stop)
+        if type(t) is TokenTimes:
+            bounds = t._bounds
+            if bounds and bounds[-1] == start:
+                bounds[-1] = stop
+                t._num_tokens += num_tokens
+                continue
+        t.add(start, stop)  # a new range, or another kind (a moved request's spliced times)
