@@ -9,7 +9,7 @@ arrival cuts it) and wake up through `Timer` events.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, replace
 
 from shunter.core.clock import ManualClock
@@ -31,7 +31,7 @@ from shunter.sim.loop import (
 from shunter.sim.migration import MIGRATION_STAGE_TIMER, MIGRATION_TICK_TIMER, Migrator
 from shunter.sim.replica import SimReplica, StepLog
 from shunter.sim.staleness import ViewSource
-from shunter.workload.program import FollowUp
+from shunter.workload.program import FollowUps, followers
 
 __all__ = ["SNAPSHOT_TIMER", "TRIM_EVERY_RECORDS", "ClusterTopology", "RecordFn", "SimCluster"]
 
@@ -95,17 +95,19 @@ class SimCluster:
 
     def run(self, specs: Iterable[RequestSpec], *, on_progress: ProgressFn | None = None,
             progress_every: int = 1000, on_record: RecordFn | None = None,
-            follow_ups: Mapping[RequestId, FollowUp] | None = None) -> list[RequestRecord]:
+            follow_ups: FollowUps | None = None) -> list[RequestRecord]:
         """Simulate until every request has finished; returns one record per request, in
         finishing order. Arrivals are pulled lazily, so a streamed trace stays streamed.
-        `follow_ups` maps a request id to a dependent request released `delay_s` after that
-        request finishes (closed-loop agent programs, `shunter.workload.program`).
+        `follow_ups` maps a request id to the dependent request(s) released `delay_s` after that
+        request finishes, or after the last of its `num_dependencies` (a barrier) finishes
+        (closed-loop agent programs, `shunter.workload.program`).
 
         With `on_record`, each finished record goes to it instead (the list returned is empty)
         and is forgotten: memory stays bounded by the requests in flight. A record's token
         times may be read only during that call (older step times are then trimmed)."""
         arrivals = iter(specs)
         finished: list[RequestRecord] = []
+        num_waiting_on: dict[RequestId, int] = {}  # barrier follow-up -> dependencies left
         num_handed_off = 0
         next_trim = TRIM_EVERY_RECORDS
         last_arrival_s = self._push_next(arrivals, 0.0)
@@ -127,7 +129,7 @@ class SimCluster:
                 self._route(event.spec, finished)
                 last_arrival_s = self._push_next(arrivals, last_arrival_s)
             if follow_ups:
-                self._release(finished[num_before:], follow_ups)
+                self._release(finished[num_before:], follow_ups, num_waiting_on)
             if on_record is not None and finished:
                 num_handed_off += len(finished)
                 for record in finished:
@@ -199,13 +201,22 @@ class SimCluster:
             self.disagg.after_step(replica, finished)
         self._start(replica)
 
-    def _release(self, records: list[RequestRecord],
-                 follow_ups: Mapping[RequestId, FollowUp]) -> None:
-        """Queue the requests that were waiting for these to finish."""
+    def _release(self, records: list[RequestRecord], follow_ups: FollowUps,
+                 num_waiting_on: dict[RequestId, int]) -> None:
+        """Queue the requests that were waiting for these to finish (a barrier's on its last)."""
         now = self.clock.now()
         for record in records:
-            follow = follow_ups.get(record.request_id)
-            if follow is not None:
+            entry = follow_ups.get(record.request_id)
+            if entry is None:
+                continue
+            for follow in followers(entry):
+                if follow.num_dependencies > 1:
+                    request_id = follow.spec.request_id
+                    left = num_waiting_on.get(request_id, follow.num_dependencies) - 1
+                    if left:
+                        num_waiting_on[request_id] = left
+                        continue
+                    num_waiting_on.pop(request_id, None)
                 at_s = now + follow.delay_s
                 self.loop.push(at_s, ARRIVAL_PRIORITY, Arrival(replace(follow.spec, arrival_s=at_s)))
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable
 from dataclasses import dataclass, field, fields
 
 from shunter.core.clock import ManualClock
@@ -10,7 +10,7 @@ from shunter.core.predict.interface import Predictor, SessionTracker
 from shunter.core.predict.registry import make_predictor
 from shunter.core.sched.registry import make_policy
 from shunter.core.sched.scheduler import CoreScheduler, SchedulerConfig
-from shunter.core.types import RequestId, RequestSpec
+from shunter.core.types import RequestSpec
 from shunter.errors import ConfigError
 from shunter.metrics.record import RequestRecord
 from shunter.router.registry import make_router
@@ -21,7 +21,7 @@ from shunter.sim.cost.interface import CostModel
 from shunter.sim.cost.registry import make_cost_model
 from shunter.sim.executor import SimExecutor
 from shunter.sim.replica import SimReplica, StepLog
-from shunter.workload.program import FollowUp
+from shunter.workload.program import FollowUps
 from shunter.workload.rank_training import load_model
 
 __all__ = ["SimRun", "build_cluster", "build_predictor", "replica_groups", "simulate",
@@ -121,7 +121,7 @@ def build_cluster(config: SimConfig) -> SimCluster:
 
 def simulate(config: SimConfig, specs: Iterable[RequestSpec], *,
              on_progress: ProgressFn | None = None, on_record: RecordFn | None = None,
-             follow_ups: Mapping[RequestId, FollowUp] | None = None) -> SimRun:
+             follow_ups: FollowUps | None = None) -> SimRun:
     """Run `specs` (sorted by arrival) to completion; every request gets exactly one record.
 
     `follow_ups`: requests released when another finishes (see `SimCluster.run`).

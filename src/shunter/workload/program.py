@@ -13,14 +13,15 @@ brings its later calls sooner, which is what program-level scheduling exploits. 
 latency is the time from the first call's arrival to the last call's finish.
 
 `min_calls` / `max_calls` pick conversations by their number of turns (more turns = a longer
-program); conversations are taken in file order.
+program); conversations are taken in file order. Multi-threaded programs (stages of parallel
+calls behind barriers) are made by `shunter.workload.staged_program`.
 """
 
 from __future__ import annotations
 
 import math
 import warnings
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -30,31 +31,51 @@ from shunter.workload.arrival import STREAM_ARRIVALS, arrival_times, seeded_rng
 from shunter.workload.loaders import iter_workload
 from shunter.workload.parse import ZeroLengthWarning
 
-__all__ = ["FollowUp", "ProgramWorkload", "agent_programs"]
+__all__ = ["FollowUp", "FollowUps", "ProgramWorkload", "agent_programs", "followers"]
 
 
 @dataclass(frozen=True, slots=True)
 class FollowUp:
-    """A call issued `delay_s` after the call it follows finishes (its arrival_s is replaced)."""
+    """A call issued `delay_s` after the call it follows finishes (its arrival_s is replaced).
+
+    A barrier: with `num_dependencies` = n > 1, the same follow-up is listed under n calls and
+    issued `delay_s` after the last of them finishes (a stage of a multi-threaded program waits
+    for all calls of the stage before it)."""
 
     spec: RequestSpec
     delay_s: float = 0.0
+    num_dependencies: int = 1
+
+    def __post_init__(self) -> None:
+        if self.num_dependencies < 1:
+            raise ValueError(f"follow-up {self.spec.request_id}: num_dependencies must be >= 1, "
+                             f"got {self.num_dependencies}")
+
+
+# Per call id, the call, or the calls, that wait for it.
+FollowUps = Mapping[RequestId, FollowUp | tuple[FollowUp, ...]]
+
+
+def followers(entry: FollowUp | tuple[FollowUp, ...]) -> tuple[FollowUp, ...]:
+    """The calls of one `FollowUps` entry, as a tuple."""
+    return (entry,) if isinstance(entry, FollowUp) else entry
 
 
 @dataclass(frozen=True, slots=True)
 class ProgramWorkload:
-    """First calls (sorted by arrival) and, per call id, the call that follows it."""
+    """First calls (sorted by arrival) and, per call id, the call(s) that wait for it."""
 
     first_calls: list[RequestSpec]
-    follow_ups: dict[RequestId, FollowUp]
+    follow_ups: dict[RequestId, FollowUp | tuple[FollowUp, ...]]
 
     @property
     def num_programs(self) -> int:
-        return len(self.first_calls)
+        return len({s.program_id for s in self.first_calls})
 
     @property
     def num_calls(self) -> int:
-        return len(self.first_calls) + len(self.follow_ups)
+        later = {f.spec.request_id for entry in self.follow_ups.values() for f in followers(entry)}
+        return len(self.first_calls) + len(later)
 
 
 def _first_sessions(path: str | Path, num_programs: int, min_calls: int,
