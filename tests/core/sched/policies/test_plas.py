@@ -34,6 +34,21 @@ def test_levels_follow_the_programs_attained_service():
     assert policy.level(first) == 2  # the last level is open-ended
 
 
+def test_a_waiting_call_falls_behind_when_its_program_crosses_a_level():
+    policy = make_policy("plas", first_level_service=100.0, aging_s=None)
+    queue = policy.make_queue()
+    waiting_a, waiting_b = call("a9", "a", arrival_s=0.0), call("b9", "b", arrival_s=1.0)
+    queue.add(waiting_a)
+    queue.add(waiting_b)
+    assert queue.peek() is waiting_a  # same level: the earlier arrival
+    policy.on_scheduled(call("a0", "a", num_prompt_tokens=50), 50, 0.0)  # 52: still level 0
+    assert queue.peek() is waiting_a
+    policy.on_scheduled(call("a1", "a", num_prompt_tokens=60), 60, 0.0)  # 114: program a demoted
+    assert policy.level(waiting_a) == 1
+    assert queue.peek() is waiting_b
+    assert [r.request_id for r in queue] == ["b9", "a9"]
+
+
 def test_a_short_programs_call_overtakes_a_long_programs_older_call():
     clock = ManualClock()
     s = make_scheduler(clock=clock, policy="plas", policy_params={"first_level_service": 64.0},

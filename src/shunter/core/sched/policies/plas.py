@@ -104,8 +104,12 @@ class PlasPolicy:
             self._idle.pop(program, None)
         charged = self.meter.charge(request, num_tokens)
         if charged:
-            self.service[program] = self.service.get(program, 0.0) + charged
-            if self._queue is not None:
+            before = self.service.get(program, 0.0)
+            self.service[program] = before + charged
+            # keys depend on the level only: the queue's order changes when a program crosses
+            # a threshold, not at every token
+            if self._queue is not None and (bisect_right(self.thresholds, before)
+                                            != bisect_right(self.thresholds, before + charged)):
                 self._queue.invalidate()
 
     def on_finished(self, request: Request, now_s: float) -> None:
@@ -117,7 +121,9 @@ class PlasPolicy:
                 self._idle[program] = None
                 while len(self._idle) > self.max_idle_programs:
                     gone, _ = self._idle.popitem(last=False)
-                    self.service.pop(gone, None)
+                    self.service.pop(gone, None)  # back to level 0, queued calls included
+                    if self._queue is not None:
+                        self._queue.invalidate()
         self.meter.forget(request)
 
 
