@@ -42,7 +42,7 @@ What we find (README table): the paper's direction, smaller. On multi-threaded p
 cuts mean, P50 and P99 program latency once calls queue (a wide stage no longer holds up the
 small programs behind it), and serves more programs/s at equal latency; the offered-rate
 reading (the paper's axis) is larger than the served one, because above capacity it credits
-the finite run. FCFS stays near its unloaded latency up to ~0.6 of capacity here (a stage is at
+the finite run. FCFS stays within 1.5x of its unloaded latency up to ~0.55 of capacity (a stage is at
 most 2x the engine's 16 seats), which bounds the served gain well below 4-15x. On
 single-threaded conversations PLAS is ~1.0x, as explained above.
 
