@@ -69,7 +69,7 @@ def test_random_operations_keep_invariants():
     rng = random.Random(0)
     pool = BlockPool(32)
     held: list[int] = []
-    for step in range(2000):
+    for _ in range(2000):
         op = rng.random()
         if op < 0.4 and pool.num_free_blocks:
             n = rng.randint(1, pool.num_free_blocks)

@@ -1,11 +1,11 @@
 """Scheduler traces: each test reads like the step log it asserts."""
 
 import pytest
+from tests.factories import FakeExecutor, add_all, make_request, make_scheduler, run_steps
 
 from shunter.core.clock import ManualClock
 from shunter.core.sched.interface import StepResult
 from shunter.core.types import FinishReason, RequestStatus
-from tests.factories import FakeExecutor, add_all, make_request, make_scheduler, run_steps
 
 
 def trace(executor: FakeExecutor) -> list[list[tuple[str, int, int]]]:
