@@ -4,11 +4,15 @@ import random
 import zlib
 from dataclasses import replace
 
+import numpy as np
 import pytest
 
+from shunter.core.sched.decode_run import advance_decode_run
 from shunter.core.types import RequestSpec
+from shunter.sim import replica as replica_module
 from shunter.sim.config import SimConfig
 from shunter.sim.runner import simulate
+from shunter.workload.staged_program import ProgramShape, TurnPool, staged_programs
 
 
 def varied_workload(seed: int, n: int = 120, rate: float = 6.0, shared: bool = False) -> list[RequestSpec]:
@@ -88,3 +92,38 @@ def test_fast_forward_actually_skips_steps():
     slow = simulate(replace(config, fast_forward=False), specs)
     assert fast.step_log == slow.step_log  # the same steps, with the same times
     assert len(fast.step_log) > 1000
+
+
+def synthetic_programs(seed: int = 4):
+    """Multi-threaded programs (stages of parallel calls behind barriers) from synthetic turns."""
+    pool = TurnPool(task_tokens=np.array([40, 300, 900]), user_tokens=np.array([20, 60, 200]),
+                    output_tokens=np.array([3, 30, 120, 400]))
+    return staged_programs(pool, num_programs=40, rate=1.5, seed=seed,
+                           shape=ProgramShape(max_stages=5, max_fan_out=6))
+
+
+@pytest.mark.parametrize("policy", ["plas", "fcfs"])
+def test_fast_forward_equals_step_by_step_on_agent_programs(policy):
+    workload = synthetic_programs()
+    config = SimConfig(num_blocks=600, policy=policy, scheduler={"max_num_seqs": 8},
+                       policy_params={"first_level_service": 256.0} if policy == "plas" else {})
+    runs = [simulate(replace(config, fast_forward=ff), workload.first_calls,
+                     follow_ups=workload.follow_ups) for ff in (True, False)]
+    assert fingerprint(runs[0]) == fingerprint(runs[1])
+    assert len(runs[0].records) == workload.num_calls
+
+
+@pytest.mark.parametrize("name", ["plas", "mlfq-few-seqs", "small-budget"])
+def test_runs_also_cover_reordering_policies_and_full_seats(name, monkeypatch):
+    """plas: runs capped at the next level crossing; with every seat taken, waiting requests
+    no longer stop runs (mlfq-few-seqs, small-budget)."""
+    bulk = []
+
+    def counting(scheduler, num_steps, stopped):
+        bulk.append(num_steps)
+        return advance_decode_run(scheduler, num_steps, stopped)
+
+    monkeypatch.setattr(replica_module, "advance_decode_run", counting)
+    config = replace(SCENARIOS[name], record_steps=True)
+    run = simulate(config, varied_workload(seed=2, n=80, rate=8.0))
+    assert sum(bulk) > len(run.step_log) / 3, (sum(bulk), len(run.step_log))

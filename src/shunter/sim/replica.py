@@ -161,7 +161,8 @@ class SimReplica:
     def _start_steady_run(self) -> float | None:
         """Plan a run with no real first step if the next steps are steady; returns its end."""
         scheduler = self.scheduler
-        if len(scheduler.waiting) or not scheduler.running:
+        if not scheduler.running or (len(scheduler.waiting)
+                                     and len(scheduler.running) < scheduler.config.max_num_seqs):
             return None  # (begin_steady_run checks this too; this is the cheap common exit)
         run_ids = [r.request_id for r in scheduler.running]
         num_steps = begin_steady_run(scheduler, self.executor.steps_until_stop(run_ids))

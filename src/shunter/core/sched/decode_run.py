@@ -6,9 +6,10 @@ request stops or hits a length limit, the KV cache cannot give a growing request
 block, or a new request arrives. In between, no decision can change:
 
 - admission stays blocked: free blocks only shrink and the running count is constant, and a
-  policy with a static order keeps the same waiting head (policies without one get no runs:
-  their waiting head and `should_preempt` may change as service is charged, and so may their
-  victim keys, which order the running requests' block allocations and frees each step);
+  policy with a static order keeps the same waiting head. A policy without one may change its
+  waiting head, `should_preempt` and victim keys (which order the running requests' block
+  allocations and frees each step) as service is charged: its runs are capped at its
+  `steps_until_reorder` (it gets none if it has no such method);
 - priority preemption stays off: for static orders `should_preempt` does not depend on time,
   and every running request has already progressed (so the candidates are the same); runs are
   only taken when it says no for the waiting head, since whether the head fits (what phase 0
@@ -21,12 +22,15 @@ cache publications happen in the same (step, running order) sequence, so block i
 and cache contents end up identical. Only the simulator uses this; the engine runs every step.
 
 `begin_steady_run` starts a run with no real first step, from a state whose last step was
-applied, when the very next step is already steady: nothing waits and every running request
-has progressed and is one token behind. Then `schedule` would only sort the running list and
+applied, when the very next step is already steady: every running request has progressed and
+is one token behind, and nothing waits, or what waits cannot be admitted (every seat is taken)
+and may not displace a running request. Then `schedule` would only sort the running list and
 give each request one token (which it does: the sort, here), so the whole run is bulk.
 """
 
 from __future__ import annotations
+
+import sys
 
 from shunter.core.request import Request
 from shunter.core.sched.interface import RequestOutput, SchedulerOutput
@@ -57,11 +61,13 @@ def decode_run_horizon(scheduler: CoreScheduler, output: SchedulerOutput, max_st
         return 0
     if scheduler.kv.contiguous:
         return 0  # block ids depend on who allocates when; the bulk path allocates in LRU order
-    if not scheduler.policy.has_static_order:
-        return 0  # the waiting head, or whether it may preempt, could change as service is charged
+    # The policy's reorder horizon counts steps from an applied state; here the first step is
+    # scheduled (charged) but not applied (its tokens not counted), so one fewer is certain.
+    horizon = min(max_steps, _reorder_horizon(scheduler) - 1)
+    if horizon <= 0:
+        return 0
     if _may_preempt_for_head(scheduler):
         return 0  # phase 0 fires as soon as shrinking free memory stops the head from fitting
-    horizon = max_steps
     max_seq_len = cfg.max_seq_len
     for r in running:
         if not r.has_progressed or r.token_ids is not None:
@@ -83,11 +89,16 @@ def begin_steady_run(scheduler: CoreScheduler, max_steps: int) -> int:
     running = scheduler.running
     n = len(running)
     cfg = scheduler.config
-    if max_steps <= 0 or n == 0 or len(scheduler.waiting) or n > cfg.max_num_batched_tokens:
+    if (max_steps <= 0 or n == 0 or n > cfg.max_num_batched_tokens or scheduler.kv.contiguous
+            or scheduler.has_pending_copies):
+        return 0  # (contiguous: see decode_run_horizon)
+    horizon = min(max_steps, _reorder_horizon(scheduler))
+    if horizon <= 0:
         return 0
-    if scheduler.kv.contiguous or not scheduler.policy.has_static_order:
-        return 0  # see decode_run_horizon
-    horizon = max_steps
+    # a waiting request stays out while every seat is taken (the running count is constant
+    # over a run) and the policy does not let it displace a running one (constant as well)
+    if len(scheduler.waiting) and (n < cfg.max_num_seqs or _may_preempt_for_head(scheduler)):
+        return 0
     max_seq_len = cfg.max_seq_len
     for r in running:
         num_tokens = r.num_prompt_tokens + r.num_output_tokens  # r.num_tokens, inlined (hot)
@@ -104,6 +115,15 @@ def begin_steady_run(scheduler: CoreScheduler, max_steps: int) -> int:
     if horizon:
         running.sort(key=victim_sort_key(scheduler.policy, scheduler.clock.now()))
     return horizon
+
+
+def _reorder_horizon(scheduler: CoreScheduler) -> int:
+    """Steps from an applied state over which the policy decides as it does now."""
+    policy = scheduler.policy
+    if policy.has_static_order:
+        return sys.maxsize
+    steps_until_reorder = getattr(policy, "steps_until_reorder", None)
+    return 0 if steps_until_reorder is None else steps_until_reorder(scheduler.running)
 
 
 def _may_preempt_for_head(scheduler: CoreScheduler) -> bool:

@@ -61,6 +61,11 @@ class Policy(Protocol):
     name: str
     # True when the waiting order and `should_preempt` never change while requests only decode
     # (no charging-dependent order): lets the simulator apply steady decode steps in bulk.
+    # A policy without a static order may still define `steps_until_reorder(running) -> int`:
+    # how many steps from now, each giving every running request one decode token (charged
+    # through `on_scheduled`), it decides exactly as it does now (the waiting order, the order
+    # of the running requests' victim keys, `should_preempt`'s answers); 0 if it cannot say.
+    # The simulator then applies that many steps in bulk (`shunter.core.sched.decode_run`).
     has_static_order: bool
 
     def make_queue(self) -> WaitingQueue:

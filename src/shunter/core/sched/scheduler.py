@@ -152,6 +152,11 @@ class CoreScheduler:
         self.requests[request.request_id] = request
         self._enqueue(request)
 
+    @property
+    def has_pending_copies(self) -> bool:
+        """Finished turns' KV waits to be copied to host memory at the next step."""
+        return bool(self._offloads)
+
     def stats(self) -> SchedulerStats:
         return SchedulerStats(
             num_waiting=len(self.waiting), num_running=len(self.running),

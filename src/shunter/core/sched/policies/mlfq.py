@@ -22,6 +22,8 @@ Priorities come first: MLFQ orders requests within a priority.
 
 from __future__ import annotations
 
+import sys
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from shunter.core.request import Request
@@ -94,8 +96,27 @@ class MlfqPolicy:
     def should_preempt(self, waiting: Request, running: Request, now_s: float) -> bool:
         if waiting.priority != running.priority:
             return waiting.priority < running.priority
-        gap = self.effective_level(running, now_s) - self.effective_level(waiting, now_s)
+        # effective_level(running) - effective_level(waiting), in a form free of `now_s` (both
+        # gain credit at the same rate), so the answer cannot flip by rounding as time passes
+        gap = float(self.level(running) - self.level(waiting))
+        if self.promote_s is not None:
+            gap += (running.arrival_s - waiting.arrival_s) / self.promote_s
         return gap >= self.preemption_threshold
+
+    def steps_until_reorder(self, running: Sequence[Request]) -> int:
+        """Decode steps before a running request uses up its level's quantum: until then no key
+        changes (waiting requests get no tokens) and `should_preempt` answers the same."""
+        last = self.num_levels - 1
+        steps = sys.maxsize
+        for request in running:
+            level = self.join_level(request)
+            used = request.num_output_tokens
+            while level < last and used >= self._quanta[level]:
+                used -= self._quanta[level]
+                level += 1
+            if level < last and self._quanta[level] - used < steps:
+                steps = self._quanta[level] - used
+        return steps
 
     def on_scheduled(self, request: Request, num_tokens: int, now_s: float) -> None:
         pass

@@ -27,9 +27,11 @@ recently active idle ones after that (a closed-loop agent's next call arrives af
 
 from __future__ import annotations
 
+import math
+import sys
 from bisect import bisect_right
 from collections import OrderedDict
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 
 from shunter.core.request import Request
@@ -96,6 +98,30 @@ class PlasPolicy:
     def should_preempt(self, waiting: Request, running: Request, now_s: float) -> bool:
         return ((waiting.priority, self.level(waiting))
                 < (running.priority, self.level(running)))
+
+    def steps_until_reorder(self, running: Sequence[Request]) -> int:
+        """Decode steps before a running call's program crosses into another level: keys, the
+        waiting order and `should_preempt` depend on levels only, and a step charges each
+        running call one output token (so a program with c running calls gains c x w_out)."""
+        calls: dict[str, int] = {}
+        for request in running:
+            program = program_of(request)
+            calls[program] = calls.get(program, 0) + 1
+        steps = sys.maxsize
+        for program, num_calls in calls.items():
+            service = self.service.get(program, 0.0)
+            level = bisect_right(self.thresholds, service)
+            per_step = self.output_weight * num_calls
+            if level == len(self.thresholds) or per_step <= 0:
+                continue  # the open-ended last level, or no service charged
+            threshold = self.thresholds[level]
+            # step j decides on the service after j - 1 steps' charges: below the threshold
+            # for j <= s, where s is the first count of charges that reaches it
+            s = max(1, math.ceil((threshold - service) / per_step))
+            while s > 1 and service + (s - 1) * per_step >= threshold:
+                s -= 1  # the division rounded up past the exact count
+            steps = min(steps, s)
+        return steps
 
     def on_scheduled(self, request: Request, num_tokens: int, now_s: float) -> None:
         program = program_of(request)
