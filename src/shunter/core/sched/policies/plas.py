@@ -27,6 +27,7 @@ recently active idle ones after that (a closed-loop agent's next call arrives af
 
 from __future__ import annotations
 
+import heapq
 import math
 import sys
 from bisect import bisect_right
@@ -154,33 +155,45 @@ class PlasPolicy:
 
 
 class ScanQueue:
-    """Waiting requests ordered by a key computed when asked (it may change while they wait).
+    """Waiting requests ordered by a key that may change while they wait.
 
-    The head is memoised until the queue changes or `invalidate` is called: O(waiting) per
-    decision that follows a change.
+    A heap of (key, arrival sequence, request) with lazy removal; `invalidate` (keys changed)
+    marks it stale and the next look rebuilds it with fresh keys: O(waiting) per key change,
+    O(log waiting) per add or pop. FIFO among equal keys.
     """
 
-    __slots__ = ("_best", "_items", "_key", "_seq")
+    __slots__ = ("_heap", "_items", "_key", "_seq", "_stale")
 
     def __init__(self, key: Callable[[Request], tuple[float, ...]]) -> None:
         self._key = key
         self._items: dict[str, tuple[int, Request]] = {}  # request id -> (seq, request)
+        self._heap: list[tuple[tuple[float, ...], int, Request]] = []
         self._seq = 0
-        self._best: Request | None = None
+        self._stale = False
 
     def invalidate(self) -> None:
-        self._best = None
+        self._stale = True
 
     def add(self, request: Request) -> None:
         self._items[request.request_id] = (self._seq, request)
+        if not self._stale:
+            heapq.heappush(self._heap, (self._key(request), self._seq, request))
         self._seq += 1
-        self._best = None
 
     def peek(self) -> Request | None:
-        if self._best is None and self._items:
+        if self._stale:
             key = self._key
-            self._best = min(self._items.values(), key=lambda e: (key(e[1]), e[0]))[1]
-        return self._best
+            self._heap = [(key(r), seq, r) for seq, r in self._items.values()]
+            heapq.heapify(self._heap)
+            self._stale = False
+        heap, items = self._heap, self._items
+        while heap:
+            _, seq, request = heap[0]
+            entry = items.get(request.request_id)
+            if entry is not None and entry[0] == seq:
+                return request
+            heapq.heappop(heap)  # removed, or re-added since (a newer entry stands for it)
+        return None
 
     def pop(self) -> Request:
         request = self.peek()
@@ -189,8 +202,7 @@ class ScanQueue:
         return request
 
     def remove(self, request: Request) -> None:
-        if self._items.pop(request.request_id, None) is not None:
-            self._best = None
+        self._items.pop(request.request_id, None)
 
     def __len__(self) -> int:
         return len(self._items)
