@@ -58,8 +58,8 @@ class Router(Protocol):
     """Chooses a replica for each request from snapshots.
 
     A router whose decisions never read replica state may say so with a class attribute
-    `is_load_blind = True`: the simulator can then split a run across processes
-    (`shunter.sim.partition`).
+    `is_load_blind = True`: the simulator then hands it views whose load fields are not kept
+    current, and can split a run across processes (`shunter.sim.partition`).
     """
 
     def route(self, request: RequestSpec, replicas: Sequence[ReplicaView]) -> RouteDecision:

@@ -84,6 +84,9 @@ class SimCluster:
                 skip_prefill_cached_fraction=topo.skip_prefill_cached_fraction)
         else:
             self.views = [view_source(replicas)]
+        # a load-blind router reads ids only: it gets these views, never recomputed
+        self._blind_views = ([r.view() for r in replicas]
+                             if getattr(router, "is_load_blind", False) else None)
         self.migrator = (None if topo.migration is None else
                          Migrator(self, pool, topo.migration, kv_link_bytes_s=topo.kv_link_bytes_s))
         self._timers: dict[str, Callable[[int], None]] = {
@@ -178,7 +181,8 @@ class SimCluster:
             replica_id = self.disagg.route(spec)
         else:
             source = self.views[0]
-            replica_id = self.router.route(spec, source.views()).replica_id  # type: ignore[arg-type]
+            views = self._blind_views if self._blind_views is not None else source.views()
+            replica_id = self.router.route(spec, views).replica_id  # type: ignore[arg-type]
             source.dispatched(replica_id, spec)
         replica = self.replicas[replica_id]
         self.num_routed[replica_id] += 1
