@@ -92,3 +92,37 @@ def test_random_operations_keep_invariants():
                 assert pool.block_hash(blk) == h
         pool.check_invariants()
         assert pool.num_used_blocks == len(set(held))
+
+
+def test_fifo_free_queue_hands_out_what_the_lru_queue_does():
+    """Without caching, the list-backed FIFO queue gives the very ids of the ordered one."""
+    rng = random.Random(1)
+    lru, fifo = BlockPool(64, enable_caching=False), BlockPool(64, enable_caching=False,
+                                                                 fifo_free=True)
+    held: list[int] = []
+    for _ in range(3000):
+        if rng.random() < 0.55 and lru.num_free_blocks:
+            n = rng.randint(1, lru.num_free_blocks)
+            got = lru.allocate(n)
+            assert fifo.allocate(n) == got
+            held.extend(got)
+        elif held:
+            rng.shuffle(held)
+            k = rng.randint(1, len(held))
+            lru.free(held[:k])
+            fifo.free(held[:k])
+            held = held[k:]
+        fifo.check_invariants()
+        assert fifo.num_free_blocks == lru.num_free_blocks == 64 - len(held)
+
+
+def test_fifo_free_queue_refuses_what_it_cannot_do():
+    with pytest.raises(ValueError, match="fifo_free needs enable_caching=False"):
+        BlockPool(8, fifo_free=True)
+    pool = BlockPool(8, enable_caching=False, fifo_free=True)
+    [a] = pool.allocate(1)
+    pool.free([a])
+    with pytest.raises(AssertionError, match="double free"):
+        pool.free([a])
+    with pytest.raises(AssertionError, match="hands out its head only"):
+        pool.take_free(3)

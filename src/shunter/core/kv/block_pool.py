@@ -8,6 +8,11 @@ Invariants (checked by `check_invariants`, and by the tests after every operatio
 
 The free queue is ordered for eviction: its head is handed out first. Callers free a request's
 blocks tail-first, so the ends of long prompts are evicted before their shared beginnings.
+
+Without prefix caching (and without contiguous allocation, which takes particular blocks), no
+block ever leaves the queue from the middle, so `fifo_free=True` keeps it as a list with a
+moving head: the same order, handed out and returned by slices instead of one dict operation
+per block (the simulator's hottest data structure on long decodes).
 """
 
 from __future__ import annotations
@@ -21,25 +26,30 @@ __all__ = ["BlockPool"]
 class BlockPool:
     """Fixed set of `num_blocks` KV blocks, ids 0..num_blocks-1."""
 
-    __slots__ = ("_free", "_hash_of", "_ref", "cached", "enable_caching", "num_blocks")
+    __slots__ = ("_fifo", "_free", "_hash_of", "_ref", "cached", "enable_caching", "num_blocks")
 
-    def __init__(self, num_blocks: int, *, enable_caching: bool = True) -> None:
+    def __init__(self, num_blocks: int, *, enable_caching: bool = True,
+                 fifo_free: bool = False) -> None:
         if num_blocks < 1:
             raise ValueError(f"num_blocks must be >= 1, got {num_blocks}")
+        if fifo_free and enable_caching:
+            raise ValueError("fifo_free needs enable_caching=False (cache hits leave the middle)")
         self.num_blocks = num_blocks
         self.enable_caching = enable_caching
         self._ref = [0] * num_blocks
         self._hash_of: list[int | None] = [None] * num_blocks
-        self._free: OrderedDict[int, None] = OrderedDict.fromkeys(range(num_blocks))
+        self._fifo = _FifoQueue(num_blocks) if fifo_free else None
+        self._free: OrderedDict[int, None] = (OrderedDict() if fifo_free else
+                                              OrderedDict.fromkeys(range(num_blocks)))
         self.cached: dict[int, int] = {}  # block hash -> block id
 
     @property
     def num_free_blocks(self) -> int:
-        return len(self._free)
+        return len(self._free) if self._fifo is None else len(self._fifo)
 
     @property
     def num_used_blocks(self) -> int:
-        return self.num_blocks - len(self._free)
+        return self.num_blocks - self.num_free_blocks
 
     def ref_count(self, block_id: int) -> int:
         return self._ref[block_id]
@@ -57,12 +67,18 @@ class BlockPool:
         return sum(1 for b in block_ids if ref[b] == 0)
 
     def can_allocate(self, num_blocks: int) -> bool:
-        return num_blocks <= len(self._free)
+        return num_blocks <= self.num_free_blocks
 
     def allocate(self, num_blocks: int) -> list[int]:
         """Hand out `num_blocks` fresh blocks (evicting their cached hashes); caller checked fit."""
-        assert num_blocks <= len(self._free), f"allocate {num_blocks} > free {len(self._free)}"
-        free, ref, hash_of, cached = self._free, self._ref, self._hash_of, self.cached
+        assert num_blocks <= self.num_free_blocks, f"allocate {num_blocks} > free {self.num_free_blocks}"
+        ref = self._ref
+        if self._fifo is not None:  # no hashes, no middle removals: slices in queue order
+            out = self._fifo.take(num_blocks)
+            for block_id in out:
+                ref[block_id] = 1
+            return out
+        free, hash_of, cached = self._free, self._hash_of, self.cached
         pop = free.popitem
         out = [pop(False)[0] for _ in range(num_blocks)]  # the LRU head, in order
         if not self.enable_caching:  # no block ever carries a hash
@@ -102,6 +118,7 @@ class BlockPool:
         order: contiguous allocation extends a request's run of ids with it."""
         if not 0 <= block_id < self.num_blocks or self._ref[block_id]:
             return False
+        assert self._fifo is None, "a FIFO free queue hands out its head only"
         del self._free[block_id]
         old = self._hash_of[block_id]
         if old is not None:
@@ -116,12 +133,20 @@ class BlockPool:
         ref, free = self._ref, self._free
         for b in block_ids:
             if ref[b] == 0:
+                assert self._fifo is None, "a FIFO free queue hands out its head only"
                 del free[b]
             ref[b] += 1
 
     def free(self, block_ids: Iterable[int]) -> None:
         """Drop one reference on each block, in the given order (callers pass tail-first)."""
         ref, free = self._ref, self._free
+        if self._fifo is not None:  # every used block has one reference (no cache hits)
+            ids = list(block_ids)
+            for b in ids:
+                assert ref[b] == 1, f"double free of block {b}"
+                ref[b] = 0
+            self._fifo.extend(ids)
+            return
         for b in block_ids:
             count = ref[b] - 1
             assert count >= 0, f"double free of block {b}"
@@ -145,9 +170,40 @@ class BlockPool:
 
     def check_invariants(self) -> None:
         """Assert the pool's invariants; O(num_blocks), for tests and debugging."""
+        free = set(self._free) if self._fifo is None else set(self._fifo.ids())
         for b in range(self.num_blocks):
             assert self._ref[b] >= 0, f"block {b} has ref {self._ref[b]}"
-            assert (self._ref[b] == 0) == (b in self._free), f"block {b}: ref/free mismatch"
+            assert (self._ref[b] == 0) == (b in free), f"block {b}: ref/free mismatch"
         for h, b in self.cached.items():
             assert self._hash_of[b] == h, f"cache maps {h} to block {b} holding {self._hash_of[b]}"
-        assert len(self._free) + sum(1 for r in self._ref if r > 0) == self.num_blocks
+        assert self.num_free_blocks == len(free), "a block is queued twice"
+        assert self.num_free_blocks + sum(1 for r in self._ref if r > 0) == self.num_blocks
+
+
+class _FifoQueue:
+    """Free block ids in queue order: a list whose first `_head` entries were handed out."""
+
+    __slots__ = ("_head", "_ids")
+
+    def __init__(self, num_blocks: int) -> None:
+        self._ids = list(range(num_blocks))
+        self._head = 0
+
+    def __len__(self) -> int:
+        return len(self._ids) - self._head
+
+    def ids(self) -> list[int]:
+        return self._ids[self._head:]
+
+    def take(self, num_blocks: int) -> list[int]:
+        head = self._head
+        out = self._ids[head:head + num_blocks]
+        head += num_blocks
+        if 2 * head > len(self._ids):  # drop the handed-out prefix: amortised O(1) a block
+            del self._ids[:head]
+            head = 0
+        self._head = head
+        return out
+
+    def extend(self, block_ids: list[int]) -> None:
+        self._ids.extend(block_ids)
