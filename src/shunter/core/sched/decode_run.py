@@ -217,7 +217,8 @@ def _allocate_run_blocks(scheduler: CoreScheduler, running: list[Request], num_s
     Request i needs a block at steps f_i, f_i + bs, f_i + 2 bs, ... with 1 <= f_i <= bs, so
     round k (steps in (k bs, (k + 1) bs]) serves, in (f_i, i) order, the requests with
     f_i + k bs <= num_steps: a prefix of that order. The pool hands out the same ids in the
-    same order as one `allocate(1)` per event would, since nothing else touches it meanwhile.
+    same order as one `allocate(1)` per event would, since nothing else touches it meanwhile;
+    they are dealt to the requests by strided slices of that order.
     """
     bs = scheduler.config.block_size
     firsts = []
@@ -231,16 +232,20 @@ def _allocate_run_blocks(scheduler: CoreScheduler, running: list[Request], num_s
         return
     pool = scheduler.kv.pool
     assert pool.can_allocate(total), "decode run planned past the free blocks"
-    ids = iter(pool.allocate(total))
+    ids = pool.allocate(total)
     firsts.sort()
-    tables = [running[index].block_ids for _, index in firsts]
-    limit = num_steps
-    while limit > 0:
-        for (first, _), table in zip(firsts, tables, strict=True):
-            if first > limit:
-                break
-            table.append(next(ids))
-        limit -= bs
+    # every request gets `full` or `full + 1` blocks (the f_i span less than bs): rounds
+    # 0..full-1 serve all n, round `full` the prefix that gets one more; so request p's ids
+    # are every n-th from p, then one from the last round
+    n = len(firsts)
+    full = 1 + (num_steps - firsts[-1][0]) // bs
+    end = n * full
+    num_extra = total - end
+    for p, (_, index) in enumerate(firsts):
+        table = running[index].block_ids
+        table.extend(ids[p:end:n])
+        if p < num_extra:
+            table.append(ids[end + p])
 
 
 def _finish_run(scheduler: CoreScheduler, running: list[Request], num_steps: int,
