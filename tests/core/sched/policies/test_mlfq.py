@@ -14,6 +14,21 @@ def test_skip_join_picks_the_first_level_whose_allowance_holds_the_prompt():
     assert levels == {1: 0, 100: 0, 101: 1, 400: 2, 401: 3, 5000: 3}
 
 
+def test_skip_join_from_a_profiled_table_of_prompt_limits():
+    # level 0 holds no prompt (even one token's prefill outlasts its quantum); past the table's
+    # last limit a prompt joins the level after it
+    p = MlfqPolicy(num_levels=4, prompt_limits_tokens=(0, 100, 150))
+    levels = {n: p.join_level(make_request(num_prompt_tokens=n)) for n in (1, 100, 101, 150, 151, 10000)}
+    assert levels == {1: 1, 100: 1, 101: 2, 150: 2, 151: 3, 10000: 3}
+    r = make_request(num_prompt_tokens=120)
+    for _ in range(4):  # joined at level 2, whose quantum is 64 output tokens
+        r.append_output(7)
+    assert p.level(r) == 2
+    for bad in ((5, 3), (1, 2, 3, 4, 5), ()):
+        with pytest.raises(ValueError, match="prompt_limits_tokens"):
+            MlfqPolicy(num_levels=4, prompt_limits_tokens=bad)
+
+
 def test_demotion_after_each_quantum_of_output_tokens():
     p = MlfqPolicy(num_levels=4, base_quantum_tokens=4, quantum_growth=2.0)
     r = make_request(num_prompt_tokens=8)

@@ -3,10 +3,12 @@ Serving for Large Language Models", 2023).
 
 Levels 0 (served first) to `num_levels - 1`; level i's quantum is
 `base_quantum_tokens * quantum_growth**i` output tokens. Skip-join: a request does not start at
-level 0 but at the first level whose prompt allowance (`prompt_quantum_tokens *
-quantum_growth**i` prompt tokens) holds its prompt, since a long prompt's first iteration
-alone would use up the small quanta (FastServe compares the first iteration's time with the
-quanta; here the allowance in prompt tokens stands for that time). Demotion: after using its
+level 0 but at the first level whose prompt allowance holds its prompt, since a long prompt's
+first iteration alone would use up the small quanta. FastServe compares the first iteration's
+profiled time with the quanta; here the allowance is in prompt tokens: `prompt_quantum_tokens *
+quantum_growth**i`, or, from a profile, `prompt_limits_tokens[i]` (the longest prompt whose
+prefill fits level i's quantum; prefill time grows faster than the prompt, so a profile sends
+very long prompts further down than a geometric allowance). Demotion: after using its
 level's quantum of output tokens a request moves down a level. A request's level is therefore
 a pure function of its prompt length and its output tokens so far, so the policy keeps no
 per-request state and the simulator's bulk decode runs charge exactly what single steps would.
@@ -23,6 +25,7 @@ Priorities come first: MLFQ orders requests within a priority.
 from __future__ import annotations
 
 import sys
+from bisect import bisect_left
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
@@ -38,6 +41,9 @@ class MlfqPolicy:
     base_quantum_tokens: int = 16
     quantum_growth: float = 2.0
     prompt_quantum_tokens: int = 512
+    # skip-join from a profile: level i admits prompts of at most this many tokens (None:
+    # `prompt_quantum_tokens * quantum_growth**i`); longer prompts join the level after the last
+    prompt_limits_tokens: Sequence[int] | None = None
     promote_s: float | None = 30.0
     preemption_threshold: float = 1.0
     name: str = "mlfq"
@@ -58,13 +64,17 @@ class MlfqPolicy:
         growth = [self.quantum_growth**i for i in range(self.num_levels)]
         self._quanta = tuple(max(1, round(self.base_quantum_tokens * g)) for g in growth)
         self._prompt_limits = tuple(self.prompt_quantum_tokens * g for g in growth)
+        if self.prompt_limits_tokens is not None:
+            limits = tuple(self.prompt_limits_tokens)
+            if not 1 <= len(limits) <= self.num_levels or any(
+                    b < a for a, b in zip(limits, limits[1:], strict=False)) or limits[0] < 0:
+                raise ValueError(f"prompt_limits_tokens must be 1 to num_levels ({self.num_levels}) "
+                                 f"non-decreasing counts >= 0, got {limits}")
+            self._prompt_limits = tuple(float(x) for x in limits)
 
     def join_level(self, request: Request) -> int:
         """Skip-join: the first level whose prompt allowance holds the prompt."""
-        for level, limit in enumerate(self._prompt_limits):
-            if request.num_prompt_tokens <= limit:
-                return level
-        return self.num_levels - 1
+        return min(bisect_left(self._prompt_limits, request.num_prompt_tokens), self.num_levels - 1)
 
     def level(self, request: Request) -> int:
         """The join level, moved down once per quantum of output tokens used."""
