@@ -103,3 +103,25 @@ def test_help_lists_policies_and_routers(capsys):
         main(["simulate", "--help"])
     text = capsys.readouterr().out
     assert "fcfs" in text and "priority" in text and "least_load" in text and "--trace-format" in text
+
+
+def test_workers_split_a_load_blind_run_with_the_same_results(tmp_path, capsys):
+    args = ["simulate", "--num-requests", "120", "--router", "round_robin", "--replicas", "3"]
+    one, two = tmp_path / "one.json", tmp_path / "two.json"
+    assert main([*args, "--json", str(one), "--quiet"]) == 0
+    assert main([*args, "--json", str(two), "--workers", "2"]) == 0
+    assert "2 worker processes" in capsys.readouterr().out
+    a, b = json.loads(one.read_text()), json.loads(two.read_text())
+    a.pop("wall_s"), b.pop("wall_s")
+    assert a == b
+
+
+def test_workers_say_why_a_run_stays_in_one_process(capsys):
+    assert main(["simulate", "--num-requests", "20", "--replicas", "2", "--workers", "2"]) == 0
+    assert "one process (router 'least_load' reads replica state)" in capsys.readouterr().out
+
+
+def test_workers_must_be_positive(capsys):
+    with pytest.raises(SystemExit):
+        main(["simulate", "--workers", "0"])
+    assert "--workers" in capsys.readouterr().err
