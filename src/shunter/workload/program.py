@@ -31,7 +31,8 @@ from shunter.workload.arrival import STREAM_ARRIVALS, arrival_times, seeded_rng
 from shunter.workload.loaders import iter_workload
 from shunter.workload.parse import ZeroLengthWarning
 
-__all__ = ["FollowUp", "FollowUps", "ProgramWorkload", "agent_programs", "followers"]
+__all__ = ["FollowUp", "FollowUps", "ProgramWorkload", "agent_programs", "check_program_args",
+           "followers"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -119,16 +120,21 @@ def _conversations(path: str | Path, num_programs: int, min_calls: int, max_call
     return programs
 
 
-def agent_programs(path: str | Path, *, num_programs: int, rate: float, think_time_s: float = 0.0,
-                   min_calls: int = 1, max_calls: int | None = None, seed: int = 0,
-                   ) -> ProgramWorkload:
-    """Closed-loop programs from a ShareGPT turn-length file (see the module docstring)."""
+def check_program_args(num_programs: int, rate: float, think_time_s: float) -> None:
+    """The arguments every program generator takes, validated (ConfigError names the bad one)."""
     if num_programs < 1:
         raise ConfigError(f"num_programs must be >= 1, got {num_programs}")
     if not (rate > 0 and math.isfinite(rate)):
         raise ConfigError(f"rate must be a finite number > 0 programs/s, got {rate}")
     if not (think_time_s >= 0 and math.isfinite(think_time_s)):
         raise ConfigError(f"think_time_s must be a finite number >= 0, got {think_time_s}")
+
+
+def agent_programs(path: str | Path, *, num_programs: int, rate: float, think_time_s: float = 0.0,
+                   min_calls: int = 1, max_calls: int | None = None, seed: int = 0,
+                   ) -> ProgramWorkload:
+    """Closed-loop programs from a ShareGPT turn-length file (see the module docstring)."""
+    check_program_args(num_programs, rate, think_time_s)
     if min_calls < 1 or (max_calls is not None and max_calls < min_calls):
         raise ConfigError(f"need 1 <= min_calls <= max_calls, got {min_calls}, {max_calls}")
     programs = _conversations(path, num_programs, min_calls, max_calls)

@@ -28,7 +28,6 @@ Program starts are Poisson at `rate` programs/s; every call carries `program_id`
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -38,7 +37,7 @@ from shunter.core.types import RequestId, RequestSpec
 from shunter.errors import ConfigError
 from shunter.workload.arrival import STREAM_ARRIVALS, STREAM_ROWS, arrival_times, seeded_rng
 from shunter.workload.parse import LoadOptions, LoadReport
-from shunter.workload.program import FollowUp, ProgramWorkload
+from shunter.workload.program import FollowUp, ProgramWorkload, check_program_args
 from shunter.workload.sharegpt import SHAREGPT_HASH_BLOCK_SIZE, iter_conversations, session_base_id
 
 __all__ = ["ProgramShape", "TurnPool", "discrete_pareto", "staged_programs"]
@@ -94,12 +93,7 @@ def staged_programs(path: str | Path | TurnPool, *, num_programs: int, rate: flo
                     shape: ProgramShape | None = None, think_time_s: float = 0.0, seed: int = 0,
                     ) -> ProgramWorkload:
     """Multi-threaded programs from a ShareGPT turn-length file (see the module docstring)."""
-    if num_programs < 1:
-        raise ConfigError(f"num_programs must be >= 1, got {num_programs}")
-    if not (rate > 0 and math.isfinite(rate)):
-        raise ConfigError(f"rate must be a finite number > 0 programs/s, got {rate}")
-    if not (think_time_s >= 0 and math.isfinite(think_time_s)):
-        raise ConfigError(f"think_time_s must be a finite number >= 0, got {think_time_s}")
+    check_program_args(num_programs, rate, think_time_s)
     shape = shape or ProgramShape()
     pool = path if isinstance(path, TurnPool) else TurnPool.from_sharegpt(path)
     starts = arrival_times(num_programs, seeded_rng(seed, STREAM_ARRIVALS), rate)
