@@ -3,6 +3,7 @@
     python -m benchmarks.sim_vs_vidur                 # 100,000 requests + the scaling table
     python -m benchmarks.sim_vs_vidur --quick         # 10,000 requests
     python -m benchmarks.sim_vs_vidur --skip-1m       # scaling table without its 1M rows
+    python -m benchmarks.sim_vs_vidur --workers 2     # Shunter on 2 processes (sim.partition)
 
 Scenario (issue 4): Llama-2-70B on A100-80GB, tensor parallel 2, 4 replicas behind a round-robin
 router, vLLM's scheduler (prefill-first, 4096-token batches, 128 sequences, no prefix cache),
@@ -24,6 +25,8 @@ trace's 19,366 rows the trace is tiled (each row repeated) for both simulators.
 
 Both sides run as child processes under `benchmarks._external._proc.run_measured`: wall time is
 the whole process (start-up, workload, simulation, metrics), peak memory is the child's max RSS.
+With `--workers N` (round robin lets Shunter split the replicas across processes, results
+unchanged) CPU time counts every process and peak memory adds their peaks (an upper bound).
 Latencies use one definition for both (`benchmarks._external.vidur_metrics.summarize`).
 Vidur's results are cached in `.bench/runs/sim-vs-vidur-*/result.json`; `--rerun-vidur` redoes it.
 """
