@@ -48,7 +48,7 @@ does not beat FCFS there either. So the paper's direction shows on one real trac
 Swap costs MLFQ more than recompute because it preempts far more often and our copies stall
 the step. Ratios are FCFS's JCT over MLFQ's, in the same run.
 
-Run: python benchmarks/repro_mlfq.py [--quick]
+Run: python benchmarks/repro_mlfq.py [--quick] [--load X]
 """
 
 from __future__ import annotations
@@ -181,7 +181,11 @@ def why_row(trace: Trace, specs: list[RequestSpec], cost: CostModel) -> tuple[st
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="fewer requests")
+    parser.add_argument("--load", type=float, default=LOAD,
+                        help=f"request rate as a multiple of FCFS's throughput (default {LOAD:g})")
     args = parser.parse_args()
+    if not args.load > 0:
+        parser.error(f"--load must be > 0, got {args.load}")
     if not SHARED.is_dir():
         print(f"skipped: {SHARED} (the shared traces) is absent")
         return 0
@@ -192,7 +196,7 @@ def main() -> int:
     console = Console(width=170)
     table = Table(title=f"Job completion time, {MODEL} on 1x {GPU}, max {MAX_NUM_SEQS} running, "
                         f"{MAX_NUM_BATCHED_TOKENS} tokens/step, {num_requests} requests at "
-                        f"{LOAD:g}x FCFS throughput")
+                        f"{args.load:g}x FCFS throughput")
     for col in ("trace (arrivals)", "preemption", "rate", "policy", "mean JCT (s)", "P50 JCT (s)",
                 "P99 JCT (s)", "preemptions", "ours: mean", "ours: P99", "paper: mean",
                 "paper: P99"):
@@ -203,7 +207,7 @@ def main() -> int:
         why.add_column(col)
     for trace in TRACES:
         probe = load(trace, num_requests, OVERLOAD_RATE, poisson=True)
-        rate = LOAD * summarize(simulate(config("fcfs", "swap", params), probe).records
+        rate = args.load * summarize(simulate(config("fcfs", "swap", params), probe).records
                                 ).throughput_req_s
         specs = load(trace, num_requests, rate, poisson=not trace.real_arrivals)
         why.add_row(*why_row(trace, specs, cost))
