@@ -41,6 +41,8 @@ def partition_blocker(config: SimConfig, *, has_follow_ups: bool = False) -> str
     """Why this run cannot be split across processes; None if it can."""
     if config.num_replicas_total < 2:
         return "a single replica"
+    if "fork" not in multiprocessing.get_all_start_methods():
+        return "this platform cannot fork worker processes"
     if config.disaggregation:
         return "prefill/decode disaggregation hands requests between replicas"
     if config.migration is not None:
