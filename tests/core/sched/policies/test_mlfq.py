@@ -105,3 +105,14 @@ def test_mlfq_is_marked_dynamic_so_decode_runs_stop_while_anything_waits():
     assert MlfqPolicy().has_static_order is False
     with pytest.raises(ValueError, match="quantum_growth"):
         MlfqPolicy(quantum_growth=0.5)
+
+
+def test_steps_until_reorder_is_the_least_quantum_left():
+    policy = MlfqPolicy(base_quantum_tokens=16, quantum_growth=2.0, num_levels=3,
+                        prompt_quantum_tokens=512)
+    a = make_request("a", num_prompt_tokens=10)
+    b = make_request("b", num_prompt_tokens=10)
+    a.num_output_tokens, b.num_output_tokens = 10, 20  # a: 6 left at level 0; b: 28 at level 1
+    assert policy.steps_until_reorder([a, b]) == 6
+    b.num_output_tokens = 48  # level 2, the last: it never moves again
+    assert policy.steps_until_reorder([b]) > 10**9

@@ -122,3 +122,13 @@ def test_heavy_tailed_programs_get_a_lower_mean_latency_than_under_fcfs():
         return sum(r.e2e_s for r in records.values()) / len(records)
 
     assert mean_latency("plas") < 0.5 * mean_latency("fcfs")
+
+
+def test_steps_until_reorder_counts_to_the_next_level_and_refuses_inexact_weights():
+    policy = make_policy("plas", first_level_service=100.0)
+    a, b = call("a", "p"), call("b", "p")
+    policy.service["p"] = 90.0
+    # two running calls of p gain 2 x 2.0 a step: 90 -> 94 -> 98 -> 102 (level 1 after 3)
+    assert policy.steps_until_reorder([a, b]) == 3
+    assert policy.steps_until_reorder([a]) == 5  # 90 + 5 x 2 = 100 reaches the threshold
+    assert make_policy("plas", output_weight=1.1).steps_until_reorder([a]) == 0

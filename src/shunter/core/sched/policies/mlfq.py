@@ -78,13 +78,17 @@ class MlfqPolicy:
 
     def level(self, request: Request) -> int:
         """The join level, moved down once per quantum of output tokens used."""
+        return self._level_and_used(request)[0]
+
+    def _level_and_used(self, request: Request) -> tuple[int, int]:
+        """The level, and the output tokens used of its quantum so far."""
         level = self.join_level(request)
-        left = request.num_output_tokens
+        used = request.num_output_tokens
         last = self.num_levels - 1
-        while level < last and left >= self._quanta[level]:
-            left -= self._quanta[level]
+        while level < last and used >= self._quanta[level]:
+            used -= self._quanta[level]
             level += 1
-        return level
+        return level, used
 
     def _key(self, request: Request) -> tuple[int, float, float]:
         level = self.level(request)
@@ -119,13 +123,9 @@ class MlfqPolicy:
         last = self.num_levels - 1
         steps = sys.maxsize
         for request in running:
-            level = self.join_level(request)
-            used = request.num_output_tokens
-            while level < last and used >= self._quanta[level]:
-                used -= self._quanta[level]
-                level += 1
-            if level < last and self._quanta[level] - used < steps:
-                steps = self._quanta[level] - used
+            level, used = self._level_and_used(request)
+            if level < last:
+                steps = min(steps, self._quanta[level] - used)
         return steps
 
     def on_scheduled(self, request: Request, num_tokens: int, now_s: float) -> None:

@@ -103,7 +103,10 @@ class PlasPolicy:
     def steps_until_reorder(self, running: Sequence[Request]) -> int:
         """Decode steps before a running call's program crosses into another level: keys, the
         waiting order and `should_preempt` depend on levels only, and a step charges each
-        running call one output token (so a program with c running calls gains c x w_out)."""
+        running call one output token (so a program with c running calls gains c x w_out).
+        Bulk charging is exact only for a whole w_out; otherwise it says 0 (no runs)."""
+        if not float(self.output_weight).is_integer():
+            return 0  # k charges summed one by one may round differently from one charge of k
         calls: dict[str, int] = {}
         for request in running:
             program = program_of(request)
