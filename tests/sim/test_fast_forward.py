@@ -113,10 +113,27 @@ def test_fast_forward_equals_step_by_step_on_agent_programs(policy):
     assert len(runs[0].records) == workload.num_calls
 
 
-@pytest.mark.parametrize("name", ["plas", "mlfq-few-seqs", "small-budget"])
+FULL_SEATS = {
+    "plas": SimConfig(policy="plas", policy_params={"first_level_service": 512.0},
+                      scheduler={"max_num_seqs": 4}),
+    "vtc": SimConfig(policy="vtc", scheduler={"max_num_seqs": 4}),
+    "mlfq-few-seqs": SCENARIOS["mlfq-few-seqs"],
+    "small-budget": SCENARIOS["small-budget"],
+}
+
+
+@pytest.mark.parametrize("name", ["plas", "vtc"])
+def test_fast_forward_equals_step_by_step_with_full_seats(name):
+    specs = varied_workload(seed=7, n=100, rate=8.0)
+    fast = simulate(replace(FULL_SEATS[name], fast_forward=True), specs)
+    slow = simulate(replace(FULL_SEATS[name], fast_forward=False), specs)
+    assert fingerprint(fast) == fingerprint(slow)
+
+
+@pytest.mark.parametrize("name", sorted(FULL_SEATS))
 def test_runs_also_cover_reordering_policies_and_full_seats(name, monkeypatch):
-    """plas: runs capped at the next level crossing; with every seat taken, waiting requests
-    no longer stop runs (mlfq-few-seqs, small-budget)."""
+    """plas, vtc, mlfq: runs capped at the next reordering; with every seat taken, waiting
+    requests no longer stop runs."""
     bulk = []
 
     def counting(scheduler, num_steps, stopped):
@@ -124,6 +141,6 @@ def test_runs_also_cover_reordering_policies_and_full_seats(name, monkeypatch):
         return advance_decode_run(scheduler, num_steps, stopped)
 
     monkeypatch.setattr(replica_module, "advance_decode_run", counting)
-    config = replace(SCENARIOS[name], record_steps=True)
+    config = replace(FULL_SEATS[name], record_steps=True)
     run = simulate(config, varied_workload(seed=2, n=80, rate=8.0))
     assert sum(bulk) > len(run.step_log) / 3, (sum(bulk), len(run.step_log))

@@ -9,7 +9,8 @@ block, or a new request arrives. In between, no decision can change:
   policy with a static order keeps the same waiting head. A policy without one may change its
   waiting head, `should_preempt` and victim keys (which order the running requests' block
   allocations and frees each step) as service is charged: its runs are capped at its
-  `steps_until_reorder` (it gets none if it has no such method);
+  `steps_until_reorder` (it gets none if it has no such method), and if it charges when a step
+  is scheduled (`charges_on_schedule`), they start only from an applied state;
 - priority preemption stays off: for static orders `should_preempt` does not depend on time,
   and every running request has already progressed (so the candidates are the same); runs are
   only taken when it says no for the waiting head, since whether the head fits (what phase 0
@@ -62,7 +63,12 @@ def decode_run_horizon(scheduler: CoreScheduler, output: SchedulerOutput, max_st
     if scheduler.kv.contiguous:
         return 0  # block ids depend on who allocates when; the bulk path allocates in LRU order
     # The policy's reorder horizon counts steps from an applied state; here the first step is
-    # scheduled (charged) but not applied (its tokens not counted), so one fewer is certain.
+    # scheduled but not applied (its tokens not counted), so one fewer is certain. A policy that
+    # charges when a step is scheduled may already have reordered since this step's decisions
+    # (e.g. another waiting head that would fit): its runs start from an applied state only.
+    policy = scheduler.policy
+    if not policy.has_static_order and getattr(policy, "charges_on_schedule", True):
+        return 0
     horizon = min(max_steps, _reorder_horizon(scheduler) - 1)
     if horizon <= 0:
         return 0

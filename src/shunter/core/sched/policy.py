@@ -66,6 +66,10 @@ class Policy(Protocol):
     # through `on_scheduled`), it decides exactly as it does now (the waiting order, the order
     # of the running requests' victim keys, `should_preempt`'s answers); 0 if it cannot say.
     # The simulator then applies that many steps in bulk (`shunter.core.sched.decode_run`).
+    # Such a policy whose `on_scheduled` changes its order (it charges service, as vtc and plas
+    # do) may reorder between a step's decisions and the end of that step; it says
+    # `charges_on_schedule = True` (the default when absent) and its runs start only from an
+    # applied state.
     has_static_order: bool
 
     def make_queue(self) -> WaitingQueue:
@@ -151,6 +155,7 @@ class StaticKeyPolicy:
 
     __slots__ = ()
     preemptive = False  # subclasses may make it a field
+    charges_on_schedule = False  # on_scheduled charges nothing
 
     def order_key(self, request: Request) -> Any:
         """The static ordering key; smaller runs first."""

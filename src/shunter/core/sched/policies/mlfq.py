@@ -28,6 +28,7 @@ import sys
 from bisect import bisect_left
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import ClassVar
 
 from shunter.core.request import Request
 from shunter.core.sched.policy import KeyedQueue
@@ -48,6 +49,7 @@ class MlfqPolicy:
     preemption_threshold: float = 1.0
     name: str = "mlfq"
     has_static_order: bool = False  # demotion changes the order as output tokens are charged
+    charges_on_schedule: ClassVar[bool] = False  # levels follow sampled tokens, not charges
     _quanta: tuple[int, ...] = field(init=False, repr=False, default=())
     _prompt_limits: tuple[float, ...] = field(init=False, repr=False, default=())
 

@@ -26,8 +26,11 @@ tenant (then the latest arrival) is preempted first. Output lengths are never ne
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import math
+import sys
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
+from itertools import pairwise
 
 from shunter.core.request import Request
 from shunter.core.sched.policies.service import (
@@ -50,6 +53,7 @@ class VtcPolicy:
     has_static_order: bool = False  # the order follows counters that grow as service is charged
     counters: dict[TenantId, float] = field(default_factory=dict)
     meter: ServiceMeter = field(init=False)
+    _queue: VtcQueue | None = field(default=None, init=False, repr=False)
 
     def __post_init__(self) -> None:
         self.meter = ServiceMeter(self.input_weight, self.output_weight, skip_cached=False)
@@ -65,7 +69,40 @@ class VtcPolicy:
         return self.counters.get(tenant, 0.0)
 
     def make_queue(self) -> VtcQueue:
-        return VtcQueue(self)
+        self._queue = VtcQueue(self)
+        return self._queue
+
+    def steps_until_reorder(self, running: Sequence[Request]) -> int:
+        """Decode steps before two counters that decide an order meet, while each running
+        request adds w_out / weight to its tenant's counter a step: neighbours in the running
+        order (the first swap of linearly moving keys is between neighbours), and the waiting
+        head's tenant against every other waiting tenant. Only with whole weights (counters
+        stay integers, so bulk and step-by-step charging agree to the bit); else 0."""
+        if not (float(self.input_weight).is_integer() and float(self.output_weight).is_integer()
+                and all(w == 1.0 for w in (self.tenant_weights or {}).values())):
+            return 0
+        rates: dict[TenantId, float] = {}
+        for request in running:
+            rates[request.tenant] = rates.get(request.tenant, 0.0) + self.output_weight
+        counter = self.counter
+        steps = sys.maxsize
+        order = sorted(running, key=lambda r: (r.priority, counter(r.tenant), r.arrival_s))
+        for first, second in pairwise(order):
+            if first.tenant != second.tenant and first.priority == second.priority:
+                steps = min(steps, _steps_while_ahead(
+                    counter(second.tenant) - counter(first.tenant),
+                    rates[second.tenant] - rates[first.tenant]))
+        queue = self._queue
+        if queue is not None and len(queue):
+            if queue.has_pending_lifts:
+                return 0  # the next decision lifts returned tenants first
+            head = queue.best_tenant()
+            for tenant in queue.tenants:
+                if tenant != head:
+                    steps = min(steps, _steps_while_ahead(
+                        counter(tenant) - counter(head),
+                        rates.get(tenant, 0.0) - rates.get(head, 0.0)))
+        return steps
 
     def victim_key(self, request: Request, now_s: float) -> object:
         return (request.priority, self.counter(request.tenant), request.arrival_s)
@@ -111,6 +148,18 @@ class VtcQueue:
             waiting.append(tenant)
         returned.clear()
 
+    @property
+    def has_pending_lifts(self) -> bool:
+        return bool(self._returned)
+
+    @property
+    def tenants(self) -> list[TenantId]:
+        return self._queues.tenants
+
+    def best_tenant(self) -> TenantId | None:
+        """The tenant the next admission serves (pending lifts not applied)."""
+        return self._best_tenant()
+
     def _best_tenant(self) -> TenantId | None:
         counter, queues = self._policy.counter, self._queues
         tenants = queues.tenants
@@ -141,3 +190,14 @@ class VtcQueue:
 
     def __iter__(self) -> Iterator[Request]:
         return iter(self._queues)
+
+
+def _steps_while_ahead(lead: float, gain: float) -> int:
+    """Steps j = 1, 2, ... (step j decides on j - 1 steps' charges) over which a lead >= 0 that
+    changes by `gain` a step stays > 0 after the first (at 0 a tie-break may reorder)."""
+    if gain >= 0:
+        return sys.maxsize
+    steps = max(1, math.ceil(lead / -gain))
+    while steps > 1 and lead + (steps - 1) * gain <= 0:
+        steps -= 1
+    return steps
