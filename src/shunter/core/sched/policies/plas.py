@@ -28,7 +28,6 @@ recently active idle ones after that (a closed-loop agent's next call arrives af
 from __future__ import annotations
 
 import heapq
-import math
 import sys
 from bisect import bisect_right
 from collections import OrderedDict
@@ -40,6 +39,7 @@ from shunter.core.sched.policies.service import (
     DEFAULT_INPUT_WEIGHT,
     DEFAULT_OUTPUT_WEIGHT,
     ServiceMeter,
+    steps_before_meeting,
 )
 
 __all__ = ["PlasPolicy", "ScanQueue", "program_of"]
@@ -115,16 +115,9 @@ class PlasPolicy:
         for program, num_calls in calls.items():
             service = self.service.get(program, 0.0)
             level = bisect_right(self.thresholds, service)
-            per_step = self.output_weight * num_calls
-            if level == len(self.thresholds) or per_step <= 0:
-                continue  # the open-ended last level, or no service charged
-            threshold = self.thresholds[level]
-            # step j decides on the service after j - 1 steps' charges: below the threshold
-            # for j <= s, where s is the first count of charges that reaches it
-            s = max(1, math.ceil((threshold - service) / per_step))
-            while s > 1 and service + (s - 1) * per_step >= threshold:
-                s -= 1  # the division rounded up past the exact count
-            steps = min(steps, s)
+            if level < len(self.thresholds):  # (the last level is open-ended)
+                steps = min(steps, steps_before_meeting(
+                    service, self.output_weight * num_calls, self.thresholds[level], 0.0))
         return steps
 
     def on_scheduled(self, request: Request, num_tokens: int, now_s: float) -> None:

@@ -20,12 +20,14 @@ prefix-cache hits are free; `skip_cached=False` (VTC) charges the whole prompt.
 
 from __future__ import annotations
 
+import math
+import sys
 from dataclasses import dataclass, field
 
 from shunter.core.request import Request
 from shunter.core.types import RequestId
 
-__all__ = ["DEFAULT_INPUT_WEIGHT", "DEFAULT_OUTPUT_WEIGHT", "ServiceMeter"]
+__all__ = ["DEFAULT_INPUT_WEIGHT", "DEFAULT_OUTPUT_WEIGHT", "ServiceMeter", "steps_before_meeting"]
 
 DEFAULT_INPUT_WEIGHT = 1.0  # VTC's w_in: service per prompt token
 DEFAULT_OUTPUT_WEIGHT = 2.0  # VTC's w_out: service per output token
@@ -77,3 +79,17 @@ class ServiceMeter:
     def forget(self, request: Request) -> None:
         """The request left the scheduler."""
         self._charged.pop(request.request_id, None)
+
+
+def steps_before_meeting(low: float, low_rate: float, high: float, high_rate: float) -> int:
+    """Decode steps j = 1, 2, ... (step j decides on j - 1 steps' charges) over which `low`,
+    growing by `low_rate` a step, stays below `high`, growing by `high_rate` (at equality a
+    tie-break may reorder); sys.maxsize if it never catches up. The charging policies'
+    `steps_until_reorder` bound (a level threshold is a `high` that does not move)."""
+    gain = low_rate - high_rate
+    if gain <= 0:
+        return sys.maxsize
+    steps = max(1, math.ceil((high - low) / gain))
+    while steps > 1 and low + (steps - 1) * low_rate >= high + (steps - 1) * high_rate:
+        steps -= 1  # the division rounded up past the exact count
+    return steps

@@ -26,7 +26,6 @@ tenant (then the latest arrival) is preempted first. Output lengths are never ne
 
 from __future__ import annotations
 
-import math
 import sys
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
@@ -37,6 +36,7 @@ from shunter.core.sched.policies.service import (
     DEFAULT_INPUT_WEIGHT,
     DEFAULT_OUTPUT_WEIGHT,
     ServiceMeter,
+    steps_before_meeting,
 )
 from shunter.core.sched.policies.tenant_queue import TenantQueues
 from shunter.core.types import RequestStatus, TenantId
@@ -86,12 +86,12 @@ class VtcPolicy:
             rates[request.tenant] = rates.get(request.tenant, 0.0) + self.output_weight
         counter = self.counter
         steps = sys.maxsize
-        order = sorted(running, key=lambda r: (r.priority, counter(r.tenant), r.arrival_s))
+        order = sorted(running, key=lambda r: self.victim_key(r, 0.0))  # type: ignore[arg-type, return-value]
         for first, second in pairwise(order):
             if first.tenant != second.tenant and first.priority == second.priority:
-                steps = min(steps, _steps_while_ahead(
-                    counter(second.tenant) - counter(first.tenant),
-                    rates[second.tenant] - rates[first.tenant]))
+                steps = min(steps, steps_before_meeting(
+                    counter(first.tenant), rates[first.tenant],
+                    counter(second.tenant), rates[second.tenant]))
         queue = self._queue
         if queue is not None and len(queue):
             if queue.has_pending_lifts:
@@ -99,9 +99,9 @@ class VtcPolicy:
             head = queue.best_tenant()
             for tenant in queue.tenants:
                 if tenant != head:
-                    steps = min(steps, _steps_while_ahead(
-                        counter(tenant) - counter(head),
-                        rates.get(tenant, 0.0) - rates.get(head, 0.0)))
+                    steps = min(steps, steps_before_meeting(
+                        counter(head), rates.get(head, 0.0),
+                        counter(tenant), rates.get(tenant, 0.0)))
         return steps
 
     def victim_key(self, request: Request, now_s: float) -> object:
@@ -191,13 +191,3 @@ class VtcQueue:
     def __iter__(self) -> Iterator[Request]:
         return iter(self._queues)
 
-
-def _steps_while_ahead(lead: float, gain: float) -> int:
-    """Steps j = 1, 2, ... (step j decides on j - 1 steps' charges) over which a lead >= 0 that
-    changes by `gain` a step stays > 0 after the first (at 0 a tie-break may reorder)."""
-    if gain >= 0:
-        return sys.maxsize
-    steps = max(1, math.ceil(lead / -gain))
-    while steps > 1 and lead + (steps - 1) * gain <= 0:
-        steps -= 1
-    return steps
