@@ -78,16 +78,14 @@ def test_step_time_grows_with_tokens_and_context() -> None:
     assert model.step_time_s(StepShape()) == model.profile.fixed_s
 
 
-def test_decode_step_times_equal_step_time_bit_for_bit() -> None:
+def test_decode_step_line_equals_step_time_bit_for_bit() -> None:
     model = ProfileCostModel(fitted(noise=0.05))
     rng = np.random.default_rng(1)
     for n in (1, 3, 17, 64, 300):
-        contexts = rng.integers(n, 50_000, size=64)
-        batch = model.decode_step_times_s(n, contexts)
-        one_by_one = [model.step_time_s(StepShape(num_decode_requests=n,
-                                                  num_decode_context_tokens=int(c)))
-                      for c in contexts]
-        assert batch.tolist() == one_by_one  # exact, not approx
+        fixed, slope = model.decode_step_line_s(n)
+        for c in rng.integers(n, 50_000, size=64).tolist():
+            shape = StepShape(num_decode_requests=n, num_decode_context_tokens=c)
+            assert fixed + slope * c == model.step_time_s(shape)  # exact, not approx
 
 
 def test_file_round_trip_and_bad_files(tmp_path) -> None:

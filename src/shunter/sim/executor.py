@@ -14,6 +14,9 @@ from shunter.sim.cost.interface import CostModel
 
 __all__ = ["SIM_TOKEN_ID", "SimExecutor", "num_block_runs"]
 
+# decode runs longer than this get their end times from numpy (shorter ones: a Python loop,
+# which beats numpy's per-call overhead; both add in step order, so they agree bit for bit)
+NUMPY_MIN_STEPS = 48
 SIM_TOKEN_ID = 0  # the simulator has no vocabulary: every sampled token is this id
 
 
@@ -30,11 +33,12 @@ def num_block_runs(pairs: Sequence[tuple[int, int]]) -> int:
 
 
 class SimExecutor:
-    __slots__ = ("_remaining", "cost_model")
+    __slots__ = ("_lines", "_remaining", "cost_model")
 
     def __init__(self, cost_model: CostModel) -> None:
         self.cost_model = cost_model
         self._remaining: dict[RequestId, int] = {}  # true output tokens not yet sampled
+        self._lines: dict[int, tuple[float, float]] = {}  # decode step time line per batch size
 
     def register(self, request_id: RequestId, num_output_tokens: int) -> None:
         """Tell the executor a request's true output length (the trace's)."""
@@ -63,9 +67,22 @@ class SimExecutor:
                              num_steps: int) -> list[float]:
         """End times of `num_steps` decode-only steps after `start_s`, the i-th (1-based) reading
         `context_tokens + i * num_decodes` KV tokens; sums taken in step order, as step by step."""
-        contexts = context_tokens + num_decodes * np.arange(1, num_steps + 1, dtype=np.int64)
-        durations = self.cost_model.decode_step_times_s(num_decodes, contexts)
-        return np.cumsum(np.concatenate(([start_s], durations)))[1:].tolist()
+        line = self._lines.get(num_decodes)
+        if line is None:
+            line = self._lines[num_decodes] = self.cost_model.decode_step_line_s(num_decodes)
+        fixed_s, slope_s = line
+        if num_steps > NUMPY_MIN_STEPS:
+            contexts = context_tokens + num_decodes * np.arange(1, num_steps + 1, dtype=np.int64)
+            durations = fixed_s + slope_s * contexts
+            # cumsum adds in order, as the loop below and step-by-step timing do
+            return np.cumsum(np.concatenate(([start_s], durations)))[1:].tolist()
+        ends = []
+        end_s = start_s
+        for _ in range(num_steps):
+            context_tokens += num_decodes
+            end_s += fixed_s + slope_s * context_tokens
+            ends.append(end_s)
+        return ends
 
     def execute(self, output: SchedulerOutput) -> StepResult:
         remaining = self._remaining

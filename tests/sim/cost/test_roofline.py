@@ -160,3 +160,16 @@ def test_step_time_is_fast(cm: RooflineCostModel) -> None:
         cm.step_time_s(shape)
     per_call_s = (time.perf_counter() - start) / 20_000
     assert per_call_s < 20e-6  # ~2.5 us on this machine
+
+
+@pytest.mark.parametrize(("model", "gpu", "tp"), [("llama-3.1-8b", "h100", 1),
+                                                  ("llama-2-70b", "a100", 2)])
+def test_decode_step_line_equals_step_time_bit_for_bit(model: str, gpu: str, tp: int) -> None:
+    cost = RooflineCostModel(model, gpu, tp=tp)
+    rng = random.Random(3)
+    for n in (1, 2, 7, 64, 255):
+        fixed, slope = cost.decode_step_line_s(n)
+        for _ in range(50):
+            c = rng.randint(n, 400_000)
+            shape = StepShape(num_decode_requests=n, num_decode_context_tokens=c)
+            assert fixed + slope * c == cost.step_time_s(shape)  # exact, not approx

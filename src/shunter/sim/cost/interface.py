@@ -4,8 +4,6 @@ from __future__ import annotations
 
 from typing import Protocol
 
-import numpy as np
-
 from shunter.core.types import StepShape
 
 __all__ = ["CostModel"]
@@ -18,9 +16,10 @@ class CostModel(Protocol):
         """Wall time of one engine step (one forward pass plus its CPU overhead) of this shape."""
         ...
 
-    def decode_step_times_s(self, num_decodes: int, context_tokens: np.ndarray) -> np.ndarray:
-        """`step_time_s` of many decode-only steps (one per element of `context_tokens`), bit
-        for bit equal to calling it once per step."""
+    def decode_step_line_s(self, num_decodes: int) -> tuple[float, float]:
+        """(fixed_s, s_per_context_token) of decode-only steps of `num_decodes` (>= 1) requests:
+        `step_time_s` of such a step reading `c` KV tokens in all is `fixed_s + s_per_context_token
+        * c`, bit for bit (the simulator's decode runs compute many steps from it)."""
         ...
 
     def swap_time_s(self, num_blocks: int, num_runs: int | None = None) -> float:

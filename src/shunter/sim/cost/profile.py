@@ -152,13 +152,10 @@ class ProfileCostModel:
         fixed = self._fixed_part_s(num_tokens, len(shape.prefill_chunks), num_pairs)
         return fixed + self.profile.s_per_decode_kv_token * shape.num_decode_context_tokens
 
-    def decode_step_times_s(self, num_decodes: int, context_tokens: np.ndarray) -> np.ndarray:
-        """`step_time_s` of decode-only steps, one per element: the same float operations in
-        the same order, so equal bit for bit."""
-        if num_decodes == 0:
-            return np.full(np.shape(context_tokens), self.profile.fixed_s)
-        fixed = self._fixed_part_s(num_decodes, 0, 0)
-        return fixed + self.profile.s_per_decode_kv_token * np.asarray(context_tokens)
+    def decode_step_line_s(self, num_decodes: int) -> tuple[float, float]:
+        """`step_time_s` of a decode-only step is `fixed + slope * context tokens`, with the
+        same float operations, so equal bit for bit."""
+        return self._fixed_part_s(num_decodes, 0, 0), self.profile.s_per_decode_kv_token
 
     def swap_time_s(self, num_blocks: int, num_runs: int | None = None) -> float:
         """KV bytes of `num_blocks` blocks over the (estimated) host copy bandwidth."""

@@ -30,8 +30,6 @@ holds the comparison.
 
 from __future__ import annotations
 
-import numpy as np
-
 from shunter.core.types import DEFAULT_BLOCK_SIZE, StepShape
 from shunter.errors import ConfigError
 from shunter.sim.cost.catalog import GpuSpec, ModelSpec, get_gpu, get_model
@@ -141,6 +139,7 @@ class RooflineCostModel:
         self._prefill_s_per_kv_token = self._kv_bytes_per_token_rank * s_per_byte
         self._decode_s_per_kv_token = self._kv_bytes_per_token_rank / (
             g.memory_bandwidth_bytes_s * ATTENTION_DECODE_EFFICIENCY)
+        self._decode_s_per_context_token = m.num_layers * self._decode_s_per_kv_token  # all layers
         # LM head (vocab-parallel), per step: weights once, FLOPs and fp32 logits per sampled token
         vocab = m.vocab_size / tp
         self._lm_s_per_sample = 2.0 * h * vocab * s_per_flop
@@ -221,7 +220,10 @@ class RooflineCostModel:
     # ---- the CostModel protocol ---------------------------------------------------------------
 
     def step_time_s(self, shape: StepShape) -> float:
-        """Predicted wall time of one step; see the module docstring for the model."""
+        """Predicted wall time of one step; see the module docstring for the model.
+
+        The decode attention's per-KV-token term is added last, so a decode-only step is exactly
+        `fixed + slope * context tokens` (`decode_step_line_s`)."""
         num_decodes = shape.num_decode_requests
         num_tokens = num_decodes
         attention_s = 0.0
@@ -236,8 +238,7 @@ class RooflineCostModel:
         if num_tokens == 0:
             return cpu_s
         if num_decodes:
-            attention_s += (ATTENTION_DECODE_FIXED_S
-                            + shape.num_decode_context_tokens * self._decode_s_per_kv_token)
+            attention_s += ATTENTION_DECODE_FIXED_S
         t = float(num_tokens)
         layer_s = self._layer_fixed_s + self._elementwise_s_per_token * t + attention_s
         for compute_s, weights_s, io_s in self._linear:
@@ -245,26 +246,16 @@ class RooflineCostModel:
         comm_s = self._num_all_reduces * (self._all_reduce_latency_s
                                           + self._all_reduce_s_per_token * t)
         head_s = self.lm_head_time_s(num_requests) + self._head_s_per_token * t
-        return cpu_s + self.model.num_layers * layer_s + comm_s + head_s
+        fixed_s = cpu_s + self.model.num_layers * layer_s + comm_s + head_s
+        if not num_decodes:
+            return fixed_s
+        return fixed_s + self._decode_s_per_context_token * shape.num_decode_context_tokens
 
-    def decode_step_times_s(self, num_decodes: int, context_tokens: np.ndarray) -> np.ndarray:
-        """`step_time_s` of decode-only steps of `num_decodes` requests reading each of
-        `context_tokens` KV tokens in all, for many steps at once.
-
-        The float operations are those of `step_time_s`, in the same order, so each element
-        equals it bit for bit: the simulator's decode runs rely on that for exactness.
-        """
-        n = num_decodes
-        cpu_s = STEP_CPU_OVERHEAD_S + STEP_CPU_OVERHEAD_PER_REQUEST_S * n
-        t = float(n)
-        attention_s = ATTENTION_DECODE_FIXED_S + context_tokens * self._decode_s_per_kv_token
-        layer_s = self._layer_fixed_s + self._elementwise_s_per_token * t + attention_s
-        for compute_s, weights_s, io_s in self._linear:
-            layer_s = layer_s + max(compute_s * t, weights_s + io_s * t)
-        comm_s = self._num_all_reduces * (self._all_reduce_latency_s
-                                          + self._all_reduce_s_per_token * t)
-        head_s = self.lm_head_time_s(n) + self._head_s_per_token * t
-        return cpu_s + self.model.num_layers * layer_s + comm_s + head_s
+    def decode_step_line_s(self, num_decodes: int) -> tuple[float, float]:
+        """(fixed, slope): `step_time_s` of a decode-only step of `num_decodes` requests reading
+        `c` KV tokens in all is `fixed + slope * c`, bit for bit (the same operations)."""
+        return (self.step_time_s(StepShape(num_decode_requests=num_decodes)),
+                self._decode_s_per_context_token)
 
     def swap_time_s(self, num_blocks: int, num_runs: int | None = None) -> float:
         """Host<->device copy of `num_blocks` blocks of `block_size` tokens; ranks copy in parallel.
