@@ -170,7 +170,9 @@ class SimReplica:
             return None
         start_s = self.clock.now()
         n = len(run_ids)
-        context_tokens = sum(r.num_computed_tokens for r in scheduler.running)
+        context_tokens = 0
+        for r in scheduler.running:
+            context_tokens += r.num_computed_tokens
         # step i (1-based) reads the KV of every token computed before it
         end_times = self.executor.decode_run_end_times(start_s, n, context_tokens - n, num_steps)
         self._in_flight = _InFlight(None, None, start_s, end_times, run_ids)

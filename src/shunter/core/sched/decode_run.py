@@ -36,7 +36,7 @@ import sys
 from shunter.core.request import Request
 from shunter.core.sched.interface import RequestOutput, SchedulerOutput
 from shunter.core.sched.limits import stop_status
-from shunter.core.sched.policy import victim_sort_key
+from shunter.core.sched.policy import charges_service, victim_sort_key
 from shunter.core.sched.scheduler import CoreScheduler
 from shunter.core.types import FINISHED_STATUSES
 
@@ -164,6 +164,10 @@ def blocks_for_steps(scheduler: CoreScheduler, num_steps: int, *, is_applied: bo
 def _memory_horizon(scheduler: CoreScheduler, horizon: int, *, is_applied: bool = False) -> int:
     """The most steps (<= horizon) whose new blocks all fit in the free pool."""
     free = scheduler.kv.num_free_blocks
+    # h steps take each request at most cdiv(h) <= h // bs + 1 new blocks: the common case,
+    # plenty of free blocks, needs no per-request sum
+    if len(scheduler.running) * (horizon // scheduler.config.block_size + 1) <= free:
+        return horizon
     if blocks_for_steps(scheduler, horizon, is_applied=is_applied) <= free:
         return horizon
     lo, hi = 0, horizon  # fits(lo) holds, fits(hi) does not
@@ -187,14 +191,13 @@ def advance_decode_run(scheduler: CoreScheduler, num_steps: int,
     pool = scheduler.kv.pool
     bs = scheduler.config.block_size
     running = list(scheduler.running)
-    now = scheduler.clock.now()
-    for r in running:  # charged as `schedule` charges: before the tokens count as computed
-        scheduler.policy.on_scheduled(r, num_steps, now)
+    if charges_service(scheduler.policy):
+        now = scheduler.clock.now()
+        for r in running:  # charged as `schedule` charges: before the tokens count as computed
+            scheduler.policy.on_scheduled(r, num_steps, now)
     if not pool.enable_caching:  # nothing to publish: allocations are the only events
         _allocate_run_blocks(scheduler, running, num_steps)
-        for r in running:
-            r.append_outputs(num_steps)
-        return _finish_run(scheduler, running, num_steps, stopped)
+        return _finish_run(scheduler, running, num_steps, stopped, appended=False)
     # (step, 0 = allocate before it / 1 = publish after it, running index): the order in which
     # step-by-step scheduling would have done them
     events: list[tuple[int, int, int]] = []
@@ -255,11 +258,18 @@ def _allocate_run_blocks(scheduler: CoreScheduler, running: list[Request], num_s
 
 
 def _finish_run(scheduler: CoreScheduler, running: list[Request], num_steps: int,
-                stopped: frozenset[str]) -> list[RequestOutput]:
+                stopped: frozenset[str], *, appended: bool = True) -> list[RequestOutput]:
+    """Count the run's tokens as computed (and, unless `appended`, as sampled: requests without
+    block hashes to extend) and end the requests that stop at its last step."""
     outputs: list[RequestOutput] = []
     max_seq_len = scheduler.config.max_seq_len
     bs = scheduler.config.block_size
     for r in running:
+        if not appended:
+            if r.hasher is None:  # Request.append_outputs, inlined (hot loop)
+                r.num_output_tokens += num_steps
+            else:
+                r.append_outputs(num_steps)
         computed = r.num_computed_tokens + num_steps
         r.num_computed_tokens = computed
         r.num_published_blocks = computed // bs
@@ -275,4 +285,3 @@ def _finish_run(scheduler: CoreScheduler, running: list[Request], num_steps: int
                                          num_cached_tokens=r.num_cached_tokens or 0))
     scheduler.num_steps += num_steps
     return outputs
-

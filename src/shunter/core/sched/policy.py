@@ -26,7 +26,7 @@ from typing import Any, Protocol, runtime_checkable
 from shunter.core.request import Request
 
 __all__ = ["KeyedQueue", "Policy", "PrefixAwarePolicy", "PrefixProbe", "StaticKeyPolicy",
-           "WaitingQueue", "victim_sort_key"]
+           "WaitingQueue", "charges_service", "victim_sort_key"]
 
 PrefixProbe = Callable[[Request], int]  # cached prompt tokens a waiting request would hit now
 
@@ -175,6 +175,13 @@ class StaticKeyPolicy:
 
     def on_finished(self, request: Request, now_s: float) -> None:
         pass
+
+
+def charges_service(policy: Policy) -> bool:
+    """Whether `policy.on_scheduled` may do anything (StaticKeyPolicy's does nothing), so bulk
+    decode runs can skip calling it per request."""
+    return not (isinstance(policy, StaticKeyPolicy)
+                and type(policy).on_scheduled is StaticKeyPolicy.on_scheduled)
 
 
 def victim_sort_key(policy: Policy, now_s: float) -> Callable[[Request], Any]:
