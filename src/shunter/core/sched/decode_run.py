@@ -54,7 +54,6 @@ def decode_run_horizon(scheduler: CoreScheduler, output: SchedulerOutput, max_st
     """
     running = scheduler.running
     n = len(running)
-    cfg = scheduler.config
     if (max_steps <= 0 or n == 0 or len(output.chunks) != n or output.new_requests
             or output.preempted_ids or output.swap_in or output.swap_out):
         return 0
@@ -74,7 +73,7 @@ def decode_run_horizon(scheduler: CoreScheduler, output: SchedulerOutput, max_st
         return 0
     if _may_preempt_for_head(scheduler):
         return 0  # phase 0 fires as soon as shrinking free memory stops the head from fitting
-    max_seq_len = cfg.max_seq_len
+    max_seq_len = scheduler.max_seq_len
     for r in running:
         if not r.has_progressed or r.token_ids is not None:
             return 0
@@ -105,7 +104,7 @@ def begin_steady_run(scheduler: CoreScheduler, max_steps: int) -> int:
     # over a run) and the policy does not let it displace a running one (constant as well)
     if len(scheduler.waiting) and (n < cfg.max_num_seqs or _may_preempt_for_head(scheduler)):
         return 0
-    max_seq_len = cfg.max_seq_len
+    max_seq_len = scheduler.max_seq_len
     for r in running:
         num_tokens = r.num_prompt_tokens + r.num_output_tokens  # r.num_tokens, inlined (hot)
         if (not r.has_progressed or r.token_ids is not None
@@ -262,7 +261,7 @@ def _finish_run(scheduler: CoreScheduler, running: list[Request], num_steps: int
     """Count the run's tokens as computed (and, unless `appended`, as sampled: requests without
     block hashes to extend) and end the requests that stop at its last step."""
     outputs: list[RequestOutput] = []
-    max_seq_len = scheduler.config.max_seq_len
+    max_seq_len = scheduler.max_seq_len
     bs = scheduler.config.block_size
     for r in running:
         if not appended:

@@ -45,6 +45,7 @@ _OFFLOADED_STATUSES = (RequestStatus.FINISHED_STOPPED, RequestStatus.FINISHED_LE
 class CoreScheduler:
     def __init__(self, config: SchedulerConfig, policy: Policy, clock: Clock) -> None:
         self.config = config
+        self.max_seq_len = config.max_seq_len  # (a derived property: cached for the hot paths)
         self.policy = policy
         self.clock = clock
         self.kv = KVCacheManager(config.num_blocks, config.block_size,
@@ -331,19 +332,21 @@ class CoreScheduler:
 
     def update(self, output: SchedulerOutput, result: StepResult) -> Sequence[RequestOutput]:
         outputs: list[RequestOutput] = []
-        max_seq_len = self.config.max_seq_len
+        max_seq_len = self.max_seq_len
         for chunk in output.chunks:
             request = self.requests.get(chunk.request_id)
             if request is None or request.status != RequestStatus.RUNNING:
                 continue  # aborted while the step ran
             request.num_computed_tokens += chunk.num_scheduled_tokens
             if not chunk.is_sampling:
-                self.kv.publish(request)
+                if request.block_hashes:  # (without hashes there is nothing to publish)
+                    self.kv.publish(request)
                 continue
             request.has_progressed = True  # a new token: recomputing old ones is no progress
             token_id = result.sampled[chunk.request_id]
             request.append_output(token_id)
-            self.kv.publish(request)
+            if request.block_hashes:
+                self.kv.publish(request)
             status = stop_status(request, result.stopped, max_seq_len)
             if status is not None:
                 self.running.remove(request)
