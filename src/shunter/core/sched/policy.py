@@ -1,4 +1,4 @@
-"""The scheduling-policy interface, and the keyed waiting queue most policies share.
+"""The scheduling-policy interface (the keyed waiting queue most policies share is in `queue`).
 
 A policy decides *order*, never mechanism. It supplies:
 - a waiting queue (usually `KeyedQueue` over a static ordering key: smaller runs first);
@@ -18,12 +18,11 @@ orders requests exactly like the static key `priority * aging_s + arrival_s`.
 
 from __future__ import annotations
 
-import heapq
 from collections.abc import Callable, Iterator
-from itertools import count
 from typing import Any, Protocol, runtime_checkable
 
 from shunter.core.request import Request
+from shunter.core.sched.queue import KeyedQueue
 
 __all__ = ["KeyedQueue", "Policy", "PrefixAwarePolicy", "PrefixProbe", "StaticKeyPolicy",
            "WaitingQueue", "charges_service", "victim_sort_key"]
@@ -100,49 +99,6 @@ class PrefixAwarePolicy(Protocol):
     def make_prefix_queue(self, probe: PrefixProbe) -> WaitingQueue:
         """A fresh waiting queue that may call `probe` to rank waiting requests."""
         ...
-
-
-class KeyedQueue:
-    """A heap over a static key, with lazy removal; FIFO among equal keys."""
-
-    __slots__ = ("_heap", "_key", "_live", "_seq")
-
-    def __init__(self, key: Callable[[Request], object]) -> None:
-        self._key = key
-        self._heap: list[tuple[object, int, Request]] = []
-        self._live: dict[str, int] = {}  # request id -> seq of its live heap entry
-        self._seq = count()
-
-    def add(self, request: Request) -> None:
-        seq = next(self._seq)
-        self._live[request.request_id] = seq
-        heapq.heappush(self._heap, (self._key(request), seq, request))
-
-    def _drop_dead(self) -> None:
-        heap, live = self._heap, self._live
-        while heap and live.get(heap[0][2].request_id) != heap[0][1]:
-            heapq.heappop(heap)
-
-    def peek(self) -> Request | None:
-        self._drop_dead()
-        return self._heap[0][2] if self._heap else None
-
-    def pop(self) -> Request:
-        self._drop_dead()
-        _, _, request = heapq.heappop(self._heap)
-        del self._live[request.request_id]
-        return request
-
-    def remove(self, request: Request) -> None:
-        self._live.pop(request.request_id, None)
-
-    def __len__(self) -> int:
-        return len(self._live)
-
-    def __iter__(self) -> Iterator[Request]:
-        live = self._live
-        entries = sorted(e for e in self._heap if live.get(e[2].request_id) == e[1])
-        return iter([e[2] for e in entries])
 
 
 class StaticKeyPolicy:
