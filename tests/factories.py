@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import importlib
 from collections.abc import Iterable
+
+import pytest
 
 from shunter.core.clock import ManualClock
 from shunter.core.request import Request
@@ -11,7 +14,13 @@ from shunter.core.sched.registry import make_policy
 from shunter.core.sched.scheduler import CoreScheduler, SchedulerConfig
 from shunter.core.types import RequestSpec
 
-__all__ = ["FakeExecutor", "add_all", "make_request", "make_scheduler", "make_spec", "run_steps"]
+__all__ = ["IS_COMPILED", "FakeExecutor", "add_all", "interpreted_only", "make_request", "make_scheduler",
+           "make_spec", "run_steps"]
+
+# Tests that spy on the simulator's internals by patching them; a compiled build (setup.py)
+# binds those calls at compile time, so the spies see nothing there.
+IS_COMPILED = not str(importlib.import_module("shunter.sim.replica").__file__).endswith(".py")
+interpreted_only = pytest.mark.skipif(IS_COMPILED, reason="patches a module compiled in this install")
 
 
 def make_spec(request_id: str = "r0", *, num_prompt_tokens: int = 16, num_output_tokens: int = 4,

@@ -6,6 +6,7 @@ from dataclasses import replace
 
 import numpy as np
 import pytest
+from tests.factories import interpreted_only
 
 from shunter.core.sched.decode_run import advance_decode_run
 from shunter.core.types import RequestSpec
@@ -130,6 +131,7 @@ def test_fast_forward_equals_step_by_step_with_full_seats(name):
     assert fingerprint(fast) == fingerprint(slow)
 
 
+@interpreted_only
 @pytest.mark.parametrize("name", sorted(FULL_SEATS))
 def test_runs_also_cover_reordering_policies_and_full_seats(name, monkeypatch):
     """plas, vtc, mlfq: runs capped at the next reordering; with every seat taken, waiting

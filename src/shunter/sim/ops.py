@@ -14,7 +14,8 @@ __all__ = ["ClusterOps"]
 class ClusterOps(Protocol):
     """The cluster's two services to a topology: step boundaries and timers."""
 
-    clock: Clock
+    @property
+    def clock(self) -> Clock: ...
 
     def at_boundary(self, replica: SimReplica, op: Callable[[], None]) -> None:
         """Run `op` when `replica` is between steps (now if idle, else after the step in

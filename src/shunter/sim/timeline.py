@@ -69,6 +69,9 @@ class TokenTimes(Sequence[float]):
         self._bounds = array("q")  # start0, stop0, start1, stop1, ... (timeline indices)
         self._num_tokens = 0
 
+    def __reduce__(self) -> tuple[Any, ...]:  # mypyc: native __init__ needs `timeline` on unpickle
+        return (_rebuild_token_times, (self._timeline, self._bounds, self._num_tokens))
+
     def add(self, start: int, stop: int) -> None:
         """The request got a token at each step in [start, stop) of the timeline."""
         bounds = self._bounds
@@ -137,10 +140,17 @@ class TokenTimes(Sequence[float]):
             return len(self) == len(other) and all(a == b for a, b in zip(self, other, strict=True))
         return NotImplemented
 
-    __hash__ = None  # type: ignore[assignment]  # mutable, like the list it replaces
+    def __hash__(self) -> int:  # mypyc: `__hash__ = None` is rejected; mutable, like a list
+        raise TypeError("unhashable type: 'TokenTimes'")
 
     def __repr__(self) -> str:
         return f"TokenTimes({self.tolist()!r})"
+
+
+def _rebuild_token_times(timeline: StepTimeline, bounds: array[int], num_tokens: int) -> TokenTimes:
+    t = TokenTimes(timeline)
+    t._bounds, t._num_tokens = bounds, num_tokens
+    return t
 
 
 def add_range(times: Iterable[Any], start: int, stop: int) -> None:

@@ -99,7 +99,7 @@ class BlockPool:
         of free ids if nothing precedes it, else its middle (the left half stays for the run
         that ends before it). O(num_blocks); None if nothing is free."""
         best_start = best_len = 0
-        start = None
+        start: int | None = None
         ref = self._ref
         for b in range(self.num_blocks + 1):
             if b < self.num_blocks and ref[b] == 0:

@@ -140,7 +140,7 @@ def _may_preempt_for_head(scheduler: CoreScheduler) -> bool:
         return False
     now = scheduler.clock.now()
     policy = scheduler.policy
-    victim = max(candidates, key=lambda r: policy.victim_key(r, now))
+    victim = max(candidates, key=lambda r: policy.victim_key(r, now))  # type: ignore[arg-type,return-value]
     return policy.should_preempt(top, victim, now)
 
 

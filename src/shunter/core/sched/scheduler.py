@@ -283,7 +283,7 @@ class CoreScheduler:
             candidates = [r for r in self.running if r.is_preemptible]
             if not candidates:
                 return
-            victim = max(candidates, key=lambda r: self.policy.victim_key(r, now))
+            victim = max(candidates, key=lambda r: self.policy.victim_key(r, now))  # type: ignore[arg-type,return-value]
             if not self.policy.should_preempt(top, victim, now):
                 return
             self._preempt(victim, plan)
