@@ -4,6 +4,10 @@
     python -m benchmarks.sim_vs_vidur --quick         # 10,000 requests
     python -m benchmarks.sim_vs_vidur --skip-1m       # scaling table without its 1M rows
     python -m benchmarks.sim_vs_vidur --workers 2     # Shunter on 2 processes (sim.partition)
+    python -m benchmarks.sim_vs_vidur --build python  # only the pure-Python Shunter
+
+Shunter is measured twice: as installed (pure Python) and as its compiled build (setup.py:
+the same source compiled with mypyc, built into .bench/venvs/shunter-compiled on first use).
 
 Scenario (issue 4): Llama-2-70B on A100-80GB, tensor parallel 2, 4 replicas behind a round-robin
 router, vLLM's scheduler (prefill-first, 4096-token batches, 128 sequences, no prefix cache),
@@ -47,6 +51,7 @@ from typing import Any
 
 import numpy as np
 from benchmarks._external._proc import BENCH_DIR, REPO_ROOT, log, run_measured, tail
+from benchmarks._external.compiled import ensure_compiled
 from benchmarks._external.vidur import PROFILING_DIR, run_vidur, vidur_requests
 from benchmarks._external.vidur_metrics import VidurRequest, summarize
 from benchmarks._external.vidur_workload import MAX_GAP_MEAN_GAPS, read_capped_lengths
@@ -179,13 +184,15 @@ def _children_cpu_s() -> float:
 
 
 def measure_shunter(num_requests: int, num_replicas: int, seed: int, workdir: Path, *,
-                    stream: bool = False, workers: int = 1) -> dict[str, Any]:
-    """Run the Shunter side in a child process; add its wall time, CPU time and peak RSS."""
+                    stream: bool = False, workers: int = 1,
+                    python: Path | None = None) -> dict[str, Any]:
+    """Run the Shunter side in a child process (under `python`: this interpreter, or the
+    compiled build's); add its wall time, CPU time and peak RSS."""
     workdir.mkdir(parents=True, exist_ok=True)
     out = workdir / "shunter.json"
     params = {"num_requests": num_requests, "num_replicas": num_replicas, "seed": seed,
               "stream": stream, "workers": workers, "out": str(out)}
-    cmd = [sys.executable, "-m", "benchmarks.sim_vs_vidur", "--child", json.dumps(params)]
+    cmd = [python or sys.executable, "-m", "benchmarks.sim_vs_vidur", "--child", json.dumps(params)]
     log_path = workdir / "shunter.log"
     cpu_before_s = _children_cpu_s()
     result = run_measured(cmd, timeout_s=_CHILD_TIMEOUT_S, cwd=REPO_ROOT, log_path=log_path)
@@ -260,16 +267,18 @@ def _print_table(title: str, header: tuple[str, ...], rows: list[tuple[Any, ...]
 
 def scaling_table(seed: int, *, sizes: tuple[int, ...] = SCALING_REQUESTS,
                   replica_counts: tuple[int, ...] = SCALING_REPLICAS,
-                  workers: int = 1) -> list[dict[str, Any]]:
+                  workers: int = 1, build: str = "python") -> list[dict[str, Any]]:
+    python = _build_python(build)
     results = []
     for num_requests in sizes:
         for replicas in replica_counts:
-            log(f"scaling: {num_requests:,} requests on {replicas} replicas (streamed)")
+            log(f"scaling: {num_requests:,} requests on {replicas} replicas (streamed, {build})")
             r = measure_shunter(num_requests, replicas, seed,
                                 BENCH_DIR / "runs" / f"shunter-scaling-{num_requests}-{replicas}",
-                                stream=True, workers=workers)
+                                stream=True, workers=workers, python=python)
             results.append({"num_requests": num_requests, "replicas": replicas, **r})
-    _print_table(f"Shunter scaling, streamed, {workers} process(es) (0.75 req/s per replica; "
+    _print_table(f"Shunter scaling ({build} build), streamed, {workers} process(es) "
+                 "(0.75 req/s per replica; "
                  "wall and CPU of the whole child process tree: start-up, workload, simulation, "
                  "summary; peak RSS: the processes' peaks added)",
                  ("requests", "replicas", "wall s", "CPU s", "sim s", "req / CPU s",
@@ -282,12 +291,23 @@ def scaling_table(seed: int, *, sizes: tuple[int, ...] = SCALING_REQUESTS,
     return results
 
 
+def _build_python(build: str) -> Path:
+    """The interpreter that runs Shunter's `build`: this one, or the compiled build's venv."""
+    if build == "compiled":
+        return ensure_compiled()
+    return Path(sys.executable)
+
+
 def compare(num_requests: int, pp: int, seed: int, *, skip_vidur: bool,
-            rerun_vidur: bool, workers: int = 1) -> dict[str, Any]:
-    """Both simulators on one workload; prints the side-by-side table."""
+            rerun_vidur: bool, workers: int = 1, builds: tuple[str, ...] = ("python",),
+            stream: bool = False) -> dict[str, Any]:
+    """Both simulators on one workload (Shunter once per build); prints the side-by-side table."""
     trace_file = tiled_trace(num_requests)
-    shunter = measure_shunter(num_requests, 4, seed, BENCH_DIR / "runs" / f"shunter-{num_requests}",
-                              workers=workers)
+    shunter = {build: measure_shunter(num_requests, 4, seed,
+                                      BENCH_DIR / "runs" / f"shunter-{num_requests}-{build}",
+                                      workers=workers, python=_build_python(build),
+                                      stream=stream)
+               for build in builds}
     if skip_vidur:
         print(json.dumps(shunter, indent=1))
         return {"shunter": shunter}
@@ -295,10 +315,16 @@ def compare(num_requests: int, pp: int, seed: int, *, skip_vidur: bool,
     same = _same_workload(workdir, num_requests, seed, trace_file)
     hardware = ("the same 8 GPUs" if pp == 1 else
                 f"Vidur: {pp} pipeline stages, i.e. {2 * pp} GPUs a replica; Shunter: TP2 only")
+    names = [f"Shunter ({b})" for b in builds]
+    tables = [_side_by_side(shunter[b], vidur) for b in builds]
+    # (metric, Shunter per build..., Vidur, ratio per build...)
+    rows = [(first[0], *(t[i][1] for t in tables), first[2], *(t[i][3] for t in tables))
+            for i, first in enumerate(tables[0])]
     _print_table(f"{num_requests:,} requests, Llama-2-70B TP2 x 4 replicas on A100, vLLM "
                  f"scheduler, Poisson 3 req/s ({hardware}); identical workload: "
-                 f"{'yes' if same else 'NO'}; Shunter on {workers} process(es), Vidur on one",
-                 ("", "Shunter", "Vidur", "Shunter/Vidur"), _side_by_side(shunter, vidur))
+                 f"{'yes' if same else 'NO'}; Shunter on {workers} process(es)"
+                 f"{', records streamed to disk' if stream else ''}, Vidur on one",
+                 ("", *names, "Vidur", *(f"{n}/Vidur" for n in names)), rows)
     return {"shunter": shunter, "vidur": vidur, "vidur_pp": pp, "same_workload": same}
 
 
@@ -322,6 +348,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--workers", type=int, default=1,
                    help="Shunter processes per run (its replicas never interact under round "
                         "robin: shunter.sim.partition); default 1")
+    p.add_argument("--stream", action="store_true",
+                   help="Shunter streams finished records to disk (RecordSpill) and summarizes "
+                        "them from there, as the scaling runs do, instead of keeping them")
+    p.add_argument("--build", choices=("both", "python", "compiled"), default="both",
+                   help="which Shunter to measure: the pure-Python install, the compiled build "
+                        "(setup.py; built with mypyc into .bench/venvs on first use, about a "
+                        "minute), or both (default; the scaling table uses the compiled one)")
     p.add_argument("--child", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     if args.child:
@@ -330,12 +363,14 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     n = 10_000 if args.quick else args.num_requests
     out: dict[str, Any] = {"num_requests": n}
+    builds = ("python", "compiled") if args.build == "both" else (args.build,)
     runs = [] if args.only_scaling else [("speed", n, args.vidur_pp)]
     if args.fidelity_requests and not args.only_scaling:
         runs.append(("fidelity", args.fidelity_requests, 1))
     for name, num_requests, pp in runs:
         out[name] = compare(num_requests, pp, args.seed, skip_vidur=args.skip_vidur,
-                            rerun_vidur=args.rerun_vidur, workers=args.workers)
+                            rerun_vidur=args.rerun_vidur, workers=args.workers, builds=builds,
+                            stream=args.stream)
     if not args.no_scaling:
         sizes = (tuple(int(x) for x in args.scaling_requests.split(","))
                  if args.scaling_requests else SCALING_REQUESTS)
@@ -343,7 +378,7 @@ def main(argv: list[str] | None = None) -> int:
         replicas = (tuple(int(x) for x in args.scaling_replicas.split(","))
                     if args.scaling_replicas else SCALING_REPLICAS)
         out["scaling"] = scaling_table(args.seed, sizes=sizes, replica_counts=replicas,
-                                       workers=args.workers)
+                                       workers=args.workers, build=builds[-1])
     if args.json:
         Path(args.json).write_text(json.dumps(out, indent=1))
     return 0
