@@ -20,11 +20,13 @@ a recomputed or follow-up turn also re-hits its KV still on the GPU.
 
 from __future__ import annotations
 
+import sys
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from shunter.core.request import Request
 from shunter.core.sched.policies.plas import ScanQueue
-from shunter.core.sched.policies.service import ServiceMeter
+from shunter.core.sched.policies.service import ServiceMeter, steps_before_meeting
 
 __all__ = ["FastSwitchPolicy"]
 
@@ -58,6 +60,22 @@ class FastSwitchPolicy:
 
     def should_preempt(self, waiting: Request, running: Request, now_s: float) -> bool:
         return self._key(waiting)[:2] < self._key(running)[:2]
+
+    def steps_until_reorder(self, running: Sequence[Request]) -> int:
+        """Decode steps before a running request's level drops (the simulator's decode runs):
+        keys, the waiting order and `should_preempt` depend on levels only, waiting requests are
+        charged nothing, and a decode step charges a running request at most one output token
+        (weight 1, so k steps charged at once add up exactly as one by one)."""
+        quantum, rate = self.quantum_tokens, self.meter.output_weight
+        steps = sys.maxsize
+        for request in running:
+            served = self.served.get(request.request_id, 0.0)
+            level = served // quantum
+            n = steps_before_meeting(served, rate, (level + 1) * quantum, 0.0)
+            while n > 1 and (served + (n - 1) * rate) // quantum != level:
+                n -= 1  # (level + 1) * quantum rounded above the true boundary
+            steps = min(steps, n)
+        return steps
 
     def on_scheduled(self, request: Request, num_tokens: int, now_s: float) -> None:
         charged = self.meter.charge(request, num_tokens)
