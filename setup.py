@@ -12,6 +12,7 @@ out (mypyc 1.13 miscompiles its enums).
 """
 
 import os
+import sys
 
 from setuptools import setup
 
@@ -26,6 +27,9 @@ COMPILED_MODULES = [
 
 ext_modules = []
 if os.environ.get("SHUNTER_COMPILE") == "1":
+    if {"editable_wheel", "develop"} & set(sys.argv):
+        sys.exit("SHUNTER_COMPILE=1 needs a regular install (pip install --no-build-isolation .): "
+                 "in an editable one the extensions would shadow later edits to the .py files")
     from mypyc.build import mypycify
 
     # silent: type errors in modules the compiled ones import (not compiled) do not stop it
