@@ -122,10 +122,12 @@ FULL_SEATS = {
     "small-budget": SCENARIOS["small-budget"],
     "fastswitch": SimConfig(policy="fastswitch", policy_params={"quantum_tokens": 96.5},
                             scheduler={"max_num_seqs": 4, "preemption_mode": "swap"}),
+    "dlpm": SimConfig(policy="dlpm", policy_params={"quantum": 1024.0},
+                      scheduler={"max_num_seqs": 4}),
 }
 
 
-@pytest.mark.parametrize("name", ["plas", "vtc", "fastswitch"])
+@pytest.mark.parametrize("name", ["plas", "vtc", "fastswitch", "dlpm"])
 def test_fast_forward_equals_step_by_step_with_full_seats(name):
     specs = varied_workload(seed=7, n=100, rate=8.0)
     fast = simulate(replace(FULL_SEATS[name], fast_forward=True), specs)
@@ -136,7 +138,7 @@ def test_fast_forward_equals_step_by_step_with_full_seats(name):
 @interpreted_only
 @pytest.mark.parametrize("name", sorted(FULL_SEATS))
 def test_runs_also_cover_reordering_policies_and_full_seats(name, monkeypatch):
-    """plas, vtc, mlfq, fastswitch: runs capped at the next reordering; with every seat taken, waiting
+    """plas, vtc, mlfq, fastswitch, dlpm: runs capped at the next reordering; with every seat taken, waiting
     requests no longer stop runs."""
     bulk = []
 

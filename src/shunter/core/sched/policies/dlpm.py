@@ -22,14 +22,17 @@ SGLang bounds its LPM scan. Ranks are memoised until the queue changes or servic
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import sys
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
+from itertools import pairwise
 
 from shunter.core.request import Request
 from shunter.core.sched.policies.service import (
     DEFAULT_INPUT_WEIGHT,
     DEFAULT_OUTPUT_WEIGHT,
     ServiceMeter,
+    steps_before_meeting,
 )
 from shunter.core.sched.policies.tenant_queue import TenantQueues
 from shunter.core.sched.policy import PrefixProbe
@@ -87,6 +90,37 @@ class DlpmPolicy:
     def should_preempt(self, waiting: Request, running: Request, now_s: float) -> bool:
         return False
 
+    def steps_until_reorder(self, running: Sequence[Request]) -> int:
+        """Decode steps over which DLPM decides as now (the simulator's decode runs), while each
+        running request takes w_out a step from its tenant's deficit: until two neighbours in
+        the running order (victim keys) meet, and, with something waiting, until the last
+        waiting tenant in credit runs out of it (the next peek would start a new round). Which
+        request heads the queue does not matter then: a run with requests waiting has every
+        seat taken, and DLPM never preempts. Only with whole quanta and weights (deficits stay
+        integers, so bulk and step-by-step charging agree to the bit); else 0."""
+        weights = [self.quantum, self.input_weight, self.output_weight,
+                   *(self.tenant_weights or {}).values()]
+        if not all(float(w).is_integer() for w in weights):
+            return 0
+        rates: dict[TenantId, float] = {}
+        for request in running:
+            rates[request.tenant] = rates.get(request.tenant, 0.0) + self.output_weight
+        steps = sys.maxsize
+        order = sorted(running, key=lambda r: self.victim_key(r, 0.0))  # type: ignore[arg-type, return-value]
+        for first, second in pairwise(order):
+            if first.tenant != second.tenant and first.priority == second.priority:
+                steps = min(steps, steps_before_meeting(
+                    -self.deficit(first.tenant), rates[first.tenant],
+                    -self.deficit(second.tenant), rates[second.tenant]))
+        queue = self._queue
+        if queue is not None and len(queue):
+            in_credit = [t for t in queue.tenants if self.deficit(t) > 0]
+            if not in_credit:
+                return 0  # the next decision starts a new round
+            steps = min(steps, max(steps_before_meeting(-self.deficit(t), rates.get(t, 0.0),
+                                                        0.0, 0.0) for t in in_credit))
+        return steps
+
     def charge(self, request: Request, service: float) -> None:
         if service:
             self.deficits[request.tenant] = self.deficit(request.tenant) - service
@@ -113,6 +147,11 @@ class DlpmQueue:
 
     def invalidate(self) -> None:
         self._best = None
+
+    @property
+    def tenants(self) -> list[TenantId]:
+        """Tenants with something waiting."""
+        return self._queues.tenants
 
     def add(self, request: Request) -> None:
         self._queues.add(request)
