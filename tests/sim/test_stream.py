@@ -9,6 +9,7 @@ import pytest
 from shunter.core.types import RequestSpec
 from shunter.metrics.summary import summarize
 from shunter.sim import cluster as cluster_module
+from shunter.sim import stream as stream_module
 from shunter.sim.config import SimConfig
 from shunter.sim.runner import build_cluster, simulate
 from shunter.sim.stream import RecordSpill
@@ -33,9 +34,12 @@ CONFIGS = {
 }
 
 
+@pytest.mark.parametrize("summary_rows", [7, None])
 @pytest.mark.parametrize("name", sorted(CONFIGS))
-def test_streamed_summary_equals_the_kept_records(name, monkeypatch):
+def test_streamed_summary_equals_the_kept_records(name, summary_rows, monkeypatch):
     monkeypatch.setattr(cluster_module, "TRIM_EVERY_RECORDS", 16)  # trim often
+    if summary_rows is not None:  # the summary reads its columns in chunks of this many rows
+        monkeypatch.setattr(stream_module, "_SUMMARY_ROWS", summary_rows)
     specs = workload(120)
     kept = summarize(simulate(CONFIGS[name], specs).records).to_dict()
     with RecordSpill() as spill:

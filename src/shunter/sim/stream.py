@@ -4,9 +4,9 @@ Decision (issue 4): a streamed run (`simulate(..., on_record=spill)`) does not k
 `RecordSpill` turns each finished record into one 49-byte row (arrival, first scheduled,
 first token, last token, finish, output tokens, outcome), buffers rows in chunks and appends
 each field to its own file, so the simulation's memory is bounded by the requests in flight,
-not by the run's length. `summary()` then maps one column file at a time, so the end-of-run
-pass holds a few float64 columns (8 bytes a request each) for the exact percentiles, never a
-record per request.
+not by the run's length. `summary()` then reads the column files in row chunks, so the
+end-of-run pass holds one metric's values (8 bytes a request) for the exact percentiles, never
+a record per request.
 
 Latencies use the definitions of `shunter.metrics.summary` over completed requests (TTFT,
 TPOT = (last - first token) / (out - 1) for out >= 2, E2E, queue); percentiles are exact.
@@ -34,6 +34,7 @@ RECORD_ROW = np.dtype([
     ("is_completed", "?"),
 ])
 _ROWS_PER_CHUNK = 65536
+_SUMMARY_ROWS = 1 << 20  # rows read at once by `summary`
 _PERCENTILES = (50, 90, 99)
 _COMPLETED = (FinishReason.STOP, FinishReason.LENGTH)
 
@@ -89,33 +90,53 @@ class RecordSpill:
                          shape=(self.num_records,))
 
     def summary(self) -> dict[str, Any]:
-        """Counts, makespan, throughput and TTFT/TPOT/E2E/queue {mean, p50, p90, p99}; one
-        metric at a time, so a few columns are in memory at once."""
-        done = np.flatnonzero(self.column("is_completed"))
-        out: dict[str, Any] = {"num_requests": self.num_records, "num_completed": int(done.size)}
-        arrival = self.column("arrival_s")[done]
+        """Counts, makespan, throughput and TTFT/TPOT/E2E/queue {mean, p50, p90, p99}. Columns
+        are read in row chunks from their memory maps; what is held at once is one metric's
+        values (8 bytes a completed request), sorted in place for the exact percentiles."""
+        self._flush()
+        out: dict[str, Any] = {"num_requests": self.num_records}
+        num_completed = num_tokens = 0
+        for lo, hi in self._chunks():
+            done = self.column("is_completed")[lo:hi]
+            num_completed += int(np.count_nonzero(done))
+            num_tokens += int(self.column("num_output_tokens")[lo:hi][done].sum())
+        out["num_completed"] = num_completed
         for name, field in (("ttft_s", "first_token_s"), ("e2e_s", "finish_s"),
                             ("queue_s", "first_scheduled_s")):
-            values = self.column(field)[done]
-            values -= arrival
-            out[name] = _stats(values)
-            del values
-        first_s = self.column("first_token_s")
-        num_out = self.column("num_output_tokens")[done]
-        multi = done[num_out >= 2]
-        tpot = self.column("last_token_s")[multi]
-        tpot -= first_s[multi]
-        tpot /= num_out[num_out >= 2] - 1
-        out["tpot_s"] = _stats(tpot)
-        del tpot, multi
-        if done.size:
-            tokens = int(num_out.sum())
+            out[name] = _stats(self._metric(num_completed, lambda lo, hi, f=field: (
+                self._completed(f, lo, hi) - self._completed("arrival_s", lo, hi))))
+        out["tpot_s"] = _stats(self._metric(num_completed, self._tpot))
+        if num_completed:
             end_s = max(float(np.nanmax(self.column("finish_s"))),
                         float(np.nanmax(self.column("last_token_s"))))
             duration_s = end_s - float(self.column("arrival_s").min())
-            out |= {"duration_s": duration_s, "num_output_tokens": tokens,
-                    "throughput_tok_s": tokens / duration_s if duration_s > 0 else None}
+            out |= {"duration_s": duration_s, "num_output_tokens": num_tokens,
+                    "throughput_tok_s": num_tokens / duration_s if duration_s > 0 else None}
         return out
+
+    def _chunks(self) -> list[tuple[int, int]]:
+        n, step = self.num_records, _SUMMARY_ROWS
+        return [(lo, min(lo + step, n)) for lo in range(0, n, step)]
+
+    def _completed(self, name: str, lo: int, hi: int) -> np.ndarray:
+        """Rows [lo, hi) of a column, completed requests only (a copy)."""
+        return self.column(name)[lo:hi][self.column("is_completed")[lo:hi]]
+
+    def _tpot(self, lo: int, hi: int) -> np.ndarray:
+        num_out = self._completed("num_output_tokens", lo, hi)
+        multi = num_out >= 2
+        span = self._completed("last_token_s", lo, hi) - self._completed("first_token_s", lo, hi)
+        return span[multi] / (num_out[multi] - 1)
+
+    def _metric(self, size: int, chunk_values: Any) -> np.ndarray:
+        """One metric's values, chunk by chunk into one array of at most `size`."""
+        values = np.empty(size, dtype=np.float64)
+        pos = 0
+        for lo, hi in self._chunks():
+            part = chunk_values(lo, hi)
+            values[pos:pos + part.size] = part
+            pos += part.size
+        return values[:pos]
 
     def absorb(self, directory: str | Path) -> None:
         """Append the rows of another spill, written (and closed) under `directory`."""
@@ -145,9 +166,15 @@ class RecordSpill:
 
 
 def _stats(values: np.ndarray) -> dict[str, float | None]:
-    values = values[~np.isnan(values)]
+    """Mean and exact percentiles, ignoring NaN (a request that never got a token); sorts
+    `values` in place."""
+    missing = np.isnan(values)
+    if missing.any():
+        values = values[~missing]
+    del missing
     if values.size == 0:
         return {"mean": None, **{f"p{p}": None for p in _PERCENTILES}}
-    percentiles = np.percentile(values, _PERCENTILES)
-    return {"mean": float(values.mean()),
+    mean = float(values.mean())
+    percentiles = np.percentile(values, _PERCENTILES, overwrite_input=True)
+    return {"mean": mean,
             **{f"p{p}": float(v) for p, v in zip(_PERCENTILES, percentiles, strict=True)}}
