@@ -22,10 +22,8 @@ SGLang bounds its LPM scan. Ranks are memoised until the queue changes or servic
 
 from __future__ import annotations
 
-import sys
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
-from itertools import pairwise
 
 from shunter.core.request import Request
 from shunter.core.sched.policies.service import (
@@ -33,6 +31,8 @@ from shunter.core.sched.policies.service import (
     DEFAULT_OUTPUT_WEIGHT,
     ServiceMeter,
     steps_before_meeting,
+    steps_before_tenants_swap,
+    tenant_rates,
 )
 from shunter.core.sched.policies.tenant_queue import TenantQueues
 from shunter.core.sched.policy import PrefixProbe
@@ -102,16 +102,9 @@ class DlpmPolicy:
                    *(self.tenant_weights or {}).values()]
         if not all(float(w).is_integer() for w in weights):
             return 0
-        rates: dict[TenantId, float] = {}
-        for request in running:
-            rates[request.tenant] = rates.get(request.tenant, 0.0) + self.output_weight
-        steps = sys.maxsize
-        order = sorted(running, key=lambda r: self.victim_key(r, 0.0))  # type: ignore[arg-type, return-value]
-        for first, second in pairwise(order):
-            if first.tenant != second.tenant and first.priority == second.priority:
-                steps = min(steps, steps_before_meeting(
-                    -self.deficit(first.tenant), rates[first.tenant],
-                    -self.deficit(second.tenant), rates[second.tenant]))
+        rates = tenant_rates(running, self.output_weight)
+        steps = steps_before_tenants_swap(running, lambda r: self.victim_key(r, 0.0),
+                                          lambda tenant: -self.deficit(tenant), rates)
         queue = self._queue
         if queue is not None and len(queue):
             in_credit = [t for t in queue.tenants if self.deficit(t) > 0]

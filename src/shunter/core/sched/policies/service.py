@@ -22,12 +22,15 @@ from __future__ import annotations
 
 import math
 import sys
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from itertools import pairwise
 
 from shunter.core.request import Request
-from shunter.core.types import RequestId
+from shunter.core.types import RequestId, TenantId
 
-__all__ = ["DEFAULT_INPUT_WEIGHT", "DEFAULT_OUTPUT_WEIGHT", "ServiceMeter", "steps_before_meeting"]
+__all__ = ["DEFAULT_INPUT_WEIGHT", "DEFAULT_OUTPUT_WEIGHT", "ServiceMeter", "steps_before_meeting",
+           "steps_before_tenants_swap", "tenant_rates"]
 
 DEFAULT_INPUT_WEIGHT = 1.0  # VTC's w_in: service per prompt token
 DEFAULT_OUTPUT_WEIGHT = 2.0  # VTC's w_out: service per output token
@@ -92,4 +95,28 @@ def steps_before_meeting(low: float, low_rate: float, high: float, high_rate: fl
     steps = max(1, math.ceil((high - low) / gain))
     while steps > 1 and low + (steps - 1) * low_rate >= high + (steps - 1) * high_rate:
         steps -= 1  # the division rounded up past the exact count
+    return steps
+
+
+def tenant_rates(running: Sequence[Request], per_request: float) -> dict[TenantId, float]:
+    """How fast each tenant's counter moves a decode step: `per_request` for each of its
+    running requests (the tenant-fair policies' `steps_until_reorder`)."""
+    rates: dict[TenantId, float] = {}
+    for request in running:
+        rates[request.tenant] = rates.get(request.tenant, 0.0) + per_request
+    return rates
+
+
+def steps_before_tenants_swap(running: Sequence[Request], victim_key: Callable[[Request], object],
+                              value: Callable[[TenantId], float],
+                              rates: dict[TenantId, float]) -> int:
+    """Decode steps before two running requests of different tenants (one priority) swap in
+    the order `victim_key` sorts them by, their tenants' `value`s moving at `rates`: linearly
+    moving keys first swap between neighbours, so neighbours are enough."""
+    steps = sys.maxsize
+    order = sorted(running, key=victim_key)  # type: ignore[arg-type]
+    for first, second in pairwise(order):
+        if first.tenant != second.tenant and first.priority == second.priority:
+            steps = min(steps, steps_before_meeting(value(first.tenant), rates[first.tenant],
+                                                    value(second.tenant), rates[second.tenant]))
     return steps

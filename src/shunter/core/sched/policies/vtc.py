@@ -26,10 +26,8 @@ tenant (then the latest arrival) is preempted first. Output lengths are never ne
 
 from __future__ import annotations
 
-import sys
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
-from itertools import pairwise
 
 from shunter.core.request import Request
 from shunter.core.sched.policies.service import (
@@ -37,6 +35,8 @@ from shunter.core.sched.policies.service import (
     DEFAULT_OUTPUT_WEIGHT,
     ServiceMeter,
     steps_before_meeting,
+    steps_before_tenants_swap,
+    tenant_rates,
 )
 from shunter.core.sched.policies.tenant_queue import TenantQueues
 from shunter.core.types import RequestStatus, TenantId
@@ -81,17 +81,10 @@ class VtcPolicy:
         if not (float(self.input_weight).is_integer() and float(self.output_weight).is_integer()
                 and all(w == 1.0 for w in (self.tenant_weights or {}).values())):
             return 0
-        rates: dict[TenantId, float] = {}
-        for request in running:
-            rates[request.tenant] = rates.get(request.tenant, 0.0) + self.output_weight
+        rates = tenant_rates(running, self.output_weight)
         counter = self.counter
-        steps = sys.maxsize
-        order = sorted(running, key=lambda r: self.victim_key(r, 0.0))  # type: ignore[arg-type, return-value]
-        for first, second in pairwise(order):
-            if first.tenant != second.tenant and first.priority == second.priority:
-                steps = min(steps, steps_before_meeting(
-                    counter(first.tenant), rates[first.tenant],
-                    counter(second.tenant), rates[second.tenant]))
+        steps = steps_before_tenants_swap(running, lambda r: self.victim_key(r, 0.0), counter,
+                                          rates)
         queue = self._queue
         if queue is not None and len(queue):
             if queue.has_pending_lifts:
