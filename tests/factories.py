@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib
+import random
 from collections.abc import Iterable
 
 import pytest
@@ -15,7 +16,7 @@ from shunter.core.sched.scheduler import CoreScheduler, SchedulerConfig
 from shunter.core.types import RequestSpec
 
 __all__ = ["IS_COMPILED", "FakeExecutor", "add_all", "interpreted_only", "make_request", "make_scheduler",
-           "make_spec", "run_steps"]
+           "make_spec", "poisson_specs", "run_steps"]
 
 # Tests that spy on the simulator's internals by patching them; a compiled build (setup.py)
 # binds those calls at compile time, so the spies see nothing there.
@@ -28,6 +29,19 @@ def make_spec(request_id: str = "r0", *, num_prompt_tokens: int = 16, num_output
     return RequestSpec(request_id=request_id, arrival_s=arrival_s,
                        num_prompt_tokens=num_prompt_tokens, num_output_tokens=num_output_tokens,
                        **kwargs)  # type: ignore[arg-type]
+
+
+def poisson_specs(n: int, *, seed: int, rate: float,
+                  outputs: tuple[int, ...] = (1, 5, 40, 200)) -> list[RequestSpec]:
+    """`n` requests with Poisson arrivals and prompt/output lengths drawn from short lists."""
+    rng = random.Random(seed)
+    t, specs = 0.0, []
+    for i in range(n):
+        t += rng.expovariate(rate)
+        specs.append(RequestSpec(request_id=f"r{i}", arrival_s=t,
+                                 num_prompt_tokens=rng.choice([10, 300, 1500, 5000]),
+                                 num_output_tokens=rng.choice(outputs)))
+    return specs
 
 
 def make_request(request_id: str = "r0", *, block_size: int = 4, **kwargs: object) -> Request:

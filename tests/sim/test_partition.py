@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import os
-import random
 
 import pytest
+from tests.factories import poisson_specs
 
 from shunter.core.types import RequestSpec
 from shunter.sim.config import SimConfig
@@ -15,14 +15,7 @@ from shunter.sim.stream import RecordSpill
 
 
 def workload(n: int, seed: int = 5, rate: float = 12.0) -> list[RequestSpec]:
-    rng = random.Random(seed)
-    t, specs = 0.0, []
-    for i in range(n):
-        t += rng.expovariate(rate)
-        specs.append(RequestSpec(request_id=f"r{i}", arrival_s=t,
-                                 num_prompt_tokens=rng.choice([10, 300, 1500, 5000]),
-                                 num_output_tokens=rng.choice([1, 5, 40, 200, 900])))
-    return specs
+    return poisson_specs(n, seed=seed, rate=rate, outputs=(1, 5, 40, 200, 900))
 
 
 def by_request(records: list) -> list[tuple]:

@@ -2,9 +2,8 @@
 
 from __future__ import annotations
 
-import random
-
 import pytest
+from tests.factories import poisson_specs
 
 from shunter.core.types import RequestSpec
 from shunter.metrics.summary import summarize
@@ -16,14 +15,7 @@ from shunter.sim.stream import RecordSpill
 
 
 def workload(n: int, seed: int = 3, rate: float = 8.0) -> list[RequestSpec]:
-    rng = random.Random(seed)
-    t, specs = 0.0, []
-    for i in range(n):
-        t += rng.expovariate(rate)
-        specs.append(RequestSpec(request_id=f"r{i}", arrival_s=t,
-                                 num_prompt_tokens=rng.choice([10, 300, 1500, 5000]),
-                                 num_output_tokens=rng.choice([1, 5, 40, 200])))
-    return specs
+    return poisson_specs(n, seed=seed, rate=rate)
 
 
 CONFIGS = {
