@@ -8,29 +8,34 @@ simulator's and scheduler's own test files pass against the compiled modules.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import subprocess
+import sys
 
 import pytest
 from tests.factories import IS_COMPILED
-from tests.sim.test_fast_forward import SCENARIOS, fingerprint, varied_workload
-
-from shunter.sim.runner import simulate
 
 pytestmark = [pytest.mark.slow,
               pytest.mark.skipif(IS_COMPILED, reason="this install is the compiled one")]
 
 _FINGERPRINTS = """
-import hashlib, json, sys
+import hashlib, json
 import shunter.sim.replica as replica
 from shunter.sim.runner import simulate
 from tests.sim.test_fast_forward import SCENARIOS, fingerprint, varied_workload
-assert not replica.__file__.endswith(".py"), replica.__file__
 out = {name: hashlib.sha256(repr(fingerprint(simulate(config, varied_workload(seed=5, n=150))))
                             .encode()).hexdigest() for name, config in sorted(SCENARIOS.items())}
-print(json.dumps(out))
+print(json.dumps({"compiled": not replica.__file__.endswith(".py"), "records": out}))
 """
+
+
+def fingerprints(python: str) -> dict:
+    """Every bulk-vs-step scenario's records (hashed), as `python`'s shunter simulates them."""
+    from benchmarks._external._proc import REPO_ROOT
+    out = subprocess.run([python, "-c", _FINGERPRINTS], cwd=REPO_ROOT, capture_output=True,
+                         text=True, timeout=600, check=False)
+    assert out.returncode == 0, out.stderr[-3000:]
+    return json.loads(out.stdout.strip().splitlines()[-1])
 
 
 @pytest.fixture(scope="module")
@@ -40,14 +45,9 @@ def compiled_python():
 
 
 def test_compiled_build_gives_the_interpreted_records(compiled_python) -> None:
-    from benchmarks._external._proc import REPO_ROOT
-    out = subprocess.run([str(compiled_python), "-c", _FINGERPRINTS], cwd=REPO_ROOT,
-                         capture_output=True, text=True, timeout=600, check=False)
-    assert out.returncode == 0, out.stderr[-3000:]
-    compiled = json.loads(out.stdout.strip().splitlines()[-1])
-    here = {name: hashlib.sha256(repr(fingerprint(simulate(config, varied_workload(seed=5, n=150))))
-                                 .encode()).hexdigest() for name, config in sorted(SCENARIOS.items())}
-    assert compiled == here
+    compiled, interpreted = fingerprints(str(compiled_python)), fingerprints(sys.executable)
+    assert compiled["compiled"] and not interpreted["compiled"]
+    assert compiled["records"] == interpreted["records"]
 
 
 def test_simulator_tests_pass_against_the_compiled_build(compiled_python) -> None:
