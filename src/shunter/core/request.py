@@ -10,7 +10,7 @@ ended when its executor says so (`StepResult.stopped`) or a length limit is hit.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from shunter.core.kv.hashing import BlockHasher, request_salt
 from shunter.core.types import DEFAULT_BLOCK_SIZE, RequestId, RequestSpec, RequestStatus
@@ -18,36 +18,71 @@ from shunter.core.types import DEFAULT_BLOCK_SIZE, RequestId, RequestSpec, Reque
 __all__ = ["Request"]
 
 
-@dataclass(slots=True, eq=False, kw_only=True)
+@dataclass(slots=True, eq=False, init=False)
 class Request:
     request_id: RequestId
     arrival_s: float
     num_prompt_tokens: int
-    max_output_tokens: int | None = None
-    tenant: str = "default"
-    priority: int = 0
-    session_id: str | None = None
-    program_id: str | None = None
-    ttft_slo_s: float | None = None
-    tpot_slo_s: float | None = None
-    sampling_seed: int | None = None
+    max_output_tokens: int | None
+    tenant: str
+    priority: int
+    session_id: str | None
+    program_id: str | None
+    ttft_slo_s: float | None
+    tpot_slo_s: float | None
+    sampling_seed: int | None
     # What a predictor believes the output length is (SJF/LTR policies); never the truth.
-    predicted_output_tokens: float | None = None
+    predicted_output_tokens: float | None
 
-    status: RequestStatus = RequestStatus.WAITING
-    num_output_tokens: int = 0
-    num_computed_tokens: int = 0
-    token_ids: list[int] | None = None  # prompt + output token ids in the engine; None in sim
-    block_ids: list[int] = field(default_factory=list)
-    block_hashes: list[int] = field(default_factory=list)
-    num_published_blocks: int = 0  # leading block_ids whose hashes are in the prefix cache
-    host_block_ids: list[int] | None = None  # where the KV lives while SWAPPED
-    num_cached_tokens: int | None = None  # prompt tokens hit in the prefix cache, at first admission
-    num_preemptions: int = 0
+    status: RequestStatus
+    num_output_tokens: int
+    num_computed_tokens: int
+    token_ids: list[int] | None  # prompt + output token ids in the engine; None in sim
+    block_ids: list[int]
+    block_hashes: list[int]
+    num_published_blocks: int  # leading block_ids whose hashes are in the prefix cache
+    host_block_ids: list[int] | None  # where the KV lives while SWAPPED
+    num_cached_tokens: int | None  # prompt tokens hit in the prefix cache, at first admission
+    num_preemptions: int
     # sampled a new token since last (re)admission; see `is_preemptible`
-    has_progressed: bool = False
-    first_scheduled_s: float | None = None
-    hasher: BlockHasher | None = None
+    has_progressed: bool
+    first_scheduled_s: float | None
+    hasher: BlockHasher | None
+
+    # explicit, not generated: one is built per request and generated dataclass methods stay
+    # interpreted under the compiled build (see `core.sched.interface`)
+    def __init__(self, *, request_id: RequestId, arrival_s: float, num_prompt_tokens: int,
+                 max_output_tokens: int | None = None, tenant: str = "default",
+                 priority: int = 0, session_id: str | None = None,
+                 program_id: str | None = None, ttft_slo_s: float | None = None,
+                 tpot_slo_s: float | None = None, sampling_seed: int | None = None,
+                 predicted_output_tokens: float | None = None,
+                 token_ids: list[int] | None = None, hasher: BlockHasher | None = None) -> None:
+        self.request_id = request_id
+        self.arrival_s = arrival_s
+        self.num_prompt_tokens = num_prompt_tokens
+        self.max_output_tokens = max_output_tokens
+        self.tenant = tenant
+        self.priority = priority
+        self.session_id = session_id
+        self.program_id = program_id
+        self.ttft_slo_s = ttft_slo_s
+        self.tpot_slo_s = tpot_slo_s
+        self.sampling_seed = sampling_seed
+        self.predicted_output_tokens = predicted_output_tokens
+        self.status = RequestStatus.WAITING
+        self.num_output_tokens = 0
+        self.num_computed_tokens = 0
+        self.token_ids = token_ids
+        self.block_ids = []
+        self.block_hashes = []
+        self.num_published_blocks = 0
+        self.host_block_ids = None
+        self.num_cached_tokens = None
+        self.num_preemptions = 0
+        self.has_progressed = False
+        self.first_scheduled_s = None
+        self.hasher = hasher
 
     @classmethod
     def from_spec(cls, spec: RequestSpec, *, block_size: int = DEFAULT_BLOCK_SIZE,

@@ -1,6 +1,7 @@
 """The discrete-event loop: a heap keyed (time_s, priority, seq) over a virtual clock (SimPy's shape).
 
-Events are small frozen records; whoever pops one handles it and pushes its follow-ups. At equal
+Events are small records, read-only by contract (slotted with an explicit `__init__`, not
+frozen: see `core.sched.interface`); whoever pops one handles it and pushes its follow-ups. At equal
 times, lower priority values run first: a step that ends at t is applied before a request that
 arrives at t is routed, so the router sees the replica as it is at t.
 """
@@ -22,24 +23,35 @@ TIMER_PRIORITY = 1  # after the steps that end at t (a snapshot sees them), befo
 ARRIVAL_PRIORITY = 2
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True, init=False)
 class Arrival:
     spec: RequestSpec
 
+    def __init__(self, spec: RequestSpec) -> None:
+        self.spec = spec
 
-@dataclass(frozen=True, slots=True)
+
+@dataclass(slots=True, init=False)
 class StepDone:
     replica_id: int
-    generation: int = 0  # the replica's run generation when pushed; stale if it moved on
+    generation: int  # the replica's run generation when pushed; stale if it moved on
+
+    def __init__(self, replica_id: int, generation: int = 0) -> None:
+        self.replica_id = replica_id
+        self.generation = generation
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True, init=False)
 class Timer:
     """A topology's own event: `kind` says whose (a KV transfer ends, a periodic check is
     due), `key` which of its pending things."""
 
     kind: str
-    key: int = 0
+    key: int
+
+    def __init__(self, kind: str, key: int = 0) -> None:
+        self.kind = kind
+        self.key = key
 
 
 Event = Arrival | StepDone | Timer

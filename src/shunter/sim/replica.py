@@ -11,7 +11,6 @@ Results are identical to stepping one by one (`fast_forward=False`), which the t
 from __future__ import annotations
 
 from bisect import bisect_right
-from dataclasses import dataclass
 
 from shunter.core.clock import Clock
 from shunter.core.predict.interface import Predictor, SessionTracker
@@ -36,15 +35,18 @@ __all__ = ["SimReplica", "StepLog"]
 StepLog = tuple[int, float, float, int, int, int]  # replica, start, end, prefill tokens, decodes, preempted
 
 
-@dataclass(slots=True)
 class _InFlight:
-    # the run's first step, scheduled for real; None for a steady run, all of whose steps are
-    # planned decode steps (`begin_steady_run`)
-    output: SchedulerOutput | None
-    result: StepResult | None
-    start_s: float
-    end_times_s: list[float]  # end of the first step, then of each planned decode step
-    run_ids: list[RequestId]  # the requests every decode step of the run serves
+    __slots__ = ("end_times_s", "output", "result", "run_ids", "start_s")
+
+    def __init__(self, output: SchedulerOutput | None, result: StepResult | None,
+                 start_s: float, end_times_s: list[float], run_ids: list[RequestId]) -> None:
+        # the run's first step, scheduled for real; None for a steady run, all of whose steps
+        # are planned decode steps (`begin_steady_run`)
+        self.output = output
+        self.result = result
+        self.start_s = start_s
+        self.end_times_s = end_times_s  # end of the first step, then of each planned decode step
+        self.run_ids = run_ids  # the requests every decode step of the run serves
 
 
 class SimReplica:

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-
 from shunter.core.request import Request
 from shunter.core.sched.interface import NewRequestData, ScheduledChunk, SchedulerOutput
 from shunter.core.types import RequestId, StepShape
@@ -11,14 +9,16 @@ from shunter.core.types import RequestId, StepShape
 __all__ = ["StepPlan"]
 
 
-@dataclass(slots=True)
 class StepPlan:
-    budget: int
-    scheduled: list[tuple[Request, int]] = field(default_factory=list)
-    new_requests: list[NewRequestData] = field(default_factory=list)
-    swap_out: list[tuple[int, int]] = field(default_factory=list)
-    swap_in: list[tuple[int, int]] = field(default_factory=list)
-    preempted_ids: list[RequestId] = field(default_factory=list)
+    __slots__ = ("budget", "new_requests", "preempted_ids", "scheduled", "swap_in", "swap_out")
+
+    def __init__(self, budget: int) -> None:
+        self.budget = budget
+        self.scheduled: list[tuple[Request, int]] = []
+        self.new_requests: list[NewRequestData] = []
+        self.swap_out: list[tuple[int, int]] = []
+        self.swap_in: list[tuple[int, int]] = []
+        self.preempted_ids: list[RequestId] = []
 
     def add(self, request: Request, num_tokens: int) -> None:
         assert 0 < num_tokens <= self.budget, f"{num_tokens} tokens over budget {self.budget}"
