@@ -97,7 +97,7 @@ class Request:
             hasher = BlockHasher(block_size, hash_ids=spec.hash_ids,
                                  hash_block_size=spec.hash_block_size,
                                  salt=request_salt(spec.request_id))
-        request = cls(
+        request = Request(  # not cls(...): a direct call is a native one when compiled
             request_id=spec.request_id, arrival_s=spec.arrival_s,
             num_prompt_tokens=spec.num_prompt_tokens, max_output_tokens=spec.max_output_tokens,
             tenant=spec.tenant, priority=spec.priority, session_id=spec.session_id,

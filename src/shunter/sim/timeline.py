@@ -155,13 +155,18 @@ def _rebuild_token_times(timeline: StepTimeline, bounds: array[int], num_tokens:
 
 def add_range(times: Iterable[Any], start: int, stop: int) -> None:
     """`t.add(start, stop)` for every `t` (a decode run's requests: the simulator's hottest
-    loop, so the common case, a range that continues the last one, is inlined)."""
+    loop, so `add` is inlined: a range that continues the last one, as after a mixed step, or
+    a new one, as after a prefill-only step, which gives the running requests no token)."""
     num_tokens = stop - start
     for t in times:
-        if type(t) is TokenTimes:
-            bounds = t._bounds
-            if bounds and bounds[-1] == start:
-                bounds[-1] = stop
-                t._num_tokens += num_tokens
-                continue
-        t.add(start, stop)  # a new range, or another kind (a moved request's spliced times)
+        if type(t) is not TokenTimes:
+            t.add(start, stop)  # another kind (a moved request's spliced times)
+            continue
+        bounds = t._bounds
+        if bounds and bounds[-1] == start:
+            bounds[-1] = stop
+        elif bounds and bounds[-1] > start:
+            raise AssertionError("token ranges must be added in order")
+        else:  # a new range: every running request after a prefill-only step
+            bounds.extend((start, stop))
+        t._num_tokens += num_tokens
