@@ -158,6 +158,7 @@ def add_range(times: Iterable[Any], start: int, stop: int) -> None:
     loop, so `add` is inlined: a range that continues the last one, as after a mixed step, or
     a new one, as after a prefill-only step, which gives the running requests no token)."""
     num_tokens = stop - start
+    pair = array("q", (start, stop))
     for t in times:
         if type(t) is not TokenTimes:
             t.add(start, stop)  # another kind (a moved request's spliced times)
@@ -168,5 +169,5 @@ def add_range(times: Iterable[Any], start: int, stop: int) -> None:
         elif bounds and bounds[-1] > start:
             raise AssertionError("token ranges must be added in order")
         else:  # a new range: every running request after a prefill-only step
-            bounds.extend((start, stop))
+            bounds += pair  # (array += array: one copy, no per-item conversion)
         t._num_tokens += num_tokens

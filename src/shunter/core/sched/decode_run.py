@@ -229,28 +229,29 @@ def _allocate_run_blocks(scheduler: CoreScheduler, running: list[Request], num_s
     they are dealt to the requests by strided slices of that order.
     """
     bs = scheduler.config.block_size
-    firsts = []
+    num_running = len(running)
+    order = []  # (f_i, i) as the int f_i * num_running + i: ints sort faster than tuples
     total = 0
     for index, r in enumerate(running):
         first = (1 - r.num_computed_tokens) % bs or bs
         if first <= num_steps:
-            firsts.append((first, index))
+            order.append(first * num_running + index)
             total += 1 + (num_steps - first) // bs
     if not total:
         return
     pool = scheduler.kv.pool
     assert pool.can_allocate(total), "decode run planned past the free blocks"
     ids = pool.allocate(total)
-    firsts.sort()
+    order.sort()
     # every request gets `full` or `full + 1` blocks (the f_i span less than bs): rounds
     # 0..full-1 serve all n, round `full` the prefix that gets one more; so request p's ids
     # are every n-th from p, then one from the last round
-    n = len(firsts)
-    full = 1 + (num_steps - firsts[-1][0]) // bs
+    n = len(order)
+    full = 1 + (num_steps - order[-1] // num_running) // bs
     end = n * full
     num_extra = total - end
-    for p, (_, index) in enumerate(firsts):
-        table = running[index].block_ids
+    for p, key in enumerate(order):
+        table = running[key % num_running].block_ids
         table.extend(ids[p:end:n])
         if p < num_extra:
             table.append(ids[end + p])

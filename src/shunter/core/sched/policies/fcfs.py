@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from operator import attrgetter
 
-from shunter.core.request import Request
 from shunter.core.sched.policy import StaticKeyPolicy
 
 __all__ = ["FcfsPolicy"]
@@ -15,5 +15,6 @@ class FcfsPolicy(StaticKeyPolicy):
     name: str = "fcfs"
     has_static_order: bool = True
 
-    def order_key(self, request: Request) -> float:
-        return request.arrival_s
+    # order_key(request) -> request.arrival_s, as a C callable rather than a method: the
+    # running list is sorted by it before every decode step or run
+    order_key = staticmethod(attrgetter("arrival_s"))  # type: ignore[assignment]
