@@ -9,7 +9,7 @@ import pytest
 
 from shunter.metrics.columns import to_columns
 from shunter.metrics.record import RequestRecord
-from shunter.sim.timeline import StepTimeline, TokenTimes
+from shunter.sim.timeline import StepTimeline, TokenTimes, add_range
 
 
 def build(seed: int) -> tuple[TokenTimes, list[float]]:
@@ -69,6 +69,27 @@ def test_ranges_must_exist_and_come_in_order():
     times.add(2, 3)
     with pytest.raises(AssertionError):
         times.add(0, 1)  # before the last range
+
+
+@pytest.mark.parametrize("seed", range(10))
+def test_add_range_is_add_for_each(seed):
+    """The inlined bulk path (continuations and new ranges) equals one `add` per request."""
+    rng = random.Random(seed)
+    timeline = StepTimeline()
+    bulk = [TokenTimes(timeline) for _ in range(6)]
+    one_by_one = [TokenTimes(timeline) for _ in range(6)]
+    for _ in range(40):
+        start = timeline.extend([float(len(timeline) + k) for k in range(rng.randint(1, 4))])
+        if rng.random() < 0.3:
+            continue  # a step everyone sat out: the next range is a new one
+        members = [i for i in range(6) if rng.random() < 0.8]
+        add_range([bulk[i] for i in members], start, len(timeline))
+        for i in members:
+            one_by_one[i].add(start, len(timeline))
+    for a, b in zip(bulk, one_by_one, strict=True):
+        assert a.num_ranges == b.num_ranges and list(a) == list(b) and len(a) == len(b)
+    with pytest.raises(AssertionError):
+        add_range(bulk, 0, 1)  # before the last range
 
 
 def test_metrics_columns_accept_token_times():
