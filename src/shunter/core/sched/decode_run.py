@@ -36,7 +36,7 @@ import sys
 from shunter.core.request import Request
 from shunter.core.sched.interface import RequestOutput, SchedulerOutput
 from shunter.core.sched.limits import stop_status
-from shunter.core.sched.policy import charges_service, victim_sort_key
+from shunter.core.sched.policy import victim_sort_key
 from shunter.core.sched.scheduler import CoreScheduler
 from shunter.core.types import FINISHED_STATUSES
 
@@ -190,7 +190,7 @@ def advance_decode_run(scheduler: CoreScheduler, num_steps: int,
     pool = scheduler.kv.pool
     bs = scheduler.config.block_size
     running = list(scheduler.running)
-    if charges_service(scheduler.policy):
+    if scheduler.charges_service:
         now = scheduler.clock.now()
         for r in running:  # charged as `schedule` charges: before the tokens count as computed
             scheduler.policy.on_scheduled(r, num_steps, now)

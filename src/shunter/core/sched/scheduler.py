@@ -32,7 +32,7 @@ from shunter.core.sched.headroom import Headroom
 from shunter.core.sched.interface import RequestOutput, SchedulerOutput, StepResult
 from shunter.core.sched.limits import rejection_reason, stop_status
 from shunter.core.sched.plan import StepPlan
-from shunter.core.sched.policy import Policy, PrefixAwarePolicy, victim_sort_key
+from shunter.core.sched.policy import Policy, PrefixAwarePolicy, charges_service, victim_sort_key
 from shunter.core.sched.stats import SchedulerStats
 from shunter.core.types import FINISHED_STATUSES, RequestId, RequestStatus
 
@@ -47,6 +47,7 @@ class CoreScheduler:
         self.config = config
         self.max_seq_len = config.max_seq_len  # (a derived property: cached for the hot paths)
         self.policy = policy
+        self.charges_service = charges_service(policy)  # (cached: checked every step)
         self.clock = clock
         self.kv = KVCacheManager(config.num_blocks, config.block_size,
                                  enable_caching=config.enable_prefix_caching,
@@ -182,8 +183,9 @@ class CoreScheduler:
                 self._schedule_waiting(plan, now)
         elif not self._schedule_waiting(plan, now):
             self._schedule_running(plan, now)
-        for request, num_tokens in plan.scheduled:
-            self.policy.on_scheduled(request, num_tokens, now)
+        if self.charges_service:
+            for request, num_tokens in plan.scheduled:
+                self.policy.on_scheduled(request, num_tokens, now)
         finished, self._finished_ids = tuple(self._finished_ids), []
         return plan.build(self.num_steps, finished, self.config.emit_block_tables)
 
