@@ -1,4 +1,4 @@
-"""The mutable plan of one step, frozen into a SchedulerOutput at the end of `schedule`."""
+"""The mutable plan of one step, made into a (read-only) SchedulerOutput by `schedule`."""
 
 from __future__ import annotations
 

@@ -14,7 +14,8 @@ Model (as in vLLM v1): there is no prefill or decode phase. A request has `num_t
 2. waiting requests, in policy order, are admitted while they fit (prefix-cache hits first,
    then the rest chunked into the leftover budget) — but not in a step where memory ran short
    in (1), so that a preempted request is not overtaken by new ones;
-3. a frozen SchedulerOutput is emitted; `update` applies the StepResult when it comes back.
+3. a SchedulerOutput (read-only by contract) is emitted; `update` applies the StepResult when it
+   comes back.
 
 With chunked prefill off (prefill-first, vLLM v0 / Orca), phase 2 runs before phase 1 and a
 step that admits any prompt runs only whole prompts: decodes stall behind prefills.
