@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import importlib
 import random
 from collections.abc import Iterable
 
 import pytest
 
+from shunter.build import is_compiled
 from shunter.core.clock import ManualClock
 from shunter.core.request import Request
 from shunter.core.sched.interface import SchedulerOutput, StepResult
@@ -20,7 +20,7 @@ __all__ = ["IS_COMPILED", "FakeExecutor", "add_all", "interpreted_only", "make_r
 
 # Tests that spy on the simulator's internals by patching them; a compiled build (setup.py)
 # binds those calls at compile time, so the spies see nothing there.
-IS_COMPILED = not str(importlib.import_module("shunter.sim.replica").__file__).endswith(".py")
+IS_COMPILED = is_compiled()
 interpreted_only = pytest.mark.skipif(IS_COMPILED, reason="patches a module compiled in this install")
 
 

@@ -20,12 +20,12 @@ pytestmark = [pytest.mark.slow,
 
 _FINGERPRINTS = """
 import hashlib, json
-import shunter.sim.replica as replica
+from shunter.build import is_compiled
 from shunter.sim.runner import simulate
 from tests.sim.test_fast_forward import SCENARIOS, fingerprint, varied_workload
 out = {name: hashlib.sha256(repr(fingerprint(simulate(config, varied_workload(seed=5, n=150))))
                             .encode()).hexdigest() for name, config in sorted(SCENARIOS.items())}
-print(json.dumps({"compiled": not replica.__file__.endswith(".py"), "records": out}))
+print(json.dumps({"compiled": is_compiled(), "records": out}))
 """
 
 
@@ -48,6 +48,13 @@ def test_compiled_build_gives_the_interpreted_records(compiled_python) -> None:
     compiled, interpreted = fingerprints(str(compiled_python)), fingerprints(sys.executable)
     assert compiled["compiled"] and not interpreted["compiled"]
     assert compiled["records"] == interpreted["records"]
+
+
+def test_version_names_the_build(compiled_python) -> None:
+    for python, build in ((compiled_python, "compiled with mypyc"), (sys.executable, "pure Python")):
+        out = subprocess.run([str(python), "-m", "shunter", "--version"], capture_output=True,
+                             text=True, timeout=60, check=True)
+        assert out.stdout.strip().endswith(f"({build})"), out.stdout
 
 
 def test_simulator_tests_pass_against_the_compiled_build(compiled_python) -> None:

@@ -8,6 +8,7 @@ import sys
 from collections.abc import Sequence
 
 from shunter import __version__
+from shunter.build import describe_build
 from shunter.cli.bench import add_bench_parser
 from shunter.cli.common import add_scenario_flags, fail
 from shunter.cli.generate import add_generate_parser
@@ -29,7 +30,8 @@ def build_parser() -> argparse.ArgumentParser:
         prog="shunter", epilog=_EPILOG,
         description="Decides which LLM request runs, where, and when: one scheduling core for a "
                     "cluster simulator, a PyTorch engine and an OpenAI-compatible gateway.")
-    parser.add_argument("--version", action="version", version=f"shunter {__version__}")
+    parser.add_argument("--version", action="version",
+                        version=f"shunter {__version__} ({describe_build()})")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     sim = sub.add_parser(
         "simulate", help="simulate a cluster serving a workload and print its metrics",
