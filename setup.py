@@ -17,7 +17,7 @@ import sys
 from setuptools import setup
 
 COMPILED_MODULES = [
-    "core/request", "core/kv/block_pool", "core/kv/manager",
+    "core/request", "core/kv/block_pool", "core/kv/hashing", "core/kv/manager",
     "core/sched/config", "core/sched/decode_run", "core/sched/headroom",
     "core/sched/interface", "core/sched/limits", "core/sched/plan", "core/sched/queue",
     "core/sched/scheduler", "core/sched/stats",

@@ -126,3 +126,54 @@ def test_fifo_free_queue_refuses_what_it_cannot_do():
         pool.free([a])
     with pytest.raises(AssertionError, match="hands out its head only"):
         pool.take_free(3)
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_lru_queue_keeps_an_ordered_dicts_order(seed):
+    """The list-with-stale-entries free queue hands out exactly what an OrderedDict LRU queue
+    (move-to-end on free, removal from the middle on a hit) would, through compaction and
+    rebuilds."""
+    from collections import OrderedDict
+
+    rng = random.Random(seed)
+    n = 40
+    pool = BlockPool(n)
+    model: OrderedDict[int, None] = OrderedDict.fromkeys(range(n))
+    ref = [0] * n
+    for _ in range(20000):
+        op = rng.random()
+        if op < 0.4 and model:
+            k = rng.randint(1, len(model))
+            want = [model.popitem(last=False)[0] for _ in range(k)]
+            assert pool.allocate(k) == want
+            for b in want:
+                ref[b] = 1
+        elif op < 0.7:  # a cache hit takes a reference (from the middle if the block is free)
+            b = rng.randrange(n)
+            pool.touch([b])
+            model.pop(b, None)
+            ref[b] += 1
+        else:
+            used = [b for b in range(n) if ref[b]]
+            if used:
+                b = rng.choice(used)
+                pool.free([b])
+                ref[b] -= 1
+                if not ref[b]:
+                    model[b] = None
+        assert pool.num_free_blocks == len(model)
+    pool.check_invariants()
+    assert pool.allocate(len(model)) == list(model)
+
+
+def test_lru_queue_rebuilds_when_mostly_stale():
+    """Hits and frees without allocations leave stale entries; the queue rebuilds itself and
+    keeps the order (the block hit and freed again moves to the tail)."""
+    pool = BlockPool(8)
+    for i in range(3000):
+        b = i % 3
+        pool.touch([b])
+        pool.free([b])
+    pool.check_invariants()
+    assert len(pool._lru._ids) < 2 * 8 + 1024 + 1  # rebuilt, not 3000 entries long
+    assert pool.allocate(8) == [3, 4, 5, 6, 7, 0, 1, 2]

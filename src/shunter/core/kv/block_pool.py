@@ -9,16 +9,18 @@ Invariants (checked by `check_invariants`, and by the tests after every operatio
 The free queue is ordered for eviction: its head is handed out first. Callers free a request's
 blocks tail-first, so the ends of long prompts are evicted before their shared beginnings.
 
-Without prefix caching (and without contiguous allocation, which takes particular blocks), no
-block ever leaves the queue from the middle, so `fifo_free=True` keeps it as a list with a
-moving head: the same order, handed out and returned by slices instead of one dict operation
-per block (the simulator's hottest data structure on long decodes).
+The queue is a list with a moving head (`_LruQueue`): a freed block is appended, the head is
+handed out, and a block taken from the middle (a cache hit on a free block, a contiguous
+allocation) leaves its entry behind, stale, skipped when it reaches the head. That is the
+order an OrderedDict keeps, at a list operation per block instead of a dict operation and a
+tuple (with the prefix cache on, every prompt block goes through it). Without prefix caching
+(and without contiguous allocation), no block ever leaves from the middle, so `fifo_free=True`
+hands blocks out and takes them back by slices (the simulator's hot path on long decodes).
 """
 
 from __future__ import annotations
 
-from collections import OrderedDict
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 
 __all__ = ["BlockPool"]
 
@@ -26,7 +28,7 @@ __all__ = ["BlockPool"]
 class BlockPool:
     """Fixed set of `num_blocks` KV blocks, ids 0..num_blocks-1."""
 
-    __slots__ = ("_fifo", "_free", "_hash_of", "_ref", "cached", "enable_caching", "num_blocks")
+    __slots__ = ("_fifo", "_hash_of", "_lru", "_ref", "cached", "enable_caching", "num_blocks")
 
     def __init__(self, num_blocks: int, *, enable_caching: bool = True,
                  fifo_free: bool = False) -> None:
@@ -39,13 +41,12 @@ class BlockPool:
         self._ref = [0] * num_blocks
         self._hash_of: list[int | None] = [None] * num_blocks
         self._fifo = _FifoQueue(num_blocks) if fifo_free else None
-        self._free: OrderedDict[int, None] = (OrderedDict() if fifo_free else
-                                              OrderedDict.fromkeys(range(num_blocks)))
+        self._lru = _LruQueue(0 if fifo_free else num_blocks)
         self.cached: dict[int, int] = {}  # block hash -> block id
 
     @property
     def num_free_blocks(self) -> int:
-        return len(self._free) if self._fifo is None else len(self._fifo)
+        return self._lru.num_free if self._fifo is None else len(self._fifo)
 
     @property
     def num_used_blocks(self) -> int:
@@ -78,9 +79,8 @@ class BlockPool:
             for block_id in out:
                 ref[block_id] = 1
             return out
-        free, hash_of, cached = self._free, self._hash_of, self.cached
-        pop = free.popitem
-        out = [pop(False)[0] for _ in range(num_blocks)]  # the LRU head, in order
+        hash_of, cached = self._hash_of, self.cached
+        out = self._lru.take(num_blocks)  # the LRU head, in order
         if not self.enable_caching:  # no block ever carries a hash
             for block_id in out:
                 ref[block_id] = 1
@@ -119,7 +119,7 @@ class BlockPool:
         if not 0 <= block_id < self.num_blocks or self._ref[block_id]:
             return False
         assert self._fifo is None, "a FIFO free queue hands out its head only"
-        del self._free[block_id]
+        self._lru.remove(block_id)
         old = self._hash_of[block_id]
         if old is not None:
             if self.cached.get(old) == block_id:
@@ -130,16 +130,16 @@ class BlockPool:
 
     def touch(self, block_ids: Iterable[int]) -> None:
         """Take a reference on cache-hit blocks; a free one leaves the queue but keeps its hash."""
-        ref, free = self._ref, self._free
+        ref = self._ref
         for b in block_ids:
             if ref[b] == 0:
                 assert self._fifo is None, "a FIFO free queue hands out its head only"
-                del free[b]
+                self._lru.remove(b)
             ref[b] += 1
 
     def free(self, block_ids: Iterable[int]) -> None:
         """Drop one reference on each block, in the given order (callers pass tail-first)."""
-        ref, free = self._ref, self._free
+        ref = self._ref
         if self._fifo is not None:  # every used block has one reference (no cache hits)
             ids = list(block_ids)
             for b in ids:
@@ -147,12 +147,13 @@ class BlockPool:
                 ref[b] = 0
             self._fifo.extend(ids)
             return
+        lru = self._lru
         for b in block_ids:
             count = ref[b] - 1
             assert count >= 0, f"double free of block {b}"
             ref[b] = count
             if not count:
-                free[b] = None
+                lru.push(b)
 
     def cache(self, block_id: int, block_hash: int) -> bool:
         """Publish a full block's hash; False if caching is off or another block has it already."""
@@ -170,7 +171,9 @@ class BlockPool:
 
     def check_invariants(self) -> None:
         """Assert the pool's invariants; O(num_blocks), for tests and debugging."""
-        free = set(self._free) if self._fifo is None else set(self._fifo.ids())
+        free = set(self._lru.ids()) if self._fifo is None else set(self._fifo.ids())
+        if self._fifo is None:
+            self._lru.check_invariants()
         for b in range(self.num_blocks):
             assert self._ref[b] >= 0, f"block {b} has ref {self._ref[b]}"
             assert (self._ref[b] == 0) == (b in free), f"block {b}: ref/free mismatch"
@@ -207,3 +210,73 @@ class _FifoQueue:
 
     def extend(self, block_ids: list[int]) -> None:
         self._ids.extend(block_ids)
+
+
+class _LruQueue:
+    """Free block ids in eviction order (see the module docstring): `_ids[_head:]` are queue
+    entries; an entry at absolute position p (list index p - `_base`) is live iff `_pos` of
+    its block is p. A block not in the queue has `_pos` -1."""
+
+    __slots__ = ("_base", "_head", "_ids", "_pos", "num_free")
+
+    def __init__(self, num_blocks: int) -> None:
+        self._ids = list(range(num_blocks))
+        self._pos = list(range(num_blocks))
+        self._base = 0  # absolute position of _ids[0]
+        self._head = 0
+        self.num_free = num_blocks
+
+    def take(self, num_blocks: int) -> list[int]:
+        """Remove and return the first `num_blocks` free blocks (the caller checked there are)."""
+        ids, pos = self._ids, self._pos
+        head = self._head
+        where = self._base + head  # absolute position of ids[head]
+        out: list[int] = []
+        while len(out) < num_blocks:
+            b = ids[head]
+            if pos[b] == where:
+                pos[b] = -1
+                out.append(b)
+            head += 1
+            where += 1
+        self.num_free -= num_blocks
+        if 2 * head > len(ids):  # drop the handed-out prefix: amortised O(1) a block
+            del ids[:head]
+            self._base += head
+            head = 0
+        self._head = head
+        return out
+
+    def remove(self, block_id: int) -> None:
+        """Take a free block out of the middle; its entry goes stale."""
+        assert self._pos[block_id] >= 0, f"block {block_id} is not free"
+        self._pos[block_id] = -1
+        self.num_free -= 1
+
+    def push(self, block_id: int) -> None:
+        """Append a newly free block at the tail."""
+        ids = self._ids
+        self._pos[block_id] = self._base + len(ids)
+        ids.append(block_id)
+        self.num_free += 1
+        if len(ids) - self._head > 2 * self.num_free + 1024:  # mostly stale: rebuild
+            live = self.ids()
+            self._ids, self._base, self._head = live, 0, 0
+            for i, b in enumerate(live):
+                self._pos[b] = i
+
+    def ids(self) -> list[int]:
+        """The free blocks in queue order."""
+        return list(self._live())
+
+    def _live(self) -> Iterator[int]:
+        pos, base = self._pos, self._base
+        for i in range(self._head, len(self._ids)):
+            b = self._ids[i]
+            if pos[b] == base + i:
+                yield b
+
+    def check_invariants(self) -> None:
+        live = self.ids()
+        assert len(live) == self.num_free == len(set(live)), "free count or a duplicate entry"
+        assert sum(1 for p in self._pos if p >= 0) == self.num_free, "a free block lost its entry"
