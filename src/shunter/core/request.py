@@ -10,6 +10,7 @@ ended when its executor says so (`StepResult.stopped`) or a length limit is hit.
 
 from __future__ import annotations
 
+import sys
 from dataclasses import dataclass
 
 from shunter.core.kv.hashing import BlockHasher, request_salt
@@ -41,6 +42,12 @@ class Request:
     block_ids: list[int]
     block_hashes: list[int]
     num_published_blocks: int  # leading block_ids whose hashes are in the prefix cache
+    # Blocks published as they fill: the shareable ones (`BlockHasher.num_shareable_blocks`)
+    # until the request's KV is first freed while it goes on (`KVCacheManager.free(alive=)`),
+    # then all. Private blocks can only ever be matched by this request after such a free, so
+    # publishing them then, not as they fill, changes no lookup; a request that just finishes
+    # never publishes them (most requests of most traces: no prefix cache insert per block).
+    publish_limit: int
     host_block_ids: list[int] | None  # where the KV lives while SWAPPED
     num_cached_tokens: int | None  # prompt tokens hit in the prefix cache, at first admission
     num_preemptions: int
@@ -77,6 +84,8 @@ class Request:
         self.block_ids = []
         self.block_hashes = []
         self.num_published_blocks = 0
+        self.publish_limit = (sys.maxsize if hasher is None
+                              else hasher.num_shareable_blocks(token_ids is not None))
         self.host_block_ids = None
         self.num_cached_tokens = None
         self.num_preemptions = 0

@@ -8,6 +8,10 @@ caching, SGLang's radix tree by another name). Three sources of identity, in ord
   spanning `hash_block_size` tokens, and the block's offset inside the first id;
 - neither (a request that shares nothing): a per-request salt and the block index.
 
+Blocks of the third kind (and those past a request's hash ids) are *private*: only the request
+itself can ever match them, after its KV was freed while it goes on (a recompute preemption, a
+swap-out, a move). `num_shareable_blocks` says where they start (see `Request.publish_limit`).
+
 Python's hash of a tuple of ints is deterministic across processes (only str/bytes hashing is
 salted), so runs are reproducible. The salt for unique blocks is derived from the request id
 with blake2b for the same reason.
@@ -16,6 +20,7 @@ with blake2b for the same reason.
 from __future__ import annotations
 
 import hashlib
+import sys
 from collections.abc import Sequence
 
 __all__ = ["BlockHasher", "request_salt"]
@@ -40,6 +45,15 @@ class BlockHasher:
         self.hash_ids = tuple(hash_ids) if hash_ids is not None else None
         self.hash_block_size = hash_block_size
         self.salt = salt
+
+    def num_shareable_blocks(self, has_token_ids: bool) -> int:
+        """Leading blocks another request may share: all with token ids, those the hash ids
+        cover with them, none without (the rest are keyed by this request's salt)."""
+        if has_token_ids:
+            return sys.maxsize
+        if self.hash_ids is None:
+            return 0
+        return len(self.hash_ids) * self.hash_block_size // self.block_size
 
     def extend(self, block_hashes: list[int], num_tokens: int,
                token_ids: Sequence[int] | None = None) -> None:

@@ -20,6 +20,8 @@ instead of recomputed.
 
 from __future__ import annotations
 
+import sys
+
 from shunter.core.kv.block_pool import BlockPool
 from shunter.core.kv.host import HostCache
 from shunter.core.request import Request
@@ -139,8 +141,10 @@ class KVCacheManager:
         return out
 
     def publish(self, request: Request) -> None:
-        """Put the hashes of the request's newly full, computed blocks into the prefix cache."""
-        num_full = min(request.num_computed_tokens // self.block_size, len(request.block_hashes))
+        """Put the hashes of the request's newly full, computed blocks into the prefix cache
+        (up to its `publish_limit`)."""
+        num_full = min(request.num_computed_tokens // self.block_size, len(request.block_hashes),
+                       request.publish_limit)
         start = request.num_published_blocks
         if num_full <= start:
             return
@@ -149,8 +153,15 @@ class KVCacheManager:
             cache(ids[j], hashes[j])
         request.num_published_blocks = num_full
 
-    def free(self, request: Request) -> None:
-        """Release the request's device blocks, tail first so shared heads are evicted last."""
+    def free(self, request: Request, *, alive: bool = False) -> None:
+        """Release the request's device blocks, tail first so shared heads are evicted last.
+
+        `alive`: the request goes on (preempted, swapped out, moved away), so it may come back
+        for its own private blocks: they are published first, and as they fill from now on."""
+        if alive and request.publish_limit != sys.maxsize:
+            request.publish_limit = sys.maxsize
+            if self.pool.enable_caching and request.block_hashes:
+                self.publish(request)
         if request.block_ids:
             self.pool.free(reversed(request.block_ids))
             request.block_ids = []
@@ -175,7 +186,7 @@ class KVCacheManager:
         host = [self._free_host.pop() for _ in request.block_ids]
         pairs = list(zip(request.block_ids, host, strict=True))
         request.host_block_ids = host
-        self.free(request)
+        self.free(request, alive=True)
         return pairs
 
     def _swap_out_reusing(self, request: Request) -> list[tuple[int, int]]:
@@ -191,7 +202,7 @@ class KVCacheManager:
                 pairs.append((device, block_id))
             host.append(block_id)
         request.host_block_ids = host
-        self.free(request)
+        self.free(request, alive=True)
         return pairs
 
     def offload(self, request: Request) -> list[tuple[int, int]]:

@@ -197,6 +197,14 @@ def advance_decode_run(scheduler: CoreScheduler, num_steps: int,
     if not pool.enable_caching:  # nothing to publish: allocations are the only events
         _allocate_run_blocks(scheduler, running, num_steps)
         return _finish_run(scheduler, running, num_steps, stopped, appended=False)
+    # after step s, c+s tokens are computed: block (c+s)/bs - 1 is full when bs divides c+s,
+    # and published then if below the request's publish limit: steps up to last_publish[i]
+    last_publish = [_last_publish_step(r, num_steps, bs) for r in running]
+    if not any(last_publish):  # (private blocks of requests never freed: the common case)
+        _allocate_run_blocks(scheduler, running, num_steps)
+        for r in running:
+            r.append_outputs(num_steps)
+        return _finish_run(scheduler, running, num_steps, stopped)
     # (step, 0 = allocate before it / 1 = publish after it, running index): the order in which
     # step-by-step scheduling would have done them
     events: list[tuple[int, int, int]] = []
@@ -204,8 +212,7 @@ def advance_decode_run(scheduler: CoreScheduler, num_steps: int,
         c = r.num_computed_tokens
         # step s computes token c+s-1 (0-based) and needs a new block when c+s-1 starts one
         events.extend((s, 0, index) for s in range((1 - c) % bs or bs, num_steps + 1, bs))
-        # after step s, c+s tokens are computed: block (c+s)/bs - 1 is full when bs divides c+s
-        events.extend((s, 1, index) for s in range((-c) % bs or bs, num_steps + 1, bs))
+        events.extend((s, 1, index) for s in range((-c) % bs or bs, last_publish[index] + 1, bs))
         r.append_outputs(num_steps)
     events.sort()
     for step, kind, index in events:
@@ -217,6 +224,14 @@ def advance_decode_run(scheduler: CoreScheduler, num_steps: int,
             block = (r.num_computed_tokens + step) // bs - 1
             pool.cache(r.block_ids[block], r.block_hashes[block])
     return _finish_run(scheduler, running, num_steps, stopped)
+
+
+def _last_publish_step(r: Request, num_steps: int, bs: int) -> int:
+    """The last of the run's steps after which `r` publishes a block (0: none)."""
+    if r.publish_limit == sys.maxsize:
+        return num_steps
+    # block b fills after step (b + 1) * bs - c; blocks below the limit are published
+    return max(min(num_steps, r.publish_limit * bs - r.num_computed_tokens), 0)
 
 
 def _allocate_run_blocks(scheduler: CoreScheduler, running: list[Request], num_steps: int) -> None:
@@ -272,7 +287,7 @@ def _finish_run(scheduler: CoreScheduler, running: list[Request], num_steps: int
                 r.append_outputs(num_steps)
         computed = r.num_computed_tokens + num_steps
         r.num_computed_tokens = computed
-        r.num_published_blocks = computed // bs
+        r.num_published_blocks = min(computed // bs, r.publish_limit)
         # stop_status's conditions, checked inline first: most requests go on (hot loop)
         if (r.request_id not in stopped and r.num_prompt_tokens + r.num_output_tokens < max_seq_len
                 and (r.max_output_tokens is None or r.num_output_tokens < r.max_output_tokens)):

@@ -113,7 +113,7 @@ class CoreScheduler:
             raise ValueError(f"request {request_id!r} is not running here")
         self.running.remove(request)
         del self.requests[request_id]
-        self.kv.free(request)
+        self.kv.free(request, alive=True)
         self.policy.on_finished(request, self.clock.now())
         return request
 
@@ -314,7 +314,7 @@ class CoreScheduler:
             plan.swap_out.extend(self.kv.swap_out(request))
             request.status = RequestStatus.SWAPPED
         else:
-            self.kv.free(request)
+            self.kv.free(request, alive=True)
             request.num_computed_tokens = 0
             request.status = RequestStatus.PREEMPTED
             plan.preempted_ids.append(request.request_id)
