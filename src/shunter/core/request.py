@@ -42,11 +42,12 @@ class Request:
     block_ids: list[int]
     block_hashes: list[int]
     num_published_blocks: int  # leading block_ids whose hashes are in the prefix cache
-    # Blocks published as they fill: the shareable ones (`BlockHasher.num_shareable_blocks`)
-    # until the request's KV is first freed while it goes on (`KVCacheManager.free(alive=)`),
-    # then all. Private blocks can only ever be matched by this request after such a free, so
-    # publishing them then, not as they fill, changes no lookup; a request that just finishes
-    # never publishes them (most requests of most traces: no prefix cache insert per block).
+    # Blocks hashed and published as they fill: the shareable ones
+    # (`BlockHasher.num_shareable_blocks`) until the request's KV is first freed while it goes
+    # on (`KVCacheManager.free(alive=True)`, `share_all_blocks`), then all. Private blocks can
+    # only ever be matched by this request after such a free, so publishing them then, not as
+    # they fill, changes no lookup; a request that just finishes never hashes or publishes
+    # them (most requests of most traces: no hash and no prefix-cache insert per block).
     publish_limit: int
     host_block_ids: list[int] | None  # where the KV lives while SWAPPED
     num_cached_tokens: int | None  # prompt tokens hit in the prefix cache, at first admission
@@ -113,8 +114,7 @@ class Request:
             program_id=spec.program_id, ttft_slo_s=spec.ttft_slo_s, tpot_slo_s=spec.tpot_slo_s,
             token_ids=token_ids, hasher=hasher,
         )
-        if hasher is not None:
-            hasher.extend(request.block_hashes, request.num_tokens, token_ids)
+        request.extend_hashes()
         return request
 
     @property
@@ -144,15 +144,30 @@ class Request:
         self.num_output_tokens += 1
         if self.token_ids is not None:
             self.token_ids.append(token_id)
-        if self.hasher is not None:
-            self.hasher.extend(self.block_hashes, self.num_tokens, self.token_ids)
+        self.extend_hashes()
 
     def append_outputs(self, num_tokens: int) -> None:
         """Record `num_tokens` sampled tokens at once (the simulator's decode runs; no token ids)."""
         assert self.token_ids is None, "bulk appends are for requests without token ids"
         self.num_output_tokens += num_tokens
-        if self.hasher is not None:
-            self.hasher.extend(self.block_hashes, self.num_tokens)
+        self.extend_hashes()
+
+    def extend_hashes(self) -> None:
+        """Hash the blocks that became full, up to the publish limit: a private block's hash
+        is only needed once the request may come back for it (`share_all_blocks`)."""
+        hasher = self.hasher
+        if hasher is None:
+            return
+        num_tokens = self.num_tokens
+        if self.publish_limit != sys.maxsize:
+            num_tokens = min(num_tokens, self.publish_limit * hasher.block_size)
+        hasher.extend(self.block_hashes, num_tokens, self.token_ids)
+
+    def share_all_blocks(self) -> None:
+        """From now on hash and publish every block, private ones included: the request's KV
+        is being freed while it goes on (or copied to host), so it may come back for them."""
+        self.publish_limit = sys.maxsize
+        self.extend_hashes()
 
     def set_status(self, status: RequestStatus) -> None:
         assert not self.status.is_finished, f"{self.request_id} is already {self.status.name}"

@@ -1,5 +1,6 @@
-"""Private blocks (only their own request can match them) are published when the request's KV
-is first freed while it goes on, not as they fill: the same decisions as eager publication."""
+"""Private blocks (only their own request can match them) are hashed and published when the
+request's KV is first freed while it goes on, not as they fill: the same decisions as eager
+publication, host KV reuse included."""
 
 from __future__ import annotations
 
@@ -18,6 +19,8 @@ def _workload(seed: int) -> list:
     for i in range(40):
         kwargs: dict = {"num_prompt_tokens": rng.choice([5, 17, 40, 90]),
                         "arrival_s": float(i)}
+        if rng.random() < 0.3:  # a conversation turn: its KV is offloaded to host at the end
+            kwargs["session_id"] = f"s{i % 4}"
         if rng.random() < 0.5:  # a shared prefix of 1-6 blocks, from a few families
             family = rng.randrange(3)
             kwargs["hash_ids"] = tuple(100 * family + k for k in range(rng.randint(1, 6)))
@@ -28,13 +31,16 @@ def _workload(seed: int) -> list:
 
 def _run(seed: int, mode: str, *, eager: bool) -> tuple[list, int]:
     clock = ManualClock()
-    scheduler = make_scheduler(num_blocks=48, clock=clock, preemption_mode=mode,
-                               num_host_blocks=64 if mode == "swap" else 0)
+    reuse = mode == "swap+host-reuse"
+    scheduler = make_scheduler(num_blocks=48, clock=clock,
+                               preemption_mode="recompute" if mode == "recompute" else "swap",
+                               num_host_blocks=0 if mode == "recompute" else 64,
+                               host_kv_reuse=reuse)
     pairs = _workload(seed)
     executor = FakeExecutor({r.request_id: n for r, n in pairs})
     for request, _ in pairs:
-        if eager:  # what every request did before: publish each block as it fills
-            request.publish_limit = sys.maxsize
+        if eager:  # what every request did before: hash and publish each block as it fills
+            request.share_all_blocks()
         assert scheduler.add_request(request) is None
     run_steps(scheduler, executor, clock)
     decisions = [(o.step_id, [(c.request_id, c.num_computed_tokens, c.num_scheduled_tokens,
@@ -43,7 +49,7 @@ def _run(seed: int, mode: str, *, eager: bool) -> tuple[list, int]:
     return decisions, scheduler.num_preemptions
 
 
-@pytest.mark.parametrize("mode", ["recompute", "swap"])
+@pytest.mark.parametrize("mode", ["recompute", "swap", "swap+host-reuse"])
 @pytest.mark.parametrize("seed", range(6))
 def test_deferred_private_publication_decides_as_eager_publication(seed, mode):
     lazy, num_preempted = _run(seed, mode, eager=False)
@@ -62,8 +68,9 @@ def test_finished_requests_leave_only_shareable_hashes():
         assert scheduler.add_request(r) is None
     run_steps(scheduler, FakeExecutor({"a": 9, "b": 9}), clock)
     cached = scheduler.kv.pool.cached
-    assert not any(h in cached for h in private.block_hashes)
-    assert [h in cached for h in shared.block_hashes] == [True, True] + [False] * 5
+    assert private.block_hashes == []  # never hashed: nothing could ever have matched them
+    assert len(shared.block_hashes) == 2 and all(h in cached for h in shared.block_hashes)
+    assert len(cached) == 2
 
 
 def test_a_preempted_request_publishes_its_private_blocks_and_finds_them_again():

@@ -158,14 +158,20 @@ class KVCacheManager:
 
         `alive`: the request goes on (preempted, swapped out, moved away), so it may come back
         for its own private blocks: they are published first, and as they fill from now on."""
-        if alive and request.publish_limit != sys.maxsize:
-            request.publish_limit = sys.maxsize
-            if self.pool.enable_caching and request.block_hashes:
-                self.publish(request)
+        if alive:
+            self._share_private(request)
         if request.block_ids:
             self.pool.free(reversed(request.block_ids))
             request.block_ids = []
         request.num_published_blocks = 0
+
+    def _share_private(self, request: Request) -> None:
+        """The request may come back for its private blocks: hash and publish them now, as
+        eager publication would have as they filled (see `Request.publish_limit`)."""
+        if request.publish_limit != sys.maxsize:
+            request.share_all_blocks()
+            if self.pool.enable_caching and request.block_hashes:
+                self.publish(request)
 
     def _full_hashes(self, request: Request) -> list[int | None]:
         """Per device block, its hash if the block is full and computed (copies reusable)."""
@@ -192,6 +198,7 @@ class KVCacheManager:
     def _swap_out_reusing(self, request: Request) -> list[tuple[int, int]]:
         host_cache = self.host
         assert host_cache is not None
+        self._share_private(request)  # (before its hashes are read)
         host, pairs = [], []
         for device, block_hash in zip(request.block_ids, self._full_hashes(request), strict=True):
             block_id = host_cache.lookup(block_hash)
@@ -212,6 +219,7 @@ class KVCacheManager:
         host_cache = self.host
         if host_cache is None:
             return []
+        request.share_all_blocks()  # every full block goes to host, private ones included
         pairs = []
         for device, block_hash in zip(request.block_ids, self._full_hashes(request), strict=True):
             if block_hash is None or host_cache.lookup(block_hash) is not None:
