@@ -158,10 +158,11 @@ class Request:
         hasher = self.hasher
         if hasher is None:
             return
-        num_tokens = self.num_tokens
-        if self.publish_limit != sys.maxsize:
-            num_tokens = min(num_tokens, self.publish_limit * hasher.block_size)
-        hasher.extend(self.block_hashes, num_tokens, self.token_ids)
+        num_full = (self.num_prompt_tokens + self.num_output_tokens) // hasher.block_size
+        if num_full > self.publish_limit:
+            num_full = self.publish_limit
+        if num_full > len(self.block_hashes):  # (most tokens complete no block: a cheap exit)
+            hasher.extend(self.block_hashes, num_full * hasher.block_size, self.token_ids)
 
     def share_all_blocks(self) -> None:
         """From now on hash and publish every block, private ones included: the request's KV

@@ -134,6 +134,8 @@ def _reorder_horizon(scheduler: CoreScheduler) -> int:
 def _may_preempt_for_head(scheduler: CoreScheduler) -> bool:
     """Whether the policy lets the waiting head displace the worst preemptible running request
     (constant over a run for static orders; only whether the head fits changes)."""
+    if scheduler.never_preempts:
+        return False
     top = scheduler.waiting.peek()
     candidates = [r for r in scheduler.running if r.is_preemptible]
     if top is None or not candidates:

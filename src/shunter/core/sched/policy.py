@@ -25,7 +25,7 @@ from shunter.core.request import Request
 from shunter.core.sched.queue import KeyedQueue
 
 __all__ = ["KeyedQueue", "Policy", "PrefixAwarePolicy", "PrefixProbe", "StaticKeyPolicy",
-           "WaitingQueue", "charges_service", "victim_sort_key"]
+           "WaitingQueue", "charges_service", "never_preempts", "victim_sort_key"]
 
 PrefixProbe = Callable[[Request], int]  # cached prompt tokens a waiting request would hit now
 
@@ -131,6 +131,13 @@ class StaticKeyPolicy:
 
     def on_finished(self, request: Request, now_s: float) -> None:
         pass
+
+
+def never_preempts(policy: Policy) -> bool:
+    """Whether `policy.should_preempt` always says no (a StaticKeyPolicy that is not
+    `preemptive`), so phase 0 need not look for a victim every step."""
+    return (isinstance(policy, StaticKeyPolicy) and not policy.preemptive
+            and type(policy).should_preempt is StaticKeyPolicy.should_preempt)
 
 
 def charges_service(policy: Policy) -> bool:

@@ -33,7 +33,13 @@ from shunter.core.sched.headroom import Headroom
 from shunter.core.sched.interface import RequestOutput, SchedulerOutput, StepResult
 from shunter.core.sched.limits import rejection_reason, stop_status
 from shunter.core.sched.plan import StepPlan
-from shunter.core.sched.policy import Policy, PrefixAwarePolicy, charges_service, victim_sort_key
+from shunter.core.sched.policy import (
+    Policy,
+    PrefixAwarePolicy,
+    charges_service,
+    never_preempts,
+    victim_sort_key,
+)
 from shunter.core.sched.stats import SchedulerStats
 from shunter.core.types import FINISHED_STATUSES, RequestId, RequestStatus
 
@@ -49,6 +55,7 @@ class CoreScheduler:
         self.max_seq_len = config.max_seq_len  # (a derived property: cached for the hot paths)
         self.policy = policy
         self.charges_service = charges_service(policy)  # (cached: checked every step)
+        self.never_preempts = never_preempts(policy)
         self.clock = clock
         self.kv = KVCacheManager(config.num_blocks, config.block_size,
                                  enable_caching=config.enable_prefix_caching,
@@ -281,6 +288,8 @@ class CoreScheduler:
 
     def _preempt_for_priority(self, plan: StepPlan, now: float) -> None:
         """Phase 0: let a better waiting request displace worse running ones, if the policy says so."""
+        if self.never_preempts:
+            return
         top = self.waiting.peek()
         while top is not None and self.running and not self.headroom.fits(top, len(self.running)):
             candidates = [r for r in self.running if r.is_preemptible]
