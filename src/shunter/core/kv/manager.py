@@ -156,8 +156,9 @@ class KVCacheManager:
     def free(self, request: Request, *, alive: bool = False) -> None:
         """Release the request's device blocks, tail first so shared heads are evicted last.
 
-        `alive`: the request goes on (preempted, swapped out, moved away), so it may come back
-        for its own private blocks: they are published first, and as they fill from now on."""
+        `alive`: the request goes on (a recompute preemption, a move; `swap_out` does the same
+        itself), so it may come back for its own private blocks: they are published first, and
+        as they fill from now on."""
         if alive:
             self._share_private(request)
         if request.block_ids:
@@ -187,18 +188,18 @@ class KVCacheManager:
     def swap_out(self, request: Request) -> list[tuple[int, int]]:
         """Move the request's KV to host blocks; returns (device, host) copy pairs (with host
         reuse, only for blocks the host does not hold yet)."""
+        self._share_private(request)  # it comes back (host reuse reads these hashes too)
         if self.host is not None:
             return self._swap_out_reusing(request)
         host = [self._free_host.pop() for _ in request.block_ids]
         pairs = list(zip(request.block_ids, host, strict=True))
         request.host_block_ids = host
-        self.free(request, alive=True)
+        self.free(request)
         return pairs
 
     def _swap_out_reusing(self, request: Request) -> list[tuple[int, int]]:
         host_cache = self.host
         assert host_cache is not None
-        self._share_private(request)  # (before its hashes are read)
         host, pairs = [], []
         for device, block_hash in zip(request.block_ids, self._full_hashes(request), strict=True):
             block_id = host_cache.lookup(block_hash)
@@ -209,7 +210,7 @@ class KVCacheManager:
                 pairs.append((device, block_id))
             host.append(block_id)
         request.host_block_ids = host
-        self.free(request, alive=True)
+        self.free(request)
         return pairs
 
     def offload(self, request: Request) -> list[tuple[int, int]]:
