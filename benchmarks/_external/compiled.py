@@ -47,11 +47,12 @@ def source_digest() -> str:
 
 
 def is_compiled(python: Path) -> bool:
-    """Whether `python` imports the compiled simulator (an extension, not replica.py)."""
-    probe = "import shunter.sim.replica as m; print(m.__file__)"
+    """Whether `python` imports the compiled simulator (`shunter.build.is_compiled`; False for
+    an install too old to have it, which is rebuilt anyway)."""
+    probe = "from shunter.build import is_compiled; print(is_compiled())"
     out = subprocess.run([str(python), "-c", probe], capture_output=True, text=True, cwd="/",
                          check=False)
-    return out.returncode == 0 and not out.stdout.strip().endswith(".py")
+    return out.returncode == 0 and out.stdout.strip() == "True"
 
 
 def ensure_compiled(venv_dir: Path = COMPILED_VENV_DIR, *, extra: tuple[str, ...] = ()) -> Path:

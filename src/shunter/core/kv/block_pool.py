@@ -20,7 +20,7 @@ hands blocks out and takes them back by slices (the simulator's hot path on long
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable
 
 __all__ = ["BlockPool"]
 
@@ -267,14 +267,8 @@ class _LruQueue:
 
     def ids(self) -> list[int]:
         """The free blocks in queue order."""
-        return list(self._live())
-
-    def _live(self) -> Iterator[int]:
-        pos, base = self._pos, self._base
-        for i in range(self._head, len(self._ids)):
-            b = self._ids[i]
-            if pos[b] == base + i:
-                yield b
+        pos, base, ids = self._pos, self._base, self._ids
+        return [ids[i] for i in range(self._head, len(ids)) if pos[ids[i]] == base + i]
 
     def check_invariants(self) -> None:
         live = self.ids()

@@ -196,17 +196,13 @@ def advance_decode_run(scheduler: CoreScheduler, num_steps: int,
         now = scheduler.clock.now()
         for r in running:  # charged as `schedule` charges: before the tokens count as computed
             scheduler.policy.on_scheduled(r, num_steps, now)
-    if not pool.enable_caching:  # nothing to publish: allocations are the only events
-        _allocate_run_blocks(scheduler, running, num_steps)
-        return _finish_run(scheduler, running, num_steps, stopped, appended=False)
     # after step s, c+s tokens are computed: block (c+s)/bs - 1 is full when bs divides c+s,
     # and published then if below the request's publish limit: steps up to last_publish[i]
-    last_publish = [_last_publish_step(r, num_steps, bs) for r in running]
-    if not any(last_publish):  # (private blocks of requests never freed: the common case)
-        _allocate_run_blocks(scheduler, running, num_steps)
-        for r in running:
-            r.append_outputs(num_steps)
-        return _finish_run(scheduler, running, num_steps, stopped)
+    last_publish = ([_last_publish_step(r, num_steps, bs) for r in running]
+                    if pool.enable_caching else [])
+    if not any(last_publish):  # nothing to publish (no cache, or only private blocks filling):
+        _allocate_run_blocks(scheduler, running, num_steps)  # allocations are the only events
+        return _finish_run(scheduler, running, num_steps, stopped, appended=False)
     # (step, 0 = allocate before it / 1 = publish after it, running index): the order in which
     # step-by-step scheduling would have done them
     events: list[tuple[int, int, int]] = []

@@ -133,25 +133,28 @@ class StaticKeyPolicy:
         pass
 
 
+def _keeps_static(policy: Policy, method: str) -> bool:
+    """Whether `policy` is a StaticKeyPolicy that keeps StaticKeyPolicy's own `method`."""
+    return (isinstance(policy, StaticKeyPolicy)
+            and getattr(type(policy), method) is getattr(StaticKeyPolicy, method))
+
+
 def never_preempts(policy: Policy) -> bool:
     """Whether `policy.should_preempt` always says no (a StaticKeyPolicy that is not
     `preemptive`), so phase 0 need not look for a victim every step."""
-    return (isinstance(policy, StaticKeyPolicy) and not policy.preemptive
-            and type(policy).should_preempt is StaticKeyPolicy.should_preempt)
+    return _keeps_static(policy, "should_preempt") and not policy.preemptive  # type: ignore[attr-defined]
 
 
 def charges_service(policy: Policy) -> bool:
     """Whether `policy.on_scheduled` may do anything (StaticKeyPolicy's does nothing), so bulk
     decode runs can skip calling it per request."""
-    return not (isinstance(policy, StaticKeyPolicy)
-                and type(policy).on_scheduled is StaticKeyPolicy.on_scheduled)
+    return not _keeps_static(policy, "on_scheduled")
 
 
 def victim_sort_key(policy: Policy, now_s: float) -> Callable[[Request], Any]:
     """A key that sorts requests as `policy.victim_key(request, now_s)` does: a static order's
     key itself when the policy keeps StaticKeyPolicy's victim key (one call per request, not
     three: the scheduler sorts the running list every step)."""
-    if (isinstance(policy, StaticKeyPolicy)
-            and type(policy).victim_key is StaticKeyPolicy.victim_key):
-        return policy.order_key
+    if _keeps_static(policy, "victim_key"):
+        return policy.order_key  # type: ignore[attr-defined]
     return lambda request: policy.victim_key(request, now_s)
