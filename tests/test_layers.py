@@ -12,8 +12,9 @@ ALLOWED: dict[str, set[str]] = {
     "workload": {"core", "errors"},
     "metrics": {"core", "errors"},
     "sim": {"core", "router", "workload", "metrics", "errors"},
-    "engine": {"core", "errors"},
-    "gateway": {"core", "router", "metrics", "workload", "errors"},
+    "backend": {"errors"},  # the messages between the gateway and any backend
+    "engine": {"core", "errors", "backend"},
+    "gateway": {"core", "router", "metrics", "workload", "errors", "backend"},
     "bench": {"core", "workload", "metrics", "errors"},
     "config": {"core", "sim", "errors"},
     "errors": set(),
@@ -81,3 +82,48 @@ def test_nothing_imports_cli_or_gateway_from_below():
 def test_the_rule_catches_a_violation():
     tree = ast.parse("from shunter.sim.runner import simulate\n")
     assert not allowed("core", shunter_imports(tree)[0][1])
+
+
+def _module_name(path: Path) -> str:
+    parts = path.relative_to(SRC.parent).with_suffix("").parts
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def _import_graph() -> dict[str, set[str]]:
+    """Module -> shunter modules it imports (statically, or by importlib with a literal name)."""
+    modules = {_module_name(p): p for p in SRC.rglob("*.py")}
+    graph: dict[str, set[str]] = {}
+    for name, path in modules.items():
+        targets = set()
+        tree = ast.parse(path.read_text())
+        for node in ast.walk(tree):
+            if (isinstance(node, ast.Call) and getattr(node.func, "attr", None) == "import_module"
+                    and node.args and isinstance(node.args[0], ast.Constant)):
+                targets.add(str(node.args[0].value))
+        targets.update(t for _, t in shunter_imports(tree))
+        graph[name] = {t for t in targets if t in modules and t != name}
+    return graph
+
+
+def test_no_import_cycles_between_modules():
+    """Package __init__s re-export their own modules; any other cycle means a type belongs lower
+    (STYLE.md section 2). `cli.serve` <-> `cli.serving` was one."""
+    graph = _import_graph()
+    state: dict[str, int] = {}
+    cycles = []
+
+    def visit(node: str, stack: list[str]) -> None:
+        state[node] = 1
+        for nxt in sorted(graph[node]):
+            if nxt.startswith(node + ".") or node.startswith(nxt + "."):
+                continue  # a package and its own modules
+            if state.get(nxt) == 1:
+                cycles.append(stack[stack.index(nxt):] + [nxt])
+            elif nxt not in state:
+                visit(nxt, [*stack, nxt])
+        state[node] = 2
+
+    for module in sorted(graph):
+        if module not in state:
+            visit(module, [module])
+    assert not cycles, "\n".join(" -> ".join(c) for c in cycles)

@@ -15,8 +15,8 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
+from shunter.backend.protocol import EngineClient
 from shunter.gateway.app import AppConfig, GatewayApp
-from shunter.gateway.client import EngineClient
 from shunter.gateway.factory import BackendSlot, GatewayParts, build_app
 from shunter.gateway.fake_server import FakeHttpBackend
 from shunter.gateway.pool import PoolConfig

@@ -34,7 +34,7 @@ def test_completion_returns_the_fake_models_text_and_backend_usage():
 
 
 def _req(prompt, max_tokens, **kw):
-    from shunter.gateway.client import GenerateRequest
+    from shunter.backend.protocol import GenerateRequest
     return GenerateRequest(request_id="x", model=MODEL, prompt=prompt, max_tokens=max_tokens, **kw)
 
 

@@ -12,12 +12,13 @@ from tests.gateway.live import live_gateway  # noqa: E402
 
 @pytest.mark.slow
 def test_openai_client_against_in_process_engine_replicas():
-    from shunter.cli.serving import build_backends
+    from shunter.cli.serving import make_engines
     from shunter.engine import generate_text
     from shunter.gateway.config import BackendConfig
+    from shunter.gateway.factory import build_backends
     try:
         slots = build_backends((BackendConfig(name="engine", kind="engine", replicas=2),),
-                               "smollm2-135m")
+                               "smollm2-135m", make_engines)
     except Exception as exc:  # no model file and no way to fetch it
         pytest.skip(f"SmolLM2-135M unavailable: {exc}")
     with live_gateway(clients=[(s.name, s.client) for s in slots], router="cost",
@@ -48,7 +49,7 @@ def test_openai_client_against_in_process_engine_replicas():
 @pytest.mark.external
 def test_openai_client_through_the_gateway_to_a_real_vllm_cpu_server():
     vllm_cpu = pytest.importorskip("benchmarks._external.vllm_cpu")
-    from shunter.gateway.client import EngineClient  # noqa: F401
+    from shunter.backend.protocol import EngineClient  # noqa: F401
     from shunter.gateway.remote import RemoteConfig, RemoteEngineClient
     model_dir = vllm_cpu.ensure_smollm2_hf_dir()
     with vllm_cpu.vllm_server(model_dir, served_model_name="smollm2", max_model_len=1024) as vllm:

@@ -4,8 +4,8 @@ import json
 
 from tests.gateway.factories import MODEL, asgi_client, make_app, run
 
+from shunter.backend.protocol import GenerateRequest
 from shunter.gateway.breaker import BreakerConfig, BreakerState, CircuitBreaker
-from shunter.gateway.client import GenerateRequest
 from shunter.gateway.fake import FakeModel
 
 

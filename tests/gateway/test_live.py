@@ -12,7 +12,7 @@ pytest.importorskip("aiohttp")
 
 from tests.gateway.live import MODEL, live_gateway  # noqa: E402
 
-from shunter.gateway.client import ChatMessage, GenerateRequest  # noqa: E402
+from shunter.backend.protocol import ChatMessage, GenerateRequest  # noqa: E402
 from shunter.gateway.fake import FakeModel  # noqa: E402
 
 

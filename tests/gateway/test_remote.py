@@ -2,8 +2,8 @@
 
 import pytest
 
+from shunter.backend.protocol import ChatMessage, GenerateRequest
 from shunter.errors import ConfigError
-from shunter.gateway.client import ChatMessage, GenerateRequest
 from shunter.gateway.config import load_config
 from shunter.gateway.remote import parse_load, request_payload
 

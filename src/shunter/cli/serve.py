@@ -9,12 +9,10 @@ import importlib
 from typing import Any
 
 from shunter.cli.common import positive_int
+from shunter.gateway.config import DEFAULT_MODEL, DEFAULT_NUM_REPLICAS
 from shunter.router.registry import ROUTERS
 
-__all__ = ["DEFAULT_MODEL", "DEFAULT_NUM_REPLICAS", "add_serve_parser", "run_serve"]
-
-DEFAULT_MODEL = "smollm2-135m"
-DEFAULT_NUM_REPLICAS = 2
+__all__ = ["add_serve_parser", "run_serve"]
 
 
 def _port(text: str) -> int:

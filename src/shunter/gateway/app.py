@@ -19,11 +19,10 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+from shunter.backend.protocol import BackendError, GenerateChunk
 from shunter.errors import RequestError
 from shunter.gateway.admission import AdmissionController, Ticket
-from shunter.gateway.client import GenerateChunk
 from shunter.gateway.errors import (
-    BackendError,
     MethodNotAllowedError,
     NotFoundError,
     ServiceUnavailableError,

@@ -32,9 +32,12 @@ from shunter.gateway.breaker import BreakerConfig
 from shunter.gateway.pool import PoolConfig
 from shunter.gateway.tenant import TenantConfig
 
-__all__ = ["BACKEND_KINDS", "BackendConfig", "GatewayConfig", "ServerConfig", "load_config"]
+__all__ = ["BACKEND_KINDS", "DEFAULT_MODEL", "DEFAULT_NUM_REPLICAS", "BackendConfig",
+           "GatewayConfig", "ServerConfig", "load_config"]
 
 BACKEND_KINDS = ("remote", "engine", "fake")
+DEFAULT_MODEL = "smollm2-135m"  # what the embedded default serves
+DEFAULT_NUM_REPLICAS = 2  # in-process engine replicas when the config names no backend
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

@@ -19,11 +19,11 @@ from __future__ import annotations
 import json
 import math
 
+from shunter.backend.protocol import BackendError
 from shunter.errors import RequestError
 
 __all__ = [
     "AuthenticationError",
-    "BackendError",
     "MethodNotAllowedError",
     "NotFoundError",
     "PayloadTooLargeError",
@@ -87,22 +87,6 @@ class ServiceUnavailableError(RequestError):
     def __init__(self, message: str, *, retry_after_s: float = 1.0, code: str | None = None) -> None:
         self.retry_after_s = retry_after_s
         super().__init__(message, code=code)
-
-
-class BackendError(Exception):
-    """A backend failed. `status_code` is its HTTP status, None for a transport failure.
-
-    A 4xx is the request's fault, not the backend's: it is not retried, does not count against
-    the backend's circuit breaker, and reaches the client with the backend's status and message.
-    """
-
-    def __init__(self, message: str, *, status_code: int | None = None) -> None:
-        self.status_code = status_code
-        super().__init__(message)
-
-    @property
-    def is_client_error(self) -> bool:
-        return self.status_code is not None and 400 <= self.status_code < 500
 
 
 def error_body(message: str, status_code: int, *, param: str | None = None,

@@ -1,23 +1,31 @@
-"""Assemble a `GatewayApp` from its configs and already-built backend clients."""
+"""Assemble a `GatewayApp`: backend clients from their configs (`build_backends`), then the app
+from its configs and those clients (`build_app`).
+
+In-process engine backends (`kind = "engine"`) come from `shunter.engine.backend`, which the
+gateway may not import: the composition root passes a maker for them (`EngineMaker`).
+"""
 
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from shunter.backend.protocol import EngineClient
 from shunter.gateway.admission import AdmissionConfig, AdmissionController
 from shunter.gateway.app import AppConfig, GatewayApp
 from shunter.gateway.breaker import BreakerConfig, CircuitBreaker
-from shunter.gateway.client import EngineClient
+from shunter.gateway.config import BackendConfig
+from shunter.gateway.fake import FakeEngineClient, FakeModel
 from shunter.gateway.metrics import GatewayMetrics, Gauge
 from shunter.gateway.pool import PoolConfig, ReplicaPool
+from shunter.gateway.remote import RemoteConfig, RemoteEngineClient
 from shunter.gateway.replica import Replica
 from shunter.gateway.tenant import TenantConfig, TenantTable
 from shunter.router.registry import make_router
 
-__all__ = ["BackendSlot", "GatewayParts", "build_app"]
+__all__ = ["BackendSlot", "EngineMaker", "GatewayParts", "build_app", "build_backends"]
 
 DEFAULT_MAX_CONCURRENCY = 256  # vLLM's default max_num_seqs: beyond it a backend only queues
 
@@ -34,6 +42,44 @@ class BackendSlot:
     def __post_init__(self) -> None:
         if self.max_concurrency < 1:
             raise ValueError(f"backend {self.name}: max_concurrency must be >= 1")
+
+
+# (backend config, served model) -> the in-process replicas, each with its max_num_seqs
+EngineMaker = Callable[[BackendConfig, str], Sequence[tuple[EngineClient, int]]]
+
+
+def _no_engines(backend: BackendConfig, model: str) -> Sequence[tuple[EngineClient, int]]:
+    raise ValueError(f"backend {backend.name}: in-process engines are not available here")
+
+
+def build_backends(backends: Sequence[BackendConfig], model: str,
+                   make_engines: EngineMaker = _no_engines) -> list[BackendSlot]:
+    """Clients for every configured backend; `make_engines` builds (loads) the engine ones.
+
+    An engine replica takes at most twice its batch (`max_num_seqs`) from the gateway: beyond
+    that it would only queue what the gateway's own queue orders better."""
+    slots: list[BackendSlot] = []
+    for b in backends:
+        if b.kind == "engine":
+            engines = make_engines(b, model)
+            for i, (client, max_num_seqs) in enumerate(engines):
+                name = b.name if len(engines) == 1 else f"{b.name}-{i}"
+                slots.append(BackendSlot(name=name, client=client, max_num_seqs=max_num_seqs,
+                                         max_concurrency=min(b.max_concurrency, max_num_seqs * 2)))
+            continue
+        client: EngineClient
+        if b.kind == "remote":
+            assert b.url is not None
+            client = RemoteEngineClient(RemoteConfig(
+                url=b.url, model=b.model, api_key=b.api_key, metrics_path=b.metrics_path,
+                health_path=b.health_path, continuous_usage=b.continuous_usage))
+        else:
+            client = FakeEngineClient(model=FakeModel(num_output_tokens=b.num_output_tokens),
+                                      token_delay_s=b.token_delay_s,
+                                      first_token_delay_s=b.first_token_delay_s)
+        slots.append(BackendSlot(name=b.name, client=client, max_concurrency=b.max_concurrency,
+                                 max_num_seqs=b.max_num_seqs))
+    return slots
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

@@ -14,8 +14,13 @@ import zlib
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 
-from shunter.gateway.client import BackendLoad, GenerateChunk, GenerateRequest, Usage
-from shunter.gateway.errors import BackendError
+from shunter.backend.protocol import (
+    BackendError,
+    BackendLoad,
+    GenerateChunk,
+    GenerateRequest,
+    Usage,
+)
 
 __all__ = ["FAKE_WORDS", "FakeEngineClient", "FakeModel", "fake_context", "fake_num_tokens"]
 

@@ -15,7 +15,7 @@ import json
 from dataclasses import dataclass, field
 from typing import Any
 
-from shunter.gateway.client import ChatMessage, GenerateRequest
+from shunter.backend.protocol import ChatMessage, GenerateRequest
 from shunter.gateway.fake import FakeModel, fake_context, fake_num_tokens
 
 __all__ = ["FakeHttpBackend"]

@@ -18,9 +18,9 @@ import contextlib
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 
+from shunter.backend.protocol import BackendError, GenerateChunk, GenerateRequest, Usage
 from shunter.core.types import RequestSpec
-from shunter.gateway.client import GenerateChunk, GenerateRequest, Usage
-from shunter.gateway.errors import BackendError, ServiceUnavailableError
+from shunter.gateway.errors import ServiceUnavailableError
 from shunter.gateway.metrics import GatewayMetrics, Gauge
 from shunter.gateway.replica import Replica, estimate_tokens, text_hash_ids
 from shunter.router.interface import Router

@@ -30,8 +30,13 @@ from typing import Any
 
 import aiohttp
 
-from shunter.gateway.client import BackendLoad, GenerateChunk, GenerateRequest, Usage
-from shunter.gateway.errors import BackendError
+from shunter.backend.protocol import (
+    BackendError,
+    BackendLoad,
+    GenerateChunk,
+    GenerateRequest,
+    Usage,
+)
 from shunter.gateway.h1 import H1Client
 
 __all__ = ["RemoteConfig", "RemoteEngineClient", "parse_load", "request_payload"]

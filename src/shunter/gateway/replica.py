@@ -12,9 +12,9 @@ from __future__ import annotations
 import zlib
 from dataclasses import dataclass
 
+from shunter.backend.protocol import BackendLoad, EngineClient
 from shunter.core.types import DEFAULT_BLOCK_SIZE
 from shunter.gateway.breaker import CircuitBreaker
-from shunter.gateway.client import BackendLoad, EngineClient
 from shunter.router.interface import ReplicaView
 
 __all__ = ["CHARS_PER_TOKEN", "Replica", "estimate_tokens", "text_hash_ids"]

@@ -15,8 +15,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from shunter.backend.protocol import ChatMessage, GenerateRequest, Usage
 from shunter.errors import RequestError
-from shunter.gateway.client import ChatMessage, GenerateRequest, Usage
 
 __all__ = ["ApiRequest", "chunk_json", "completion_json", "parse_request", "usage_json"]
 

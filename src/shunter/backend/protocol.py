@@ -1,8 +1,9 @@
 """The one protocol every backend is reached through, and the messages that cross it.
 
-A backend is an in-process reference-engine replica (adapted by the composition root, since the
-gateway may not import `shunter.engine`), a remote OpenAI-compatible server (vLLM, llama.cpp's
-llama-server, any other), or a fake for tests and benchmarks. The gateway never learns which.
+A backend is an in-process reference-engine replica (`shunter.engine.backend` implements this
+protocol over the engine), a remote OpenAI-compatible server (vLLM, llama.cpp's llama-server,
+any other), or a fake for tests and benchmarks. The gateway never learns which. This module
+sits below both the gateway and the engine, so neither imports the other.
 
 Failover replays a request elsewhere as its original prompt plus the text already sent to the
 client (`continuation`), with `max_tokens` lowered by the tokens already produced, so that the
@@ -16,8 +17,24 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass, replace
 from typing import Protocol
 
-__all__ = ["BackendLoad", "ChatMessage", "EngineClient", "GenerateChunk", "GenerateRequest",
-           "Usage"]
+__all__ = ["BackendError", "BackendLoad", "ChatMessage", "EngineClient", "GenerateChunk",
+           "GenerateRequest", "Usage"]
+
+
+class BackendError(Exception):
+    """A backend failed. `status_code` is its HTTP status, None for a transport failure.
+
+    A 4xx is the request's fault, not the backend's: it is not retried, does not count against
+    the backend's circuit breaker, and reaches the client with the backend's status and message.
+    """
+
+    def __init__(self, message: str, *, status_code: int | None = None) -> None:
+        self.status_code = status_code
+        super().__init__(message)
+
+    @property
+    def is_client_error(self) -> bool:
+        return self.status_code is not None and 400 <= self.status_code < 500
 
 
 @dataclass(frozen=True, slots=True)
