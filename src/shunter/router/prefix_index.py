@@ -25,15 +25,21 @@ nothing that another router sent there.
 from __future__ import annotations
 
 from collections import OrderedDict
-from collections.abc import Hashable, Sequence
+from collections.abc import Hashable, Iterator, Sequence
 from dataclasses import dataclass
+from typing import Protocol
 
 from shunter.core.types import RequestSpec
 from shunter.router.interface import ReplicaView
 
-__all__ = ["PrefixIndex", "PromptBlocks", "prompt_blocks"]
+__all__ = ["DispatchIndex", "PrefixIndex", "PromptBlocks", "prompt_blocks"]
 
 _ROOT_HASH = 0x524F5554  # "ROUT": the parent of every first block
+
+
+class _HasRequestId(Protocol):
+    @property
+    def request_id(self) -> str: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -94,6 +100,11 @@ class PrefixIndex:
         """Remember that `blocks` went to `view`'s replica, bounded by its KV capacity in tokens."""
         self.insert(view.replica_id, blocks, view.num_total_blocks * view.block_size)
 
+    @property
+    def replica_ids(self) -> Iterator[int]:
+        """Replicas with something indexed."""
+        return iter(self._blocks)
+
     def num_tokens(self, replica_id: int) -> int:
         """Tokens indexed for a replica (SGLang's "tree size")."""
         return self._num_tokens.get(replica_id, 0)
@@ -123,3 +134,37 @@ class PrefixIndex:
             _, num_tokens = lru.popitem(last=False)
             total -= num_tokens
         self._num_tokens[replica_id] = total
+
+
+class DispatchIndex:
+    """Where a gateway tier sent prompts, for a prefix-aware gateway policy (DLPM at the
+    gateway): the blocks of each waiting request, probed against an index of the prompts
+    dispatched to each replica so far (`probe`: the best replica's matched tokens)."""
+
+    __slots__ = ("_index", "_waiting")
+
+    def __init__(self) -> None:
+        self._index = PrefixIndex()
+        self._waiting: dict[str, PromptBlocks] = {}
+
+    def add(self, request: RequestSpec) -> None:
+        """A request started waiting."""
+        self._waiting[request.request_id] = self._index.blocks_of(request)
+
+    def probe(self, request: _HasRequestId) -> int:
+        """Prompt tokens of a waiting request the best replica is believed to hold."""
+        blocks = self._waiting.get(request.request_id)
+        if blocks is None:
+            return 0
+        index = self._index
+        return max((index.match_tokens(r, blocks) for r in index.replica_ids), default=0)
+
+    def dispatched(self, request_id: str, view: ReplicaView) -> None:
+        """The request left the queue for `view`'s replica."""
+        blocks = self._waiting.pop(request_id, None)
+        if blocks is not None:
+            self._index.record(blocks, view)
+
+    def forget(self, request_id: str) -> None:
+        """The request left the queue without being dispatched."""
+        self._waiting.pop(request_id, None)

@@ -14,12 +14,18 @@ the number of prompt tokens the cache would serve that request if it were admitt
 
 Time-varying orders stay static where they can: continuous aging `priority - waited/aging_s`
 orders requests exactly like the static key `priority * aging_s + arrival_s`.
+
+Tiers. A policy orders an engine's waiting queue (the engine tier), and most can also order
+the gateway's queue, where requests wait before any backend has them (the gateway tier,
+`core.sched.gateway_queue`): there nothing runs yet, so nothing can be preempted, demoted
+while running or batched under a token budget. A policy whose point is one of those says why
+in `requires_engine`; the gateway tier refuses it with that reason.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
-from typing import Any, Protocol, runtime_checkable
+from typing import Any, ClassVar, Protocol, runtime_checkable
 
 from shunter.core.request import Request
 from shunter.core.sched.queue import KeyedQueue
@@ -70,6 +76,9 @@ class Policy(Protocol):
     # `charges_on_schedule = True` (the default when absent) and its runs start only from an
     # applied state.
     has_static_order: bool
+    # Why this policy cannot order the gateway's queue (it needs an engine: preemption,
+    # demotion of running requests, a token budget); None if it can. See the module docstring.
+    requires_engine: ClassVar[str | None]
 
     def make_queue(self) -> WaitingQueue:
         """A fresh waiting queue in this policy's order."""
@@ -112,6 +121,9 @@ class StaticKeyPolicy:
     __slots__ = ()
     preemptive = False  # subclasses may make it a field
     charges_on_schedule = False  # on_scheduled charges nothing
+    # a static order is an order at either tier (preemption, where a subclass has it, applies
+    # in engines only)
+    requires_engine: ClassVar[str | None] = None
 
     def order_key(self, request: Request) -> Any:
         """The static ordering key; smaller runs first."""

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
+from typing import ClassVar
 
 from shunter.core.request import Request
 from shunter.core.sched.policies.service import (
@@ -50,6 +51,7 @@ class DlpmPolicy:
     tenant_weights: dict[TenantId, float] | None = None
     name: str = "dlpm"
     has_static_order: bool = False  # the order follows deficits and the prefix cache
+    requires_engine: ClassVar[str | None] = None  # at a gateway it probes the router's prefix index
     deficits: dict[TenantId, float] = field(default_factory=dict)
     meter: ServiceMeter = field(init=False)
     _queue: DlpmQueue | None = field(default=None, init=False)

@@ -23,6 +23,7 @@ from __future__ import annotations
 import sys
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import ClassVar
 
 from shunter.core.request import Request
 from shunter.core.sched.policies.plas import ScanQueue
@@ -36,6 +37,9 @@ class FastSwitchPolicy:
     quantum_tokens: float = 256.0  # service between two priority drops (prompt + output tokens)
     name: str = "fastswitch"
     has_static_order: bool = False  # levels drop as service is charged
+    requires_engine: ClassVar[str | None] = (
+        "it preempts running requests every quantum of service (context switches inside an "
+        "engine); at the gateway every waiting request has received none")
     served: dict[str, float] = field(default_factory=dict)  # request id -> tokens served
     meter: ServiceMeter = field(init=False)
     _queue: ScanQueue | None = field(default=None, init=False)

@@ -50,6 +50,9 @@ class MlfqPolicy:
     name: str = "mlfq"
     has_static_order: bool = False  # demotion changes the order as output tokens are charged
     charges_on_schedule: ClassVar[bool] = False  # levels follow sampled tokens, not charges
+    requires_engine: ClassVar[str | None] = (
+        "it demotes running requests as they generate and preempts them token by token; at the "
+        "gateway nothing runs yet")
     _quanta: tuple[int, ...] = field(init=False, repr=False, default=())
     _prompt_limits: tuple[float, ...] = field(init=False, repr=False, default=())
 

@@ -33,6 +33,7 @@ from bisect import bisect_right
 from collections import OrderedDict
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
+from typing import ClassVar
 
 from shunter.core.request import Request
 from shunter.core.sched.policies.service import (
@@ -61,6 +62,7 @@ class PlasPolicy:
     max_idle_programs: int = 1 << 16
     name: str = "plas"
     has_static_order: bool = False  # levels follow service that grows as calls run
+    requires_engine: ClassVar[str | None] = None  # programs are charged on completion there
     service: dict[str, float] = field(default_factory=dict)  # program -> attained service
     meter: ServiceMeter = field(init=False)
     thresholds: list[float] = field(init=False)

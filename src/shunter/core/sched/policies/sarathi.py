@@ -15,6 +15,7 @@ An explicit `max_num_batched_tokens` in the scenario wins over the derived one.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import ClassVar
 
 from shunter.core.sched.policies.fcfs import FcfsPolicy
 
@@ -25,6 +26,9 @@ __all__ = ["SarathiPolicy"]
 class SarathiPolicy(FcfsPolicy):
     tbt_slo_s: float = 0.1
     name: str = "sarathi"
+    requires_engine: ClassVar[str | None] = (
+        "its point is the engine's token budget per step (stall-free chunked prefill); the "
+        "gateway has no steps")
 
     def __post_init__(self) -> None:
         if not self.tbt_slo_s > 0:

@@ -28,6 +28,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
+from typing import ClassVar
 
 from shunter.core.request import Request
 from shunter.core.sched.policies.service import (
@@ -51,6 +52,7 @@ class VtcPolicy:
     tenant_weights: dict[TenantId, float] | None = None  # weighted VTC; missing tenants weigh 1
     name: str = "vtc"
     has_static_order: bool = False  # the order follows counters that grow as service is charged
+    requires_engine: ClassVar[str | None] = None
     counters: dict[TenantId, float] = field(default_factory=dict)
     meter: ServiceMeter = field(init=False)
     _queue: VtcQueue | None = field(default=None, init=False, repr=False)
