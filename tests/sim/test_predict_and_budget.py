@@ -38,16 +38,16 @@ def test_sarathi_derives_its_budget_unless_the_scenario_sets_one():
 
 def test_predictions_are_set_at_arrival_and_only_oracles_see_the_truth():
     spec = make_spec("a", num_prompt_tokens=100, num_output_tokens=37)
-    oracle = build_cluster(SimConfig(predictor="oracle")).replicas[0]
-    oracle.add(spec)
-    assert oracle.scheduler.requests["a"].predicted_output_tokens == 37.0
-    learned = build_cluster(SimConfig(predictor="learned",
-                                      predictor_params={"weights": {"bias": 2.0}})).replicas[0]
-    learned.add(spec)
-    assert learned.scheduler.requests["a"].predicted_output_tokens == pytest.approx(6.389, abs=1e-3)
-    plain = build_cluster(SimConfig()).replicas[0]
-    plain.add(spec)
-    assert plain.scheduler.requests["a"].predicted_output_tokens is None
+
+    def predicted(config):
+        cluster = build_cluster(config)
+        cluster._route(spec, [])  # what an arrival does
+        return cluster.replicas[0].scheduler.requests["a"].predicted_output_tokens
+
+    assert predicted(SimConfig(predictor="oracle")) == 37.0
+    learned = SimConfig(predictor="learned", predictor_params={"weights": {"bias": 2.0}})
+    assert predicted(learned) == pytest.approx(6.389, abs=1e-3)
+    assert predicted(SimConfig()) is None
 
 
 def test_sjf_with_the_oracle_beats_fcfs_on_mean_latency_when_queued():

@@ -13,6 +13,7 @@ from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, replace
 
 from shunter.core.clock import ManualClock
+from shunter.core.predict.interface import ArrivalPredictor
 from shunter.core.types import RequestId, RequestSpec
 from shunter.errors import WorkloadError
 from shunter.metrics.record import RequestRecord
@@ -56,7 +57,8 @@ class ClusterTopology:
 
 class SimCluster:
     def __init__(self, replicas: list[SimReplica], router: Router, clock: ManualClock,
-                 *, record_steps: bool = False, topology: ClusterTopology | None = None) -> None:
+                 *, record_steps: bool = False, topology: ClusterTopology | None = None,
+                 predictor: ArrivalPredictor | None = None) -> None:
         if not replicas:
             raise ValueError("a cluster needs at least one replica")
         assert [r.replica_id for r in replicas] == list(range(len(replicas))), "ids are indices"
@@ -67,6 +69,7 @@ class SimCluster:
         self.loop = EventLoop(clock)
         self.step_log: list[StepLog] | None = [] if record_steps else None
         self.num_routed = [0] * len(replicas)
+        self.predictor = predictor  # one prediction per request, as it arrives (sjf, ltr)
         self._boundary_ops: list[list[Callable[[], None]]] = [[] for _ in replicas]
         self._snapshot_interval_s = topo.snapshot_interval_s
         self._armed: dict[str, bool] = {SNAPSHOT_TIMER: False, MIGRATION_TICK_TIMER: False}
@@ -186,7 +189,10 @@ class SimCluster:
             source.dispatched(replica_id, spec)
         replica = self.replicas[replica_id]
         self.num_routed[replica_id] += 1
-        rejected = replica.add(spec)
+        predicted = None
+        if self.predictor is not None:
+            predicted = self.predictor.predict(spec, spec.num_output_tokens)
+        rejected = replica.add(spec, predicted_output_tokens=predicted)
         if rejected is not None:
             finished.append(rejected)
             if self.disagg is not None:

@@ -13,7 +13,6 @@ from __future__ import annotations
 from bisect import bisect_right
 
 from shunter.core.clock import Clock
-from shunter.core.predict.interface import Predictor, SessionTracker
 from shunter.core.request import Request
 from shunter.core.sched.decode_run import (
     advance_decode_run,
@@ -51,8 +50,7 @@ class _InFlight:
 
 class SimReplica:
     def __init__(self, replica_id: int, scheduler: CoreScheduler, executor: SimExecutor,
-                 clock: Clock, *, fast_forward: bool = True, predictor: Predictor | None = None,
-                 sessions: SessionTracker | None = None, role: str | None = None) -> None:
+                 clock: Clock, *, fast_forward: bool = True, role: str | None = None) -> None:
         self.replica_id = replica_id
         self.role = role  # "prefill" / "decode" in a disaggregated cluster, else None
         # Llumnix's priority headroom: (priority at or below which a request is high priority,
@@ -62,9 +60,6 @@ class SimReplica:
         self.executor = executor
         self.clock = clock
         self.fast_forward = fast_forward
-        # sets each request's predicted output length at arrival; `sessions` is cluster-wide
-        self.predictor = predictor
-        self.sessions = sessions if sessions is not None else SessionTracker()
         self.generation = 0  # bumped when a run is cut short: older StepDone events are stale
         self._live: dict[RequestId, tuple[Request, RequestRecord]] = {}
         self._in_flight: _InFlight | None = None
@@ -109,8 +104,13 @@ class SimReplica:
                            prefill_tokens_per_s=self._prefill_tokens_per_s, decode_step_s=decode_s,
                            max_num_seqs=self.scheduler.config.max_num_seqs)
 
-    def add(self, spec: RequestSpec) -> RequestRecord | None:
-        """Queue a request; returns its finished record at once if the scheduler rejected it."""
+    def add(self, spec: RequestSpec, *, predicted_output_tokens: float | None = None,
+            dispatched_s: float | None = None) -> RequestRecord | None:
+        """Queue a request; returns its finished record at once if the scheduler rejected it.
+
+        `predicted_output_tokens`: the cluster's prediction (sjf, ltr). `dispatched_s`: when a
+        gateway tier released it here, which is the arrival this engine sees (the record keeps
+        the request's own arrival)."""
         record = RequestRecord(
             request_id=spec.request_id, arrival_s=spec.arrival_s,
             num_prompt_tokens=spec.num_prompt_tokens, tenant=spec.tenant, priority=spec.priority,
@@ -121,10 +121,9 @@ class SimReplica:
         config = self.scheduler.config
         request = Request.from_spec(spec, block_size=config.block_size,
                                     hash_blocks=config.enable_prefix_caching)
-        if self.predictor is not None:
-            truth = spec.num_output_tokens if self.predictor.is_oracle else None  # oracles only
-            request.predicted_output_tokens = self.predictor.predict(self.sessions.features(spec),
-                                                                     truth)
+        request.predicted_output_tokens = predicted_output_tokens
+        if dispatched_s is not None:
+            request.arrival_s = dispatched_s
         self.executor.register(spec.request_id, spec.num_output_tokens)
         rejected = self.scheduler.add_request(request)
         if rejected is not None:

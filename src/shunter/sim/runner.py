@@ -6,8 +6,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field, fields
 
 from shunter.core.clock import ManualClock
-from shunter.core.predict.interface import Predictor, SessionTracker
-from shunter.core.predict.registry import make_predictor
+from shunter.core.predict.interface import ArrivalPredictor, Predictor
 from shunter.core.sched.registry import make_policy
 from shunter.core.sched.scheduler import CoreScheduler, SchedulerConfig
 from shunter.core.types import RequestSpec
@@ -22,7 +21,7 @@ from shunter.sim.cost.registry import make_cost_model
 from shunter.sim.executor import SimExecutor
 from shunter.sim.replica import SimReplica, StepLog
 from shunter.workload.program import FollowUps
-from shunter.workload.rank_training import load_model
+from shunter.workload.rank_training import build_predictor as build_named_predictor
 
 __all__ = ["SimRun", "build_cluster", "build_predictor", "replica_groups", "simulate",
            "topology_stats"]
@@ -73,10 +72,7 @@ def build_predictor(config: SimConfig) -> Predictor | None:
     """The simulation's output-length predictor, if it names one (one per cluster)."""
     if config.predictor is None:
         return None
-    params = dict(config.predictor_params)
-    if "model_path" in params:
-        params.update(load_model(params.pop("model_path")))
-    return make_predictor(config.predictor, **params)
+    return build_named_predictor(config.predictor, config.predictor_params)
 
 
 def replica_groups(config: SimConfig) -> tuple[ReplicaGroup, ...]:
@@ -93,7 +89,7 @@ def replica_groups(config: SimConfig) -> tuple[ReplicaGroup, ...]:
 
 def build_cluster(config: SimConfig) -> SimCluster:
     clock = ManualClock()
-    predictor, sessions = build_predictor(config), SessionTracker()
+    predictor = build_predictor(config)
     replicas = []
     for group in replica_groups(config):
         cost_model = make_cost_model(config.cost_model, group.model or config.model, group.gpu,
@@ -103,8 +99,7 @@ def build_cluster(config: SimConfig) -> SimCluster:
             scheduler = CoreScheduler(sched_config,
                                       make_policy(config.policy, **config.policy_params), clock)
             replicas.append(SimReplica(len(replicas), scheduler, SimExecutor(cost_model), clock,
-                                       fast_forward=config.fast_forward, predictor=predictor,
-                                       sessions=sessions, role=group.role))
+                                       fast_forward=config.fast_forward, role=group.role))
     router = make_router(config.router, **config.router_params)
     decode_router = None
     if config.disaggregation:
@@ -116,7 +111,8 @@ def build_cluster(config: SimConfig) -> SimCluster:
         kv_link_bytes_s=config.kv_link_bytes_s,
         snapshot_interval_s=config.router_snapshot_interval_s,
         counts_in_flight=config.router_counts_in_flight, migration=config.migration_config())
-    return SimCluster(replicas, router, clock, record_steps=config.record_steps, topology=topology)
+    return SimCluster(replicas, router, clock, record_steps=config.record_steps, topology=topology,
+                      predictor=None if predictor is None else ArrivalPredictor(predictor))
 
 
 def simulate(config: SimConfig, specs: Iterable[RequestSpec], *,

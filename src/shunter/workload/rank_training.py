@@ -23,11 +23,14 @@ from typing import Any
 
 import numpy as np
 
-from shunter.core.predict.interface import SessionTracker
+from shunter.core.predict.interface import Predictor, SessionTracker
 from shunter.core.predict.learned import FEATURE_NAMES, LearnedPredictor, feature_vector
+from shunter.core.predict.registry import make_predictor
 from shunter.core.types import RequestSpec
+from shunter.errors import ConfigError
 
 __all__ = [
+    "build_predictor",
     "design_matrix",
     "fit_length_model",
     "fit_rank_model",
@@ -151,6 +154,21 @@ def save_model(predictor: LearnedPredictor, path: str | Path) -> Path:
 
 def load_model(path: str | Path) -> dict[str, Any]:
     """The `learned` predictor's parameters from a file written by `save_model`."""
-    data = json.loads(Path(path).read_text())
-    return {"kind": data["kind"], "weights": data["weights"],
-            "tenant_bias": data.get("tenant_bias", {})}
+    try:
+        data = json.loads(Path(path).read_text())
+        return {"kind": data["kind"], "weights": data["weights"],
+                "tenant_bias": data.get("tenant_bias", {})}
+    except OSError as exc:
+        raise ConfigError(f"cannot read predictor model {path}: {exc.strerror}") from None
+    except (ValueError, KeyError, TypeError) as exc:
+        raise ConfigError(f"{path} is not a predictor model written by `shunter "
+                          f"train-predictor` ({type(exc).__name__}: {exc})") from None
+
+
+def build_predictor(name: str, params: dict[str, Any]) -> Predictor:
+    """The named predictor; a `model_path` parameter is read with `load_model` (one place for
+    the simulator and the live gateway). Bad names and parameters raise ValueError."""
+    params = dict(params)
+    if "model_path" in params:
+        params.update(load_model(params.pop("model_path")))
+    return make_predictor(name, **params)

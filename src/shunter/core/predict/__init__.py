@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
-from shunter.core.predict.interface import Predictor, RequestFeatures, SessionTracker
+from shunter.core.predict.interface import (
+    ArrivalPredictor,
+    Predictor,
+    RequestFeatures,
+    SessionTracker,
+)
 from shunter.core.predict.learned import FEATURE_NAMES, LearnedPredictor, feature_vector
 from shunter.core.predict.oracle import (
     NoisyOraclePredictor,
@@ -13,6 +18,7 @@ from shunter.core.predict.registry import PREDICTORS, make_predictor
 
 __all__ = [
     "FEATURE_NAMES",
+    "ArrivalPredictor",
     "PREDICTORS",
     "LearnedPredictor",
     "NoisyOraclePredictor",

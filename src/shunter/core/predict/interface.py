@@ -8,7 +8,9 @@ prompt length, tenant, priority, the user's output cap, and the request's place 
 previous answer). It never sees the true output length, except an oracle (`is_oracle`), which
 the simulator alone feeds with the trace's truth, and says so by its name.
 
-`SessionTracker` derives the session features from arrivals alone (one per cluster/gateway).
+`SessionTracker` derives the session features from arrivals alone (one per cluster/gateway);
+`ArrivalPredictor` pairs it with a predictor: one prediction per request, when it arrives, the
+same way in the simulator and the engine.
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ from typing import Protocol
 
 from shunter.core.types import DEFAULT_TENANT
 
-__all__ = ["ArrivalFacts", "Predictor", "RequestFeatures", "SessionTracker"]
+__all__ = ["ArrivalFacts", "ArrivalPredictor", "Predictor", "RequestFeatures", "SessionTracker"]
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -79,3 +81,18 @@ class SessionTracker:
                                priority=request.priority,
                                max_output_tokens=request.max_output_tokens,
                                turn_index=turn_index, prompt_growth_tokens=growth)
+
+
+@dataclass(slots=True)
+class ArrivalPredictor:
+    """A predictor and the session history it reads: `predict` once per arriving request."""
+
+    predictor: Predictor
+    sessions: SessionTracker = field(default_factory=SessionTracker)
+
+    def predict(self, request: ArrivalFacts, true_output_tokens: int | None = None
+                ) -> float | None:
+        """The request's predicted output length (records it as its session's latest turn).
+        `true_output_tokens` reaches oracle predictors only (the simulator's truth)."""
+        truth = true_output_tokens if self.predictor.is_oracle else None
+        return self.predictor.predict(self.sessions.features(request), truth)
