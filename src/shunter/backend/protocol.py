@@ -60,6 +60,11 @@ class GenerateRequest:
     ignore_eos: bool = False
     priority: int = 0
     tenant: str = "default"
+    session_id: str | None = None
+    program_id: str | None = None  # the agent program the call belongs to (plas)
+    # the gateway's output-length prediction (sjf, ltr), so an engine behind it need not
+    # predict again; None when no predictor runs
+    predicted_output_tokens: float | None = None
     stream: bool = True  # a hint: False lets a remote backend answer in one piece
 
     @property

@@ -76,13 +76,18 @@ class AsyncEngineClient:
 
     async def submit(self, prompt: str | Sequence[int], params: SamplingParams | None = None, *,
                      request_id: RequestId | None = None, priority: int = 0,
-                     tenant: str = DEFAULT_TENANT) -> RequestId:
-        """Queue a request; raises RequestError at once if the engine refuses it."""
+                     tenant: str = DEFAULT_TENANT, session_id: str | None = None,
+                     program_id: str | None = None,
+                     predicted_output_tokens: float | None = None) -> RequestId:
+        """Queue a request (`LLMEngine.add_request`'s arguments); raises RequestError at once
+        if the engine refuses it."""
         queue: asyncio.Queue[EngineOutput | BaseException] = asyncio.Queue()
 
         def add() -> RequestId:
             rid = self._engine.add_request(prompt, params, request_id=request_id,
-                                           priority=priority, tenant=tenant)
+                                           priority=priority, tenant=tenant,
+                                           session_id=session_id, program_id=program_id,
+                                           predicted_output_tokens=predicted_output_tokens)
             self._queues[rid] = queue  # before the next step can produce its outputs
             return rid
 

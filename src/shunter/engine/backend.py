@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import AsyncIterator
+from dataclasses import replace
 
 from shunter.backend.protocol import (
     BackendError,
@@ -57,9 +58,11 @@ class EngineBackend:
                                 top_p=request.top_p, seed=request.seed, stop=request.stop,
                                 ignore_eos=request.ignore_eos)
         try:
-            request_id = await self.engine.submit(self._prompt(request), params,
-                                                  request_id=request.request_id,
-                                                  priority=request.priority, tenant=request.tenant)
+            request_id = await self.engine.submit(
+                self._prompt(request), params, request_id=request.request_id,
+                priority=request.priority, tenant=request.tenant, session_id=request.session_id,
+                program_id=request.program_id,
+                predicted_output_tokens=request.predicted_output_tokens)
             async with contextlib.aclosing(self.engine.stream(request_id)) as outputs:
                 async for out in outputs:
                     if out.finish_reason is FinishReason.ABORT:
@@ -94,7 +97,12 @@ class EngineBackend:
 
 def engine_backends(config: EngineConfig, num_replicas: int) -> list[EngineBackend]:
     """`num_replicas` engines of `config.model`, loaded once (they share the weights on disk
-    and in memory); several replicas get one torch thread each unless `config` says."""
+    and in memory), each with `config` (its policy, threads, ...)."""
     loaded = load_model(config.model, config.cache_dir)
-    return [EngineBackend(AsyncEngineClient(LLMEngine(config, loaded=loaded)),
-                          max_num_seqs=config.max_num_seqs) for _ in range(num_replicas)]
+    engines = [LLMEngine(config, loaded=loaded)]
+    # a budget the first one measured (sarathi) holds for its identical siblings
+    config = replace(config,
+                     max_num_batched_tokens=engines[0].scheduler.config.max_num_batched_tokens)
+    engines += [LLMEngine(config, loaded=loaded) for _ in range(num_replicas - 1)]
+    return [EngineBackend(AsyncEngineClient(e), max_num_seqs=config.max_num_seqs)
+            for e in engines]

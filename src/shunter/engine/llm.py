@@ -17,6 +17,7 @@ from typing import Any
 import torch
 
 from shunter.core.clock import Clock
+from shunter.core.predict.interface import ArrivalPredictor, Predictor
 from shunter.core.request import Request
 from shunter.core.sched.config import SchedulerConfig
 from shunter.core.sched.interface import RequestOutput
@@ -24,7 +25,8 @@ from shunter.core.sched.registry import make_policy
 from shunter.core.sched.scheduler import CoreScheduler
 from shunter.core.sched.stats import SchedulerStats
 from shunter.core.types import DEFAULT_TENANT, RequestId, RequestSpec
-from shunter.engine.config import EngineConfig
+from shunter.engine.budget import measure_budget_for_tbt
+from shunter.engine.config import DEFAULT_MAX_NUM_BATCHED_TOKENS, EngineConfig
 from shunter.engine.executor import EngineExecutor
 from shunter.engine.loader import LoadedModel, load_model
 from shunter.engine.model import build_llama
@@ -48,9 +50,15 @@ class LLMEngine:
     """add_request / step / abort over one model replica; `generate` for batch use."""
 
     def __init__(self, config: EngineConfig | None = None, *, loaded: LoadedModel | None = None,
-                 clock: Clock | None = None) -> None:
+                 clock: Clock | None = None, predictor: Predictor | None = None) -> None:
         config = config or EngineConfig()
         self.config = config
+        # sets each request's predicted output length when it arrives without one (sjf, ltr);
+        # behind the gateway the gateway predicts and passes the number on
+        if predictor is not None and predictor.is_oracle:
+            raise ConfigError(f"predictor {predictor.name!r} reads the true output length, "
+                              "which only the simulator knows")
+        self.predictor = None if predictor is None else ArrivalPredictor(predictor)
         if config.num_threads is not None:
             torch.set_num_threads(config.num_threads)
         if config.device.startswith("cuda") and not torch.cuda.is_available():
@@ -66,16 +74,26 @@ class LLMEngine:
                              num_host_blocks=config.num_host_blocks)
         eos = self.tokenizer.eos_token_ids if self.tokenizer is not None else frozenset()
         self.executor = EngineExecutor(runner, eos_token_ids=eos, rng=random.Random(config.seed))
-        self.scheduler = CoreScheduler(self._scheduler_config(config), self._policy(config),
+        policy = self._policy(config)
+        self.scheduler = CoreScheduler(self._scheduler_config(config, policy, runner), policy,
                                        clock or WallClock())
         self._ids = itertools.count()
         self._tracked: dict[RequestId, _Tracked] = {}
 
-    def _scheduler_config(self, config: EngineConfig) -> SchedulerConfig:
+    def _scheduler_config(self, config: EngineConfig, policy: Any,
+                          runner: ModelRunner) -> SchedulerConfig:
+        budget = config.max_num_batched_tokens
+        tbt_slo_s = getattr(policy, "tbt_slo_s", None)  # sarathi: the budget meets a TBT target
+        if budget is None and tbt_slo_s is not None:
+            if not config.enable_chunked_prefill:
+                raise ConfigError(f"policy {config.policy!r} needs enable_chunked_prefill")
+            budget = measure_budget_for_tbt(
+                runner, tbt_slo_s, num_decodes=config.max_num_seqs,
+                max_seq_len=min(self.max_model_len, config.num_blocks * config.block_size))
         try:
             return SchedulerConfig(
                 num_blocks=config.num_blocks, block_size=config.block_size,
-                max_num_batched_tokens=config.max_num_batched_tokens,
+                max_num_batched_tokens=budget or DEFAULT_MAX_NUM_BATCHED_TOKENS,
                 max_num_seqs=config.max_num_seqs, max_model_len=self.max_model_len,
                 enable_chunked_prefill=config.enable_chunked_prefill,
                 enable_prefix_caching=config.enable_prefix_caching,
@@ -86,7 +104,7 @@ class LLMEngine:
     @staticmethod
     def _policy(config: EngineConfig) -> Any:
         try:
-            return make_policy(config.policy)
+            return make_policy(config.policy, **config.policy_params)
         except ValueError as exc:
             raise ConfigError(str(exc)) from exc
 
@@ -98,8 +116,13 @@ class LLMEngine:
 
     def add_request(self, prompt: str | Sequence[int], params: SamplingParams | None = None, *,
                     request_id: RequestId | None = None, priority: int = 0,
-                    tenant: str = DEFAULT_TENANT) -> RequestId:
-        """Queue a prompt (text or token ids); RequestError if it can never run here."""
+                    tenant: str = DEFAULT_TENANT, session_id: str | None = None,
+                    program_id: str | None = None,
+                    predicted_output_tokens: float | None = None) -> RequestId:
+        """Queue a prompt (text or token ids); RequestError if it can never run here.
+
+        `program_id` groups an agent's calls (plas); `predicted_output_tokens` is a prediction
+        made upstream (the gateway's), else the engine's predictor makes one."""
         params = params or SamplingParams()
         token_ids = self._prompt_token_ids(prompt)
         request_id = request_id if request_id is not None else f"req-{next(self._ids)}"
@@ -110,9 +133,13 @@ class LLMEngine:
                            num_prompt_tokens=len(token_ids),
                            num_output_tokens=min(params.max_tokens or room, room),
                            max_output_tokens=params.max_tokens, tenant=tenant, priority=priority,
+                           session_id=session_id, program_id=program_id,
                            prompt_token_ids=tuple(token_ids))
         request = Request.from_spec(spec, block_size=self.config.block_size)
         request.sampling_seed = params.seed
+        if predicted_output_tokens is None and self.predictor is not None:
+            predicted_output_tokens = self.predictor.predict(spec)
+        request.predicted_output_tokens = predicted_output_tokens
         detok = None
         if self.tokenizer is not None:
             detok = IncrementalDetokenizer(self.tokenizer, stop=params.stop,

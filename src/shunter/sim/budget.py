@@ -1,26 +1,23 @@
-"""The token budget that keeps a step within a TBT target (Sarathi-Serve's budget choice).
-
-Sarathi-Serve picks `max_num_batched_tokens` by profiling: the largest budget whose hybrid
-batch (ongoing decodes plus one prefill chunk filling the rest of the budget) still finishes
-within the TBT SLO. Here the cost model plays the profiler, on the worst step the replica can
-meet: `num_decodes` decodes (the batch limit) reading `decode_context_tokens` of KV between them
-(at most the whole KV cache), plus a prefill chunk of the rest of the budget appended after
-`prefill_context_tokens` of its own prompt. Step time grows with the budget, so the largest
-fitting budget is found by bisection, in multiples of `BUDGET_ALIGN_TOKENS` (Sarathi-Serve
-aligns chunks to the matmul tile size).
+"""The token budget that keeps a simulated step within a TBT target (Sarathi-Serve's budget
+choice, `shunter.core.sched.budget`), with the cost model playing the profiler: the worst step
+the replica can meet is `num_decodes` decodes (the batch limit) reading `decode_context_tokens`
+of KV between them (at most the whole KV cache), plus a prefill chunk of the rest of the budget
+appended after `prefill_context_tokens` of its own prompt.
 """
 
 from __future__ import annotations
 
+from shunter.core.sched.budget import (
+    DEFAULT_PREFILL_CONTEXT_TOKENS,
+    BudgetOutOfReach,
+    largest_budget_within,
+)
 from shunter.core.types import StepShape
 from shunter.errors import ConfigError
 from shunter.sim.cost.interface import CostModel
 
-__all__ = ["BUDGET_ALIGN_TOKENS", "DEFAULT_PREFILL_CONTEXT_TOKENS", "budget_for_tbt",
-           "hybrid_step_time_s"]
+__all__ = ["budget_for_tbt", "hybrid_step_time_s"]
 
-BUDGET_ALIGN_TOKENS = 32
-DEFAULT_PREFILL_CONTEXT_TOKENS = 4096
 MAX_BUDGET_TOKENS = 1 << 16
 
 
@@ -43,15 +40,10 @@ def budget_for_tbt(cost_model: CostModel, tbt_slo_s: float, *, num_decodes: int,
                                   decode_context_tokens=decode_context_tokens,
                                   prefill_context_tokens=prefill_context_tokens)
 
-    lo = -(-(num_decodes + 1) // BUDGET_ALIGN_TOKENS) * BUDGET_ALIGN_TOKENS
-    if step_s(lo) > tbt_slo_s:
+    try:
+        return largest_budget_within(step_s, tbt_slo_s, num_decodes=num_decodes,
+                                     max_budget=MAX_BUDGET_TOKENS)
+    except BudgetOutOfReach:
         raise ConfigError(f"TBT target {tbt_slo_s} s is out of reach: {num_decodes} decodes "
                           f"reading {decode_context_tokens} KV tokens already take "
-                          f"{step_s(num_decodes):.4f} s")
-    hi = MAX_BUDGET_TOKENS
-    if step_s(hi) <= tbt_slo_s:
-        return hi
-    while hi - lo > BUDGET_ALIGN_TOKENS:  # lo fits, hi does not, both aligned
-        mid = (lo + hi) // 2 // BUDGET_ALIGN_TOKENS * BUDGET_ALIGN_TOKENS
-        lo, hi = (mid, hi) if step_s(mid) <= tbt_slo_s else (lo, mid)
-    return lo
+                          f"{step_s(num_decodes):.4f} s") from None
