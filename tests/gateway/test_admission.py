@@ -1,36 +1,51 @@
-"""Rate limits, VTC fair queueing, bounded queues, shedding and Retry-After."""
+"""Rate limits, the gateway tier's queue (a core policy), bounded queues, shedding, Retry-After."""
 
 import asyncio
+import itertools
 
 import pytest
 from tests.gateway.factories import MODEL, ManualClock, asgi_client, make_app, run
 
+from shunter.core.request import Request
+from shunter.core.sched.gateway_queue import GatewayQueue
 from shunter.gateway.admission import AdmissionConfig, AdmissionController
 from shunter.gateway.errors import RateLimitError
+from shunter.gateway.factory import GatewayParts, gateway_policy
 from shunter.gateway.metrics import GatewayMetrics
 from shunter.gateway.tenant import TenantConfig, TenantTable
 
+_ids = itertools.count()
 
-def controller(tenants, *, capacity=1, clock=None, **config):
+
+def controller(tenants, *, capacity=1, clock=None, policy="vtc", **config):
     clock = clock or ManualClock()
     table = TenantTable.build(list(tenants), clock())
     slots = {"n": capacity}
+    parts = GatewayParts(app=None, policy=policy, tenants=tuple(tenants))
     ctl = AdmissionController(AdmissionConfig(**config), table, lambda: slots["n"],
-                              GatewayMetrics(), clock)
+                              GatewayMetrics(), clock, GatewayQueue(gateway_policy(parts)))
     return ctl, clock
+
+
+def admit(ctl, tenant, priority, num_prompt_tokens, max_tokens):
+    """`ctl.admit` of a new request with these facts."""
+    return ctl.admit(Request(request_id=f"q{next(_ids)}", arrival_s=ctl.clock(),
+                             num_prompt_tokens=num_prompt_tokens,
+                             max_output_tokens=max_tokens or None, tenant=tenant,
+                             priority=priority))
 
 
 def test_rate_limit_requests_per_minute_gives_429_with_retry_after():
     ctl, clock = controller([TenantConfig(name="a", max_requests_per_min=2)], capacity=10)
 
     async def go():
-        await ctl.admit("a", 0, 10, 10)
-        await ctl.admit("a", 0, 10, 10)
+        await admit(ctl, "a", 0, 10, 10)
+        await admit(ctl, "a", 0, 10, 10)
         with pytest.raises(RateLimitError) as info:
-            await ctl.admit("a", 0, 10, 10)
+            await admit(ctl, "a", 0, 10, 10)
         assert info.value.retry_after_s == pytest.approx(30.0)  # 1 request at 2/min
         clock.now_s += 30.0
-        await ctl.admit("a", 0, 10, 10)
+        await admit(ctl, "a", 0, 10, 10)
     run(go())
     assert ctl.metrics.rejected.get(("a", "rate_limit")) == 1
 
@@ -39,12 +54,12 @@ def test_token_limit_charges_the_estimate_then_settles_on_usage():
     ctl, clock = controller([TenantConfig(name="a", max_tokens_per_min=600)], capacity=10)
 
     async def go():
-        t = await ctl.admit("a", 0, 100, 400)  # estimate 500 of 600
+        t = await admit(ctl, "a", 0, 100, 400)  # estimate 500 of 600
         with pytest.raises(RateLimitError) as info:
-            await ctl.admit("a", 0, 100, 100)  # 200 more: 100 short at 10 tokens/s
+            await admit(ctl, "a", 0, 100, 100)  # 200 more: 100 short at 10 tokens/s
         assert info.value.retry_after_s == pytest.approx(10.0)
         ctl.release(t, 100, 50)  # it used 150, not 500: 350 refunded
-        await ctl.admit("a", 0, 100, 100)
+        await admit(ctl, "a", 0, 100, 100)
     run(go())
 
 
@@ -52,9 +67,9 @@ def test_fast_path_admits_until_capacity_then_queues():
     ctl, _ = controller([], capacity=2)
 
     async def go():
-        a = await ctl.admit("default", 0, 1, 1)
-        await ctl.admit("default", 0, 1, 1)
-        waiting = asyncio.ensure_future(ctl.admit("default", 0, 1, 1))
+        a = await admit(ctl, "default", 0, 1, 1)
+        await admit(ctl, "default", 0, 1, 1)
+        waiting = asyncio.ensure_future(admit(ctl, "default", 0, 1, 1))
         await asyncio.sleep(0)
         assert not waiting.done() and ctl.num_queued == 1
         ctl.release(a, 1, 1)
@@ -70,13 +85,13 @@ def test_vtc_serves_the_least_served_tenant_first_by_weight():
     order = []
 
     async def client(tenant, i):
-        ticket = await ctl.admit(tenant, 0, 100, 0)
+        ticket = await admit(ctl, tenant, 0, 100, 0)
         order.append(tenant)
         await asyncio.sleep(0)
         ctl.release(ticket, 100, 100)  # service 100 + 2 * 100 = 300 each
 
     async def go():
-        blocker = await ctl.admit("a", 0, 1, 0)
+        blocker = await admit(ctl, "a", 0, 1, 0)
         tasks = [asyncio.ensure_future(client(t, i)) for i in range(6) for t in ("a", "b")]
         await asyncio.sleep(0)
         ctl.release(blocker, 1, 0)
@@ -88,19 +103,21 @@ def test_vtc_serves_the_least_served_tenant_first_by_weight():
 
 def test_newly_backlogged_tenant_gets_no_credit_for_idling():
     ctl, _ = controller([TenantConfig(name="a"), TenantConfig(name="b")], capacity=1)
-    ctl.counters.update({"a": 1000.0, "b": 0.0})
+    counters = ctl.queue.policy.counters
+    counters.update({"a": 1000.0, "b": 0.0})
 
     async def go():
-        blocker = await ctl.admit("b", 0, 1, 0)
-        wa = asyncio.ensure_future(ctl.admit("a", 0, 1, 0))
+        blocker = await admit(ctl, "b", 0, 1, 0)
+        wa = asyncio.ensure_future(admit(ctl, "a", 0, 1, 0))
         await asyncio.sleep(0)
-        wb = asyncio.ensure_future(ctl.admit("b", 0, 1, 0))
+        wb = asyncio.ensure_future(admit(ctl, "b", 0, 1, 0))
         await asyncio.sleep(0)
-        # b was idle in the queue (not backlogged) while a waited: lifted to a's counter
-        assert ctl.counters["b"] == pytest.approx(1000.0)
         ctl.release(blocker, 1, 0)
-        await asyncio.sleep(0)
-        wa.cancel(), wb.cancel()
+        # b had nothing waiting while a waited: lifted to a's counter, then a (earlier) first
+        assert counters["b"] >= 1000.0
+        assert [r.tenant for r in ctl.queue] == ["b"]
+        await asyncio.wait_for(wa, 1)
+        wb.cancel()
     run(go())
 
 
@@ -108,13 +125,13 @@ def test_full_queue_sheds_lowest_priority_for_a_more_urgent_request():
     ctl, _ = controller([], capacity=1, max_queued=2)
 
     async def go():
-        blocker = await ctl.admit("default", 0, 1, 0)
-        low = asyncio.ensure_future(ctl.admit("default", 5, 1, 0))
-        mid = asyncio.ensure_future(ctl.admit("default", 1, 1, 0))
+        blocker = await admit(ctl, "default", 0, 1, 0)
+        low = asyncio.ensure_future(admit(ctl, "default", 5, 1, 0))
+        mid = asyncio.ensure_future(admit(ctl, "default", 1, 1, 0))
         await asyncio.sleep(0)
         with pytest.raises(RateLimitError):  # as unimportant as the least: refused
-            await ctl.admit("default", 5, 1, 0)
-        urgent = asyncio.ensure_future(ctl.admit("default", 0, 1, 0))
+            await admit(ctl, "default", 5, 1, 0)
+        urgent = asyncio.ensure_future(admit(ctl, "default", 0, 1, 0))
         await asyncio.sleep(0)
         with pytest.raises(RateLimitError) as info:
             await low
@@ -132,9 +149,9 @@ def test_queue_timeout_is_429_and_frees_the_queue_slot():
     ctl, _ = controller([], capacity=1, max_queue_wait_s=0.05)
 
     async def go():
-        await ctl.admit("default", 0, 1, 0)
+        await admit(ctl, "default", 0, 1, 0)
         with pytest.raises(RateLimitError) as info:
-            await ctl.admit("default", 0, 1, 0)
+            await admit(ctl, "default", 0, 1, 0)
         assert info.value.code == "queue_timeout" and ctl.num_queued == 0
     run(go())
 
@@ -144,9 +161,9 @@ def test_expected_wait_over_the_limit_is_refused_at_once():
     ctl.dispatch_rate_per_s = 0.05  # one slot every 20 s
 
     async def go():
-        await ctl.admit("default", 0, 1, 0)
+        await admit(ctl, "default", 0, 1, 0)
         with pytest.raises(RateLimitError) as info:
-            await ctl.admit("default", 0, 1, 0)
+            await admit(ctl, "default", 0, 1, 0)
         assert info.value.code == "overloaded" and info.value.retry_after_s == pytest.approx(20.0)
     run(go())
 

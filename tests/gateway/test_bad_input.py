@@ -56,6 +56,10 @@ def test_malformed_json_is_400(content):
     ({"model": 7, "prompt": "x"}, "model"),
     ({"model": MODEL, "prompt": "x", "stream_options": {"include_usage": "y"}},
      "stream_options.include_usage"),
+    ({"model": MODEL, "prompt": "x", "program_id": 7}, "program_id"),
+    ({"model": MODEL, "prompt": "x", "program_id": ["p"]}, "program_id"),
+    ({"model": MODEL, "prompt": "x", "program_id": " "}, "program_id"),
+    ({"model": MODEL, "prompt": "x", "session_id": 7}, "session_id"),
 ])
 def test_wrong_types_and_ranges_name_the_field(body, param):
     app, fakes = make_app()

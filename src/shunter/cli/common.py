@@ -11,6 +11,7 @@ from dataclasses import replace
 from typing import Any
 
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from shunter.config import Scenario, builtin_scenario, load_scenario, resolve_trace
@@ -21,8 +22,8 @@ from shunter.router.registry import ROUTERS
 from shunter.sim.cost.registry import COST_MODELS
 from shunter.workload.loaders import TRACE_FORMATS, load_workload
 
-__all__ = ["add_scenario_flags", "console", "fail", "load_specs", "positive_int", "progress_bar",
-           "scenario_from_args", "stdout_console"]
+__all__ = ["add_scenario_flags", "console", "fail", "json_object", "load_specs", "positive_int",
+           "progress_bar", "scenario_from_args", "stdout_console"]
 
 console = Console(stderr=True)
 
@@ -37,7 +38,7 @@ def positive_int(text: str) -> int:
     return value
 
 
-def _json_object(text: str) -> dict[str, Any]:
+def json_object(text: str) -> dict[str, Any]:
     try:
         value = json.loads(text)
     except json.JSONDecodeError as exc:
@@ -87,7 +88,7 @@ def add_scenario_flags(parser: argparse.ArgumentParser, *, single: bool = True) 
                         "profile file written by `shunter profile`)")
     c.add_argument("--predictor", choices=sorted(PREDICTORS),
                    help="output-length predictor for sjf/ltr (oracle sees the trace's truth)")
-    c.add_argument("--predictor-params", type=_json_object, metavar="JSON",
+    c.add_argument("--predictor-params", type=json_object, metavar="JSON",
                    help='predictor parameters, e.g. \'{"kendall_tau": 0.5}\' or \'{"model_path": "m.json"}\'')
     s = parser.add_argument_group("SLOs and output")
     s.add_argument("--ttft-slo", type=_positive_float, metavar="S", help="TTFT SLO in seconds")
@@ -141,7 +142,7 @@ def progress_bar(total: int, label: str, *, quiet: bool) -> Iterator[Callable[[i
 
 
 def fail(message: str) -> int:
-    console.print(f"[bold red]error:[/] {message}", highlight=False)
+    console.print(f"[bold red]error:[/] {escape(message)}", highlight=False)  # "[table]" is text
     return 2
 
 

@@ -8,7 +8,9 @@ import argparse
 import importlib
 from typing import Any
 
-from shunter.cli.common import positive_int
+from shunter.cli.common import json_object, positive_int
+from shunter.core.predict.registry import PREDICTORS
+from shunter.core.sched.registry import POLICIES
 from shunter.gateway.config import DEFAULT_MODEL, DEFAULT_NUM_REPLICAS
 from shunter.router.registry import ROUTERS
 
@@ -49,6 +51,21 @@ def add_serve_parser(subparsers: Any) -> argparse.ArgumentParser:
                         help=f"in-process engine replicas (default {DEFAULT_NUM_REPLICAS} when "
                              "the config has no backends)")
     parser.add_argument("--router", metavar="NAME", help="cluster router (default cost)")
+    s = parser.add_argument_group(
+        "scheduling (the config's [scheduler] table; flags win)",
+        "The policy runs in every in-process engine and at the gateway's queue (requests waiting "
+        "for a free backend slot). Default: fcfs in the engines, vtc at the gateway's queue. "
+        "Policies that need an engine (mlfq, fastswitch, sarathi) run in the engines while the "
+        "gateway's queue keeps arrival order; without in-process engines they are refused.")
+    s.add_argument("--policy", metavar="NAME", help=f"scheduling policy: {', '.join(sorted(POLICIES))}")
+    s.add_argument("--policy-params", type=json_object, metavar="JSON",
+                   help='its parameters, e.g. \'{"tenant_weights": {"gold": 2}}\'')
+    s.add_argument("--predictor", metavar="NAME",
+                   help=f"output-length predictor for sjf/ltr: {', '.join(sorted(PREDICTORS))} "
+                        "(oracles are simulator-only)")
+    s.add_argument("--predictor-params", type=json_object, metavar="JSON",
+                   help='its parameters, e.g. \'{"model_path": "model.json"}\' from '
+                        "`shunter train-predictor`")
     parser.add_argument("--log-level", default="warning",
                         choices=["debug", "info", "warning", "error"], help="server log level")
     parser.set_defaults(handler=run_serve)

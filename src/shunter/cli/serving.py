@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 from collections.abc import Sequence
 from dataclasses import replace
+from typing import Any
 
 from shunter.backend.protocol import EngineClient
 from shunter.engine.backend import engine_backends
@@ -26,21 +27,32 @@ from shunter.gateway.config import (
     DEFAULT_NUM_REPLICAS,
     BackendConfig,
     GatewayConfig,
+    SchedulerSettings,
     ServerConfig,
     load_config,
 )
-from shunter.gateway.factory import GatewayParts, build_app, build_backends
+from shunter.gateway.factory import EngineMaker, GatewayParts, build_app, build_backends
 from shunter.gateway.server import serve
 from shunter.router.registry import ROUTERS
+from shunter.workload.rank_training import build_predictor
 
-__all__ = ["make_engines", "run_serve"]
+__all__ = ["engine_maker", "make_engines", "run_serve"]
 
 
-def make_engines(backend: BackendConfig, model: str) -> Sequence[tuple[EngineClient, int]]:
-    """The in-process replicas of an engine backend (one torch thread each when several)."""
-    num = backend.replicas
-    config = EngineConfig(model=model, num_threads=1 if num > 1 else None)
-    return [(b, b.max_num_seqs) for b in engine_backends(config, num)]
+def engine_maker(settings: SchedulerSettings) -> EngineMaker:
+    """Builds the in-process replicas of an engine backend, running `settings`' engine policy
+    (one torch thread each when there are several)."""
+    policy, params = settings.engine_policy
+
+    def make(backend: BackendConfig, model: str) -> Sequence[tuple[EngineClient, int]]:
+        num = backend.replicas
+        config = EngineConfig(model=model, num_threads=1 if num > 1 else None, policy=policy,
+                              policy_params=params)
+        return [(b, b.max_num_seqs) for b in engine_backends(config, num)]
+    return make
+
+
+make_engines = engine_maker(SchedulerSettings())  # the defaults: fcfs engines
 
 
 def _config_from_args(args: argparse.Namespace) -> GatewayConfig:
@@ -55,7 +67,35 @@ def _config_from_args(args: argparse.Namespace) -> GatewayConfig:
         others = tuple(b for b in backends if b.kind != "engine")
         base = engines[0] if engines else BackendConfig(name="engine", kind="engine")
         backends = (*others, replace(base, replicas=replicas))
-    return replace(config, server=server, router=args.router or config.router, backends=backends)
+    return replace(config, server=server, router=args.router or config.router, backends=backends,
+                   scheduler=_scheduler_from_args(config.scheduler, args))
+
+
+def _scheduler_from_args(settings: SchedulerSettings, args: argparse.Namespace) -> SchedulerSettings:
+    """The config's [scheduler] with the flags on top (a new --policy drops the file's params)."""
+    changes = {}
+    if args.policy is not None:
+        changes |= {"policy": args.policy, "params": args.policy_params or {}}
+    elif args.policy_params is not None:
+        changes["params"] = args.policy_params
+    if args.predictor is not None:
+        changes |= {"predictor": args.predictor, "predictor_params": args.predictor_params or {}}
+    elif args.predictor_params is not None:
+        changes["predictor_params"] = args.predictor_params
+    if not changes:
+        return settings
+    try:
+        return replace(settings, **changes)
+    except ValueError as exc:
+        raise ConfigError(f"--policy/--predictor flags: {exc}") from None
+
+
+def _gateway_tier(settings: SchedulerSettings, has_engines: bool, source: str
+                  ) -> tuple[str, dict[str, Any]]:
+    try:
+        return settings.gateway_tier(has_engines=has_engines)
+    except ValueError as exc:
+        raise ConfigError(f"{source}: {exc}") from None
 
 
 def run_serve(args: argparse.Namespace) -> int:
@@ -68,12 +108,29 @@ def run_serve(args: argparse.Namespace) -> int:
                            max_body_bytes=server.max_body_bytes,
                            max_prompt_chars=server.max_prompt_chars,
                            drain_timeout_s=server.drain_timeout_s)
+    settings = config.scheduler
+    source = f"{args.config} [scheduler]" if args.config else "--policy"
+    has_engines = any(b.kind == "engine" for b in config.backends)
+    queue_policy, queue_params = _gateway_tier(settings, has_engines, source)
+    predictor = None
+    if settings.predictor is not None:
+        try:
+            predictor = build_predictor(settings.predictor, settings.predictor_params)
+        except ValueError as exc:
+            raise ConfigError(f"{source}: predictor: {exc}") from None
     parts = GatewayParts(app=app_config, router=config.router, router_params=config.router_params,
+                         policy=queue_policy, policy_params=queue_params, predictor=predictor,
                          admission=config.admission, pool=config.pool, breaker=config.breaker,
                          tenants=config.tenants)
-    app = build_app(parts, build_backends(config.backends, model, make_engines))
+    try:
+        app = build_app(parts, build_backends(config.backends, model, engine_maker(settings)))
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None
     names = ", ".join(r.name for r in app.pool.replicas)
+    engines = f"engines {settings.engine_policy[0]}, " if has_engines else ""
     print(f"shunter gateway on http://{server.host}:{server.port}/v1 serving "
-          f"{', '.join(app_config.model_names)} via {names} (router {config.router})", flush=True)
+          f"{', '.join(app_config.model_names)} via {names} (router {config.router}; policy "
+          f"{engines}gateway queue {queue_policy}"
+          f"{f'; predictor {settings.predictor}' if predictor else ''})", flush=True)
     serve(app, server.host, server.port, log_level=args.log_level)
     return 0

@@ -1,27 +1,28 @@
-"""Admission control: rate limits, a bounded fair queue across tenants (VTC), shedding.
+"""Admission control: rate limits, the bounded gateway queue, shedding, Retry-After.
 
 A request first passes its tenant's rate limits (429 + Retry-After when over). While the
-backends have free slots and nobody waits, it is dispatched at once: the fast path costs a few
-dict operations. When every slot is taken, requests wait in the gateway's queue, and a freed
-slot goes to the backlogged tenant with the least weighted service so far: the Virtual Token
-Counter of Sheng et al. (OSDI '24), counting w_in = 1 per prompt token and w_out = 2 per output
-token divided by the tenant's weight; a newly backlogged tenant's counter is lifted to the
-smallest backlogged one, so idling earns no credit. Within a tenant: priority, then arrival.
+backends have free slots and nobody waits, it is dispatched at once. When every slot is
+taken, it waits in the gateway tier's queue (`shunter.core.sched.gateway_queue.GatewayQueue`):
+which waiting request a freed slot goes to, and what each is charged, is the configured core
+policy's decision (default `vtc`), the same policy object type the engines and the simulator
+run. Nothing here orders or accounts service; what is the gateway's own is below.
 
-The queue is bounded. When it is full, the lowest-priority waiting request is shed (429) to make
-room for a more urgent one; otherwise the newcomer is refused. A request whose expected wait
-(queue ahead / measured dispatch rate) exceeds `max_queue_wait_s` is refused at once with a
-Retry-After of that wait, and one still waiting after `max_queue_wait_s` leaves with a 429.
+The queue is bounded. When it is full, the lowest-priority waiting request (the latest among
+equals) is shed (429) to make room for a more urgent one; otherwise the newcomer is refused. A
+request whose expected wait (queue ahead / measured dispatch rate) exceeds `max_queue_wait_s` is
+refused at once with a Retry-After of that wait, and one still waiting after `max_queue_wait_s`
+leaves with a 429.
 """
 
 from __future__ import annotations
 
 import asyncio
-import heapq
 import itertools
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+from shunter.core.request import Request
+from shunter.core.sched.gateway_queue import GatewayQueue
 from shunter.gateway.errors import RateLimitError
 from shunter.gateway.metrics import GatewayMetrics
 from shunter.gateway.tenant import TenantTable
@@ -35,8 +36,6 @@ _RATE_HALF_LIFE_S = 5.0
 class AdmissionConfig:
     max_queued: int = 4096
     max_queue_wait_s: float = 60.0
-    input_token_weight: float = 1.0
-    output_token_weight: float = 2.0
 
     def __post_init__(self) -> None:
         if self.max_queued < 0:
@@ -49,11 +48,18 @@ class AdmissionConfig:
 class Ticket:
     """An admitted request: holds one backend slot until released."""
 
-    tenant: str
-    priority: int
-    num_prompt_tokens_estimate: int
-    num_tokens_charged: float
+    request: Request  # the gateway tier's state of the request, charged by the policy
+    num_tokens_charged: float  # taken from the tenant's token bucket so far
+    is_dispatched: bool = False
     is_released: bool = False
+
+    @property
+    def tenant(self) -> str:
+        return self.request.tenant
+
+    @property
+    def priority(self) -> int:
+        return self.request.priority
 
 
 @dataclass(slots=True)
@@ -75,27 +81,39 @@ class AdmissionController:
     capacity: Callable[[], int]  # backend slots available in all (healthy replicas)
     metrics: GatewayMetrics
     clock: Callable[[], float]
+    queue: GatewayQueue
     num_active: int = 0
-    counters: dict[str, float] = field(default_factory=dict)  # VTC virtual counters
-    queues: dict[str, list[tuple[int, int, _Waiter]]] = field(default_factory=dict)
-    num_queued: int = 0
     dispatch_rate_per_s: float = 0.0  # EWMA of slot releases
+    _waiters: dict[str, _Waiter] = field(default_factory=dict)  # request id -> waiter
     _last_release_s: float | None = None
     _seq: itertools.count[int] = field(default_factory=itertools.count)
 
-    async def admit(self, tenant: str, priority: int, num_prompt_tokens_estimate: int,
-                    max_tokens: int | None) -> Ticket:
-        """Wait for a slot; raises RateLimitError when over a limit, shed or not servable in time."""
+    @property
+    def num_queued(self) -> int:
+        return len(self.queue)
+
+    def queued_per_tenant(self) -> dict[str, int]:
+        counts: dict[str, int] = {}
+        for waiter in self._waiters.values():
+            counts[waiter.ticket.tenant] = counts.get(waiter.ticket.tenant, 0) + 1
+        return counts
+
+    async def admit(self, request: Request) -> Ticket:
+        """Wait for a slot; raises RateLimitError when over a limit, shed or not servable in time.
+        `request` is new (arrival_s, estimated prompt tokens, max_output_tokens, tenant, ...)."""
         now = self.clock()
-        num_tokens = num_prompt_tokens_estimate + (max_tokens or 0)
+        tenant = request.tenant
+        num_tokens = request.num_prompt_tokens + (request.max_output_tokens or 0)
         wait = self.tenants.rate_limit_wait_s(tenant, num_tokens, now)
         if wait > 0:
             self._reject(tenant, "rate_limit")
             raise RateLimitError(f"tenant {tenant!r} is over its rate limit", retry_after_s=wait,
                                  code="rate_limit_exceeded")
         self.tenants.charge(tenant, 1, num_tokens, now)
-        ticket = Ticket(tenant, priority, num_prompt_tokens_estimate, num_tokens)
-        if self.num_queued == 0 and self.num_active < self.capacity():
+        ticket = Ticket(request, num_tokens)
+        if not self.num_queued and self.num_active < self.capacity():
+            self.queue.add(request)
+            assert self.queue.pop(now) is request
             self._start(ticket)
             return ticket
         await self._wait(ticket, now)
@@ -103,40 +121,31 @@ class AdmissionController:
 
     def release(self, ticket: Ticket, num_prompt_tokens: int | None,
                 num_completion_tokens: int | None) -> None:
-        """Free the ticket's slot, settle its token charges and hand the slot on."""
+        """Free the ticket's slot, settle its charges (policy and rate limits), hand the slot on."""
         if ticket.is_released:
             return
         ticket.is_released = True
-        self.num_active -= 1
         now = self.clock()
-        prompt = ticket.num_prompt_tokens_estimate if num_prompt_tokens is None else num_prompt_tokens
         output = num_completion_tokens or 0
+        if ticket.is_dispatched:
+            self.num_active -= 1
+            self.queue.finish(ticket.request, num_prompt_tokens, output, now)
+        prompt = ticket.request.num_prompt_tokens if num_prompt_tokens is None else num_prompt_tokens
         self.tenants.charge(ticket.tenant, 0, prompt + output - ticket.num_tokens_charged, now)
-        service = (self.config.input_token_weight * (prompt - ticket.num_prompt_tokens_estimate)
-                   + self.config.output_token_weight * output)
-        self._add_service(ticket.tenant, service)
         self._observe_release(now)
         self.dispatch_waiting()
 
     def dispatch_waiting(self) -> None:
-        """Hand free slots to waiting requests, the least-served backlogged tenant first."""
+        """Hand free slots to waiting requests, in the policy's order."""
         while self.num_queued and self.num_active < self.capacity():
-            tenant = min((t for t, q in self.queues.items() if q),
-                         key=lambda t: (self.counters.get(t, 0.0), t))
-            _, _, waiter = heapq.heappop(self.queues[tenant])
-            self.num_queued -= 1
-            if waiter.future.done():  # cancelled by its client or timed out: drop it
-                continue
+            request = self.queue.pop(self.clock())
+            waiter = self._waiters.pop(request.request_id)
             self._start(waiter.ticket)
             waiter.future.set_result(None)
 
     def _start(self, ticket: Ticket) -> None:
         self.num_active += 1
-        self._add_service(ticket.tenant,
-                          self.config.input_token_weight * ticket.num_prompt_tokens_estimate)
-
-    def _add_service(self, tenant: str, service: float) -> None:
-        self.counters[tenant] = self.counters.get(tenant, 0.0) + service / self.tenants.weight(tenant)
+        ticket.is_dispatched = True
 
     async def _wait(self, ticket: Ticket, now: float) -> None:
         expected = (self.num_queued + 1) / self.dispatch_rate_per_s \
@@ -152,7 +161,8 @@ class AdmissionController:
             raise RateLimitError("the gateway's queue is full", retry_after_s=max(1.0, expected),
                                  code="queue_full")
         waiter = _Waiter(ticket, asyncio.get_running_loop().create_future(), next(self._seq))
-        self._enqueue(waiter)
+        self._waiters[ticket.request.request_id] = waiter
+        self.queue.add(ticket.request)
         try:
             await asyncio.wait_for(asyncio.shield(waiter.future), self.config.max_queue_wait_s)
         except TimeoutError:
@@ -175,39 +185,27 @@ class AdmissionController:
 
     def _give_up(self, waiter: _Waiter) -> None:
         waiter.future.cancel()
-        self._purge(waiter)
+        self._leave(waiter)
         self._refund(waiter.ticket, self.clock())
 
-    def _enqueue(self, waiter: _Waiter) -> None:
-        tenant = waiter.ticket.tenant
-        queue = self.queues.setdefault(tenant, [])
-        if not queue:  # newly backlogged: no credit for idle time (VTC counter lift)
-            backlogged = [self.counters.get(t, 0.0) for t, q in self.queues.items() if q]
-            if backlogged:
-                self.counters[tenant] = max(self.counters.get(tenant, 0.0), min(backlogged))
-        heapq.heappush(queue, (waiter.ticket.priority, waiter.seq, waiter))
-        self.num_queued += 1
+    def _leave(self, waiter: _Waiter) -> None:
+        """Take a waiter out of the queue (it leaves without a slot)."""
+        self._waiters.pop(waiter.ticket.request.request_id, None)
+        self.queue.remove(waiter.ticket.request, self.clock())
 
     def _shed_for(self, ticket: Ticket) -> bool:
         """Fail the least urgent, latest waiter if `ticket` is more urgent; whether one was shed."""
-        live = [w for q in self.queues.values() for _, _, w in q if not w.future.done()]
-        if not live:
+        if not self._waiters:
             return False
-        victim = max(live, key=lambda w: (w.ticket.priority, w.seq))
+        victim = max(self._waiters.values(), key=lambda w: (w.ticket.priority, w.seq))
         if victim.ticket.priority <= ticket.priority:
             return False
         self._reject(victim.ticket.tenant, "shed")
+        self._leave(victim)
         victim.future.set_exception(RateLimitError(
             "shed for a more urgent request: the gateway's queue is full", retry_after_s=1.0,
             code="shed"))
-        self._purge(victim)
         return True
-
-    def _purge(self, waiter: _Waiter) -> None:
-        queue = self.queues[waiter.ticket.tenant]
-        queue[:] = [entry for entry in queue if entry[2] is not waiter]
-        heapq.heapify(queue)
-        self.num_queued -= 1
 
     def _refund(self, ticket: Ticket, now: float) -> None:
         self.tenants.charge(ticket.tenant, -1, -ticket.num_tokens_charged, now)

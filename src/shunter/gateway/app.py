@@ -2,8 +2,9 @@
 
 Routes: POST /v1/completions and /v1/chat/completions (streaming SSE or not), GET /v1/models,
 /health, /metrics, /openapi.json. Each generation request goes: API key -> tenant; body ->
-validated `ApiRequest`; admission (rate limits, fair queue); the replica pool (route, retry,
-fail over); the answer. Every error becomes OpenAI's JSON error in `_answer_error`, the one
+validated `ApiRequest`; its output length predicted, if a predictor is configured
+(`features.py`); admission (rate limits, the gateway tier's queue under the configured core
+policy); the replica pool (route, retry, fail over); the answer. Every error becomes OpenAI's JSON error in `_answer_error`, the one
 exception handler. A client that disconnects cancels its request's task, which closes the
 backend stream, which aborts the backend's work.
 """
@@ -17,9 +18,12 @@ import json
 import os
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from shunter.backend.protocol import BackendError, GenerateChunk
+from shunter.core.predict.interface import Predictor, SessionTracker
+from shunter.core.request import Request
+from shunter.core.types import RequestSpec
 from shunter.errors import RequestError
 from shunter.gateway.admission import AdmissionController, Ticket
 from shunter.gateway.errors import (
@@ -28,6 +32,7 @@ from shunter.gateway.errors import (
     ServiceUnavailableError,
     error_response,
 )
+from shunter.gateway.features import request_features
 from shunter.gateway.http import (
     JSON_HEADERS,
     SSE_HEADERS,
@@ -42,7 +47,6 @@ from shunter.gateway.http import (
 from shunter.gateway.metrics import CONTENT_TYPE, GatewayMetrics
 from shunter.gateway.openapi import openapi_spec
 from shunter.gateway.pool import Attempt, ReplicaPool
-from shunter.gateway.replica import estimate_tokens
 from shunter.gateway.schemas import ApiRequest, chunk_json, completion_json, parse_request
 from shunter.gateway.tenant import TenantTable
 
@@ -69,6 +73,8 @@ class GatewayApp:
     tenants: TenantTable
     metrics: GatewayMetrics
     clock: Callable[[], float] = time.monotonic
+    predictor: Predictor | None = None  # sets predicted output lengths (sjf, ltr)
+    sessions: SessionTracker = field(default_factory=SessionTracker)
     is_draining: bool = False
     num_in_progress: int = 0
     _ids: itertools.count[int] = field(default_factory=itertools.count)
@@ -130,7 +136,9 @@ class GatewayApp:
             raise RequestError(f"malformed JSON body: {exc}", code="invalid_json") from None
         request_id = f"{'chatcmpl' if is_chat else 'cmpl'}-{self._id_prefix}{next(self._ids):x}"
         api = parse_request(body, is_chat=is_chat, request_id=request_id, tenant=tenant.name,
-                            clamp_priority=tenant.clamp_priority)
+                            clamp_priority=tenant.clamp_priority,
+                            program_id=header(scope, b"x-program-id"),
+                            session_id=header(scope, b"x-session-id"))
         if api.generate.model not in self.config.model_names:
             raise NotFoundError(f"the model '{api.generate.model}' does not exist; served: "
                                 f"{', '.join(self.config.model_names)}", param="model",
@@ -140,9 +148,22 @@ class GatewayApp:
                                f"gateway's limit of {self.config.max_prompt_chars}",
                                param="messages" if is_chat else "prompt",
                                code="context_length_exceeded")
-        ticket = await self.admission.admit(tenant.name, api.generate.priority,
-                                            estimate_tokens(api.num_prompt_chars),
-                                            api.generate.max_tokens)
+        spec = self.pool.spec(api.generate)
+        request = Request.from_spec(spec, hash_blocks=False)
+        request.arrival_s = arrival_s
+        if self.predictor is not None:
+            request.predicted_output_tokens = self.predictor.predict(
+                request_features(api.generate, spec, self.sessions))
+            api = replace(api, generate=replace(
+                api.generate, predicted_output_tokens=request.predicted_output_tokens))
+        if self.pool.dispatch_index is not None:
+            self.pool.dispatch_index.add(spec)
+        try:
+            ticket = await self.admission.admit(request)
+        except BaseException:
+            if self.pool.dispatch_index is not None:
+                self.pool.dispatch_index.forget(request.request_id)  # left without a slot
+            raise
         self._enter()
         task = asyncio.current_task()
         assert task is not None
@@ -151,9 +172,9 @@ class GatewayApp:
         outcome = "error"
         try:
             if api.is_stream:
-                await self._stream(api, attempt, send, arrival_s)
+                await self._stream(api, spec, attempt, send, arrival_s)
             else:
-                await self._complete(api, attempt, send, arrival_s)
+                await self._complete(api, spec, attempt, send, arrival_s)
             outcome = "ok"
         except asyncio.CancelledError:
             outcome = "cancelled"
@@ -165,11 +186,11 @@ class GatewayApp:
             watcher.cancel()
             self._finish(ticket, attempt, arrival_s, outcome)
 
-    async def _complete(self, api: ApiRequest, attempt: Attempt, send: Send,
+    async def _complete(self, api: ApiRequest, spec: RequestSpec, attempt: Attempt, send: Send,
                         arrival_s: float) -> None:
         parts: list[str] = []
         finish_reason = None
-        async with contextlib.aclosing(self.pool.generate(api.generate, attempt)) as chunks:
+        async with contextlib.aclosing(self.pool.generate(api.generate, spec, attempt)) as chunks:
             async for chunk in chunks:
                 if not parts:  # the backend's first output (the client sees it all at the end)
                     label = (attempt.replica.name,) if attempt.replica else ("none",)
@@ -179,12 +200,12 @@ class GatewayApp:
         body = completion_json(api, int(time.time()), "".join(parts), finish_reason, attempt.usage)
         await send_bytes(send, 200, body)
 
-    async def _stream(self, api: ApiRequest, attempt: Attempt, send: Send,
+    async def _stream(self, api: ApiRequest, spec: RequestSpec, attempt: Attempt, send: Send,
                       arrival_s: float) -> None:
         created = int(time.time())
         is_first = True
         last_s = arrival_s
-        chunks = self.pool.generate(api.generate, attempt)
+        chunks = self.pool.generate(api.generate, spec, attempt)
         try:
             async for chunk in chunks:
                 if not chunk.text and chunk.finish_reason is None:

@@ -3,7 +3,9 @@
     [server]      host, port, models (served names), max_body_bytes, max_prompt_chars,
                   drain_timeout_s
     [router]      name (any of router/registry.py), params = {...}
-    [admission]   max_queued, max_queue_wait_s, input_token_weight, output_token_weight
+    [scheduler]   policy, params = {...}, predictor, predictor_params = {...},
+                  gateway_policy, gateway_params = {...}  (`SchedulerSettings`)
+    [admission]   max_queued, max_queue_wait_s
     [pool]        max_attempts, health_interval_s, health_timeout_s
     [breaker]     failure_threshold, cooldown_s
     [[backends]]  name, kind = "remote" | "engine" | "fake", max_concurrency, max_num_seqs,
@@ -26,18 +28,101 @@ from typing import Any
 
 import yaml
 
+from shunter.core.predict.registry import PREDICTORS
+from shunter.core.sched.gateway_queue import gateway_refusal
+from shunter.core.sched.policy import Policy
+from shunter.core.sched.registry import make_policy
 from shunter.errors import ConfigError
 from shunter.gateway.admission import AdmissionConfig
 from shunter.gateway.breaker import BreakerConfig
 from shunter.gateway.pool import PoolConfig
 from shunter.gateway.tenant import TenantConfig
 
-__all__ = ["BACKEND_KINDS", "DEFAULT_MODEL", "DEFAULT_NUM_REPLICAS", "BackendConfig",
-           "GatewayConfig", "ServerConfig", "load_config"]
+__all__ = ["BACKEND_KINDS", "DEFAULT_ENGINE_POLICY", "DEFAULT_GATEWAY_POLICY", "DEFAULT_MODEL",
+           "DEFAULT_NUM_REPLICAS", "BackendConfig", "GatewayConfig", "SchedulerSettings",
+           "ServerConfig", "load_config"]
 
 BACKEND_KINDS = ("remote", "engine", "fake")
 DEFAULT_MODEL = "smollm2-135m"  # what the embedded default serves
 DEFAULT_NUM_REPLICAS = 2  # in-process engine replicas when the config names no backend
+DEFAULT_ENGINE_POLICY = "fcfs"  # vLLM's default
+DEFAULT_GATEWAY_POLICY = "vtc"  # tenants share a saturated gateway fairly
+# what the gateway's queue runs when `policy` needs an engine and in-process engines run it:
+# arrival order, leaving the order to the engines
+PASS_THROUGH_GATEWAY_POLICY = "fcfs"
+
+
+def _policy(name: str, params: dict[str, Any], what: str) -> Policy:
+    try:
+        return make_policy(name, **params)
+    except ValueError as exc:
+        raise ValueError(f"{what}: {exc}") from None
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class SchedulerSettings:
+    """Which core policy orders requests, in the in-process engines and at the gateway's queue.
+
+    `policy` (with `params`) runs in every in-process engine and at the gateway's queue (the
+    requests waiting for a free backend slot). A policy that needs an engine (preemption,
+    a token budget: mlfq, fastswitch, sarathi) runs in the engines, and the gateway's queue
+    then keeps arrival order (fcfs); without in-process engines it is refused. With no policy
+    the engines run fcfs and the gateway's queue vtc. `gateway_policy` (with `gateway_params`)
+    sets the gateway's queue apart. `predictor` sets each request's predicted output length at
+    the gateway (sjf, ltr), passed on to in-process engines; `predictor_params` may name a
+    `model_path` written by `shunter train-predictor`.
+    """
+
+    policy: str | None = None
+    params: dict[str, Any] = field(default_factory=dict)
+    predictor: str | None = None
+    predictor_params: dict[str, Any] = field(default_factory=dict)
+    gateway_policy: str | None = None
+    gateway_params: dict[str, Any] | None = None
+
+    def __post_init__(self) -> None:
+        if self.policy is None and self.params:
+            raise ValueError("params are given but no policy")
+        if self.gateway_policy is None and self.gateway_params is not None:
+            raise ValueError("gateway_params are given but no gateway_policy")
+        if self.policy is not None:
+            _policy(self.policy, self.params, "policy")
+        if self.gateway_policy is not None:
+            refusal = gateway_refusal(_policy(self.gateway_policy, self.gateway_params or {},
+                                              "gateway_policy"))
+            if refusal is not None:
+                raise ValueError(f"gateway_policy: {refusal}")
+        if self.predictor is not None:
+            factory = PREDICTORS.get(self.predictor)
+            if factory is None:
+                raise ValueError(f"unknown predictor {self.predictor!r}; valid: "
+                                 f"{', '.join(sorted(PREDICTORS))}")
+            if getattr(factory(), "is_oracle", False):
+                raise ValueError(f"predictor {self.predictor!r} reads the true output length, "
+                                 "which only the simulator knows; live traffic needs a real "
+                                 "predictor (learned, trained with `shunter train-predictor`)")
+        elif self.predictor_params:
+            raise ValueError("predictor_params are given but no predictor")
+
+    @property
+    def engine_policy(self) -> tuple[str, dict[str, Any]]:
+        """The policy in-process engines run, with its parameters."""
+        return (self.policy, self.params) if self.policy else (DEFAULT_ENGINE_POLICY, {})
+
+    def gateway_tier(self, *, has_engines: bool) -> tuple[str, dict[str, Any]]:
+        """The policy the gateway's queue runs, with its parameters; ValueError if `policy`
+        can run nowhere here (it needs an engine and there is none in this process)."""
+        if self.gateway_policy is not None:
+            return self.gateway_policy, dict(self.gateway_params or {})
+        if self.policy is None:
+            return DEFAULT_GATEWAY_POLICY, {}
+        refusal = gateway_refusal(_policy(self.policy, self.params, "policy"))
+        if refusal is None:
+            return self.policy, dict(self.params)
+        if not has_engines:
+            raise ValueError(f"{refusal}; this gateway has no in-process engine backend, so "
+                             "nothing here can run it")
+        return PASS_THROUGH_GATEWAY_POLICY, {}
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -82,6 +167,7 @@ class GatewayConfig:
     server: ServerConfig = field(default_factory=ServerConfig)
     router: str = "cost"
     router_params: dict[str, Any] = field(default_factory=dict)
+    scheduler: SchedulerSettings = field(default_factory=SchedulerSettings)
     admission: AdmissionConfig = field(default_factory=AdmissionConfig)
     pool: PoolConfig = field(default_factory=PoolConfig)
     breaker: BreakerConfig = field(default_factory=BreakerConfig)
@@ -93,6 +179,7 @@ _TYPES: dict[str, tuple[type, ...]] = {
     "str": (str,), "int": (int,), "float": (int, float), "bool": (bool,),
     "str | None": (str, type(None)), "int | None": (int, type(None)),
     "float | None": (int, float, type(None)), "tuple[str, ...]": (list, tuple),
+    "dict[str, Any]": (dict,), "dict[str, Any] | None": (dict, type(None)),
 }
 
 
@@ -109,7 +196,8 @@ def _build(cls: type, table: dict[str, Any], where: str) -> Any:
         kinds = _TYPES.get(str(known[key].type), (object,))
         if (isinstance(value, bool) and bool not in kinds) or not isinstance(value, kinds):
             raise ConfigError(f"{where}: key {key!r} must be {known[key].type}, got {value!r}")
-        values[key] = tuple(value) if isinstance(value, list) else value
+        values[key] = tuple(value) if isinstance(value, list) and kinds == (list, tuple) \
+            else value
     missing = [f.name for f in known.values() if f.default is MISSING
                and f.default_factory is MISSING and f.name not in values]
     if missing:
@@ -129,7 +217,8 @@ def load_config(path: str | Path) -> GatewayConfig:
     except (OSError, tomllib.TOMLDecodeError, yaml.YAMLError) as exc:
         raise ConfigError(f"{path}: cannot read gateway config: {exc}") from None
     raw = raw or {}
-    tables = {"server", "router", "admission", "pool", "breaker", "backends", "tenants"}
+    tables = {"server", "router", "scheduler", "admission", "pool", "breaker", "backends",
+              "tenants"}
     unknown = set(raw) - tables
     if unknown:
         raise ConfigError(f"{path}: unknown table(s) {', '.join(sorted(unknown))}; valid: "
@@ -142,6 +231,7 @@ def load_config(path: str | Path) -> GatewayConfig:
     return GatewayConfig(
         server=_build(ServerConfig, raw.get("server", {}), f"{path} [server]"),
         router=router_name, router_params=router_params,
+        scheduler=_build(SchedulerSettings, raw.get("scheduler", {}), f"{path} [scheduler]"),
         admission=_build(AdmissionConfig, raw.get("admission", {}), f"{path} [admission]"),
         pool=_build(PoolConfig, raw.get("pool", {}), f"{path} [pool]"),
         breaker=_build(BreakerConfig, raw.get("breaker", {}), f"{path} [breaker]"),

@@ -7,25 +7,32 @@ gateway may not import: the composition root passes a maker for them (`EngineMak
 
 from __future__ import annotations
 
+import inspect
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 from shunter.backend.protocol import EngineClient
+from shunter.core.predict.interface import Predictor
+from shunter.core.sched.gateway_queue import GatewayQueue
+from shunter.core.sched.policy import Policy, PrefixAwarePolicy
+from shunter.core.sched.registry import POLICIES, make_policy
 from shunter.gateway.admission import AdmissionConfig, AdmissionController
 from shunter.gateway.app import AppConfig, GatewayApp
 from shunter.gateway.breaker import BreakerConfig, CircuitBreaker
-from shunter.gateway.config import BackendConfig
+from shunter.gateway.config import DEFAULT_GATEWAY_POLICY, BackendConfig
 from shunter.gateway.fake import FakeEngineClient, FakeModel
 from shunter.gateway.metrics import GatewayMetrics, Gauge
 from shunter.gateway.pool import PoolConfig, ReplicaPool
 from shunter.gateway.remote import RemoteConfig, RemoteEngineClient
 from shunter.gateway.replica import Replica
 from shunter.gateway.tenant import TenantConfig, TenantTable
+from shunter.router.prefix_index import DispatchIndex
 from shunter.router.registry import make_router
 
-__all__ = ["BackendSlot", "EngineMaker", "GatewayParts", "build_app", "build_backends"]
+__all__ = ["BackendSlot", "EngineMaker", "GatewayParts", "build_app", "build_backends",
+           "gateway_policy"]
 
 DEFAULT_MAX_CONCURRENCY = 256  # vLLM's default max_num_seqs: beyond it a backend only queues
 
@@ -87,6 +94,9 @@ class GatewayParts:
     app: AppConfig
     router: str = "cost"
     router_params: dict[str, Any] = field(default_factory=dict)
+    policy: str = DEFAULT_GATEWAY_POLICY  # the gateway tier's queue (SchedulerSettings resolves it)
+    policy_params: dict[str, Any] = field(default_factory=dict)
+    predictor: Predictor | None = None
     admission: AdmissionConfig = field(default_factory=AdmissionConfig)
     pool: PoolConfig = field(default_factory=PoolConfig)
     breaker: BreakerConfig = field(default_factory=BreakerConfig)
@@ -108,11 +118,31 @@ def build_app(parts: GatewayParts, backends: list[BackendSlot],
     pool = ReplicaPool(replicas, make_router(parts.router, **parts.router_params), parts.pool,
                        metrics, clock)
     tenants = TenantTable.build(list(parts.tenants), clock())
-    admission = AdmissionController(parts.admission, tenants, pool.capacity, metrics, clock)
+    policy = gateway_policy(parts)
+    if isinstance(policy, PrefixAwarePolicy):
+        pool.dispatch_index = DispatchIndex()
+    queue = GatewayQueue(policy, pool.dispatch_index.probe if pool.dispatch_index else None)
+    admission = AdmissionController(parts.admission, tenants, pool.capacity, metrics, clock, queue)
     pool.on_capacity = admission.dispatch_waiting
     metrics.gauges.append(Gauge(
-        "shunter_gateway_queued", "Requests waiting in the gateway's fair queue, per tenant.",
-        ("tenant",), lambda: [((t,), float(len(q))) for t, q in admission.queues.items()]))
-    return GatewayApp(parts.app, pool, admission, tenants, metrics, clock)
+        "shunter_gateway_queued", "Requests waiting in the gateway's queue, per tenant.",
+        ("tenant",), lambda: [((t,), float(n)) for t, n in admission.queued_per_tenant().items()]))
+    return GatewayApp(parts.app, pool, admission, tenants, metrics, clock,
+                      predictor=parts.predictor)
+
+
+def gateway_policy(parts: GatewayParts) -> Policy:
+    """The gateway tier's policy; tenants' weights become its `tenant_weights` (vtc, dlpm)
+    unless its parameters set them. ValueError if a weight would be ignored."""
+    params = dict(parts.policy_params)
+    weights = {t.name: t.weight for t in parts.tenants if t.weight != 1.0}
+    factory = POLICIES.get(parts.policy)
+    takes_weights = factory is not None and "tenant_weights" in inspect.signature(factory).parameters
+    if weights and not takes_weights:
+        raise ValueError(f"tenants {', '.join(sorted(weights))} have weights, which the gateway's "
+                         f"policy {parts.policy!r} does not use; weighted policies: vtc, dlpm")
+    if weights and "tenant_weights" not in params:
+        params["tenant_weights"] = weights
+    return make_policy(parts.policy, **params)
 
 

@@ -1,8 +1,10 @@
 """The live router loop: route each request with a `router/` policy, retry, fail over.
 
 The router is the same object the simulator uses (`shunter.router.registry.make_router`): it
-sees `ReplicaView` snapshots of the routable replicas (healthy, breaker not open), reconciled
-from the gateway's own in-flight counts and the backends' reports (`replica.py`).
+sees `ReplicaView` snapshots of the routable replicas (healthy, breaker not open) that hold
+fewer than their `max_concurrency` of the gateway's requests, reconciled from the gateway's
+own in-flight counts and the backends' reports (`replica.py`), exactly as the simulator's
+gateway tier offers them (`shunter.sim.gateway`).
 
 A request that fails before any output reached the client is retried on another replica. One
 that fails mid-stream is resumed on another replica with its prompt plus the text already sent
@@ -24,6 +26,7 @@ from shunter.gateway.errors import ServiceUnavailableError
 from shunter.gateway.metrics import GatewayMetrics, Gauge
 from shunter.gateway.replica import Replica, estimate_tokens, text_hash_ids
 from shunter.router.interface import Router
+from shunter.router.prefix_index import DispatchIndex
 
 __all__ = ["Attempt", "PoolConfig", "ReplicaPool", "prompt_text"]
 
@@ -71,6 +74,8 @@ class ReplicaPool:
     metrics: GatewayMetrics
     clock: Callable[[], float]
     on_capacity: Callable[[], None] = lambda: None  # called when replicas come back
+    # prompts dispatched per replica, for a prefix-aware gateway policy's probe (else None)
+    dispatch_index: DispatchIndex | None = None
     _health_task: asyncio.Task[None] | None = field(default=None, repr=False)
 
     def __post_init__(self) -> None:
@@ -82,30 +87,39 @@ class ReplicaPool:
         return sum(r.max_concurrency for r in self.replicas if r.can_route(now))
 
     def spec(self, request: GenerateRequest) -> RequestSpec:
+        """The request as routers and the gateway tier see it (the true output length is
+        unknown: `num_output_tokens` is a placeholder nothing reads)."""
         text = prompt_text(request)
         return RequestSpec(
             request_id=request.request_id, arrival_s=self.clock(),
             num_prompt_tokens=estimate_tokens(len(text)), num_output_tokens=1,
             max_output_tokens=request.max_tokens, tenant=request.tenant,
-            priority=request.priority, hash_ids=text_hash_ids(text))
+            priority=request.priority, session_id=request.session_id,
+            program_id=request.program_id, hash_ids=text_hash_ids(text))
 
     def choose(self, spec: RequestSpec, excluded: set[int]) -> Replica:
+        """A routable replica with a free slot, by the router (any routable one when none has
+        a slot: replicas went down while their requests were admitted)."""
         now = self.clock()
         routable = [r for r in self.replicas if r.replica_id not in excluded and r.can_route(now)]
         if not routable:
             raise ServiceUnavailableError("no healthy backend can take this request",
                                           code="no_backend")
-        if len(routable) == 1:
-            return routable[0]
-        decision = self.router.route(spec, [r.view(now) for r in routable])
-        chosen = next((r for r in routable if r.replica_id == decision.replica_id), None)
-        assert chosen is not None, f"router chose replica {decision.replica_id}, not offered"
+        with_room = [r for r in routable if r.num_in_flight < r.max_concurrency] or routable
+        chosen = with_room[0]
+        if len(with_room) > 1:
+            decision = self.router.route(spec, [r.view(now) for r in with_room])
+            found = next((r for r in with_room if r.replica_id == decision.replica_id), None)
+            assert found is not None, f"router chose replica {decision.replica_id}, not offered"
+            chosen = found
+        if self.dispatch_index is not None:
+            self.dispatch_index.dispatched(spec.request_id, chosen.view(now))
         return chosen
 
-    async def generate(self, request: GenerateRequest, attempt: Attempt
+    async def generate(self, request: GenerateRequest, spec: RequestSpec, attempt: Attempt
                        ) -> AsyncIterator[GenerateChunk]:
-        """Run `request` to its end somewhere; chunks carry text only (usage is in `attempt`)."""
-        spec = self.spec(request)
+        """Run `request` (`spec`: as `self.spec` describes it) to its end somewhere; chunks
+        carry text only (usage is in `attempt`)."""
         excluded: set[int] = set()
         current, text_sent = request, ""
         last_error: BackendError | None = None

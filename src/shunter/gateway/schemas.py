@@ -3,8 +3,10 @@
 Validation is by hand, field by field: every wrong type or range is a `RequestError` naming the
 field (`param`), as OpenAI's API does. Unknown fields are ignored, as vLLM does. Supported:
 `model`, `prompt` | `messages`, `max_tokens` (chat also `max_completion_tokens`), `temperature`,
-`top_p`, `n` (1 only), `stream`, `stream_options.include_usage`, `stop`, `seed`, and vLLM's
-`priority` and `ignore_eos`.
+`top_p`, `n` (1 only), `stream`, `stream_options.include_usage`, `stop`, `seed`, vLLM's
+`priority` and `ignore_eos`, and Shunter's `program_id` (the agent program a call belongs to,
+for `plas`; also the `X-Program-Id` header) and `session_id` (the conversation, for session
+features of length predictors; also `X-Session-Id`).
 """
 
 from __future__ import annotations
@@ -119,10 +121,22 @@ def _max_tokens(body: dict[str, Any], is_chat: bool) -> int | None:
     return value
 
 
+def _id_field(body: dict[str, Any], name: str, header_value: str | None) -> str | None:
+    """An id from the body (a non-empty string), else from its header; None if neither."""
+    value = _field(body, name, str, None)
+    if value is None:
+        value = header_value
+    if value is not None and not value.strip():
+        raise RequestError(f"'{name}' must be a non-empty string", param=name)
+    return value
+
+
 def parse_request(body: Any, *, is_chat: bool, request_id: str, tenant: str,
-                  clamp_priority: Callable[[int | None], int] = lambda p: p or 0) -> ApiRequest:
+                  clamp_priority: Callable[[int | None], int] = lambda p: p or 0,
+                  program_id: str | None = None, session_id: str | None = None) -> ApiRequest:
     """Validate a decoded JSON body; `tenant` comes from the API key, not the body, and
-    `clamp_priority` turns the asked priority (None if absent) into the tenant's allowed one."""
+    `clamp_priority` turns the asked priority (None if absent) into the tenant's allowed one.
+    `program_id` and `session_id` are the headers' values, used when the body has none."""
     if not isinstance(body, dict):
         raise RequestError("the request body must be a JSON object")
     model = body.get("model")
@@ -145,7 +159,9 @@ def parse_request(body: Any, *, is_chat: bool, request_id: str, tenant: str,
         max_tokens=_max_tokens(body, is_chat), temperature=_number(body, "temperature", 1.0, 0, 2),
         top_p=_number(body, "top_p", 1.0, 1e-9, 1.0), seed=seed, stop=_stop(body),
         ignore_eos=_field(body, "ignore_eos", bool, False),
-        priority=clamp_priority(_field(body, "priority", int, None)), tenant=tenant, stream=stream)
+        priority=clamp_priority(_field(body, "priority", int, None)), tenant=tenant, stream=stream,
+        program_id=_id_field(body, "program_id", program_id),
+        session_id=_id_field(body, "session_id", session_id))
     return ApiRequest(generate, is_chat, stream, stream and include_usage, num_chars)
 
 
