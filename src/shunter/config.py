@@ -1,6 +1,6 @@
 """Scenario files (TOML or YAML) -> validated config objects, and the built-in scenario.
 
-A scenario has five tables, every key optional:
+A scenario has six tables, every key optional:
 
     name = "..."
     [workload]  trace, format, num_requests, rate, seed, zero_tokens
@@ -12,6 +12,7 @@ A scenario has five tables, every key optional:
                 router_counts_in_flight, migration (a table of MigrationConfig keys)
     [scheduler] policy, policy_params, predictor, predictor_params, and any SchedulerConfig field (max_num_batched_tokens,
                 max_num_seqs, enable_chunked_prefill, preemption_mode, admission, ...)
+    [gateway]   policy, params, max_inflight_per_replica: the gateway tier (`shunter.sim.gateway`)
     [slo]       ttft_s, tpot_s
 
 An unknown table or key, or a value of the wrong type, is a ConfigError naming the file, the
@@ -55,8 +56,11 @@ _SCHEMA: dict[str, dict[str, str]] = {
                 "kv_link_bytes_s": "float", "router_snapshot_interval_s": "float",
                 "router_counts_in_flight": "bool", "migration": "dict"},
     "scheduler": {k: str(v) for k, v in _SCHEDULER_KEYS.items()},
+    "gateway": {"policy": "str", "params": "dict", "max_inflight_per_replica": "int"},
     "slo": {"ttft_s": "float", "tpot_s": "float"},
 }
+_GATEWAY_KEYS = {"policy": "gateway_policy", "params": "gateway_params",
+                 "max_inflight_per_replica": "gateway_max_inflight"}
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -152,6 +156,8 @@ def scenario_from_dict(data: Any, *, where: str = "scenario", base_dir: Path | N
     for key in ("policy", "policy_params", "predictor", "predictor_params"):
         if key in sched:
             sim_kwargs[key] = sched.pop(key)
+    for key, value in tables.get("gateway", {}).items():
+        sim_kwargs[_GATEWAY_KEYS[key]] = value
     try:
         return Scenario(name=str(name), workload=WorkloadConfig(**tables.get("workload", {})),
                         sim=SimConfig(scheduler=sched, **sim_kwargs),

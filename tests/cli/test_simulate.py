@@ -79,7 +79,31 @@ def test_compare_routers(tmp_path):
     assert [r["router"] for r in json.loads(out.read_text())] == ["round_robin", "least_load"]
 
 
+def test_compare_gateway_policies_under_a_fixed_engine_policy(tmp_path, capsys):
+    trace = write_trace(tmp_path)
+    out = tmp_path / "c.json"
+    assert main(["compare", "--gateway-policy", "fcfs,vtc", "--policy", "sjf",
+                 "--gateway-max-inflight", "2", "--trace", str(trace), "--json", str(out),
+                 "--quiet"]) == 0
+    rows = json.loads(out.read_text())
+    assert [(r["gateway_policy"], r["policy"], r["gateway_max_inflight"]) for r in rows] == [
+        ("fcfs", "sjf", 2), ("vtc", "sjf", 2)]
+    assert "gateway policy" in capsys.readouterr().out
+
+
+def test_simulate_with_a_gateway_tier_names_it(tmp_path, capsys):
+    trace = write_trace(tmp_path)
+    assert main(["simulate", "--trace", str(trace), "--gateway-max-inflight", "3",
+                 "--quiet"]) == 0
+    assert "gateway vtc (<= 3 in flight per replica)" in " ".join(capsys.readouterr().out.split())
+
+
 @pytest.mark.parametrize("argv, message", [
+    (["simulate", "--gateway-policy", "mlfq"], "cannot order the gateway's queue"),
+    (["simulate", "--gateway-policy", "nope"], "unknown scheduling policy 'nope'"),
+    (["compare", "--policy", "fcfs,sjf", "--gateway-policy", "fcfs,vtc"], "one thing at a time"),
+    (["compare", "--gateway-policy", "fcfs,nope"], "unknown gateway policy 'nope'"),
+    (["compare"], "compare needs --policy"),
     (["simulate", "--policy", "nope"], "unknown scheduling policy 'nope'; valid: "),
     (["simulate", "--router", "nope"], "unknown router 'nope'"),
     (["simulate", "--model", "gpt-9"], "gpt-9"),

@@ -71,6 +71,14 @@ SCENARIOS = {
                                        policy_params={"quantum_tokens": 64.0},
                                        scheduler={"preemption_mode": "swap",
                                                   "host_kv_reuse": True}),
+    # the gateway tier releases requests into running replicas (cutting their runs)
+    "gateway-vtc": SimConfig(num_replicas=2, router="least_load", gateway_max_inflight=5),
+    "gateway-sjf-on-mlfq": SimConfig(num_replicas=2, policy="mlfq", gateway_policy="sjf",
+                                     predictor="oracle", gateway_max_inflight=3),
+    "gateway-dlpm": SimConfig(num_replicas=2, router="cost", gateway_policy="dlpm",
+                              gateway_params={"quantum": 4096.0}, gateway_max_inflight=4),
+    "gateway-plas": SimConfig(num_replicas=2, policy="plas", gateway_policy="plas",
+                              gateway_max_inflight=6),
 }
 
 

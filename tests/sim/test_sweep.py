@@ -130,7 +130,19 @@ def test_cli_writes_one_row_per_point(trace, tmp_path, capsys):
     assert "e2e_s.p50 against rate" in printed and "capacity" in printed
 
 
+def test_cli_models_a_gateway_tier(trace, tmp_path):
+    def mean_queue(*extra: str) -> float:
+        out = tmp_path / "rows.json"
+        assert _cli(["--trace", trace, "--rate", "8", "--replicas", "1", "--workers", "1",
+                     "--quiet", "--json", str(out), *extra]) == 0
+        return json.loads(out.read_text())[0]["queue_s.mean"]
+    # one request at a time through the gateway queues what the engine would have batched
+    assert mean_queue("--gateway-policy", "fcfs", "--gateway-max-inflight", "1") > \
+        mean_queue() + 0.1
+
+
 @pytest.mark.parametrize("argv, message", [
+    (["--rate", "1", "--gateway-policy", "sarathi"], "cannot order the gateway"),
     (["--policy", "nope", "--rate", "1"], "unknown policy 'nope'"),
     (["--rate", "1", "--router", "nope"], "unknown router 'nope'"),
     (["--rate", "1", "--workers", "0"], "--workers must be >= 1"),

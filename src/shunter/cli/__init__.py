@@ -42,14 +42,18 @@ def build_parser() -> argparse.ArgumentParser:
     sim.set_defaults(handler=run_simulate)
     cmp = sub.add_parser(
         "compare", help="run several policies or routers on the same workload, side by side",
-        description="Run the same workload under several scheduling policies or routers and print "
-                    "them side by side (best value per row highlighted).")
+        description="Run the same workload under several engine policies, routers or gateway "
+                    "policies and print them side by side (best value per row highlighted). "
+                    "One of --policy, --router, --gateway-policy lists the names to compare; the "
+                    "others, given one name each, hold for every run.")
     add_scenario_flags(cmp, single=False)
-    what = cmp.add_mutually_exclusive_group(required=True)
+    what = cmp.add_argument_group("what to compare")
     what.add_argument("--policy", metavar="A,B,...",
-                      help=f"policies to compare: {', '.join(sorted(POLICIES))}")
+                      help=f"engine policies: {', '.join(sorted(POLICIES))}")
     what.add_argument("--router", metavar="A,B,...",
-                      help=f"routers to compare: {', '.join(sorted(ROUTERS))}")
+                      help=f"routers: {', '.join(sorted(ROUTERS))}")
+    what.add_argument("--gateway-policy", metavar="A,B,...",
+                      help="policies of the gateway tier's queue (turns the tier on)")
     cmp.set_defaults(handler=run_compare)
     add_sweep_parser(sub)
     add_serve_parser(sub)

@@ -16,7 +16,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from shunter.config import Scenario, builtin_scenario, load_scenario, resolve_trace
 from shunter.core.predict import PREDICTORS
-from shunter.core.sched.registry import POLICIES
+from shunter.core.sched.registry import POLICIES, make_policy
 from shunter.core.types import RequestSpec
 from shunter.router.registry import ROUTERS
 from shunter.sim.cost.registry import COST_MODELS
@@ -26,6 +26,7 @@ __all__ = ["add_scenario_flags", "console", "fail", "json_object", "load_specs",
            "progress_bar", "scenario_from_args", "stdout_console"]
 
 console = Console(stderr=True)
+ENGINE_ONLY = frozenset(n for n in POLICIES if make_policy(n).requires_engine is not None)
 
 
 def positive_int(text: str) -> int:
@@ -83,6 +84,18 @@ def add_scenario_flags(parser: argparse.ArgumentParser, *, single: bool = True) 
     if single:
         c.add_argument("--router", help=f"cluster router: {', '.join(sorted(ROUTERS))}")
         c.add_argument("--policy", help=f"scheduling policy: {', '.join(sorted(POLICIES))}")
+    g = parser.add_argument_group(
+        "gateway tier", "Model `shunter serve` in front of the replicas: requests wait at the "
+        "gateway in a policy's order and go to a replica holding fewer than N of them (the "
+        "scenario's [gateway] table). Either flag turns it on.")
+    if single:
+        g.add_argument("--gateway-policy", metavar="NAME",
+                       help="policy of the gateway's queue (default vtc): "
+                            + ", ".join(sorted(n for n in POLICIES if n not in ENGINE_ONLY)))
+    g.add_argument("--gateway-params", type=json_object, metavar="JSON",
+                   help="its parameters, e.g. '{\"tenant_weights\": {\"a\": 2}}'")
+    g.add_argument("--gateway-max-inflight", type=positive_int, metavar="N",
+                   help="requests the gateway keeps in flight per replica (default 256)")
     c.add_argument("--cost-model", choices=sorted(COST_MODELS),
                    help="step-time model: roofline (default) or profile (then --gpu names the "
                         "profile file written by `shunter profile`)")
@@ -112,6 +125,9 @@ def scenario_from_args(args: argparse.Namespace) -> Scenario:
         "predictor": args.predictor, "predictor_params": args.predictor_params,
         "cost_model": args.cost_model,
         "tpot_slo_s": args.tpot_slo,
+        "gateway_policy": getattr(args, "gateway_policy", None),
+        "gateway_params": args.gateway_params,
+        "gateway_max_inflight": args.gateway_max_inflight,
     }
     changes = {k: v for k, v in flags.items() if v is not None}
     if args.trace is not None:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import time
-from dataclasses import replace
 from typing import Any
 
 from shunter.cli.common import load_specs, progress_bar, scenario_from_args, stdout_console
@@ -40,9 +39,13 @@ def _run(scenario: Scenario, specs: list[RequestSpec], label: str, quiet: bool,
 
 def _result_dict(scenario: Scenario, run: SimRun, summary: Summary, wall_s: float) -> dict[str, Any]:
     sim = scenario.sim
+    gateway = {}
+    if sim.has_gateway:
+        name, params, max_inflight = sim.gateway_settings
+        gateway = {"gateway_policy": name, "gateway_max_inflight": max_inflight}
     return {
         "scenario": scenario.name, "policy": sim.policy, "router": sim.router, "model": sim.model,
-        "gpu": sim.gpu, "tp": sim.tp, "replicas": sim.num_replicas,
+        "gpu": sim.gpu, "tp": sim.tp, "replicas": sim.num_replicas, **gateway,
         **summary.to_dict(),
         "num_routed": run.num_routed, "wall_s": round(wall_s, 3),
     }
@@ -50,8 +53,12 @@ def _result_dict(scenario: Scenario, run: SimRun, summary: Summary, wall_s: floa
 
 def _title(scenario: Scenario, num_requests: int) -> str:
     sim = scenario.sim
+    gateway = ""
+    if sim.has_gateway:
+        name, _, max_inflight = sim.gateway_settings
+        gateway = f", gateway {name} (<= {max_inflight} in flight per replica)"
     return (f"{scenario.name}: {num_requests} requests, {sim.num_replicas} x {sim.model} on "
-            f"{sim.tp} x {sim.gpu}, policy {sim.policy}, router {sim.router}")
+            f"{sim.tp} x {sim.gpu}, policy {sim.policy}, router {sim.router}{gateway}")
 
 
 def run_simulate(args: argparse.Namespace) -> int:
@@ -69,17 +76,35 @@ def run_simulate(args: argparse.Namespace) -> int:
     return 0
 
 
+_COMPARED = {"policy": "--policy", "router": "--router", "gateway_policy": "--gateway-policy"}
+
+
+def _compared(args: argparse.Namespace) -> tuple[str, list[str], dict[str, str]]:
+    """(the key compared, its names, the other keys' single values) from compare's flags."""
+    given = {key: [n.strip() for n in getattr(args, key).split(",") if n.strip()]
+             for key in _COMPARED if getattr(args, key)}
+    if not given:
+        raise ValueError("compare needs --policy A,B,..., --router A,B,... or "
+                         "--gateway-policy A,B,...")
+    for key, names in given.items():
+        if not names:
+            raise ValueError(f"{_COMPARED[key]} needs at least one name")
+    lists = [key for key, names in given.items() if len(names) > 1]
+    if len(lists) > 1:
+        raise ValueError(f"compare one thing at a time: {' and '.join(_COMPARED[k] for k in lists)} "
+                         "both list several names")
+    key = lists[0] if lists else next(iter(given))
+    fixed = {k: names[0] for k, names in given.items() if k != key}
+    return key, given[key], fixed
+
+
 def run_compare(args: argparse.Namespace) -> int:
-    if bool(args.policy) == bool(args.router):
-        raise ValueError("compare needs exactly one of --policy A,B,... or --router A,B,...")
-    key = "policy" if args.policy else "router"
-    names = [n.strip() for n in (args.policy or args.router).split(",") if n.strip()]
-    if len(names) < 1:
-        raise ValueError(f"--{key} needs at least one name")
-    base = scenario_from_args(args)
-    scenarios = [replace(base, sim=replace(base.sim, **{key: name})) for name in names]
-    for name in names:  # fail on a bad name before any long run
-        _check_name(key, name)
+    key, names, fixed = _compared(args)
+    for k, name in [*((key, n) for n in names), *fixed.items()]:
+        _check_name(k, name)  # fail on a bad name before any long run
+    plain = argparse.Namespace(**{**vars(args), **dict.fromkeys(_COMPARED)})  # (lists, not names)
+    base = scenario_from_args(plain).with_overrides(**fixed)
+    scenarios = [base.with_overrides(**{key: name}) for name in names]
     specs = load_specs(base)
     rows, summaries = [], []
     for name, scenario in zip(names, scenarios, strict=True):
@@ -87,7 +112,7 @@ def run_compare(args: argparse.Namespace) -> int:
         summaries.append((name, summary))
         rows.append(_result_dict(scenario, run, summary, wall_s))
     out = stdout_console()
-    out.print(render_comparison(summaries, key))
+    out.print(render_comparison(summaries, key.replace("_", " ")))
     if args.json:
         write_json(rows, args.json)
     if args.csv:
@@ -96,6 +121,7 @@ def run_compare(args: argparse.Namespace) -> int:
 
 
 def _check_name(key: str, name: str) -> None:
-    valid = POLICIES if key == "policy" else ROUTERS
+    valid = ROUTERS if key == "router" else POLICIES
     if name not in valid:
-        raise ValueError(f"unknown {key} {name!r}; valid: {', '.join(sorted(valid))}")
+        raise ValueError(f"unknown {key.replace('_', ' ')} {name!r}; valid: "
+                         f"{', '.join(sorted(valid))}")

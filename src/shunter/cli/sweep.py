@@ -19,7 +19,7 @@ from typing import Any
 
 from rich.table import Table
 
-from shunter.cli.common import console, progress_bar, stdout_console
+from shunter.cli.common import console, positive_int, progress_bar, stdout_console
 from shunter.config import Scenario, builtin_scenario, load_scenario, resolve_trace
 from shunter.core.sched.registry import POLICIES
 from shunter.errors import ConfigError
@@ -80,6 +80,10 @@ def add_sweep_parser(subparsers: Any) -> argparse.ArgumentParser:
     w.add_argument("--model", help="model name")
     w.add_argument("--gpu", help="GPU name")
     w.add_argument("--tp", type=int, metavar="N", help="tensor-parallel degree")
+    w.add_argument("--gateway-policy", metavar="NAME",
+                   help="model a gateway tier with this queue policy (as `shunter serve`)")
+    w.add_argument("--gateway-max-inflight", type=positive_int, metavar="N",
+                   help="the gateway tier's requests in flight per replica (default 256)")
     r = p.add_argument_group("running and output")
     r.add_argument("--workers", type=int, metavar="N", help="local processes (default: CPU count)")
     r.add_argument("--ray", metavar="ADDRESS",
@@ -102,7 +106,9 @@ def add_sweep_parser(subparsers: Any) -> argparse.ArgumentParser:
 def _scenario(args: argparse.Namespace) -> Scenario:
     scenario = load_scenario(args.scenario) if args.scenario else builtin_scenario()
     flags = {"trace": args.trace, "format": args.trace_format, "num_requests": args.num_requests,
-             "router": args.router, "model": args.model, "gpu": args.gpu, "tp": args.tp}
+             "router": args.router, "model": args.model, "gpu": args.gpu, "tp": args.tp,
+             "gateway_policy": args.gateway_policy,
+             "gateway_max_inflight": args.gateway_max_inflight}
     changes = {k: v for k, v in flags.items() if v is not None}
     if args.trace is not None:
         changes.setdefault("format", None)

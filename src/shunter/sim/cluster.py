@@ -1,7 +1,8 @@
 """A simulated cluster: a router in front of replicas, driven by one event loop.
 
 Topologies plug in here: prefill/decode pools (`disagg.py`), live migration (`migration.py`)
-and stale router views (`staleness.py`). They move requests between replicas only at step
+and stale router views (`staleness.py`); in front of the router, optionally, a gateway tier
+(`gateway.py`) where requests wait until a replica has a free slot. They move requests between replicas only at step
 boundaries (`at_boundary`: the target's run is cut after its step in flight, exactly as an
 arrival cuts it) and wake up through `Timer` events.
 """
@@ -20,6 +21,7 @@ from shunter.metrics.record import RequestRecord
 from shunter.router.interface import Router
 from shunter.sim.config import MigrationConfig
 from shunter.sim.disagg import KV_TRANSFER_TIMER, Disaggregation
+from shunter.sim.gateway import SimGateway
 from shunter.sim.loop import (
     ARRIVAL_PRIORITY,
     STEP_DONE_PRIORITY,
@@ -53,6 +55,7 @@ class ClusterTopology:
     snapshot_interval_s: float = 0.0  # router staleness; 0: fresh views
     counts_in_flight: bool = True
     migration: MigrationConfig | None = None
+    gateway: SimGateway | None = None  # set: requests wait at a gateway tier first
 
 
 class SimCluster:
@@ -70,6 +73,9 @@ class SimCluster:
         self.step_log: list[StepLog] | None = [] if record_steps else None
         self.num_routed = [0] * len(replicas)
         self.predictor = predictor  # one prediction per request, as it arrives (sjf, ltr)
+        self.gateway = topo.gateway
+        if self.gateway is not None and topo.decode_router is not None:
+            raise ValueError("a gateway tier in front of disaggregated pools is not modelled")
         self._boundary_ops: list[list[Callable[[], None]]] = [[] for _ in replicas]
         self._snapshot_interval_s = topo.snapshot_interval_s
         self._armed: dict[str, bool] = {SNAPSHOT_TIMER: False, MIGRATION_TICK_TIMER: False}
@@ -128,6 +134,8 @@ class SimCluster:
                     continue  # a run cut short: its old end was replaced
                 finished.extend(replica.finish_step(self.step_log))
                 self._after_step(replica, finished[num_before:])
+                if self.gateway is not None and len(finished) > num_before:
+                    self._release_slots(finished, num_before)
             elif isinstance(event, Timer):
                 self._timers[event.kind](event.key)
             else:
@@ -180,6 +188,13 @@ class SimCluster:
         return spec.arrival_s
 
     def _route(self, spec: RequestSpec, finished: list[RequestRecord]) -> None:
+        predicted = None
+        if self.predictor is not None:
+            predicted = self.predictor.predict(spec, spec.num_output_tokens)
+        if self.gateway is not None:
+            self.gateway.add(spec, predicted)
+            self._dispatch(finished)
+            return
         if self.disagg is not None:
             replica_id = self.disagg.route(spec)
         else:
@@ -189,9 +204,6 @@ class SimCluster:
             source.dispatched(replica_id, spec)
         replica = self.replicas[replica_id]
         self.num_routed[replica_id] += 1
-        predicted = None
-        if self.predictor is not None:
-            predicted = self.predictor.predict(spec, spec.num_output_tokens)
         rejected = replica.add(spec, predicted_output_tokens=predicted)
         if rejected is not None:
             finished.append(rejected)
@@ -200,6 +212,43 @@ class SimCluster:
             return
         self._cut(replica)
         self._start(replica)
+
+    def _dispatch(self, finished: list[RequestRecord]) -> None:
+        """Release waiting requests, in the gateway policy's order, through the router to
+        replicas with a free slot, while there are both."""
+        gateway = self.gateway
+        assert gateway is not None
+        source = self.views[0]
+        now = self.clock.now()
+        while len(gateway.queue):
+            room = gateway.replicas_with_room()
+            if not room:
+                return
+            spec, request = gateway.pop(now)
+            views = self._blind_views if self._blind_views is not None else source.views()
+            offered = [views[i] for i in room]
+            replica_id = self.router.route(spec, offered).replica_id
+            source.dispatched(replica_id, spec)
+            gateway.dispatched(request, views[replica_id])
+            replica = self.replicas[replica_id]
+            self.num_routed[replica_id] += 1
+            rejected = replica.add(spec, predicted_output_tokens=request.predicted_output_tokens,
+                                   dispatched_s=now)
+            if rejected is not None:
+                finished.append(rejected)
+                gateway.finish(rejected, now)
+                continue
+            self._cut(replica)
+            self._start(replica)
+
+    def _release_slots(self, finished: list[RequestRecord], start: int) -> None:
+        """Requests finished: settle them at the gateway, then fill the freed slots."""
+        gateway = self.gateway
+        assert gateway is not None
+        now = self.clock.now()
+        for record in finished[start:]:
+            gateway.finish(record, now)
+        self._dispatch(finished)
 
     def _after_step(self, replica: SimReplica, finished: list[RequestRecord]) -> None:
         ops = self._boundary_ops[replica.replica_id]
@@ -259,6 +308,7 @@ class SimCluster:
 
     def _is_active(self) -> bool:
         return (any(r.is_busy or r.scheduler.has_work for r in self.replicas)
+                or (self.gateway is not None and len(self.gateway.queue) > 0)
                 or (self.disagg is not None and self.disagg.has_pending)
                 or (self.migrator is not None and self.migrator.is_active))
 

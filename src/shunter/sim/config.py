@@ -5,13 +5,19 @@ from __future__ import annotations
 from dataclasses import dataclass, field, fields
 from typing import Any
 
-__all__ = ["DEFAULT_KV_LINK_BYTES_S", "ROLES", "MigrationConfig", "ReplicaGroup", "SimConfig"]
+from shunter.core.sched.gateway_queue import gateway_refusal
+from shunter.core.sched.registry import make_policy
+
+__all__ = ["DEFAULT_GATEWAY_MAX_INFLIGHT", "DEFAULT_GATEWAY_POLICY", "DEFAULT_KV_LINK_BYTES_S",
+           "ROLES", "MigrationConfig", "ReplicaGroup", "SimConfig"]
 
 # KV transfer link between replicas: 200 Gb/s InfiniBand / RoCE per GPU, the usual
 # cross-node fabric (Splitwise assumes InfiniBand between machines; DistServe's low-bandwidth
 # setting is 25 GB/s too). NVLink within a node is ~10x faster; set it per scenario.
 DEFAULT_KV_LINK_BYTES_S = 25e9
 ROLES = ("prefill", "decode")
+DEFAULT_GATEWAY_POLICY = "vtc"  # as `shunter serve`'s (shunter.gateway.config)
+DEFAULT_GATEWAY_MAX_INFLIGHT = 256  # a backend's max_concurrency in a gateway config
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -137,6 +143,13 @@ class SimConfig:
     router_counts_in_flight: bool = True
     # Live migration (`shunter.sim.migration`): None = off; else MigrationConfig keys.
     migration: dict[str, Any] | None = None
+    # The gateway tier (`shunter.sim.gateway`, what `shunter serve` does in front of its
+    # backends): on when either is set. Requests wait in `gateway_policy`'s order (default
+    # vtc, the live gateway's) and go to a replica holding fewer than `gateway_max_inflight`
+    # of them (default 256, a remote backend's max_concurrency in a gateway config).
+    gateway_policy: str | None = None
+    gateway_params: dict[str, Any] = field(default_factory=dict)
+    gateway_max_inflight: int | None = None
 
     def __post_init__(self) -> None:
         groups = tuple(g if isinstance(g, ReplicaGroup) else ReplicaGroup.from_dict(g)
@@ -151,10 +164,21 @@ class SimConfig:
             raise ValueError(f"num_blocks must be >= 1, got {self.num_blocks}")
         if self.swap_space_gib < 0:
             raise ValueError(f"swap_space_gib must be >= 0, got {self.swap_space_gib}")
+        self._check_gateway()
         reserved = {"num_blocks", "num_host_blocks", "emit_block_tables"} & set(self.scheduler)
         if reserved:
             raise ValueError(f"scheduler options {sorted(reserved)} are derived; set num_blocks "
                              "or swap_space_gib on the simulation instead")
+
+    @property
+    def has_gateway(self) -> bool:
+        return self.gateway_policy is not None or self.gateway_max_inflight is not None
+
+    @property
+    def gateway_settings(self) -> tuple[str, dict[str, Any], int]:
+        """(policy, params, max in flight per replica) of the gateway tier, defaults filled."""
+        return (self.gateway_policy or DEFAULT_GATEWAY_POLICY, dict(self.gateway_params),
+                self.gateway_max_inflight or DEFAULT_GATEWAY_MAX_INFLIGHT)
 
     @property
     def num_replicas_total(self) -> int:
@@ -162,6 +186,24 @@ class SimConfig:
 
     def migration_config(self) -> MigrationConfig | None:
         return None if self.migration is None else MigrationConfig.from_dict(self.migration)
+
+    def _check_gateway(self) -> None:
+        if self.gateway_params and self.gateway_policy is None:
+            raise ValueError("gateway params are given but no gateway policy")
+        if not self.has_gateway:
+            return
+        if self.gateway_max_inflight is not None and self.gateway_max_inflight < 1:
+            raise ValueError(f"gateway max_inflight_per_replica must be >= 1, got "
+                             f"{self.gateway_max_inflight}")
+        if self.disaggregation:
+            raise ValueError("a gateway tier in front of disaggregated pools is not modelled")
+        name, params, _ = self.gateway_settings
+        try:
+            refusal = gateway_refusal(make_policy(name, **params))
+        except ValueError as exc:
+            raise ValueError(f"gateway policy: {exc}") from None
+        if refusal is not None:
+            raise ValueError(f"gateway policy: {refusal}")
 
     def _check_topology(self) -> None:
         if self.kv_link_bytes_s <= 0:

@@ -1,8 +1,8 @@
 """One simulation split across processes, when its replicas never interact (exact).
 
 A cluster's replicas interact only through: a router that reads their state, live migration,
-prefill/decode handoffs, follow-up calls (released when another replica finishes a call) and a
-length predictor's cluster-wide session history. Without any of these, with a load-blind
+prefill/decode handoffs, follow-up calls (released when another replica finishes a call), a
+length predictor's cluster-wide session history and a gateway tier's shared queue. Without any of these, with a load-blind
 router (`round_robin`, `random`: decisions depend on the request sequence only), replica i's
 whole evolution depends only on the requests routed to it. So each of `workers` processes
 replays the routing of the whole request sequence, keeps the requests of its own replicas
@@ -49,6 +49,8 @@ def partition_blocker(config: SimConfig, *, has_follow_ups: bool = False) -> str
         return "live migration moves requests between replicas"
     if config.predictor is not None:
         return "the length predictor keeps cluster-wide session history"
+    if config.has_gateway:
+        return "the gateway tier's queue feeds every replica"
     if has_follow_ups:
         return "follow-up calls are released by whichever replica finishes a call"
     router = make_router(config.router, **config.router_params)

@@ -19,6 +19,7 @@ from shunter.sim.config import ReplicaGroup, SimConfig
 from shunter.sim.cost.interface import CostModel
 from shunter.sim.cost.registry import make_cost_model
 from shunter.sim.executor import SimExecutor
+from shunter.sim.gateway import SimGateway
 from shunter.sim.replica import SimReplica, StepLog
 from shunter.workload.program import FollowUps
 from shunter.workload.rank_training import build_predictor as build_named_predictor
@@ -106,11 +107,17 @@ def build_cluster(config: SimConfig) -> SimCluster:
         decode_params = (config.decode_router_params if config.decode_router is not None
                          else config.router_params)
         decode_router = make_router(config.decode_router or config.router, **decode_params)
+    gateway = None
+    if config.has_gateway:
+        name, params, max_inflight = config.gateway_settings
+        gateway = SimGateway(make_policy(name, **params), max_inflight=max_inflight,
+                             num_replicas=len(replicas))
     topology = ClusterTopology(
         decode_router=decode_router, skip_prefill_cached_fraction=config.skip_prefill_cached_fraction,
         kv_link_bytes_s=config.kv_link_bytes_s,
         snapshot_interval_s=config.router_snapshot_interval_s,
-        counts_in_flight=config.router_counts_in_flight, migration=config.migration_config())
+        counts_in_flight=config.router_counts_in_flight, migration=config.migration_config(),
+        gateway=gateway)
     return SimCluster(replicas, router, clock, record_steps=config.record_steps, topology=topology,
                       predictor=None if predictor is None else ArrivalPredictor(predictor))
 
