@@ -226,8 +226,9 @@ class SimCluster:
                 return
             spec, request = gateway.pop(now)
             views = self._blind_views if self._blind_views is not None else source.views()
-            offered = [views[i] for i in room]
-            replica_id = self.router.route(spec, offered).replica_id
+            replica_id = room[0]  # one candidate: no routing decision (as the live pool)
+            if len(room) > 1:
+                replica_id = self.router.route(spec, [views[i] for i in room]).replica_id
             source.dispatched(replica_id, spec)
             gateway.dispatched(request, views[replica_id])
             replica = self.replicas[replica_id]
