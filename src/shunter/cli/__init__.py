@@ -16,6 +16,7 @@ from shunter.cli.profile import add_profile_parser
 from shunter.cli.serve import add_serve_parser
 from shunter.cli.simulate import run_compare, run_simulate
 from shunter.cli.sweep import add_sweep_parser
+from shunter.cli.train import add_train_parser
 from shunter.core.sched.registry import POLICIES
 from shunter.errors import ShunterError
 from shunter.router.registry import ROUTERS
@@ -60,6 +61,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_bench_parser(sub)
     add_profile_parser(sub)
     add_generate_parser(sub)
+    add_train_parser(sub)
     return parser
 
 
