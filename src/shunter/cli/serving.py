@@ -7,7 +7,9 @@ tenants and admission settings; flags override its [server] and [router] values.
 
 This module only composes: backends come from `shunter.gateway.factory.build_backends`, the
 in-process ones from `shunter.engine.backend.engine_backends` (the gateway may not import the
-engine, so their maker is passed in from here).
+engine, so their maker is passed in from here), and a backend's speed from its `profile` file
+through the simulator's cost model (`shunter.sim.cost.speed`, which the gateway may not import
+either), so a profiled backend looks to the router exactly as a simulated replica does.
 """
 
 from __future__ import annotations
@@ -18,8 +20,9 @@ from dataclasses import replace
 from typing import Any
 
 from shunter.backend.protocol import EngineClient
+from shunter.core.sched.config import SchedulerConfig
 from shunter.engine.backend import engine_backends
-from shunter.engine.config import EngineConfig
+from shunter.engine.config import DEFAULT_MAX_NUM_BATCHED_TOKENS, EngineConfig
 from shunter.errors import ConfigError
 from shunter.gateway.app import AppConfig
 from shunter.gateway.config import (
@@ -34,9 +37,14 @@ from shunter.gateway.config import (
 from shunter.gateway.factory import EngineMaker, GatewayParts, build_app, build_backends
 from shunter.gateway.server import serve
 from shunter.router.registry import ROUTERS
+from shunter.sim.cost.speed import ReplicaSpeeds, profile_speeds
 from shunter.workload.rank_training import build_predictor
 
-__all__ = ["engine_maker", "make_engines", "run_serve"]
+__all__ = ["backend_speeds", "engine_maker", "make_engines", "run_serve"]
+
+# a remote backend's token budget when its config does not say: the simulator's (vLLM's on
+# large GPUs)
+REMOTE_MAX_NUM_BATCHED_TOKENS = SchedulerConfig(num_blocks=1).max_num_batched_tokens
 
 
 def engine_maker(settings: SchedulerSettings) -> EngineMaker:
@@ -46,13 +54,26 @@ def engine_maker(settings: SchedulerSettings) -> EngineMaker:
 
     def make(backend: BackendConfig, model: str) -> Sequence[tuple[EngineClient, int]]:
         num = backend.replicas
+        sizes = {k: v for k, v in (("block_size", backend.block_size),
+                                   ("max_num_batched_tokens", backend.max_num_batched_tokens))
+                 if v is not None}
         config = EngineConfig(model=model, num_threads=1 if num > 1 else None, policy=policy,
-                              policy_params=params)
+                              policy_params=params, **sizes)
         return [(b, b.max_num_seqs) for b in engine_backends(config, num)]
     return make
 
 
 make_engines = engine_maker(SchedulerSettings())  # the defaults: fcfs engines
+
+
+def backend_speeds(backend: BackendConfig) -> ReplicaSpeeds:
+    """The speeds `backend`'s profile file gives it at its token budget (ConfigError naming the
+    file if it is missing or malformed)."""
+    assert backend.profile is not None, f"backend {backend.name} has no profile"
+    budget = backend.max_num_batched_tokens or (
+        DEFAULT_MAX_NUM_BATCHED_TOKENS if backend.kind == "engine"
+        else REMOTE_MAX_NUM_BATCHED_TOKENS)
+    return profile_speeds(backend.profile, budget)
 
 
 def _config_from_args(args: argparse.Namespace) -> GatewayConfig:
@@ -123,7 +144,8 @@ def run_serve(args: argparse.Namespace) -> int:
                          admission=config.admission, pool=config.pool, breaker=config.breaker,
                          tenants=config.tenants)
     try:
-        app = build_app(parts, build_backends(config.backends, model, engine_maker(settings)))
+        app = build_app(parts, build_backends(config.backends, model, engine_maker(settings),
+                                              backend_speeds))
     except ValueError as exc:
         raise ConfigError(str(exc)) from None
     names = ", ".join(r.name for r in app.pool.replicas)

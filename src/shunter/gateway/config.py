@@ -9,6 +9,7 @@
     [pool]        max_attempts, health_interval_s, health_timeout_s
     [breaker]     failure_threshold, cooldown_s
     [[backends]]  name, kind = "remote" | "engine" | "fake", max_concurrency, max_num_seqs,
+                  profile, max_num_batched_tokens, block_size (any kind: see BackendConfig),
                   remote: url, model, api_key, metrics_path, health_path, continuous_usage
                   engine: replicas (how many in-process replicas of the served model)
                   fake:   token_delay_s, first_token_delay_s, num_output_tokens
@@ -137,6 +138,14 @@ class ServerConfig:
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class BackendConfig:
+    """One backend. `profile`: a `shunter profile` file of it; the router then takes its speed
+    from the file (as the simulator does with that profile) instead of measuring its traffic.
+    `max_num_batched_tokens`: its token budget, at which a profile's prefill speed is priced
+    (unset: the engine's default for `kind = "engine"`, else the simulator's, 8192); an engine
+    runs it.
+    `block_size`: its KV block size, the unit of the free and total blocks it reports (unset:
+    16); an engine runs it."""
+
     name: str
     kind: str = "remote"
     max_concurrency: int = 256
@@ -151,6 +160,9 @@ class BackendConfig:
     token_delay_s: float = 0.0
     first_token_delay_s: float = 0.0
     num_output_tokens: int = 16
+    profile: str | None = None
+    max_num_batched_tokens: int | None = None
+    block_size: int | None = None
 
     def __post_init__(self) -> None:
         if self.kind not in BACKEND_KINDS:
@@ -160,6 +172,11 @@ class BackendConfig:
             raise ValueError(f"backend {self.name}: a remote backend needs a url")
         if self.max_concurrency < 1 or self.replicas < 1:
             raise ValueError(f"backend {self.name}: max_concurrency and replicas must be >= 1")
+        for key in ("max_num_seqs", "max_num_batched_tokens", "block_size"):
+            if getattr(self, key) is not None and getattr(self, key) < 1:
+                raise ValueError(f"backend {self.name}: {key} must be >= 1")
+        if self.profile == "":
+            raise ValueError(f"backend {self.name}: profile must name a file")
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

@@ -2,7 +2,9 @@
 from its configs and those clients (`build_app`).
 
 In-process engine backends (`kind = "engine"`) come from `shunter.engine.backend`, which the
-gateway may not import: the composition root passes a maker for them (`EngineMaker`).
+gateway may not import: the composition root passes a maker for them (`EngineMaker`). So too
+for a backend's speed from its `profile` file, which the simulator's cost model reads
+(`SpeedLoader`).
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from shunter.core.predict.interface import Predictor
 from shunter.core.sched.gateway_queue import GatewayQueue
 from shunter.core.sched.policy import Policy, PrefixAwarePolicy
 from shunter.core.sched.registry import POLICIES, make_policy
+from shunter.errors import ConfigError
 from shunter.gateway.admission import AdmissionConfig, AdmissionController
 from shunter.gateway.app import AppConfig, GatewayApp
 from shunter.gateway.breaker import BreakerConfig, CircuitBreaker
@@ -27,12 +30,13 @@ from shunter.gateway.metrics import GatewayMetrics, Gauge
 from shunter.gateway.pool import PoolConfig, ReplicaPool
 from shunter.gateway.remote import RemoteConfig, RemoteEngineClient
 from shunter.gateway.replica import Replica
+from shunter.gateway.speed import SpeedModel
 from shunter.gateway.tenant import TenantConfig, TenantTable
 from shunter.router.prefix_index import DispatchIndex
 from shunter.router.registry import make_router
 
-__all__ = ["BackendSlot", "EngineMaker", "GatewayParts", "build_app", "build_backends",
-           "gateway_policy"]
+__all__ = ["BackendSlot", "EngineMaker", "GatewayParts", "SpeedLoader", "build_app",
+           "build_backends", "gateway_policy"]
 
 DEFAULT_MAX_CONCURRENCY = 256  # vLLM's default max_num_seqs: beyond it a backend only queues
 
@@ -45,6 +49,8 @@ class BackendSlot:
     client: EngineClient
     max_concurrency: int = DEFAULT_MAX_CONCURRENCY
     max_num_seqs: int | None = None
+    block_size: int | None = None
+    speeds: SpeedModel | None = None  # from a profile; None: measured from its traffic
 
     def __post_init__(self) -> None:
         if self.max_concurrency < 1:
@@ -53,26 +59,36 @@ class BackendSlot:
 
 # (backend config, served model) -> the in-process replicas, each with its max_num_seqs
 EngineMaker = Callable[[BackendConfig, str], Sequence[tuple[EngineClient, int]]]
+# a backend config with a `profile` -> its speeds (ConfigError naming the file if unreadable)
+SpeedLoader = Callable[[BackendConfig], SpeedModel]
 
 
 def _no_engines(backend: BackendConfig, model: str) -> Sequence[tuple[EngineClient, int]]:
     raise ValueError(f"backend {backend.name}: in-process engines are not available here")
 
 
+def _no_profiles(backend: BackendConfig) -> SpeedModel:
+    raise ConfigError("profiles cannot be read here")
+
+
 def build_backends(backends: Sequence[BackendConfig], model: str,
-                   make_engines: EngineMaker = _no_engines) -> list[BackendSlot]:
-    """Clients for every configured backend; `make_engines` builds (loads) the engine ones.
+                   make_engines: EngineMaker = _no_engines,
+                   load_speeds: SpeedLoader = _no_profiles) -> list[BackendSlot]:
+    """Clients for every configured backend; `make_engines` builds (loads) the engine ones,
+    `load_speeds` reads their profiles (all of them first: a bad file fails fast).
 
     An engine replica takes at most twice its batch (`max_num_seqs`) from the gateway: beyond
     that it would only queue what the gateway's own queue orders better."""
+    profiled = [_speeds(b, load_speeds) for b in backends]
     slots: list[BackendSlot] = []
-    for b in backends:
+    for b, speeds in zip(backends, profiled, strict=True):
         if b.kind == "engine":
             engines = make_engines(b, model)
             for i, (client, max_num_seqs) in enumerate(engines):
                 name = b.name if len(engines) == 1 else f"{b.name}-{i}"
                 slots.append(BackendSlot(name=name, client=client, max_num_seqs=max_num_seqs,
-                                         max_concurrency=min(b.max_concurrency, max_num_seqs * 2)))
+                                         max_concurrency=min(b.max_concurrency, max_num_seqs * 2),
+                                         block_size=b.block_size, speeds=speeds))
             continue
         client: EngineClient
         if b.kind == "remote":
@@ -85,8 +101,18 @@ def build_backends(backends: Sequence[BackendConfig], model: str,
                                       token_delay_s=b.token_delay_s,
                                       first_token_delay_s=b.first_token_delay_s)
         slots.append(BackendSlot(name=b.name, client=client, max_concurrency=b.max_concurrency,
-                                 max_num_seqs=b.max_num_seqs))
+                                 max_num_seqs=b.max_num_seqs, block_size=b.block_size,
+                                 speeds=speeds))
     return slots
+
+
+def _speeds(backend: BackendConfig, load_speeds: SpeedLoader) -> SpeedModel | None:
+    if backend.profile is None:
+        return None
+    try:
+        return load_speeds(backend)
+    except ConfigError as exc:
+        raise ConfigError(f"backend {backend.name}: {exc}") from None
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -114,7 +140,8 @@ def build_app(parts: GatewayParts, backends: list[BackendSlot],
     metrics = GatewayMetrics()
     replicas = [Replica(replica_id=i, name=b.name, client=b.client,
                         breaker=CircuitBreaker(parts.breaker), max_concurrency=b.max_concurrency,
-                        max_num_seqs=b.max_num_seqs) for i, b in enumerate(backends)]
+                        max_num_seqs=b.max_num_seqs, block_size=b.block_size, speeds=b.speeds)
+                for i, b in enumerate(backends)]
     pool = ReplicaPool(replicas, make_router(parts.router, **parts.router_params), parts.pool,
                        metrics, clock)
     tenants = TenantTable.build(list(parts.tenants), clock())

@@ -153,7 +153,8 @@ class ReplicaPool:
 
     async def _run_on(self, replica: Replica, request: GenerateRequest, num_prompt_tokens: int,
                       attempt: Attempt, base_tokens: int) -> AsyncIterator[GenerateChunk]:
-        replica.on_dispatch(num_prompt_tokens)
+        clock, meter = self.clock, replica.meter
+        timer = replica.on_dispatch(num_prompt_tokens, clock())
         is_started = is_verdict = False
         is_replay = bool(request.continuation)
         try:
@@ -163,6 +164,8 @@ class ReplicaPool:
                         is_started = is_verdict = True
                         replica.on_first_output(num_prompt_tokens)
                         replica.breaker.on_success()
+                    meter.on_chunk(timer, clock(), chunk,
+                                   replica.num_running + replica.num_other_running)
                     if chunk.usage is not None:
                         if attempt.prompt_tokens is None or not is_replay:
                             attempt.prompt_tokens = chunk.usage.prompt_tokens
@@ -178,7 +181,7 @@ class ReplicaPool:
                                                  else "before_first_byte"))
             raise
         finally:
-            replica.on_done(num_prompt_tokens, is_started=is_started)
+            replica.on_done(num_prompt_tokens, is_started=is_started, timer=timer)
             if not is_verdict:
                 replica.breaker.on_abandoned()
             self.on_capacity()
@@ -227,6 +230,12 @@ class ReplicaPool:
         def reported(name: str) -> Callable[[Replica], float]:
             return lambda r: 0.0 if r.reported is None else float(getattr(r.reported, name))
 
+        def speed(name: str) -> Callable[[], list]:
+            def read() -> list:  # replicas whose speed is unknown (None) are left out
+                views = ((r.name, getattr(r.view(self.clock()), name)) for r in self.replicas)
+                return [((n,), v) for n, v in views if v is not None]
+            return read
+
         return [
             Gauge("shunter_replica_waiting", "Requests waiting at each replica (reconciled).",
                   ("replica",), per_replica(lambda r: r.view(self.clock()).num_waiting)),
@@ -240,4 +249,8 @@ class ReplicaPool:
                   ("replica",), per_replica(lambda r: r.num_in_flight)),
             Gauge("shunter_replica_healthy", "1 if the replica is healthy and its breaker closed.",
                   ("replica",), per_replica(lambda r: float(r.can_route(self.clock())))),
+            Gauge("shunter_replica_prefill_tokens_per_s", "Prefill speed the router sees "
+                  "(profiled or measured).", ("replica",), speed("prefill_tokens_per_s")),
+            Gauge("shunter_replica_decode_step_s", "Decode step time the router sees at the "
+                  "replica's batch (profiled or measured).", ("replica",), speed("decode_step_s")),
         ]

@@ -5,16 +5,20 @@ finish (fresh, but blind to other clients of the backend), and the backend repor
 and KV usage (complete, but as old as the last scrape). A router sees the gateway's own counts
 plus whatever the backend reported beyond what the gateway itself had in flight at that scrape:
 that excess is other clients' work. Nothing dispatched since the scrape is counted twice or lost.
+
+Speed is known from a profile of the backend, if one is configured (`speeds`), else from its
+running traffic (`meter`, see `speed.py`), else not at all: the router's defaults apply.
 """
 
 from __future__ import annotations
 
 import zlib
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from shunter.backend.protocol import BackendLoad, EngineClient
 from shunter.core.types import DEFAULT_BLOCK_SIZE
 from shunter.gateway.breaker import CircuitBreaker
+from shunter.gateway.speed import SpeedMeter, SpeedModel, StreamTimer
 from shunter.router.interface import ReplicaView
 
 __all__ = ["CHARS_PER_TOKEN", "Replica", "estimate_tokens", "text_hash_ids"]
@@ -44,6 +48,9 @@ class Replica:
     breaker: CircuitBreaker
     max_concurrency: int
     max_num_seqs: int | None = None
+    block_size: int | None = None  # the backend's KV block size, if known
+    speeds: SpeedModel | None = None  # from a profile of the backend, if configured
+    meter: SpeedMeter = field(default_factory=SpeedMeter)
     is_healthy: bool = True
     num_waiting: int = 0  # dispatched by the gateway, no output yet
     num_running: int = 0  # dispatched by the gateway, streaming
@@ -52,6 +59,7 @@ class Replica:
     reported: BackendLoad | None = None
     own_waiting_at_report: int = 0
     own_running_at_report: int = 0
+    num_other_running: int = 0  # other clients' requests running there, at the last report
 
     @property
     def num_in_flight(self) -> int:
@@ -60,10 +68,16 @@ class Replica:
     def can_route(self, now_s: float) -> bool:
         return self.is_healthy and self.breaker.can_send(now_s)
 
-    def on_dispatch(self, num_prompt_tokens: int) -> None:
+    def on_dispatch(self, num_prompt_tokens: int, now_s: float) -> StreamTimer:
+        """A request goes to this backend; the timer measures its stream (`meter.on_chunk`)."""
+        rep = self.reported
+        is_clean = (self.num_waiting == 0
+                    and (self.max_num_seqs is None or self.num_in_flight < self.max_num_seqs)
+                    and (rep is None or rep.num_waiting <= self.own_waiting_at_report))
         self.num_waiting += 1
         self.num_waiting_tokens += num_prompt_tokens
         self.breaker.on_send()
+        return StreamTimer(now_s, is_clean)
 
     def on_first_output(self, num_prompt_tokens: int) -> None:
         self.num_waiting -= 1
@@ -71,7 +85,10 @@ class Replica:
         self.num_running += 1
         self.num_running_tokens += num_prompt_tokens
 
-    def on_done(self, num_prompt_tokens: int, *, is_started: bool) -> None:
+    def on_done(self, num_prompt_tokens: int, *, is_started: bool,
+                timer: StreamTimer | None = None) -> None:
+        if timer is not None:
+            self.meter.on_done(timer, num_prompt_tokens)
         if is_started:
             self.num_running -= 1
             self.num_running_tokens -= num_prompt_tokens
@@ -84,6 +101,7 @@ class Replica:
         self.reported = load
         self.own_waiting_at_report = self.num_waiting
         self.own_running_at_report = self.num_running
+        self.num_other_running = max(0, load.num_running - self.num_running)
 
     def view(self, now_s: float) -> ReplicaView:
         """The reconciled snapshot a router sees."""
@@ -93,7 +111,7 @@ class Replica:
         rep = self.reported
         if rep is not None:
             other_waiting = max(0, rep.num_waiting - self.own_waiting_at_report)
-            other_running = max(0, rep.num_running - self.own_running_at_report)
+            other_running = self.num_other_running
             per_request = (waiting_tokens + running_tokens) // max(1, waiting + running)
             waiting += other_waiting
             running += other_running
@@ -102,8 +120,16 @@ class Replica:
             total_blocks = rep.num_total_blocks or NOMINAL_TOTAL_BLOCKS
             free_blocks = rep.num_free_blocks if rep.num_free_blocks is not None \
                 else round(total_blocks * (1.0 - rep.kv_usage))
+        if self.speeds is not None:
+            prefill_tps: float | None = self.speeds.prefill_tokens_per_s
+            decode_s = self.speeds.decode_step_s(running, running_tokens)
+        else:
+            prefill_tps = self.meter.prefill_tokens_per_s
+            decode_s = self.meter.decode_step_s(running)
         return ReplicaView(
             replica_id=self.replica_id, num_waiting=waiting, num_running=running,
             num_waiting_tokens=waiting_tokens, num_running_tokens=running_tokens,
-            num_free_blocks=free_blocks, num_total_blocks=total_blocks, taken_at_s=now_s,
+            num_free_blocks=free_blocks, num_total_blocks=total_blocks,
+            block_size=self.block_size or DEFAULT_BLOCK_SIZE, taken_at_s=now_s,
+            prefill_tokens_per_s=prefill_tps, decode_step_s=decode_s,
             max_num_seqs=self.max_num_seqs)

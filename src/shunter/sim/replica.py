@@ -22,9 +22,10 @@ from shunter.core.sched.decode_run import (
 )
 from shunter.core.sched.interface import SchedulerOutput, StepResult
 from shunter.core.sched.scheduler import CoreScheduler
-from shunter.core.types import RequestId, RequestSpec, StepShape
+from shunter.core.types import RequestId, RequestSpec
 from shunter.metrics.record import RequestRecord
 from shunter.router.interface import ReplicaView
+from shunter.sim.cost.speed import ReplicaSpeeds
 from shunter.sim.executor import SimExecutor
 from shunter.sim.handoff import MovedRequest, splice_token_times
 from shunter.sim.timeline import StepTimeline, TokenTimes, add_range
@@ -64,10 +65,7 @@ class SimReplica:
         self._live: dict[RequestId, tuple[Request, RequestRecord]] = {}
         self._in_flight: _InFlight | None = None
         self._timeline = StepTimeline()  # every applied step's end: token times index into it
-        budget = scheduler.config.max_num_batched_tokens
-        # prefill throughput at a full token budget, for routers that price queued prompts
-        self._prefill_tokens_per_s = budget / executor.cost_model.step_time_s(
-            StepShape(prefill_chunks=((budget, 0),)))
+        self._speeds = ReplicaSpeeds(executor.cost_model, scheduler.config.max_num_batched_tokens)
 
     @property
     def is_busy(self) -> bool:
@@ -93,15 +91,13 @@ class SimReplica:
         if self.priority_headroom is not None:
             high, blocks = self.priority_headroom
             free_blocks -= blocks * sum(1 for r in self.scheduler.running if r.priority <= high)
-        cost = self.executor.cost_model
-        decode_s = cost.step_time_s(StepShape(num_decode_requests=max(s.num_running, 1),
-                                              num_decode_context_tokens=running_tokens))
         return ReplicaView(replica_id=self.replica_id, num_waiting=s.num_waiting,
                            num_running=s.num_running, num_waiting_tokens=s.num_waiting_tokens,
                            num_running_tokens=running_tokens, num_free_blocks=free_blocks,
                            num_total_blocks=s.num_total_blocks,
                            block_size=self.scheduler.config.block_size, taken_at_s=self.clock.now(),
-                           prefill_tokens_per_s=self._prefill_tokens_per_s, decode_step_s=decode_s,
+                           prefill_tokens_per_s=self._speeds.prefill_tokens_per_s,
+                           decode_step_s=self._speeds.decode_step_s(s.num_running, running_tokens),
                            max_num_seqs=self.scheduler.config.max_num_seqs)
 
     def add(self, spec: RequestSpec, *, predicted_output_tokens: float | None = None,
