@@ -42,6 +42,7 @@ def test_scheduler_table_is_read_and_checked_naming_file_and_table(tmp_path):
         ('params = { aging_s = 1.0 }', ["[scheduler]", "no policy"]),
         ('predictor = "psychic"', ["[scheduler]", "psychic", "learned"]),
         ('predictor = "oracle"', ["[scheduler]", "only the simulator"]),
+        ('policy = "vtc"\npredictor = "learned"', ["[scheduler]", "read only by", "ltr, sjf"]),
         ('gateway_policy = "mlfq"', ["[scheduler]", "mlfq", "cannot order the gateway"]),
         ('polcy = "vtc"', ["[scheduler]", "polcy", "valid:"]),
     ]:

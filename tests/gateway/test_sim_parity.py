@@ -29,6 +29,7 @@ from shunter.gateway.factory import BackendSlot, GatewayParts, build_app
 from shunter.gateway.fake import FakeEngineClient
 from shunter.gateway.replica import estimate_tokens, text_hash_ids
 from shunter.gateway.tenant import TenantConfig
+from shunter.metrics.record import RequestRecord
 from shunter.sim.config import SimConfig
 from shunter.sim.cost.profile import StepProfile, save_profile
 from shunter.sim.runner import simulate
@@ -153,3 +154,97 @@ def test_live_gateway_and_simulated_gateway_tier_dispatch_in_the_same_order(
     assert len(live) == len(simulated) == len(jobs)
     assert live == simulated
     assert live != sorted(live) or policy == "fcfs"  # the queue really reordered
+
+
+def flood_jobs(seed: int = 3) -> list[Job]:
+    """Two tenants past saturation: `heavy` sends 5x `light`'s rate."""
+    rng = random.Random(seed)
+    words = ["".join(rng.choices(string.ascii_lowercase, k=3)) for _ in range(200)]
+    jobs = []
+    for tenant, rate in (("a", 20.0), ("b", 4.0)):
+        t = 0.0
+        for i in range(int(8 * rate)):
+            t += rng.expovariate(rate)
+            jobs.append(Job(f"{tenant}{i:03d}", t, " ".join(rng.choices(words, k=20)),
+                            rng.randint(10, 20), tenant, 0, f"{tenant}{i}", f"{tenant}{i}"))
+    return sorted(jobs, key=lambda j: j.arrival_s)
+
+
+def test_the_light_tenant_is_served_several_times_sooner_under_vtc(dispatches,
+                                                                   fixed_step_profile):
+    """The two-tenant flood through the gateway, fcfs vs vtc: the light tenant's requests
+    start several times sooner under vtc, live, and the simulator predicts each one's TTFT."""
+    jobs = flood_jobs()
+    ttft = {}
+    for policy in ("fcfs", "vtc"):
+        live = {r.request_id: r.ttft_s for r in live_records(policy, jobs)}
+        simulated = {r.request_id: r.ttft_s for r in sim_records(policy, jobs, fixed_step_profile)}
+        assert len(live) == len(simulated) == len(jobs)
+        assert all(live[k] == pytest.approx(simulated[k], abs=1e-9) for k in live)
+        light = [live[j.request_id] for j in jobs if j.tenant == "b"]
+        ttft[policy] = sum(light) / len(light)
+    assert ttft["fcfs"] > 10 * ttft["vtc"], ttft
+
+
+class _TimedFake(FakeEngineClient):
+    """A fake backend that notes when each request's first token leaves it (an in-process
+    ASGI client reads a streamed response only once it is complete)."""
+
+    def __init__(self, first_token_s: dict[str, float], **kwargs) -> None:
+        super().__init__(**kwargs)
+        self.first_token_s = first_token_s
+
+    def submit(self, request):
+        chunks = super().submit(request)
+
+        async def timed():
+            async for chunk in chunks:
+                self.first_token_s.setdefault(request.request_id,
+                                              asyncio.get_running_loop().time())
+                yield chunk
+        return timed()
+
+
+def live_records(policy: str, jobs: list[Job]) -> list[RequestRecord]:
+    """The live gateway's requests: arrival and first token, per tenant."""
+    first_token_s: dict[str, float] = {}
+
+    async def go() -> None:
+        loop = asyncio.get_running_loop()
+        tenants = tuple(TenantConfig(name=t, api_keys=(f"key-{t}",)) for t in TENANTS)
+        fakes = [_TimedFake(first_token_s, first_token_delay_s=STEP_S, token_delay_s=STEP_S)
+                 for _ in range(NUM_REPLICAS)]
+        parts = GatewayParts(app=AppConfig(model_names=(MODEL,)), router="round_robin",
+                             policy=policy, tenants=tenants)
+        app = build_app(parts, [BackendSlot(name=f"r{i}", client=f, max_concurrency=1)
+                                for i, f in enumerate(fakes)], clock=loop.time)
+
+        async def send(client, job: Job) -> None:
+            await asyncio.sleep(job.arrival_s)
+            r = await client.post("/v1/completions", headers={
+                "authorization": f"Bearer key-{job.tenant}"}, json={
+                "model": MODEL, "prompt": job.text, "max_tokens": job.num_output_tokens,
+                "ignore_eos": True, "stream": True})
+            assert r.status_code == 200
+
+        async with asgi_client(app) as client:
+            await asyncio.gather(*(send(client, job) for job in jobs))
+
+    run_virtual(go())
+    records = []
+    for rid, first_s in first_token_s.items():  # "cmpl-" + 8 hex digits + arrival counter
+        job = jobs[int(rid[len("cmpl-") + 8:], 16)]
+        records.append(RequestRecord(request_id=job.request_id, arrival_s=job.arrival_s,
+                                     num_prompt_tokens=1, tenant=job.tenant,
+                                     token_times_s=[first_s]))
+    return records
+
+
+def sim_records(policy: str, jobs: list[Job], profile: str):
+    specs = [RequestSpec(request_id=j.request_id, arrival_s=j.arrival_s,
+                         num_prompt_tokens=estimate_tokens(len(j.text)),
+                         num_output_tokens=j.num_output_tokens, tenant=j.tenant) for j in jobs]
+    config = SimConfig(model="smollm2-135m", cost_model="profile", gpu=profile,
+                       num_replicas=NUM_REPLICAS, router="round_robin", gateway_policy=policy,
+                       gateway_max_inflight=1)
+    return simulate(config, specs).records

@@ -32,7 +32,7 @@ import yaml
 from shunter.core.predict.registry import PREDICTORS
 from shunter.core.sched.gateway_queue import gateway_refusal
 from shunter.core.sched.policy import Policy
-from shunter.core.sched.registry import make_policy
+from shunter.core.sched.registry import PREDICTIVE_POLICIES, make_policy
 from shunter.errors import ConfigError
 from shunter.gateway.admission import AdmissionConfig
 from shunter.gateway.breaker import BreakerConfig
@@ -102,6 +102,10 @@ class SchedulerSettings:
                 raise ValueError(f"predictor {self.predictor!r} reads the true output length, "
                                  "which only the simulator knows; live traffic needs a real "
                                  "predictor (learned, trained with `shunter train-predictor`)")
+            if not {self.policy, self.gateway_policy} & PREDICTIVE_POLICIES:
+                raise ValueError(f"a predictor is read only by the policies "
+                                 f"{', '.join(sorted(PREDICTIVE_POLICIES))}; "
+                                 f"{self.policy or 'the default policies'} would ignore it")
         elif self.predictor_params:
             raise ValueError("predictor_params are given but no predictor")
 

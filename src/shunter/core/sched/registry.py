@@ -18,7 +18,7 @@ from shunter.core.sched.policies.vtc import VtcPolicy
 from shunter.core.sched.policy import Policy
 from shunter.core.types import make_from_registry
 
-__all__ = ["POLICIES", "make_policy"]
+__all__ = ["POLICIES", "PREDICTIVE_POLICIES", "make_policy"]
 
 POLICIES: dict[str, Callable[..., Policy]] = {
     "dlpm": DlpmPolicy,
@@ -32,6 +32,9 @@ POLICIES: dict[str, Callable[..., Policy]] = {
     "sjf": SjfPolicy,
     "vtc": VtcPolicy,
 }
+
+# the policies that read `Request.predicted_output_tokens` (a predictor is useless without one)
+PREDICTIVE_POLICIES = frozenset({"ltr", "sjf"})
 
 
 def make_policy(name: str, **params: Any) -> Policy:
