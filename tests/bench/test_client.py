@@ -51,8 +51,10 @@ def test_request_body_carries_length_tenant_and_priority() -> None:
     assert body["max_tokens"] == 7 and body["ignore_eos"] and body["stream"]
     assert body["user"] == "t" and body["priority"] == 2
     assert "priority" not in request_body(spec(), config)  # vLLM rejects it unless configured
-    assert config.headers("t") == {"authorization": "Bearer k"}
-    assert config.headers("other") == {"authorization": "Bearer x"}
+    assert config.headers(spec(tenant="t")) == {"authorization": "Bearer k"}
+    assert config.headers(spec(tenant="other")) == {"authorization": "Bearer x"}
+    assert config.headers(spec(tenant="t", session_id="s", program_id="p")) == {
+        "authorization": "Bearer k", "x-session-id": "s", "x-program-id": "p"}
     assert api_root("http://h:1/v1/") == "http://h:1"
     with pytest.raises(ConfigError):
         api_root("h:1")

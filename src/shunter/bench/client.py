@@ -48,7 +48,9 @@ class EndpointConfig:
 
     `tenant_keys` maps a workload tenant to the API key that identifies it to the server
     (Shunter's gateway knows tenants by key); other tenants use `api_key`. The tenant also
-    goes in OpenAI's `user` field, and a non-zero priority in vLLM's `priority` field.
+    goes in OpenAI's `user` field, and a non-zero priority in vLLM's `priority` field. A
+    request's session and program go in the `X-Session-Id` and `X-Program-Id` headers
+    (Shunter's gateway reads them; other servers ignore unknown headers).
     """
 
     url: str
@@ -71,9 +73,14 @@ class EndpointConfig:
     def path(self) -> str:
         return "/v1/chat/completions" if self.is_chat else "/v1/completions"
 
-    def headers(self, tenant: str) -> dict[str, str]:
-        key = self.tenant_keys.get(tenant, self.api_key)
-        return {"authorization": f"Bearer {key}"} if key else {}
+    def headers(self, spec: RequestSpec) -> dict[str, str]:
+        key = self.tenant_keys.get(spec.tenant, self.api_key)
+        headers = {"authorization": f"Bearer {key}"} if key else {}
+        if spec.session_id is not None:
+            headers["x-session-id"] = spec.session_id
+        if spec.program_id is not None:
+            headers["x-program-id"] = spec.program_id
+        return headers
 
 
 def request_body(spec: RequestSpec, config: EndpointConfig, *,
@@ -146,7 +153,7 @@ async def send_request(session: aiohttp.ClientSession, spec: RequestSpec,
     url = api_root(config.url) + config.path
     try:
         async with session.post(url, json=request_body(spec, config, max_tokens=max_tokens),
-                                headers=config.headers(spec.tenant)) as response:
+                                headers=config.headers(spec)) as response:
             if response.status >= 400:
                 record.error = f"HTTP {response.status}: {_error_text(await response.read())}"
                 record.finish_reason = (FinishReason.REJECTED if response.status in REJECT_STATUSES
