@@ -56,8 +56,8 @@ def test_blank_lines_are_skipped_and_ids_count_requests(write_file) -> None:
     ('{"timestamp": -3, "input_length": 5, "output_length": 1}',
      "t.jsonl:2: must be >= 0, got -3 (field 'timestamp')"),
     ('{"timestamp": 0, "input_length": 5, "output_length": 0}',
-     "t.jsonl:2: token count must be >= 1, got 0 (zero_tokens='clamp' loads it as 1) "
-     "(field 'output_length')"),
+     "t.jsonl:2: token count must be >= 1, got 0 (--zero-tokens clamp, or zero_tokens = "
+     "'clamp' in a scenario, loads it as 1) (field 'output_length')"),
     ('{"timestamp": 0, "input_length": 5, "output_length": -1}',
      "t.jsonl:2: must be >= 0, got -1 (field 'output_length')"),
     ('{"timestamp": 0, "input_length": 5, "output_length": 1', "t.jsonl:2: bad JSON"),

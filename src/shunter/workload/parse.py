@@ -86,7 +86,8 @@ class LoadReport:
             return value
         if options.zero_tokens == "error":
             raise WorkloadError(
-                "token count must be >= 1, got 0 (zero_tokens='clamp' loads it as 1)",
+                "token count must be >= 1, got 0 (--zero-tokens clamp, or zero_tokens = "
+                "'clamp' in a scenario, loads it as 1)",
                 path=path, line=line, field=field,
             )
         if is_prompt:
