@@ -85,14 +85,15 @@ def test_serve_refuses_what_it_cannot_run_with_a_one_line_error(tmp_path):
     config = tmp_path / "remote.toml"
     config.write_text('[scheduler]\npolicy = "mlfq"\n[[backends]]\nname = "v"\n'
                       'url = "http://127.0.0.1:9"\n')
+    one = ["--replicas", "1"]
     for args, words in [
         (["--config", str(config)], ["mlfq", "cannot order the gateway", "no in-process"]),
-        (["--policy", "fifo"], ["--policy", "fifo", "valid:"]),
-        (["--policy", "vtc", "--policy-params", '{"quantum": 1}'], ["quantum", "valid:"]),
-        (["--predictor", "oracle", "--policy", "sjf"], ["only the simulator"]),
-        (["--policy", "sarathi"], ["out of reach", "tbt_slo_s"]),
+        ([*one, "--policy", "fifo"], ["--policy", "fifo", "valid:"]),
+        ([*one, "--policy", "vtc", "--policy-params", '{"quantum": 1}'], ["quantum", "valid:"]),
+        ([*one, "--predictor", "oracle", "--policy", "sjf"], ["only the simulator"]),
+        ([*one, "--policy", "sarathi"], ["out of reach", "tbt_slo_s"]),
     ]:
-        done = subprocess.run([SHUNTER, "serve", "--replicas", "1", "--port", "1", *args],
+        done = subprocess.run([SHUNTER, "serve", "--port", str(_free_port()), *args],
                               capture_output=True, text=True, timeout=120,
                               env={**os.environ, "OMP_NUM_THREADS": "1"})
         message = " ".join(done.stderr.split())
