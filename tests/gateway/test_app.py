@@ -62,8 +62,10 @@ def test_chat_stream_with_include_usage_ends_with_a_usage_only_chunk():
     assert r.status_code == 200 and r.headers["content-type"] == "text/event-stream"
     events = sse_events(r.text)
     deltas = [e["choices"][0]["delta"] for e in events if e["choices"]]
-    assert deltas[0]["role"] == "assistant" and all("role" not in d for d in deltas[1:])
-    assert len(deltas) == 4 and all(e["usage"] is None for e in events[:-1])
+    # a role-only first chunk (sent as soon as the request is in), then the content, as OpenAI
+    assert deltas[0] == {"role": "assistant", "content": ""}
+    assert all("role" not in d for d in deltas[1:])
+    assert len(deltas) == 5 and all(e["usage"] is None for e in events[:-1])
     assert events[-2]["choices"][0]["finish_reason"] == "length"
     assert events[-1]["choices"] == [] and events[-1]["usage"]["completion_tokens"] == 4
     assert all(e["object"] == "chat.completion.chunk" for e in events)

@@ -42,7 +42,13 @@ def test_malformed_json_is_400(content):
     ({"model": MODEL, "prompt": "x", "temperature": True}, "temperature"),
     ({"model": MODEL, "prompt": "x", "temperature": 3}, "temperature"),
     ({"model": MODEL, "prompt": "x", "top_p": 0}, "top_p"),
-    ({"model": MODEL, "prompt": "x", "n": 2}, "n"),
+    ({"model": MODEL, "prompt": "x", "n": 0}, "n"),
+    ({"model": MODEL, "prompt": "x", "n": 100000}, "n"),
+    ({"model": MODEL, "prompt": "x", "seed": 1 << 70}, "seed"),
+    ({"model": MODEL, "prompt": "x", "logit_bias": {"a": 1}}, "logit_bias"),
+    ({"model": MODEL, "prompt": "x", "logprobs": 50}, "logprobs"),
+    ({"model": MODEL, "prompt": "x", "presence_penalty": 3}, "presence_penalty"),
+    ({"model": MODEL, "prompt": [[1, -2]]}, "prompt"),
     ({"model": MODEL, "prompt": "x", "stream": "yes"}, "stream"),
     ({"model": MODEL, "prompt": "x", "stop": ["a", "b", "c", "d", "e"]}, "stop"),
     ({"model": MODEL, "prompt": "x", "stop": 5}, "stop"),
@@ -69,12 +75,40 @@ def test_wrong_types_and_ranges_name_the_field(body, param):
 
 @pytest.mark.parametrize(("messages", "param"), [
     ("hi", "messages"), ([], "messages"), ([{"role": "wizard", "content": "x"}], "messages[0].role"),
+    ([{"role": {"a": 1}, "content": "x"}], "messages[0].role"),
+    ([{"role": ["user"], "content": "x"}], "messages[0].role"),
+    ([{"role": "tool", "content": "x"}], "messages[0].tool_call_id"),
     ([{"role": "user", "content": 5}], "messages[0].content"), (["hi"], "messages[0].role"),
 ])
 def test_bad_chat_messages(messages, param):
     app, _ = make_app()
     r = post(app, "/v1/chat/completions", json={"model": MODEL, "messages": messages})
     assert_error(r, 400, param=param)
+
+
+@pytest.mark.parametrize(("path", "raw", "param"), [
+    ("/v1/completions", b'{"model": "%s", "prompt": "x\\ud800"}', "prompt"),
+    ("/v1/chat/completions",
+     b'{"model": "%s", "messages": [{"role": "user", "content": "a\\udfff"}]}',
+     "messages[0].content"),
+    ("/v1/completions", b'{"model": "%s", "prompt": "x", "stop": ["\\ud800"]}', "stop[0]"),
+])
+def test_a_lone_surrogate_is_a_400_naming_where_it_is(path, raw, param):
+    app, fakes = make_app()
+    r = post(app, path, content=raw % MODEL.encode(),
+             headers={"content-type": "application/json"})
+    assert_error(r, 400, param=param)
+    assert sum(f.num_submitted for f in fakes) == 0
+
+
+def test_json_nested_a_hundred_thousand_deep_is_a_400():
+    app, _ = make_app()
+    deep = b"[" * 100_000 + b"]" * 100_000
+    r = post(app, "/v1/completions", content=deep, headers={"content-type": "application/json"})
+    assert_error(r, 400, code="invalid_json")
+    nested = b'{"model": "%s", "prompt": "x", "metadata": ' % MODEL.encode() \
+        + b'{"a": ' * 200 + b"1" + b"}" * 200 + b"}"
+    assert_error(post(app, "/v1/completions", content=nested), 400, code="invalid_json")
 
 
 def test_body_that_is_not_an_object_is_400():

@@ -37,6 +37,9 @@ class ScriptedBackend:
     def _wait(self, seconds: float) -> None:
         self.clock.now_s += seconds * (1.0 + self.rng.uniform(-self.jitter, self.jitter))
 
+    def unsupported(self, request: GenerateRequest):
+        return None
+
     async def submit(self, request: GenerateRequest):
         num_prompt, num_cached = (int(w) for w in (request.prompt or "").split())
         async with self.lock:

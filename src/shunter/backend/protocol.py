@@ -13,12 +13,12 @@ number of chunks.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
-from dataclasses import dataclass, replace
-from typing import Protocol
+from collections.abc import AsyncIterator, Mapping
+from dataclasses import dataclass, field, replace
+from typing import Any, Protocol
 
 __all__ = ["BackendError", "BackendLoad", "ChatMessage", "EngineClient", "GenerateChunk",
-           "GenerateRequest", "Usage"]
+           "GenerateRequest", "TokenLogprob", "Usage"]
 
 
 class BackendError(Exception):
@@ -28,8 +28,11 @@ class BackendError(Exception):
     the backend's circuit breaker, and reaches the client with the backend's status and message.
     """
 
-    def __init__(self, message: str, *, status_code: int | None = None) -> None:
+    def __init__(self, message: str, *, status_code: int | None = None,
+                 param: str | None = None, code: str | None = None) -> None:
         self.status_code = status_code
+        self.param = param  # for a 4xx: the request field at fault, if known
+        self.code = code
         super().__init__(message)
 
     @property
@@ -45,19 +48,41 @@ class ChatMessage:
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class GenerateRequest:
-    """One request as a backend receives it. Exactly one of `prompt` and `messages` is set."""
+    """One request as a backend receives it. Exactly one of `prompt` and `messages` is set.
+
+    A remote OpenAI-compatible backend is sent `body`, the client's JSON as it came (every
+    field passes through; the gateway sets only the model name and the usage options it needs).
+    An in-process engine reads the typed fields, which the gateway validated; what it cannot
+    do is refused with a 400 before any backend sees the request.
+    """
 
     request_id: str
     model: str
-    prompt: str | None = None
+    prompt: str | tuple[int, ...] | None = None  # text or token ids (completions)
     messages: tuple[ChatMessage, ...] | None = None
     continuation: str = ""  # assistant text already sent to the client (failover replay)
     max_tokens: int | None = None
     temperature: float = 1.0
     top_p: float = 1.0
+    top_k: int | None = None  # None or -1: no cut (vLLM)
+    min_p: float = 0.0
     seed: int | None = None
     stop: tuple[str, ...] = ()
+    stop_token_ids: tuple[int, ...] = ()
     ignore_eos: bool = False
+    min_tokens: int = 0
+    presence_penalty: float = 0.0
+    frequency_penalty: float = 0.0
+    repetition_penalty: float = 1.0
+    logit_bias: tuple[tuple[int, float], ...] = ()  # (token id, bias added to its logit)
+    # sampled tokens' log-probabilities: None = none; k >= 0 = with the k most likely tokens
+    # beside each (chat `top_logprobs`, completions `logprobs`)
+    logprobs: int | None = None
+    echo: bool = False  # completions: the prompt is returned before the output
+    # structured output: {"type": "json_object"} or {"type": "json_schema", "json_schema": {...}}
+    response_format: Mapping[str, Any] | None = None
+    n: int = 1  # choices to generate (each an independent sample)
+    body: Mapping[str, Any] | None = field(default=None, repr=False)  # the client's JSON
     priority: int = 0
     tenant: str = "default"
     session_id: str | None = None
@@ -90,13 +115,31 @@ class Usage:
 
 
 @dataclass(frozen=True, slots=True)
+class TokenLogprob:
+    """One output token's log-probability, with the most likely tokens at its position."""
+
+    token: str  # the token as text (a piece of a UTF-8 character may be "bytes:\\x.." as vLLM)
+    logprob: float
+    token_bytes: tuple[int, ...] = ()
+    top: tuple[tuple[str, float, tuple[int, ...]], ...] = ()  # (token, logprob, bytes)
+
+
+@dataclass(frozen=True, slots=True)
 class GenerateChunk:
-    """A piece of output. `usage`, when set, is cumulative for this backend attempt."""
+    """A piece of output. `usage`, when set, is cumulative for this backend attempt (over all
+    choices). `index` is the choice it belongs to (`n`, or a list of prompts). A remote backend
+    sets `payload`: its own OpenAI object for this chunk (or its whole answer), which the
+    gateway forwards as is (it sets only the id, model and created, and hides usage a client
+    did not ask for); the other fields are read from it for accounting and failover."""
 
     text: str
-    finish_reason: str | None = None  # "stop", "length", or None while running
+    finish_reason: str | None = None  # "stop", "length", "tool_calls", or None while running
     usage: Usage | None = None
     num_cached_tokens: int | None = None
+    index: int = 0
+    logprobs: tuple[TokenLogprob, ...] = ()
+    payload: Mapping[str, Any] | None = None
+    has_tool_calls: bool = False  # the payload carries tool-call deltas (no safe text replay)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -123,6 +166,17 @@ class EngineClient(Protocol):
 
     async def abort(self, request_id: str) -> None:
         """Stop a request's backend work; unknown or finished ids are ignored."""
+        ...
+
+    def unsupported(self, request: GenerateRequest) -> tuple[str, str] | None:
+        """(the parameter, why) when this backend cannot serve `request` as asked; None if it
+        can. The gateway routes it elsewhere, or answers 400 naming the parameter."""
+        ...
+
+    async def request(self, path: str, body: Mapping[str, Any]) -> tuple[int, bytes]:
+        """POST `body` to one of the backend's other endpoints (vLLM's /tokenize and
+        /detokenize, /v1/embeddings, /v1/responses): its HTTP status and JSON answer; 404 when
+        the backend has no such endpoint."""
         ...
 
     async def load(self) -> BackendLoad | None:

@@ -52,6 +52,7 @@ class Ticket:
     num_tokens_charged: float  # taken from the tenant's token bucket so far
     is_dispatched: bool = False
     is_released: bool = False
+    waiter: _Waiter | None = None  # while it waits in the queue (or was shed from it)
 
     @property
     def tenant(self) -> str:
@@ -99,8 +100,15 @@ class AdmissionController:
         return counts
 
     async def admit(self, request: Request) -> Ticket:
-        """Wait for a slot; raises RateLimitError when over a limit, shed or not servable in time.
-        `request` is new (arrival_s, estimated prompt tokens, max_output_tokens, tenant, ...)."""
+        """`enter` then `wait`: a ticket holding a slot."""
+        ticket = self.enter(request)
+        await self.wait(ticket)
+        return ticket
+
+    def enter(self, request: Request) -> Ticket:
+        """Pass the rate limits and take a slot, or a place in the queue; RateLimitError when
+        over a limit, or the queue is full or too slow to serve it in time. `request` is new
+        (arrival_s, estimated prompt tokens, max_output_tokens, tenant, ...)."""
         now = self.clock()
         tenant = request.tenant
         num_tokens = request.num_prompt_tokens + (request.max_output_tokens or 0)
@@ -116,53 +124,16 @@ class AdmissionController:
             assert self.queue.pop(now) is request
             self._start(ticket)
             return ticket
-        await self._wait(ticket, now)
+        self._enqueue(ticket, now)
         return ticket
 
-    def release(self, ticket: Ticket, num_prompt_tokens: int | None,
-                num_completion_tokens: int | None) -> None:
-        """Free the ticket's slot, settle its charges (policy and rate limits), hand the slot on."""
-        if ticket.is_released:
-            return
-        ticket.is_released = True
-        now = self.clock()
-        output = num_completion_tokens or 0
+    async def wait(self, ticket: Ticket) -> None:
+        """Until the ticket holds a slot; RateLimitError if it was shed or waited too long.
+        A cancelled wait leaves the queue (or gives back the slot it had just been given)."""
         if ticket.is_dispatched:
-            self.num_active -= 1
-            self.queue.finish(ticket.request, num_prompt_tokens, output, now)
-        prompt = ticket.request.num_prompt_tokens if num_prompt_tokens is None else num_prompt_tokens
-        self.tenants.charge(ticket.tenant, 0, prompt + output - ticket.num_tokens_charged, now)
-        self._observe_release(now)
-        self.dispatch_waiting()
-
-    def dispatch_waiting(self) -> None:
-        """Hand free slots to waiting requests, in the policy's order."""
-        while self.num_queued and self.num_active < self.capacity():
-            request = self.queue.pop(self.clock())
-            waiter = self._waiters.pop(request.request_id)
-            self._start(waiter.ticket)
-            waiter.future.set_result(None)
-
-    def _start(self, ticket: Ticket) -> None:
-        self.num_active += 1
-        ticket.is_dispatched = True
-
-    async def _wait(self, ticket: Ticket, now: float) -> None:
-        expected = (self.num_queued + 1) / self.dispatch_rate_per_s \
-            if self.dispatch_rate_per_s > 0 else 0.0
-        if expected > self.config.max_queue_wait_s:
-            self._reject(ticket.tenant, "overloaded")
-            self._refund(ticket, now)
-            raise RateLimitError("the gateway cannot start this request in time; retry later",
-                                 retry_after_s=expected, code="overloaded")
-        if self.num_queued >= self.config.max_queued and not self._shed_for(ticket):
-            self._reject(ticket.tenant, "queue_full")
-            self._refund(ticket, now)
-            raise RateLimitError("the gateway's queue is full", retry_after_s=max(1.0, expected),
-                                 code="queue_full")
-        waiter = _Waiter(ticket, asyncio.get_running_loop().create_future(), next(self._seq))
-        self._waiters[ticket.request.request_id] = waiter
-        self.queue.add(ticket.request)
+            return
+        waiter = ticket.waiter
+        assert waiter is not None, "wait() on a ticket that never queued"
         try:
             await asyncio.wait_for(asyncio.shield(waiter.future), self.config.max_queue_wait_s)
         except TimeoutError:
@@ -181,7 +152,59 @@ class AdmissionController:
             else:
                 self._give_up(waiter)
             raise
-        self.metrics.queue_s.observe(self.clock() - now, (ticket.tenant,))
+        self.metrics.queue_s.observe(self.clock() - ticket.request.arrival_s, (ticket.tenant,))
+
+    def release(self, ticket: Ticket, num_prompt_tokens: int | None,
+                num_completion_tokens: int | None) -> None:
+        """Free the ticket's slot, settle its charges (policy and rate limits), hand the slot on."""
+        if ticket.is_released:
+            return
+        if not ticket.is_dispatched:  # it never got a slot: it leaves the queue, refunded
+            waiter = ticket.waiter
+            if waiter is not None and not waiter.future.done():
+                self._give_up(waiter)
+            else:
+                self._refund(ticket, self.clock())
+            return
+        ticket.is_released = True
+        now = self.clock()
+        output = num_completion_tokens or 0
+        self.num_active -= 1
+        self.queue.finish(ticket.request, num_prompt_tokens, output, now)
+        prompt = ticket.request.num_prompt_tokens if num_prompt_tokens is None else num_prompt_tokens
+        self.tenants.charge(ticket.tenant, 0, prompt + output - ticket.num_tokens_charged, now)
+        self._observe_release(now)
+        self.dispatch_waiting()
+
+    def dispatch_waiting(self) -> None:
+        """Hand free slots to waiting requests, in the policy's order."""
+        while self.num_queued and self.num_active < self.capacity():
+            request = self.queue.pop(self.clock())
+            waiter = self._waiters.pop(request.request_id)
+            self._start(waiter.ticket)
+            waiter.future.set_result(None)
+
+    def _start(self, ticket: Ticket) -> None:
+        self.num_active += 1
+        ticket.is_dispatched = True
+
+    def _enqueue(self, ticket: Ticket, now: float) -> None:
+        expected = (self.num_queued + 1) / self.dispatch_rate_per_s \
+            if self.dispatch_rate_per_s > 0 else 0.0
+        if expected > self.config.max_queue_wait_s:
+            self._reject(ticket.tenant, "overloaded")
+            self._refund(ticket, now)
+            raise RateLimitError("the gateway cannot start this request in time; retry later",
+                                 retry_after_s=expected, code="overloaded")
+        if self.num_queued >= self.config.max_queued and not self._shed_for(ticket):
+            self._reject(ticket.tenant, "queue_full")
+            self._refund(ticket, now)
+            raise RateLimitError("the gateway's queue is full", retry_after_s=max(1.0, expected),
+                                 code="queue_full")
+        waiter = _Waiter(ticket, asyncio.get_running_loop().create_future(), next(self._seq))
+        ticket.waiter = waiter
+        self._waiters[ticket.request.request_id] = waiter
+        self.queue.add(ticket.request)
 
     def _give_up(self, waiter: _Waiter) -> None:
         waiter.future.cancel()

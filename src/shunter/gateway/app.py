@@ -1,12 +1,15 @@
 """The gateway as one raw ASGI application.
 
-Routes: POST /v1/completions and /v1/chat/completions (streaming SSE or not), GET /v1/models,
-/health, /metrics, /openapi.json. Each generation request goes: API key -> tenant; body ->
-validated `ApiRequest`; its output length predicted, if a predictor is configured
-(`features.py`); admission (rate limits, the gateway tier's queue under the configured core
-policy); the replica pool (route, retry, fail over); the answer. Every error becomes OpenAI's JSON error in `_answer_error`, the one
-exception handler. A client that disconnects cancels its request's task, which closes the
-backend stream, which aborts the backend's work.
+Routes: POST /v1/completions and /v1/chat/completions (streaming SSE or not, `generation.py`);
+GET /v1/models and /v1/models/{id}, /health, /metrics, /openapi.json, /version; POST /tokenize
+and /detokenize (vLLM's), /v1/embeddings and /v1/responses, forwarded to a backend that serves
+them. Each generation request goes: API key -> tenant; body -> validated `ApiRequest`; its
+output length predicted, if a predictor is configured; admission (rate limits, the gateway
+tier's queue under the configured core policy); the replica pool (route, retry, fail over);
+the answer. Every answer carries `x-request-id` (the client's own, if it sent one) and, with
+`cors_origins` configured, CORS headers. Every error becomes OpenAI's JSON error in
+`_answer_error`, the one exception handler. A client that disconnects cancels its request's
+task, which closes the backend stream, which aborts the backend's work.
 """
 
 from __future__ import annotations
@@ -18,24 +21,22 @@ import json
 import os
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 
-from shunter.backend.protocol import BackendError, GenerateChunk
+from shunter import __version__
 from shunter.core.predict.interface import Predictor, SessionTracker
-from shunter.core.request import Request
-from shunter.core.types import RequestSpec
 from shunter.errors import RequestError
-from shunter.gateway.admission import AdmissionController, Ticket
+from shunter.gateway.admission import AdmissionController
 from shunter.gateway.errors import (
     MethodNotAllowedError,
     NotFoundError,
     ServiceUnavailableError,
     error_response,
 )
-from shunter.gateway.features import request_features
+from shunter.gateway.forward import forward_endpoint, model_entry
+from shunter.gateway.generation import Part, make_parts, stream_answer, whole_answer
 from shunter.gateway.http import (
     JSON_HEADERS,
-    SSE_HEADERS,
     Receive,
     Scope,
     Send,
@@ -43,14 +44,24 @@ from shunter.gateway.http import (
     read_body,
     send_bytes,
     watch_disconnect,
+    with_headers,
 )
 from shunter.gateway.metrics import CONTENT_TYPE, GatewayMetrics
 from shunter.gateway.openapi import openapi_spec
-from shunter.gateway.pool import Attempt, ReplicaPool
-from shunter.gateway.schemas import ApiRequest, chunk_json, completion_json, parse_request
+from shunter.gateway.pool import ReplicaPool
+from shunter.gateway.render import Rendering
+from shunter.gateway.schemas import decode_body, parse_request
 from shunter.gateway.tenant import TenantTable
 
 __all__ = ["AppConfig", "GatewayApp"]
+
+_GENERATE_ROUTES = ("/v1/completions", "/v1/chat/completions")
+_FORWARD_ROUTES = frozenset({"/tokenize", "/detokenize", "/v1/embeddings", "/v1/responses"})
+_GET_ROUTES = frozenset({"/health", "/metrics", "/v1/models", "/openapi.json", "/version"})
+_MAX_CLIENT_ID_CHARS = 256
+_CORS_EXPOSED = b"x-request-id, retry-after, x-ratelimit-limit-requests, " \
+    b"x-ratelimit-remaining-requests, x-ratelimit-reset-requests, x-ratelimit-limit-tokens, " \
+    b"x-ratelimit-remaining-tokens, x-ratelimit-reset-tokens"
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -59,10 +70,22 @@ class AppConfig:
     max_body_bytes: int = 4 << 20
     max_prompt_chars: int = 1 << 20
     drain_timeout_s: float = 30.0
+    keepalive_s: float = 5.0  # SSE comments while a stream waits for its first token; 0: none
+    cors_origins: tuple[str, ...] = ()  # browser origins allowed ("*": any); none: no CORS
+    max_model_len: int | None = None  # what /v1/models reports, if known
 
     def __post_init__(self) -> None:
         if not self.model_names:
             raise ValueError("the gateway serves at least one model name")
+        if self.keepalive_s < 0:
+            raise ValueError(f"keepalive_s must be >= 0, got {self.keepalive_s}")
+
+
+def _client_request_id(scope: Scope) -> str | None:
+    value = header(scope, b"x-request-id")
+    if value and len(value) <= _MAX_CLIENT_ID_CHARS and value.isprintable():
+        return value
+    return None
 
 
 @dataclass(slots=True, eq=False)
@@ -88,18 +111,45 @@ class GatewayApp:
         elif kind == "lifespan":
             await self._lifespan(receive, send)
 
+    def new_id(self, prefix: str) -> str:
+        return f"{prefix}-{self._id_prefix}{next(self._ids):x}"
+
+    def _cors(self, scope: Scope) -> list[tuple[bytes, bytes]]:
+        origin = header(scope, b"origin")
+        allowed = self.config.cors_origins
+        if origin is None or not allowed or ("*" not in allowed and origin not in allowed):
+            return []
+        return [(b"access-control-allow-origin", origin.encode("latin-1")), (b"vary", b"origin"),
+                (b"access-control-expose-headers", _CORS_EXPOSED)]
+
     async def _http(self, scope: Scope, receive: Receive, send: Send) -> None:
         path, method = scope["path"], scope["method"]
+        request_id = self.new_id("chatcmpl" if path == "/v1/chat/completions" else "cmpl")
+        client_id = _client_request_id(scope)
+        cors = self._cors(scope)
+        send = with_headers(send, [(b"x-request-id", (client_id or request_id).encode()),
+                                   *cors], self.metrics.count_response)
         try:
-            if path in ("/v1/completions", "/v1/chat/completions"):
+            if method == "OPTIONS" and cors:  # a browser's CORS preflight
+                await send_bytes(send, 204, b"", [
+                    (b"access-control-allow-methods", b"GET, POST, OPTIONS"),
+                    (b"access-control-allow-headers", b"authorization, content-type, "
+                     b"x-request-id, x-program-id, x-session-id"),
+                    (b"access-control-max-age", b"600")])
+            elif path in _GENERATE_ROUTES or path in _FORWARD_ROUTES:
                 if method != "POST":
-                    raise MethodNotAllowedError(f"{path} accepts POST only")
-                await self._generate(scope, receive, send, path == "/v1/chat/completions")
-                return
-            if method not in ("GET", "HEAD"):
-                raise MethodNotAllowedError(f"{path} accepts GET only") \
-                    if path in _GET_ROUTES else NotFoundError(f"no route {method} {path}")
-            await self._get(path, scope, send)
+                    raise MethodNotAllowedError(f"{path} accepts POST only", allow=("POST",))
+                if path in _FORWARD_ROUTES:
+                    await forward_endpoint(self, path, scope, receive, send)
+                else:
+                    await self._generate(scope, receive, send, request_id,
+                                         path == "/v1/chat/completions")
+            elif path in _GET_ROUTES or path.startswith("/v1/models/"):
+                if method not in ("GET", "HEAD"):
+                    raise MethodNotAllowedError(f"{path} accepts GET only", allow=("GET", "HEAD"))
+                await self._get(path, scope, send)
+            else:
+                raise NotFoundError(f"no route {method} {path}")
         except Exception as exc:  # the one exception handler: OpenAI error JSON
             await _answer_error(send, exc)
 
@@ -114,27 +164,33 @@ class GatewayApp:
         elif path == "/metrics":
             await send_bytes(send, 200, self.metrics.render(),
                              [(b"content-type", CONTENT_TYPE.encode())])
-        elif path == "/v1/models":
-            self.tenants.authenticate(header(scope, b"authorization"))
-            data = [{"id": name, "object": "model", "created": 0, "owned_by": "shunter"}
-                    for name in self.config.model_names]
-            await send_bytes(send, 200, json.dumps({"object": "list", "data": data}).encode())
+        elif path == "/version":
+            await send_bytes(send, 200, json.dumps({"version": __version__}).encode())
         elif path == "/openapi.json":
-            await send_bytes(send, 200, json.dumps(openapi_spec()).encode())
-        else:
-            raise NotFoundError(f"no route GET {path}")
+            await send_bytes(send, 200, json.dumps(openapi_spec(
+                has_keys=not self.tenants.is_open)).encode())
+        else:  # /v1/models, /v1/models/{id}
+            self.tenants.authenticate(header(scope, b"authorization"))
+            data = [model_entry(name, self.config.max_model_len)
+                    for name in self.config.model_names]
+            if path == "/v1/models":
+                await send_bytes(send, 200, json.dumps({"object": "list", "data": data}).encode())
+                return
+            name = path[len("/v1/models/"):]
+            entry = next((d for d in data if d["id"] == name), None)
+            if entry is None:
+                raise NotFoundError(f"the model '{name}' does not exist; served: "
+                                    f"{', '.join(self.config.model_names)}", param="model",
+                                    code="model_not_found")
+            await send_bytes(send, 200, json.dumps(entry).encode())
 
-    async def _generate(self, scope: Scope, receive: Receive, send: Send, is_chat: bool) -> None:
+    async def _generate(self, scope: Scope, receive: Receive, send: Send, request_id: str,
+                        is_chat: bool) -> None:
         if self.is_draining:
             raise ServiceUnavailableError("draining: shutting down", code="draining")
-        arrival_s = self.clock()
+        arrival_s, created = self.clock(), int(time.time())
         tenant = self.tenants.authenticate(header(scope, b"authorization"))
-        raw = await read_body(receive, self.config.max_body_bytes)
-        try:
-            body = json.loads(raw)
-        except (ValueError, UnicodeDecodeError) as exc:
-            raise RequestError(f"malformed JSON body: {exc}", code="invalid_json") from None
-        request_id = f"{'chatcmpl' if is_chat else 'cmpl'}-{self._id_prefix}{next(self._ids):x}"
+        body = decode_body(await read_body(receive, self.config.max_body_bytes))
         api = parse_request(body, is_chat=is_chat, request_id=request_id, tenant=tenant.name,
                             clamp_priority=tenant.clamp_priority,
                             program_id=header(scope, b"x-program-id"),
@@ -148,33 +204,21 @@ class GatewayApp:
                                f"gateway's limit of {self.config.max_prompt_chars}",
                                param="messages" if is_chat else "prompt",
                                code="context_length_exceeded")
-        spec = self.pool.spec(api.generate)
-        request = Request.from_spec(spec, hash_blocks=False)
-        request.arrival_s = arrival_s
-        if self.predictor is not None:
-            request.predicted_output_tokens = self.predictor.predict(
-                request_features(api.generate, spec, self.sessions))
-            api = replace(api, generate=replace(
-                api.generate, predicted_output_tokens=request.predicted_output_tokens))
-        if self.pool.dispatch_index is not None:
-            self.pool.dispatch_index.add(spec)
-        try:
-            ticket = await self.admission.admit(request)
-        except BaseException:
-            if self.pool.dispatch_index is not None:
-                self.pool.dispatch_index.forget(request.request_id)  # left without a slot
-            raise
+        parts = make_parts(self, api, arrival_s)
+        self._admit(parts)
         self._enter()
         task = asyncio.current_task()
         assert task is not None
         watcher = asyncio.get_running_loop().create_task(watch_disconnect(receive, task))
-        attempt = Attempt()
         outcome = "error"
         try:
-            if api.is_stream:
-                await self._stream(api, spec, attempt, send, arrival_s)
-            else:
-                await self._complete(api, spec, attempt, send, arrival_s)
+            headers = self.tenants.ratelimit_headers(tenant.name, self.clock())
+            rendering = Rendering(request_id=request_id, model=api.generate.model,
+                                  created=created, is_chat=is_chat,
+                                  include_usage=api.include_usage,
+                                  continuous_usage=api.continuous_usage)
+            answer = stream_answer if api.is_stream else whole_answer
+            await answer(self, api, parts, send, headers, rendering, arrival_s)
             outcome = "ok"
         except asyncio.CancelledError:
             outcome = "cancelled"
@@ -184,56 +228,31 @@ class GatewayApp:
             task.uncancel()
         finally:
             watcher.cancel()
-            self._finish(ticket, attempt, arrival_s, outcome)
+            for part in parts:
+                self._finish(part, arrival_s, outcome)
+            self._leave()
 
-    async def _complete(self, api: ApiRequest, spec: RequestSpec, attempt: Attempt, send: Send,
-                        arrival_s: float) -> None:
-        parts: list[str] = []
-        finish_reason = None
-        async with contextlib.aclosing(self.pool.generate(api.generate, spec, attempt)) as chunks:
-            async for chunk in chunks:
-                if not parts:  # the backend's first output (the client sees it all at the end)
-                    label = (attempt.replica.name,) if attempt.replica else ("none",)
-                    self.metrics.ttft_s.observe(self.clock() - arrival_s, label)
-                parts.append(chunk.text)
-                finish_reason = chunk.finish_reason or finish_reason
-        body = completion_json(api, int(time.time()), "".join(parts), finish_reason, attempt.usage)
-        await send_bytes(send, 200, body)
-
-    async def _stream(self, api: ApiRequest, spec: RequestSpec, attempt: Attempt, send: Send,
-                      arrival_s: float) -> None:
-        created = int(time.time())
-        is_first = True
-        last_s = arrival_s
-        chunks = self.pool.generate(api.generate, spec, attempt)
+    def _admit(self, parts: list[Part]) -> None:
+        """Every part into admission (a slot, or the queue); on a refusal, none."""
+        index = self.pool.dispatch_index
         try:
-            async for chunk in chunks:
-                if not chunk.text and chunk.finish_reason is None:
-                    continue  # a usage-only update: the client hears of usage at the end
-                now = self.clock()
-                label = (attempt.replica.name,) if attempt.replica else ("none",)
-                if is_first:
-                    await send({"type": "http.response.start", "status": 200,
-                                "headers": SSE_HEADERS})
-                    self.metrics.ttft_s.observe(now - arrival_s, label)
-                else:
-                    self.metrics.itl_s.observe(now - last_s, label)
-                last_s = now
-                await send({"type": "http.response.body", "more_body": True,
-                            "body": _event(api, created, chunk, is_first)})
-                is_first = False
-        except (BackendError, RequestError) as exc:
-            if is_first:
-                raise  # nothing sent yet: a proper error status
-            status, body, _ = error_response(exc)
-            await send({"type": "http.response.body", "more_body": True,
-                        "body": b"data: " + body + b"\n\n"})
-        finally:
-            await chunks.aclose()
-        tail = chunk_json(api, created, None, None, attempt.usage) if api.include_usage else b""
-        await send({"type": "http.response.body", "body": tail + b"data: [DONE]\n\n"})
+            for part in parts:
+                if index is not None:
+                    index.add(part.spec)
+                part.ticket = self.admission.enter(part.request)
+        except BaseException:
+            for part in parts:
+                if part.ticket is not None:
+                    self.admission.release(part.ticket, None, 0)
+                if index is not None:
+                    index.forget(part.request.request_id)  # left without a slot
+            raise
 
-    def _finish(self, ticket: Ticket, attempt: Attempt, arrival_s: float, outcome: str) -> None:
+    def _finish(self, part: Part, arrival_s: float, outcome: str) -> None:
+        attempt, ticket = part.attempt, part.ticket
+        assert ticket is not None
+        if not ticket.is_dispatched and self.pool.dispatch_index is not None:
+            self.pool.dispatch_index.forget(part.request.request_id)
         usage = attempt.usage
         self.admission.release(ticket, None if usage is None else usage.prompt_tokens,
                                attempt.completion_tokens)
@@ -243,14 +262,16 @@ class GatewayApp:
         if usage is not None:
             self.metrics.prompt_tokens.inc((ticket.tenant,), usage.prompt_tokens)
             self.metrics.completion_tokens.inc((ticket.tenant,), usage.completion_tokens)
-        self.num_in_progress -= 1
-        if self.num_in_progress == 0 and self._idle is not None:
-            self._idle.set()
 
     def _enter(self) -> None:
         self.num_in_progress += 1
         if self._idle is not None:
             self._idle.clear()
+
+    def _leave(self) -> None:
+        self.num_in_progress -= 1
+        if self.num_in_progress == 0 and self._idle is not None:
+            self._idle.set()
 
     async def drain(self) -> None:
         """Refuse new requests and wait (bounded) for those in progress to finish."""
@@ -273,17 +294,9 @@ class GatewayApp:
                 return
 
 
-_GET_ROUTES = frozenset({"/health", "/metrics", "/v1/models", "/openapi.json"})
-
-
-def _event(api: ApiRequest, created: int, chunk: GenerateChunk, is_first: bool) -> bytes:
-    return chunk_json(api, created, chunk.text, chunk.finish_reason, None, is_first=is_first)
-
-
 async def _answer_error(send: Send, exc: Exception) -> None:
     status, body, headers = error_response(exc)
     try:
         await send_bytes(send, status, body, [*JSON_HEADERS, *headers])
     except Exception:  # the response had already started: nothing more can be said
         return
-

@@ -64,7 +64,13 @@ class NotFoundError(RequestError):
 
 
 class MethodNotAllowedError(RequestError):
+    """A known path asked with a method it does not take; `allow` goes in the Allow header."""
+
     status_code = 405
+
+    def __init__(self, message: str, *, allow: tuple[str, ...]) -> None:
+        self.allow = allow
+        super().__init__(message, code="method_not_allowed")
 
 
 class PayloadTooLargeError(RequestError):
@@ -105,8 +111,11 @@ def error_response(exc: Exception) -> tuple[int, bytes, list[tuple[bytes, bytes]
         retry_after = getattr(exc, "retry_after_s", None)
         if retry_after is not None:
             headers.append((b"retry-after", str(max(1, math.ceil(retry_after))).encode()))
+        if isinstance(exc, MethodNotAllowedError):
+            headers.append((b"allow", ", ".join(exc.allow).encode()))
         return status, error_body(str(exc), status, param=exc.param, code=exc.code), headers
     if isinstance(exc, BackendError):
         status = exc.status_code if exc.is_client_error else 502
-        return status, error_body(str(exc), status, code="backend_error"), headers
+        code = exc.code or "backend_error"
+        return status, error_body(str(exc), status, param=exc.param, code=code), headers
     return 500, error_body("internal error in the gateway", 500), headers

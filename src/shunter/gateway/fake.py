@@ -10,9 +10,11 @@ as the uninterrupted one would have. That is the property failover relies on.
 from __future__ import annotations
 
 import asyncio
+import json
 import zlib
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass, field
+from typing import Any
 
 from shunter.backend.protocol import (
     BackendError,
@@ -138,6 +140,17 @@ class FakeEngineClient:
 
     async def abort(self, request_id: str) -> None:
         self.aborted_ids.append(request_id)
+
+    def unsupported(self, request: GenerateRequest) -> tuple[str, str] | None:
+        return None
+
+    async def request(self, path: str, body: Mapping[str, Any]) -> tuple[int, bytes]:
+        """vLLM's /tokenize and /detokenize over the fake tokenizer (one token per word)."""
+        if path == "/tokenize" and isinstance(body.get("prompt"), str):
+            tokens = [zlib.crc32(w.encode()) % 50_000 for w in body["prompt"].split()]
+            return 200, json.dumps({"count": len(tokens), "max_model_len": 4096,
+                                    "tokens": tokens}).encode()
+        return 404, b'{"error": {"message": "not found"}}'
 
     async def load(self) -> BackendLoad | None:
         return BackendLoad(num_running=self.num_running)

@@ -161,7 +161,8 @@ class _Connection(asyncio.Protocol):
         num_prompt = fake_num_tokens(fake_context(request))
         usage = {"prompt_tokens": num_prompt, "completion_tokens": len(words),
                  "total_tokens": num_prompt + len(words)}
-        return json.dumps({"id": "fake", "object": "text_completion", "model": body["model"],
+        kind = "chat.completion" if request.is_chat else "text_completion"
+        return json.dumps({"id": "fake", "object": kind, "created": 0, "model": body["model"],
                            "choices": [choice], "usage": usage}).encode()
 
     async def _generate(self, request: GenerateRequest, body: dict[str, Any]) -> None:
@@ -186,6 +187,13 @@ class _Connection(asyncio.Protocol):
         assert transport is not None
         words, reason = self.backend.model.generate(request)
         num_prompt = fake_num_tokens(fake_context(request))
+        kind = "chat.completion.chunk" if request.is_chat else "text_completion"
+        head = {"id": "fake", "object": kind, "created": 0, "model": body["model"]}
+        if request.is_chat:  # as vLLM: a role-only first event
+            role = {**head, "choices": [{"index": 0, "delta": {"role": "assistant",
+                                                               "content": ""},
+                                         "finish_reason": None}]}
+            _write_chunk(transport, b"data: " + json.dumps(role).encode() + b"\n\n")
         for i, word in enumerate(words, start=1):
             if i > 1 and self.backend.token_delay_s:
                 await asyncio.sleep(self.backend.token_delay_s)
@@ -193,9 +201,10 @@ class _Connection(asyncio.Protocol):
                 self.backend.num_disconnects += 1
                 return
             delta = {"delta": {"content": word}} if request.is_chat else {"text": word}
-            event = {"choices": [{"index": 0, **delta,
-                                  "finish_reason": reason if i == len(words) else None}],
-                     "usage": {"prompt_tokens": num_prompt, "completion_tokens": i}}
+            event = {**head, "choices": [{"index": 0, **delta,
+                                          "finish_reason": reason if i == len(words) else None}],
+                     "usage": {"prompt_tokens": num_prompt, "completion_tokens": i,
+                               "total_tokens": num_prompt + i}}
             _write_chunk(transport, b"data: " + json.dumps(event).encode() + b"\n\n")
         _write_chunk(transport, b"data: [DONE]\n\n")
         transport.write(b"0\r\n\r\n")

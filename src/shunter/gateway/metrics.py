@@ -129,12 +129,20 @@ class GatewayMetrics:
         "shunter_prompt_tokens_total", "Prompt tokens reported by backends.", ("tenant",)))
     completion_tokens: Counter = field(default_factory=lambda: Counter(
         "shunter_generation_tokens_total", "Output tokens reported by backends.", ("tenant",)))
+    responses: Counter = field(default_factory=lambda: Counter(
+        "shunter_http_responses_total", "Every answer, by HTTP status (4xx and malformed "
+        "requests included).", ("code",)))
     gauges: list[Gauge] = field(default_factory=list)
+
+    def count_response(self, status: int) -> None:
+        """An answer started with this HTTP status."""
+        self.responses.inc((str(status),))
 
     def render(self) -> bytes:
         lines: list[str] = []
         for metric in (self.ttft_s, self.itl_s, self.e2e_s, self.queue_s, self.requests,
                        self.routed, self.rejected, self.backend_errors, self.failovers,
-                       self.prompt_tokens, self.completion_tokens, *self.gauges):
+                       self.prompt_tokens, self.completion_tokens, self.responses,
+                       *self.gauges):
             lines += metric.render()
         return ("\n".join(lines) + "\n").encode()

@@ -59,8 +59,9 @@ def _get(summary: str, content_type: str = "application/json") -> dict[str, Any]
         "200": {"description": summary, "content": {content_type: {"schema": {}}}}}}}
 
 
-def openapi_spec() -> dict[str, Any]:
-    """A fresh copy of the spec (callers may change it)."""
+def openapi_spec(*, has_keys: bool = True) -> dict[str, Any]:
+    """A fresh copy of the spec (callers may change it); bearer auth only when the gateway
+    has tenants with keys (`has_keys`)."""
     message = {"type": "object", "required": ["role", "content"], "properties": {
         "role": {"type": "string",
                  "enum": ["system", "developer", "user", "assistant", "tool"]},
@@ -87,7 +88,7 @@ def openapi_spec() -> dict[str, Any]:
                     "choices": {"type": "array"}, "usage": _USAGE}},
                 "Error": _ERROR,
             }},
-        "security": [{"bearer": []}],
+        "security": [{"bearer": []}] if has_keys else [],
         "paths": {
             "/v1/completions": _post("Create a completion", "CompletionRequest", "Completion"),
             "/v1/chat/completions": _post("Create a chat completion", "ChatCompletionRequest",

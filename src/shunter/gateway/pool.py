@@ -53,6 +53,7 @@ class Attempt:
     prompt_tokens: int | None = None
     completion_tokens: int = 0
     num_cached_tokens: int | None = None
+    has_output: bool = False  # a chunk with content reached the caller
 
     @property
     def usage(self) -> Usage | None:
@@ -97,11 +98,25 @@ class ReplicaPool:
             priority=request.priority, session_id=request.session_id,
             program_id=request.program_id, hash_ids=text_hash_ids(text))
 
-    def choose(self, spec: RequestSpec, excluded: set[int]) -> Replica:
-        """A routable replica with a free slot, by the router (any routable one when none has
-        a slot: replicas went down while their requests were admitted)."""
+    def refusal(self, request: GenerateRequest) -> tuple[str, str] | None:
+        """(parameter, why) when no backend can serve `request` as asked (every one refuses
+        it: `EngineClient.unsupported`); None when some backend can."""
+        first = None
+        for replica in self.replicas:
+            why = replica.client.unsupported(request)
+            if why is None:
+                return None
+            first = first or why
+        return first
+
+    def choose(self, spec: RequestSpec, excluded: set[int],
+               request: GenerateRequest | None = None) -> Replica:
+        """A routable replica that can serve `request` and has a free slot, by the router (any
+        routable one when none has a slot: replicas went down while their requests were
+        admitted)."""
         now = self.clock()
-        routable = [r for r in self.replicas if r.replica_id not in excluded and r.can_route(now)]
+        routable = [r for r in self.replicas if r.replica_id not in excluded and r.can_route(now)
+                    and (request is None or r.client.unsupported(request) is None)]
         if not routable:
             raise ServiceUnavailableError("no healthy backend can take this request",
                                           code="no_backend")
@@ -118,14 +133,17 @@ class ReplicaPool:
 
     async def generate(self, request: GenerateRequest, spec: RequestSpec, attempt: Attempt
                        ) -> AsyncIterator[GenerateChunk]:
-        """Run `request` (`spec`: as `self.spec` describes it) to its end somewhere; chunks
-        carry text only (usage is in `attempt`)."""
+        """Run `request` (`spec`: as `self.spec` describes it) to its end somewhere (usage is
+        in `attempt`). A stream that fails after output is resumed elsewhere with the text
+        sent so far, unless it cannot be replayed safely (tool-call deltas, several choices):
+        then it fails with a BackendError saying so."""
         excluded: set[int] = set()
         current, text_sent = request, ""
+        is_replayable = request.n == 1
         last_error: BackendError | None = None
         while attempt.num_attempts < self.config.max_attempts:
             try:
-                replica = self.choose(spec, excluded)
+                replica = self.choose(spec, excluded, current)
             except ServiceUnavailableError:
                 if last_error is None:
                     raise
@@ -138,11 +156,18 @@ class ReplicaPool:
                 async for chunk in self._run_on(replica, current, spec.num_prompt_tokens, attempt,
                                                 base_tokens):
                     text_sent += chunk.text
+                    is_replayable = is_replayable and not chunk.has_tool_calls
                     yield chunk
                 return
             except BackendError as exc:
                 if exc.is_client_error:
                     raise
+                if text_sent and not is_replayable or attempt.has_output and not is_replayable:
+                    raise BackendError(f"the backend failed mid-stream ({exc}) after sending "
+                                       "tool-call deltas or several choices, which cannot be "
+                                       "resumed on another backend without corrupting them",
+                                       status_code=None, code="backend_failed_mid_stream"
+                                       ) from None
                 last_error = exc
                 excluded.add(replica.replica_id)
                 self.metrics.failovers.inc(("mid_stream" if text_sent else "before_first_byte",))
@@ -172,6 +197,8 @@ class ReplicaPool:
                         attempt.completion_tokens = base_tokens + chunk.usage.completion_tokens
                     if chunk.num_cached_tokens is not None:
                         attempt.num_cached_tokens = chunk.num_cached_tokens
+                    if chunk.text or chunk.has_tool_calls or chunk.logprobs:
+                        attempt.has_output = True
                     yield chunk
         except BackendError as exc:
             if not exc.is_client_error:

@@ -6,12 +6,15 @@ httpx's per request on the CPU, and the gateway's added latency is what we are m
 Non-streaming requests to a plain http:// backend go through `h1.H1Client` instead, a
 keep-alive protocol over httptools that costs a fraction of aiohttp's request path.
 
-Streams ask for `stream_options.include_usage` and vLLM's `continuous_usage_stats`, so every
-chunk carries cumulative token counts (token counts come from `usage`, never from counting
-chunks; a server that ignores the option still sends usage at the end). A resumed request
-(`continuation`) becomes a completion prompt with the text appended, or a chat whose last
-message is the partial assistant turn with vLLM's `continue_final_message` (llama-server
-continues a trailing assistant message by itself). Closing a stream closes its connection,
+The backend gets the client's body, every field passed through (`request_payload`): only the
+model name, the tenant's clamped priority and, for streams, `stream_options.include_usage`
+and vLLM's `continuous_usage_stats` are set, so every chunk carries cumulative token counts
+(token counts come from `usage`, never from counting chunks; a server that ignores the option
+still sends usage at the end). Every event and whole answer comes back as the chunk's
+`payload`, forwarded to the client as is. A resumed request (`continuation`) becomes a
+completion prompt with the text appended, or a chat whose last message is the partial
+assistant turn with vLLM's `continue_final_message` (llama-server continues a trailing
+assistant message by itself). Closing a stream closes its connection,
 which is how OpenAI-compatible servers learn to abort a request.
 
 Load comes from the backend's Prometheus /metrics: vLLM's `vllm:num_requests_running`,
@@ -24,7 +27,7 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -73,30 +76,53 @@ class RemoteConfig:
 
 def request_payload(request: GenerateRequest, model: str | None, continuous_usage: bool
                     ) -> dict[str, Any]:
-    """The OpenAI body for `request` (a replay appends its continuation)."""
-    body: dict[str, Any] = {"model": model or request.model, "temperature": request.temperature,
+    """The OpenAI body for `request`: the client's own, every field passed through, with the
+    backend's model name, the tenant's clamped priority, and (streams) the usage options the
+    gateway needs; a replay appends its continuation and lowers its token cap."""
+    body = dict(request.body) if request.body is not None else _typed_body(request)
+    body["model"] = model or request.model
+    if request.priority:
+        body["priority"] = request.priority
+    elif "priority" in body:  # the tenant's clamp may have changed it
+        body["priority"] = 0
+    if request.stream:
+        body["stream"] = True
+        options = dict(body.get("stream_options") or {})
+        options["include_usage"] = True
+        if continuous_usage:
+            options["continuous_usage_stats"] = True
+        body["stream_options"] = options
+    if request.continuation:
+        if request.messages is not None:
+            messages = list(body["messages"])
+            messages.append({"role": "assistant", "content": request.continuation})
+            body.update(messages=messages, continue_final_message=True,
+                        add_generation_prompt=False)
+        else:
+            body["prompt"] = (request.prompt if isinstance(request.prompt, str) else "") \
+                + request.continuation
+        key = "max_completion_tokens" if "max_completion_tokens" in body else "max_tokens"
+        if request.max_tokens is not None:
+            body[key] = request.max_tokens
+    return body
+
+
+def _typed_body(request: GenerateRequest) -> dict[str, Any]:
+    """The body of a request built in code rather than received (probes, tests)."""
+    body: dict[str, Any] = {"model": request.model, "temperature": request.temperature,
                             "top_p": request.top_p, "stream": request.stream}
     if request.messages is not None:
-        messages = [{"role": m.role, "content": m.content} for m in request.messages]
-        if request.continuation:
-            messages.append({"role": "assistant", "content": request.continuation})
-            body.update(continue_final_message=True, add_generation_prompt=False)
-        body["messages"] = messages
+        body["messages"] = [{"role": m.role, "content": m.content} for m in request.messages]
     else:
-        body["prompt"] = (request.prompt or "") + request.continuation
-    if request.max_tokens is not None:
-        body["max_tokens"] = request.max_tokens
-    if request.seed is not None:
-        body["seed"] = request.seed
+        body["prompt"] = request.prompt if isinstance(request.prompt, str) \
+            else list(request.prompt or ())
+    for key in ("max_tokens", "seed"):
+        if getattr(request, key) is not None:
+            body[key] = getattr(request, key)
     if request.stop:
         body["stop"] = list(request.stop)
     if request.ignore_eos:
         body["ignore_eos"] = True
-    if request.priority:  # vLLM refuses a non-zero priority unless its policy is "priority"
-        body["priority"] = request.priority
-    if request.stream:
-        body["stream_options"] = {"include_usage": True,
-                                  **({"continuous_usage_stats": True} if continuous_usage else {})}
     return body
 
 
@@ -132,22 +158,27 @@ def _error_message(raw: bytes) -> str:
         return raw[:500].decode("utf-8", "replace")
 
 
+def _has_tool_calls(choices: Any, key: str) -> bool:
+    return any((c.get(key) or {}).get("tool_calls") for c in choices)
+
+
 def _chunk(obj: dict[str, Any], is_chat: bool) -> GenerateChunk | None:
+    """One SSE event as a chunk: the event itself (`payload`) plus what the gateway reads."""
     if "error" in obj:
         raise BackendError(f"backend error mid-stream: {_error_message(json.dumps(obj).encode())}")
     usage = obj.get("usage")
     choices = obj.get("choices") or ()
-    text, finish = "", None
+    text, finish, index = "", None, 0
     if choices:
         choice = choices[0]
         text = (choice.get("delta") or {}).get("content") or "" if is_chat \
             else choice.get("text") or ""
         finish = choice.get("finish_reason")
-    if not text and finish is None and not usage:
-        return None
+        index = choice.get("index", 0)
     parsed = Usage(usage["prompt_tokens"], usage.get("completion_tokens") or 0) if usage else None
     cached = ((usage or {}).get("prompt_tokens_details") or {}).get("cached_tokens")
-    return GenerateChunk(text, finish, parsed, cached)
+    return GenerateChunk(text, finish, parsed, cached, index=index, payload=obj,
+                         has_tool_calls=is_chat and _has_tool_calls(choices, "delta"))
 
 
 class RemoteEngineClient:
@@ -213,6 +244,18 @@ class RemoteEngineClient:
     async def abort(self, request_id: str) -> None:
         return None  # closing the stream's connection is the abort
 
+    def unsupported(self, request: GenerateRequest) -> tuple[str, str] | None:
+        return None  # an OpenAI-compatible server answers for itself
+
+    async def request(self, path: str, body: Mapping[str, Any]) -> tuple[int, bytes]:
+        payload = {**body, "model": self.config.model or body.get("model")} \
+            if "model" in body or self.config.model else dict(body)
+        try:
+            async with self._http().post(path.lstrip("/"), json=payload) as response:
+                return response.status, await response.read()
+        except (TimeoutError, aiohttp.ClientError) as exc:
+            raise BackendError(f"backend {self.config.url}: {type(exc).__name__}: {exc}") from None
+
     async def load(self) -> BackendLoad | None:
         if self.config.metrics_path is None:
             return None
@@ -237,11 +280,16 @@ class RemoteEngineClient:
 
 
 def _whole(body: dict[str, Any], is_chat: bool) -> GenerateChunk:
-    choice = body["choices"][0]
+    """A whole answer as one chunk (its `payload` is the answer)."""
+    choices = body["choices"]
+    choice = choices[0]
     text = (choice.get("message") or {}).get("content") or "" if is_chat else choice.get("text", "")
     usage = body.get("usage")
-    return GenerateChunk(text, choice.get("finish_reason"),
-                         Usage(usage["prompt_tokens"], usage["completion_tokens"]) if usage else None)
+    cached = ((usage or {}).get("prompt_tokens_details") or {}).get("cached_tokens")
+    return GenerateChunk(text or "", choice.get("finish_reason"),
+                         Usage(usage["prompt_tokens"], usage["completion_tokens"]) if usage
+                         else None, cached, payload=body,
+                         has_tool_calls=is_chat and _has_tool_calls(choices, "message"))
 
 
 async def _sse_chunks(response: aiohttp.ClientResponse, is_chat: bool

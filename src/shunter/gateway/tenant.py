@@ -75,6 +75,11 @@ class TokenBucket:
         self._refill(now_s)
         self.level -= amount
 
+    def remaining(self, now_s: float) -> float:
+        """What could be taken now (negative: in debt)."""
+        self._refill(now_s)
+        return self.level
+
 
 @dataclass(slots=True)
 class _TenantState:
@@ -142,6 +147,20 @@ class TenantTable:
         if state.tokens is not None:
             waits.append(state.tokens.wait_s(num_tokens, now_s))
         return max(waits)
+
+    def ratelimit_headers(self, tenant: str, now_s: float) -> list[tuple[bytes, bytes]]:
+        """OpenAI's x-ratelimit-* headers for a tenant with limits (none without)."""
+        state = self.tenants[tenant]
+        out: list[tuple[bytes, bytes]] = []
+        for what, bucket in (("requests", state.requests), ("tokens", state.tokens)):
+            if bucket is None:
+                continue
+            remaining = max(0.0, bucket.remaining(now_s))
+            reset_s = (bucket.capacity - remaining) / bucket.rate_per_s
+            out += [(f"x-ratelimit-limit-{what}".encode(), b"%d" % bucket.capacity),
+                    (f"x-ratelimit-remaining-{what}".encode(), b"%d" % remaining),
+                    (f"x-ratelimit-reset-{what}".encode(), f"{reset_s:.3g}s".encode())]
+        return out
 
     def charge(self, tenant: str, num_requests: int, num_tokens: float, now_s: float) -> None:
         """Take from the tenant's buckets (negative amounts refund an over-estimate)."""

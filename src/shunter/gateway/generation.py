@@ -1,0 +1,208 @@
+"""One generation request through the gateway: admission, the backends, the answer.
+
+A completions `prompt` list fans out into one part per prompt (each admitted, routed and
+charged on its own; choice indexes offset by `n` per prompt) and the answers merge back.
+
+Streams answer at once: as soon as the request is in (past validation, rate limits and into
+the queue), the SSE headers go out with a role-only first chunk per chat choice, and a
+keep-alive comment follows every `keepalive_s` until the first token, so a request waiting in
+the queue or in a long prefill never looks dead to a client or proxy. From then on an error
+is an SSE error event (`{"error": ...}`), not a status. A remote backend's events are
+forwarded (`render.Rendering.forward_chunk`), an engine's rendered.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+from shunter.backend.protocol import BackendError, GenerateChunk, GenerateRequest, Usage
+from shunter.core.request import Request
+from shunter.core.types import RequestSpec
+from shunter.errors import RequestError
+from shunter.gateway.admission import Ticket
+from shunter.gateway.errors import error_response
+from shunter.gateway.features import request_features
+from shunter.gateway.http import JSON_HEADERS, Send, SseWriter, send_bytes
+from shunter.gateway.pool import Attempt
+from shunter.gateway.render import Choice, Rendering, usage_json
+from shunter.gateway.schemas import ApiRequest
+
+__all__ = ["Part", "make_parts", "merged", "stream_answer", "whole_answer"]
+
+
+@dataclass(slots=True, eq=False)
+class Part:
+    """One prompt's share of a request."""
+
+    generate: GenerateRequest
+    spec: RequestSpec
+    request: Request  # the gateway tier's state of it
+    index_offset: int  # its choices' place among the request's
+    ticket: Ticket | None = None
+    attempt: Attempt = field(default_factory=Attempt)
+
+
+def make_parts(app: Any, api: ApiRequest, arrival_s: float) -> list[Part]:
+    """The request's parts, predicted (if a predictor runs) and checked against the backends."""
+    parts = []
+    for i, generate in enumerate(api.generates):
+        refusal = app.pool.refusal(generate)
+        if refusal is not None:
+            param, why = refusal
+            raise RequestError(f"'{param}': {why}", param=param, code="unsupported_parameter")
+        spec = app.pool.spec(generate)
+        request = Request.from_spec(spec, hash_blocks=False)
+        request.arrival_s = arrival_s
+        if app.predictor is not None:
+            request.predicted_output_tokens = app.predictor.predict(
+                request_features(generate, spec, app.sessions))
+            generate = replace(generate, predicted_output_tokens=request.predicted_output_tokens)
+        parts.append(Part(generate, spec, request, i * generate.n))
+    return parts
+
+
+async def merged(app: Any, parts: Sequence[Part]) -> AsyncIterator[tuple[Part, GenerateChunk]]:
+    """Every part's chunks as they come (one part: its own stream, no tasks)."""
+    if len(parts) == 1:
+        async with contextlib.aclosing(app.pool.generate(parts[0].generate, parts[0].spec,
+                                                          parts[0].attempt)) as chunks:
+            async for chunk in chunks:
+                yield parts[0], chunk
+        return
+    queue: asyncio.Queue[tuple[Part, GenerateChunk] | BaseException | None] = asyncio.Queue()
+
+    async def pump(part: Part) -> None:
+        try:
+            async with contextlib.aclosing(app.pool.generate(part.generate, part.spec,
+                                                              part.attempt)) as chunks:
+                async for chunk in chunks:
+                    queue.put_nowait((part, chunk))
+        except Exception as exc:  # noqa: BLE001 - handed to the consumer
+            queue.put_nowait(exc)
+        finally:
+            queue.put_nowait(None)
+
+    tasks = [asyncio.get_running_loop().create_task(pump(p)) for p in parts]
+    try:
+        left = len(tasks)
+        while left:
+            item = await queue.get()
+            if item is None:
+                left -= 1
+            elif isinstance(item, BaseException):
+                raise item
+            else:
+                yield item
+    finally:
+        for task in tasks:
+            task.cancel()
+
+
+def _total_usage(parts: Sequence[Part]) -> tuple[Usage | None, int | None]:
+    usages = [p.attempt.usage for p in parts]
+    if any(u is None for u in usages):
+        return None, None
+    cached = [p.attempt.num_cached_tokens for p in parts]
+    return (Usage(sum(u.prompt_tokens for u in usages),  # type: ignore[union-attr]
+                  sum(u.completion_tokens for u in usages)),  # type: ignore[union-attr]
+            None if None in cached else sum(c for c in cached if c is not None))
+
+
+def _is_role_only(payload: Any) -> bool:
+    """A backend's own first chat event (role, no content): the gateway sent its own."""
+    choices = payload.get("choices") or ()
+    return bool(choices) and all(
+        c.get("finish_reason") is None and not c.get("logprobs")
+        and set(c.get("delta") or {}) <= {"role", "content"}
+        and not (c.get("delta") or {}).get("content") and "role" in (c.get("delta") or {})
+        for c in choices)
+
+
+async def stream_answer(app: Any, api: ApiRequest, parts: Sequence[Part], send: Send,
+                        headers: list[tuple[bytes, bytes]], rendering: Rendering,
+                        arrival_s: float) -> None:
+    writer = SseWriter(send, app.config.keepalive_s)
+    await writer.start(headers)
+    if api.is_chat:
+        roles = b"".join(rendering.role_chunk(p.index_offset + i)
+                         for p in parts for i in range(p.generate.n))
+        await writer.write(roles, is_waiting=True)
+    usage_event: bytes | None = None
+    is_first, last_s = True, arrival_s
+    try:
+        for part in parts:
+            assert part.ticket is not None
+            await app.admission.wait(part.ticket)
+        async for part, chunk in merged(app, parts):
+            payload = chunk.payload
+            if payload is not None:
+                if api.is_chat and _is_role_only(payload):
+                    continue
+                if not payload.get("choices"):  # the backend's usage-only event
+                    if len(parts) == 1 and api.include_usage:
+                        usage_event = rendering.forward_chunk(payload, part.index_offset)
+                    continue
+                data = rendering.forward_chunk(payload, part.index_offset)
+            elif not chunk.text and chunk.finish_reason is None and not chunk.logprobs:
+                continue  # a usage-only update: the client hears of usage at the end
+            else:
+                if part.index_offset:
+                    chunk = replace(chunk, index=chunk.index + part.index_offset)
+                data = rendering.chunk(chunk, _total_usage(parts)[0])
+            if data is None:
+                continue
+            now = app.clock()
+            label = (part.attempt.replica.name,) if part.attempt.replica else ("none",)
+            if is_first:
+                app.metrics.ttft_s.observe(now - arrival_s, label)
+                is_first = False
+            else:
+                app.metrics.itl_s.observe(now - last_s, label)
+            last_s = now
+            await writer.write(data)
+    except (BackendError, RequestError) as exc:
+        _, body, _ = error_response(exc)
+        await writer.write(b"data: " + body + b"\n\n")
+    finally:
+        writer.stop_beats()
+    if api.include_usage and usage_event is None:
+        usage_event = rendering.usage_chunk(*_total_usage(parts))
+    await writer.write((usage_event or b"") + b"data: [DONE]\n\n", is_last=True)
+
+
+async def whole_answer(app: Any, api: ApiRequest, parts: Sequence[Part], send: Send,
+                       headers: list[tuple[bytes, bytes]], rendering: Rendering,
+                       arrival_s: float) -> None:
+    for part in parts:
+        assert part.ticket is not None
+        await app.admission.wait(part.ticket)
+    payloads: dict[int, Any] = {}  # part -> a remote backend's whole answer
+    choices: dict[int, Choice] = {}
+    is_first = True
+    async for part, chunk in merged(app, parts):
+        if is_first:  # the backend's first output (the client sees it all at the end)
+            label = (part.attempt.replica.name,) if part.attempt.replica else ("none",)
+            app.metrics.ttft_s.observe(app.clock() - arrival_s, label)
+            is_first = False
+        if chunk.payload is not None:
+            payloads[id(part)] = chunk.payload
+            continue
+        index = chunk.index + part.index_offset
+        choice = choices.setdefault(index, Choice(index))
+        choice.text.append(chunk.text)
+        choice.logprobs.extend(chunk.logprobs)
+        choice.finish_reason = chunk.finish_reason or choice.finish_reason
+    usage, cached = _total_usage(parts)
+    if len(parts) == 1 and payloads:
+        body = rendering.forward_whole(next(iter(payloads.values())))
+    elif not payloads:
+        body = rendering.whole(list(choices.values()), usage, cached)
+    else:  # a prompt list served by remote backends (and maybe engines): merge the choices
+        body = rendering.merge_whole(
+            [(p.index_offset, payloads[id(p)]) for p in parts if id(p) in payloads],
+            list(choices.values()), usage_json(usage, cached))
+    await send_bytes(send, 200, body, [*JSON_HEADERS, *headers])
