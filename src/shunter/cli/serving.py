@@ -128,7 +128,8 @@ def run_serve(args: argparse.Namespace) -> int:
     app_config = AppConfig(model_names=server.models or (model,),
                            max_body_bytes=server.max_body_bytes,
                            max_prompt_chars=server.max_prompt_chars,
-                           drain_timeout_s=server.drain_timeout_s)
+                           drain_timeout_s=server.drain_timeout_s,
+                           keepalive_s=server.keepalive_s, cors_origins=server.cors_origins)
     settings = config.scheduler
     source = f"{args.config} [scheduler]" if args.config else "--policy"
     has_engines = any(b.kind == "engine" for b in config.backends)

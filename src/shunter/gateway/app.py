@@ -262,6 +262,10 @@ class GatewayApp:
         if usage is not None:
             self.metrics.prompt_tokens.inc((ticket.tenant,), usage.prompt_tokens)
             self.metrics.completion_tokens.inc((ticket.tenant,), usage.completion_tokens)
+            self.metrics.prefix_queries.inc((), usage.prompt_tokens)
+            self.metrics.prefix_hits.inc((), attempt.num_cached_tokens or 0)
+        if outcome == "ok":
+            self.metrics.successes.inc((attempt.finish_reason or "stop",))
 
     def _enter(self) -> None:
         self.num_in_progress += 1

@@ -1,7 +1,7 @@
 """Gateway config files (TOML or YAML) -> validated config objects.
 
     [server]      host, port, models (served names), max_body_bytes, max_prompt_chars,
-                  drain_timeout_s
+                  drain_timeout_s, keepalive_s, cors_origins
     [router]      name (any of router/registry.py), params = {...}
     [scheduler]   policy, params = {...}, predictor, predictor_params = {...},
                   gateway_policy, gateway_params = {...}  (`SchedulerSettings`)
@@ -138,6 +138,8 @@ class ServerConfig:
     max_body_bytes: int = 4 << 20
     max_prompt_chars: int = 1 << 20
     drain_timeout_s: float = 30.0
+    keepalive_s: float = 5.0  # SSE keep-alive comments while a stream waits; 0: none
+    cors_origins: tuple[str, ...] = ()  # browser origins allowed, "*" for any; none: no CORS
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

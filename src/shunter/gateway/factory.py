@@ -32,6 +32,7 @@ from shunter.gateway.remote import RemoteConfig, RemoteEngineClient
 from shunter.gateway.replica import Replica
 from shunter.gateway.speed import SpeedModel
 from shunter.gateway.tenant import TenantConfig, TenantTable
+from shunter.gateway.vllm_metrics import VllmSeries
 from shunter.router.prefix_index import DispatchIndex
 from shunter.router.registry import make_router
 
@@ -154,8 +155,22 @@ def build_app(parts: GatewayParts, backends: list[BackendSlot],
     metrics.gauges.append(Gauge(
         "shunter_gateway_queued", "Requests waiting in the gateway's queue, per tenant.",
         ("tenant",), lambda: [((t,), float(n)) for t, n in admission.queued_per_tenant().items()]))
+    metrics.extra.append(VllmSeries(
+        parts.app.model_names[0], metrics, read_load=lambda: _loads(pool, clock),
+        read_queued=lambda: admission.num_queued).render)
     return GatewayApp(parts.app, pool, admission, tenants, metrics, clock,
                       predictor=parts.predictor)
+
+
+def _loads(pool: ReplicaPool, clock: Callable[[], float]) -> list[tuple[float, float, float, float]]:
+    """(running, waiting, KV usage, preemptions) of each backend, as its router sees it."""
+    now = clock()
+    out = []
+    for replica in pool.replicas:
+        view, reported = replica.view(now), replica.reported
+        out.append((float(view.num_running), float(view.num_waiting), view.kv_usage,
+                    float(reported.num_preemptions) if reported is not None else 0.0))
+    return out
 
 
 def gateway_policy(parts: GatewayParts) -> Policy:

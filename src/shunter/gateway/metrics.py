@@ -132,7 +132,16 @@ class GatewayMetrics:
     responses: Counter = field(default_factory=lambda: Counter(
         "shunter_http_responses_total", "Every answer, by HTTP status (4xx and malformed "
         "requests included).", ("code",)))
+    # rendered under vLLM's names by `vllm_metrics.VllmSeries` (an `extra` renderer)
+    prefix_queries: Counter = field(default_factory=lambda: Counter(
+        "vllm:prefix_cache_queries_total", "Prompt tokens looked up in a prefix cache."))
+    prefix_hits: Counter = field(default_factory=lambda: Counter(
+        "vllm:prefix_cache_hits_total", "Prompt tokens served from a prefix cache."))
+    successes: Counter = field(default_factory=lambda: Counter(
+        "vllm:request_success_total", "Finished requests by finish reason.",
+        ("finished_reason",)))
     gauges: list[Gauge] = field(default_factory=list)
+    extra: list[Callable[[], list[str]]] = field(default_factory=list)  # more series, rendered
 
     def count_response(self, status: int) -> None:
         """An answer started with this HTTP status."""
@@ -145,4 +154,6 @@ class GatewayMetrics:
                        self.prompt_tokens, self.completion_tokens, self.responses,
                        *self.gauges):
             lines += metric.render()
+        for render in self.extra:
+            lines += render()
         return ("\n".join(lines) + "\n").encode()

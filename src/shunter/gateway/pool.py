@@ -54,6 +54,7 @@ class Attempt:
     completion_tokens: int = 0
     num_cached_tokens: int | None = None
     has_output: bool = False  # a chunk with content reached the caller
+    finish_reason: str | None = None  # the last one a backend gave
 
     @property
     def usage(self) -> Usage | None:
@@ -199,6 +200,8 @@ class ReplicaPool:
                         attempt.num_cached_tokens = chunk.num_cached_tokens
                     if chunk.text or chunk.has_tool_calls or chunk.logprobs:
                         attempt.has_output = True
+                    if chunk.finish_reason is not None:
+                        attempt.finish_reason = chunk.finish_reason
                     yield chunk
         except BackendError as exc:
             if not exc.is_client_error:
