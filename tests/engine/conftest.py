@@ -47,3 +47,16 @@ def tiny_loaded(tiny_model_dir: Path):
     from shunter.engine.loader import load_hf_dir
 
     return load_hf_dir(tiny_model_dir)
+
+
+@pytest.fixture(scope="session")
+def tok_loaded(tmp_path_factory: pytest.TempPathFactory):
+    """A tiny random Llama with a real (byte-level BPE) tokenizer and a chat template, loaded
+    from the GGUF file llama.cpp would write for it."""
+    pytest.importorskip("transformers")
+    from shunter.engine.loader import load_gguf
+    from tests.engine.gguf_writer import byte_level_vocab, llama_gguf_from_hf
+    from tests.engine.tiny import make_tiny_hf_model
+
+    model = make_tiny_hf_model(seed=5, vocab_size=len(byte_level_vocab()[0]))
+    return load_gguf(llama_gguf_from_hf(tmp_path_factory.mktemp("tok") / "m.gguf", model))

@@ -2,7 +2,8 @@
 
 Public surface: `LLMEngine` (sync: add_request / step / abort / generate), `AsyncEngineClient`
 (asyncio: submit / stream / abort / load, stepping on its own thread), `EngineConfig`,
-`SamplingParams`, the output records, and `generate_text` for the CLI.
+`SamplingParams` (with `StructuredOutput` for constrained decoding), the output records, and
+`generate_text` for the CLI.
 """
 
 from __future__ import annotations
@@ -11,8 +12,9 @@ from shunter.engine.async_client import AsyncEngineClient, EngineDeadError
 from shunter.engine.config import EngineConfig
 from shunter.engine.executor import EngineExecutor
 from shunter.engine.llm import LLMEngine, generate_text
-from shunter.engine.outputs import Completion, EngineOutput
+from shunter.engine.outputs import Completion, EngineOutput, TokenLogprobs
 from shunter.engine.sampler import SamplingParams
+from shunter.engine.structured import StructuredOutput
 
 __all__ = [
     "AsyncEngineClient",
@@ -23,5 +25,7 @@ __all__ = [
     "EngineOutput",
     "LLMEngine",
     "SamplingParams",
+    "StructuredOutput",
+    "TokenLogprobs",
     "generate_text",
 ]

@@ -48,6 +48,14 @@ class AsyncEngineClient:
     def tokenizer(self) -> Any:
         return self._engine.tokenizer
 
+    @property
+    def max_model_len(self) -> int:
+        return self._engine.max_model_len
+
+    @property
+    def vocab_size(self) -> int:
+        return self._engine.model_config.vocab_size
+
     async def __aenter__(self) -> AsyncEngineClient:
         self.start()
         return self
@@ -81,15 +89,38 @@ class AsyncEngineClient:
                      predicted_output_tokens: float | None = None) -> RequestId:
         """Queue a request (`LLMEngine.add_request`'s arguments); raises RequestError at once
         if the engine refuses it."""
-        queue: asyncio.Queue[EngineOutput | BaseException] = asyncio.Queue()
+        [rid] = await self.submit_many(
+            prompt, [params or SamplingParams()], request_ids=[request_id], priority=priority,
+            tenant=tenant, session_id=session_id, program_id=program_id,
+            predicted_output_tokens=predicted_output_tokens)
+        return rid
 
-        def add() -> RequestId:
-            rid = self._engine.add_request(prompt, params, request_id=request_id,
-                                           priority=priority, tenant=tenant,
-                                           session_id=session_id, program_id=program_id,
-                                           predicted_output_tokens=predicted_output_tokens)
-            self._queues[rid] = queue  # before the next step can produce its outputs
-            return rid
+    async def submit_many(self, prompt: str | Sequence[int], params: Sequence[SamplingParams],
+                          *, request_ids: Sequence[RequestId | None], priority: int = 0,
+                          tenant: str = DEFAULT_TENANT, session_id: str | None = None,
+                          program_id: str | None = None,
+                          predicted_output_tokens: float | None = None) -> list[RequestId]:
+        """Queue one request per parameter set, all on `prompt`, in one command: no step runs
+        between them, so they are scheduled together (choices of one `n`). All or none: if
+        the engine refuses one, those already added are aborted and the error is raised."""
+        queues: list[asyncio.Queue[EngineOutput | BaseException]] = [
+            asyncio.Queue() for _ in params]
+
+        def add() -> list[RequestId]:
+            added: list[RequestId] = []
+            try:
+                for p, request_id in zip(params, request_ids, strict=True):
+                    added.append(self._engine.add_request(
+                        prompt, p, request_id=request_id, priority=priority, tenant=tenant,
+                        session_id=session_id, program_id=program_id,
+                        predicted_output_tokens=predicted_output_tokens))
+            except Exception:
+                for rid in added:
+                    self._engine.abort(rid)
+                raise
+            for rid, queue in zip(added, queues, strict=True):
+                self._queues[rid] = queue  # before the next step can produce its outputs
+            return added
 
         return await self._call(add)
 
@@ -125,17 +156,7 @@ class AsyncEngineClient:
                        params: SamplingParams | None = None) -> Completion:
         """Submit and wait for the whole completion."""
         request_id = await self.submit(prompt, params)
-        tokens: list[int] = []
-        texts: list[str] = []
-        last: EngineOutput | None = None
-        async for out in self.stream(request_id):
-            tokens.extend(out.new_token_ids)
-            texts.append(out.text)
-            last = out
-        assert last is not None and last.finish_reason is not None
-        return Completion(request_id=request_id, token_ids=tuple(tokens), text="".join(texts),
-                          finish_reason=last.finish_reason, num_prompt_tokens=last.num_prompt_tokens,
-                          num_cached_tokens=last.num_cached_tokens)
+        return Completion.from_outputs([out async for out in self.stream(request_id)])
 
     # ---- plumbing ------------------------------------------------------------------------
 

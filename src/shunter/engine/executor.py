@@ -3,24 +3,29 @@
 The scheduler owns blocks and decides what to compute; the executor owns what a model needs
 beyond that: each request's token ids (learned from `new_requests`, extended by what it
 samples), the KV tensors and swap copies (through the model runner), sampling parameters and
-the stop conditions that need token or text knowledge (EOS, stop token ids, stop strings).
-Length limits stay with the scheduler.
+state (penalty counts, a structured-output grammar), the log-probs a request asked for, and
+the stop conditions that need token or text knowledge (EOS, stop token ids, stop strings, a
+finished grammar). Length limits stay with the scheduler. Nothing here feeds back into what
+the scheduler decides.
 """
 
 from __future__ import annotations
 
 import random
 import time
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
 from typing import Protocol
 
 import torch
 
 from shunter.core.sched.interface import SchedulerOutput, StepResult
 from shunter.core.types import RequestId
+from shunter.engine.logits import raw_logprobs
 from shunter.engine.model_runner import ChunkInput, ModelRunner
+from shunter.engine.outputs import TokenLogprobs
 from shunter.engine.sampler import Sampler, SamplingParams, SamplingState
+from shunter.engine.structured import GrammarMatcher
 
 __all__ = ["EngineExecutor", "StopChecker"]
 
@@ -42,6 +47,9 @@ class _Registration:
     sampling: SamplingState
     stop_token_ids: frozenset[int]
     stop_checker: StopChecker | None
+    logprobs: list[TokenLogprobs] = field(default_factory=list)  # sampled, not yet taken
+    prompt_logprobs: tuple[TokenLogprobs, ...] | None = None
+    has_prompt_logprobs: bool = False  # computed (a recompute preemption does not redo it)
 
 
 class EngineExecutor:
@@ -63,8 +71,11 @@ class EngineExecutor:
         return len(self._token_ids)
 
     def register(self, request_id: RequestId, params: SamplingParams,
-                 stop_checker: StopChecker | None = None) -> None:
-        """Attach sampling parameters and stop conditions before the request is scheduled."""
+                 stop_checker: StopChecker | None = None, *,
+                 grammar: GrammarMatcher | None = None,
+                 prompt_token_ids: Sequence[int] = ()) -> None:
+        """Attach sampling parameters and stop conditions before the request is scheduled
+        (`prompt_token_ids` are needed for a repetition penalty)."""
         generator = None
         if not params.is_greedy:
             seed = params.seed if params.seed is not None else self._rng.getrandbits(63)
@@ -72,8 +83,27 @@ class EngineExecutor:
         stop_ids = set(params.stop_token_ids)
         if not params.ignore_eos:
             stop_ids |= self.eos_token_ids
-        self._registrations[request_id] = _Registration(
-            SamplingState(params, generator), frozenset(stop_ids), stop_checker)
+        state = SamplingState(
+            params, generator, grammar, stop_token_ids=tuple(sorted(stop_ids)),
+            prompt_token_ids=tuple(prompt_token_ids) if params.repetition_penalty != 1.0 else ())
+        self._registrations[request_id] = _Registration(state, frozenset(stop_ids), stop_checker)
+
+    def take_logprobs(self, request_id: RequestId, num_tokens: int) -> tuple[TokenLogprobs, ...]:
+        """The log-probs of the request's next `num_tokens` reported tokens (none if it did
+        not ask for them)."""
+        reg = self._registrations.get(request_id)
+        if reg is None or not reg.logprobs:
+            return ()
+        taken, reg.logprobs[:num_tokens] = reg.logprobs[:num_tokens], []
+        return tuple(taken)
+
+    def take_prompt_logprobs(self, request_id: RequestId) -> tuple[TokenLogprobs, ...] | None:
+        """The prompt's log-probs, once (None if not asked for, or already taken)."""
+        reg = self._registrations.get(request_id)
+        if reg is None:
+            return None
+        taken, reg.prompt_logprobs = reg.prompt_logprobs, None
+        return taken
 
     def unregister(self, request_id: RequestId) -> None:
         """Forget a request the scheduler never took (rejected) or that ended."""
@@ -91,6 +121,8 @@ class EngineExecutor:
         for new in output.new_requests:
             assert new.prompt_token_ids is not None, f"{new.request_id}: engine needs token ids"
             self._token_ids[new.request_id] = list(new.prompt_token_ids)
+            self._compute_prompt_logprobs(new.request_id,
+                                          new.prompt_token_ids[:new.num_prompt_tokens])
         chunks = []
         for c in output.chunks:
             tokens = self._token_ids[c.request_id]
@@ -107,12 +139,53 @@ class EngineExecutor:
         regs = [self._registrations.get(rid) for rid in sampling_ids]
         states = [r.sampling if r is not None else SamplingState(_GREEDY, None) for r in regs]
         tokens = self.sampler.sample(logits, states)
+        self._record_logprobs(logits, regs, tokens)
         stopped = []
         for request_id, reg, token_id in zip(sampling_ids, regs, tokens, strict=True):
             self._token_ids[request_id].append(token_id)
             if reg is None:
                 continue
             hit_stop_string = reg.stop_checker is not None and reg.stop_checker.append(token_id)
-            if token_id in reg.stop_token_ids or hit_stop_string:
+            if (token_id in reg.stop_token_ids or hit_stop_string
+                    or reg.sampling.is_grammar_finished):
                 stopped.append(request_id)
         return dict(zip(sampling_ids, tokens, strict=True)), stopped
+
+    def _record_logprobs(self, logits: torch.Tensor, regs: list[_Registration | None],
+                         tokens: list[int]) -> None:
+        """Each sampled token's log-prob and its k most likely alternatives, from the raw
+        logits (one batched log_softmax and top-k over the rows that asked)."""
+        wanted = [(i, r, r.sampling.params.logprobs) for i, r in enumerate(regs)
+                  if r is not None and r.sampling.params.logprobs is not None]
+        if not wanted:
+            return
+        rows = [i for i, _, _ in wanted]
+        chosen, top_ids, top_values = raw_logprobs(
+            logits[rows], torch.tensor([tokens[i] for i in rows], device=logits.device),
+            max(k for _, _, k in wanted))
+        for j, (i, reg, k) in enumerate(wanted):
+            top = tuple(zip(top_ids[j][:k], top_values[j][:k], strict=True))
+            reg.logprobs.append(TokenLogprobs(tokens[i], chosen[j], top))
+
+    def _compute_prompt_logprobs(self, request_id: RequestId, prompt: Sequence[int]) -> None:
+        """Once per request that asked: an extra forward over its prompt (see ModelRunner)."""
+        reg = self._registrations.get(request_id)
+        if reg is None or reg.sampling.params.prompt_logprobs is None or reg.has_prompt_logprobs:
+            return
+        k = reg.sampling.params.prompt_logprobs
+        entries = [TokenLogprobs(prompt[0], None)]  # nothing predicts the first token
+        start = 0
+        for logits in self.runner.prompt_logits(prompt):
+            # row p predicts token p + 1; the very last row predicts the first output
+            targets = prompt[start + 1:start + 1 + logits.shape[0]]
+            start += logits.shape[0]
+            if not targets:
+                break
+            logits = logits[:len(targets)]
+            chosen, top_ids, top_values = raw_logprobs(
+                logits, torch.tensor(targets, device=logits.device), k)
+            entries += [TokenLogprobs(t, c, tuple(zip(ids, values, strict=True)))
+                        for t, c, ids, values in zip(targets, chosen, top_ids, top_values,
+                                                     strict=True)]
+        reg.prompt_logprobs = tuple(entries)
+        reg.has_prompt_logprobs = True

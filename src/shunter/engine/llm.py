@@ -33,6 +33,7 @@ from shunter.engine.model import build_llama
 from shunter.engine.model_runner import ModelRunner
 from shunter.engine.outputs import Completion, EngineOutput, WallClock
 from shunter.engine.sampler import SamplingParams
+from shunter.engine.structured import GrammarCompiler, GrammarMatcher
 from shunter.engine.tokenizer import IncrementalDetokenizer, Tokenizer
 from shunter.errors import ConfigError, RequestError
 
@@ -79,6 +80,9 @@ class LLMEngine:
                                        clock or WallClock())
         self._ids = itertools.count()
         self._tracked: dict[RequestId, _Tracked] = {}
+        self.grammars = None if self.tokenizer is None else \
+            GrammarCompiler(self.tokenizer.backend, self.tokenizer.eos_token_ids,
+                            loaded.config.vocab_size)
 
     def _scheduler_config(self, config: EngineConfig, policy: Any,
                           runner: ModelRunner) -> SchedulerConfig:
@@ -125,6 +129,7 @@ class LLMEngine:
         made upstream (the gateway's), else the engine's predictor makes one."""
         params = params or SamplingParams()
         token_ids = self._prompt_token_ids(prompt)
+        grammar = self._check_params(params)
         request_id = request_id if request_id is not None else f"req-{next(self._ids)}"
         if request_id in self._tracked:
             raise RequestError(f"duplicate request id {request_id!r}", param="request_id")
@@ -146,13 +151,29 @@ class LLMEngine:
                                            skip_special_tokens=params.skip_special_tokens)
         elif params.stop:
             raise RequestError("stop strings need a tokenizer; this model has none", param="stop")
-        self.executor.register(request_id, params, detok)
+        self.executor.register(request_id, params, detok, grammar=grammar,
+                               prompt_token_ids=token_ids)
         rejected = self.scheduler.add_request(request)
         if rejected is not None:
             self.executor.unregister(request_id)
             raise RequestError(f"request rejected: {rejected.error}", param="prompt")
         self._tracked[request_id] = _Tracked(len(token_ids), detok, [])
         return request_id
+
+    def _check_params(self, params: SamplingParams) -> GrammarMatcher | None:
+        """What only the model can check: token ids inside its vocabulary; and the request's
+        grammar, compiled."""
+        vocab = self.model_config.vocab_size
+        for param, token_ids in params.token_ids_used.items():
+            if any(t >= vocab for t in token_ids):
+                raise RequestError(f"{param} names a token id outside the vocabulary "
+                                   f"[0, {vocab})", param=param)
+        if params.structured is None:
+            return None
+        if self.grammars is None:
+            raise RequestError("structured output needs a tokenizer; this model has none",
+                               param=params.structured.param)
+        return self.grammars.matcher(params.structured)
 
     def _prompt_token_ids(self, prompt: str | Sequence[int]) -> list[int]:
         if isinstance(prompt, str):
@@ -194,6 +215,8 @@ class LLMEngine:
         text = ""
         if tracked.detokenizer is not None:
             text = tracked.detokenizer.take_delta(out.is_finished)
+        logprobs = self.executor.take_logprobs(out.request_id, len(out.new_token_ids))
+        prompt_logprobs = self.executor.take_prompt_logprobs(out.request_id)
         if out.is_finished:
             del self._tracked[out.request_id]
             self.executor.unregister(out.request_id)
@@ -201,7 +224,8 @@ class LLMEngine:
                             text=text, finish_reason=out.finish_reason,
                             num_prompt_tokens=tracked.num_prompt_tokens,
                             num_output_tokens=len(tracked.token_ids),
-                            num_cached_tokens=out.num_cached_tokens)
+                            num_cached_tokens=out.num_cached_tokens, logprobs=logprobs,
+                            prompt_logprobs=prompt_logprobs)
 
     def run(self) -> Iterator[EngineOutput]:
         """Step until no request is left, yielding every output."""
@@ -214,18 +238,11 @@ class LLMEngine:
         """Run prompts to completion together (batched); completions in prompt order."""
         per_prompt = params if isinstance(params, Sequence) else [params] * len(prompts)
         ids = [self.add_request(p, sp) for p, sp in zip(prompts, per_prompt, strict=True)]
-        tokens: dict[RequestId, list[int]] = {i: [] for i in ids}
-        texts: dict[RequestId, list[str]] = {i: [] for i in ids}
-        done: dict[RequestId, EngineOutput] = {}
+        outputs: dict[RequestId, list[EngineOutput]] = {i: [] for i in ids}
         for out in self.run():
-            if out.request_id in tokens:
-                tokens[out.request_id].extend(out.new_token_ids)
-                texts[out.request_id].append(out.text)
-                if out.is_finished:
-                    done[out.request_id] = out
-        return [Completion(request_id=i, token_ids=tuple(tokens[i]), text="".join(texts[i]),
-                           finish_reason=done[i].finish_reason, num_prompt_tokens=done[i].num_prompt_tokens,
-                           num_cached_tokens=done[i].num_cached_tokens) for i in ids]
+            if out.request_id in outputs:
+                outputs[out.request_id].append(out)
+        return [Completion.from_outputs(outputs[i]) for i in ids]
 
 
 def generate_text(model: str = "smollm2-135m", prompt: str = "", *, max_tokens: int = 64,

@@ -2,13 +2,14 @@
 
 The runner knows nothing of the scheduler: it is handed a list of chunks (request, the tokens to
 compute, where they start, the request's block table) and returns the logits of the chunks that
-sample. It owns the device KV cache (one [num_blocks, block_size, num_kv_heads, head_dim] K and V
-per layer, stored as one tensor) and the host-memory cache that preemption by swap copies into.
+sample (and, for a request that asks for its prompt's log-probs, the logits at every prompt
+position, from a separate forward that leaves the cache alone). It owns the device KV cache
+(one [num_blocks, block_size, num_kv_heads, head_dim] K and V per layer, stored as one tensor) and the host-memory cache that preemption by swap copies into.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -18,6 +19,8 @@ from shunter.engine.model.attention import AttentionMetadata, PrefillSegment
 from shunter.engine.model.llama import KVCache, LlamaForCausalLM
 
 __all__ = ["ChunkInput", "ModelRunner"]
+
+PROMPT_LOGITS_ROWS = 256  # logits rows materialized at once (each is vocab floats)
 
 
 @dataclass(frozen=True, slots=True)
@@ -81,6 +84,26 @@ class ModelRunner:
             return torch.empty(0, self.model.config.vocab_size)
         rows = torch.tensor(logit_rows, dtype=torch.long, device=self.device)
         return self.model.compute_logits(hidden.index_select(0, rows))
+
+    @torch.inference_mode()
+    def prompt_logits(self, token_ids: Sequence[int],
+                      max_rows: int = PROMPT_LOGITS_ROWS) -> Iterator[torch.Tensor]:
+        """Float32 logits at every position of `token_ids` (row i predicts token i + 1), in
+        slices of at most `max_rows` rows: one forward over the whole sequence that writes its
+        keys and values into a scratch buffer, never into the paged cache (which may hold these
+        tokens' blocks for other requests, or none of them: a prefix-cache hit skips them)."""
+        n = len(token_ids)
+        config = self.model.config
+        scratch = torch.empty(1, n, config.num_kv_heads, config.head_dim, dtype=self.dtype,
+                              device=self.device)  # written by every layer, never read
+        meta = AttentionMetadata(
+            slot_mapping=torch.arange(n, device=self.device), num_prefill_tokens=n,
+            prefills=[PrefillSegment(query_start=0, num_query_tokens=n, num_context_tokens=0,
+                                     block_table=self._tensor([0]), causal_mask=None)])
+        hidden = self.model(self._tensor(list(token_ids)), torch.arange(n, device=self.device),
+                            [(scratch, scratch)] * config.num_layers, meta)
+        for start in range(0, n, max_rows):
+            yield self.model.compute_logits(hidden[start:start + max_rows])
 
     def _prepare(self, chunks: Sequence[ChunkInput]) -> tuple[
             torch.Tensor, torch.Tensor, AttentionMetadata, list[int]]:

@@ -1,96 +1,218 @@
-"""Sampling parameters and the batched sampler (greedy, temperature, top-k, top-p, seeds).
+"""Sampling parameters and the batched sampler.
 
 Each request draws from its own `torch.Generator`, seeded by the user or from the engine's
-injected RNG, so a seeded request samples the same tokens whatever else shares its batch.
-Random choice uses the exponential-race form of the Gumbel trick: argmax(p / E), E ~ Exp(1).
+injected RNG, so a seeded request samples the same tokens whatever else shares its batch (every
+processor below works row by row). Random choice uses the exponential-race form of the Gumbel
+trick: argmax(p / E), E ~ Exp(1).
+
+Order (vLLM's): the allowed-token mask (structured output and allowed_token_ids; vLLM applies
+the grammar bitmask before its sampler, so truncation and greedy choose among allowed tokens),
+logit_bias, min_tokens (EOS and stop token ids masked), the repetition penalty, the frequency
+and presence penalties; then greedy takes the argmax, and random rows go through temperature,
+top-k, top-p and min-p before the draw. Rows that need none of it take the plain argmax.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 
-from shunter.errors import RequestError
+from shunter.engine.logits import (
+    apply_additive,
+    apply_allowed,
+    apply_frequency_presence,
+    apply_min_p,
+    apply_repetition_penalty,
+    apply_temperature,
+    apply_top_k,
+    apply_top_p,
+)
+from shunter.engine.params import SamplingParams
+from shunter.engine.structured import GrammarMatcher
 
-__all__ = ["SamplingParams", "Sampler", "SamplingState"]
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class SamplingParams:
-    """How one request picks tokens and when it stops (OpenAI semantics)."""
-
-    max_tokens: int | None = None  # None: up to the model's context length
-    temperature: float = 1.0  # 0 means greedy
-    top_p: float = 1.0
-    top_k: int | None = None  # None: no cut
-    seed: int | None = None
-    stop: tuple[str, ...] = ()
-    stop_token_ids: tuple[int, ...] = ()
-    ignore_eos: bool = False
-    skip_special_tokens: bool = True
-
-    def __post_init__(self) -> None:
-        if self.max_tokens is not None and self.max_tokens < 1:
-            raise RequestError(f"max_tokens must be >= 1, got {self.max_tokens}", param="max_tokens")
-        if not 0.0 <= self.temperature <= 100.0:
-            raise RequestError(f"temperature must be in [0, 100], got {self.temperature}",
-                               param="temperature")
-        if not 0.0 < self.top_p <= 1.0:
-            raise RequestError(f"top_p must be in (0, 1], got {self.top_p}", param="top_p")
-        if self.top_k is not None and self.top_k < 1:
-            raise RequestError(f"top_k must be >= 1, got {self.top_k}", param="top_k")
-        if any(not s for s in self.stop):
-            raise RequestError("stop strings must not be empty", param="stop")
-
-    @property
-    def is_greedy(self) -> bool:
-        return self.temperature == 0.0 or self.top_k == 1
+__all__ = ["Sampler", "SamplingParams", "SamplingState"]
 
 
 @dataclass(slots=True)
 class SamplingState:
-    """A request's sampling parameters plus its private random stream."""
+    """A request's sampling parameters, its private random stream and what it has sampled."""
 
     params: SamplingParams
     generator: torch.Generator | None  # None for greedy requests
+    grammar: GrammarMatcher | None = None
+    stop_token_ids: tuple[int, ...] = ()  # masked until min_tokens outputs exist
+    prompt_token_ids: tuple[int, ...] = ()  # kept only for the repetition penalty
+    num_output_tokens: int = 0
+    # output token counts [vocab] (penalties) and prompt tokens seen [vocab] (repetition),
+    # built on the first step that needs them
+    counts: torch.Tensor | None = field(default=None, repr=False)
+    prompt_seen: torch.Tensor | None = field(default=None, repr=False)
+
+    @property
+    def needs_processing(self) -> bool:
+        p = self.params
+        return (not p.is_greedy or p.has_penalties or bool(p.logit_bias) or p.min_tokens > 0
+                or p.allowed_token_ids is not None or self.grammar is not None)
+
+    @property
+    def is_grammar_finished(self) -> bool:
+        return self.grammar is not None and self.grammar.is_finished
+
+    def output_counts(self, vocab_size: int) -> torch.Tensor:
+        if self.counts is None:
+            self.counts = torch.zeros(vocab_size, dtype=torch.int32)
+        return self.counts
+
+    def seen(self, vocab_size: int) -> torch.Tensor:
+        """Tokens in the prompt or the output so far ([vocab] bool)."""
+        if self.prompt_seen is None:
+            self.prompt_seen = torch.zeros(vocab_size, dtype=torch.bool)
+            self.prompt_seen[list(self.prompt_token_ids)] = True
+        return self.prompt_seen | (self.output_counts(vocab_size) > 0)
+
+    def accept(self, token_id: int) -> None:
+        """Record a sampled token: counts, min_tokens progress, the grammar's position."""
+        self.num_output_tokens += 1
+        if self.counts is not None:
+            self.counts[token_id] += 1
+        if self.grammar is not None:
+            self.grammar.accept(token_id)
 
 
 class Sampler:
-    """Picks one token per logits row; rows and states are given in the same order."""
+    """Picks one token per logits row; rows and states are given in the same order.
+
+    `sample` never changes `logits` (log-probs are read from the raw rows) and records each
+    drawn token in its state."""
 
     def sample(self, logits: torch.Tensor, states: Sequence[SamplingState]) -> list[int]:
         assert logits.shape[0] == len(states), "one sampling state per logits row"
         if not states:
             return []
         tokens = logits.argmax(dim=-1).tolist()
-        random_rows = [i for i, s in enumerate(states) if not s.params.is_greedy]
-        if random_rows:
-            # Per-request generators live on the CPU, so random rows are drawn there.
-            rows = logits[random_rows].float().cpu()
-            probs = self._probabilities(rows, [states[i].params for i in random_rows])
-            for row, i in enumerate(random_rows):
-                gen = states[i].generator
-                noise = torch.empty_like(probs[row]).exponential_(generator=gen)
-                tokens[i] = int((probs[row] / noise).argmax())
+        need = [i for i, s in enumerate(states) if s.needs_processing]
+        if need:
+            # Per-request generators live on the CPU, so processed rows are drawn there.
+            rows = logits[need].float().cpu()  # a copy
+            subset = [states[i] for i in need]
+            processed = self.process(rows, subset)
+            for row, i in enumerate(need):
+                if states[i].params.is_greedy:
+                    tokens[i] = int(processed[row].argmax())
+            random_rows = [row for row, s in enumerate(subset) if not s.params.is_greedy]
+            if random_rows:
+                drawn = self._draw(processed[random_rows], [subset[r] for r in random_rows])
+                for r, token_id in zip(random_rows, drawn, strict=True):
+                    tokens[need[r]] = token_id
+        for state, token_id in zip(states, tokens, strict=True):
+            state.accept(token_id)
+        return tokens
+
+    @staticmethod
+    def process(rows: torch.Tensor, states: Sequence[SamplingState]) -> torch.Tensor:
+        """The logits processors before temperature, on float32 CPU rows (changed in place
+        where possible). None of them leaves a row without a token: a mask that allows nothing
+        (a grammar in error, which ends the request) is not applied, and min_tokens gives way
+        to a mask that allows only EOS."""
+        vocab = rows.shape[1]
+        masked = [i for i, s in enumerate(states)
+                  if s.grammar is not None or s.params.allowed_token_ids is not None]
+        if masked:
+            allowed = torch.ones(len(masked), vocab, dtype=torch.bool)
+            grammar_rows = [j for j, i in enumerate(masked) if states[i].grammar is not None]
+            if grammar_rows:
+                allowed[grammar_rows] = GrammarMatcher.allowed(
+                    [states[masked[j]].grammar for j in grammar_rows])  # type: ignore[misc]
+            for j, i in enumerate(masked):
+                ids = states[i].params.allowed_token_ids
+                if ids is not None:
+                    only = torch.zeros(vocab, dtype=torch.bool)
+                    only[list(ids)] = True
+                    allowed[j] &= only
+            allowed[~allowed.any(dim=-1)] = True
+            rows[masked] = apply_allowed(rows[masked], allowed)
+        rows = Sampler._additive(rows, states)
+        rep = [i for i, s in enumerate(states) if s.params.repetition_penalty != 1.0]
+        if rep:
+            seen = torch.stack([states[i].seen(vocab) for i in rep])
+            penalties = torch.tensor([states[i].params.repetition_penalty for i in rep])
+            rows[rep] = apply_repetition_penalty(rows[rep], seen, penalties)
+        freq = [i for i, s in enumerate(states)
+                if s.params.frequency_penalty != 0.0 or s.params.presence_penalty != 0.0]
+        if freq:
+            counts = torch.stack([states[i].output_counts(vocab) for i in freq])
+            rows[freq] = apply_frequency_presence(
+                rows[freq], counts,
+                torch.tensor([states[i].params.frequency_penalty for i in freq]),
+                torch.tensor([states[i].params.presence_penalty for i in freq]))
+        return rows
+
+    @staticmethod
+    def _additive(rows: torch.Tensor, states: Sequence[SamplingState]) -> torch.Tensor:
+        """logit_bias, then min_tokens' -inf on EOS and stop token ids."""
+        row_ids: list[int] = []
+        token_ids: list[int] = []
+        values: list[float] = []
+        for i, s in enumerate(states):
+            for token_id, bias in s.params.logit_bias:
+                row_ids.append(i)
+                token_ids.append(token_id)
+                values.append(bias)
+        if row_ids:
+            rows = apply_additive(rows, torch.tensor(row_ids), torch.tensor(token_ids),
+                                  torch.tensor(values, dtype=rows.dtype))
+        row_ids, token_ids = [], []
+        for i, s in enumerate(states):
+            if s.num_output_tokens < s.params.min_tokens:
+                row_ids += [i] * len(s.stop_token_ids)
+                token_ids += s.stop_token_ids
+        if row_ids:
+            rows_masked = sorted(set(row_ids))
+            before = rows[rows_masked].clone()
+            rows = apply_additive(rows, torch.tensor(row_ids), torch.tensor(token_ids),
+                                  torch.full((len(row_ids),), float("-inf"), dtype=rows.dtype))
+            # a grammar (or allowed_token_ids) that allows nothing but EOS wins over min_tokens
+            empty = torch.isneginf(rows[rows_masked]).all(dim=-1)
+            if bool(empty.any()):
+                restore = [r for r, e in zip(rows_masked, empty.tolist(), strict=True) if e]
+                rows[restore] = before[empty]
+        return rows
+
+    def _draw(self, logits: torch.Tensor, states: Sequence[SamplingState]) -> list[int]:
+        """One token per row by the exponential race, each row on its own generator. When
+        every row cuts to its top k, only the top max(k) candidates are worked on (no sort of
+        the vocabulary); each row still draws noise for the whole vocabulary, so its random
+        stream, and so its tokens, do not depend on what else is in the batch."""
+        params = [s.params for s in states]
+        vocab = logits.shape[1]
+        cuts = [p.top_k_cut for p in params]
+        candidates = None
+        if all(k is not None for k in cuts) and max(cuts) < vocab:  # type: ignore[type-var]
+            logits, candidates = logits.topk(max(cuts), dim=-1)  # type: ignore[type-var]
+        probs = self._probabilities(logits, params)
+        tokens = []
+        for row, state in enumerate(states):
+            noise = torch.empty(vocab).exponential_(generator=state.generator)
+            if candidates is None:
+                tokens.append(int((probs[row] / noise).argmax()))
+            else:
+                pick = int((probs[row] / noise[candidates[row]]).argmax())
+                tokens.append(int(candidates[row, pick]))
         return tokens
 
     @staticmethod
     def _probabilities(logits: torch.Tensor, params: Sequence[SamplingParams]) -> torch.Tensor:
-        temps = torch.tensor([p.temperature for p in params], dtype=logits.dtype)
-        logits = logits / temps.unsqueeze(1)
-        if any(p.top_k is not None for p in params):
-            vocab = logits.shape[1]
-            ks = torch.tensor([min(p.top_k or vocab, vocab) for p in params])
-            kth = logits.sort(dim=-1, descending=True).values.gather(1, (ks - 1).unsqueeze(1))
-            logits = logits.masked_fill(logits < kth, float("-inf"))
+        """Temperature, top-k, top-p, min-p: unnormalized probabilities to draw from."""
+        logits = apply_temperature(logits, torch.tensor([p.temperature for p in params]))
+        width = logits.shape[1]  # the vocabulary, or the top candidates
+        if any(p.top_k_cut is not None and p.top_k_cut < width for p in params):
+            logits = apply_top_k(logits, torch.tensor([min(p.top_k_cut or width, width)
+                                                       for p in params]))
         probs = logits.softmax(dim=-1)
         if any(p.top_p < 1.0 for p in params):
-            top_ps = torch.tensor([p.top_p for p in params], dtype=probs.dtype)
-            sorted_probs, order = probs.sort(dim=-1, descending=True)
-            # Keep the smallest prefix whose mass reaches top_p (always at least one token).
-            drop = (sorted_probs.cumsum(dim=-1) - sorted_probs) >= top_ps.unsqueeze(1)
-            sorted_probs = sorted_probs.masked_fill(drop, 0.0)
-            probs = torch.zeros_like(probs).scatter_(1, order, sorted_probs)
+            probs = apply_top_p(probs, torch.tensor([p.top_p for p in params]))
+        if any(p.min_p > 0.0 for p in params):
+            probs = apply_min_p(probs, torch.tensor([p.min_p for p in params]))
         return probs

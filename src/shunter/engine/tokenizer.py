@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import jinja2
+import jinja2.meta
 import jinja2.sandbox
 import tokenizers
 from tokenizers import AddedToken, decoders, models, pre_tokenizers
@@ -63,6 +64,7 @@ class Tokenizer:
     add_bos_token: bool = False
     chat_template: str | None = None
     _template: jinja2.Template | None = field(default=None, repr=False)
+    _token_bytes: list[bytes] | None = field(default=None, repr=False)
 
     @property
     def vocab_size(self) -> int:
@@ -78,9 +80,35 @@ class Tokenizer:
     def decode(self, token_ids: Sequence[int], skip_special_tokens: bool = True) -> str:
         return self.backend.decode(list(token_ids), skip_special_tokens=skip_special_tokens)
 
+    def token_bytes(self, token_id: int) -> bytes:
+        """The bytes a token stands for (a piece of a UTF-8 character, possibly); a special
+        token's are its text's."""
+        if self._token_bytes is None:
+            self._token_bytes = _vocabulary_bytes(self.backend)
+        table = self._token_bytes
+        return table[token_id] if 0 <= token_id < len(table) else b""
+
+    def token_text(self, token_id: int) -> str:
+        """A token as text; one that is not whole UTF-8 is "bytes:" and its escaped bytes."""
+        raw = self.token_bytes(token_id)
+        try:
+            return raw.decode("utf-8")
+        except UnicodeDecodeError:
+            return "bytes:" + "".join(f"\\x{b:02x}" for b in raw)
+
+    @property
+    def supports_tools(self) -> bool:
+        """Whether the chat template renders a `tools` list (the model was taught tool calls)."""
+        if self.chat_template is None:
+            return False
+        env = jinja2.sandbox.ImmutableSandboxedEnvironment()
+        return "tools" in jinja2.meta.find_undeclared_variables(env.parse(self.chat_template))
+
     def apply_chat_template(self, messages: Sequence[Mapping[str, Any]],
-                            add_generation_prompt: bool = True) -> str:
-        """Render chat messages into the prompt text the model was trained on."""
+                            add_generation_prompt: bool = True,
+                            tools: Sequence[Mapping[str, Any]] | None = None) -> str:
+        """Render chat messages (and the tools offered, if any) into the prompt text the model
+        was trained on."""
         if self.chat_template is None:
             raise RequestError("this model has no chat template; send a plain prompt instead",
                                param="messages")
@@ -90,8 +118,10 @@ class Tokenizer:
             self._template = env.from_string(self.chat_template)
         bos = self.backend.id_to_token(self.bos_token_id) if self.bos_token_id is not None else ""
         eos = self.backend.id_to_token(min(self.eos_token_ids)) if self.eos_token_ids else ""
+        extra = {} if tools is None else {"tools": list(tools)}
         return self._template.render(messages=list(messages), bos_token=bos or "",
-                                     eos_token=eos or "", add_generation_prompt=add_generation_prompt)
+                                     eos_token=eos or "",
+                                     add_generation_prompt=add_generation_prompt, **extra)
 
     @classmethod
     def from_gguf_metadata(cls, meta: Mapping[str, Any]) -> Tokenizer:
@@ -145,6 +175,40 @@ class Tokenizer:
         return cls(backend=backend, eos_token_ids=frozenset(int(e) for e in eos),
                    bos_token_id=bos_id, add_bos_token=bool(tok_config.get("add_bos_token", False)),
                    chat_template=_hf_chat_template(directory, tok_config))
+
+
+def _byte_level_decoding() -> dict[str, int]:
+    """GPT-2's byte-level alphabet, inverted: the character standing for each byte."""
+    printable = [*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1),
+                 *range(ord("®"), ord("ÿ") + 1)]
+    chars = {b: b for b in printable}
+    extra = 0
+    for b in range(256):
+        if b not in chars:
+            chars[b] = 256 + extra
+            extra += 1
+    return {chr(c): b for b, c in chars.items()}
+
+
+def _vocabulary_bytes(backend: tokenizers.Tokenizer) -> list[bytes]:
+    """Every token's bytes: byte-level BPE pieces decoded through GPT-2's alphabet,
+    SentencePiece pieces with "▁" as a space and <0xNN> byte fallbacks, added tokens as text."""
+    size = backend.get_vocab_size(with_added_tokens=True)
+    added = {i: t.content for i, t in backend.get_added_tokens_decoder().items()}
+    is_byte_level = isinstance(backend.decoder, decoders.ByteLevel)
+    byte_of = _byte_level_decoding()
+    table = []
+    for token_id in range(size):
+        piece = backend.id_to_token(token_id) or ""
+        if token_id in added:
+            table.append(added[token_id].encode())
+        elif is_byte_level and all(c in byte_of for c in piece):
+            table.append(bytes(byte_of[c] for c in piece))
+        elif len(piece) == 6 and piece.startswith("<0x") and piece.endswith(">"):
+            table.append(bytes([int(piece[3:5], 16)]))
+        else:
+            table.append(piece.replace("\u2581", " ").encode())
+    return table
 
 
 def _raise_template_error(message: str) -> None:
