@@ -119,7 +119,7 @@ class TokenLogprob:
     """One output token's log-probability, with the most likely tokens at its position."""
 
     token: str  # the token as text (a piece of a UTF-8 character may be "bytes:\\x.." as vLLM)
-    logprob: float
+    logprob: float | None  # None: an echoed prompt's first token (nothing predicts it)
     token_bytes: tuple[int, ...] = ()
     top: tuple[tuple[str, float, tuple[int, ...]], ...] = ()  # (token, logprob, bytes)
 

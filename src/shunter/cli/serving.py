@@ -21,7 +21,7 @@ from typing import Any
 
 from shunter.backend.protocol import EngineClient
 from shunter.core.sched.config import SchedulerConfig
-from shunter.engine.backend import engine_backends
+from shunter.engine.backend import EngineBackend, engine_backends
 from shunter.engine.config import DEFAULT_MAX_NUM_BATCHED_TOKENS, EngineConfig
 from shunter.errors import ConfigError
 from shunter.gateway.app import AppConfig
@@ -145,8 +145,12 @@ def run_serve(args: argparse.Namespace) -> int:
                          admission=config.admission, pool=config.pool, breaker=config.breaker,
                          tenants=config.tenants)
     try:
-        app = build_app(parts, build_backends(config.backends, model, engine_maker(settings),
-                                              backend_speeds))
+        slots = build_backends(config.backends, model, engine_maker(settings), backend_speeds)
+        engine_lens = [s.client.engine.max_model_len for s in slots
+                       if isinstance(s.client, EngineBackend)]
+        max_model_len = server.max_model_len or (min(engine_lens) if engine_lens else None)
+        app = build_app(replace(parts, app=replace(app_config, max_model_len=max_model_len)),
+                        slots)
     except ValueError as exc:
         raise ConfigError(str(exc)) from None
     names = ", ".join(r.name for r in app.pool.replicas)

@@ -27,6 +27,7 @@ from shunter.core.types import FinishReason
 from shunter.engine.async_client import AsyncEngineClient, EngineDeadError
 from shunter.engine.choices import merged_outputs, protocol_logprobs
 from shunter.engine.config import EngineConfig
+from shunter.engine.endpoints import engine_endpoint
 from shunter.engine.llm import LLMEngine
 from shunter.engine.loader import load_model
 from shunter.engine.outputs import EngineOutput, TokenLogprobs
@@ -275,6 +276,9 @@ class EngineBackend:
 
     async def health(self) -> bool:
         return not self.is_dead
+
+    async def request(self, path: str, body: Mapping[str, Any]) -> tuple[int, bytes]:
+        return engine_endpoint(self.engine.tokenizer, self.engine.max_model_len, path, body)
 
     async def close(self) -> None:
         if self.is_started:

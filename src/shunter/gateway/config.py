@@ -1,7 +1,7 @@
 """Gateway config files (TOML or YAML) -> validated config objects.
 
     [server]      host, port, models (served names), max_body_bytes, max_prompt_chars,
-                  drain_timeout_s, keepalive_s, cors_origins
+                  drain_timeout_s, keepalive_s, cors_origins, max_model_len
     [router]      name (any of router/registry.py), params = {...}
     [scheduler]   policy, params = {...}, predictor, predictor_params = {...},
                   gateway_policy, gateway_params = {...}  (`SchedulerSettings`)
@@ -140,6 +140,7 @@ class ServerConfig:
     drain_timeout_s: float = 30.0
     keepalive_s: float = 5.0  # SSE keep-alive comments while a stream waits; 0: none
     cors_origins: tuple[str, ...] = ()  # browser origins allowed, "*" for any; none: no CORS
+    max_model_len: int | None = None  # what /v1/models reports (default: the engines' own)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

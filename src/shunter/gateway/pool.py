@@ -65,6 +65,8 @@ class Attempt:
 def prompt_text(request: GenerateRequest) -> str:
     if request.messages is not None:
         return "".join(f"<{m.role}>{m.content}" for m in request.messages)
+    if isinstance(request.prompt, tuple):  # token ids: equal ids, equal text (prefix hashes)
+        return " ".join(map(str, request.prompt))
     return request.prompt or ""
 
 
@@ -140,7 +142,7 @@ class ReplicaPool:
         then it fails with a BackendError saying so."""
         excluded: set[int] = set()
         current, text_sent = request, ""
-        is_replayable = request.n == 1
+        is_replayable = request.n == 1 and not request.echo  # (echo: text is not output)
         last_error: BackendError | None = None
         while attempt.num_attempts < self.config.max_attempts:
             try:
@@ -163,10 +165,11 @@ class ReplicaPool:
             except BackendError as exc:
                 if exc.is_client_error:
                     raise
-                if text_sent and not is_replayable or attempt.has_output and not is_replayable:
+                if (text_sent or attempt.has_output) and not is_replayable:
                     raise BackendError(f"the backend failed mid-stream ({exc}) after sending "
-                                       "tool-call deltas or several choices, which cannot be "
-                                       "resumed on another backend without corrupting them",
+                                       "tool-call deltas, several choices or an echoed prompt, "
+                                       "which cannot be resumed on another backend without "
+                                       "corrupting them",
                                        status_code=None, code="backend_failed_mid_stream"
                                        ) from None
                 last_error = exc

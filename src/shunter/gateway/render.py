@@ -57,7 +57,8 @@ def logprobs_json(logprobs: Sequence[TokenLogprob], is_chat: bool, text_offset: 
         at += len(lp.token)
     return {"tokens": [lp.token for lp in logprobs],
             "token_logprobs": [lp.logprob for lp in logprobs],
-            "top_logprobs": [{t: v for t, v, _ in lp.top} for lp in logprobs],
+            "top_logprobs": [None if lp.logprob is None else {t: v for t, v, _ in lp.top}
+                             for lp in logprobs],
             "text_offset": offsets}
 
 
@@ -175,12 +176,14 @@ class Rendering:
     def merge_whole(self, payloads: Sequence[tuple[int, Mapping[str, Any]]],
                     rendered: Sequence[Choice], usage: Mapping[str, Any] | None) -> bytes:
         """Whole answers of several prompts (a completions list) as one: every choice, in
-        order, and the usage of all."""
+        order, the usage of all, and the first answer's other fields (system_fingerprint,
+        a backend's own)."""
         items = [c for offset, p in payloads for c in _offset(p.get("choices") or [], offset)]
         items += json.loads(self.whole(rendered, None, None))["choices"] if rendered else []
         items.sort(key=lambda c: c.get("index", 0))
         kind = "chat.completion" if self.is_chat else "text_completion"
-        return _DUMPS({**self._head(kind), "choices": items, "usage": usage}).encode()
+        first = payloads[0][1] if payloads else {}
+        return _DUMPS({**first, **self._head(kind), "choices": items, "usage": usage}).encode()
 
 
 def _offset(choices: Sequence[Mapping[str, Any]], offset: int) -> list[dict[str, Any]]:
