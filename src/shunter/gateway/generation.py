@@ -33,6 +33,10 @@ from shunter.gateway.schemas import ApiRequest
 
 __all__ = ["Part", "make_parts", "merged", "stream_answer", "whole_answer"]
 
+# what a backend's every stream event carries (OpenAI: also `obfuscation`, a random pad)
+_EVERY_EVENT_FIELDS = frozenset({"id", "object", "created", "model", "choices", "usage",
+                                 "system_fingerprint", "service_tier", "obfuscation"})
+
 
 @dataclass(slots=True, eq=False)
 class Part:
@@ -112,14 +116,41 @@ def _total_usage(parts: Sequence[Part]) -> tuple[Usage | None, int | None]:
             None if None in cached else sum(c for c in cached if c is not None))
 
 
-def _is_role_only(payload: Any) -> bool:
-    """A backend's own first chat event (role, no content): the gateway sent its own."""
+def _without_role(payload: Any) -> Any | None:
+    """A backend's event, less the role of its own first chat event (role, nothing else:
+    OpenAI's also carries `"refusal": null`), since the gateway sent its own; None when that
+    event tells nothing more (vLLM's `prompt_token_ids`, say, it does)."""
     choices = payload.get("choices") or ()
-    return bool(choices) and all(
-        c.get("finish_reason") is None and not c.get("logprobs")
-        and set(c.get("delta") or {}) <= {"role", "content"}
-        and not (c.get("delta") or {}).get("content") and "role" in (c.get("delta") or {})
-        for c in choices)
+    if not choices or not all(
+            c.get("finish_reason") is None and not c.get("logprobs")
+            and "role" in (c.get("delta") or {})
+            and not any(v for k, v in c["delta"].items() if k != "role") for c in choices):
+        return payload
+    if all(v is None for k, v in payload.items() if k not in _EVERY_EVENT_FIELDS):
+        return None
+    return {**payload, "choices": [
+        {**c, "delta": {k: v for k, v in c["delta"].items() if k != "role"}} for c in choices]}
+
+
+def _lacks_fingerprint(payload: Any) -> bool:
+    """A terminal event without `system_fingerprint`: vLLM, asked for usage (by the gateway,
+    not the client), puts the fingerprint on the usage event instead of the terminal ones."""
+    return "system_fingerprint" not in payload and any(
+        c.get("finish_reason") is not None for c in payload["choices"])
+
+
+def _release(rendering: Rendering, held: list[tuple[Part, Any]], part: Part | None,
+             fingerprint: str | None) -> bytes:
+    """The terminal events held for `part` (None: all), with the hidden usage event's
+    `fingerprint` where the backend would have put it had the client not asked for usage."""
+    out = []
+    for item in [h for h in held if part is None or h[0] is part]:
+        held.remove(item)
+        owner, payload = item
+        if fingerprint is not None:
+            payload = {**payload, "system_fingerprint": fingerprint}
+        out.append(rendering.forward_chunk(payload, owner.index_offset) or b"")
+    return b"".join(out)
 
 
 async def stream_answer(app: Any, api: ApiRequest, parts: Sequence[Part], send: Send,
@@ -132,6 +163,7 @@ async def stream_answer(app: Any, api: ApiRequest, parts: Sequence[Part], send: 
                          for p in parts for i in range(p.generate.n))
         await writer.write(roles, is_waiting=True)
     usage_event: bytes | None = None
+    held: list[tuple[Part, Any]] = []  # terminal events awaiting the hidden usage event's
     is_first, last_s = True, arrival_s
     try:
         for part in parts:
@@ -140,20 +172,26 @@ async def stream_answer(app: Any, api: ApiRequest, parts: Sequence[Part], send: 
         async for part, chunk in merged(app, parts):
             payload = chunk.payload
             if payload is not None:
-                if api.is_chat and _is_role_only(payload):
+                if api.is_chat and (payload := _without_role(payload)) is None:
                     continue
                 if not payload.get("choices"):  # the backend's usage-only event
                     if len(parts) == 1 and api.include_usage:
                         usage_event = rendering.forward_chunk(payload, part.index_offset)
+                    if api.include_usage:
+                        continue
+                    data = _release(rendering, held, part, payload.get("system_fingerprint"))
+                elif not api.include_usage and _lacks_fingerprint(payload):
+                    held.append((part, payload))
                     continue
-                data = rendering.forward_chunk(payload, part.index_offset)
+                else:
+                    data = rendering.forward_chunk(payload, part.index_offset)
             elif not chunk.text and chunk.finish_reason is None and not chunk.logprobs:
                 continue  # a usage-only update: the client hears of usage at the end
             else:
                 if part.index_offset:
                     chunk = replace(chunk, index=chunk.index + part.index_offset)
                 data = rendering.chunk(chunk, _total_usage(parts)[0])
-            if data is None:
+            if not data:
                 continue
             now = app.clock()
             label = (part.attempt.replica.name,) if part.attempt.replica else ("none",)
@@ -166,12 +204,13 @@ async def stream_answer(app: Any, api: ApiRequest, parts: Sequence[Part], send: 
             await writer.write(data)
     except (BackendError, RequestError) as exc:
         _, body, _ = error_response(exc)
-        await writer.write(b"data: " + body + b"\n\n")
+        await writer.write(_release(rendering, held, None, None) + b"data: " + body + b"\n\n")
     finally:
         writer.stop_beats()
     if api.include_usage and usage_event is None:
         usage_event = rendering.usage_chunk(*_total_usage(parts))
-    await writer.write((usage_event or b"") + b"data: [DONE]\n\n", is_last=True)
+    await writer.write(_release(rendering, held, None, None) + (usage_event or b"")
+                       + b"data: [DONE]\n\n", is_last=True)
 
 
 async def whole_answer(app: Any, api: ApiRequest, parts: Sequence[Part], send: Send,

@@ -158,6 +158,17 @@ def _error_message(raw: bytes) -> str:
         return raw[:500].decode("utf-8", "replace")
 
 
+def _backend_error(raw: bytes, status: int) -> BackendError:
+    """A backend's error answer: its message, `param` and (string) `code`, for the client."""
+    try:
+        error = json.loads(raw).get("error")
+    except (ValueError, AttributeError):
+        error = None
+    found = {k: error.get(k) for k in ("param", "code")} if isinstance(error, dict) else {}
+    return BackendError(_error_message(raw), status_code=status,
+                        **{k: v for k, v in found.items() if isinstance(v, str)})
+
+
 def _has_tool_calls(choices: Any, key: str) -> bool:
     return any((c.get(key) or {}).get("tool_calls") for c in choices)
 
@@ -221,7 +232,7 @@ class RemoteEngineClient:
             async with self._http().post(path, json=payload) as response:
                 if response.status >= 400:
                     raw = await response.read()
-                    raise BackendError(_error_message(raw), status_code=response.status)
+                    raise _backend_error(raw, response.status)
                 if not request.stream:
                     yield _whole(json.loads(await response.read()), request.is_chat)
                     return
@@ -236,7 +247,7 @@ class RemoteEngineClient:
         try:
             status, raw = await self._h1.post(path, json.dumps(payload).encode())
             if status >= 400:
-                raise BackendError(_error_message(raw), status_code=status)
+                raise _backend_error(raw, status)
             return _whole(json.loads(raw), is_chat)
         except (TimeoutError, OSError, ValueError, KeyError) as exc:
             raise BackendError(f"backend {self.config.url}: {type(exc).__name__}: {exc}") from None
