@@ -242,7 +242,8 @@ class EngineBackend:
                     started[index] = True
                     yield chunk
         except RequestError as exc:
-            raise BackendError(str(exc), status_code=400) from None
+            raise BackendError(str(exc), status_code=400, param=exc.param,
+                               code=exc.code) from None
         except EngineDeadError as exc:
             self.is_dead = True
             raise BackendError(f"engine replica died: {exc.__cause__}") from None

@@ -134,6 +134,11 @@ class LLMEngine:
         if request_id in self._tracked:
             raise RequestError(f"duplicate request id {request_id!r}", param="request_id")
         room = max(self.max_model_len - len(token_ids), 1)
+        if params.max_tokens is not None and len(token_ids) + params.max_tokens > self.max_model_len:
+            raise RequestError(f"this model's context length is {self.max_model_len} tokens; "
+                               f"the prompt has {len(token_ids)} and max_tokens asks for "
+                               f"{params.max_tokens}", param="max_tokens",
+                               code="context_length_exceeded")
         spec = RequestSpec(request_id=request_id, arrival_s=self.scheduler.clock.now(),
                            num_prompt_tokens=len(token_ids),
                            num_output_tokens=min(params.max_tokens or room, room),

@@ -43,7 +43,9 @@ def fake_context(request: GenerateRequest) -> str:
     if request.messages is not None:
         turns = "".join(f"<{m.role}>{m.content}\n" for m in request.messages)
         return f"{turns}<assistant>{request.continuation}"
-    return (request.prompt or "") + request.continuation
+    prompt = request.prompt if isinstance(request.prompt, str) else \
+        " ".join(map(str, request.prompt or ()))  # token ids: one word each
+    return prompt + request.continuation
 
 
 @dataclass(frozen=True, slots=True)

@@ -57,7 +57,8 @@ def make_parts(app: Any, api: ApiRequest, arrival_s: float) -> list[Part]:
         refusal = app.pool.refusal(generate)
         if refusal is not None:
             param, why = refusal
-            raise RequestError(f"'{param}': {why}", param=param, code="unsupported_parameter")
+            code = "context_length_exceeded" if param == "max_tokens" else "unsupported_parameter"
+            raise RequestError(f"'{param}': {why}", param=param, code=code)
         spec = app.pool.spec(generate)
         request = Request.from_spec(spec, hash_blocks=False)
         request.arrival_s = arrival_s

@@ -142,7 +142,9 @@ class ReplicaPool:
         then it fails with a BackendError saying so."""
         excluded: set[int] = set()
         current, text_sent = request, ""
-        is_replayable = request.n == 1 and not request.echo  # (echo: text is not output)
+        # text replay needs text: one choice, a text prompt (or chat), no echoed prompt
+        is_replayable = (request.n == 1 and not request.echo
+                         and not isinstance(request.prompt, tuple))
         last_error: BackendError | None = None
         while attempt.num_attempts < self.config.max_attempts:
             try:
