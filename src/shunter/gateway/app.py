@@ -168,7 +168,9 @@ class GatewayApp:
             await send_bytes(send, 200, json.dumps({"version": __version__}).encode())
         elif path == "/openapi.json":
             await send_bytes(send, 200, json.dumps(openapi_spec(
-                has_keys=not self.tenants.is_open)).encode())
+                has_keys=not self.tenants.is_open,
+                has_cors=bool(self.config.cors_origins),
+                models=self.config.model_names)).encode())
         else:  # /v1/models, /v1/models/{id}
             self.tenants.authenticate(header(scope, b"authorization"))
             data = [model_entry(name, self.config.max_model_len)

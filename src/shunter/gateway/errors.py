@@ -116,6 +116,8 @@ def error_response(exc: Exception) -> tuple[int, bytes, list[tuple[bytes, bytes]
         return status, error_body(str(exc), status, param=exc.param, code=exc.code), headers
     if isinstance(exc, BackendError):
         status = exc.status_code if exc.is_client_error else 502
+        if status == 429:  # a backend's own 429: every 429 says when to retry
+            headers.append((b"retry-after", b"1"))
         code = exc.code or "backend_error"
         return status, error_body(str(exc), status, param=exc.param, code=code), headers
     return 500, error_body("internal error in the gateway", 500), headers

@@ -40,6 +40,10 @@ INT64_MIN, UINT64_MAX = -(1 << 63), (1 << 64) - 1  # what a seed may be (torch's
 CHAT_ROLES = frozenset({"system", "developer", "user", "assistant", "tool", "function"})
 GATEWAY_FIELDS = frozenset({"program_id", "session_id"})  # Shunter's: never forwarded
 MAX_JSON_DEPTH = 64  # objects and arrays inside each other, at most
+MAX_TOKEN_ID_DIGITS = 20  # a logit_bias key (a uint64 has 20)
+# longer than any model's context; a tenant's token bucket reserves max_tokens, in floats that
+# must stay exact (a max_tokens of 1e300 locked a tenant out, one of 10**400 crashed it)
+MAX_OUTPUT_TOKENS = (1 << 31) - 1
 
 
 def decode_body(raw: bytes) -> Any:
@@ -83,6 +87,8 @@ def _field(body: Mapping[str, Any], name: str, kinds: type | tuple[type, ...], d
     if value is None:
         return default
     seq = kinds if isinstance(kinds, tuple) else (kinds,)
+    if int in seq and float not in seq and isinstance(value, float) and value.is_integer():
+        return int(value)  # JSON Schema's integer: 2.0 is 2 (as pydantic, so vLLM, reads it)
     # bool is an int in Python; a JSON true is not a number
     if (isinstance(value, bool) and bool not in seq) or not isinstance(value, seq):
         got = "a boolean" if isinstance(value, bool) else type(value).__name__
@@ -93,12 +99,12 @@ def _field(body: Mapping[str, Any], name: str, kinds: type | tuple[type, ...], d
 
 def _number(body: Mapping[str, Any], name: str, default: float, low: float, high: float, *,
             low_open: bool = False) -> float:
-    value = float(_field(body, name, (int, float), default))
+    value = _field(body, name, (int, float), default)
     below = value <= low if low_open else value < low
-    if below or value > high or math.isnan(value):
+    if below or value > high or math.isnan(value):  # (an int too big for a float is out)
         bracket = "(" if low_open else "["
         raise RequestError(f"'{name}' must be in {bracket}{low}, {high}], got {value}", param=name)
-    return value
+    return float(value)
 
 
 def _int(body: Mapping[str, Any], name: str, default: int | None, low: int,
@@ -139,10 +145,15 @@ def _stop(body: Mapping[str, Any]) -> tuple[str, ...]:
     return tuple(stops)
 
 
+def _is_token_id(value: Any) -> bool:
+    """An integer >= 0 (JSON Schema's: 2.0 is one; a boolean is not)."""
+    return ((isinstance(value, int) and not isinstance(value, bool))
+            or (isinstance(value, float) and value.is_integer())) and value >= 0
+
+
 def _token_ids(value: Any) -> tuple[int, ...] | None:
-    if isinstance(value, list) and value and all(
-            isinstance(t, int) and not isinstance(t, bool) and t >= 0 for t in value):
-        return tuple(value)
+    if isinstance(value, list) and value and all(_is_token_id(t) for t in value):
+        return tuple(int(t) for t in value)
     return None
 
 
@@ -206,12 +217,13 @@ def _messages(body: Mapping[str, Any]) -> tuple[ChatMessage, ...]:
 
 
 def _max_tokens(body: Mapping[str, Any], is_chat: bool) -> int | None:
-    name = "max_completion_tokens" if is_chat and "max_completion_tokens" in body else "max_tokens"
+    """Chat's `max_completion_tokens`, if sent, wins over `max_tokens`; both must be valid."""
     default = None if is_chat else DEFAULT_COMPLETION_MAX_TOKENS
-    value = _field(body, name, int, default)
-    if value is not None and value < 1:
-        raise RequestError(f"'{name}' must be >= 1, got {value}", param=name)
-    return value
+    values = {}
+    for name in ("max_tokens", "max_completion_tokens") if is_chat else ("max_tokens",):
+        values[name] = _int(body, name, default, 1, MAX_OUTPUT_TOKENS)
+    return values["max_completion_tokens" if is_chat and "max_completion_tokens" in body
+                  else "max_tokens"]
 
 
 def _logprobs(body: Mapping[str, Any], is_chat: bool) -> int | None:
@@ -229,13 +241,13 @@ def _logit_bias(body: Mapping[str, Any]) -> tuple[tuple[int, float], ...]:
     bias = _field(body, "logit_bias", dict, {})
     out = []
     for key, value in bias.items():
-        try:
-            token = int(key)
-        except ValueError:
-            raise RequestError(f"'logit_bias' keys must be token ids, got {key!r}",
-                               param="logit_bias") from None
+        # ASCII digits only: int() also reads " 1", "+1", "1_0" and "١"
+        if not (key.isascii() and key.isdigit() and len(key) <= MAX_TOKEN_ID_DIGITS):
+            raise RequestError(f"'logit_bias' keys must be token ids (up to "
+                               f"{MAX_TOKEN_ID_DIGITS} digits), got {key!r}", param="logit_bias")
+        token = int(key)
         if (isinstance(value, bool) or not isinstance(value, int | float)
-                or not -100 <= value <= 100 or token < 0):
+                or not -100 <= value <= 100):
             raise RequestError(f"'logit_bias' maps token ids >= 0 to numbers in [-100, 100], got "
                                f"{key!r}: {value!r}", param="logit_bias")
         out.append((token, float(value)))
@@ -253,7 +265,7 @@ def _response_format(body: Mapping[str, Any]) -> Mapping[str, Any] | None:
 def _sampling(body: Mapping[str, Any], is_chat: bool) -> dict[str, Any]:
     seed = _int(body, "seed", None, INT64_MIN, UINT64_MAX)
     stop_ids = _field(body, "stop_token_ids", list, [])
-    if not all(isinstance(t, int) and not isinstance(t, bool) and t >= 0 for t in stop_ids):
+    if not all(_is_token_id(t) for t in stop_ids):
         raise RequestError("'stop_token_ids' must be an array of token ids >= 0",
                            param="stop_token_ids")
     top_k = _int(body, "top_k", None, -1)
@@ -263,7 +275,8 @@ def _sampling(body: Mapping[str, Any], is_chat: bool) -> dict[str, Any]:
         top_p=_number(body, "top_p", 1.0, 0.0, 1.0, low_open=True),
         top_k=None if top_k in (None, -1, 0) else top_k,
         min_p=_number(body, "min_p", 0.0, 0.0, 1.0), seed=seed, stop=_stop(body),
-        stop_token_ids=tuple(stop_ids), ignore_eos=_field(body, "ignore_eos", bool, False),
+        stop_token_ids=tuple(int(t) for t in stop_ids),
+        ignore_eos=_field(body, "ignore_eos", bool, False),
         min_tokens=_int(body, "min_tokens", 0, 0),
         presence_penalty=_number(body, "presence_penalty", 0.0, -2.0, 2.0),
         frequency_penalty=_number(body, "frequency_penalty", 0.0, -2.0, 2.0),
