@@ -46,9 +46,13 @@ class ChatMessage:
     content: str
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
+@dataclass(slots=True, kw_only=True)
 class GenerateRequest:
     """One request as a backend receives it. Exactly one of `prompt` and `messages` is set.
+
+    Read-only by contract (`replace` makes a changed copy): not a frozen dataclass because a
+    frozen one sets each of its ~35 fields through `object.__setattr__`, 4x the cost of
+    building it, once per request on the gateway's hot path.
 
     A remote OpenAI-compatible backend is sent `body`, the client's JSON as it came (every
     field passes through; the gateway sets only the model name and the usage options it needs).

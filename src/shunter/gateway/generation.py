@@ -220,14 +220,39 @@ async def whole_answer(app: Any, api: ApiRequest, parts: Sequence[Part], send: S
     for part in parts:
         assert part.ticket is not None
         await app.admission.wait(part.ticket)
-    payloads: dict[int, Any] = {}  # part -> a remote backend's whole answer
-    choices: dict[int, Choice] = {}
-    is_first = True
-    async for part, chunk in merged(app, parts):
-        if is_first:  # the backend's first output (the client sees it all at the end)
+    if len(parts) == 1:  # the common case, on the gateway's hot path: no merging
+        part = parts[0]
+        async with contextlib.aclosing(app.pool.generate(part.generate, part.spec,
+                                                          part.attempt)) as chunks:
+            first = await anext(chunks, None)
             label = (part.attempt.replica.name,) if part.attempt.replica else ("none",)
             app.metrics.ttft_s.observe(app.clock() - arrival_s, label)
-            is_first = False
+            if first is not None and first.payload is not None:  # a remote's whole answer
+                async for _ in chunks:
+                    pass  # (a whole answer is one chunk)
+                await send_bytes(send, 200, rendering.forward_whole(first.payload),
+                                 [*JSON_HEADERS, *headers])
+                return
+            rest = [] if first is None else [first]
+            async for chunk in chunks:
+                rest.append(chunk)
+        await _render_whole(parts, [(part, c) for c in rest], send, headers, rendering)
+        return
+    items = []
+    async for item in merged(app, parts):
+        if not items:  # the first output (the client sees it all at the end)
+            label = (item[0].attempt.replica.name,) if item[0].attempt.replica else ("none",)
+            app.metrics.ttft_s.observe(app.clock() - arrival_s, label)
+        items.append(item)
+    await _render_whole(parts, items, send, headers, rendering)
+
+
+async def _render_whole(parts: Sequence[Part], items: Sequence[tuple[Part, GenerateChunk]],
+                        send: Send, headers: list[tuple[bytes, bytes]],
+                        rendering: Rendering) -> None:
+    payloads: dict[int, Any] = {}  # part -> a remote backend's whole answer
+    choices: dict[int, Choice] = {}
+    for part, chunk in items:
         if chunk.payload is not None:
             payloads[id(part)] = chunk.payload
             continue

@@ -187,8 +187,8 @@ def _error_responses() -> dict[str, Any]:
     """Every error status, as components/responses/E<status>."""
     texts = {"400": "invalid request: `error.param` names the field; also a prompt over the "
                     "gateway's limit (code context_length_exceeded), a parameter no backend "
-                    "supports (unsupported_parameter) or a body that is not JSON, is nested "
-                    "over 64 deep or holds a lone surrogate",
+                    "supports (unsupported_parameter) or a body that is not JSON (or nested too "
+                    "deep to parse) or holds a lone surrogate",
              "401": "missing or invalid API key",
              "404": "unknown model (code model_not_found), or no backend serves the path",
              "413": "body over the gateway's limit",

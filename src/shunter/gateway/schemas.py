@@ -16,13 +16,15 @@ prompt) | `messages` (roles, text parts, assistant `tool_calls`, `tool_call_id`)
 `stop_token_ids`, `priority`, `ignore_eos`, and Shunter's `program_id` (the agent program a
 call belongs to, for `plas`; also the `X-Program-Id` header) and `session_id` (the
 conversation; also `X-Session-Id`). Text anywhere in the body must be valid Unicode (a lone
-surrogate such as "\\ud800" is a 400 naming where it is).
+surrogate such as "\\ud800" is a 400 naming where it is: `decode_body` checks bodies that hold
+such an escape).
 """
 
 from __future__ import annotations
 
 import json
 import math
+import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -46,15 +48,22 @@ MAX_TOKEN_ID_DIGITS = 20  # a logit_bias key (a uint64 has 20)
 MAX_OUTPUT_TOKENS = (1 << 31) - 1
 
 
+_SURROGATE_ESCAPE = re.compile(rb"\\u[dD][89a-fA-F]")
+
+
 def decode_body(raw: bytes) -> Any:
-    """The JSON of a request body; a RequestError (400) for anything that is not JSON."""
+    """The JSON of a request body; a RequestError (400) for anything that is not JSON, or
+    that holds a lone surrogate (only a \\udXXX escape can put one there: raw UTF-8 cannot)."""
     try:
-        return json.loads(raw)
+        body = json.loads(raw)
     except (ValueError, UnicodeDecodeError) as exc:
         raise RequestError(f"malformed JSON body: {exc}", code="invalid_json") from None
     except RecursionError:
         raise RequestError("malformed JSON body: objects and arrays nested too deeply",
                            code="invalid_json") from None
+    if _SURROGATE_ESCAPE.search(raw):
+        _check_text(body, "")
+    return body
 
 
 @dataclass(frozen=True, slots=True)
@@ -262,21 +271,25 @@ def _response_format(body: Mapping[str, Any]) -> Mapping[str, Any] | None:
     return value
 
 
-def _sampling(body: Mapping[str, Any], is_chat: bool) -> dict[str, Any]:
-    seed = _int(body, "seed", None, INT64_MIN, UINT64_MAX)
+# fields most requests do not send: read only when one is there (the gateway's hot path)
+_RARE_DEFAULTS: dict[str, Any] = dict(
+    seed=None, stop_token_ids=(), top_k=None, min_p=0.0, min_tokens=0, presence_penalty=0.0,
+    frequency_penalty=0.0, repetition_penalty=1.0, logit_bias=(), logprobs=None, echo=False,
+    response_format=None, n=1)
+_RARE_FIELDS = frozenset({*_RARE_DEFAULTS, "top_logprobs"})
+
+
+def _rare(body: Mapping[str, Any], is_chat: bool) -> dict[str, Any]:
     stop_ids = _field(body, "stop_token_ids", list, [])
     if not all(_is_token_id(t) for t in stop_ids):
         raise RequestError("'stop_token_ids' must be an array of token ids >= 0",
                            param="stop_token_ids")
     top_k = _int(body, "top_k", None, -1)
     return dict(
-        max_tokens=_max_tokens(body, is_chat),
-        temperature=_number(body, "temperature", 1.0, 0, 2),
-        top_p=_number(body, "top_p", 1.0, 0.0, 1.0, low_open=True),
+        seed=_int(body, "seed", None, INT64_MIN, UINT64_MAX),
         top_k=None if top_k in (None, -1, 0) else top_k,
-        min_p=_number(body, "min_p", 0.0, 0.0, 1.0), seed=seed, stop=_stop(body),
+        min_p=_number(body, "min_p", 0.0, 0.0, 1.0),
         stop_token_ids=tuple(int(t) for t in stop_ids),
-        ignore_eos=_field(body, "ignore_eos", bool, False),
         min_tokens=_int(body, "min_tokens", 0, 0),
         presence_penalty=_number(body, "presence_penalty", 0.0, -2.0, 2.0),
         frequency_penalty=_number(body, "frequency_penalty", 0.0, -2.0, 2.0),
@@ -284,6 +297,15 @@ def _sampling(body: Mapping[str, Any], is_chat: bool) -> dict[str, Any]:
         logit_bias=_logit_bias(body), logprobs=_logprobs(body, is_chat),
         echo=False if is_chat else _field(body, "echo", bool, False),
         response_format=_response_format(body), n=_int(body, "n", 1, 1, MAX_N))
+
+
+def _sampling(body: Mapping[str, Any], is_chat: bool) -> dict[str, Any]:
+    rare = _rare(body, is_chat) if not _RARE_FIELDS.isdisjoint(body) else _RARE_DEFAULTS
+    return dict(
+        max_tokens=_max_tokens(body, is_chat),
+        temperature=_number(body, "temperature", 1.0, 0, 2),
+        top_p=_number(body, "top_p", 1.0, 0.0, 1.0, low_open=True), stop=_stop(body),
+        ignore_eos=_field(body, "ignore_eos", bool, False), **rare)
 
 
 def _id_field(body: Mapping[str, Any], name: str, header_value: str | None) -> str | None:
@@ -304,7 +326,6 @@ def parse_request(body: Any, *, is_chat: bool, request_id: str, tenant: str,
     `program_id` and `session_id` are the headers' values, used when the body has none."""
     if not isinstance(body, dict):
         raise RequestError("the request body must be a JSON object")
-    _check_text(body, "")
     model = body.get("model")
     if not isinstance(model, str) or not model:
         raise RequestError("'model' must be a non-empty string", param="model")
@@ -322,7 +343,8 @@ def parse_request(body: Any, *, is_chat: bool, request_id: str, tenant: str,
                   priority=clamp_priority(_field(body, "priority", int, None)), tenant=tenant,
                   stream=stream, program_id=_id_field(body, "program_id", program_id),
                   session_id=_id_field(body, "session_id", session_id))
-    forwarded = {k: v for k, v in body.items() if k not in GATEWAY_FIELDS}
+    forwarded = body if GATEWAY_FIELDS.isdisjoint(body) else \
+        {k: v for k, v in body.items() if k not in GATEWAY_FIELDS}
     generates = []
     for i, prompt in enumerate(prompts):
         own = forwarded if len(prompts) == 1 else {**forwarded, "prompt": body["prompt"][i]}
