@@ -6,7 +6,8 @@
     [scheduler]   policy, params = {...}, predictor, predictor_params = {...},
                   gateway_policy, gateway_params = {...}  (`SchedulerSettings`)
     [admission]   max_queued, max_queue_wait_s
-    [pool]        max_attempts, health_interval_s, health_timeout_s
+    [pool]        max_attempts, health_interval_s, health_timeout_s, ttft_timeout_s,
+                  stall_timeout_s
     [breaker]     failure_threshold, cooldown_s
     [[backends]]  name, kind = "remote" | "engine" | "fake", max_concurrency, max_num_seqs,
                   profile, max_num_batched_tokens, block_size (any kind: see BackendConfig),

@@ -115,7 +115,10 @@ def error_response(exc: Exception) -> tuple[int, bytes, list[tuple[bytes, bytes]
             headers.append((b"allow", ", ".join(exc.allow).encode()))
         return status, error_body(str(exc), status, param=exc.param, code=exc.code), headers
     if isinstance(exc, BackendError):
-        status = exc.status_code if exc.is_client_error else 502
+        # the request's fault (4xx) or every backend busy (503) comes through; else 502
+        status = exc.status_code if exc.is_client_error or exc.status_code == 503 else 502
+        if status == 503:
+            headers.append((b"retry-after", b"1"))
         if status == 429:  # a backend's own 429: every 429 says when to retry
             headers.append((b"retry-after", b"1"))
         code = exc.code or "backend_error"

@@ -32,11 +32,19 @@ class FakeHttpBackend:
     first_token_delay_s: float = 0.0
     token_delay_s: float = 0.0
     fail_status: int | None = None  # answer every generation with this status
+    # faults, for the chaos tests: a stream that sends this event after N tokens and stops
+    # ("[1,2,3]": valid JSON of the wrong shape), one cut after its final token before
+    # [DONE], one that hangs after N tokens (stall), one that never sends its first token
+    bad_event_after_tokens: int | None = None
+    bad_event: bytes = b"[1,2,3]"
+    cut_after_final_token: bool = False
+    stall_after_tokens: int | None = None
     num_requests: int = 0
     num_running: int = 0
     num_disconnects: int = 0  # streams whose client left before the end
     server: asyncio.base_events.Server | None = None
     connections: set[asyncio.Transport] = field(default_factory=set)
+    tasks: set[asyncio.Task[None]] = field(default_factory=set)
 
     async def start(self, host: str = "127.0.0.1", port: int = 0) -> int:
         loop = asyncio.get_running_loop()
@@ -50,9 +58,14 @@ class FakeHttpBackend:
             self.server.close()
         for transport in list(self.connections):
             transport.abort()
+        for task in list(self.tasks):
+            task.cancel()
 
     async def stop(self) -> None:
+        tasks = list(self.tasks)
         self.kill()
+        if tasks:
+            await asyncio.gather(*tasks, return_exceptions=True)
         if self.server is not None:
             await self.server.wait_closed()
 
@@ -82,12 +95,13 @@ def _sampling(body: dict[str, Any]) -> dict[str, Any]:
 
 
 class _Connection(asyncio.Protocol):
-    __slots__ = ("backend", "buffer", "transport")
+    __slots__ = ("backend", "buffer", "task", "transport")
 
     def __init__(self, backend: FakeHttpBackend) -> None:
         self.backend = backend
         self.buffer = b""
         self.transport: asyncio.Transport | None = None
+        self.task: asyncio.Task[None] | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]  # uvloop's is not a subclass
@@ -96,6 +110,9 @@ class _Connection(asyncio.Protocol):
     def connection_lost(self, exc: Exception | None) -> None:
         assert self.transport is not None
         self.backend.connections.discard(self.transport)
+        if self.task is not None and not self.task.done():
+            self.backend.num_disconnects += 1  # as a real server: the generation stops
+            self.task.cancel()
 
     def data_received(self, data: bytes) -> None:
         self.buffer += data
@@ -144,7 +161,10 @@ class _Connection(asyncio.Protocol):
             parsed = json.loads(body)
             request = _request(parsed, path.endswith("chat/completions"))
             if request.stream or backend.first_token_delay_s:
-                asyncio.get_running_loop().create_task(self._generate(request, parsed))
+                task = asyncio.get_running_loop().create_task(self._generate(request, parsed))
+                self.task = task
+                self.backend.tasks.add(task)
+                task.add_done_callback(self.backend.tasks.discard)
             else:  # the benchmark's hot path: answer within this callback
                 self._reply(200, self._whole(request, parsed))
         else:
@@ -194,11 +214,18 @@ class _Connection(asyncio.Protocol):
                                                                "content": ""},
                                          "finish_reason": None}]}
             _write_chunk(transport, b"data: " + json.dumps(role).encode() + b"\n\n")
+        backend = self.backend
         for i, word in enumerate(words, start=1):
-            if i > 1 and self.backend.token_delay_s:
-                await asyncio.sleep(self.backend.token_delay_s)
+            if i > 1 and backend.token_delay_s:
+                await asyncio.sleep(backend.token_delay_s)
             if transport.is_closing():
-                self.backend.num_disconnects += 1
+                backend.num_disconnects += 1
+                return
+            if backend.stall_after_tokens is not None and i > backend.stall_after_tokens:
+                await asyncio.sleep(3600)  # hung: only the gateway's stall timeout ends it
+            if backend.bad_event_after_tokens is not None and i > backend.bad_event_after_tokens:
+                _write_chunk(transport, b"data: " + backend.bad_event + b"\n\n")
+                transport.close()
                 return
             delta = {"delta": {"content": word}} if request.is_chat else {"text": word}
             event = {**head, "choices": [{"index": 0, **delta,
@@ -206,6 +233,9 @@ class _Connection(asyncio.Protocol):
                      "usage": {"prompt_tokens": num_prompt, "completion_tokens": i,
                                "total_tokens": num_prompt + i}}
             _write_chunk(transport, b"data: " + json.dumps(event).encode() + b"\n\n")
+        if backend.cut_after_final_token:
+            transport.abort()  # died after its last token, before [DONE]
+            return
         _write_chunk(transport, b"data: [DONE]\n\n")
         transport.write(b"0\r\n\r\n")
 

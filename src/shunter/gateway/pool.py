@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 
@@ -30,18 +31,27 @@ from shunter.router.prefix_index import DispatchIndex
 
 __all__ = ["Attempt", "PoolConfig", "ReplicaPool", "prompt_text"]
 
+log = logging.getLogger("shunter.gateway")
+
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class PoolConfig:
     max_attempts: int = 3  # per request, over all replicas
     health_interval_s: float = 1.0
     health_timeout_s: float = 2.0
+    # a backend that sends no first token (or no next token) for this long is left for another
+    # replica: its stream is aborted and the request fails over (a long prefill on a CPU takes
+    # tens of seconds: the defaults are generous)
+    ttft_timeout_s: float = 300.0
+    stall_timeout_s: float = 60.0
 
     def __post_init__(self) -> None:
         if self.max_attempts < 1:
             raise ValueError(f"max_attempts must be >= 1, got {self.max_attempts}")
-        if not self.health_interval_s > 0:
-            raise ValueError(f"health_interval_s must be > 0, got {self.health_interval_s}")
+        for name in ("health_interval_s", "health_timeout_s", "ttft_timeout_s",
+                     "stall_timeout_s"):
+            if not getattr(self, name) > 0:
+                raise ValueError(f"{name} must be > 0, got {getattr(self, name)}")
 
 
 @dataclass(slots=True)
@@ -137,14 +147,17 @@ class ReplicaPool:
     async def generate(self, request: GenerateRequest, spec: RequestSpec, attempt: Attempt
                        ) -> AsyncIterator[GenerateChunk]:
         """Run `request` (`spec`: as `self.spec` describes it) to its end somewhere (usage is
-        in `attempt`). A stream that fails after output is resumed elsewhere with the text
-        sent so far, unless it cannot be replayed safely (tool-call deltas, several choices):
-        then it fails with a BackendError saying so."""
+        in `attempt`). A backend that fails, stalls or answers 429/503 before any output is
+        left for another. A stream that fails after output is resumed elsewhere with the text
+        sent so far, for the tokens still allowed; one that failed after its finish (or its
+        last allowed token) is over, never extended. What cannot be replayed safely (tool-call
+        deltas, several choices, an echoed prompt) fails with a BackendError saying so."""
         excluded: set[int] = set()
         current, text_sent = request, ""
         # text replay needs text: one choice, a text prompt (or chat), no echoed prompt
         is_replayable = (request.n == 1 and not request.echo
                          and not isinstance(request.prompt, tuple))
+        is_finished = False
         last_error: BackendError | None = None
         while attempt.num_attempts < self.config.max_attempts:
             try:
@@ -162,11 +175,15 @@ class ReplicaPool:
                                                 base_tokens):
                     text_sent += chunk.text
                     is_replayable = is_replayable and not chunk.has_tool_calls
+                    is_finished = is_finished or (chunk.finish_reason is not None
+                                                  and request.n == 1)
                     yield chunk
                 return
             except BackendError as exc:
-                if exc.is_client_error:
-                    raise
+                if exc.is_client_error and exc.status_code != 429:
+                    raise  # the request's fault (a 429 is the backend's load: try another)
+                if is_finished:
+                    return  # it died after its last event: the answer is whole
                 if (text_sent or attempt.has_output) and not is_replayable:
                     raise BackendError(f"the backend failed mid-stream ({exc}) after sending "
                                        "tool-call deltas, several choices or an echoed prompt, "
@@ -177,8 +194,14 @@ class ReplicaPool:
                 last_error = exc
                 excluded.add(replica.replica_id)
                 self.metrics.failovers.inc(("mid_stream" if text_sent else "before_first_byte",))
+                if (request.max_tokens is not None
+                        and attempt.completion_tokens >= request.max_tokens):
+                    yield GenerateChunk("", "length")  # every allowed token was sent already
+                    return
                 current = request.replayed(text_sent, attempt.completion_tokens)
         assert last_error is not None
+        if last_error.status_code in (429, 503):
+            raise last_error  # every backend said it is busy: so does the gateway
         raise BackendError(f"request failed on {attempt.num_attempts} backend(s); last error: "
                            f"{last_error}", status_code=None)
 
@@ -188,9 +211,10 @@ class ReplicaPool:
         timer = replica.on_dispatch(num_prompt_tokens, clock())
         is_started = is_verdict = False
         is_replay = bool(request.continuation)
+        watch = _StallWatch(self.config.ttft_timeout_s, self.config.stall_timeout_s)
         try:
             async with contextlib.aclosing(replica.client.submit(request)) as chunks:
-                async for chunk in chunks:
+                async for chunk in watch.guard(chunks, replica.name):
                     if not is_started:
                         is_started = is_verdict = True
                         replica.on_first_output(num_prompt_tokens)
@@ -208,6 +232,15 @@ class ReplicaPool:
                     if chunk.finish_reason is not None:
                         attempt.finish_reason = chunk.finish_reason
                     yield chunk
+        except (TypeError, ValueError, KeyError, AttributeError, IndexError) as exc:
+            # a backend client that broke on what its backend sent: that backend's failure
+            log.warning("backend %s failed: %s: %s", replica.name, type(exc).__name__, exc)
+            is_verdict = True
+            replica.breaker.on_failure(self.clock())
+            self.metrics.backend_errors.inc((replica.name, "mid_stream" if is_started
+                                             else "before_first_byte"))
+            raise BackendError(f"backend {replica.name} failed: {type(exc).__name__}: "
+                               f"{exc}") from exc
         except BackendError as exc:
             if not exc.is_client_error:
                 is_verdict = True
@@ -216,6 +249,7 @@ class ReplicaPool:
                                                  else "before_first_byte"))
             raise
         finally:
+            watch.close()
             replica.on_done(num_prompt_tokens, is_started=is_started, timer=timer)
             if not is_verdict:
                 replica.breaker.on_abandoned()
@@ -289,3 +323,64 @@ class ReplicaPool:
             Gauge("shunter_replica_decode_step_s", "Decode step time the router sees at the "
                   "replica's batch (profiled or measured).", ("replica",), speed("decode_step_s")),
         ]
+
+
+class _StallWatch:
+    """Leaves a backend that sends no first token within `ttft_s`, or no next one within
+    `stall_s`: the request's task is cancelled while it waits on the backend and the wait
+    ends in a BackendError (so the request fails over). Only time spent waiting on the backend
+    counts (not time the client takes to read), and a chunk costs one clock read: one timer
+    per request checks the wait's start when it fires."""
+
+    __slots__ = ("_handle", "_loop", "fired", "is_started", "is_waiting", "last_s", "stall_s",
+                 "task", "ttft_s")
+
+    def __init__(self, ttft_s: float, stall_s: float) -> None:
+        self.ttft_s, self.stall_s = ttft_s, stall_s
+        self._loop = asyncio.get_running_loop()
+        self.task = asyncio.current_task()
+        self.last_s = self._loop.time()
+        self.is_started = self.is_waiting = self.fired = False
+        self._handle: asyncio.TimerHandle | None = self._loop.call_at(
+            self.last_s + ttft_s, self._check)
+
+    def _check(self) -> None:
+        now = self._loop.time()
+        limit = self.stall_s if self.is_started else self.ttft_s
+        if self.is_waiting and now - self.last_s >= limit and self.task is not None:
+            self.fired = True
+            self._handle = None
+            self.task.cancel()
+            return
+        due = self.last_s + limit
+        self._handle = self._loop.call_at(due if self.is_waiting and due > now else now + limit,
+                                          self._check)
+
+    async def guard(self, chunks: AsyncIterator[GenerateChunk], name: str
+                    ) -> AsyncIterator[GenerateChunk]:
+        iterator = aiter(chunks)
+        while True:
+            self.last_s = self._loop.time()  # the wait on the backend starts
+            self.is_waiting = True
+            try:
+                chunk = await anext(iterator)
+            except StopAsyncIteration:
+                return
+            except asyncio.CancelledError:
+                if not self.fired:
+                    raise
+                assert self.task is not None
+                self.task.uncancel()
+                what = "no next token" if self.is_started else "no first token"
+                raise BackendError(f"backend {name} sent {what} for "
+                                   f"{self.stall_s if self.is_started else self.ttft_s:g} s "
+                                   "(left for another replica)") from None
+            finally:
+                self.is_waiting = False
+            self.is_started = True
+            yield chunk
+
+    def close(self) -> None:
+        if self._handle is not None:
+            self._handle.cancel()
+            self._handle = None

@@ -173,10 +173,37 @@ def _has_tool_calls(choices: Any, key: str) -> bool:
     return any((c.get(key) or {}).get("tool_calls") for c in choices)
 
 
-def _chunk(obj: dict[str, Any], is_chat: bool) -> GenerateChunk | None:
+def _shape_error(obj: Any, is_chat: bool, part: str) -> str | None:
+    """What is wrong with the shape of a backend's event or answer (valid JSON of the wrong
+    shape must fail over like any broken stream, not cut it); None when it is right."""
+    if not isinstance(obj, dict):
+        return f"an event that is not an object ({type(obj).__name__})"
+    choices = obj.get("choices", [])
+    if not isinstance(choices, list) or not all(isinstance(c, dict) for c in choices):
+        return "'choices' that is not an array of objects"
+    for c in choices:
+        inner = c.get(part) if is_chat else c
+        if is_chat and inner is not None and not isinstance(inner, dict):
+            return f"a choice whose {part} is not an object"
+        text = (inner or {}).get("content" if is_chat else "text")
+        if text is not None and not isinstance(text, str):
+            return "a choice whose text is not a string"
+        if not isinstance(c.get("index", 0), int):
+            return "a choice whose index is not an integer"
+    usage = obj.get("usage")
+    if usage is not None and not (isinstance(usage, dict) and all(
+            isinstance(usage.get(k, 0), int) for k in ("prompt_tokens", "completion_tokens"))):
+        return "a 'usage' that is not token counts"
+    return None
+
+
+def _chunk(obj: Any, is_chat: bool) -> GenerateChunk | None:
     """One SSE event as a chunk: the event itself (`payload`) plus what the gateway reads."""
-    if "error" in obj:
+    if isinstance(obj, dict) and "error" in obj:
         raise BackendError(f"backend error mid-stream: {_error_message(json.dumps(obj).encode())}")
+    wrong = _shape_error(obj, is_chat, "delta")
+    if wrong is not None:
+        raise BackendError(f"backend sent {wrong}: {json.dumps(obj)[:200]}")
     usage = obj.get("usage")
     choices = obj.get("choices") or ()
     text, finish, index = "", None, 0
@@ -290,8 +317,12 @@ class RemoteEngineClient:
             self._session = None
 
 
-def _whole(body: dict[str, Any], is_chat: bool) -> GenerateChunk:
+def _whole(body: Any, is_chat: bool) -> GenerateChunk:
     """A whole answer as one chunk (its `payload` is the answer)."""
+    wrong = _shape_error(body, is_chat, "message")
+    if wrong is not None or not body.get("choices"):
+        raise BackendError(f"backend answered with {wrong or 'no choices'}: "
+                           f"{json.dumps(body)[:200]}")
     choices = body["choices"]
     choice = choices[0]
     text = (choice.get("message") or {}).get("content") or "" if is_chat else choice.get("text", "")
