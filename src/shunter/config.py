@@ -31,6 +31,7 @@ from typing import Any
 import yaml
 
 from shunter.core.sched.config import SchedulerConfig
+from shunter.core.types import check_number
 from shunter.errors import ConfigError
 from shunter.sim.config import SimConfig
 
@@ -77,8 +78,8 @@ class WorkloadConfig:
             raise ConfigError(f"zero_tokens must be 'error' or 'clamp', got {self.zero_tokens!r}")
         if self.num_requests is not None and self.num_requests < 1:
             raise ConfigError(f"num_requests must be >= 1, got {self.num_requests}")
-        if self.rate is not None and self.rate <= 0:
-            raise ConfigError(f"rate must be > 0 requests/s, got {self.rate}")
+        if self.rate is not None:
+            check_number("rate", self.rate, gt=0)  # requests/s
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -89,6 +90,11 @@ class Scenario:
     ttft_slo_s: float | None = None
     tpot_slo_s: float | None = None
     base_dir: Path | None = None  # where relative trace paths start
+
+    def __post_init__(self) -> None:
+        for name in ("ttft_slo_s", "tpot_slo_s"):
+            if getattr(self, name) is not None:
+                check_number(name, getattr(self, name), gt=0)
 
     def with_overrides(self, **changes: Any) -> Scenario:
         """Apply CLI flags: keys are workload/sim field names or ttft_slo_s/tpot_slo_s."""
@@ -122,7 +128,12 @@ def _check_type(where: str, key: str, value: Any, kind: str) -> Any:
         expected = "float"
     if not ok[expected]:
         raise ConfigError(f"{where}: {key} must be a {expected}, got {value!r}")
-    return float(value) if expected == "float" else value
+    if expected != "float":
+        return value
+    try:  # NaN and infinities (TOML nan/inf, YAML .nan/.inf, a YAML int past a float) too
+        return float(check_number(key, value))
+    except ValueError as exc:
+        raise ConfigError(f"{where}: {exc}") from None
 
 
 def _parse_tables(data: Any, where: str) -> dict[str, dict[str, Any]]:

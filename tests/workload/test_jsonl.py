@@ -10,6 +10,7 @@ from shunter.core.types import RequestSpec
 from shunter.errors import WorkloadError
 from shunter.workload import LoadReport, load_workload, write_jsonl
 from shunter.workload.jsonl import spec_to_line
+from shunter.workload.parse import MAX_ARRIVAL_S
 
 MOONCAKE_LINES = (
     '{"timestamp": 0, "input_length": 700, "output_length": 42, "hash_ids": [0, 1]}\n'
@@ -109,7 +110,8 @@ def _every_field_spec(arrival_s: float) -> RequestSpec:
 
 
 @pytest.mark.parametrize("arrival_s", [0.0, 1.5, 0.1 + 0.2, 1 / 3, 1e-7, 123456.789012345,
-                                       2.0 ** -40, 9.999999999999999e22, math.pi * 1e4])
+                                       2.0 ** -40, math.pi * 1e4, MAX_ARRIVAL_S,
+                                       math.nextafter(MAX_ARRIVAL_S, 0.0)])
 def test_round_trip_is_exact_for_any_float(tmp_path, arrival_s: float) -> None:
     specs = [RequestSpec(request_id="r0", arrival_s=0.0, num_prompt_tokens=1, num_output_tokens=1),
              _every_field_spec(arrival_s)]

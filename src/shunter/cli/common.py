@@ -17,13 +17,13 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from shunter.config import Scenario, builtin_scenario, load_scenario, resolve_trace
 from shunter.core.predict import PREDICTORS
 from shunter.core.sched.registry import POLICIES, make_policy
-from shunter.core.types import RequestSpec
+from shunter.core.types import RequestSpec, check_number
 from shunter.router.registry import ROUTERS
 from shunter.sim.cost.registry import COST_MODELS
 from shunter.workload.loaders import TRACE_FORMATS, load_workload
 
-__all__ = ["add_scenario_flags", "console", "fail", "json_object", "load_specs", "positive_int",
-           "progress_bar", "scenario_from_args", "stdout_console"]
+__all__ = ["add_scenario_flags", "console", "fail", "finite_float", "json_object", "load_specs",
+           "positive_float", "positive_int", "progress_bar", "scenario_from_args", "stdout_console"]
 
 console = Console(stderr=True)
 ENGINE_ONLY = frozenset(n for n in POLICIES if make_policy(n).requires_engine is not None)
@@ -49,14 +49,25 @@ def json_object(text: str) -> dict[str, Any]:
     return value
 
 
-def _positive_float(text: str) -> float:
+def _float_flag(text: str, **bounds: float) -> float:
     try:
         value = float(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
-    if not value > 0:
-        raise argparse.ArgumentTypeError(f"must be > 0, got {value}")
-    return value
+    try:
+        return check_number("", value, **bounds)
+    except ValueError as exc:  # "nan", "inf", "1e999"
+        raise argparse.ArgumentTypeError(str(exc).strip()) from None
+
+
+def positive_float(text: str) -> float:
+    """A flag's finite number > 0 (an argparse type)."""
+    return _float_flag(text, gt=0)
+
+
+def finite_float(text: str) -> float:
+    """A flag's finite number (an argparse type)."""
+    return _float_flag(text)
 
 
 def add_scenario_flags(parser: argparse.ArgumentParser, *, single: bool = True) -> None:
@@ -69,7 +80,7 @@ def add_scenario_flags(parser: argparse.ArgumentParser, *, single: bool = True) 
                    help="format of --trace (default: detected from the file)")
     w.add_argument("--num-requests", type=positive_int, metavar="N",
                    help="use the first N requests (length files: sample N with replacement)")
-    w.add_argument("--rate", type=_positive_float, metavar="REQ_PER_S",
+    w.add_argument("--rate", type=positive_float, metavar="REQ_PER_S",
                    help="re-time requests with Poisson arrivals at this rate (length files without "
                         "times otherwise all arrive at t=0)")
     w.add_argument("--zero-tokens", choices=("error", "clamp"),
@@ -104,8 +115,8 @@ def add_scenario_flags(parser: argparse.ArgumentParser, *, single: bool = True) 
     c.add_argument("--predictor-params", type=json_object, metavar="JSON",
                    help='predictor parameters, e.g. \'{"kendall_tau": 0.5}\' or \'{"model_path": "m.json"}\'')
     s = parser.add_argument_group("SLOs and output")
-    s.add_argument("--ttft-slo", type=_positive_float, metavar="S", help="TTFT SLO in seconds")
-    s.add_argument("--tpot-slo", type=_positive_float, metavar="S", help="TPOT SLO in seconds")
+    s.add_argument("--ttft-slo", type=positive_float, metavar="S", help="TTFT SLO in seconds")
+    s.add_argument("--tpot-slo", type=positive_float, metavar="S", help="TPOT SLO in seconds")
     s.add_argument("--json", metavar="FILE", help="write results as JSON")
     s.add_argument("--csv", metavar="FILE", help="write results as CSV")
     s.add_argument("--quiet", action="store_true", help="no progress bar")
@@ -158,7 +169,10 @@ def progress_bar(total: int, label: str, *, quiet: bool) -> Iterator[Callable[[i
 
 
 def fail(message: str) -> int:
-    console.print(f"[bold red]error:[/] {escape(message)}", highlight=False)  # "[table]" is text
+    """Print `error: message` on stderr as one line (no wrapping: a path stays whole for a
+    grep or a test to find) and return the exit code 2."""
+    console.print(f"[bold red]error:[/] {escape(message)}", highlight=False,  # "[table]" is text
+                  soft_wrap=True)
     return 2
 
 

@@ -19,7 +19,14 @@ from typing import Any
 
 from rich.table import Table
 
-from shunter.cli.common import console, positive_int, progress_bar, stdout_console
+from shunter.cli.common import (
+    console,
+    finite_float,
+    positive_float,
+    positive_int,
+    progress_bar,
+    stdout_console,
+)
 from shunter.config import Scenario, builtin_scenario, load_scenario, resolve_trace
 from shunter.core.sched.registry import POLICIES
 from shunter.errors import ConfigError
@@ -30,7 +37,9 @@ from shunter.sim.sweep import (
     CurvePoint,
     SweepGrid,
     capacity,
+    check_tasks_memory,
     curves,
+    local_workers,
     make_tasks,
     run_tasks,
 )
@@ -45,7 +54,7 @@ def _list_of(convert: Callable[[str], Any], what: str) -> Callable[[str], tuple[
     def parse(text: str) -> tuple[Any, ...]:
         try:
             values = tuple(convert(part.strip()) for part in text.split(",") if part.strip())
-        except ValueError:
+        except (ValueError, argparse.ArgumentTypeError):
             raise argparse.ArgumentTypeError(f"expected a comma-separated list of {what}, "
                                              f"got {text!r}") from None
         if not values:
@@ -66,7 +75,8 @@ def add_sweep_parser(subparsers: Any) -> argparse.ArgumentParser:
     g = p.add_argument_group("grid")
     g.add_argument("--policy", type=_list_of(str, "policy names"), metavar="A,B,...",
                    help="scheduling policies (default: the scenario's)")
-    g.add_argument("--rate", type=_list_of(float, "numbers"), required=True, metavar="R1,R2,...",
+    g.add_argument("--rate", type=_list_of(positive_float, "finite numbers > 0"), required=True,
+                   metavar="R1,R2,...",
                    help="request rates offered to the whole cluster, requests/s (Poisson)")
     g.add_argument("--seed", type=_list_of(int, "whole numbers"), default=(0,), metavar="S1,...",
                    help="workload seeds; the plot shows their mean (default 0)")
@@ -92,7 +102,7 @@ def add_sweep_parser(subparsers: Any) -> argparse.ArgumentParser:
     r.add_argument("--metric", default=DEFAULT_METRIC, metavar="NAME",
                    help=f"metric to plot against rate (default {DEFAULT_METRIC}); any key of the "
                         "JSON output, e.g. e2e_s.p50, tpot_s.p99, goodput_req_s, slo_attainment")
-    r.add_argument("--limit", type=float, metavar="VALUE",
+    r.add_argument("--limit", type=finite_float, metavar="VALUE",
                    help="report each policy's capacity: the highest swept rate up to which the "
                         "metric stays <= VALUE (a lower bound; sweep finer rates to narrow it)")
     r.add_argument("--json", metavar="FILE", help="write every row as JSON")
@@ -143,6 +153,8 @@ def run_sweep(args: argparse.Namespace) -> int:
     tasks = make_tasks(grid, scenario.sim, trace, trace_format=wl.format,
                        num_requests=wl.num_requests, zero_tokens=wl.zero_tokens,
                        ttft_slo_s=scenario.ttft_slo_s, tpot_slo_s=scenario.tpot_slo_s)
+    if not args.ray:  # before anything starts (a Ray cluster's nodes check their own)
+        check_tasks_memory(tasks, local_workers(args.workers, len(tasks)))
     where = f"Ray at {args.ray}" if args.ray else f"{args.workers or 'all'} local workers"
     console.print(f"sweep: {len(tasks)} scenarios on {where}", style="dim")
     with progress_bar(len(tasks), "sweeping", quiet=args.quiet) as on_progress:

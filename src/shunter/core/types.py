@@ -8,9 +8,11 @@ from __future__ import annotations
 
 import enum
 import inspect
+import math
+import numbers
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any, TypeVar
+from typing import Any, TypeVar, cast
 
 __all__ = [
     "DEFAULT_BLOCK_SIZE",
@@ -22,7 +24,9 @@ __all__ = [
     "RequestStatus",
     "StepShape",
     "TenantId",
+    "check_number",
     "make_from_registry",
+    "short_repr",
 ]
 
 _T = TypeVar("_T")
@@ -102,8 +106,9 @@ class RequestSpec:
     prompt_token_ids: tuple[int, ...] | None = field(default=None, repr=False)
 
     def __post_init__(self) -> None:
-        if self.arrival_s < 0:
-            raise ValueError(f"request {self.request_id}: arrival_s must be >= 0, got {self.arrival_s}")
+        if not 0 <= self.arrival_s < math.inf:  # (NaN fails it)
+            raise ValueError(f"request {self.request_id}: arrival_s must be a finite number >= 0, "
+                             f"got {self.arrival_s}")
         if self.num_prompt_tokens < 1:
             raise ValueError(
                 f"request {self.request_id}: num_prompt_tokens must be >= 1, got {self.num_prompt_tokens}"
@@ -125,8 +130,9 @@ class RequestSpec:
             )
         for name in ("ttft_slo_s", "tpot_slo_s"):
             value = getattr(self, name)
-            if value is not None and value <= 0:
-                raise ValueError(f"request {self.request_id}: {name} must be > 0, got {value}")
+            if value is not None and not 0 < value < math.inf:
+                raise ValueError(f"request {self.request_id}: {name} must be a finite number > 0, "
+                                 f"got {value}")
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -152,6 +158,52 @@ class StepShape:
     @property
     def num_requests(self) -> int:
         return len(self.prefill_chunks) + self.num_decode_requests
+
+
+def _rule(gt: float | None, ge: float | None, lt: float | None, le: float | None) -> str:
+    """The bounds as text: " > 0", " in [0, 1)", or "" for none."""
+    low = f"({gt:g}" if gt is not None else f"[{ge:g}" if ge is not None else ""
+    high = f"{lt:g})" if lt is not None else f"{le:g}]" if le is not None else ""
+    if low and high:
+        return f" in {low}, {high}"
+    if gt is not None:
+        return f" > {gt:g}"
+    if ge is not None:
+        return f" >= {ge:g}"
+    if lt is not None:
+        return f" < {lt:g}"
+    return f" <= {le:g}" if le is not None else ""
+
+
+def short_repr(value: object) -> str:
+    """repr(value) for an error message, cut short (a 400-digit int helps nobody there)."""
+    text = repr(value)
+    return text if len(text) <= 40 else f"{text[:24]}... ({len(text)} characters)"
+
+
+def check_number(name: str, value: object, *, gt: float | None = None, ge: float | None = None,
+                 lt: float | None = None, le: float | None = None) -> float:
+    """`value` unchanged if it is a finite real number within the given bounds; else a
+    ValueError naming `name` and the rule: "kv_link_bytes_s must be > 0 and finite, got nan".
+
+    Every number a user hands any layer (config fields, CLI flags, policy and router
+    parameters) goes through here, because the natural `if x <= 0: raise` lets NaN through (every
+    comparison with NaN is false) and infinities through too. A bool is not a number here; an
+    int too large for a float counts as infinite.
+    """
+    rule = _rule(gt, ge, lt, le)
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise ValueError(f"{name} must be a number{rule}, got {short_repr(value)}")
+    try:
+        number = float(value)
+    except OverflowError:
+        number = math.inf
+    if not (math.isfinite(number) and (gt is None or number > gt) and (ge is None or number >= ge)
+            and (lt is None or number < lt) and (le is None or number <= le)):
+        bounded = (gt is not None or ge is not None) and (lt is not None or le is not None)
+        rule = rule if bounded else f"{rule} and finite" if rule else " finite"
+        raise ValueError(f"{name} must be{rule}, got {short_repr(value)}")
+    return cast(float, value)  # unchanged: an int stays an int, so results are too
 
 
 def make_from_registry(kind: str, registry: Mapping[str, Callable[..., _T]], name: str,

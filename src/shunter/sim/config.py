@@ -7,6 +7,7 @@ from typing import Any
 
 from shunter.core.sched.gateway_queue import gateway_refusal
 from shunter.core.sched.registry import make_policy
+from shunter.core.types import check_number
 
 __all__ = ["DEFAULT_GATEWAY_MAX_INFLIGHT", "DEFAULT_GATEWAY_POLICY", "DEFAULT_KV_LINK_BYTES_S",
            "ROLES", "MigrationConfig", "ReplicaGroup", "SimConfig"]
@@ -33,6 +34,11 @@ class ReplicaGroup:
     role: str | None = None  # "prefill" or "decode" with disaggregation, else None
 
     def __post_init__(self) -> None:
+        for name in ("gpu", "model", "count", "tp", "num_blocks"):  # a scenario's table is untyped
+            value, kind = getattr(self, name), str if name in ("gpu", "model") else int
+            if value is not None and (type(value) is bool or not isinstance(value, kind)):
+                what = "a string" if kind is str else "a whole number"
+                raise ValueError(f"a replica group's {name} must be {what}, got {value!r}")
         if self.count < 1:
             raise ValueError(f"a replica group needs count >= 1, got {self.count}")
         if self.tp is not None and self.tp < 1:
@@ -76,14 +82,17 @@ class MigrationConfig:
     priority_headroom_blocks: int = 0  # virtual usage each high-priority request adds
 
     def __post_init__(self) -> None:
-        if self.interval_s <= 0:
-            raise ValueError(f"migration interval_s must be > 0, got {self.interval_s}")
+        check_number("migration interval_s", self.interval_s, gt=0)
+        check_number("migration out_threshold", self.out_threshold)
+        check_number("migration in_threshold", self.in_threshold)
         if self.in_threshold < self.out_threshold:
             raise ValueError("migration in_threshold must be >= out_threshold, got "
                              f"{self.in_threshold} < {self.out_threshold}")
-        if self.max_stages < 1 or self.last_stage_max_blocks < 0 or self.priority_headroom_blocks < 0:
-            raise ValueError("need max_stages >= 1, last_stage_max_blocks >= 0 and "
-                             "priority_headroom_blocks >= 0")
+        check_number("migration max_stages", self.max_stages, ge=1)
+        check_number("migration last_stage_max_blocks", self.last_stage_max_blocks, ge=0)
+        check_number("migration priority_headroom_blocks", self.priority_headroom_blocks, ge=0)
+        if self.high_priority is not None:
+            check_number("migration high_priority", self.high_priority)
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> MigrationConfig:
@@ -162,8 +171,7 @@ class SimConfig:
             raise ValueError(f"num_replicas must be >= 1, got {self.num_replicas}")
         if self.num_blocks is not None and self.num_blocks < 1:
             raise ValueError(f"num_blocks must be >= 1, got {self.num_blocks}")
-        if self.swap_space_gib < 0:
-            raise ValueError(f"swap_space_gib must be >= 0, got {self.swap_space_gib}")
+        check_number("swap_space_gib", self.swap_space_gib, ge=0)
         self._check_gateway()
         reserved = {"num_blocks", "num_host_blocks", "emit_block_tables"} & set(self.scheduler)
         if reserved:
@@ -206,14 +214,11 @@ class SimConfig:
             raise ValueError(f"gateway policy: {refusal}")
 
     def _check_topology(self) -> None:
-        if self.kv_link_bytes_s <= 0:
-            raise ValueError(f"kv_link_bytes_s must be > 0, got {self.kv_link_bytes_s}")
-        if self.router_snapshot_interval_s < 0:
-            raise ValueError("router_snapshot_interval_s must be >= 0, got "
-                             f"{self.router_snapshot_interval_s}")
-        fraction = self.skip_prefill_cached_fraction
-        if fraction is not None and not 0.0 <= fraction <= 1.0:
-            raise ValueError(f"skip_prefill_cached_fraction must be in [0, 1], got {fraction}")
+        check_number("kv_link_bytes_s", self.kv_link_bytes_s, gt=0)
+        check_number("router_snapshot_interval_s", self.router_snapshot_interval_s, ge=0)
+        if self.skip_prefill_cached_fraction is not None:
+            check_number("skip_prefill_cached_fraction", self.skip_prefill_cached_fraction,
+                         ge=0, le=1)
         self.migration_config()  # validates
         roles = [g.role for g in self.groups]
         if not self.disaggregation:

@@ -31,7 +31,7 @@ from shunter.router.interface import ReplicaView, RouteDecision
 from shunter.router.registry import make_router
 from shunter.sim.config import SimConfig
 from shunter.sim.replica import StepLog
-from shunter.sim.runner import SimRun, build_cluster, simulate
+from shunter.sim.runner import SimRun, build_cluster, check_cluster_memory, simulate
 from shunter.sim.stream import RecordSpill
 
 __all__ = ["partition_blocker", "simulate_parallel"]
@@ -69,6 +69,7 @@ def simulate_parallel(config: SimConfig, make_specs: Callable[[], Iterable[Reque
     workers = min(workers, config.num_replicas_total)
     if workers == 1 or partition_blocker(config) is not None:
         return simulate(config, make_specs(), on_record=on_record)
+    check_cluster_memory(config, copies=workers)  # each worker builds the whole cluster
     with tempfile.TemporaryDirectory(prefix="shunter-part-") as tmp:
         spill_dirs = [Path(tmp) / f"part{k}" for k in range(workers)] if on_record else None
         ctx = multiprocessing.get_context("fork")

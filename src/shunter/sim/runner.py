@@ -19,13 +19,14 @@ from shunter.sim.config import ReplicaGroup, SimConfig
 from shunter.sim.cost.interface import CostModel
 from shunter.sim.cost.registry import make_cost_model
 from shunter.sim.executor import SimExecutor
+from shunter.sim.footprint import check_memory, replica_bytes
 from shunter.sim.gateway import SimGateway
 from shunter.sim.replica import SimReplica, StepLog
 from shunter.workload.program import FollowUps
 from shunter.workload.rank_training import build_predictor as build_named_predictor
 
-__all__ = ["SimRun", "build_cluster", "build_predictor", "replica_groups", "simulate",
-           "topology_stats"]
+__all__ = ["SimRun", "build_cluster", "build_predictor", "check_cluster_memory",
+           "cluster_memory_bytes", "replica_groups", "simulate", "topology_stats"]
 
 _GIB = 1024**3
 _SCHEDULER_FIELDS = {f.name for f in fields(SchedulerConfig)}
@@ -88,6 +89,33 @@ def replica_groups(config: SimConfig) -> tuple[ReplicaGroup, ...]:
             ReplicaGroup(gpu=config.gpu, count=config.num_replicas - num_prefill, role="decode"))
 
 
+def cluster_memory_bytes(config: SimConfig, *, copies: int = 1) -> int:
+    """The estimated memory of the cluster `build_cluster(config)` builds and runs
+    (`shunter.sim.footprint`): each group's KV blocks and host blocks, as its replicas get them;
+    `copies`: worker processes that each build the whole cluster (`simulate_parallel`)."""
+    total = 0
+    for group in replica_groups(config):
+        cost_model = make_cost_model(config.cost_model, group.model or config.model, group.gpu,
+                                     group.tp or config.tp)
+        sched = scheduler_config(config, cost_model, group.num_blocks)
+        total += group.count * replica_bytes(sched.num_blocks, sched.num_host_blocks,
+                                             prefix_caching=sched.enable_prefix_caching,
+                                             copies=copies)
+    return total
+
+
+def check_cluster_memory(config: SimConfig, *, copies: int = 1) -> None:
+    """Refuse (ConfigError) a cluster that would not fit in this machine's available memory
+    (built in `copies` worker processes), before anything is built."""
+    num_replicas = config.num_replicas_total
+    needed = cluster_memory_bytes(config)
+    what = f"{num_replicas} replicas ({needed / num_replicas / 1e6:.1f} MB each)"
+    if copies > 1:
+        what += f" in each of {copies} workers"
+        needed = cluster_memory_bytes(config, copies=copies)
+    check_memory(needed, what)
+
+
 def build_cluster(config: SimConfig) -> SimCluster:
     clock = ManualClock()
     predictor = build_predictor(config)
@@ -130,7 +158,9 @@ def simulate(config: SimConfig, specs: Iterable[RequestSpec], *,
     `follow_ups`: requests released when another finishes (see `SimCluster.run`).
     A lazy `specs` (`iter_workload`) is read as the simulation reaches it. With `on_record`,
     records are streamed to it as requests finish (see `SimCluster.run`), `SimRun.records` is
-    empty, and memory does not grow with the number of requests (`shunter.sim.stream`)."""
+    empty, and memory does not grow with the number of requests (`shunter.sim.stream`).
+    A cluster too large for this machine's memory is refused first (`check_cluster_memory`)."""
+    check_cluster_memory(config)
     cluster = build_cluster(config)
     records = cluster.run(specs, on_progress=on_progress, on_record=on_record,
                           follow_ups=follow_ups)

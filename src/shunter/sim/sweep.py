@@ -24,9 +24,11 @@ from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from dataclasses import dataclass, replace
 from typing import Any
 
+from shunter.core.types import check_number
 from shunter.metrics.summary import summarize
 from shunter.sim.config import SimConfig
-from shunter.sim.runner import simulate
+from shunter.sim.footprint import check_memory
+from shunter.sim.runner import cluster_memory_bytes, simulate
 from shunter.workload.loaders import iter_workload
 
 __all__ = [
@@ -35,8 +37,10 @@ __all__ = [
     "SweepPoint",
     "SweepTask",
     "capacity",
+    "check_tasks_memory",
     "curves",
     "flatten",
+    "local_workers",
     "make_tasks",
     "run_point",
     "run_tasks",
@@ -64,8 +68,8 @@ class SweepGrid:
                 raise ValueError(f"a sweep needs at least one value in {name}")
             if len(set(values)) != len(values):
                 raise ValueError(f"{name} has repeated values: {list(values)}")
-        if any(not rate > 0 for rate in self.rates):
-            raise ValueError(f"rates must be > 0 requests/s, got {list(self.rates)}")
+        for rate in self.rates:
+            check_number("rates", rate, gt=0)
         if any(n < 1 for n in self.replicas):
             raise ValueError(f"replicas must be >= 1, got {list(self.replicas)}")
 
@@ -161,11 +165,29 @@ def run_tasks(tasks: Sequence[SweepTask], *, max_workers: int | None = None,
     if ray_address is not None:
         rows = _run_ray(tasks, ray_address, on_result)
     else:
-        workers = max_workers if max_workers is not None else (os.cpu_count() or 1)
-        if workers < 1:
-            raise ValueError(f"max_workers must be >= 1, got {workers}")
-        rows = _run_local(tasks, min(workers, len(tasks)), on_result)
+        workers = local_workers(max_workers, len(tasks))
+        check_tasks_memory(tasks, workers)
+        rows = _run_local(tasks, workers, on_result)
     return sorted(rows, key=lambda row: row["index"])
+
+
+def local_workers(max_workers: int | None, num_tasks: int) -> int:
+    """The processes a local sweep of `num_tasks` runs at once (default: the CPU count)."""
+    workers = max_workers if max_workers is not None else (os.cpu_count() or 1)
+    if workers < 1:
+        raise ValueError(f"max_workers must be >= 1, got {workers}")
+    return min(workers, num_tasks)
+
+
+def check_tasks_memory(tasks: Sequence[SweepTask], workers: int) -> None:
+    """Refuse (ConfigError) a local sweep whose `workers` largest points, run at once, would
+    not fit in this machine's available memory (a Ray cluster's nodes check their own)."""
+    sizes = sorted(((cluster_memory_bytes(t.sim), t.point.num_replicas) for t in tasks),
+                   reverse=True)[:workers]
+    largest = max(n for _, n in sizes)
+    what = (f"{len(sizes)} sweep points at once (--workers) of up to {largest} replicas each"
+            if len(sizes) > 1 else f"a sweep point of {largest} replicas")
+    check_memory(sum(b for b, _ in sizes), what)
 
 
 def _run_local(tasks: Sequence[SweepTask], workers: int, on_result: ResultFn | None) -> list[Row]:

@@ -4,15 +4,18 @@ One request per line::
 
     {"timestamp": 1500, "input_length": 700, "output_length": 42, "hash_ids": [0, 1]}
 
-- `timestamp`: arrival in milliseconds, relative to the start of the trace (int or float);
-- `input_length`, `output_length`: prompt and true output tokens (ints);
+- `timestamp`: arrival in milliseconds, relative to the start of the trace (int or float),
+  at most 1e13 (`MAX_ARRIVAL_S` = 1e10 s);
+- `input_length`, `output_length`: prompt and true output tokens (ints, at most
+  `MAX_TRACE_INT` = 2^31 - 1; see `shunter.workload.parse` for the caps);
 - `hash_ids` (optional): ints, each naming `hash_block_size` tokens of the request's token
   sequence from its start (prompt, then output); equal ids at equal positions are a shared
   KV prefix. Mooncake's blocks are 512 tokens, the default here; a line may override it with
   `hash_block_size`. At most ceil((input+output)/hash_block_size) ids are allowed;
 - optional: `request_id` (str, default "r<i>" for the i-th request, from 0), `tenant` (str),
-  `priority` (int), `session_id`, `program_id` (str), `ttft_slo_s`, `tpot_slo_s` (> 0),
-  `max_output_tokens` (int >= 1), `prompt_token_ids` (ints, as many as input_length).
+  `priority` (int, |priority| <= 2^31 - 1), `session_id`, `program_id` (str), `ttft_slo_s`,
+  `tpot_slo_s` (finite, > 0), `max_output_tokens` (int in [1, 2^31 - 1]), `prompt_token_ids`
+  (ints, as many as input_length).
 
 Unknown keys are ignored, so traces that carry more columns still load. Blank lines are
 skipped. Timestamps must not decrease (equal ones are fine: Mooncake logs in batches).
@@ -31,9 +34,15 @@ from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
-from shunter.core.types import DEFAULT_TENANT, RequestSpec
+from shunter.core.types import DEFAULT_TENANT, RequestSpec, short_repr
 from shunter.errors import WorkloadError
-from shunter.workload.parse import LoadOptions, LoadReport, open_text
+from shunter.workload.parse import (
+    MAX_ARRIVAL_S,
+    MAX_TRACE_INT,
+    LoadOptions,
+    LoadReport,
+    open_text,
+)
 
 __all__ = ["MOONCAKE_HASH_BLOCK_SIZE", "iter_jsonl", "spec_to_line", "write_jsonl"]
 
@@ -43,17 +52,21 @@ _DECODER = json.JSONDecoder(parse_float=Decimal)  # floats keep their exact deci
 _OPTIONAL_STRS = ("tenant", "session_id", "program_id")
 _SLO_FIELDS = ("ttft_slo_s", "tpot_slo_s")
 _LENGTH_FIELDS = ("input_length", "output_length")
+_MAX_TIMESTAMP_MS = int(MAX_ARRIVAL_S * 1000)
 
 
 def _int(obj: dict[str, Any], key: str, where: tuple[str, int], *,
-         minimum: int | None) -> int:
+         minimum: int, maximum: int = MAX_TRACE_INT) -> int:
     value = obj[key]
     if type(value) is not int:
-        raise WorkloadError(f"must be an integer, got {value!r}", path=where[0], line=where[1],
-                            field=key)
-    if minimum is not None and value < minimum:
-        raise WorkloadError(f"must be >= {minimum}, got {value}", path=where[0], line=where[1],
-                            field=key)
+        raise WorkloadError(f"must be an integer, got {short_repr(value)}", path=where[0],
+                            line=where[1], field=key)
+    if value < minimum:
+        raise WorkloadError(f"must be >= {minimum}, got {short_repr(value)}", path=where[0],
+                            line=where[1], field=key)
+    if value > maximum:
+        raise WorkloadError(f"must be <= {maximum} (2^31 - 1), got {short_repr(value)}",
+                            path=where[0], line=where[1], field=key)
     return value
 
 
@@ -64,7 +77,7 @@ def _positive_float(value: Any, key: str, where: tuple[str, int]) -> float:
     except OverflowError:  # an int too large for a float
         number = math.inf
     if not (number > 0 and number != math.inf):
-        raise WorkloadError(f"must be a number > 0, got {value!r}", path=where[0],
+        raise WorkloadError(f"must be a number > 0, got {short_repr(value)}", path=where[0],
                             line=where[1], field=key)
     return number
 
@@ -80,17 +93,17 @@ def _arrival_s(obj: dict[str, Any], where: tuple[str, int]) -> float:
         raise WorkloadError("missing field", path=where[0], line=where[1], field="timestamp")
     ms = obj["timestamp"]
     kind = type(ms)
-    if kind is int:
-        arrival_s = ms / 1000
-    elif kind is Decimal and ms.is_finite():
-        arrival_s = float(ms / 1000)
-    else:
-        raise WorkloadError(f"must be a number of milliseconds, got {ms!r}", path=where[0],
-                            line=where[1], field="timestamp")
-    if arrival_s < 0:
-        raise WorkloadError(f"must be >= 0, got {ms}", path=where[0], line=where[1],
+    if not (kind is int or (kind is Decimal and ms.is_finite())):
+        raise WorkloadError(f"must be a number of milliseconds, got {short_repr(ms)}",
+                            path=where[0], line=where[1], field="timestamp")
+    if ms < 0:  # both checked before dividing: 10**400 has no float
+        raise WorkloadError(f"must be >= 0, got {short_repr(ms)}", path=where[0], line=where[1],
                             field="timestamp")
-    return arrival_s
+    if ms > _MAX_TIMESTAMP_MS:
+        raise WorkloadError(f"must be <= {_MAX_TIMESTAMP_MS} ms (MAX_ARRIVAL_S = "
+                            f"{MAX_ARRIVAL_S:g} s), got {short_repr(ms)}", path=where[0],
+                            line=where[1], field="timestamp")
+    return ms / 1000 if kind is int else float(ms / 1000)
 
 
 def _optional_fields(obj: dict[str, Any], where: tuple[str, int]) -> dict[str, Any]:
@@ -104,7 +117,7 @@ def _optional_fields(obj: dict[str, Any], where: tuple[str, int]) -> dict[str, A
                                     line=where[1], field=key)
             fields[key] = value
     if obj.get("priority") is not None:
-        fields["priority"] = _int(obj, "priority", where, minimum=None)
+        fields["priority"] = _int(obj, "priority", where, minimum=-MAX_TRACE_INT)
     if obj.get("max_output_tokens") is not None:
         fields["max_output_tokens"] = _int(obj, "max_output_tokens", where, minimum=1)
     for key in _SLO_FIELDS:
@@ -125,7 +138,8 @@ def _record_to_spec(obj: Any, index: int, where: tuple[str, int], options: LoadO
         if key not in obj:
             raise WorkloadError("missing field", path=path, line=line, field=key)
     num_in, num_out = obj["input_length"], obj["output_length"]
-    if type(num_in) is not int or type(num_out) is not int or num_in < 1 or num_out < 1:
+    if (type(num_in) is not int or type(num_out) is not int or not 1 <= num_in <= MAX_TRACE_INT
+            or not 1 <= num_out <= MAX_TRACE_INT):
         num_in = report.clamp_zero(_int(obj, "input_length", where, minimum=0), is_prompt=True,
                                    options=options, path=path, line=line, field="input_length")
         num_out = report.clamp_zero(_int(obj, "output_length", where, minimum=0), is_prompt=False,

@@ -9,6 +9,14 @@ if the model had emitted only EOS or the chat template had added one token, and 
 clamp in the `LoadReport` (the loaders also warn with `ZeroLengthWarning`). No row is ever
 dropped silently: the only rows a loader leaves out are those of an explicit filter
 (ShareGPT `first_turn_only`), counted in `LoadReport.num_filtered`.
+
+Caps. A trace's integers are bounded, so that a typo or a hostile file (`input_length` of
+10**30) is an error naming the line, not a crash deep in the simulator or an absurd
+allocation: a token count (prompt, output, `max_output_tokens`, `hash_block_size`) and a
+priority's magnitude are at most `MAX_TRACE_INT` = 2^31 - 1 (the int32 range engines keep token
+counts in); an arrival time is at most `MAX_ARRIVAL_S` = 1e10 s (317 years, so Unix-epoch times
+fit, and float seconds still resolve 2 us there). A prompt within the cap but longer than the
+model's context loads, and the scheduler rejects that request with a reason, as before.
 """
 
 from __future__ import annotations
@@ -16,18 +24,23 @@ from __future__ import annotations
 import gzip
 import io
 import math
+import sys
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TextIO
 
+from shunter.core.types import short_repr
 from shunter.errors import ConfigError, WorkloadError
 
 __all__ = [
+    "MAX_ARRIVAL_S",
+    "MAX_TRACE_INT",
     "ZERO_TOKEN_POLICIES",
     "LoadOptions",
     "LoadReport",
     "ZeroLengthWarning",
+    "check_arrival",
     "column_indexes",
     "open_text",
     "parse_count",
@@ -35,6 +48,8 @@ __all__ = [
 ]
 
 ZERO_TOKEN_POLICIES = ("error", "clamp")
+MAX_TRACE_INT = 2**31 - 1  # largest token count (and |priority|) a trace may hold
+MAX_ARRIVAL_S = 1e10  # latest arrival time a trace may hold, seconds
 
 
 class ZeroLengthWarning(UserWarning):
@@ -55,6 +70,9 @@ class LoadOptions:
     def __post_init__(self) -> None:
         if self.num_requests is not None and self.num_requests < 1:
             raise ConfigError(f"num_requests must be >= 1, got {self.num_requests}")
+        if self.num_requests is not None and self.num_requests > sys.maxsize:
+            raise ConfigError(f"num_requests must be <= {sys.maxsize}, got "
+                              f"{short_repr(self.num_requests)}")
         if self.rate is not None and not self.rate > 0:
             raise ConfigError(f"rate must be > 0 requests/s, got {self.rate}")
         if self.seed < 0:
@@ -140,13 +158,16 @@ def column_indexes(rows: Iterator[list[str]], path: str, required: Sequence[str]
 
 
 def parse_count(text: str, path: str, line: int, field: str) -> int:
-    """A token count: a non-negative integer ("12" or "12.0")."""
+    """A token count: an integer in [0, MAX_TRACE_INT] ("12" or "12.0")."""
     try:
         value = int(text)
     except ValueError:
         value = _integral(text, path, line, field)
     if value < 0:
         raise WorkloadError(f"must be >= 0, got {value}", path=path, line=line, field=field)
+    if value > MAX_TRACE_INT:
+        raise WorkloadError(f"must be <= {MAX_TRACE_INT} (2^31 - 1), got {short_repr(text.strip())}",
+                            path=path, line=line, field=field)
     return value
 
 
@@ -155,18 +176,30 @@ def _integral(text: str, path: str, line: int, field: str) -> int:
         number = float(text)
     except ValueError:
         raise WorkloadError(f"not a number: {text!r}", path=path, line=line, field=field) from None
+    if math.isinf(number):  # "1e999", or more digits than int() reads
+        raise WorkloadError(f"must be <= {MAX_TRACE_INT} (2^31 - 1), got {short_repr(text.strip())}",
+                            path=path, line=line, field=field)
     if not number.is_integer():
         raise WorkloadError(f"not an integer: {text!r}", path=path, line=line, field=field)
     return int(number)
 
 
 def parse_seconds(text: str, path: str, line: int, field: str) -> float:
-    """A time in seconds: a finite, non-negative number."""
+    """A time in seconds: a number in [0, MAX_ARRIVAL_S]."""
     try:
         value = float(text)
     except ValueError:
-        raise WorkloadError(f"not a number: {text!r}", path=path, line=line, field=field) from None
+        raise WorkloadError(f"not a number: {short_repr(text)}", path=path, line=line,
+                            field=field) from None
     if not math.isfinite(value) or value < 0:
-        raise WorkloadError(f"must be a finite number >= 0, got {text!r}", path=path, line=line,
-                            field=field)
+        raise WorkloadError(f"must be a finite number >= 0, got {short_repr(text)}", path=path,
+                            line=line, field=field)
+    check_arrival(value, path, line, field)
     return value
+
+
+def check_arrival(arrival_s: float, path: str, line: int, field: str) -> None:
+    """Refuse an arrival time past MAX_ARRIVAL_S (see the module docstring)."""
+    if arrival_s > MAX_ARRIVAL_S:
+        raise WorkloadError(f"arrival time must be <= {MAX_ARRIVAL_S:g} s (about 317 years), got "
+                            f"{arrival_s:g} s", path=path, line=line, field=field)

@@ -23,6 +23,7 @@ from shunter.errors import WorkloadError
 from shunter.workload.parse import (
     LoadOptions,
     LoadReport,
+    check_arrival,
     column_indexes,
     open_text,
     parse_count,
@@ -118,6 +119,7 @@ def iter_azure(path: str | Path, options: LoadOptions, report: LoadReport) -> It
             if t0_ns is None:
                 t0_ns = t_ns
             arrival_s = (t_ns - t0_ns) / _NS_PER_S
+            check_arrival(arrival_s, name, line, "TIMESTAMP")
             _check_order(arrival_s, prev_s, options, name, line, "TIMESTAMP")
             prev_s = arrival_s
             num_in = clamp(num_in, is_prompt=True, options=options, path=name, line=line,

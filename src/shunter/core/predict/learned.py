@@ -18,6 +18,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 from shunter.core.predict.interface import RequestFeatures
+from shunter.core.types import check_number
 
 __all__ = ["FEATURE_NAMES", "LearnedPredictor", "feature_vector"]
 
@@ -49,6 +50,10 @@ class LearnedPredictor:
             raise ValueError(f"unknown features {sorted(unknown)}; valid: {', '.join(FEATURE_NAMES)}")
         if self.kind not in MODEL_KINDS:
             raise ValueError(f"kind must be one of {MODEL_KINDS}, got {self.kind!r}")
+        for name, weight in self.weights.items():
+            check_number(f"weight {name!r}", weight)
+        for tenant, bias in self.tenant_bias.items():
+            check_number(f"tenant_bias {tenant!r}", bias)
         self._w = tuple(float(self.weights.get(name, 0.0)) for name in FEATURE_NAMES)
 
     def score(self, features: RequestFeatures) -> float:

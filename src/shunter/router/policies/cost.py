@@ -45,7 +45,7 @@ import random
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from shunter.core.types import RequestSpec
+from shunter.core.types import RequestSpec, check_number
 from shunter.router.interface import ReplicaView, RouteDecision
 from shunter.router.prefix_index import PrefixIndex, PromptBlocks
 
@@ -70,14 +70,11 @@ class CostParams:
 
     def __post_init__(self) -> None:
         for name in ("prefill_tokens_per_s", "decode_step_base_s", "expected_output_tokens"):
-            if getattr(self, name) <= 0:
-                raise ValueError(f"{name} must be > 0, got {getattr(self, name)}")
+            check_number(name, getattr(self, name), gt=0)
         for name in ("decode_step_per_seq_s", "decode_weight", "interference_weight",
                      "kv_penalty_s"):
-            if getattr(self, name) < 0:
-                raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
-        if not 0.0 <= self.kv_knee < 1.0:
-            raise ValueError(f"kv_knee must be in [0, 1), got {self.kv_knee}")
+            check_number(name, getattr(self, name), ge=0)
+        check_number("kv_knee", self.kv_knee, ge=0, lt=1)
 
 
 @dataclass(frozen=True, slots=True)
@@ -148,9 +145,8 @@ class CostRouter:
                  expected_output_tokens: int = 128, decode_weight: float = 1.0,
                  interference_weight: float = 1.0, kv_knee: float = 0.8,
                  kv_penalty_s: float = 0.1) -> None:
-        if temperature_s < 0 or queue_window_tokens < 1:
-            raise ValueError("need temperature_s >= 0 and queue_window_tokens >= 1, got "
-                             f"{temperature_s}, {queue_window_tokens}")
+        check_number("temperature_s", temperature_s, ge=0)
+        check_number("queue_window_tokens", queue_window_tokens, ge=1)
         self.params = CostParams(
             prefill_tokens_per_s=prefill_tokens_per_s, decode_step_base_s=decode_step_base_s,
             decode_step_per_seq_s=decode_step_per_seq_s,

@@ -35,7 +35,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from shunter.core.types import RequestSpec, TenantId
+from shunter.core.types import RequestSpec, TenantId, check_number
 from shunter.router.interface import ReplicaView, RouteDecision
 from shunter.router.prefix_index import PrefixIndex
 
@@ -48,13 +48,10 @@ class D2lpmRouter:
 
     def __init__(self, *, quantum_tokens: float = 8192.0, max_kv_usage: float = 0.9,
                  output_weight: float = 2.0, expected_output_tokens: int = 128) -> None:
-        if quantum_tokens <= 0:
-            raise ValueError(f"quantum_tokens must be > 0, got {quantum_tokens}")
-        if not 0.0 < max_kv_usage <= 1.0:
-            raise ValueError(f"max_kv_usage must be in (0, 1], got {max_kv_usage}")
-        if output_weight < 0 or expected_output_tokens < 0:
-            raise ValueError("output_weight and expected_output_tokens must be >= 0, got "
-                             f"{output_weight}, {expected_output_tokens}")
+        check_number("quantum_tokens", quantum_tokens, gt=0)
+        check_number("max_kv_usage", max_kv_usage, gt=0, le=1)
+        check_number("output_weight", output_weight, ge=0)
+        check_number("expected_output_tokens", expected_output_tokens, ge=0)
         self.quantum_tokens = quantum_tokens
         self.max_kv_usage = max_kv_usage
         self.output_weight = output_weight

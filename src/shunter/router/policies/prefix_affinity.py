@@ -21,7 +21,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from shunter.core.types import RequestSpec
+from shunter.core.types import RequestSpec, check_number
 from shunter.router.interface import ReplicaView, RouteDecision
 from shunter.router.prefix_index import PrefixIndex
 
@@ -39,12 +39,9 @@ class PrefixAffinityRouter:
 
     def __init__(self, *, cache_threshold: float = 0.3, balance_abs_threshold: int = 64,
                  balance_rel_threshold: float = 1.5) -> None:
-        if not 0.0 <= cache_threshold <= 1.0:
-            raise ValueError(f"cache_threshold must be in [0, 1], got {cache_threshold}")
-        if balance_abs_threshold < 0:
-            raise ValueError(f"balance_abs_threshold must be >= 0, got {balance_abs_threshold}")
-        if balance_rel_threshold < 1.0:
-            raise ValueError(f"balance_rel_threshold must be >= 1, got {balance_rel_threshold}")
+        check_number("cache_threshold", cache_threshold, ge=0, le=1)
+        check_number("balance_abs_threshold", balance_abs_threshold, ge=0)
+        check_number("balance_rel_threshold", balance_rel_threshold, ge=1)
         self.cache_threshold = cache_threshold
         self.balance_abs_threshold = balance_abs_threshold
         self.balance_rel_threshold = balance_rel_threshold

@@ -21,7 +21,7 @@ from __future__ import annotations
 from collections import OrderedDict
 from collections.abc import Sequence
 
-from shunter.core.types import RequestSpec
+from shunter.core.types import RequestSpec, check_number
 from shunter.router.interface import ReplicaView, RouteDecision
 from shunter.router.policies.cost import CostRouter
 from shunter.router.policies.least_load import LeastLoadRouter
@@ -40,11 +40,10 @@ class SessionRouter:
                  max_sessions: int = 100_000) -> None:
         if fallback not in FALLBACKS:
             raise ValueError(f"unknown fallback {fallback!r}; valid: {', '.join(FALLBACKS)}")
-        if max_load_gap < 0 or max_load_ratio < 1.0 or not 0.0 < max_kv_usage <= 1.0:
-            raise ValueError("need max_load_gap >= 0, max_load_ratio >= 1, 0 < max_kv_usage <= 1; "
-                             f"got {max_load_gap}, {max_load_ratio}, {max_kv_usage}")
-        if max_sessions < 1:
-            raise ValueError(f"max_sessions must be >= 1, got {max_sessions}")
+        check_number("max_load_gap", max_load_gap, ge=0)
+        check_number("max_load_ratio", max_load_ratio, ge=1)
+        check_number("max_kv_usage", max_kv_usage, gt=0, le=1)
+        check_number("max_sessions", max_sessions, ge=1)
         self.fallback = CostRouter(seed=seed) if fallback == "cost" else LeastLoadRouter()
         self.max_load_gap = max_load_gap
         self.max_load_ratio = max_load_ratio

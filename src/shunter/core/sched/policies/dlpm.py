@@ -37,7 +37,7 @@ from shunter.core.sched.policies.service import (
 )
 from shunter.core.sched.policies.tenant_queue import TenantQueues
 from shunter.core.sched.policy import PrefixProbe
-from shunter.core.types import TenantId
+from shunter.core.types import TenantId, check_number
 
 __all__ = ["DlpmPolicy", "DlpmQueue"]
 
@@ -57,13 +57,10 @@ class DlpmPolicy:
     _queue: DlpmQueue | None = field(default=None, init=False)
 
     def __post_init__(self) -> None:
-        if not self.quantum > 0:
-            raise ValueError(f"quantum must be > 0, got {self.quantum}")
-        if self.max_candidates < 1:
-            raise ValueError(f"max_candidates must be >= 1, got {self.max_candidates}")
+        check_number("quantum", self.quantum, gt=0)
+        check_number("max_candidates", self.max_candidates, ge=1)
         for tenant, weight in (self.tenant_weights or {}).items():
-            if not weight > 0:
-                raise ValueError(f"tenant weight for {tenant!r} must be > 0, got {weight}")
+            check_number(f"tenant weight for {tenant!r}", weight, gt=0)
         self.meter = ServiceMeter(self.input_weight, self.output_weight, skip_cached=True)
 
     def deficit(self, tenant: TenantId) -> float:

@@ -28,6 +28,7 @@ from typing import ClassVar
 from shunter.core.request import Request
 from shunter.core.sched.policies.plas import ScanQueue
 from shunter.core.sched.policies.service import ServiceMeter, steps_before_meeting
+from shunter.core.types import check_number
 
 __all__ = ["FastSwitchPolicy"]
 
@@ -45,8 +46,7 @@ class FastSwitchPolicy:
     _queue: ScanQueue | None = field(default=None, init=False)
 
     def __post_init__(self) -> None:
-        if not self.quantum_tokens > 0:
-            raise ValueError(f"quantum_tokens must be > 0, got {self.quantum_tokens}")
+        check_number("quantum_tokens", self.quantum_tokens, gt=0)
         self.meter = ServiceMeter(1.0, 1.0, skip_cached=True)
 
     def level(self, request: Request) -> int:

@@ -21,6 +21,7 @@ from dataclasses import dataclass
 
 from shunter.core.request import Request
 from shunter.core.sched.policy import StaticKeyPolicy
+from shunter.core.types import check_number
 
 __all__ = ["LtrPolicy"]
 
@@ -34,8 +35,9 @@ class LtrPolicy(StaticKeyPolicy):
     has_static_order: bool = True
 
     def __post_init__(self) -> None:
-        if self.aging_s is not None and self.aging_s <= 0:
-            raise ValueError(f"aging_s must be > 0 or None, got {self.aging_s}")
+        if self.aging_s is not None:
+            check_number("aging_s", self.aging_s, gt=0)
+        check_number("unknown_score", self.unknown_score)
 
     def score(self, request: Request) -> float:
         s = request.predicted_output_tokens

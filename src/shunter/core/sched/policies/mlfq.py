@@ -32,6 +32,7 @@ from typing import ClassVar
 
 from shunter.core.request import Request
 from shunter.core.sched.policy import KeyedQueue
+from shunter.core.types import check_number
 
 __all__ = ["MlfqPolicy"]
 
@@ -57,20 +58,19 @@ class MlfqPolicy:
     _prompt_limits: tuple[float, ...] = field(init=False, repr=False, default=())
 
     def __post_init__(self) -> None:
-        for name in ("num_levels", "base_quantum_tokens", "prompt_quantum_tokens"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
-        if self.quantum_growth < 1:
-            raise ValueError(f"quantum_growth must be >= 1, got {self.quantum_growth}")
-        if self.promote_s is not None and self.promote_s <= 0:
-            raise ValueError(f"promote_s must be > 0 or None, got {self.promote_s}")
-        if self.preemption_threshold <= 0:
-            raise ValueError(f"preemption_threshold must be > 0, got {self.preemption_threshold}")
+        for name in ("num_levels", "base_quantum_tokens", "prompt_quantum_tokens",
+                     "quantum_growth"):
+            check_number(name, getattr(self, name), ge=1)
+        if self.promote_s is not None:
+            check_number("promote_s", self.promote_s, gt=0)
+        check_number("preemption_threshold", self.preemption_threshold, gt=0)
         growth = [self.quantum_growth**i for i in range(self.num_levels)]
         self._quanta = tuple(max(1, round(self.base_quantum_tokens * g)) for g in growth)
         self._prompt_limits = tuple(self.prompt_quantum_tokens * g for g in growth)
         if self.prompt_limits_tokens is not None:
             limits = tuple(self.prompt_limits_tokens)
+            for limit in limits:
+                check_number("each of prompt_limits_tokens", limit, ge=0)
             if not 1 <= len(limits) <= self.num_levels or any(
                     b < a for a, b in zip(limits, limits[1:], strict=False)) or limits[0] < 0:
                 raise ValueError(f"prompt_limits_tokens must be 1 to num_levels ({self.num_levels}) "

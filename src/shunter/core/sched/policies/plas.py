@@ -42,6 +42,7 @@ from shunter.core.sched.policies.service import (
     ServiceMeter,
     steps_before_meeting,
 )
+from shunter.core.types import check_number
 
 __all__ = ["PlasPolicy", "ScanQueue", "program_of"]
 
@@ -71,13 +72,12 @@ class PlasPolicy:
     _queue: ScanQueue | None = field(default=None, init=False)
 
     def __post_init__(self) -> None:
-        if not self.first_level_service > 0 or not self.level_ratio > 1:
-            raise ValueError("first_level_service must be > 0 and level_ratio > 1, got "
-                             f"{self.first_level_service}, {self.level_ratio}")
-        if self.num_levels < 1:
-            raise ValueError(f"num_levels must be >= 1, got {self.num_levels}")
-        if self.aging_s is not None and not self.aging_s > 0:
-            raise ValueError(f"aging_s must be > 0 or None, got {self.aging_s}")
+        check_number("first_level_service", self.first_level_service, gt=0)
+        check_number("level_ratio", self.level_ratio, gt=1)
+        check_number("num_levels", self.num_levels, ge=1)
+        check_number("max_idle_programs", self.max_idle_programs, ge=0)
+        if self.aging_s is not None:
+            check_number("aging_s", self.aging_s, gt=0)
         self.meter = ServiceMeter(self.input_weight, self.output_weight, skip_cached=True)
         self.thresholds = [self.first_level_service * self.level_ratio ** k
                            for k in range(self.num_levels - 1)]

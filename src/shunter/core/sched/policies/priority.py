@@ -16,6 +16,7 @@ from dataclasses import dataclass
 
 from shunter.core.request import Request
 from shunter.core.sched.policy import StaticKeyPolicy
+from shunter.core.types import check_number
 
 __all__ = ["PriorityPolicy"]
 
@@ -28,10 +29,9 @@ class PriorityPolicy(StaticKeyPolicy):
     has_static_order: bool = True  # continuous aging keeps the relative order fixed
 
     def __post_init__(self) -> None:
-        if self.aging_s is not None and self.aging_s <= 0:
-            raise ValueError(f"aging_s must be > 0 or None, got {self.aging_s}")
-        if self.preemption_threshold <= 0:
-            raise ValueError(f"preemption_threshold must be > 0, got {self.preemption_threshold}")
+        if self.aging_s is not None:
+            check_number("aging_s", self.aging_s, gt=0)
+        check_number("preemption_threshold", self.preemption_threshold, gt=0)
 
     def order_key(self, request: Request) -> tuple[float, float]:
         if self.aging_s is None:

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from typing import ClassVar
 
 from shunter.core.sched.policies.fcfs import FcfsPolicy
+from shunter.core.types import check_number
 
 __all__ = ["SarathiPolicy"]
 
@@ -31,5 +32,4 @@ class SarathiPolicy(FcfsPolicy):
         "gateway has no steps")
 
     def __post_init__(self) -> None:
-        if not self.tbt_slo_s > 0:
-            raise ValueError(f"tbt_slo_s must be > 0, got {self.tbt_slo_s}")
+        check_number("tbt_slo_s", self.tbt_slo_s, gt=0)

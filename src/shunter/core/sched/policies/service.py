@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 from itertools import pairwise
 
 from shunter.core.request import Request
-from shunter.core.types import RequestId, TenantId
+from shunter.core.types import RequestId, TenantId, check_number
 
 __all__ = ["DEFAULT_INPUT_WEIGHT", "DEFAULT_OUTPUT_WEIGHT", "ServiceMeter", "steps_before_meeting",
            "steps_before_tenants_swap", "tenant_rates"]
@@ -46,9 +46,8 @@ class ServiceMeter:
     _charged: dict[RequestId, int] = field(default_factory=dict)  # positions [0, n) charged
 
     def __post_init__(self) -> None:
-        if self.input_weight < 0 or self.output_weight < 0:
-            raise ValueError(f"service weights must be >= 0, got input_weight={self.input_weight}, "
-                             f"output_weight={self.output_weight}")
+        check_number("input_weight", self.input_weight, ge=0)
+        check_number("output_weight", self.output_weight, ge=0)
 
     def charge(self, request: Request, num_tokens: int) -> float:
         """Service of a chunk of `num_tokens` scheduled now (call from `on_scheduled`)."""

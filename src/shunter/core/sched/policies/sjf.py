@@ -20,6 +20,7 @@ from dataclasses import dataclass
 
 from shunter.core.request import Request
 from shunter.core.sched.policy import StaticKeyPolicy
+from shunter.core.types import check_number
 
 __all__ = ["DEFAULT_UNKNOWN_OUTPUT_TOKENS", "SjfPolicy"]
 
@@ -35,10 +36,9 @@ class SjfPolicy(StaticKeyPolicy):
     has_static_order: bool = True  # keys depend on arrival-time facts only
 
     def __post_init__(self) -> None:
-        if self.aging_tokens_per_s is not None and self.aging_tokens_per_s <= 0:
-            raise ValueError(f"aging_tokens_per_s must be > 0 or None, got {self.aging_tokens_per_s}")
-        if self.unknown_output_tokens < 0:
-            raise ValueError(f"unknown_output_tokens must be >= 0, got {self.unknown_output_tokens}")
+        if self.aging_tokens_per_s is not None:
+            check_number("aging_tokens_per_s", self.aging_tokens_per_s, gt=0)
+        check_number("unknown_output_tokens", self.unknown_output_tokens, ge=0)
 
     def predicted_tokens(self, request: Request) -> float:
         p = request.predicted_output_tokens

@@ -40,7 +40,7 @@ from shunter.core.sched.policies.service import (
     tenant_rates,
 )
 from shunter.core.sched.policies.tenant_queue import TenantQueues
-from shunter.core.types import RequestStatus, TenantId
+from shunter.core.types import RequestStatus, TenantId, check_number
 
 __all__ = ["VtcPolicy", "VtcQueue"]
 
@@ -60,8 +60,7 @@ class VtcPolicy:
     def __post_init__(self) -> None:
         self.meter = ServiceMeter(self.input_weight, self.output_weight, skip_cached=False)
         for tenant, weight in (self.tenant_weights or {}).items():
-            if not weight > 0:
-                raise ValueError(f"tenant weight for {tenant!r} must be > 0, got {weight}")
+            check_number(f"tenant weight for {tenant!r}", weight, gt=0)
 
     def weight(self, tenant: TenantId) -> float:
         return (self.tenant_weights or {}).get(tenant, 1.0)
