@@ -1,6 +1,7 @@
 """Rate limits, the gateway tier's queue (a core policy), bounded queues, shedding, Retry-After."""
 
 import asyncio
+import dataclasses
 import itertools
 
 import pytest
@@ -9,7 +10,7 @@ from tests.gateway.factories import MODEL, ManualClock, asgi_client, make_app, r
 from shunter.core.request import Request
 from shunter.core.sched.gateway_queue import GatewayQueue
 from shunter.gateway.admission import AdmissionConfig, AdmissionController
-from shunter.gateway.errors import RateLimitError
+from shunter.gateway.errors import RateLimitError, ServiceUnavailableError
 from shunter.gateway.factory import GatewayParts, gateway_policy
 from shunter.gateway.metrics import GatewayMetrics
 from shunter.gateway.tenant import TenantConfig, TenantTable
@@ -19,6 +20,8 @@ _ids = itertools.count()
 
 def controller(tenants, *, capacity=1, clock=None, policy="vtc", **config):
     clock = clock or ManualClock()
+    tenants = [t if t.api_keys else dataclasses.replace(t, api_keys=(f"key-{t.name}",))
+               for t in tenants]
     table = TenantTable.build(list(tenants), clock())
     slots = {"n": capacity}
     parts = GatewayParts(app=None, policy=policy, tenants=tuple(tenants))
@@ -158,14 +161,129 @@ def test_queue_timeout_is_429_and_frees_the_queue_slot():
 
 def test_expected_wait_over_the_limit_is_refused_at_once():
     ctl, clock = controller([], capacity=1, max_queue_wait_s=10.0)
-    ctl.dispatch_rate_per_s = 0.05  # one slot every 20 s
 
     async def go():
+        for _ in range(8):  # evidence: one slot every 20 s
+            ticket = await admit(ctl, "default", 0, 1, 0)
+            clock.now_s += 20.0
+            ctl.release(ticket, 1, 0)
         await admit(ctl, "default", 0, 1, 0)
         with pytest.raises(RateLimitError) as info:
             await admit(ctl, "default", 0, 1, 0)
-        assert info.value.code == "overloaded" and info.value.retry_after_s == pytest.approx(20.0)
+        assert info.value.code == "overloaded"
+        assert info.value.retry_after_s == pytest.approx(20.0, rel=0.15)
     run(go())
+
+
+def test_a_burst_is_not_refused_by_a_rate_estimate_that_starts_at_zero_or_idles_to_zero():
+    """Issue 16, finding 5: the release-rate estimate started at 0 and grew slowly, so a burst
+    the backends cleared in seconds was told to retry in 2,318 s; after an idle spell it fell
+    to ~0 and refused everything."""
+    ctl, clock = controller([], capacity=10, max_queue_wait_s=10.0)
+
+    async def go():
+        admitted = [asyncio.ensure_future(admit(ctl, "default", 0, 1, 0)) for _ in range(200)]
+        await asyncio.sleep(0)
+        done = [t.result() for t in admitted if t.done()]
+        for i in range(50):  # the backends release 100 slots/s
+            clock.now_s += 0.01
+            ctl.release(done[i], 1, 1)
+            await asyncio.sleep(0)
+            done += [t.result() for t in admitted if t.done() and t.result() not in done]
+        late = [asyncio.ensure_future(admit(ctl, "default", 0, 1, 0)) for _ in range(50)]
+        await asyncio.sleep(0)
+        assert not [t for t in late if t.done() and t.exception()], "refused at 100 slots/s"
+        while ctl.num_active:  # everything finishes
+            clock.now_s += 0.01
+            ticket = next(t.result() for t in admitted + late
+                          if t.done() and not t.result().is_released)
+            ctl.release(ticket, 1, 1)
+            await asyncio.sleep(0)
+        clock.now_s += 1000.0  # an idle spell, then a burst and one slow release
+        burst = [asyncio.ensure_future(admit(ctl, "default", 0, 1, 0)) for _ in range(30)]
+        await asyncio.sleep(0)
+        clock.now_s += 1.0
+        ctl.release(burst[0].result(), 1, 1)
+        newcomer = asyncio.ensure_future(admit(ctl, "default", 0, 1, 0))
+        await asyncio.sleep(0)
+        assert not (newcomer.done() and newcomer.exception()), "refused after an idle spell"
+        for t in [*burst, newcomer]:
+            t.cancel()
+    run(go())
+    assert ctl.metrics.rejected.get(("default", "overloaded")) == 0
+
+
+def test_no_backend_able_to_serve_is_a_503_at_once_and_waiting_requests_leave():
+    """Issue 16, finding 5: with every backend down, requests waited 60 s for a 429."""
+    ctl, clock = controller([], capacity=1, max_queue_wait_s=60.0)
+    down: dict[str, float | None] = {"s": None}
+    ctl.unavailable_s = lambda: down["s"]
+
+    async def go():
+        running = await admit(ctl, "default", 0, 1, 0)
+        waiting = asyncio.ensure_future(admit(ctl, "default", 0, 1, 0))
+        await asyncio.sleep(0)
+        down["s"] = 4.0
+        ctl.dispatch_waiting()  # what the pool calls after its health checks
+        with pytest.raises(ServiceUnavailableError) as info:
+            await asyncio.wait_for(waiting, 0.1)
+        assert info.value.retry_after_s == 4.0 and ctl.num_queued == 0
+        with pytest.raises(ServiceUnavailableError):
+            await asyncio.wait_for(admit(ctl, "default", 0, 1, 0), 0.1)
+        ctl.release(running, 1, 0)
+    run(go())
+    assert ctl.metrics.rejected.get(("default", "no_backend")) == 2
+
+
+def test_token_limits_hold_under_concurrency_by_reserving_an_estimate():
+    """Issue 16, finding 7: 106 concurrent chats without max_tokens made 21,200 tokens
+    against a 2,000 tokens/min limit (only their prompts were charged at admission)."""
+    ctl, clock = controller([TenantConfig(name="a", max_tokens_per_min=2000)], capacity=200)
+
+    async def go():
+        admitted, refused = [], 0
+        for _ in range(106):  # all at once, none with max_tokens; each will generate 200
+            try:
+                admitted.append(await admit(ctl, "a", 0, 10, 0))
+            except RateLimitError:
+                refused += 1
+        for ticket in admitted:
+            ctl.release(ticket, 10, 200)
+        generated = 200 * len(admitted) + 10 * len(admitted)
+        assert generated <= 2000 * 1.05 and refused == 106 - len(admitted)
+        assert ctl.tenants.output_estimate("a") > 150  # it learned what the tenant generates
+    run(go())
+
+
+def test_a_tenant_concurrency_cap_refuses_the_next_and_frees_on_release():
+    ctl, _ = controller([TenantConfig(name="a", max_concurrent_requests=2),
+                         TenantConfig(name="b")], capacity=1)
+
+    async def go():
+        first = await admit(ctl, "a", 0, 1, 1)
+        queued = asyncio.ensure_future(admit(ctl, "a", 0, 1, 1))  # queued counts too
+        await asyncio.sleep(0)
+        with pytest.raises(RateLimitError) as info:
+            await admit(ctl, "a", 0, 1, 1)
+        assert info.value.code == "concurrency_limit_exceeded"
+        other = asyncio.ensure_future(admit(ctl, "b", 0, 1, 1))  # other tenants are not capped
+        await asyncio.sleep(0)
+        assert not other.done() and ctl.num_queued == 2
+        queued.cancel()  # its client left
+        await asyncio.gather(queued, return_exceptions=True)
+        third = asyncio.ensure_future(admit(ctl, "a", 0, 1, 1))  # a place is free again
+        await asyncio.sleep(0)
+        assert not third.done() or third.exception() is None
+        ctl.release(first, 1, 1)
+        for t in (other, third):
+            t.cancel()
+    run(go())
+
+
+def test_a_tenant_without_api_keys_is_refused_at_startup():
+    """Issue 16, finding 8: such a config made every request a 500 while /health said ok."""
+    with pytest.raises(ValueError, match="no api_keys"):
+        TenantTable.build([TenantConfig(name="a")], 0.0)
 
 
 def test_priority_ceiling_clamps_and_429_has_retry_after_header():

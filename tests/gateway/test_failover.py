@@ -1,6 +1,7 @@
 """Retries before the first byte, mid-stream failover by replay, circuit breaking (in-process)."""
 
 import json
+import time
 
 from tests.gateway.factories import MODEL, asgi_client, make_app, run
 
@@ -96,7 +97,7 @@ def test_breaker_opens_after_consecutive_failures_and_stops_traffic():
 
 
 def test_breaker_half_opens_after_cooldown_and_closes_on_success():
-    b = CircuitBreaker(BreakerConfig(failure_threshold=2, cooldown_s=10))
+    b = CircuitBreaker(BreakerConfig(failure_threshold=2, cooldown_s=10, success_threshold=1))
     b.on_failure(0.0)
     assert b.can_send(1.0)
     b.on_failure(1.0)
@@ -106,11 +107,47 @@ def test_breaker_half_opens_after_cooldown_and_closes_on_success():
     assert not b.can_send(11.0)  # one probe at a time
     b.on_failure(12.0)
     assert b.state is BreakerState.OPEN and not b.can_send(13.0)
-    b.on_health_passed()
-    assert b.can_send(13.0)
+    assert b.can_send(32.0)  # the second ejection lasts 2 x 10 s
     b.on_send()
-    b.on_success()
-    assert b.state is BreakerState.CLOSED and b.can_send(13.0)
+    b.on_success(32.0)
+    assert b.state is BreakerState.CLOSED and b.can_send(33.0)
+
+
+def test_breaker_closes_only_after_several_probes_and_ejects_for_longer_each_time():
+    """Issue 16, finding 6: one passing health check half-opened the breaker and one success
+    closed it; a flapping backend was back in rotation at once, every time."""
+    b = CircuitBreaker(BreakerConfig(failure_threshold=1, cooldown_s=5, max_ejection_s=12,
+                                     success_threshold=3))
+    b.on_failure(0.0)
+    assert b.ejected_for_s(1.0) == 4.0
+    assert b.can_send(5.0)
+    for t in (5.0, 6.0):
+        b.on_send()
+        b.on_success(t)
+        assert b.state is BreakerState.HALF_OPEN  # not yet: three in a row
+    b.on_send()
+    b.on_success(7.0)
+    assert b.state is BreakerState.CLOSED
+    b.on_failure(8.0)  # flaps again soon: the second ejection is twice as long
+    assert not b.can_send(17.0) and b.can_send(18.0)
+    b.on_send()
+    b.on_failure(18.0)  # the third would be 15 s: capped at 12
+    assert not b.can_send(29.9) and b.can_send(30.0)
+
+
+def test_a_passing_health_check_does_not_end_an_ejection():
+    app, (r0, r1) = make_app()
+    r0.is_failing, r0.fail_status = True, 500
+
+    async def go():
+        async with asgi_client(app) as c:
+            for _ in range(6):  # round robin: three reach the failing replica
+                await c.post("/v1/completions", json={"model": MODEL, "prompt": "x"})
+        assert app.pool.replicas[0].breaker.state is BreakerState.OPEN
+        await app.pool.check_once()  # /health still says ok
+        assert app.pool.replicas[0].breaker.state is BreakerState.OPEN
+        assert not app.pool.replicas[0].can_route(app.pool.clock())
+    run(go())
 
 
 def test_health_check_takes_an_unhealthy_replica_out_and_back():
@@ -129,3 +166,21 @@ def test_health_check_takes_an_unhealthy_replica_out_and_back():
         assert app.pool.capacity() == 128
     run(go())
     assert (r0.num_submitted, r1.num_submitted) == (0, 3)
+
+
+def test_every_backend_down_is_a_503_at_once_not_a_queue_timeout():
+    """Issue 16, finding 5: with every backend down, requests waited the full queue time
+    (60 s) and got a 429 queue_timeout."""
+    app, fakes = make_app()
+
+    async def go():
+        for f in fakes:
+            f.is_healthy = False
+        await app.pool.check_once()
+        async with asgi_client(app) as c:
+            start = time.monotonic()
+            r = await c.post("/v1/completions", json={"model": MODEL, "prompt": "x"})
+            return r, time.monotonic() - start
+    r, took = run(go())
+    assert r.status_code == 503 and r.json()["error"]["code"] == "no_backend"
+    assert int(r.headers["retry-after"]) >= 1 and took < 1.0

@@ -30,8 +30,6 @@ from shunter.gateway.remote import RemoteConfig, RemoteEngineClient  # noqa: E40
 pytestmark = [pytest.mark.slow, pytest.mark.external]
 
 MODEL = "smollm2"
-VLLM_ARGS = ("--enable-auto-tool-choice", "--tool-call-parser", "hermes",
-             "--no-enable-prefix-caching")
 WEATHER = {"type": "function", "function": {
     "name": "get_weather", "description": "Get the current weather in a city", "strict": True,
     "parameters": {"type": "object", "additionalProperties": False, "required": ["city", "unit"],
@@ -44,13 +42,9 @@ PLACE = {"type": "object", "additionalProperties": False, "required": ["city", "
 
 
 @pytest.fixture(scope="module")
-def clients() -> Iterator[dict[str, Any]]:
-    vllm_cpu = pytest.importorskip("benchmarks._external.vllm_cpu")
-    model_dir = vllm_cpu.ensure_smollm2_hf_dir()
-    with vllm_cpu.vllm_server(model_dir, served_model_name=MODEL, max_model_len=1024,
-                              extra_args=VLLM_ARGS) as vllm, \
-            live_gateway(clients=[("vllm", RemoteEngineClient(RemoteConfig(url=vllm.base_url)))],
-                         model_names=(MODEL,)) as stack:
+def clients(vllm) -> Iterator[dict[str, Any]]:
+    with live_gateway(clients=[("vllm", RemoteEngineClient(RemoteConfig(url=vllm.base_url)))],
+                      model_names=(MODEL,)) as stack:
         yield {name: openai.OpenAI(base_url=url, api_key="k", timeout=120, max_retries=0)
                for name, url in (("direct", f"{vllm.base_url}/v1"), ("routed", stack.base_url))}
 

@@ -5,10 +5,13 @@ protocol over the engine), a remote OpenAI-compatible server (vLLM, llama.cpp's 
 any other), or a fake for tests and benchmarks. The gateway never learns which. This module
 sits below both the gateway and the engine, so neither imports the other.
 
-Failover replays a request elsewhere as its original prompt plus the text already sent to the
-client (`continuation`), with `max_tokens` lowered by the tokens already produced, so that the
-client sees one unbroken stream. Token counts come from the backend's `usage`, never from the
-number of chunks.
+Failover resumes a request elsewhere so that the client sees one unbroken stream, with
+`max_tokens` lowered by the tokens already produced. By tokens where it can
+(`resume_token_ids`: the prompt's token ids as the first backend tokenized them, then the ids
+of every token sent; the next backend continues that exact sequence, as Dynamo does), which is
+exact; by text otherwise (`continuation`: the text already sent, appended to the prompt or as
+a partial assistant turn), which a tokenizer may split differently. Token counts come from the
+backend's `usage`, never from the number of chunks.
 """
 
 from __future__ import annotations
@@ -65,6 +68,9 @@ class GenerateRequest:
     prompt: str | tuple[int, ...] | None = None  # text or token ids (completions)
     messages: tuple[ChatMessage, ...] | None = None
     continuation: str = ""  # assistant text already sent to the client (failover replay)
+    # failover by tokens: the prompt's ids and the output ids sent, to continue as a raw
+    # completion (rendered in the request's own shape by the gateway); None: not a resume
+    resume_token_ids: tuple[int, ...] | None = None
     max_tokens: int | None = None
     temperature: float = 1.0
     top_p: float = 1.0
@@ -105,6 +111,27 @@ class GenerateRequest:
         max_tokens = None if self.max_tokens is None else max(1, self.max_tokens - num_tokens_sent)
         return replace(self, continuation=self.continuation + text_sent, max_tokens=max_tokens)
 
+    def resumed(self, token_ids: tuple[int, ...], num_tokens_sent: int) -> GenerateRequest:
+        """This request resumed from `token_ids` (its prompt's, then the `num_tokens_sent`
+        output tokens the client has)."""
+        max_tokens = None if self.max_tokens is None else max(1, self.max_tokens - num_tokens_sent)
+        return replace(self, resume_token_ids=token_ids, max_tokens=max_tokens,
+                       min_tokens=max(0, self.min_tokens - num_tokens_sent))
+
+    @property
+    def is_token_resumable(self) -> bool:
+        """Whether continuing this request from token ids as a raw completion gives what the
+        uninterrupted request would have: one choice, no echo, and nothing whose state lives
+        outside the tokens (tool calls and structured output parse the whole answer, stop
+        strings hold text back, presence/frequency penalties count output tokens only,
+        logprobs come in the endpoint's own shape)."""
+        if self.n != 1 or self.echo or self.stop or self.logprobs is not None \
+                or self.response_format is not None or self.presence_penalty \
+                or self.frequency_penalty:
+            return False
+        body = self.body
+        return body is None or not any(body.get(k) for k in _STATEFUL_FIELDS)
+
 
 @dataclass(frozen=True, slots=True)
 class Usage:
@@ -128,6 +155,13 @@ class TokenLogprob:
     top: tuple[tuple[str, float, tuple[int, ...]], ...] = ()  # (token, logprob, bytes)
 
 
+# body fields whose effect a raw completion of the token ids would not reproduce
+_STATEFUL_FIELDS = ("tools", "functions", "response_format", "structured_outputs", "guided_json",
+                    "guided_regex", "guided_choice", "guided_grammar", "logprobs", "top_logprobs",
+                    "prompt_logprobs", "stop", "include_reasoning", "reasoning_effort",
+                    "chat_template_kwargs", "return_token_ids")
+
+
 @dataclass(frozen=True, slots=True)
 class GenerateChunk:
     """A piece of output. `usage`, when set, is cumulative for this backend attempt (over all
@@ -144,6 +178,9 @@ class GenerateChunk:
     logprobs: tuple[TokenLogprob, ...] = ()
     payload: Mapping[str, Any] | None = None
     has_tool_calls: bool = False  # the payload carries tool-call deltas (no safe text replay)
+    # the ids of this chunk's output tokens, when the backend reports them (failover by tokens)
+    token_ids: tuple[int, ...] | None = None
+    prompt_token_ids: tuple[int, ...] | None = None  # the prompt as the backend tokenized it
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -175,6 +212,12 @@ class EngineClient(Protocol):
     def unsupported(self, request: GenerateRequest) -> tuple[str, str] | None:
         """(the parameter, why) when this backend cannot serve `request` as asked; None if it
         can. The gateway routes it elsewhere, or answers 400 naming the parameter."""
+        ...
+
+    def resumes_by_tokens(self) -> bool:
+        """Whether this backend reports token ids (`GenerateChunk.token_ids` and
+        `prompt_token_ids`, for a stream that `is_token_resumable`) and continues a request
+        from them (`GenerateRequest.resume_token_ids`); else failover replays text."""
         ...
 
     async def request(self, path: str, body: Mapping[str, Any]) -> tuple[int, bytes]:

@@ -15,6 +15,7 @@ either), so a profiled backend looks to the router exactly as a simulated replic
 from __future__ import annotations
 
 import argparse
+import logging
 from collections.abc import Sequence
 from dataclasses import replace
 from typing import Any
@@ -129,7 +130,8 @@ def run_serve(args: argparse.Namespace) -> int:
                            max_body_bytes=server.max_body_bytes,
                            max_prompt_chars=server.max_prompt_chars,
                            drain_timeout_s=server.drain_timeout_s,
-                           keepalive_s=server.keepalive_s, cors_origins=server.cors_origins)
+                           keepalive_s=server.keepalive_s, cors_origins=server.cors_origins,
+                           metrics_key=server.metrics_key)
     settings = config.scheduler
     source = f"{args.config} [scheduler]" if args.config else "--policy"
     has_engines = any(b.kind == "engine" for b in config.backends)
@@ -159,5 +161,17 @@ def run_serve(args: argparse.Namespace) -> int:
           f"{', '.join(app_config.model_names)} via {names} (router {config.router}; policy "
           f"{engines}gateway queue {queue_policy}"
           f"{f'; predictor {settings.predictor}' if predictor else ''})", flush=True)
-    serve(app, server.host, server.port, log_level=args.log_level)
+    _log_to_stderr(args.log_level)
+    serve(app, server.host, server.port, limits=config.limits, log_level=args.log_level)
     return 0
+
+
+def _log_to_stderr(level: str) -> None:
+    """The gateway's own log lines (500s with their tracebacks, the descriptor budget, the
+    open-file limit) on stderr at `--log-level`, as uvicorn's are."""
+    logger = logging.getLogger("shunter")
+    if not logger.handlers:
+        handler = logging.StreamHandler()
+        handler.setFormatter(logging.Formatter("%(levelname)s:    [%(name)s] %(message)s"))
+        logger.addHandler(handler)
+    logger.setLevel(level.upper())

@@ -107,6 +107,8 @@ class EngineBackend:
 
     def _prompt(self, request: GenerateRequest) -> str | list[int]:
         tokenizer = self.engine.tokenizer
+        if request.resume_token_ids is not None:  # failover by tokens: continue these
+            return list(request.resume_token_ids)
         if request.messages is None:
             if isinstance(request.prompt, tuple):
                 tail = [] if not request.continuation else \
@@ -222,8 +224,17 @@ class EngineBackend:
             ids = [request.request_id] if request.n == 1 else \
                 [f"{request.request_id}/{i}" for i in range(request.n)]
             self._choice_ids[request.request_id] = ids
+            prompt = self._prompt(request)
+            # a stream that may fail over by tokens reports them: the prompt's (tokenized here,
+            # once, instead of in the engine) and each output's
+            with_ids = request.stream and request.is_token_resumable
+            prompt_ids: tuple[int, ...] | None = None
+            if with_ids and self.engine.tokenizer is not None:
+                if isinstance(prompt, str):
+                    prompt = self.engine.tokenizer.encode(prompt)
+                prompt_ids = tuple(prompt)
             await self.engine.submit_many(
-                self._prompt(request), params, request_ids=ids, priority=request.priority,
+                prompt, params, request_ids=ids, priority=request.priority,
                 tenant=request.tenant, session_id=request.session_id,
                 program_id=request.program_id,
                 predicted_output_tokens=request.predicted_output_tokens)
@@ -236,6 +247,9 @@ class EngineBackend:
                         raise BackendError("the engine aborted the request")
                     totals[index] = out
                     chunk = self._chunk(request, index, out, totals)
+                    if prompt_ids is not None:
+                        chunk = replace(chunk, token_ids=out.new_token_ids, prompt_token_ids=(
+                            prompt_ids if not started[index] else None))
                     if not started[index] and echo is not None:
                         chunk = replace(chunk, text=echo + chunk.text, logprobs=(
                             self._logprobs(request, out.prompt_logprobs or ()) + chunk.logprobs))
@@ -263,6 +277,9 @@ class EngineBackend:
     def _logprobs(self, request: GenerateRequest, entries: Sequence[TokenLogprobs],
                   ) -> tuple[TokenLogprob, ...]:
         return protocol_logprobs(self.engine.tokenizer, entries, lists_chosen=not request.is_chat)
+
+    def resumes_by_tokens(self) -> bool:
+        return self.engine.tokenizer is not None
 
     async def abort(self, request_id: str) -> None:
         for engine_id in self._choice_ids.get(request_id, [request_id]):

@@ -16,8 +16,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hmac
 import itertools
 import json
+import logging
 import os
 import time
 from collections.abc import Callable
@@ -28,8 +30,10 @@ from shunter.core.predict.interface import Predictor, SessionTracker
 from shunter.errors import RequestError
 from shunter.gateway.admission import AdmissionController
 from shunter.gateway.errors import (
+    AuthenticationError,
     MethodNotAllowedError,
     NotFoundError,
+    PermissionDeniedError,
     ServiceUnavailableError,
     error_response,
 )
@@ -55,6 +59,8 @@ from shunter.gateway.tenant import TenantTable
 
 __all__ = ["AppConfig", "GatewayApp"]
 
+log = logging.getLogger("shunter.gateway")
+
 _GENERATE_ROUTES = ("/v1/completions", "/v1/chat/completions")
 _FORWARD_ROUTES = frozenset({"/tokenize", "/detokenize", "/v1/embeddings", "/v1/responses"})
 _GET_ROUTES = frozenset({"/health", "/metrics", "/v1/models", "/openapi.json", "/version"})
@@ -73,6 +79,9 @@ class AppConfig:
     keepalive_s: float = 5.0  # SSE comments while a stream waits for its first token; 0: none
     cors_origins: tuple[str, ...] = ()  # browser origins allowed ("*": any); none: no CORS
     max_model_len: int | None = None  # what /v1/models reports, if known
+    # /metrics needs `Authorization: Bearer <metrics_key>` when set; with tenants configured
+    # and no key, /metrics is refused (it names every tenant and counts their traffic)
+    metrics_key: str | None = None
 
     def __post_init__(self) -> None:
         if not self.model_names:
@@ -153,6 +162,20 @@ class GatewayApp:
         except Exception as exc:  # the one exception handler: OpenAI error JSON
             await _answer_error(send, exc)
 
+    def _check_metrics_key(self, authorization: str | None) -> None:
+        key = self.config.metrics_key
+        if key is None:
+            if self.tenants.is_open:
+                return
+            raise PermissionDeniedError("/metrics is closed on a gateway with tenants: set "
+                                        "[server] metrics_key and scrape with it",
+                                        code="metrics_key_required")
+        given = authorization[7:].strip() if authorization and \
+            authorization.lower().startswith("bearer ") else ""
+        if not hmac.compare_digest(given.encode(), key.encode()):
+            raise AuthenticationError("/metrics needs 'Authorization: Bearer <metrics_key>'",
+                                      code="invalid_api_key")
+
     async def _get(self, path: str, scope: Scope, send: Send) -> None:
         if path == "/health":
             if self.is_draining:
@@ -162,6 +185,7 @@ class GatewayApp:
             body = {"status": "ok" if healthy else "no healthy backend", "healthy": healthy}
             await send_bytes(send, status, json.dumps(body).encode())
         elif path == "/metrics":
+            self._check_metrics_key(header(scope, b"authorization"))
             await send_bytes(send, 200, self.metrics.render(),
                              [(b"content-type", CONTENT_TYPE.encode())])
         elif path == "/version":
@@ -302,6 +326,8 @@ class GatewayApp:
 
 async def _answer_error(send: Send, exc: Exception) -> None:
     status, body, headers = error_response(exc)
+    if status == 500:  # not an expected outcome: a bug, which the operator must see
+        log.error("500 answered for an unexpected error: %r", exc, exc_info=exc)
     try:
         await send_bytes(send, status, body, [*JSON_HEADERS, *headers])
     except Exception:  # the response had already started: nothing more can be said

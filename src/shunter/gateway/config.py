@@ -1,21 +1,33 @@
 """Gateway config files (TOML or YAML) -> validated config objects.
 
     [server]      host, port, models (served names), max_body_bytes, max_prompt_chars,
-                  drain_timeout_s, keepalive_s, cors_origins, max_model_len
+                  drain_timeout_s, keepalive_s, cors_origins, max_model_len, metrics_key
     [router]      name (any of router/registry.py), params = {...}
     [scheduler]   policy, params = {...}, predictor, predictor_params = {...},
                   gateway_policy, gateway_params = {...}  (`SchedulerSettings`)
     [admission]   max_queued, max_queue_wait_s
     [pool]        max_attempts, health_interval_s, health_timeout_s, ttft_timeout_s,
                   stall_timeout_s
-    [breaker]     failure_threshold, cooldown_s
+    [breaker]     failure_threshold, cooldown_s, max_ejection_s, success_threshold
     [[backends]]  name, kind = "remote" | "engine" | "fake", max_concurrency, max_num_seqs,
                   profile, max_num_batched_tokens, block_size (any kind: see BackendConfig),
-                  remote: url, model, api_key, metrics_path, health_path, continuous_usage
+                  remote: url, model, api_key, metrics_path, health_path, continuous_usage,
+                          resume ("auto" | "tokens" | "text": how failover resumes a stream)
                   engine: replicas (how many in-process replicas of the served model)
                   fake:   token_delay_s, first_token_delay_s, num_output_tokens
     [[tenants]]   name, api_keys, weight, priority_ceiling, default_priority,
                   max_requests_per_min, max_tokens_per_min
+    [limits]      what one client connection may cost, checked before authentication
+                  (`LimitsConfig`, enforced in `protocol.py`):
+                  max_header_bytes = 65536 (request line + headers; past it 431, closed),
+                  max_headers = 128 (header lines; past it 431, closed),
+                  header_timeout_s = 10 (the head, from connect or the last answer: 408),
+                  idle_timeout_s = 5 (an idle keep-alive connection is closed),
+                  body_timeout_s = 30 (the whole body, after the head: 408),
+                  send_timeout_s = 30 (a client that takes no byte of its answer this long
+                  is cut off, its request cancelled and its backend slot freed),
+                  fd_warn_fraction = 0.8, fd_refuse_fraction = 0.9 (of RLIMIT_NOFILE, which
+                  `serve` raises to the hard limit: a warning, then new connections get 503)
 
 An unknown table or key, or a value of the wrong type, is a ConfigError naming the file, the
 table and the key.
@@ -37,8 +49,9 @@ from shunter.core.sched.registry import PREDICTIVE_POLICIES, make_policy
 from shunter.errors import ConfigError
 from shunter.gateway.admission import AdmissionConfig
 from shunter.gateway.breaker import BreakerConfig
+from shunter.gateway.limits import LimitsConfig
 from shunter.gateway.pool import PoolConfig
-from shunter.gateway.tenant import TenantConfig
+from shunter.gateway.tenant import TenantConfig, TenantTable
 
 __all__ = ["BACKEND_KINDS", "DEFAULT_ENGINE_POLICY", "DEFAULT_GATEWAY_POLICY", "DEFAULT_MODEL",
            "DEFAULT_NUM_REPLICAS", "BackendConfig", "GatewayConfig", "SchedulerSettings",
@@ -142,6 +155,7 @@ class ServerConfig:
     keepalive_s: float = 5.0  # SSE keep-alive comments while a stream waits; 0: none
     cors_origins: tuple[str, ...] = ()  # browser origins allowed, "*" for any; none: no CORS
     max_model_len: int | None = None  # what /v1/models reports (default: the engines' own)
+    metrics_key: str | None = None  # /metrics needs it as a bearer key (with tenants: required)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -164,6 +178,7 @@ class BackendConfig:
     metrics_path: str | None = "/metrics"
     health_path: str = "/health"
     continuous_usage: bool = True
+    resume: str = "auto"  # remote failover: "tokens", "text" or "auto" (tokens for vLLM)
     replicas: int = 1
     token_delay_s: float = 0.0
     first_token_delay_s: float = 0.0
@@ -178,6 +193,9 @@ class BackendConfig:
                              f"{', '.join(BACKEND_KINDS)}")
         if self.kind == "remote" and not self.url:
             raise ValueError(f"backend {self.name}: a remote backend needs a url")
+        if self.resume not in ("auto", "tokens", "text"):
+            raise ValueError(f"backend {self.name}: resume must be auto, tokens or text, got "
+                             f"{self.resume!r}")
         if self.max_concurrency < 1 or self.replicas < 1:
             raise ValueError(f"backend {self.name}: max_concurrency and replicas must be >= 1")
         for key in ("max_num_seqs", "max_num_batched_tokens", "block_size"):
@@ -198,6 +216,7 @@ class GatewayConfig:
     breaker: BreakerConfig = field(default_factory=BreakerConfig)
     backends: tuple[BackendConfig, ...] = ()
     tenants: tuple[TenantConfig, ...] = ()
+    limits: LimitsConfig = field(default_factory=LimitsConfig)
 
 
 _TYPES: dict[str, tuple[type, ...]] = {
@@ -243,7 +262,7 @@ def load_config(path: str | Path) -> GatewayConfig:
         raise ConfigError(f"{path}: cannot read gateway config: {exc}") from None
     raw = raw or {}
     tables = {"server", "router", "scheduler", "admission", "pool", "breaker", "backends",
-              "tenants"}
+              "tenants", "limits"}
     unknown = set(raw) - tables
     if unknown:
         raise ConfigError(f"{path}: unknown table(s) {', '.join(sorted(unknown))}; valid: "
@@ -262,8 +281,18 @@ def load_config(path: str | Path) -> GatewayConfig:
         breaker=_build(BreakerConfig, raw.get("breaker", {}), f"{path} [breaker]"),
         backends=tuple(_build(BackendConfig, b, f"{path} [[backends]] #{i + 1}")
                        for i, b in enumerate(_list(raw, "backends", path))),
-        tenants=tuple(_build(TenantConfig, t, f"{path} [[tenants]] #{i + 1}")
-                      for i, t in enumerate(_list(raw, "tenants", path))))
+        tenants=_tenants(raw, path),
+        limits=_build(LimitsConfig, raw.get("limits", {}), f"{path} [limits]"))
+
+
+def _tenants(raw: dict[str, Any], path: Path) -> tuple[TenantConfig, ...]:
+    tenants = tuple(_build(TenantConfig, t, f"{path} [[tenants]] #{i + 1}")
+                    for i, t in enumerate(_list(raw, "tenants", path)))
+    try:
+        TenantTable.build(list(tenants), 0.0)  # unique names and keys, every tenant with keys
+    except ValueError as exc:
+        raise ConfigError(f"{path} [[tenants]]: {exc}") from None
+    return tenants
 
 
 def _list(raw: dict[str, Any], key: str, path: Path) -> list[Any]:

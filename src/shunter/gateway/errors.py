@@ -6,6 +6,7 @@
      ├── NotFoundError                           404 not_found_error (unknown model or path)
      ├── MethodNotAllowedError                   405
      ├── PayloadTooLargeError                    413 (body over the gateway's limit)
+     ├── ClientDisconnectedError                 499 (the client left mid-body: heard by no one)
      ├── RateLimitError                          429 rate_limit_error (+ Retry-After)
      └── ServiceUnavailableError                 503 (no healthy backend, draining; + Retry-After)
     BackendError                                 a backend failed; 502 to the client unless it
@@ -24,6 +25,7 @@ from shunter.errors import RequestError
 
 __all__ = [
     "AuthenticationError",
+    "ClientDisconnectedError",
     "MethodNotAllowedError",
     "NotFoundError",
     "PayloadTooLargeError",
@@ -41,7 +43,9 @@ _ERROR_TYPES: dict[int, str] = {
     403: "permission_error",
     404: "not_found_error",
     405: "invalid_request_error",
+    408: "invalid_request_error",  # (the connection layer's: a head or body too slow)
     413: "invalid_request_error",
+    431: "invalid_request_error",  # (the connection layer's: headers over the limit)
     422: "invalid_request_error",
     429: "rate_limit_error",
     500: "internal_error",
@@ -75,6 +79,13 @@ class MethodNotAllowedError(RequestError):
 
 class PayloadTooLargeError(RequestError):
     status_code = 413
+
+
+class ClientDisconnectedError(RequestError):
+    """The client left (or was cut off) before its body was whole: nginx's 499; no answer
+    reaches it, and nothing is logged."""
+
+    status_code = 499
 
 
 class RateLimitError(RequestError):

@@ -96,7 +96,8 @@ def build_backends(backends: Sequence[BackendConfig], model: str,
             assert b.url is not None
             client = RemoteEngineClient(RemoteConfig(
                 url=b.url, model=b.model, api_key=b.api_key, metrics_path=b.metrics_path,
-                health_path=b.health_path, continuous_usage=b.continuous_usage))
+                health_path=b.health_path, continuous_usage=b.continuous_usage,
+                resume=b.resume))
         else:
             client = FakeEngineClient(model=FakeModel(num_output_tokens=b.num_output_tokens),
                                       token_delay_s=b.token_delay_s,
@@ -150,7 +151,8 @@ def build_app(parts: GatewayParts, backends: list[BackendSlot],
     if isinstance(policy, PrefixAwarePolicy):
         pool.dispatch_index = DispatchIndex()
     queue = GatewayQueue(policy, pool.dispatch_index.probe if pool.dispatch_index else None)
-    admission = AdmissionController(parts.admission, tenants, pool.capacity, metrics, clock, queue)
+    admission = AdmissionController(parts.admission, tenants, pool.capacity, metrics, clock, queue,
+                                    unavailable_s=pool.unavailable_s)
     pool.on_capacity = admission.dispatch_waiting
     metrics.gauges.append(Gauge(
         "shunter_gateway_queued", "Requests waiting in the gateway's queue, per tenant.",

@@ -24,7 +24,8 @@ from shunter.backend.protocol import (
     Usage,
 )
 
-__all__ = ["FAKE_WORDS", "FakeEngineClient", "FakeModel", "fake_context", "fake_num_tokens"]
+__all__ = ["FAKE_WORDS", "FakeEngineClient", "FakeModel", "fake_context", "fake_num_tokens",
+           "fake_token_ids", "fake_word_ids"]
 
 FAKE_WORDS = tuple(f" {w}" for w in (
     "alpha", "bravo", "charlie", "delta", "echo", "foxtrot", "golf", "hotel", "india",
@@ -38,14 +39,56 @@ def fake_num_tokens(text: str) -> int:
     return max(1, len(text.split()))
 
 
+# The fake tokenizer's ids, for failover by tokens: a character of a prompt is
+# _CHAR_ID0 + its code point, an output word _WORD_ID0 + its place in FAKE_WORDS. Ids below
+# _CHAR_ID0 (a client's own token-id prompt) read as one word each.
+_CHAR_ID0 = 1 << 24
+_WORD_ID0 = 1 << 25
+
+
+def fake_token_ids(text: str) -> tuple[int, ...]:
+    """The fake tokenizer's ids of a context (reversible: `fake_context` reads them back)."""
+    return tuple(_CHAR_ID0 + ord(c) for c in text)
+
+
+def fake_word_ids(word: str) -> tuple[int, ...]:
+    """The ids of an output word: one, or its characters' for a word cut by a stop string."""
+    try:
+        return (_WORD_ID0 + FAKE_WORDS.index(word),)
+    except ValueError:
+        return fake_token_ids(word)
+
+
+def _decode(ids: tuple[int, ...]) -> str:
+    if not ids or min(ids) < _CHAR_ID0:
+        return " ".join(map(str, ids))  # a client's token ids: one word each
+    return "".join(FAKE_WORDS[i - _WORD_ID0] if i >= _WORD_ID0 else chr(i - _CHAR_ID0)
+                   for i in ids)
+
+
+def _num_words_in(ids: tuple[int, ...]) -> int:
+    return sum(1 for i in ids if i >= _WORD_ID0)
+
+
 def fake_context(request: GenerateRequest) -> str:
-    """The text the fake model conditions on: the prompt (or chat turns) plus the continuation."""
+    """The text the fake model conditions on: the prompt (or chat turns) plus the continuation
+    (or, resumed by tokens, the text of those tokens)."""
+    if request.resume_token_ids is not None:
+        return _decode(request.resume_token_ids)
     if request.messages is not None:
         turns = "".join(f"<{m.role}>{m.content}\n" for m in request.messages)
         return f"{turns}<assistant>{request.continuation}"
-    prompt = request.prompt if isinstance(request.prompt, str) else \
-        " ".join(map(str, request.prompt or ()))  # token ids: one word each
+    prompt = request.prompt if isinstance(request.prompt, str) else _decode(request.prompt or ())
     return prompt + request.continuation
+
+
+def _num_sent(request: GenerateRequest) -> int:
+    """Output words a resumed request already has (they count toward its natural length)."""
+    if request.continuation:
+        return fake_num_tokens(request.continuation)
+    ids = request.resume_token_ids if request.resume_token_ids is not None else \
+        request.prompt if isinstance(request.prompt, tuple) else ()
+    return _num_words_in(ids)
 
 
 @dataclass(frozen=True, slots=True)
@@ -63,8 +106,7 @@ class FakeModel:
         context = fake_context(request)
         words: list[str] = []
         text = ""
-        natural = self.num_output_tokens - fake_num_tokens(request.continuation) \
-            if request.continuation else self.num_output_tokens
+        natural = self.num_output_tokens - _num_sent(request)
         limit = request.max_tokens if request.max_tokens is not None else 1 << 30
         while len(words) < limit:
             if not request.ignore_eos and len(words) >= natural:
@@ -121,18 +163,23 @@ class FakeEngineClient:
                 raise BackendError(f"fake backend failed ({self.fail_status or 'no answer'})",
                                    status_code=self.fail_status)
             words, finish_reason = self.model.generate(request)
-            num_prompt = fake_num_tokens(fake_context(request))
+            context = fake_context(request)
+            num_prompt = fake_num_tokens(context)
             if not request.stream:
                 yield GenerateChunk("".join(words), finish_reason, Usage(num_prompt, len(words)))
                 is_done = True
                 return
+            with_ids = request.is_token_resumable
             for i, word in enumerate(words, start=1):
                 if self.fail_after_tokens is not None and i > self.fail_after_tokens:
                     raise BackendError("fake backend died mid-stream")
                 if i > 1 and self.token_delay_s:
                     await asyncio.sleep(self.token_delay_s)
                 last = i == len(words)
-                yield GenerateChunk(word, finish_reason if last else None, Usage(num_prompt, i))
+                yield GenerateChunk(
+                    word, finish_reason if last else None, Usage(num_prompt, i),
+                    token_ids=fake_word_ids(word) if with_ids else None,
+                    prompt_token_ids=fake_token_ids(context) if with_ids and i == 1 else None)
             if not words:
                 yield GenerateChunk("", finish_reason, Usage(num_prompt, 0))
             is_done = True
@@ -145,6 +192,9 @@ class FakeEngineClient:
 
     def unsupported(self, request: GenerateRequest) -> tuple[str, str] | None:
         return None
+
+    def resumes_by_tokens(self) -> bool:
+        return True
 
     async def request(self, path: str, body: Mapping[str, Any]) -> tuple[int, bytes]:
         """vLLM's /tokenize and /detokenize over the fake tokenizer (one token per word)."""

@@ -16,7 +16,13 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from shunter.backend.protocol import ChatMessage, GenerateRequest
-from shunter.gateway.fake import FakeModel, fake_context, fake_num_tokens
+from shunter.gateway.fake import (
+    FakeModel,
+    fake_context,
+    fake_num_tokens,
+    fake_token_ids,
+    fake_word_ids,
+)
 
 __all__ = ["FakeHttpBackend"]
 
@@ -39,6 +45,8 @@ class FakeHttpBackend:
     bad_event: bytes = b"[1,2,3]"
     cut_after_final_token: bool = False
     stall_after_tokens: int | None = None
+    abort_after_tokens: int | None = None  # a stream's connection is cut after N tokens
+    bodies: list[dict[str, Any]] | None = None  # a list: every generation body is kept there
     num_requests: int = 0
     num_running: int = 0
     num_disconnects: int = 0  # streams whose client left before the end
@@ -83,8 +91,10 @@ def _request(body: dict[str, Any], is_chat: bool) -> GenerateRequest:
             continuation, messages = messages[-1].content, messages[:-1]
             return GenerateRequest(request_id="fake", model=body["model"], messages=messages,
                                    continuation=continuation, **_sampling(body))
+    prompt = body.get("prompt")
     return GenerateRequest(request_id="fake", model=body["model"], messages=messages,
-                           prompt=None if is_chat else body["prompt"], **_sampling(body))
+                           prompt=None if is_chat else prompt if isinstance(prompt, str)
+                           else tuple(prompt), **_sampling(body))
 
 
 def _sampling(body: dict[str, Any]) -> dict[str, Any]:
@@ -159,6 +169,8 @@ class _Connection(asyncio.Protocol):
                 self._reply(backend.fail_status, b'{"error": {"message": "fake failure"}}')
                 return
             parsed = json.loads(body)
+            if backend.bodies is not None:
+                backend.bodies.append(parsed)
             request = _request(parsed, path.endswith("chat/completions"))
             if request.stream or backend.first_token_delay_s:
                 task = asyncio.get_running_loop().create_task(self._generate(request, parsed))
@@ -206,13 +218,17 @@ class _Connection(asyncio.Protocol):
         transport = self.transport
         assert transport is not None
         words, reason = self.backend.model.generate(request)
-        num_prompt = fake_num_tokens(fake_context(request))
+        context = fake_context(request)
+        num_prompt = fake_num_tokens(context)
         kind = "chat.completion.chunk" if request.is_chat else "text_completion"
         head = {"id": "fake", "object": kind, "created": 0, "model": body["model"]}
+        with_ids = bool(body.get("return_token_ids"))  # as vLLM's: prompt ids first, then each
         if request.is_chat:  # as vLLM: a role-only first event
             role = {**head, "choices": [{"index": 0, "delta": {"role": "assistant",
                                                                "content": ""},
                                          "finish_reason": None}]}
+            if with_ids:
+                role["prompt_token_ids"] = list(fake_token_ids(context))
             _write_chunk(transport, b"data: " + json.dumps(role).encode() + b"\n\n")
         backend = self.backend
         for i, word in enumerate(words, start=1):
@@ -227,9 +243,16 @@ class _Connection(asyncio.Protocol):
                 _write_chunk(transport, b"data: " + backend.bad_event + b"\n\n")
                 transport.close()
                 return
+            if backend.abort_after_tokens is not None and i > backend.abort_after_tokens:
+                transport.abort()  # the server died mid-stream
+                return
             delta = {"delta": {"content": word}} if request.is_chat else {"text": word}
-            event = {**head, "choices": [{"index": 0, **delta,
-                                          "finish_reason": reason if i == len(words) else None}],
+            choice = {"index": 0, **delta, "finish_reason": reason if i == len(words) else None}
+            if with_ids:
+                choice["token_ids"] = list(fake_word_ids(word))
+                if i == 1 and not request.is_chat:
+                    choice["prompt_token_ids"] = list(fake_token_ids(context))
+            event = {**head, "choices": [choice],
                      "usage": {"prompt_tokens": num_prompt, "completion_tokens": i,
                                "total_tokens": num_prompt + i}}
             _write_chunk(transport, b"data: " + json.dumps(event).encode() + b"\n\n")

@@ -11,7 +11,7 @@ import asyncio
 from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any
 
-from shunter.gateway.errors import PayloadTooLargeError
+from shunter.gateway.errors import ClientDisconnectedError, PayloadTooLargeError
 
 __all__ = ["JSON_HEADERS", "KEEP_ALIVE", "SSE_HEADERS", "Receive", "Scope", "Send", "SseWriter",
            "header", "read_body", "send_bytes", "watch_disconnect", "with_headers"]
@@ -95,13 +95,15 @@ def header(scope: Scope, name: bytes) -> str | None:
 
 
 async def read_body(receive: Receive, max_bytes: int) -> bytes:
-    """The whole request body; PayloadTooLargeError past `max_bytes`."""
+    """The whole request body; PayloadTooLargeError past `max_bytes`, ClientDisconnectedError
+    if the client leaves first (or the connection layer cut it off: a body too slow)."""
     chunks: list[bytes] = []
     size = 0
     while True:
         message = await receive()
         if message["type"] == "http.disconnect":
-            raise asyncio.CancelledError("client disconnected while sending its body")
+            raise ClientDisconnectedError("the client disconnected while sending its body",
+                                          code="client_disconnected")
         body = message.get("body", b"")
         size += len(body)
         if size > max_bytes:

@@ -189,13 +189,17 @@ def _error_responses() -> dict[str, Any]:
                     "gateway's limit (code context_length_exceeded), a parameter no backend "
                     "supports (unsupported_parameter) or a body that is not JSON (or nested too "
                     "deep to parse) or holds a lone surrogate",
-             "401": "missing or invalid API key",
+             "401": "missing or invalid API key (for /metrics: its metrics_key)",
+             "403": "/metrics on a gateway with tenants and no metrics_key (code "
+                    "metrics_key_required)",
              "404": "unknown model (code model_not_found), or no backend serves the path",
              "413": "body over the gateway's limit",
-             "429": "rate limited, shed, or not servable in time",
+             "429": "rate limited, over the tenant's concurrent requests, shed, or not "
+                    "servable in time",
              "4XX": "a backend's own 4xx for the request, passed through",
              "502": "every backend attempt failed",
-             "503": "no healthy backend, or draining"}
+             "503": "no backend can serve (every one down or ejected: code no_backend), "
+                    "or draining"}
     return {f"E{code}": _response(text, _ref("Error"), headers=(
         ("retry-after",) if code in ("429", "503") else ())) for code, text in texts.items()}
 
@@ -287,8 +291,10 @@ def _paths(auth: tuple[str, ...]) -> dict[str, Any]:
         "/v1/models/{model}": model,
         "/health": _get("200 when at least one backend is healthy, else 503", _response(
             "at least one backend is healthy", _ref("Health")), {"503": sick}),
-        "/metrics": _get("Prometheus metrics", _response("them", {"type": "string"},
-                                                         "text/plain")),
+        "/metrics": _get("Prometheus metrics (with tenants: behind [server] metrics_key, "
+                         "sent as a bearer key)",
+                         _response("them", {"type": "string"}, "text/plain"),
+                         _errors("401", "403") if auth else None),
         "/openapi.json": _get("This document", _response("OpenAPI 3.1", {
             "type": "object", "required": ["openapi", "info", "paths"]})),
         "/version": _get("The gateway's version", _response("it", _ref("Version"))),

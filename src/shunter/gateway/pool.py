@@ -100,6 +100,20 @@ class ReplicaPool:
         now = self.clock()
         return sum(r.max_concurrency for r in self.replicas if r.can_route(now))
 
+    def unavailable_s(self) -> float | None:
+        """None while some replica can serve now or soon (healthy, and its breaker closed or
+        probing); else seconds until the first ejection ends (at least one health interval)."""
+        now = self.clock()
+        waits = []
+        for r in self.replicas:
+            if not r.is_healthy:
+                continue
+            wait = r.breaker.ejected_for_s(now)
+            if wait == 0.0:
+                return None
+            waits.append(wait)
+        return max(min(waits, default=0.0), self.config.health_interval_s)
+
     def spec(self, request: GenerateRequest) -> RequestSpec:
         """The request as routers and the gateway tier see it (the true output length is
         unknown: `num_output_tokens` is a placeholder nothing reads)."""
@@ -157,6 +171,8 @@ class ReplicaPool:
         # text replay needs text: one choice, a text prompt (or chat), no echoed prompt
         is_replayable = (request.n == 1 and not request.echo
                          and not isinstance(request.prompt, tuple))
+        # token replay needs every id: the prompt's (from the first backend) and each output's
+        resume = _TokenTrail() if request.stream and request.is_token_resumable else None
         is_finished = False
         last_error: BackendError | None = None
         while attempt.num_attempts < self.config.max_attempts:
@@ -170,13 +186,19 @@ class ReplicaPool:
             attempt.replica = replica
             self.metrics.routed.inc((replica.name,))
             base_tokens = attempt.completion_tokens
+            sent = current
+            if attempt.has_output and resume is not None and replica.client.resumes_by_tokens() \
+                    and resume.is_whole(attempt.completion_tokens):
+                sent = request.resumed(resume.ids(), attempt.completion_tokens)
             try:
-                async for chunk in self._run_on(replica, current, spec.num_prompt_tokens, attempt,
+                async for chunk in self._run_on(replica, sent, spec.num_prompt_tokens, attempt,
                                                 base_tokens):
                     text_sent += chunk.text
                     is_replayable = is_replayable and not chunk.has_tool_calls
                     is_finished = is_finished or (chunk.finish_reason is not None
                                                   and request.n == 1)
+                    if resume is not None:
+                        resume.add(chunk, is_first_attempt=sent is request)
                     yield chunk
                 return
             except BackendError as exc:
@@ -184,7 +206,8 @@ class ReplicaPool:
                     raise  # the request's fault (a 429 is the backend's load: try another)
                 if is_finished:
                     return  # it died after its last event: the answer is whole
-                if (text_sent or attempt.has_output) and not is_replayable:
+                can_resume = resume is not None and resume.is_whole(attempt.completion_tokens)
+                if (text_sent or attempt.has_output) and not is_replayable and not can_resume:
                     raise BackendError(f"the backend failed mid-stream ({exc}) after sending "
                                        "tool-call deltas, several choices or an echoed prompt, "
                                        "which cannot be resumed on another backend without "
@@ -193,12 +216,17 @@ class ReplicaPool:
                                        ) from None
                 last_error = exc
                 excluded.add(replica.replica_id)
-                self.metrics.failovers.inc(("mid_stream" if text_sent else "before_first_byte",))
+                self.metrics.failovers.inc(("mid_stream" if attempt.has_output
+                                            else "before_first_byte",))
                 if (request.max_tokens is not None
                         and attempt.completion_tokens >= request.max_tokens):
                     yield GenerateChunk("", "length")  # every allowed token was sent already
                     return
-                current = request.replayed(text_sent, attempt.completion_tokens)
+                current = request.replayed(text_sent, attempt.completion_tokens) \
+                    if is_replayable else request  # (by tokens only: `can_resume`)
+                if not is_replayable:
+                    excluded.update(r.replica_id for r in self.replicas
+                                    if not r.client.resumes_by_tokens())
         assert last_error is not None
         if last_error.status_code in (429, 503):
             raise last_error  # every backend said it is busy: so does the gateway
@@ -210,7 +238,7 @@ class ReplicaPool:
         clock, meter = self.clock, replica.meter
         timer = replica.on_dispatch(num_prompt_tokens, clock())
         is_started = is_verdict = False
-        is_replay = bool(request.continuation)
+        is_replay = bool(request.continuation) or request.resume_token_ids is not None
         watch = _StallWatch(self.config.ttft_timeout_s, self.config.stall_timeout_s)
         try:
             async with contextlib.aclosing(replica.client.submit(request)) as chunks:
@@ -218,7 +246,7 @@ class ReplicaPool:
                     if not is_started:
                         is_started = is_verdict = True
                         replica.on_first_output(num_prompt_tokens)
-                        replica.breaker.on_success()
+                        replica.breaker.on_success(self.clock())
                     meter.on_chunk(timer, clock(), chunk,
                                    replica.num_running + replica.num_other_running)
                     if chunk.usage is not None:
@@ -282,8 +310,6 @@ class ReplicaPool:
         except (TimeoutError, BackendError, OSError):
             is_healthy, load = False, None
         replica.is_healthy = is_healthy
-        if is_healthy:
-            replica.breaker.on_health_passed()
         if load is not None:
             replica.on_report(load)
 
@@ -323,6 +349,33 @@ class ReplicaPool:
             Gauge("shunter_replica_decode_step_s", "Decode step time the router sees at the "
                   "replica's batch (profiled or measured).", ("replica",), speed("decode_step_s")),
         ]
+
+
+@dataclass(slots=True)
+class _TokenTrail:
+    """The token ids a stream has produced: its prompt's (as the first backend tokenized it)
+    and its outputs', for a failover by tokens. `is_whole` when every output token sent has
+    its id (a backend that does not report ids, or reports some, breaks the trail)."""
+
+    prompt: tuple[int, ...] | None = None
+    output: list[int] = field(default_factory=list)
+    is_broken: bool = False
+
+    def add(self, chunk: GenerateChunk, *, is_first_attempt: bool) -> None:
+        if is_first_attempt and chunk.prompt_token_ids is not None and self.prompt is None:
+            self.prompt = chunk.prompt_token_ids
+        if chunk.token_ids is not None:
+            self.output.extend(chunk.token_ids)
+        elif chunk.text:
+            self.is_broken = True
+
+    def is_whole(self, num_output_tokens: int) -> bool:
+        return (not self.is_broken and self.prompt is not None
+                and len(self.output) == num_output_tokens)
+
+    def ids(self) -> tuple[int, ...]:
+        assert self.prompt is not None
+        return (*self.prompt, *self.output)
 
 
 class _StallWatch:

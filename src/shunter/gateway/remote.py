@@ -41,6 +41,7 @@ from shunter.backend.protocol import (
     Usage,
 )
 from shunter.gateway.h1 import H1Client
+from shunter.gateway.resume import resume_payload, split_token_ids
 
 __all__ = ["RemoteConfig", "RemoteEngineClient", "parse_load", "request_payload"]
 
@@ -68,10 +69,15 @@ class RemoteConfig:
     health_path: str = "/health"
     metrics_path: str | None = "/metrics"  # None: the backend reports no load
     continuous_usage: bool = True
+    # failover: "tokens" (the server takes `return_token_ids` and token-id prompts: vLLM),
+    # "text", or "auto" (tokens once its /metrics shows it is vLLM)
+    resume: str = "auto"
 
     def __post_init__(self) -> None:
         if not self.url.startswith(("http://", "https://")):
             raise ValueError(f"backend url must start with http:// or https://, got {self.url!r}")
+        if self.resume not in ("auto", "tokens", "text"):
+            raise ValueError(f"resume must be auto, tokens or text, got {self.resume!r}")
 
 
 def request_payload(request: GenerateRequest, model: str | None, continuous_usage: bool
@@ -197,13 +203,22 @@ def _shape_error(obj: Any, is_chat: bool, part: str) -> str | None:
     return None
 
 
-def _chunk(obj: Any, is_chat: bool) -> GenerateChunk | None:
-    """One SSE event as a chunk: the event itself (`payload`) plus what the gateway reads."""
+def _chunk(obj: Any, is_chat: bool, ids: int = 0) -> GenerateChunk | None:
+    """One SSE event as a chunk: the event itself (`payload`) plus what the gateway reads.
+    `ids`: 0 no token ids asked for; 1 asked for by the gateway (taken out of the event); 2
+    asked for by the client (left in); 3 a resumed stream (rendered by the gateway: no
+    payload)."""
     if isinstance(obj, dict) and "error" in obj:
         raise BackendError(f"backend error mid-stream: {_error_message(json.dumps(obj).encode())}")
     wrong = _shape_error(obj, is_chat, "delta")
     if wrong is not None:
         raise BackendError(f"backend sent {wrong}: {json.dumps(obj)[:200]}")
+    token_ids = prompt_ids = None
+    if ids:
+        try:
+            token_ids, prompt_ids = split_token_ids(obj, keep=ids == 2)
+        except ValueError as exc:
+            raise BackendError(f"backend sent {exc}") from None
     usage = obj.get("usage")
     choices = obj.get("choices") or ()
     text, finish, index = "", None, 0
@@ -215,17 +230,20 @@ def _chunk(obj: Any, is_chat: bool) -> GenerateChunk | None:
         index = choice.get("index", 0)
     parsed = Usage(usage["prompt_tokens"], usage.get("completion_tokens") or 0) if usage else None
     cached = ((usage or {}).get("prompt_tokens_details") or {}).get("cached_tokens")
-    return GenerateChunk(text, finish, parsed, cached, index=index, payload=obj,
-                         has_tool_calls=is_chat and _has_tool_calls(choices, "delta"))
+    return GenerateChunk(text, finish, parsed, cached, index=index,
+                         payload=None if ids == 3 else obj,
+                         has_tool_calls=is_chat and _has_tool_calls(choices, "delta"),
+                         token_ids=token_ids, prompt_token_ids=prompt_ids)
 
 
 class RemoteEngineClient:
     """An OpenAI-compatible server reached over HTTP."""
 
-    __slots__ = ("_h1", "_session", "config")
+    __slots__ = ("_h1", "_session", "config", "is_vllm")
 
     def __init__(self, config: RemoteConfig) -> None:
         self.config = config
+        self.is_vllm = False  # its /metrics has vLLM's series (resume "auto")
         self._session: aiohttp.ClientSession | None = None
         self._h1: H1Client | None = None
         if config.url.startswith("http://"):
@@ -249,9 +267,20 @@ class RemoteEngineClient:
     def submit(self, request: GenerateRequest) -> AsyncIterator[GenerateChunk]:
         return self._run(request)
 
+    def resumes_by_tokens(self) -> bool:
+        return self.config.resume == "tokens" or (self.config.resume == "auto" and self.is_vllm)
+
     async def _run(self, request: GenerateRequest) -> AsyncIterator[GenerateChunk]:
         path = "v1/chat/completions" if request.is_chat else "v1/completions"
-        payload = request_payload(request, self.config.model, self.config.continuous_usage)
+        is_chat, ids = request.is_chat, 0
+        if request.resume_token_ids is not None:
+            path, is_chat, ids = "v1/completions", False, 3
+            payload = resume_payload(request, self.config.model, self.config.continuous_usage)
+        else:
+            payload = request_payload(request, self.config.model, self.config.continuous_usage)
+            if request.stream and request.is_token_resumable and self.resumes_by_tokens():
+                ids = 2 if payload.get("return_token_ids") else 1
+                payload["return_token_ids"] = True
         if not request.stream and self._h1 is not None:
             yield await self._complete(path, payload, request.is_chat)
             return
@@ -263,7 +292,7 @@ class RemoteEngineClient:
                 if not request.stream:
                     yield _whole(json.loads(await response.read()), request.is_chat)
                     return
-                async for chunk in _sse_chunks(response, request.is_chat):
+                async for chunk in _sse_chunks(response, is_chat, ids):
                     yield chunk
         except (TimeoutError, aiohttp.ClientError, ValueError, KeyError) as exc:
             raise BackendError(f"backend {self.config.url}: {type(exc).__name__}: {exc}") from None
@@ -300,7 +329,9 @@ class RemoteEngineClient:
         async with self._http().get(self.config.metrics_path.lstrip("/")) as response:
             if response.status != 200:
                 return None
-            return parse_load(await response.text(), time.monotonic())
+            text = await response.text()
+            self.is_vllm = "vllm:" in text
+            return parse_load(text, time.monotonic())
 
     async def health(self) -> bool:
         try:
@@ -334,7 +365,7 @@ def _whole(body: Any, is_chat: bool) -> GenerateChunk:
                          has_tool_calls=is_chat and _has_tool_calls(choices, "message"))
 
 
-async def _sse_chunks(response: aiohttp.ClientResponse, is_chat: bool
+async def _sse_chunks(response: aiohttp.ClientResponse, is_chat: bool, ids: int
                       ) -> AsyncIterator[GenerateChunk]:
     is_finished = False
     async for line in response.content:
@@ -343,7 +374,7 @@ async def _sse_chunks(response: aiohttp.ClientResponse, is_chat: bool
         data = line[5:].strip()
         if data == b"[DONE]":
             return
-        chunk = _chunk(json.loads(data), is_chat)
+        chunk = _chunk(json.loads(data), is_chat, ids)
         if chunk is not None:
             is_finished = is_finished or chunk.finish_reason is not None
             yield chunk

@@ -18,7 +18,10 @@ __all__ = ["TenantConfig", "TenantTable", "TokenBucket"]
 class TenantConfig:
     """One tenant. `priority_ceiling` is the most urgent priority it may ask for (smaller runs
     first, as in vLLM): a request asking for more is clamped to it. `weight` is its share under
-    fair queueing. Rate limits of None mean unlimited."""
+    fair queueing. Limits of None mean unlimited. `max_concurrent_requests` caps what the tenant
+has admitted (queued or running) at once. A request without `max_tokens` reserves the tenant's
+expected output against its token limit: `output_tokens_estimate` until it has history, then
+a running average of what its requests without `max_tokens` really generated."""
 
     name: str
     api_keys: tuple[str, ...] = ()
@@ -27,6 +30,8 @@ class TenantConfig:
     default_priority: int = 0
     max_requests_per_min: float | None = None
     max_tokens_per_min: float | None = None
+    max_concurrent_requests: int | None = None
+    output_tokens_estimate: int = 256
 
     def __post_init__(self) -> None:
         if not self.name:
@@ -36,10 +41,13 @@ class TenantConfig:
         if self.default_priority < self.priority_ceiling:
             raise ValueError(f"tenant {self.name}: default_priority {self.default_priority} is more "
                              f"urgent than its priority_ceiling {self.priority_ceiling}")
-        for limit in ("max_requests_per_min", "max_tokens_per_min"):
+        for limit in ("max_requests_per_min", "max_tokens_per_min", "max_concurrent_requests"):
             value = getattr(self, limit)
             if value is not None and not value > 0:
                 raise ValueError(f"tenant {self.name}: {limit} must be > 0, got {value}")
+        if self.output_tokens_estimate < 0:
+            raise ValueError(f"tenant {self.name}: output_tokens_estimate must be >= 0, got "
+                             f"{self.output_tokens_estimate}")
 
     def clamp_priority(self, requested: int | None) -> int:
         return self.default_priority if requested is None else max(requested, self.priority_ceiling)
@@ -81,11 +89,18 @@ class TokenBucket:
         return self.level
 
 
+_OUTPUT_EWMA_ALPHA = 0.2  # weight of the latest request in a tenant's output estimate
+
+
 @dataclass(slots=True)
 class _TenantState:
     config: TenantConfig
     requests: TokenBucket | None
     tokens: TokenBucket | None
+    output_estimate: float = 0.0
+
+    def __post_init__(self) -> None:
+        self.output_estimate = float(self.config.output_tokens_estimate)
 
 
 @dataclass(slots=True)
@@ -101,6 +116,9 @@ class TenantTable:
         for config in configs:
             if config.name in table.tenants:
                 raise ValueError(f"tenant {config.name!r} is configured twice")
+            if not config.api_keys:  # else nobody could be it, or everybody would be
+                raise ValueError(f"tenant {config.name!r} has no api_keys: with tenants "
+                                 "configured every request must carry a tenant's key")
             table.tenants[config.name] = _TenantState(
                 config,
                 None if config.max_requests_per_min is None
@@ -133,6 +151,18 @@ class TenantTable:
         if name is None:
             raise AuthenticationError("invalid API key", code="invalid_api_key")
         return self.tenants[name].config
+
+    def max_concurrent(self, tenant: str) -> int | None:
+        return self.tenants[tenant].config.max_concurrent_requests
+
+    def output_estimate(self, tenant: str) -> int:
+        """Output tokens to reserve for a request of `tenant` without `max_tokens`."""
+        return round(self.tenants[tenant].output_estimate)
+
+    def observe_output(self, tenant: str, num_tokens: int) -> None:
+        """What a request of `tenant` without `max_tokens` generated (updates its estimate)."""
+        state = self.tenants[tenant]
+        state.output_estimate += _OUTPUT_EWMA_ALPHA * (num_tokens - state.output_estimate)
 
     def weight(self, tenant: str) -> float:
         state = self.tenants.get(tenant)
