@@ -41,6 +41,7 @@ from shunter.backend.protocol import (
     Usage,
 )
 from shunter.gateway.h1 import H1Client
+from shunter.gateway.jsonio import dumps, loads
 from shunter.gateway.resume import resume_payload, split_token_ids
 
 __all__ = ["RemoteConfig", "RemoteEngineClient", "parse_load", "request_payload"]
@@ -281,8 +282,12 @@ class RemoteEngineClient:
             if request.stream and request.is_token_resumable and self.resumes_by_tokens():
                 ids = 2 if payload.get("return_token_ids") else 1
                 payload["return_token_ids"] = True
-        if not request.stream and self._h1 is not None:
-            yield await self._complete(path, payload, request.is_chat)
+        if self._h1 is not None:
+            if not request.stream:
+                yield await self._complete(path, payload, request.is_chat)
+                return
+            async for chunk in self._stream(path, payload, is_chat, ids):
+                yield chunk
             return
         try:
             async with self._http().post(path, json=payload) as response:
@@ -301,12 +306,48 @@ class RemoteEngineClient:
                         ) -> GenerateChunk:
         assert self._h1 is not None
         try:
-            status, raw = await self._h1.post(path, json.dumps(payload).encode())
+            status, raw = await self._h1.post(path, dumps(payload))
             if status >= 400:
                 raise _backend_error(raw, status)
-            return _whole(json.loads(raw), is_chat)
+            return _whole(loads(raw), is_chat)
         except (TimeoutError, OSError, ValueError, KeyError) as exc:
             raise BackendError(f"backend {self.config.url}: {type(exc).__name__}: {exc}") from None
+
+    async def _stream(self, path: str, payload: dict[str, Any], is_chat: bool, ids: int
+                      ) -> AsyncIterator[GenerateChunk]:
+        """A streamed answer over `h1`: its SSE `data:` lines as chunks, read as they come."""
+        assert self._h1 is not None
+        try:
+            stream = await self._h1.stream(path, dumps(payload))
+        except (TimeoutError, OSError) as exc:
+            raise BackendError(f"backend {self.config.url}: {type(exc).__name__}: {exc}") from None
+        try:
+            if stream.status >= 400:
+                raw = b""
+                while data := await stream.read():
+                    raw += data
+                raise _backend_error(raw, stream.status)
+            is_finished, rest = False, b""
+            while data := await stream.read():
+                lines = (rest + data if rest else data).split(b"\n")
+                rest = lines.pop()
+                for line in lines:
+                    if not line.startswith(b"data:"):
+                        continue
+                    event = line[5:].strip()
+                    if event == b"[DONE]":
+                        stream.release_at_end()
+                        return
+                    chunk = _chunk(loads(event), is_chat, ids)
+                    if chunk is not None:
+                        is_finished = is_finished or chunk.finish_reason is not None
+                        yield chunk
+            if not is_finished:
+                raise BackendError("backend stream ended before the request finished")
+        except (TimeoutError, OSError, ValueError, KeyError) as exc:
+            raise BackendError(f"backend {self.config.url}: {type(exc).__name__}: {exc}") from None
+        finally:
+            stream.release()
 
     async def abort(self, request_id: str) -> None:
         return None  # closing the stream's connection is the abort

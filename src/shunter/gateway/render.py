@@ -21,10 +21,11 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from shunter.backend.protocol import GenerateChunk, TokenLogprob, Usage
+from shunter.gateway.jsonio import dumps
 
 __all__ = ["Choice", "Rendering", "logprobs_json", "usage_json"]
 
-_DUMPS = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False).encode
+_DUMPS = dumps  # compact UTF-8 (`jsonio`)
 
 
 def usage_json(usage: Usage | None, num_cached_tokens: int | None = None
@@ -101,7 +102,7 @@ class Rendering:
             "finish_reason": None}]}
         if self.include_usage:
             body["usage"] = None
-        return b"data: " + _DUMPS(body).encode() + b"\n\n"
+        return b"data: " + _DUMPS(body) + b"\n\n"
 
     def chunk(self, chunk: GenerateChunk, usage: Usage | None) -> bytes:
         """One event of a rendered stream."""
@@ -119,13 +120,13 @@ class Rendering:
         body = {**self._head(self.object_name), "choices": [choice]}
         if self.include_usage:
             body["usage"] = usage_json(usage) if self.continuous_usage else None
-        return b"data: " + _DUMPS(body).encode() + b"\n\n"
+        return b"data: " + _DUMPS(body) + b"\n\n"
 
     def usage_chunk(self, usage: Usage | None, num_cached_tokens: int | None) -> bytes:
         """The final usage-only event (`stream_options.include_usage`)."""
         body = {**self._head(self.object_name), "choices": [],
                 "usage": usage_json(usage, num_cached_tokens)}
-        return b"data: " + _DUMPS(body).encode() + b"\n\n"
+        return b"data: " + _DUMPS(body) + b"\n\n"
 
     def forward_chunk(self, payload: Mapping[str, Any], index_offset: int = 0) -> bytes | None:
         """A remote backend's event, as the client sees it (None: nothing the client asked
@@ -142,7 +143,7 @@ class Rendering:
                     return None  # the usage-only event the gateway asked for itself
             elif not self.continuous_usage and body.get("choices"):
                 body["usage"] = None
-        return b"data: " + _DUMPS(body).encode() + b"\n\n"
+        return b"data: " + _DUMPS(body) + b"\n\n"
 
     # ---- whole ----------------------------------------------------------------------------
 
@@ -164,14 +165,14 @@ class Rendering:
         kind = "chat.completion" if self.is_chat else "text_completion"
         body = {**self._head(kind), "choices": out,
                 "usage": usage_json(usage, num_cached_tokens)}
-        return _DUMPS(body).encode()
+        return _DUMPS(body)
 
     def forward_whole(self, payload: Mapping[str, Any]) -> bytes:
         """A remote backend's whole answer, as the client sees it."""
         body = dict(payload)
         body.update(id=self.request_id, model=self.model, created=self.created)
         body.setdefault("object", "chat.completion" if self.is_chat else "text_completion")
-        return _DUMPS(body).encode()
+        return _DUMPS(body)
 
     def merge_whole(self, payloads: Sequence[tuple[int, Mapping[str, Any]]],
                     rendered: Sequence[Choice], usage: Mapping[str, Any] | None) -> bytes:
@@ -183,7 +184,7 @@ class Rendering:
         items.sort(key=lambda c: c.get("index", 0))
         kind = "chat.completion" if self.is_chat else "text_completion"
         first = payloads[0][1] if payloads else {}
-        return _DUMPS({**first, **self._head(kind), "choices": items, "usage": usage}).encode()
+        return _DUMPS({**first, **self._head(kind), "choices": items, "usage": usage})
 
 
 def _offset(choices: Sequence[Mapping[str, Any]], offset: int) -> list[dict[str, Any]]:

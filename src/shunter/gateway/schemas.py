@@ -22,7 +22,6 @@ such an escape).
 
 from __future__ import annotations
 
-import json
 import math
 import re
 from collections.abc import Callable, Mapping
@@ -31,6 +30,7 @@ from typing import Any
 
 from shunter.backend.protocol import ChatMessage, GenerateRequest
 from shunter.errors import RequestError
+from shunter.gateway.jsonio import loads
 
 __all__ = ["GATEWAY_FIELDS", "ApiRequest", "decode_body", "parse_request"]
 
@@ -55,7 +55,7 @@ def decode_body(raw: bytes) -> Any:
     """The JSON of a request body; a RequestError (400) for anything that is not JSON, or
     that holds a lone surrogate (only a \\udXXX escape can put one there: raw UTF-8 cannot)."""
     try:
-        body = json.loads(raw)
+        body = loads(raw)
     except (ValueError, UnicodeDecodeError) as exc:
         raise RequestError(f"malformed JSON body: {exc}", code="invalid_json") from None
     except RecursionError:
