@@ -127,6 +127,21 @@ def test_a_slowloris_head_is_cut_with_408_after_the_header_timeout():
         assert answer == b"" and took_s is not None and took_s > SHORT_S - 0.1
 
 
+def test_a_kept_alive_head_gets_its_own_header_time_after_an_idle_pause():
+    with live_gateway(1, limits=LimitsConfig(header_timeout_s=SHORT_S)) as stack:
+        sock = _connect(stack.port)
+        sock.sendall(b"GET /health HTTP/1.1\r\nhost: x\r\n\r\n")
+        assert _response(sock).startswith(b"HTTP/1.1 200 ")
+        time.sleep(SHORT_S + 0.3)  # idle past the header timeout (not the idle timeout)
+        sock.sendall(b"GET /health HTTP/1.1\r\n")  # a head in two parts
+        time.sleep(0.1)
+        sock.sendall(b"host: x\r\n\r\n")
+        assert _response(sock).startswith(b"HTTP/1.1 200 ")
+        sock.sendall(b"GET /health HTTP/1.1\r\nx-slow: a")  # then a slowloris: still cut
+        answer, took_s = _until_closed(sock, SHORT_S + SLACK_S)
+        assert answer.startswith(b"HTTP/1.1 408 ") and took_s is not None
+
+
 def test_an_idle_keep_alive_connection_is_closed_after_its_timeout():
     with live_gateway(1, limits=LimitsConfig(idle_timeout_s=SHORT_S)) as stack:
         sock = _connect(stack.port)
@@ -297,7 +312,7 @@ def test_limits_table_is_read_and_validated(tmp_path):
     config = load_config(path)
     assert config.limits == LimitsConfig(max_header_bytes=32768, header_timeout_s=2.0,
                                          send_timeout_s=0.5)
-    assert load_config(tmp_path / "gateway.toml").limits.idle_timeout_s == 5.0
+    assert load_config(tmp_path / "gateway.toml").limits.idle_timeout_s == 75.0
     for text, key in [("body_timeout_s = 0", "body_timeout_s"),
                       ("max_headers = 'many'", "max_headers"),
                       ("fd_warn_fraction = 0.95", "fd_warn_fraction"),
@@ -311,6 +326,6 @@ def test_limits_default_safely():
     limits = LimitsConfig()
     assert (limits.max_header_bytes, limits.max_headers) == (64 << 10, 128)
     assert (limits.header_timeout_s, limits.idle_timeout_s, limits.body_timeout_s,
-            limits.send_timeout_s) == (10.0, 5.0, 30.0, 30.0)
+            limits.send_timeout_s) == (10.0, 75.0, 30.0, 30.0)
     assert limits.fd_warn_fraction == 0.8
 

@@ -21,8 +21,9 @@
                   (`LimitsConfig`, enforced in `protocol.py`):
                   max_header_bytes = 65536 (request line + headers; past it 431, closed),
                   max_headers = 128 (header lines; past it 431, closed),
-                  header_timeout_s = 10 (the head, from connect or the last answer: 408),
-                  idle_timeout_s = 5 (an idle keep-alive connection is closed),
+                  header_timeout_s = 10 (the head, from connect or from its first byte: 408),
+                  idle_timeout_s = 75 (an idle keep-alive connection is closed; longer than
+                  clients keep theirs, so that they close first),
                   body_timeout_s = 30 (the whole body, after the head: 408),
                   send_timeout_s = 30 (a client that takes no byte of its answer this long
                   is cut off, its request cancelled and its backend slot freed),

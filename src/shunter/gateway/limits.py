@@ -38,8 +38,12 @@ class LimitsConfig:
 
     max_header_bytes: int = 64 << 10  # request line + headers; past it: 431 and close
     max_headers: int = 128  # header lines; past it: 431 and close
-    header_timeout_s: float = 10.0  # request line + headers, from connect or the last answer
-    idle_timeout_s: float = 5.0  # an idle keep-alive connection is closed after this
+    header_timeout_s: float = 10.0  # request line + headers, from connect or their first byte
+    # an idle keep-alive connection is closed after this. Longer than clients keep theirs
+    # (aiohttp 15 s, httpx 5 s, a pooled load generator often 60 s), as nginx's 75 s is: a
+    # server that closes first races the client's next request on that connection, which
+    # then fails (2,000-stream bursts lost ~100 requests to it with 5 s)
+    idle_timeout_s: float = 75.0
     body_timeout_s: float = 30.0  # the whole body, from the end of the headers: else 408
     send_timeout_s: float = 30.0  # a client that takes no byte of its answer for this long
     fd_warn_fraction: float = 0.8  # of RLIMIT_NOFILE: log a warning (once; again on recovery)

@@ -5,8 +5,9 @@ app ever sees its request (and while it reads the answer).
              Counted per read while the head is incomplete (httptools would otherwise buffer an
              endless header whole), exactly once it completes; so at most the limit and one
              read are ever held.
-             Not complete `header_timeout_s` after connecting or after the last answer: 408
-             if any byte of it came, else closed quietly (a slowloris, an idle connect).
+             Not complete `header_timeout_s` after connecting or, on a kept-alive connection,
+             after its first byte: 408 if any byte of it came, else closed quietly (a
+             slowloris, an idle connect).
     idle     a keep-alive connection with no new request for `idle_timeout_s`: closed
              (uvicorn's own keep-alive timer, set from the config).
     body     not complete `body_timeout_s` after the head: 408, closed; the app's pending
@@ -117,7 +118,9 @@ class GuardedHttpProtocol(HttpToolsProtocol):
                     self._answer(431, f"request headers over {self.limits.max_header_bytes} "
                                  "bytes", "request_header_fields_too_large")
                     return
-            if self.head_timer is None and self.head_since_s is not None:
+            if self.head_timer is None and self.has_head_started:
+                if self.head_since_s is None:  # a kept-alive connection's next head began
+                    self.head_since_s = self.loop.time()
                 self.head_timer = self.loop.call_at(
                     self.head_since_s + self.limits.header_timeout_s, self._on_head_timeout)
         elif self.body_timer is None:
@@ -158,7 +161,13 @@ class GuardedHttpProtocol(HttpToolsProtocol):
     def on_response_complete(self) -> None:
         super().on_response_complete()
         if self.is_reading_head and not self.transport.is_closing():
-            self.head_since_s = self.loop.time()  # the next head's clock starts
+            # the next head's clock starts with its first byte (an idle keep-alive connection
+            # is the idle timer's); if part of it came already (pipelined): now
+            self.head_since_s = None
+            if self.has_head_started and self.head_timer is None:
+                self.head_since_s = self.loop.time()
+                self.head_timer = self.loop.call_at(
+                    self.head_since_s + self.limits.header_timeout_s, self._on_head_timeout)
 
     def pause_writing(self) -> None:
         super().pause_writing()
