@@ -127,3 +127,89 @@ def test_refuses_what_it_cannot_speak():
         H1Client("https://example.com")
     with pytest.raises(OSError):
         asyncio.run(H1Client("http://127.0.0.1:1").post("x", b"{}"))
+
+
+def _sse(*events: bytes, end: bool = True) -> bytes:
+    body = b"".join(b"%x\r\n%s\r\n" % (len(e), e) for e in events)
+    return b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n" + body + (
+        b"0\r\n\r\n" if end else b"")
+
+
+async def _read_all(stream) -> bytes:
+    out = b""
+    while data := await stream.read():
+        out += data
+    return out
+
+
+@pytest.mark.parametrize("run", [asyncio.run, uvloop.run], ids=["asyncio", "uvloop"])
+def test_streams_read_as_they_come_and_reuse_their_connection(run):
+    async def main():
+        server, listener, port = await _serve(lambda req: _sse(b"data: 1\n\n", b"data: 2\n\n"))
+        client = H1Client(f"http://127.0.0.1:{port}")
+        bodies = []
+        for _ in range(3):
+            stream = await client.stream("v1/completions", b"{}")
+            assert stream.status == 200
+            bodies.append(await _read_all(stream))
+            stream.release()
+        client.close()
+        listener.close()
+        return server, bodies
+
+    server, bodies = run(main())
+    assert bodies == [b"data: 1\n\ndata: 2\n\n"] * 3
+    assert server.num_connections == 1
+
+
+def test_a_stream_left_after_its_last_event_returns_to_the_pool_at_its_end():
+    async def main():
+        server, listener, port = await _serve(lambda req: _sse(b"data: [DONE]\n\n"))
+        client = H1Client(f"http://127.0.0.1:{port}")
+        for _ in range(3):
+            stream = await client.stream("v1/completions", b"{}")
+            assert (await stream.read()).startswith(b"data: [DONE]")
+            stream.release_at_end()
+            stream.release()  # (a second release changes nothing)
+            await asyncio.sleep(0.05)
+        client.close()
+        listener.close()
+        return server
+
+    assert asyncio.run(main()).num_connections == 1
+
+
+def test_a_stream_released_before_its_end_closes_its_connection():
+    async def main():
+        server, listener, port = await _serve(lambda req: _sse(b"data: 1\n\n", end=False))
+        client = H1Client(f"http://127.0.0.1:{port}")
+        stream = await client.stream("v1/completions", b"{}")
+        assert await stream.read() == b"data: 1\n\n"
+        stream.release()  # the backend's cue to abort
+        await asyncio.wait_for(server.closed.wait(), 2)
+        stream = await client.stream("v1/completions", b"{}")  # a fresh connection
+        stream.release()
+        client.close()
+        listener.close()
+        return server
+
+    assert asyncio.run(main()).num_connections == 2
+
+
+def test_a_stream_whose_backend_dies_or_stalls_raises():
+    async def main():
+        server, listener, port = await _serve(lambda req: None)  # head never comes
+        client = H1Client(f"http://127.0.0.1:{port}", read_timeout_s=0.05)
+        with pytest.raises(TimeoutError):
+            await client.stream("v1/completions", b"{}")
+        cut, listener2, port2 = await _serve(lambda req: _sse(b"data: 1\n\n", end=False)[:-3])
+        client2 = H1Client(f"http://127.0.0.1:{port2}", read_timeout_s=0.2)
+        stream = await client2.stream("v1/completions", b"{}")
+        with pytest.raises((TimeoutError, ConnectionError)):
+            await _read_all(stream)
+        stream.release()
+        for c, s in ((client, listener), (client2, listener2)):
+            c.close()
+            s.close()
+
+    asyncio.run(main())
