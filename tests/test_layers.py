@@ -16,6 +16,7 @@ ALLOWED: dict[str, set[str]] = {
     "engine": {"core", "errors", "backend"},
     "gateway": {"core", "router", "metrics", "workload", "errors", "backend"},
     "bench": {"core", "workload", "metrics", "errors"},
+    "integrations": {"core", "errors"},  # adapters inside other engines (vLLM's scheduler)
     "config": {"core", "sim", "errors"},
     "errors": set(),
     "scenarios": set(),

