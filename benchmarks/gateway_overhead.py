@@ -12,6 +12,8 @@ router's added latency is its median (p99) minus direct's median (p99) at the sa
 
 - Non-streaming completions at fixed rates (evenly spaced, open loop), each for `duration_s`
   after a 1 s warm-up; prompts share one of 8 prefixes (so cache-aware policies have work to do).
+  One token each, so that the backend answers at once (a whole answer of n tokens takes the
+  n - 1 token delays its stream would): what is timed is the router.
   CPU: the router process's user+system time over the run, in % of one core.
 - Burst: `burst` streaming completions (16 tokens, 5 ms apart at the backend) started at once;
   the penalty is the routed median (p99) end-to-end latency minus direct's; errors are counted.
@@ -55,7 +57,7 @@ def _free_port() -> int:
 def _body(i: int, stream: bool) -> bytes:
     prefix = f"System prompt {i % NUM_PREFIXES}: you are a careful assistant. " * 6
     body = {"model": MODEL, "prompt": f"{prefix}Question {i}: what comes next?",
-            "max_tokens": BURST_TOKENS, "stream": stream}
+            "max_tokens": BURST_TOKENS if stream else 1, "stream": stream}
     return json.dumps(body).encode()
 
 

@@ -165,7 +165,9 @@ class FakeEngineClient:
             words, finish_reason = self.model.generate(request)
             context = fake_context(request)
             num_prompt = fake_num_tokens(context)
-            if not request.stream:
+            if not request.stream:  # the whole answer takes as long as its stream would
+                if len(words) > 1 and self.token_delay_s:
+                    await asyncio.sleep((len(words) - 1) * self.token_delay_s)
                 yield GenerateChunk("".join(words), finish_reason, Usage(num_prompt, len(words)))
                 is_done = True
                 return

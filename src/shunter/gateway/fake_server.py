@@ -27,6 +27,7 @@ from shunter.gateway.fake import (
 __all__ = ["FakeHttpBackend"]
 
 _MAX_HEADER_BYTES = 65_536
+_MAX_PAD_BYTES = 1 << 20  # the most `fake_event_pad_bytes` a stream event carries
 _REASONS = {200: b"OK", 400: b"Bad Request", 404: b"Not Found", 500: b"Internal Server Error",
             503: b"Service Unavailable"}
 
@@ -172,7 +173,7 @@ class _Connection(asyncio.Protocol):
             if backend.bodies is not None:
                 backend.bodies.append(parsed)
             request = _request(parsed, path.endswith("chat/completions"))
-            if request.stream or backend.first_token_delay_s:
+            if request.stream or backend.first_token_delay_s or backend.token_delay_s:
                 task = asyncio.get_running_loop().create_task(self._generate(request, parsed))
                 self.task = task
                 self.backend.tasks.add(task)
@@ -204,7 +205,10 @@ class _Connection(asyncio.Protocol):
         try:
             if backend.first_token_delay_s:
                 await asyncio.sleep(backend.first_token_delay_s)
-            if not request.stream:
+            if not request.stream:  # the whole answer takes as long as its stream would
+                words, _ = backend.model.generate(request)
+                if len(words) > 1 and backend.token_delay_s:
+                    await asyncio.sleep((len(words) - 1) * backend.token_delay_s)
                 if not transport.is_closing():
                     self._reply(200, self._whole(request, body))
                 return
@@ -222,6 +226,11 @@ class _Connection(asyncio.Protocol):
         num_prompt = fake_num_tokens(context)
         kind = "chat.completion.chunk" if request.is_chat else "text_completion"
         head = {"id": "fake", "object": kind, "created": 0, "model": body["model"]}
+        # a client may ask for heavy events: the chaos benchmark's never-reading client, whose
+        # stream must outgrow the kernel's socket buffers within a second
+        pad = body.get("fake_event_pad_bytes")
+        if isinstance(pad, int) and pad > 0:
+            head["pad"] = "x" * min(pad, _MAX_PAD_BYTES)
         with_ids = bool(body.get("return_token_ids"))  # as vLLM's: prompt ids first, then each
         if request.is_chat:  # as vLLM: a role-only first event
             role = {**head, "choices": [{"index": 0, "delta": {"role": "assistant",

@@ -29,7 +29,10 @@ answers carry a content-length), a request not yet answered a 503.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
+import socket
+import struct
 from typing import Any
 
 import httptools
@@ -222,6 +225,10 @@ class GuardedHttpProtocol(HttpToolsProtocol):
         log.info("aborting a connection whose client took no byte of its answer for %s s",
                  self.limits.send_timeout_s)
         self._disconnect_app()
+        sock = self.transport.get_extra_info("socket")
+        if sock is not None:  # a reset: else the kernel keeps the unsent answer for minutes
+            with contextlib.suppress(OSError):
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
         self.transport.abort()  # close() would wait for the buffer to drain: never
 
     def _disconnect_app(self) -> None:
