@@ -135,6 +135,30 @@ def test_breaker_closes_only_after_several_probes_and_ejects_for_longer_each_tim
     assert not b.can_send(29.9) and b.can_send(30.0)
 
 
+def test_an_ejection_multiplier_decays_while_the_backend_behaves():
+    """A backend that fails now and then among long good stretches (the chaos soak's: faults
+    rotate over every backend) must not be ejected for ever longer, or every backend ends up
+    ejected at once and the gateway answers 503 with healthy backends."""
+    b = CircuitBreaker(BreakerConfig(failure_threshold=1, cooldown_s=1, max_ejection_s=100,
+                                     success_threshold=1))
+    t = 0.0
+    for n in range(1, 5):  # four ejections back to back: 1, 2, 3, 4 s
+        b.on_failure(t)
+        assert b.ejection_s == n
+        t += n
+        assert b.can_send(t)
+        b.on_send()
+        b.on_success(t)
+    b.on_failure(t + 2.5)  # closed for 2.5 s: two steps back, then this one: 3 s
+    assert b.ejection_s == 3
+    t += 2.5 + 3
+    assert b.can_send(t)
+    b.on_send()
+    b.on_success(t)
+    b.on_failure(t + 60)  # behaved for long: the first ejection's length again
+    assert b.ejection_s == 1
+
+
 def test_a_passing_health_check_does_not_end_an_ejection():
     app, (r0, r1) = make_app()
     r0.is_failing, r0.fail_status = True, 500

@@ -8,8 +8,10 @@
 Only the backend's own failures count: transport errors, 5xx, stalls, malformed streams. A 4xx
 is the request's fault and never opens the breaker (a client sending bad prompts must not take
 a healthy backend out). The n-th ejection lasts `cooldown_s * n`, at most `max_ejection_s`
-(Envoy: base_ejection_time x ejections, capped by max_ejection_time); a backend that stays
-closed for `max_ejection_s` starts again from the first. A passing health check does not end an
+(Envoy: base_ejection_time x ejections, capped by max_ejection_time); each `cooldown_s` a
+backend stays closed takes one ejection off that count (Envoy decrements its multiplier every
+interval a host is healthy), so a backend that fails now and then is not ejected for ever
+longer: one that stayed up for as long as its last ejection starts again from the first. A passing health check does not end an
 ejection early: a backend that answers /health but fails requests is the case a breaker is for.
 """
 
@@ -51,7 +53,7 @@ class CircuitBreaker:
     state: BreakerState = BreakerState.CLOSED
     num_consecutive_failures: int = 0
     num_probe_successes: int = 0
-    num_ejections: int = 0  # this run of ejections (reset after max_ejection_s closed)
+    num_ejections: int = 0  # the ejection multiplier (less one per cooldown_s closed)
     opened_at_s: float = 0.0
     closed_at_s: float = 0.0
     is_probe_out: bool = False
@@ -97,9 +99,9 @@ class CircuitBreaker:
             return  # a request sent before the ejection ended: already counted
         if (self.state is BreakerState.HALF_OPEN
                 or self.num_consecutive_failures >= self.config.failure_threshold):
-            if (self.state is BreakerState.CLOSED
-                    and now_s - self.closed_at_s >= self.config.max_ejection_s):
-                self.num_ejections = 0  # it behaved for long enough: a fresh start
+            if self.state is BreakerState.CLOSED:  # one step back per cooldown_s it behaved
+                behaved = int((now_s - self.closed_at_s) // self.config.cooldown_s)
+                self.num_ejections = max(0, self.num_ejections - behaved)
             self.state = BreakerState.OPEN
             self.opened_at_s = now_s
             self.num_ejections += 1
