@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import socket
 from collections.abc import Sequence
 from dataclasses import replace
 from typing import Any
@@ -35,13 +36,19 @@ from shunter.gateway.config import (
     ServerConfig,
     load_config,
 )
-from shunter.gateway.factory import EngineMaker, GatewayParts, build_app, build_backends
+from shunter.gateway.factory import (
+    EngineMaker,
+    GatewayParts,
+    build_app,
+    build_backends,
+    stop_supervised,
+)
 from shunter.gateway.server import serve
 from shunter.router.registry import ROUTERS
 from shunter.sim.cost.speed import ReplicaSpeeds, profile_speeds
 from shunter.workload.rank_training import build_predictor
 
-__all__ = ["backend_speeds", "engine_maker", "make_engines", "run_serve"]
+__all__ = ["backend_speeds", "check_can_listen", "engine_maker", "make_engines", "run_serve"]
 
 # a remote backend's token budget when its config does not say: the simulator's (vLLM's on
 # large GPUs)
@@ -120,11 +127,34 @@ def _gateway_tier(settings: SchedulerSettings, has_engines: bool, source: str
         raise ConfigError(f"{source}: {exc}") from None
 
 
+def check_can_listen(host: str, port: int) -> None:
+    """Raise ConfigError ("cannot listen on HOST:PORT: address already in use") unless every
+    address of `host` can be bound at `port` now: checked before the engines load and the
+    ready banner prints. SO_REUSEADDR as uvicorn's: a port in TIME_WAIT is free, a listening
+    one is not."""
+    def refused(reason: str) -> ConfigError:
+        return ConfigError(f"cannot listen on {host}:{port}: {reason[:1].lower()}{reason[1:]}")
+
+    try:
+        addresses = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM,
+                                       flags=socket.AI_PASSIVE)
+    except socket.gaierror as exc:
+        raise refused(exc.strerror or str(exc)) from None
+    for family, kind, proto, _, address in addresses:
+        with socket.socket(family, kind, proto) as sock:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            try:
+                sock.bind(address)
+            except OSError as exc:
+                raise refused(exc.strerror or str(exc)) from None
+
+
 def run_serve(args: argparse.Namespace) -> int:
     config = _config_from_args(args)
     model = config.server.models[0] if config.server.models else DEFAULT_MODEL
     if args.router is not None and args.router not in ROUTERS:
         raise ConfigError(f"unknown router {args.router!r}; valid: {', '.join(sorted(ROUTERS))}")
+    check_can_listen(config.server.host, config.server.port)
     server: ServerConfig = config.server
     app_config = AppConfig(model_names=server.models or (model,),
                            max_body_bytes=server.max_body_bytes,
@@ -134,7 +164,7 @@ def run_serve(args: argparse.Namespace) -> int:
                            metrics_key=server.metrics_key)
     settings = config.scheduler
     source = f"{args.config} [scheduler]" if args.config else "--policy"
-    has_engines = any(b.kind == "engine" for b in config.backends)
+    has_engines = any(b.kind in ("engine", "vllm") for b in config.backends)
     queue_policy, queue_params = _gateway_tier(settings, has_engines, source)
     predictor = None
     if settings.predictor is not None:
@@ -146,14 +176,17 @@ def run_serve(args: argparse.Namespace) -> int:
                          policy=queue_policy, policy_params=queue_params, predictor=predictor,
                          admission=config.admission, pool=config.pool, breaker=config.breaker,
                          tenants=config.tenants)
+    slots = []
     try:
-        slots = build_backends(config.backends, model, engine_maker(settings), backend_speeds)
+        slots = build_backends(config.backends, model, engine_maker(settings), backend_speeds,
+                               vllm_policy=settings.engine_policy)
         engine_lens = [s.client.engine.max_model_len for s in slots
                        if isinstance(s.client, EngineBackend)]
         max_model_len = server.max_model_len or (min(engine_lens) if engine_lens else None)
         app = build_app(replace(parts, app=replace(app_config, max_model_len=max_model_len)),
                         slots)
     except ValueError as exc:
+        stop_supervised(slots)
         raise ConfigError(str(exc)) from None
     names = ", ".join(r.name for r in app.pool.replicas)
     engines = f"engines {settings.engine_policy[0]}, " if has_engines else ""
@@ -162,7 +195,10 @@ def run_serve(args: argparse.Namespace) -> int:
           f"{engines}gateway queue {queue_policy}"
           f"{f'; predictor {settings.predictor}' if predictor else ''})", flush=True)
     _log_to_stderr(args.log_level)
-    serve(app, server.host, server.port, limits=config.limits, log_level=args.log_level)
+    try:
+        serve(app, server.host, server.port, limits=config.limits, log_level=args.log_level)
+    finally:
+        stop_supervised(slots)  # the vLLM servers this gateway started, however it ended
     return 0
 
 

@@ -9,11 +9,17 @@
     [pool]        max_attempts, health_interval_s, health_timeout_s, ttft_timeout_s,
                   stall_timeout_s
     [breaker]     failure_threshold, cooldown_s, max_ejection_s, success_threshold
-    [[backends]]  name, kind = "remote" | "engine" | "fake", max_concurrency, max_num_seqs,
-                  profile, max_num_batched_tokens, block_size (any kind: see BackendConfig),
+    [[backends]]  name, kind = "remote" | "engine" | "vllm" | "fake", max_concurrency,
+                  max_num_seqs, profile, max_num_batched_tokens, block_size (any kind: see
+                  BackendConfig),
                   remote: url, model, api_key, metrics_path, health_path, continuous_usage,
                           resume ("auto" | "tokens" | "text": how failover resumes a stream)
                   engine: replicas (how many in-process replicas of the served model)
+                  vllm:   model (a local HF model directory), python (of vLLM's venv; default
+                          $SHUNTER_VLLM_PYTHON, else `python` on PATH), port (default: a free
+                          one), dtype, max_model_len, args (more `vllm serve` flags), policy
+                          and policy_params (default: [scheduler]'s engine policy),
+                          startup_timeout_s, max_restarts, log_file (`supervisor.py`)
                   fake:   token_delay_s, first_token_delay_s, num_output_tokens
     [[tenants]]   name, api_keys, weight, priority_ceiling, default_priority,
                   max_requests_per_min, max_tokens_per_min
@@ -36,6 +42,7 @@ table and the key.
 
 from __future__ import annotations
 
+import os
 import tomllib
 from dataclasses import MISSING, dataclass, field, fields
 from pathlib import Path
@@ -55,10 +62,11 @@ from shunter.gateway.pool import PoolConfig
 from shunter.gateway.tenant import TenantConfig, TenantTable
 
 __all__ = ["BACKEND_KINDS", "DEFAULT_ENGINE_POLICY", "DEFAULT_GATEWAY_POLICY", "DEFAULT_MODEL",
-           "DEFAULT_NUM_REPLICAS", "BackendConfig", "GatewayConfig", "SchedulerSettings",
-           "ServerConfig", "load_config"]
+           "DEFAULT_NUM_REPLICAS", "VLLM_PYTHON_ENV", "BackendConfig", "GatewayConfig",
+           "SchedulerSettings", "ServerConfig", "default_vllm_python", "load_config"]
 
-BACKEND_KINDS = ("remote", "engine", "fake")
+BACKEND_KINDS = ("remote", "engine", "vllm", "fake")
+VLLM_PYTHON_ENV = "SHUNTER_VLLM_PYTHON"  # the default `python` of kind = "vllm" backends
 DEFAULT_MODEL = "smollm2-135m"  # what the embedded default serves
 DEFAULT_NUM_REPLICAS = 2  # in-process engine replicas when the config names no backend
 DEFAULT_ENGINE_POLICY = "fcfs"  # vLLM's default
@@ -187,6 +195,17 @@ class BackendConfig:
     profile: str | None = None
     max_num_batched_tokens: int | None = None
     block_size: int | None = None
+    # kind = "vllm": a vLLM server this gateway starts and supervises (`supervisor.py`)
+    python: str | None = None
+    port: int | None = None
+    dtype: str | None = None
+    max_model_len: int | None = None
+    args: tuple[str, ...] = ()
+    policy: str | None = None
+    policy_params: dict[str, Any] | None = None
+    startup_timeout_s: float = 600.0
+    max_restarts: int = 5
+    log_file: str | None = None
 
     def __post_init__(self) -> None:
         if self.kind not in BACKEND_KINDS:
@@ -204,6 +223,46 @@ class BackendConfig:
                 raise ValueError(f"backend {self.name}: {key} must be >= 1")
         if self.profile == "":
             raise ValueError(f"backend {self.name}: profile must name a file")
+        if self.kind == "vllm":
+            self._check_vllm()
+        elif any(getattr(self, k) != f.default for k, f in _VLLM_ONLY.items()):
+            keys = [k for k, f in _VLLM_ONLY.items() if getattr(self, k) != f.default]
+            raise ValueError(f"backend {self.name}: {', '.join(keys)} only apply to "
+                             'kind = "vllm"')
+
+    def _check_vllm(self) -> None:
+        if not self.model:
+            raise ValueError(f"backend {self.name}: a vllm backend needs model (a local model "
+                             "directory)")
+        if self.url is not None:
+            raise ValueError(f"backend {self.name}: a vllm backend runs on 127.0.0.1 at its "
+                             "port; it takes no url")
+        if self.port is not None and not 0 < self.port < 65536:
+            raise ValueError(f"backend {self.name}: port must be in 1..65535")
+        if self.max_model_len is not None and self.max_model_len < 1:
+            raise ValueError(f"backend {self.name}: max_model_len must be >= 1")
+        if self.startup_timeout_s <= 0 or self.max_restarts < 0:
+            raise ValueError(f"backend {self.name}: startup_timeout_s must be > 0 and "
+                             "max_restarts >= 0")
+        if not all(isinstance(a, str) for a in self.args):
+            raise ValueError(f"backend {self.name}: args must be strings")
+        if self.policy is None and self.policy_params is not None:
+            raise ValueError(f"backend {self.name}: policy_params are given but no policy")
+        if self.policy is not None:
+            _policy(self.policy, self.policy_params or {}, f"backend {self.name}: policy")
+
+    def vllm_policy_or(self, default: tuple[str, dict[str, Any]]) -> tuple[str, dict[str, Any]]:
+        """The policy a vllm backend's scheduler runs: its own, else `default` ([scheduler]'s
+        engine policy)."""
+        if self.policy is not None:
+            return self.policy, dict(self.policy_params or {})
+        return default
+
+
+def default_vllm_python() -> str:
+    """The python of vLLM's venv when a vllm backend names none: $SHUNTER_VLLM_PYTHON, else
+    `python` on PATH."""
+    return os.environ.get(VLLM_PYTHON_ENV) or "python"
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -219,6 +278,10 @@ class GatewayConfig:
     tenants: tuple[TenantConfig, ...] = ()
     limits: LimitsConfig = field(default_factory=LimitsConfig)
 
+
+_VLLM_ONLY = {f.name: f for f in fields(BackendConfig)
+              if f.name in ("python", "port", "dtype", "max_model_len", "args", "policy",
+                            "policy_params", "log_file")}
 
 _TYPES: dict[str, tuple[type, ...]] = {
     "str": (str,), "int": (int,), "float": (int, float), "bool": (bool,),

@@ -5,14 +5,23 @@ In-process engine backends (`kind = "engine"`) come from `shunter.engine.backend
 gateway may not import: the composition root passes a maker for them (`EngineMaker`). So too
 for a backend's speed from its `profile` file, which the simulator's cost model reads
 (`SpeedLoader`).
+
+A `kind = "vllm"` backend is a vLLM server the gateway starts itself (`supervisor.py`), then
+reaches as a remote one (`SupervisedEngineClient`, resuming by tokens); closing the client stops
+the server. `build_backends` starts them all at once and waits for every one to be healthy.
 """
 
 from __future__ import annotations
 
+import asyncio
 import inspect
+import os
+import shutil
+import tempfile
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from shunter.backend.protocol import EngineClient
@@ -24,20 +33,32 @@ from shunter.errors import ConfigError
 from shunter.gateway.admission import AdmissionConfig, AdmissionController
 from shunter.gateway.app import AppConfig, GatewayApp
 from shunter.gateway.breaker import BreakerConfig, CircuitBreaker
-from shunter.gateway.config import DEFAULT_GATEWAY_POLICY, BackendConfig
+from shunter.gateway.config import (
+    DEFAULT_ENGINE_POLICY,
+    DEFAULT_GATEWAY_POLICY,
+    BackendConfig,
+    default_vllm_python,
+)
 from shunter.gateway.fake import FakeEngineClient, FakeModel
 from shunter.gateway.metrics import GatewayMetrics, Gauge
 from shunter.gateway.pool import PoolConfig, ReplicaPool
 from shunter.gateway.remote import RemoteConfig, RemoteEngineClient
 from shunter.gateway.replica import Replica
 from shunter.gateway.speed import SpeedModel
+from shunter.gateway.supervisor import (
+    ProcessSupervisor,
+    VllmLaunch,
+    free_port,
+    vllm_launch_command,
+    vllm_launch_env,
+)
 from shunter.gateway.tenant import TenantConfig, TenantTable
 from shunter.gateway.vllm_metrics import VllmSeries
 from shunter.router.prefix_index import DispatchIndex
 from shunter.router.registry import make_router
 
-__all__ = ["BackendSlot", "EngineMaker", "GatewayParts", "SpeedLoader", "build_app",
-           "build_backends", "gateway_policy"]
+__all__ = ["BackendSlot", "EngineMaker", "GatewayParts", "SpeedLoader", "SupervisedEngineClient",
+           "build_app", "build_backends", "gateway_policy", "stop_supervised", "vllm_supervisor"]
 
 DEFAULT_MAX_CONCURRENCY = 256  # vLLM's default max_num_seqs: beyond it a backend only queues
 
@@ -72,15 +93,70 @@ def _no_profiles(backend: BackendConfig) -> SpeedModel:
     raise ConfigError("profiles cannot be read here")
 
 
+class SupervisedEngineClient(RemoteEngineClient):
+    """A vLLM server this gateway started, reached as a remote backend; `close` stops it."""
+
+    def __init__(self, config: RemoteConfig, supervisor: ProcessSupervisor) -> None:
+        super().__init__(config)
+        self.supervisor = supervisor
+
+    async def close(self) -> None:
+        await super().close()
+        await asyncio.to_thread(self.supervisor.stop)  # SIGTERM, and its grace: off the loop
+
+
+def vllm_supervisor(backend: BackendConfig, model: str,
+                    policy: tuple[str, dict[str, Any]]) -> ProcessSupervisor:
+    """The (not yet started) supervisor of a vllm backend serving `model` under that name;
+    ConfigError if its model directory or python is missing."""
+    assert backend.model is not None, f"backend {backend.name} has no model"
+    python = backend.python or default_vllm_python()
+    if shutil.which(python) is None:
+        raise ConfigError(f"backend {backend.name}: python {python!r} is not an executable "
+                          "(name vLLM's venv python as `python`, or set SHUNTER_VLLM_PYTHON)")
+    if not Path(backend.model).is_dir():
+        raise ConfigError(f"backend {backend.name}: model {backend.model!r} is not a directory "
+                          "(a vllm backend loads a local model directory)")
+    port = backend.port or free_port()
+    name, params = backend.vllm_policy_or(policy)
+    launch = VllmLaunch(name=backend.name, python=python, model_dir=backend.model, port=port,
+                        served_model_name=model, policy=name, policy_params=params,
+                        dtype=backend.dtype, max_model_len=backend.max_model_len,
+                        max_num_seqs=backend.max_num_seqs,
+                        max_num_batched_tokens=backend.max_num_batched_tokens,
+                        block_size=backend.block_size, args=backend.args)
+    log_path = Path(backend.log_file) if backend.log_file else \
+        Path(tempfile.gettempdir()) / "shunter-vllm" / f"{backend.name}-{port}.log"
+    return ProcessSupervisor(backend.name, vllm_launch_command(launch),
+                             env=vllm_launch_env(launch, os.environ),
+                             health_url=f"http://127.0.0.1:{port}/health", log_path=log_path,
+                             startup_timeout_s=backend.startup_timeout_s,
+                             max_restarts=backend.max_restarts)
+
+
+def stop_supervised(slots: Sequence[BackendSlot]) -> None:
+    """Stop every vLLM server among `slots` (idempotent: also after their clients closed)."""
+    for slot in slots:
+        if isinstance(slot.client, SupervisedEngineClient):
+            slot.client.supervisor.stop()
+
+
 def build_backends(backends: Sequence[BackendConfig], model: str,
                    make_engines: EngineMaker = _no_engines,
-                   load_speeds: SpeedLoader = _no_profiles) -> list[BackendSlot]:
+                   load_speeds: SpeedLoader = _no_profiles, *,
+                   vllm_policy: tuple[str, dict[str, Any]] = (DEFAULT_ENGINE_POLICY, {}),
+                   ) -> list[BackendSlot]:
     """Clients for every configured backend; `make_engines` builds (loads) the engine ones,
-    `load_speeds` reads their profiles (all of them first: a bad file fails fast).
+    `load_speeds` reads their profiles (all of them first: a bad file fails fast). The vllm
+    ones are started together and waited for (their policy: their own, else `vllm_policy`);
+    if one fails to start, all are stopped and the ConfigError names its log.
 
     An engine replica takes at most twice its batch (`max_num_seqs`) from the gateway: beyond
     that it would only queue what the gateway's own queue orders better."""
     profiled = [_speeds(b, load_speeds) for b in backends]
+    supervisors = {b.name: vllm_supervisor(b, model, vllm_policy)
+                   for b in backends if b.kind == "vllm"}
+    _start_all(list(supervisors.values()))
     slots: list[BackendSlot] = []
     for b, speeds in zip(backends, profiled, strict=True):
         if b.kind == "engine":
@@ -92,7 +168,13 @@ def build_backends(backends: Sequence[BackendConfig], model: str,
                                          block_size=b.block_size, speeds=speeds))
             continue
         client: EngineClient
-        if b.kind == "remote":
+        if b.kind == "vllm":
+            supervisor = supervisors[b.name]
+            client = SupervisedEngineClient(RemoteConfig(
+                url=supervisor.health_url.removesuffix("/health"), model=model,
+                metrics_path=b.metrics_path, continuous_usage=b.continuous_usage,
+                resume="tokens" if b.resume == "auto" else b.resume), supervisor)
+        elif b.kind == "remote":
             assert b.url is not None
             client = RemoteEngineClient(RemoteConfig(
                 url=b.url, model=b.model, api_key=b.api_key, metrics_path=b.metrics_path,
@@ -106,6 +188,18 @@ def build_backends(backends: Sequence[BackendConfig], model: str,
                                  max_num_seqs=b.max_num_seqs, block_size=b.block_size,
                                  speeds=speeds))
     return slots
+
+
+def _start_all(supervisors: list[ProcessSupervisor]) -> None:
+    try:
+        for supervisor in supervisors:
+            supervisor.start()
+        for supervisor in supervisors:
+            supervisor.wait_ready()
+    except BaseException:
+        for supervisor in supervisors:
+            supervisor.stop()
+        raise
 
 
 def _speeds(backend: BackendConfig, load_speeds: SpeedLoader) -> SpeedModel | None:
