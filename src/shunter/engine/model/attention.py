@@ -80,11 +80,14 @@ def _prefill_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, k_cach
         keys = _gather(k_cache, seg.block_table)[:length]
         values = _gather(v_cache, seg.block_table)[:length]
         mask, causal = seg.causal_mask, False
+    # A batch axis of one: 4-D inputs reach the fused (flash) CPU kernel, the one Hugging Face's
+    # model runs; 3-D ones fall back to the unfused math path, which rounds differently in
+    # bfloat16 (and materializes the whole score matrix).
     out = F.scaled_dot_product_attention(
-        q.transpose(0, 1), keys.transpose(0, 1), values.transpose(0, 1),
+        q.transpose(0, 1)[None], keys.transpose(0, 1)[None], values.transpose(0, 1)[None],
         attn_mask=mask, is_causal=causal, scale=scale, enable_gqa=num_heads != num_kv_heads,
     )
-    return out.transpose(0, 1)
+    return out[0].transpose(0, 1)
 
 
 def _decode_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor,
