@@ -8,9 +8,15 @@ from typing import Any
 
 from shunter.cli.common import load_specs, progress_bar, scenario_from_args, stdout_console
 from shunter.config import Scenario
-from shunter.core.sched.registry import POLICIES
+from shunter.core.sched.registry import POLICIES, scope_policy_params
 from shunter.core.types import RequestSpec
-from shunter.metrics.report import render_comparison, render_table, write_csv, write_json
+from shunter.metrics.report import (
+    rejection_lines,
+    render_comparison,
+    render_table,
+    write_csv,
+    write_json,
+)
 from shunter.metrics.summary import Summary, summarize
 from shunter.router.registry import ROUTERS
 from shunter.sim.partition import partition_blocker, simulate_parallel
@@ -67,6 +73,8 @@ def run_simulate(args: argparse.Namespace) -> int:
     run, summary, wall_s = _run(scenario, specs, "simulating", args.quiet, args.workers)
     out = stdout_console()
     out.print(render_table(summary, _title(scenario, len(specs))))
+    for line in rejection_lines(summary):
+        out.print(line, style="yellow", highlight=False, soft_wrap=True)
     out.print(f"simulated {len(specs)} requests in {wall_s:.2f} s of wall time", style="dim")
     result = _result_dict(scenario, run, summary, wall_s)
     if args.json:
@@ -77,6 +85,7 @@ def run_simulate(args: argparse.Namespace) -> int:
 
 
 _COMPARED = {"policy": "--policy", "router": "--router", "gateway_policy": "--gateway-policy"}
+_PARAMS = {"policy": "policy_params", "gateway_policy": "gateway_params"}  # one per compared key
 
 
 def _compared(args: argparse.Namespace) -> tuple[str, list[str], dict[str, str]]:
@@ -102,9 +111,7 @@ def run_compare(args: argparse.Namespace) -> int:
     key, names, fixed = _compared(args)
     for k, name in [*((key, n) for n in names), *fixed.items()]:
         _check_name(k, name)  # fail on a bad name before any long run
-    plain = argparse.Namespace(**{**vars(args), **dict.fromkeys(_COMPARED)})  # (lists, not names)
-    base = scenario_from_args(plain).with_overrides(**fixed)
-    scenarios = [base.with_overrides(**{key: name}) for name in names]
+    base, scenarios = _compared_scenarios(args, key, names, fixed)
     specs = load_specs(base)
     rows, summaries = [], []
     for name, scenario in zip(names, scenarios, strict=True):
@@ -118,6 +125,28 @@ def run_compare(args: argparse.Namespace) -> int:
     if args.csv:
         write_csv(rows, args.csv)
     return 0
+
+
+def _compared_scenarios(args: argparse.Namespace, key: str, names: list[str],
+                        fixed: dict[str, str]) -> tuple[Scenario, list[Scenario]]:
+    """The base scenario and one per compared name. The names' parameter table (the flag's,
+    else the scenario's) is split between them: each policy gets the keys it takes, and a key
+    none of them takes is an error (`scope_policy_params`)."""
+    # the flags below are applied together here: names come as lists, and a policy's
+    # parameters are only valid beside the policy that takes them
+    params_flags = {k: getattr(args, k) for k in _PARAMS.values()}
+    plain = argparse.Namespace(**{**vars(args), **dict.fromkeys(_COMPARED),
+                                  **dict.fromkeys(params_flags)})
+    base = scenario_from_args(plain)
+    table_key = _PARAMS.get(key)
+    overrides: dict[str, Any] = {**fixed, **{k: v for k, v in params_flags.items()
+                                             if v is not None and k != table_key}}
+    base = base.with_overrides(**overrides)
+    if table_key is None:
+        return base, [base.with_overrides(**{key: name}) for name in names]
+    table = params_flags[table_key]
+    scoped = scope_policy_params(names, getattr(base.sim, table_key) if table is None else table)
+    return base, [base.with_overrides(**{key: name, table_key: scoped[name]}) for name in names]
 
 
 def _check_name(key: str, name: str) -> None:

@@ -6,7 +6,7 @@ from dataclasses import dataclass, field, fields
 from typing import Any
 
 from shunter.core.sched.gateway_queue import gateway_refusal
-from shunter.core.sched.registry import make_policy
+from shunter.core.sched.registry import make_policy, scope_policy_params
 from shunter.core.types import check_number
 
 __all__ = ["DEFAULT_GATEWAY_MAX_INFLIGHT", "DEFAULT_GATEWAY_POLICY", "DEFAULT_KV_LINK_BYTES_S",
@@ -114,8 +114,12 @@ class SimConfig:
     (GPU memory left after weights) unless `num_blocks` is given; `max_model_len` defaults to
     the model's context. `swap_space_gib` sizes the host pool for swap preemption per replica.
     A policy with a TBT target (`sarathi`) gets the token budget that meets it from the cost
-    model unless `scheduler` sets `max_num_batched_tokens`. `predictor_params` of the `learned`
-    predictor may name a `model_path` (JSON from `shunter.workload.rank_training.save_model`).
+    model unless `scheduler` sets `max_num_batched_tokens`. `policy_params` (and
+    `gateway_params`) may nest a table under a policy's name, read only when that policy runs;
+    a bare key must be one the policy takes (`shunter.core.sched.registry.scope_policy_params`,
+    which also splits one table between the policies of a comparison or a sweep).
+    `predictor_params` of the `learned` predictor may name a `model_path` (JSON from
+    `shunter.workload.rank_training.save_model`).
     """
 
     model: str = "llama-3.1-8b"
@@ -172,6 +176,7 @@ class SimConfig:
         if self.num_blocks is not None and self.num_blocks < 1:
             raise ValueError(f"num_blocks must be >= 1, got {self.num_blocks}")
         check_number("swap_space_gib", self.swap_space_gib, ge=0)
+        scope_policy_params((self.policy,), self.policy_params)  # a key it does not take fails
         self._check_gateway()
         reserved = {"num_blocks", "num_host_blocks", "emit_block_tables"} & set(self.scheduler)
         if reserved:
@@ -183,9 +188,15 @@ class SimConfig:
         return self.gateway_policy is not None or self.gateway_max_inflight is not None
 
     @property
+    def scoped_policy_params(self) -> dict[str, Any]:
+        """The parameters `policy` gets out of `policy_params` (its own table, bare keys)."""
+        return scope_policy_params((self.policy,), self.policy_params)[self.policy]
+
+    @property
     def gateway_settings(self) -> tuple[str, dict[str, Any], int]:
         """(policy, params, max in flight per replica) of the gateway tier, defaults filled."""
-        return (self.gateway_policy or DEFAULT_GATEWAY_POLICY, dict(self.gateway_params),
+        name = self.gateway_policy or DEFAULT_GATEWAY_POLICY
+        return (name, scope_policy_params((name,), self.gateway_params)[name],
                 self.gateway_max_inflight or DEFAULT_GATEWAY_MAX_INFLIGHT)
 
     @property
@@ -205,8 +216,8 @@ class SimConfig:
                              f"{self.gateway_max_inflight}")
         if self.disaggregation:
             raise ValueError("a gateway tier in front of disaggregated pools is not modelled")
-        name, params, _ = self.gateway_settings
         try:
+            name, params, _ = self.gateway_settings
             refusal = gateway_refusal(make_policy(name, **params))
         except ValueError as exc:
             raise ValueError(f"gateway policy: {exc}") from None

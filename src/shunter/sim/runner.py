@@ -57,7 +57,8 @@ def scheduler_config(config: SimConfig, cost_model: CostModel,
     block_bytes = cost_model.kv_bytes_per_token * block_size  # type: ignore[attr-defined]
     num_host_blocks = int(config.swap_space_gib * _GIB // block_bytes)
     options = {"max_model_len": cost_model.max_model_len, **config.scheduler}
-    tbt_slo_s = getattr(make_policy(config.policy, **config.policy_params), "tbt_slo_s", None)
+    policy = make_policy(config.policy, **config.scoped_policy_params)
+    tbt_slo_s = getattr(policy, "tbt_slo_s", None)
     if tbt_slo_s is not None:  # Sarathi-Serve: the budget follows from the TBT target
         if not options.get("enable_chunked_prefill", True):
             raise ConfigError(f"policy {config.policy!r} needs enable_chunked_prefill")
@@ -125,8 +126,8 @@ def build_cluster(config: SimConfig) -> SimCluster:
                                      group.tp or config.tp)
         sched_config = scheduler_config(config, cost_model, group.num_blocks)
         for _ in range(group.count):
-            scheduler = CoreScheduler(sched_config,
-                                      make_policy(config.policy, **config.policy_params), clock)
+            policy = make_policy(config.policy, **config.scoped_policy_params)
+            scheduler = CoreScheduler(sched_config, policy, clock)
             replicas.append(SimReplica(len(replicas), scheduler, SimExecutor(cost_model), clock,
                                        fast_forward=config.fast_forward, role=group.role))
     router = make_router(config.router, **config.router_params)

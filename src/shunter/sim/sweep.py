@@ -19,11 +19,12 @@ import importlib
 import itertools
 import os
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from dataclasses import dataclass, replace
 from typing import Any
 
+from shunter.core.sched.registry import scope_policy_params
 from shunter.core.types import check_number
 from shunter.metrics.summary import summarize
 from shunter.sim.config import SimConfig
@@ -104,15 +105,22 @@ class SweepTask:
 def make_tasks(grid: SweepGrid, base: SimConfig, trace: str, *, trace_format: str | None = None,
                num_requests: int | None = None, zero_tokens: str = "error",
                ttft_slo_s: float | None = None, tpot_slo_s: float | None = None,
-               ) -> list[SweepTask]:
+               policy_params: Mapping[str, Any] | None = None) -> list[SweepTask]:
     """One task per grid point, in grid order (policy, replicas, rate, seed; the last varies
-    fastest), each a copy of `base` with the point's policy and replica count."""
+    fastest), each a copy of `base` with the point's policy and replica count.
+
+    `policy_params` (default: `base`'s) is split between the grid's policies: each gets the
+    keys it takes and its own nested table; a key no policy of the grid takes is a ValueError
+    (`scope_policy_params`)."""
+    table = base.policy_params if policy_params is None else policy_params
+    scoped = scope_policy_params(grid.policies, table)
     combos = itertools.product(grid.policies, grid.replicas, grid.rates, grid.seeds)
     tasks = []
     for index, (policy, num_replicas, rate, seed) in enumerate(combos):
         point = SweepPoint(index=index, policy=policy, rate=rate, seed=seed,
                            num_replicas=num_replicas)
-        sim = replace(base, policy=policy, num_replicas=num_replicas)
+        sim = replace(base, policy=policy, policy_params=scoped[policy],
+                      num_replicas=num_replicas)
         tasks.append(SweepTask(point=point, sim=sim, trace=trace, trace_format=trace_format,
                                num_requests=num_requests, zero_tokens=zero_tokens,
                                ttft_slo_s=ttft_slo_s, tpot_slo_s=tpot_slo_s))
