@@ -30,7 +30,7 @@ def test_toml_and_yaml_scenarios_load_the_same(tmp_path):
 @pytest.mark.parametrize("body, message", [
     ("[cluster]\nreplica = 2\n", "unknown key 'replica' in \\[cluster\\]"),
     ("[clusters]\n", "unknown table \\[clusters\\]"),
-    ("[cluster]\nreplicas = \"2\"\n", "replicas must be a int"),
+    ("[cluster]\nreplicas = \"2\"\n", "replicas must be an int"),
     ("[cluster]\nreplicas = 0\n", "num_replicas must be >= 1"),
     ("[scheduler]\nenable_chunked_prefill = 1\n", "must be a bool"),
     ("[workload]\nrate = -1\n", "rate must be > 0"),

@@ -11,7 +11,10 @@ A scenario has six tables, every key optional:
                 skip_prefill_cached_fraction, kv_link_bytes_s, router_snapshot_interval_s,
                 router_counts_in_flight, migration (a table of MigrationConfig keys)
     [scheduler] policy, policy_params, predictor, predictor_params, and any SchedulerConfig field (max_num_batched_tokens,
-                max_num_seqs, enable_chunked_prefill, preemption_mode, admission, ...)
+                max_num_seqs, enable_chunked_prefill, preemption_mode, admission, ...).
+                policy_params may nest a table under a policy's name ({ priority = { aging_s
+                = 30.0 } }), read only when that policy runs; a bare key goes to every policy
+                run that takes it (`compare`, `sweep`) and is an error if none does
     [gateway]   policy, params, max_inflight_per_replica: the gateway tier (`shunter.sim.gateway`)
     [slo]       ttft_s, tpot_s
 
@@ -127,7 +130,8 @@ def _check_type(where: str, key: str, value: Any, kind: str) -> Any:
     if expected == "int" and "float" in kind:
         expected = "float"
     if not ok[expected]:
-        raise ConfigError(f"{where}: {key} must be a {expected}, got {value!r}")
+        article = "an" if expected == "int" else "a"
+        raise ConfigError(f"{where}: {key} must be {article} {expected}, got {value!r}")
     if expected != "float":
         return value
     try:  # NaN and infinities (TOML nan/inf, YAML .nan/.inf, a YAML int past a float) too

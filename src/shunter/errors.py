@@ -4,6 +4,7 @@
      ├── ConfigError          a scenario file, config field or CLI flag is invalid
      ├── WorkloadError        a trace or workload file is malformed (names file, line, field)
      ├── ModelError           a model file is missing, unreadable or of an unsupported kind
+     ├── EndpointError        a URL given to bench/profile cannot be reached or served nothing
      └── RequestError         an API request is invalid (mapped to HTTP 4xx by the gateway)
           └── ... the gateway adds its own subclasses (auth, rate limit, not found)
 
@@ -13,7 +14,8 @@ broken internal invariants are asserts. These classes are only for what a user h
 
 from __future__ import annotations
 
-__all__ = ["ConfigError", "ModelError", "RequestError", "ShunterError", "WorkloadError"]
+__all__ = ["ConfigError", "EndpointError", "ModelError", "RequestError", "ShunterError",
+           "WorkloadError"]
 
 
 class ShunterError(Exception):
@@ -36,6 +38,10 @@ class WorkloadError(ShunterError, ValueError):
         prefix = f"{where}: " if where else ""
         suffix = f" (field {field!r})" if field else ""
         super().__init__(f"{prefix}{message}{suffix}")
+
+
+class EndpointError(ShunterError):
+    """An endpoint given by URL cannot be reached, or no request to it completed."""
 
 
 class ModelError(ShunterError):

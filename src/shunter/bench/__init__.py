@@ -9,7 +9,13 @@ same `shunter.metrics.summarize` as the simulator's, and `report` writes the HTM
 from __future__ import annotations
 
 from shunter.bench.client import EndpointConfig, api_root, request_body, send_request
-from shunter.bench.probe import ProbePlan, endpoint_limits, endpoint_model, probe_endpoint
+from shunter.bench.probe import (
+    ProbePlan,
+    check_reachable,
+    endpoint_limits,
+    endpoint_model,
+    probe_endpoint,
+)
 from shunter.bench.prompt import PROMPT_WORDS, prompt_text
 from shunter.bench.runner import BenchRun, run_bench, run_bench_async
 from shunter.bench.timeline import QueueSeries, queue_series, tenant_service_series
@@ -21,6 +27,7 @@ __all__ = [
     "ProbePlan",
     "QueueSeries",
     "api_root",
+    "check_reachable",
     "endpoint_limits",
     "endpoint_model",
     "probe_endpoint",

@@ -15,6 +15,7 @@ error, timeout or a stream that ends without a finish reason is ABORT with `erro
 from __future__ import annotations
 
 import json
+import os
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -23,15 +24,31 @@ import aiohttp
 
 from shunter.bench.prompt import prompt_text
 from shunter.core.types import FinishReason, RequestSpec
-from shunter.errors import ConfigError
+from shunter.errors import ConfigError, EndpointError
 from shunter.metrics.record import RequestRecord
 
-__all__ = ["REJECT_STATUSES", "EndpointConfig", "api_root", "fetch_model_info", "request_body",
-           "send_request"]
+__all__ = ["CONNECTION_ERRORS", "REJECT_STATUSES", "EndpointConfig", "api_root",
+           "fetch_model_info", "request_body", "send_request", "unreachable"]
 
 REJECT_STATUSES = frozenset({429, 503})
+# what a connection that never got an answer raises (TimeoutError is an OSError)
+CONNECTION_ERRORS = (aiohttp.ClientConnectionError, OSError)
 _FINISH_REASONS = {"stop": FinishReason.STOP, "length": FinishReason.LENGTH,
                    "eos": FinishReason.STOP}  # llama-server says "eos" in some versions
+
+
+def unreachable(url: str, exc: BaseException) -> EndpointError:
+    """The one-line error for `url` when a connection to it failed: the OS's reason
+    ('Connection refused', 'Name or service not known'), not aiohttp's traceback."""
+    os_error = getattr(exc, "os_error", exc)  # aiohttp's ClientConnectorError wraps the OSError
+    errno = getattr(os_error, "errno", None)
+    if isinstance(exc, TimeoutError):
+        reason = "timed out"
+    elif isinstance(errno, int) and errno > 0:
+        reason = os.strerror(errno)
+    else:
+        reason = getattr(os_error, "strerror", None) or str(exc) or type(exc).__name__
+    return EndpointError(f"cannot reach {url}: {reason}")
 
 
 def api_root(url: str) -> str:
@@ -180,10 +197,18 @@ async def fetch_model_info(session: aiohttp.ClientSession, url: str,
                            api_key: str | None = None) -> dict[str, Any]:
     """The first entry of GET /v1/models (its `id` is the model name to send)."""
     headers = {"authorization": f"Bearer {api_key}"} if api_key else {}
-    async with session.get(api_root(url) + "/v1/models", headers=headers) as response:
-        if response.status != 200:
-            raise ConfigError(f"{url}: GET /v1/models answered {response.status}; give --model")
-        data = (await response.json()).get("data") or []
+    try:
+        async with session.get(api_root(url) + "/v1/models", headers=headers) as response:
+            if response.status != 200:
+                raise EndpointError(f"{url}: GET /v1/models answered {response.status}; "
+                                    "give --model")
+            try:
+                data = (await response.json(content_type=None)).get("data") or []
+            except (ValueError, AttributeError):
+                raise EndpointError(f"{url}: GET /v1/models did not answer an OpenAI model "
+                                    "list; give --model") from None
+    except CONNECTION_ERRORS as exc:
+        raise unreachable(url, exc) from None
     if not data:
-        raise ConfigError(f"{url} serves no model; give --model")
+        raise EndpointError(f"{url} serves no model; give --model")
     return dict(data[0])

@@ -28,13 +28,20 @@ from itertools import pairwise
 
 import aiohttp
 
-from shunter.bench.client import EndpointConfig, api_root, fetch_model_info, send_request
+from shunter.bench.client import (
+    CONNECTION_ERRORS,
+    EndpointConfig,
+    api_root,
+    fetch_model_info,
+    send_request,
+    unreachable,
+)
 from shunter.bench.runner import new_session
 from shunter.core.types import RequestSpec, StepShape
 from shunter.errors import ConfigError
 from shunter.metrics.record import RequestRecord
 
-__all__ = ["ProbePlan", "decode_gap_s", "endpoint_limits", "endpoint_model",
+__all__ = ["ProbePlan", "check_reachable", "decode_gap_s", "endpoint_limits", "endpoint_model",
            "kv_capacity_from_metrics",
            "probe_endpoint"]
 
@@ -182,12 +189,25 @@ async def endpoint_model(url: str, api_key: str | None = None) -> str:
         return str((await fetch_model_info(session, url, api_key))["id"])
 
 
+async def check_reachable(url: str, api_key: str | None = None) -> None:
+    """Raise EndpointError unless something answers HTTP at `url` (any status will do: a
+    server without GET /v1/models still serves), so a bench of a dead URL fails at once."""
+    config = EndpointConfig(url=url, model="?", api_key=api_key)
+    headers = {"authorization": f"Bearer {api_key}"} if api_key else {}
+    async with new_session(config) as session:
+        try:
+            async with session.get(api_root(url) + "/v1/models", headers=headers):
+                pass
+        except CONNECTION_ERRORS as exc:
+            raise unreachable(url, exc) from None
+
+
 async def endpoint_limits(config: EndpointConfig) -> tuple[int | None, int | None]:
     """(max_model_len, kv_capacity_tokens) as the endpoint reports them, None where it does not
     (vLLM reports both; Shunter's gateway neither)."""
     root = api_root(config.url)
     async with new_session(config) as session:
-        info = await fetch_model_info(session, root, config.api_key)
+        info = await fetch_model_info(session, config.url, config.api_key)
         max_len = info.get("max_model_len")
         try:
             async with session.get(root + "/metrics") as response:

@@ -4,13 +4,14 @@ imports this package."""
 from __future__ import annotations
 
 import argparse
+import functools
 import sys
 from collections.abc import Sequence
 
 from shunter import __version__
 from shunter.build import describe_build
 from shunter.cli.bench import add_bench_parser
-from shunter.cli.common import add_scenario_flags, fail
+from shunter.cli.common import DefaultsFormatter, add_scenario_flags, fail
 from shunter.cli.generate import add_generate_parser
 from shunter.cli.profile import add_profile_parser
 from shunter.cli.serve import add_serve_parser
@@ -33,7 +34,9 @@ def build_parser() -> argparse.ArgumentParser:
                     "cluster simulator, a PyTorch engine and an OpenAI-compatible gateway.")
     parser.add_argument("--version", action="version",
                         version=f"shunter {__version__} ({describe_build()})")
-    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    sub = parser.add_subparsers(  # every command's --help shows its defaults
+        dest="command", metavar="COMMAND",
+        parser_class=functools.partial(argparse.ArgumentParser, formatter_class=DefaultsFormatter))
     sim = sub.add_parser(
         "simulate", help="simulate a cluster serving a workload and print its metrics",
         description="Simulate a cluster serving a workload. With no arguments, runs the built-in "
@@ -50,11 +53,13 @@ def build_parser() -> argparse.ArgumentParser:
     add_scenario_flags(cmp, single=False)
     what = cmp.add_argument_group("what to compare")
     what.add_argument("--policy", metavar="A,B,...",
-                      help=f"engine policies: {', '.join(sorted(POLICIES))}")
+                      help=f"engine policies: {', '.join(sorted(POLICIES))} (default: the "
+                           "scenario's)")
     what.add_argument("--router", metavar="A,B,...",
-                      help=f"routers: {', '.join(sorted(ROUTERS))}")
+                      help=f"routers: {', '.join(sorted(ROUTERS))} (default: the scenario's)")
     what.add_argument("--gateway-policy", metavar="A,B,...",
-                      help="policies of the gateway tier's queue (turns the tier on)")
+                      help="policies of the gateway tier's queue (turns the tier on) (default: "
+                           "the scenario's, else no gateway tier)")
     cmp.set_defaults(handler=run_compare)
     add_sweep_parser(sub)
     add_serve_parser(sub)
@@ -73,7 +78,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     try:
         return args.handler(args)
-    except (ShunterError, ValueError) as exc:
+    except (ShunterError, ValueError, OSError) as exc:  # OSError: a file named on the line
         return fail(str(exc))
     except KeyboardInterrupt:
         return fail("interrupted")

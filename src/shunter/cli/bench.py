@@ -14,13 +14,20 @@ import argparse
 import asyncio
 import importlib
 import itertools
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
-from shunter.cli.common import positive_int, progress_bar, stdout_console
+from shunter.cli.common import (
+    output_dir,
+    output_file,
+    positive_int,
+    progress_bar,
+    stdout_console,
+)
 from shunter.core.types import RequestSpec
-from shunter.errors import ConfigError
-from shunter.metrics.report import render_comparison, render_table, write_json
+from shunter.errors import ConfigError, EndpointError
+from shunter.metrics.report import rejection_lines, render_comparison, render_table, write_json
 from shunter.metrics.summary import Summary, summarize
 from shunter.workload import (
     ARRIVAL_PROCESSES,
@@ -37,6 +44,7 @@ __all__ = ["DEFAULT_NUM_REQUESTS", "add_bench_parser", "parse_floats", "run_benc
 
 DEFAULT_NUM_REQUESTS = 100
 DEFAULT_RATE = 1.0
+_MAX_ERROR_KINDS = 3  # distinct errors named when nothing completed
 
 
 def parse_floats(text: str) -> tuple[float, ...]:
@@ -78,8 +86,10 @@ def add_bench_parser(subparsers: Any) -> argparse.ArgumentParser:
                     "report the metrics the simulator reports.")
     p.add_argument("url", metavar="URL", help="the endpoint, e.g. http://127.0.0.1:8000/v1")
     w = p.add_argument_group("workload")
-    w.add_argument("--trace", metavar="FILE", help="replay this trace at its own times")
-    w.add_argument("--trace-format", choices=sorted(TRACE_FORMATS), help="format of --trace")
+    w.add_argument("--trace", metavar="FILE",
+                   help="replay this trace at its own times (default: a generated workload)")
+    w.add_argument("--trace-format", choices=sorted(TRACE_FORMATS),
+                   help="format of --trace (default: detected from the file)")
     w.add_argument("--num-requests", type=positive_int, metavar="N",
                    help=f"requests to send (default {DEFAULT_NUM_REQUESTS}; a trace: its first N)")
     w.add_argument("--rate", type=parse_floats, metavar="R[,R...]",
@@ -89,7 +99,7 @@ def add_bench_parser(subparsers: Any) -> argparse.ArgumentParser:
                    help="arrival process of generated requests")
     w.add_argument("--cv", type=parse_floats, metavar="CV[,CV...]",
                    help="burstiness: inter-arrival coefficient of variation (gamma, weibull); "
-                        "a list sweeps")
+                        "a list sweeps (default: 1)")
     w.add_argument("--prompt-tokens", type=positive_int, default=128, metavar="N",
                    help="mean prompt length of generated requests")
     w.add_argument("--output-tokens", type=positive_int, default=64, metavar="N",
@@ -97,12 +107,14 @@ def add_bench_parser(subparsers: Any) -> argparse.ArgumentParser:
     w.add_argument("--length-dist", choices=sorted(LENGTH_SAMPLERS), default="fixed",
                    help="distribution of generated lengths")
     w.add_argument("--tenants", type=_tenant_shares, metavar="NAME[:SHARE],...",
-                   help="tenants of generated requests and their shares of the traffic")
+                   help="tenants of generated requests and their shares of the traffic "
+                        "(default: one tenant, 'default')")
     w.add_argument("--seed", type=int, default=0, metavar="N", help="workload seed")
     e = p.add_argument_group("endpoint")
     e.add_argument("--model", metavar="NAME",
                    help="model to ask for (default: the endpoint's first)")
-    e.add_argument("--api-key", metavar="KEY", help="API key (Authorization: Bearer)")
+    e.add_argument("--api-key", metavar="KEY",
+                   help="API key (Authorization: Bearer) (default: none)")
     e.add_argument("--tenant-key", type=_tenant_key, action="append", default=[],
                    metavar="TENANT=KEY", help="the key of a tenant (repeat for each tenant)")
     e.add_argument("--chat", action="store_true", help="use /v1/chat/completions")
@@ -113,10 +125,14 @@ def add_bench_parser(subparsers: Any) -> argparse.ArgumentParser:
     e.add_argument("--timeout", type=float, default=600.0, metavar="S",
                    help="give up on a stream silent this long")
     o = p.add_argument_group("output")
-    o.add_argument("--json", metavar="FILE", help="write results as JSON")
-    o.add_argument("--report", metavar="DIR", help="write an HTML report with plots into DIR")
-    o.add_argument("--ttft-slo", type=float, metavar="S", help="TTFT SLO in seconds")
-    o.add_argument("--tpot-slo", type=float, metavar="S", help="TPOT SLO in seconds")
+    o.add_argument("--json", type=output_file, metavar="FILE",
+                   help="write results as JSON (default: not written)")
+    o.add_argument("--report", type=output_dir, metavar="DIR",
+                   help="write an HTML report with plots into DIR (default: not written)")
+    o.add_argument("--ttft-slo", type=float, metavar="S",
+                   help="TTFT SLO in seconds (default: none; SLO attainment and goodput n/a)")
+    o.add_argument("--tpot-slo", type=float, metavar="S",
+                   help="TPOT SLO in seconds (default: none)")
     o.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(handler=run_bench)
     return p
@@ -144,6 +160,8 @@ def _endpoint(args: argparse.Namespace, bench: Any) -> Any:
     model = args.model
     if model is None:
         model = asyncio.run(bench.endpoint_model(args.url, args.api_key))
+    else:  # a dead URL fails now, not after a whole workload of failed requests
+        asyncio.run(bench.check_reachable(args.url, args.api_key))
     return bench.EndpointConfig(url=args.url, model=model, api_key=args.api_key,
                                 tenant_keys=dict(args.tenant_key), is_chat=args.chat,
                                 ignore_eos=not args.no_ignore_eos, request_timeout_s=args.timeout)
@@ -169,6 +187,8 @@ def run_bench(args: argparse.Namespace) -> int:
             run = bench.run_bench(specs, endpoint, max_concurrency=args.max_concurrency,
                                   on_progress=on_progress)
         summary = summarize(run.records, ttft_slo_s=args.ttft_slo, tpot_slo_s=args.tpot_slo)
+        if summary.num_completed == 0:
+            raise EndpointError(_nothing_completed(run.records, endpoint.url, label))
         runs.append((label, summary, run, specs))
     _print(runs, endpoint)
     if args.json:
@@ -177,6 +197,15 @@ def run_bench(args: argparse.Namespace) -> int:
     if args.report:
         _write_reports(Path(args.report), runs, endpoint)
     return 0
+
+
+def _nothing_completed(records: list[Any], url: str, label: str) -> str:
+    """Why a run is worth nothing: its outcomes and errors, most common first, on one line."""
+    errors = Counter(r.error or r.finish_reason.name.lower() for r in records)
+    kinds = "; ".join(f"{n} x {error}" for error, n in errors.most_common(_MAX_ERROR_KINDS))
+    more = len(errors) - _MAX_ERROR_KINDS
+    return (f"none of the {len(records)} requests to {url} ({label}) completed: {kinds}"
+            + (f"; and {more} other errors" if more > 0 else ""))
 
 
 def _result(label: str, summary: Summary, run: Any, endpoint: Any) -> dict[str, Any]:
@@ -190,6 +219,8 @@ def _print(runs: list[tuple[str, Summary, Any, list[RequestSpec]]], endpoint: An
         label, summary, run, specs = runs[0]
         out.print(render_table(summary, f"{endpoint.url} ({endpoint.model}): {len(specs)} "
                                         f"requests, {label}"))
+        for line in rejection_lines(summary):
+            out.print(line, style="yellow", highlight=False, soft_wrap=True)
         if run.num_late:
             out.print(f"{run.num_late} requests were sent late (the client was overloaded)",
                       style="yellow")

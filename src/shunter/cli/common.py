@@ -5,28 +5,49 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import tempfile
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import replace
+from pathlib import Path
 from typing import Any
 
 from rich.console import Console
-from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.text import Text
 
 from shunter.config import Scenario, builtin_scenario, load_scenario, resolve_trace
 from shunter.core.predict import PREDICTORS
 from shunter.core.sched.registry import POLICIES, make_policy
 from shunter.core.types import RequestSpec, check_number
 from shunter.router.registry import ROUTERS
+from shunter.sim.cost.catalog import GPUS, MODELS
 from shunter.sim.cost.registry import COST_MODELS
 from shunter.workload.loaders import TRACE_FORMATS, load_workload
 
-__all__ = ["add_scenario_flags", "console", "fail", "finite_float", "json_object", "load_specs",
-           "positive_float", "positive_int", "progress_bar", "scenario_from_args", "stdout_console"]
+__all__ = ["DefaultsFormatter", "add_scenario_flags", "console", "fail", "finite_float",
+           "json_object", "load_specs", "output_dir", "output_file", "positive_float",
+           "positive_int", "progress_bar", "scenario_default", "scenario_from_args",
+           "stdout_console"]
 
-console = Console(stderr=True)
+# markup off: what we print is text (a config error's "[workload]", a path, a URL, a scenario
+# name), never rich markup; styles come from style= and Text
+console = Console(stderr=True, markup=False)
 ENGINE_ONLY = frozenset(n for n in POLICIES if make_policy(n).requires_engine is not None)
+
+
+class DefaultsFormatter(argparse.HelpFormatter):
+    """Help that shows every flag's default: "(default: X)" after its help, unless the help
+    already names it (a flag whose default comes from the scenario says so in its own words)."""
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        text = action.help or ""
+        default = action.default
+        if (not action.option_strings or "default" in text or default is None
+                or default is False or default is argparse.SUPPRESS or text == argparse.SUPPRESS):
+            return action.help
+        shown = ",".join(map(str, default)) if isinstance(default, list | tuple) else str(default)
+        return f"{text} (default: {shown.replace('%', '%%')})"
 
 
 def positive_int(text: str) -> int:
@@ -37,6 +58,46 @@ def positive_int(text: str) -> int:
     if value < 1:
         raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
     return value
+
+
+def _why_unwritable(path: Path, *, is_dir: bool) -> str | None:
+    """Why `path` cannot be written as a file (or filled as a folder), None if it can. Missing
+    folders above it are fine (the writers create them); nothing is created or changed here."""
+    if path.exists():
+        if path.is_dir() != is_dir:
+            return "it is a directory" if path.is_dir() else "it is a file, not a directory"
+        if not is_dir:
+            try:
+                with path.open("a"):  # appending nothing changes nothing
+                    return None
+            except OSError as exc:
+                return exc.strerror or str(exc)
+    folder = path if path.is_dir() else path.parent
+    while not folder.exists():
+        folder = folder.parent
+    if not folder.is_dir():
+        return f"{folder} is a file, not a directory"
+    try:
+        with tempfile.TemporaryFile(dir=folder):
+            return None
+    except OSError as exc:
+        return f"cannot create files in {folder}: {exc.strerror or exc}"
+
+
+def output_file(text: str) -> str:
+    """A flag's file to write results to, checked before any work (an argparse type)."""
+    reason = _why_unwritable(Path(text), is_dir=False)
+    if reason is not None:
+        raise argparse.ArgumentTypeError(f"cannot write {text}: {reason}")
+    return text
+
+
+def output_dir(text: str) -> str:
+    """A flag's folder to write files into, checked before any work (an argparse type)."""
+    reason = _why_unwritable(Path(text), is_dir=True)
+    if reason is not None:
+        raise argparse.ArgumentTypeError(f"cannot write into {text}: {reason}")
+    return text
 
 
 def json_object(text: str) -> dict[str, Any]:
@@ -70,31 +131,57 @@ def finite_float(text: str) -> float:
     return _float_flag(text)
 
 
+def scenario_default(builtin: Any, fallback: Any) -> str:
+    """The help's words for a flag the scenario sets: its value in the built-in scenario and
+    in a scenario file that leaves it out."""
+    if builtin == fallback:
+        return f"(default: the scenario's, else {fallback})"
+    return (f"(default: the scenario's: {builtin} in the built-in one, {fallback} in a file "
+            "without it)")
+
+
 def add_scenario_flags(parser: argparse.ArgumentParser, *, single: bool = True) -> None:
     """The flags of `simulate` (and, with single=False, `compare`, which lists policies itself)."""
+    builtin, plain = builtin_scenario(), Scenario()
+    sim, none = plain.sim, "none"
     parser.add_argument("scenario", nargs="?", metavar="SCENARIO_FILE",
                         help="TOML or YAML scenario file (default: the built-in Azure 2023 sample)")
     w = parser.add_argument_group("workload")
-    w.add_argument("--trace", metavar="FILE", help="workload trace file")
+    w.add_argument("--trace", metavar="FILE",
+                   help="workload trace file (default: the scenario's; the built-in one: a "
+                        "sample of the Azure 2023 conversation trace)")
     w.add_argument("--trace-format", choices=sorted(TRACE_FORMATS),
                    help="format of --trace (default: detected from the file)")
     w.add_argument("--num-requests", type=positive_int, metavar="N",
-                   help="use the first N requests (length files: sample N with replacement)")
+                   help="use the first N requests (length files: sample N with replacement) "
+                        "(default: the scenario's, else all)")
     w.add_argument("--rate", type=positive_float, metavar="REQ_PER_S",
                    help="re-time requests with Poisson arrivals at this rate (length files without "
-                        "times otherwise all arrive at t=0)")
+                        "times otherwise all arrive at t=0) (default: the scenario's, else the "
+                        "trace's own times)")
     w.add_argument("--zero-tokens", choices=("error", "clamp"),
                    help="rows with 0 prompt or output tokens: reject the file (default) or load them "
                         "as 1 token, counted and warned about")
     w.add_argument("--seed", type=int, metavar="N", help="seed for sampling and arrivals (default 0)")
     c = parser.add_argument_group("cluster")
-    c.add_argument("--model", help="model name, e.g. llama-3.1-8b, llama-3.1-70b, qwen2.5-7b")
-    c.add_argument("--gpu", help="GPU name, e.g. a100-80gb, h100, h200, l40s")
-    c.add_argument("--tp", type=positive_int, metavar="N", help="tensor-parallel degree")
-    c.add_argument("--replicas", type=positive_int, metavar="N", help="number of replicas")
+    c.add_argument("--model", help=f"model: {', '.join(sorted(MODELS))} "
+                                   + scenario_default(builtin.sim.model, sim.model))
+    c.add_argument("--gpu", help=f"GPU: {', '.join(sorted(GPUS))}; with --cost-model profile, a "
+                                 "profile file " + scenario_default(builtin.sim.gpu, sim.gpu))
+    c.add_argument("--tp", type=positive_int, metavar="N", help="tensor-parallel degree "
+                   + scenario_default(builtin.sim.tp, sim.tp))
+    c.add_argument("--replicas", type=positive_int, metavar="N", help="number of replicas "
+                   + scenario_default(builtin.sim.num_replicas, sim.num_replicas))
     if single:
-        c.add_argument("--router", help=f"cluster router: {', '.join(sorted(ROUTERS))}")
-        c.add_argument("--policy", help=f"scheduling policy: {', '.join(sorted(POLICIES))}")
+        c.add_argument("--router", help=f"cluster router: {', '.join(sorted(ROUTERS))} "
+                                        + scenario_default(builtin.sim.router, sim.router))
+        c.add_argument("--policy", help=f"scheduling policy: {', '.join(sorted(POLICIES))} "
+                                        + scenario_default(builtin.sim.policy, sim.policy))
+    c.add_argument("--policy-params", type=json_object, metavar="JSON",
+                   help="scheduling policy parameters, replacing the scenario's, e.g. "
+                        "'{\"aging_s\": 30}'; each policy run gets the keys it takes (one no "
+                        "policy run takes is an error), or nest them under a policy's name: "
+                        "'{\"priority\": {\"aging_s\": 30}}'")
     g = parser.add_argument_group(
         "gateway tier", "Model `shunter serve` in front of the replicas: requests wait at the "
         "gateway in a policy's order and go to a replica holding fewer than N of them (the "
@@ -104,21 +191,28 @@ def add_scenario_flags(parser: argparse.ArgumentParser, *, single: bool = True) 
                        help="policy of the gateway's queue (default vtc): "
                             + ", ".join(sorted(n for n in POLICIES if n not in ENGINE_ONLY)))
     g.add_argument("--gateway-params", type=json_object, metavar="JSON",
-                   help="its parameters, e.g. '{\"tenant_weights\": {\"a\": 2}}'")
+                   help="its parameters, e.g. '{\"tenant_weights\": {\"a\": 2}}' "
+                        "(default: the scenario's, else none)")
     g.add_argument("--gateway-max-inflight", type=positive_int, metavar="N",
                    help="requests the gateway keeps in flight per replica (default 256)")
     c.add_argument("--cost-model", choices=sorted(COST_MODELS),
                    help="step-time model: roofline (default) or profile (then --gpu names the "
                         "profile file written by `shunter profile`)")
     c.add_argument("--predictor", choices=sorted(PREDICTORS),
-                   help="output-length predictor for sjf/ltr (oracle sees the trace's truth)")
+                   help=f"output-length predictor for sjf/ltr: {', '.join(sorted(PREDICTORS))} "
+                        "(oracle sees the trace's truth) (default: the scenario's, else none)")
     c.add_argument("--predictor-params", type=json_object, metavar="JSON",
-                   help='predictor parameters, e.g. \'{"kendall_tau": 0.5}\' or \'{"model_path": "m.json"}\'')
+                   help='predictor parameters, e.g. \'{"kendall_tau": 0.5}\' or '
+                        '\'{"model_path": "m.json"}\' (default: the scenario\'s, else none)')
     s = parser.add_argument_group("SLOs and output")
-    s.add_argument("--ttft-slo", type=positive_float, metavar="S", help="TTFT SLO in seconds")
-    s.add_argument("--tpot-slo", type=positive_float, metavar="S", help="TPOT SLO in seconds")
-    s.add_argument("--json", metavar="FILE", help="write results as JSON")
-    s.add_argument("--csv", metavar="FILE", help="write results as CSV")
+    s.add_argument("--ttft-slo", type=positive_float, metavar="S", help="TTFT SLO in seconds "
+                   + scenario_default(builtin.ttft_slo_s or none, plain.ttft_slo_s or none))
+    s.add_argument("--tpot-slo", type=positive_float, metavar="S", help="TPOT SLO in seconds "
+                   + scenario_default(builtin.tpot_slo_s or none, plain.tpot_slo_s or none))
+    s.add_argument("--json", type=output_file, metavar="FILE",
+                   help="write results as JSON (default: not written)")
+    s.add_argument("--csv", type=output_file, metavar="FILE",
+                   help="write results as CSV (default: not written)")
     s.add_argument("--quiet", action="store_true", help="no progress bar")
     s.add_argument("--workers", type=positive_int, default=1, metavar="N",
                    help="processes for one run when its replicas never interact (router "
@@ -132,7 +226,8 @@ def scenario_from_args(args: argparse.Namespace) -> Scenario:
         "trace": args.trace, "format": args.trace_format, "num_requests": args.num_requests,
         "rate": args.rate, "seed": args.seed, "zero_tokens": args.zero_tokens, "model": args.model, "gpu": args.gpu, "tp": args.tp,
         "num_replicas": args.replicas, "router": getattr(args, "router", None),
-        "policy": getattr(args, "policy", None), "ttft_slo_s": args.ttft_slo,
+        "policy": getattr(args, "policy", None), "policy_params": args.policy_params,
+        "ttft_slo_s": args.ttft_slo,
         "predictor": args.predictor, "predictor_params": args.predictor_params,
         "cost_model": args.cost_model,
         "tpot_slo_s": args.tpot_slo,
@@ -162,8 +257,9 @@ def progress_bar(total: int, label: str, *, quiet: bool) -> Iterator[Callable[[i
     if quiet or not console.is_terminal:
         yield lambda done: None
         return
-    with Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
-                  TimeElapsedColumn(), console=console, transient=True) as progress:
+    with Progress(TextColumn("{task.description}", style="bold", markup=False),  # a URL, a path
+                  BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), console=console,
+                  transient=True) as progress:
         task = progress.add_task(label, total=total)
         yield lambda done: progress.update(task, completed=done)
 
@@ -171,10 +267,11 @@ def progress_bar(total: int, label: str, *, quiet: bool) -> Iterator[Callable[[i
 def fail(message: str) -> int:
     """Print `error: message` on stderr as one line (no wrapping: a path stays whole for a
     grep or a test to find) and return the exit code 2."""
-    console.print(f"[bold red]error:[/] {escape(message)}", highlight=False,  # "[table]" is text
+    console.print(Text.assemble(("error:", "bold red"), " ", message), highlight=False,
                   soft_wrap=True)
     return 2
 
 
 def stdout_console() -> Console:
-    return Console(file=sys.stdout)
+    """Results on stdout; like `console`, it prints text, not rich markup."""
+    return Console(file=sys.stdout, markup=False)

@@ -23,7 +23,8 @@ def add_generate_parser(sub: argparse._SubParsersAction) -> None:
                      help="most tokens to generate (default 64)")
     gen.add_argument("--temperature", type=float, default=0.0, metavar="T",
                      help="sampling temperature; 0 is greedy (default)")
-    gen.add_argument("--seed", type=int, default=None, metavar="N", help="sampling seed")
+    gen.add_argument("--seed", type=int, default=None, metavar="N",
+                     help="sampling seed (default: drawn from the engine's RNG, seeded 0)")
     gen.add_argument("--chat", action="store_true",
                      help="wrap PROMPT in the model's chat template as a user message")
     gen.set_defaults(handler=run_generate)

@@ -22,7 +22,13 @@ import random
 import time
 from typing import Any
 
-from shunter.cli.common import console, positive_int, progress_bar, stdout_console
+from shunter.cli.common import (
+    console,
+    output_file,
+    positive_int,
+    progress_bar,
+    stdout_console,
+)
 from shunter.core.types import StepShape
 from shunter.errors import ConfigError
 from shunter.sim.cost.catalog import get_model
@@ -58,8 +64,9 @@ def add_profile_parser(subparsers: Any) -> argparse.ArgumentParser:
     p.add_argument("--engine", action="store_true", help="profile the reference engine in-process")
     p.add_argument("--model", metavar="NAME",
                    help="model (default: the endpoint's; engine: smollm2-135m)")
-    p.add_argument("--api-key", metavar="KEY", help="API key of the endpoint")
-    p.add_argument("--out", default="profile.json", metavar="FILE", help="profile file to write")
+    p.add_argument("--api-key", metavar="KEY", help="API key of the endpoint (default: none)")
+    p.add_argument("--out", type=output_file, default="profile.json", metavar="FILE",
+                   help="profile file to write")
     p.add_argument("--prefill-tokens", type=_ints, default=(16, 32, 64, 128, 256, 512),
                    metavar="N,...", help="prompt lengths to time alone (keep within one step)")
     p.add_argument("--batch-sizes", type=_ints, default=(1, 2, 4, 8, 16), metavar="N,...",
@@ -76,7 +83,8 @@ def add_profile_parser(subparsers: Any) -> argparse.ArgumentParser:
                    help="KV tokens the backend holds (default: reported by vLLM / the engine)")
     p.add_argument("--kv-bytes-per-token", type=positive_int, metavar="N",
                    help="KV bytes per token (default: from the model catalog)")
-    p.add_argument("--threads", type=positive_int, metavar="N", help="engine: torch threads")
+    p.add_argument("--threads", type=positive_int, metavar="N",
+                   help="engine: torch threads (default: torch's)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(handler=run_profile)
     return p

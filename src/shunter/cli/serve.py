@@ -41,7 +41,8 @@ def add_serve_parser(subparsers: Any) -> argparse.ArgumentParser:
                     f"engine replicas of {DEFAULT_MODEL} on CPU behind the cost router, on "
                     "127.0.0.1:8000. Routers: " + ", ".join(sorted(ROUTERS)) + ".")
     parser.add_argument("--config", metavar="FILE",
-                        help="gateway config (TOML or YAML): backends, tenants, admission")
+                        help="gateway config (TOML or YAML): backends, tenants, admission "
+                             "(default: none, the embedded default)")
     parser.add_argument("--host", help="address to bind (default 127.0.0.1)")
     parser.add_argument("--port", type=_port, help="port (default 8000)")
     parser.add_argument("--model", metavar="NAME",
@@ -57,15 +58,18 @@ def add_serve_parser(subparsers: Any) -> argparse.ArgumentParser:
         "for a free backend slot). Default: fcfs in the engines, vtc at the gateway's queue. "
         "Policies that need an engine (mlfq, fastswitch, sarathi) run in the engines while the "
         "gateway's queue keeps arrival order; without in-process engines they are refused.")
-    s.add_argument("--policy", metavar="NAME", help=f"scheduling policy: {', '.join(sorted(POLICIES))}")
+    s.add_argument("--policy", metavar="NAME",
+                   help=f"scheduling policy: {', '.join(sorted(POLICIES))} (default: the "
+                        "config's, else fcfs in the engines and vtc at the gateway's queue)")
     s.add_argument("--policy-params", type=json_object, metavar="JSON",
-                   help='its parameters, e.g. \'{"tenant_weights": {"gold": 2}}\'')
+                   help='its parameters, e.g. \'{"tenant_weights": {"gold": 2}}\' (default: the '
+                        "config's, else none)")
     s.add_argument("--predictor", metavar="NAME",
                    help=f"output-length predictor for sjf/ltr: {', '.join(sorted(PREDICTORS))} "
-                        "(oracles are simulator-only)")
+                        "(oracles are simulator-only) (default: the config's, else none)")
     s.add_argument("--predictor-params", type=json_object, metavar="JSON",
                    help='its parameters, e.g. \'{"model_path": "model.json"}\' from '
-                        "`shunter train-predictor`")
+                        "`shunter train-predictor` (default: none)")
     parser.add_argument("--log-level", default="warning",
                         choices=["debug", "info", "warning", "error"], help="server log level")
     parser.set_defaults(handler=run_serve)

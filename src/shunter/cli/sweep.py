@@ -22,6 +22,8 @@ from rich.table import Table
 from shunter.cli.common import (
     console,
     finite_float,
+    json_object,
+    output_file,
     positive_float,
     positive_int,
     progress_bar,
@@ -30,8 +32,9 @@ from shunter.cli.common import (
 from shunter.config import Scenario, builtin_scenario, load_scenario, resolve_trace
 from shunter.core.sched.registry import POLICIES
 from shunter.errors import ConfigError
-from shunter.metrics.report import write_csv, write_json
+from shunter.metrics.report import format_value, write_csv, write_json
 from shunter.router.registry import ROUTERS
+from shunter.sim.cost.catalog import GPUS, MODELS
 from shunter.sim.sweep import (
     DEFAULT_METRIC,
     CurvePoint,
@@ -77,37 +80,53 @@ def add_sweep_parser(subparsers: Any) -> argparse.ArgumentParser:
                    help="scheduling policies (default: the scenario's)")
     g.add_argument("--rate", type=_list_of(positive_float, "finite numbers > 0"), required=True,
                    metavar="R1,R2,...",
-                   help="request rates offered to the whole cluster, requests/s (Poisson)")
+                   help="request rates offered to the whole cluster, requests/s (Poisson); "
+                        "required, no default")
+    g.add_argument("--policy-params", type=json_object, metavar="JSON",
+                   help="policy parameters, replacing the scenario's: each policy gets the keys "
+                        "it takes (one no policy of the grid takes is an error), or nest them "
+                        "under a policy's name, e.g. '{\"priority\": {\"aging_s\": 30}}'")
     g.add_argument("--seed", type=_list_of(int, "whole numbers"), default=(0,), metavar="S1,...",
                    help="workload seeds; the plot shows their mean (default 0)")
     g.add_argument("--replicas", type=_list_of(int, "whole numbers"), metavar="N1,...",
                    help="cluster sizes (default: the scenario's)")
     w = p.add_argument_group("workload and cluster")
-    w.add_argument("--trace", metavar="FILE", help="workload trace file")
-    w.add_argument("--trace-format", choices=sorted(TRACE_FORMATS), help="format of --trace")
-    w.add_argument("--num-requests", type=int, metavar="N", help="first N requests of the trace")
-    w.add_argument("--router", help=f"cluster router: {', '.join(sorted(ROUTERS))}")
-    w.add_argument("--model", help="model name")
-    w.add_argument("--gpu", help="GPU name")
-    w.add_argument("--tp", type=int, metavar="N", help="tensor-parallel degree")
+    w.add_argument("--trace", metavar="FILE",
+                   help="workload trace file (default: the scenario's)")
+    w.add_argument("--trace-format", choices=sorted(TRACE_FORMATS),
+                   help="format of --trace (default: detected from the file)")
+    w.add_argument("--num-requests", type=int, metavar="N",
+                   help="first N requests of the trace (default: the scenario's, else all)")
+    w.add_argument("--router", help=f"cluster router: {', '.join(sorted(ROUTERS))} "
+                                    "(default: the scenario's)")
+    w.add_argument("--model", help=f"model: {', '.join(sorted(MODELS))} (default: the scenario's)")
+    w.add_argument("--gpu", help=f"GPU: {', '.join(sorted(GPUS))} (default: the scenario's)")
+    w.add_argument("--tp", type=int, metavar="N",
+                   help="tensor-parallel degree (default: the scenario's)")
     w.add_argument("--gateway-policy", metavar="NAME",
-                   help="model a gateway tier with this queue policy (as `shunter serve`)")
+                   help="model a gateway tier with this queue policy (as `shunter serve`) "
+                        "(default: the scenario's, else no gateway tier)")
     w.add_argument("--gateway-max-inflight", type=positive_int, metavar="N",
                    help="the gateway tier's requests in flight per replica (default 256)")
     r = p.add_argument_group("running and output")
     r.add_argument("--workers", type=int, metavar="N", help="local processes (default: CPU count)")
     r.add_argument("--ray", metavar="ADDRESS",
                    help="run on the Ray cluster at ADDRESS ('auto' finds a running one, "
-                        "'local' starts one on this machine); needs shunter[ray]")
+                        "'local' starts one on this machine); needs shunter[ray] (default: "
+                        "local processes)")
     r.add_argument("--metric", default=DEFAULT_METRIC, metavar="NAME",
                    help=f"metric to plot against rate (default {DEFAULT_METRIC}); any key of the "
                         "JSON output, e.g. e2e_s.p50, tpot_s.p99, goodput_req_s, slo_attainment")
     r.add_argument("--limit", type=finite_float, metavar="VALUE",
                    help="report each policy's capacity: the highest swept rate up to which the "
-                        "metric stays <= VALUE (a lower bound; sweep finer rates to narrow it)")
-    r.add_argument("--json", metavar="FILE", help="write every row as JSON")
-    r.add_argument("--csv", metavar="FILE", help="write every row as CSV")
-    r.add_argument("--plot", metavar="FILE", help="write the metric-vs-rate plot (PNG, SVG, PDF)")
+                        "metric stays <= VALUE (a lower bound; sweep finer rates to narrow it) "
+                        "(default: not reported)")
+    r.add_argument("--json", type=output_file, metavar="FILE",
+                   help="write every row as JSON (default: not written)")
+    r.add_argument("--csv", type=output_file, metavar="FILE",
+                   help="write every row as CSV (default: not written)")
+    r.add_argument("--plot", type=output_file, metavar="FILE",
+                   help="write the metric-vs-rate plot (PNG, SVG, PDF) (default: not written)")
     r.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(handler=run_sweep)
     return p
@@ -152,7 +171,8 @@ def run_sweep(args: argparse.Namespace) -> int:
     trace = str(resolve_trace(wl.trace, scenario.base_dir).resolve())
     tasks = make_tasks(grid, scenario.sim, trace, trace_format=wl.format,
                        num_requests=wl.num_requests, zero_tokens=wl.zero_tokens,
-                       ttft_slo_s=scenario.ttft_slo_s, tpot_slo_s=scenario.tpot_slo_s)
+                       ttft_slo_s=scenario.ttft_slo_s, tpot_slo_s=scenario.tpot_slo_s,
+                       policy_params=args.policy_params)
     if not args.ray:  # before anything starts (a Ray cluster's nodes check their own)
         check_tasks_memory(tasks, local_workers(args.workers, len(tasks)))
     where = f"Ray at {args.ray}" if args.ray else f"{args.workers or 'all'} local workers"
@@ -197,7 +217,7 @@ def render_rows(rows: Sequence[dict[str, Any]], metric: str, title: str) -> Tabl
         table.add_column(name, justify="left" if name == "policy" else "right",
                          style="bold" if name == metric else None)
     for row in rows:
-        table.add_row(*(_fmt(row.get(name)) for name in columns))
+        table.add_row(*(format_value(row.get(name)) for name in columns))  # None: n/a
     return table
 
 

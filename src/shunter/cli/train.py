@@ -77,7 +77,8 @@ def add_train_parser(subparsers: Any) -> argparse.ArgumentParser:
     p.add_argument("--trace-format", choices=sorted(TRACE_FORMATS),
                    help="format of TRACE (default: detected from the file)")
     p.add_argument("--num-requests", type=positive_int, metavar="N",
-                   help="use the first N requests (length files: sample N with replacement)")
+                   help="use the first N requests (length files: sample N with replacement) "
+                        "(default: all)")
     p.add_argument("--zero-tokens", choices=("error", "clamp"), default="error",
                    help="rows with 0 prompt or output tokens: reject the file (default) or load "
                         "them as 1 token")

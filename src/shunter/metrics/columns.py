@@ -11,7 +11,7 @@ Tenants are numbered in sorted name order, so results never depend on record ord
 from __future__ import annotations
 
 import itertools
-from collections import Counter
+from collections import defaultdict
 from collections.abc import Iterable
 from dataclasses import dataclass
 
@@ -19,6 +19,7 @@ import numpy as np
 
 from shunter.core.types import FinishReason
 from shunter.metrics.record import RequestRecord
+from shunter.metrics.stats import RejectionGroup
 
 __all__ = ["RecordColumns", "UNSPECIFIED_REJECTION", "to_columns"]
 
@@ -47,7 +48,7 @@ class RecordColumns:
     tenant_names: tuple[str, ...]  # sorted
     ttft_slo_s: np.ndarray  # the record's own SLO, NaN when it has none
     tpot_slo_s: np.ndarray
-    rejections: dict[str, int]  # rejection reason -> count, sorted by reason
+    rejections: dict[str, RejectionGroup]  # by rejection reason, sorted by reason
 
     @property
     def num_requests(self) -> int:
@@ -101,6 +102,17 @@ def _token_column(records: list[RequestRecord], num_tokens: np.ndarray) -> np.nd
     return np.fromiter(chained, dtype=np.float64, count=total)
 
 
+def _rejection_groups(records: list[RequestRecord]) -> dict[str, RejectionGroup]:
+    """Rejected records by reason (their `error`), sorted: one group per reason, not one per
+    prompt length (a reason names the limit, the group the range of prompts it refused)."""
+    lengths: dict[str, list[int]] = defaultdict(list)
+    for r in records:
+        if r.finish_reason == FinishReason.REJECTED:
+            lengths[r.error or UNSPECIFIED_REJECTION].append(r.num_prompt_tokens)
+    return {reason: RejectionGroup(len(group), min(group), max(group))
+            for reason, group in sorted(lengths.items())}
+
+
 def to_columns(records: Iterable[RequestRecord]) -> RecordColumns:
     """Extract every field the metrics need from `records` in one pass per field."""
     recs = records if isinstance(records, list) else list(records)
@@ -110,9 +122,7 @@ def to_columns(records: Iterable[RequestRecord]) -> RecordColumns:
     np.cumsum(num_out, out=offsets[1:])
     reasons = [r.finish_reason for r in recs]
     tenant_index, tenant_names = _tenant_column(recs)
-    rejections = Counter(
-        r.error or UNSPECIFIED_REJECTION for r in recs if r.finish_reason == FinishReason.REJECTED
-    )
+    rejections = _rejection_groups(recs)
     return RecordColumns(
         arrival_s=np.fromiter((r.arrival_s for r in recs), dtype=np.float64, count=n),
         first_scheduled_s=_float_column([r.first_scheduled_s for r in recs]),
@@ -130,5 +140,5 @@ def to_columns(records: Iterable[RequestRecord]) -> RecordColumns:
         tenant_names=tenant_names,
         ttft_slo_s=_float_column([r.ttft_slo_s for r in recs]),
         tpot_slo_s=_float_column([r.tpot_slo_s for r in recs]),
-        rejections=dict(sorted(rejections.items())),
+        rejections=rejections,
     )

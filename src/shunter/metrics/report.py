@@ -22,11 +22,13 @@ from shunter.metrics.summary import Summary
 
 __all__ = [
     "BEST_STYLE",
+    "NOT_APPLICABLE",
     "REPORT_METRICS",
     "flatten",
     "format_value",
     "metric_direction",
     "plot_cdf",
+    "rejection_lines",
     "render_comparison",
     "render_table",
     "write_csv",
@@ -80,14 +82,17 @@ def flatten(obj: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
     return out
 
 
+NOT_APPLICABLE = "n/a"  # a table's cell for None: nothing to measure (no SLO, no samples)
+
+
 def format_value(value: Any) -> str:
-    """A cell: '-' for None, ints as ints, floats to 4 significant digits."""
+    """A cell: 'n/a' for None, ints as ints, floats to 4 significant digits."""
     if value is None:
-        return "-"
+        return NOT_APPLICABLE
     if isinstance(value, int):  # bool included
         return str(value)
     if isinstance(value, float):
-        return f"{value:.4g}" if math.isfinite(value) else "-"
+        return f"{value:.4g}" if math.isfinite(value) else NOT_APPLICABLE
     return str(value)
 
 
@@ -105,6 +110,16 @@ def render_table(summary: Summary, title: str) -> Table:
             table.add_row(Text(f"tenant {name}: service"), format_value(tenant.service))
             table.add_row(Text(f"tenant {name}: ttft_s.p99"), format_value(tenant.ttft_s.p99))
     return table
+
+
+def rejection_lines(summary: Summary) -> list[str]:
+    """One line per rejection reason: how many requests, why, and their prompt lengths."""
+    lines = []
+    for reason, group in summary.rejections.items():
+        low, high = group.min_prompt_tokens, group.max_prompt_tokens
+        prompts = f"{low}" if low == high else f"{low}-{high}"
+        lines.append(f"{group.num_requests} rejected: {reason} (prompts of {prompts} tokens)")
+    return lines
 
 
 def _best_columns(values: Sequence[Any], direction: int) -> set[int]:

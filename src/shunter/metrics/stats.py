@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-__all__ = ["PERCENTILES", "LatencyStats", "finite_or_none", "safe_ratio"]
+__all__ = ["PERCENTILES", "LatencyStats", "RejectionGroup", "finite_or_none", "safe_ratio"]
 
 PERCENTILES = (50.0, 90.0, 99.0)
 
@@ -65,3 +65,16 @@ class LatencyStats:
 
     def to_dict(self) -> dict[str, float | None]:
         return {"mean": self.mean, "p50": self.p50, "p90": self.p90, "p99": self.p99}
+
+
+@dataclass(frozen=True, slots=True)
+class RejectionGroup:
+    """The requests rejected for one reason: how many, and the range of their prompt lengths."""
+
+    num_requests: int
+    min_prompt_tokens: int
+    max_prompt_tokens: int
+
+    def to_dict(self) -> dict[str, int]:
+        return {"num_requests": self.num_requests, "min_prompt_tokens": self.min_prompt_tokens,
+                "max_prompt_tokens": self.max_prompt_tokens}

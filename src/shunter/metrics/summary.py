@@ -15,7 +15,10 @@ Definitions (vLLM benchmark_serving where it has one):
   that check). A record's own SLO wins; the run-wide `ttft_slo_s`/`tpot_slo_s` fill in where a
   record has none. Requests with no SLO at all attain when completed; rejected, aborted and
   unfinished requests never attain. slo_attainment = attaining / all submitted;
-  goodput_req_s = attaining / duration.
+  goodput_req_s = attaining / duration. With no SLO anywhere (no run-wide SLO and none on any
+  record) both are None: nothing was asked, so nothing was attained or missed.
+- rejections: rejected requests grouped by reason (the record's `error`), each with its count
+  and the shortest and longest prompt it refused.
 - prefix_hit_rate = cached prompt tokens / prompt tokens, over completed requests.
 - Fairness and service: see `shunter.metrics.fairness`.
 
@@ -36,7 +39,7 @@ from shunter.errors import ConfigError
 from shunter.metrics.columns import RecordColumns, to_columns
 from shunter.metrics.fairness import FairnessSummary, summarize_fairness, tenant_service
 from shunter.metrics.record import RequestRecord
-from shunter.metrics.stats import LatencyStats, safe_ratio
+from shunter.metrics.stats import LatencyStats, RejectionGroup, safe_ratio
 
 __all__ = ["Summary", "TenantSummary", "summarize"]
 
@@ -64,7 +67,7 @@ class Summary:
     num_rejected: int
     num_aborted: int
     num_unfinished: int
-    rejections: Mapping[str, int]
+    rejections: Mapping[str, RejectionGroup]  # by reason (module docstring)
     duration_s: float
     num_output_tokens: int
     throughput_tok_s: float | None
@@ -92,7 +95,7 @@ class Summary:
             elif name == "tenants":
                 value = {tenant: t.to_dict() for tenant, t in value.items()}
             elif name == "rejections":
-                value = dict(value)
+                value = {reason: group.to_dict() for reason, group in value.items()}
             out[name] = value
         return out
 
@@ -176,6 +179,8 @@ def summarize(records: Iterable[RequestRecord], *, duration_s: float | None = No
     num_output_tokens = int(cols.num_output_tokens[done].sum())
     num_prompt_tokens = int(cols.num_prompt_tokens[done].sum())
     num_attained = int(_slo_attained(cols, ttft_s, tpot_s, ttft_slo_s, tpot_slo_s).sum())
+    has_slo = (ttft_slo_s is not None or tpot_slo_s is not None
+               or not np.isnan(cols.ttft_slo_s).all() or not np.isnan(cols.tpot_slo_s).all())
     return Summary(
         num_requests=cols.num_requests,
         num_completed=int(done.sum()),
@@ -193,8 +198,8 @@ def summarize(records: Iterable[RequestRecord], *, duration_s: float | None = No
         itl_s=LatencyStats.of(_itl_samples(cols), may_reorder=True),
         e2e_s=LatencyStats.of(e2e_s[done]),
         queue_s=LatencyStats.of((cols.first_scheduled_s - cols.arrival_s)[done]),
-        slo_attainment=safe_ratio(num_attained, cols.num_requests),
-        goodput_req_s=safe_ratio(num_attained, duration),
+        slo_attainment=safe_ratio(num_attained, cols.num_requests) if has_slo else None,
+        goodput_req_s=safe_ratio(num_attained, duration) if has_slo else None,
         num_preemptions=int(cols.num_preemptions.sum()),
         prefix_hit_rate=safe_ratio(int(cols.num_cached_tokens[done].sum()), num_prompt_tokens),
         fairness=summarize_fairness(cols, tenant_weights),

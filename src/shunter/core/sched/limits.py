@@ -14,17 +14,17 @@ def _cdiv(a: int, b: int) -> int:
 
 
 def rejection_reason(config: SchedulerConfig, request: Request) -> str | None:
-    """Why a request can never run under `config`, or None if it can."""
+    """Why a request can never run under `config`, or None if it can. The reason names the
+    limit, not the request's own length, so that the rejections of a run group by reason."""
     if request.num_prompt_tokens >= config.max_model_len:
-        return (f"prompt of {request.num_prompt_tokens} tokens leaves no room for output "
-                f"within max_model_len={config.max_model_len}")
+        return f"prompt leaves no room for output within max_model_len={config.max_model_len}"
     num_blocks = _cdiv(request.num_prompt_tokens + 1, config.block_size)
     if num_blocks > config.num_blocks:
-        return (f"prompt of {request.num_prompt_tokens} tokens needs {num_blocks} KV blocks; "
-                f"the cache has {config.num_blocks}")
+        return (f"prompt needs more KV blocks than the cache's {config.num_blocks} "
+                f"(of {config.block_size} tokens)")
     if not config.enable_chunked_prefill and request.num_prompt_tokens > config.max_num_batched_tokens:
-        return (f"prompt of {request.num_prompt_tokens} tokens exceeds max_num_batched_tokens="
-                f"{config.max_num_batched_tokens} and chunked prefill is off")
+        return (f"prompt exceeds max_num_batched_tokens={config.max_num_batched_tokens} and "
+                "chunked prefill is off")
     return None
 
 

