@@ -113,3 +113,10 @@ def test_another_vllm_series_is_refused(report: dict[str, Any]) -> None:
 
 def test_the_harness_is_not_collected() -> None:
     assert not HARNESS.name.startswith("test_") and os.path.exists(HARNESS)
+
+
+def test_sjf_with_an_oracle_prediction_admits_short_jobs_first(report: dict[str, Any]) -> None:
+    """Issue 18: sjf with the true lengths as predictions (`vllm_xargs`
+    predicted_output_tokens) serves the short jobs first; fcfs keeps arrival order."""
+    assert report["sjf_short_jobs_first"]["order"] == ["S0", "S1", "L0", "L1"]
+    assert report["fcfs_short_jobs_in_turn"]["order"] == ["L0", "L1", "S0", "S1"]

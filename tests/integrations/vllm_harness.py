@@ -274,6 +274,18 @@ def every_policy_runs() -> dict[str, Any]:
     return left
 
 
+def short_jobs_first(policy: str) -> dict[str, Any]:
+    """One seat; a long request runs, then another long one and two short ones wait, each
+    carrying its true length as the prediction (an oracle): the order of admission."""
+    scheduler = make_scheduler(policy, max_num_seqs=1)
+    for i, (request_id, num_tokens) in enumerate([("L0", 40), ("L1", 40), ("S0", 3),
+                                                  ("S1", 3)]):
+        scheduler.add_request(make_request(request_id, max_tokens=num_tokens,
+                                           arrival_time=1.0 + i, first_token=1000 * (i + 1),
+                                           predicted_output_tokens=num_tokens))
+    return {"order": run(scheduler)}
+
+
 def other_vllm_is_refused() -> dict[str, Any]:
     """Importing the adapter under another vLLM series raises Shunter's message (last: it
     reloads the module)."""
@@ -301,6 +313,8 @@ SCENARIOS: dict[str, Callable[[], dict[str, Any]]] = {
     "priority_preempts": priority_preempts,
     "fcfs_no_priority_preemption": fcfs_no_priority_preemption,
     "sarathi_budget": sarathi_budget,
+    "sjf_short_jobs_first": lambda: short_jobs_first("sjf"),
+    "fcfs_short_jobs_in_turn": lambda: short_jobs_first("fcfs"),
     "every_policy_runs": every_policy_runs,
     "other_vllm_is_refused": other_vllm_is_refused,
 }
