@@ -72,9 +72,11 @@ from typing import Any
 
 from shunter.backend.protocol import ChatMessage, GenerateRequest
 from shunter.gateway.fake import FakeModel, fake_context, fake_num_tokens
+from shunter.gateway.supervisor import stop_process_group
 
 MODEL = "fake-model"
 START_TIMEOUT_S = 60.0
+STOP_GRACE_S = 15.0  # SIGTERM, then SIGKILL
 REQUEST_TIMEOUT_S = 30.0  # a request with no whole answer by then is "hung"
 MIN_TOKENS, MAX_TOKENS = 8, 32
 TOKEN_DELAY_S = 0.002  # between two tokens at the backends
@@ -201,16 +203,6 @@ def _gateway_config(port: int, backend_ports: list[int], router: str = "cost") -
             f"[admission]\nmax_queue_wait_s = 10\n\n"
             f"[limits]\nheader_timeout_s = {LIMIT_S}\nidle_timeout_s = {LIMIT_S}\n"
             f"body_timeout_s = {LIMIT_S}\nsend_timeout_s = {LIMIT_S}\n\n" + backends)
-
-
-def _stop(proc: subprocess.Popen[bytes]) -> None:
-    if proc.poll() is None:
-        proc.terminate()
-    try:
-        proc.wait(15)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait(5)
 
 
 def _wait_healthy(port: int, procs: list[subprocess.Popen[bytes]]) -> None:
@@ -952,7 +944,7 @@ def main(argv: list[str] | None = None) -> int:
             res["gateway_exit"] = procs[1].poll()
         finally:
             for proc in reversed(procs):
-                _stop(proc)
+                stop_process_group(proc, STOP_GRACE_S)
         res["backends"] = json.loads(summary.read_text()) if summary.exists() else {}
         lines = log_path.read_text(errors="replace").splitlines()
         res["gateway_log_errors"] = sum("ERROR" in x or "Traceback" in x for x in lines)

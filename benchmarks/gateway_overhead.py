@@ -37,12 +37,15 @@ import time
 from pathlib import Path
 from typing import Any
 
+from shunter.gateway.supervisor import stop_process_group
+
 ROOT = Path(__file__).resolve().parents[1]
 ROUTER_VENV = ROOT / ".bench" / "vllm-router-venv"
 VLLM_ROUTER_SPEC = "vllm-router==0.1.17"
 MODEL = "fake-model"
 NUM_PREFIXES = 8
 START_TIMEOUT_S = 60.0
+STOP_GRACE_S = 15.0  # SIGTERM, then SIGKILL
 REQUEST_TIMEOUT_S = 30.0
 BURST_TOKENS = 16
 BURST_TOKEN_DELAY_S = 0.005
@@ -113,15 +116,6 @@ def _start_router(kind: str, policy: str, port: int, backend_ports: list[int],
         raise ValueError(f"unknown router kind {kind!r}; valid: shunter, vllm-router")
     return subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL, start_new_session=True)
-
-
-def _stop(proc: subprocess.Popen[bytes]) -> None:
-    proc.terminate()
-    try:
-        proc.wait(15)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait(5)
 
 
 def _cpu_s(pid: int) -> float:
@@ -305,10 +299,10 @@ def main(argv: list[str] | None = None) -> int:
                 results[spec] = uvloop.run(_suite([url], rates, args.duration_s, args.burst,
                                                   proc.pid))
             finally:
-                _stop(proc)
+                stop_process_group(proc, STOP_GRACE_S)
             print(f"done: {spec}", file=sys.stderr, flush=True)
     finally:
-        _stop(backends)
+        stop_process_group(backends, STOP_GRACE_S)
     _print_table(results, rates)
     if args.json:
         Path(args.json).parent.mkdir(parents=True, exist_ok=True)

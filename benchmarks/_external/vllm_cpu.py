@@ -43,7 +43,6 @@ import json
 import os
 import random
 import shutil
-import signal
 import socket
 import subprocess
 import tempfile
@@ -344,18 +343,9 @@ def _wait_ready(proc: subprocess.Popen[bytes], base_url: str, deadline_s: float,
 
 
 def _stop(proc: subprocess.Popen[bytes]) -> None:
-    # The server leads its own session: its pgid is its pid, so this reaches the API server and
-    # its engine-core child and nothing else.
-    for sig, grace_s in ((signal.SIGTERM, _STOP_GRACE_S), (signal.SIGKILL, _STOP_GRACE_S)):
-        if proc.poll() is not None:
-            break
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(proc.pid, sig)
-        with contextlib.suppress(subprocess.TimeoutExpired):
-            proc.wait(timeout=grace_s)
-    # The engine core may outlive the API server's exit; sweep the group once more.
-    with contextlib.suppress(ProcessLookupError):
-        os.killpg(proc.pid, signal.SIGKILL)
+    from shunter.gateway.supervisor import stop_process_group  # (the gateway's own, for vllm)
+
+    stop_process_group(proc, _STOP_GRACE_S)
 
 
 def random_prompts(*, num_prompts: int, prompt_len: int, seed: int = 0,

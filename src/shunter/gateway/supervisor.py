@@ -45,7 +45,7 @@ import shunter
 from shunter.errors import ConfigError
 
 __all__ = ["SCHEDULER_CLS", "ProcessSupervisor", "VllmLaunch", "free_port", "shunter_src_dir",
-           "vllm_launch_command", "vllm_launch_env"]
+           "stop_process_group", "vllm_launch_command", "vllm_launch_env"]
 
 log = logging.getLogger(__name__)
 
@@ -188,7 +188,7 @@ class ProcessSupervisor:
         with self._lock:
             proc = self._proc
         if proc is not None:
-            _end(proc, self.stop_grace_s)
+            stop_process_group(proc, self.stop_grace_s)
         if self._monitor is not None and self._monitor is not threading.current_thread():
             self._monitor.join(timeout=self.stop_grace_s)
 
@@ -245,12 +245,12 @@ class ProcessSupervisor:
                 with self._lock:
                     restarted = self._proc
                 if restarted is not None:
-                    _end(restarted, self.stop_grace_s)
+                    stop_process_group(restarted, self.stop_grace_s)
 
 
-def _end(proc: subprocess.Popen[bytes], grace_s: float) -> None:
-    # the child leads its own session: its pgid is its pid, which reaches vLLM's engine-core
-    # child as well and nothing else
+def stop_process_group(proc: subprocess.Popen[bytes], grace_s: float) -> None:
+    """SIGTERM, then SIGKILL after `grace_s`, to a child started with start_new_session: its
+    pgid is its pid, which reaches its own children (vLLM's engine core) and nothing else."""
     for sig in (signal.SIGTERM, signal.SIGKILL):
         if proc.poll() is not None:
             break
