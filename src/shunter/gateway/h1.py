@@ -20,13 +20,15 @@ before any byte of the answer arrived is sent once more on a fresh connection.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
-from typing import Any
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar
 from urllib.parse import urlsplit
 
 import httptools
 
 __all__ = ["H1Client", "H1Stream"]
+
+_T = TypeVar("_T")
 
 
 class _Connection(asyncio.Protocol):
@@ -256,61 +258,54 @@ class H1Client:
     async def post(self, path: str, body: bytes,
                    content_type: str = "application/json") -> tuple[int, bytes]:
         """(status, body) of POST `path` (relative to the base URL). Raises OSError, TimeoutError."""
-        data = (f"POST {self._prefix}{path.lstrip('/')} HTTP/1.1\r\n{self._head}"
-                f"content-type: {content_type}\r\ncontent-length: {len(body)}\r\n\r\n"
-                ).encode("latin-1") + body
-        conn = self._pooled()
-        if conn is not None:
-            try:
-                return await self._send(conn, data)
-            except ConnectionError:
-                if conn.got_bytes:
-                    raise
-                # the server dropped the idle connection as we reused it: nothing reached it
-        return await self._send(await self._connect(), data)
+        return await self._exchange(self._post_bytes(path, body, content_type), self._whole)
 
     async def stream(self, path: str, body: bytes,
                      content_type: str = "application/json") -> H1Stream:
         """POST `path` and return its answer's stream once the head is in (status known).
         The caller must `release` (or `release_at_end`) it. Raises OSError, TimeoutError."""
-        data = (f"POST {self._prefix}{path.lstrip('/')} HTTP/1.1\r\n{self._head}"
+        return await self._exchange(self._post_bytes(path, body, content_type), self._open)
+
+    def _post_bytes(self, path: str, body: bytes, content_type: str) -> bytes:
+        return (f"POST {self._prefix}{path.lstrip('/')} HTTP/1.1\r\n{self._head}"
                 f"content-type: {content_type}\r\ncontent-length: {len(body)}\r\n\r\n"
                 ).encode("latin-1") + body
+
+    async def _exchange(self, data: bytes,
+                        send: Callable[[_Connection, bytes], Awaitable[_T]]) -> _T:
+        """`send(conn, data)` on a pooled connection, or on a fresh one if there is none or
+        the pooled one died before any byte of the answer (the server dropped it while idle,
+        as we reused it: nothing reached it). A failed send closes its connection."""
         conn = self._pooled()
         if conn is not None:
             try:
-                return self._pooled_stream(conn, await conn.open_stream(data,
-                                                                        self.read_timeout_s))
+                return await self._send_on(conn, data, send)
             except ConnectionError:
-                conn.close()
                 if conn.got_bytes:
                     raise
-                # the server dropped the idle connection as we reused it: nothing reached it
-            except BaseException:
-                conn.close()
-                raise
-        conn = await self._connect()
+        return await self._send_on(await self._connect(), data, send)
+
+    @staticmethod
+    async def _send_on(conn: _Connection, data: bytes,
+                       send: Callable[[_Connection, bytes], Awaitable[_T]]) -> _T:
         try:
-            return self._pooled_stream(conn, await conn.open_stream(data, self.read_timeout_s))
+            return await send(conn, data)
         except BaseException:
             conn.close()
             raise
 
-    def _pooled_stream(self, conn: _Connection, stream: H1Stream) -> H1Stream:
-        stream._pool = self._idle
-        return stream
-
-    async def _send(self, conn: _Connection, data: bytes) -> tuple[int, bytes]:
-        try:
-            answer = await conn.request(data, self.read_timeout_s)
-        except BaseException:
-            conn.close()
-            raise
+    async def _whole(self, conn: _Connection, data: bytes) -> tuple[int, bytes]:
+        answer = await conn.request(data, self.read_timeout_s)
         if conn.keep_alive and not conn.is_closed:
             self._idle.append(conn)
         else:
             conn.close()
         return answer
+
+    async def _open(self, conn: _Connection, data: bytes) -> H1Stream:
+        stream = await conn.open_stream(data, self.read_timeout_s)
+        stream._pool = self._idle  # `release` gives the connection back
+        return stream
 
     def _pooled(self) -> _Connection | None:
         while self._idle:
