@@ -77,3 +77,33 @@ max_requests_per_min = 60
     path.write_text("[servr]\n")
     with pytest.raises(ConfigError, match="servr"):
         load_config(path)
+
+
+def test_the_aiohttp_path_for_https_backends_reads_what_the_http1_client_reads():
+    """https:// backends go through aiohttp (the lean HTTP/1.1 client speaks plain http): the
+    same SSE parser (`backend_events.SseEvents`) must give the same chunks on both."""
+    import asyncio
+
+    from shunter.backend.protocol import GenerateRequest
+    from shunter.gateway.fake_server import FakeHttpBackend
+    from shunter.gateway.remote import RemoteConfig, RemoteEngineClient
+
+    async def main() -> list[list[tuple[str, str | None]]]:
+        backend = FakeHttpBackend(model_name="m")
+        port = await backend.start()
+        seen = []
+        for use_h1 in (True, False):
+            client = RemoteEngineClient(RemoteConfig(url=f"http://127.0.0.1:{port}"))
+            if not use_h1:
+                client._h1 = None  # as for an https:// URL
+            for stream in (True, False):
+                request = GenerateRequest(request_id="r", prompt="hello there", max_tokens=5,
+                                          stream=stream, model="m")
+                seen.append([(c.text, c.finish_reason) async for c in client.submit(request)])
+            await client.close()
+        await backend.stop()
+        return seen
+
+    h1_stream, h1_whole, aio_stream, aio_whole = asyncio.run(main())
+    assert aio_stream == h1_stream and aio_whole == h1_whole
+    assert len(h1_stream) > 1 and h1_stream[-1][1] == "length"

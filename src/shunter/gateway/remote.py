@@ -38,11 +38,11 @@ from shunter.backend.protocol import (
     BackendLoad,
     GenerateChunk,
     GenerateRequest,
-    Usage,
 )
+from shunter.gateway.backend_events import SseEvents, backend_error, whole_chunk
 from shunter.gateway.h1 import H1Client
 from shunter.gateway.jsonio import dumps, loads
-from shunter.gateway.resume import resume_payload, split_token_ids
+from shunter.gateway.resume import resume_payload
 
 __all__ = ["RemoteConfig", "RemoteEngineClient", "parse_load", "request_payload"]
 
@@ -156,87 +156,6 @@ def parse_load(text: str, now_s: float) -> BackendLoad | None:
                        num_preemptions=int(found.get("num_preemptions", 0)), taken_at_s=now_s)
 
 
-def _error_message(raw: bytes) -> str:
-    try:
-        body = json.loads(raw)
-        error = body.get("error", body)
-        return str(error.get("message", error) if isinstance(error, dict) else error)
-    except (ValueError, AttributeError):
-        return raw[:500].decode("utf-8", "replace")
-
-
-def _backend_error(raw: bytes, status: int) -> BackendError:
-    """A backend's error answer: its message, `param` and (string) `code`, for the client."""
-    try:
-        error = json.loads(raw).get("error")
-    except (ValueError, AttributeError):
-        error = None
-    found = {k: error.get(k) for k in ("param", "code")} if isinstance(error, dict) else {}
-    return BackendError(_error_message(raw), status_code=status,
-                        **{k: v for k, v in found.items() if isinstance(v, str)})
-
-
-def _has_tool_calls(choices: Any, key: str) -> bool:
-    return any((c.get(key) or {}).get("tool_calls") for c in choices)
-
-
-def _shape_error(obj: Any, is_chat: bool, part: str) -> str | None:
-    """What is wrong with the shape of a backend's event or answer (valid JSON of the wrong
-    shape must fail over like any broken stream, not cut it); None when it is right."""
-    if not isinstance(obj, dict):
-        return f"an event that is not an object ({type(obj).__name__})"
-    choices = obj.get("choices", [])
-    if not isinstance(choices, list) or not all(isinstance(c, dict) for c in choices):
-        return "'choices' that is not an array of objects"
-    for c in choices:
-        inner = c.get(part) if is_chat else c
-        if is_chat and inner is not None and not isinstance(inner, dict):
-            return f"a choice whose {part} is not an object"
-        text = (inner or {}).get("content" if is_chat else "text")
-        if text is not None and not isinstance(text, str):
-            return "a choice whose text is not a string"
-        if not isinstance(c.get("index", 0), int):
-            return "a choice whose index is not an integer"
-    usage = obj.get("usage")
-    if usage is not None and not (isinstance(usage, dict) and all(
-            isinstance(usage.get(k, 0), int) for k in ("prompt_tokens", "completion_tokens"))):
-        return "a 'usage' that is not token counts"
-    return None
-
-
-def _chunk(obj: Any, is_chat: bool, ids: int = 0) -> GenerateChunk | None:
-    """One SSE event as a chunk: the event itself (`payload`) plus what the gateway reads.
-    `ids`: 0 no token ids asked for; 1 asked for by the gateway (taken out of the event); 2
-    asked for by the client (left in); 3 a resumed stream (rendered by the gateway: no
-    payload)."""
-    if isinstance(obj, dict) and "error" in obj:
-        raise BackendError(f"backend error mid-stream: {_error_message(json.dumps(obj).encode())}")
-    wrong = _shape_error(obj, is_chat, "delta")
-    if wrong is not None:
-        raise BackendError(f"backend sent {wrong}: {json.dumps(obj)[:200]}")
-    token_ids = prompt_ids = None
-    if ids:
-        try:
-            token_ids, prompt_ids = split_token_ids(obj, keep=ids == 2)
-        except ValueError as exc:
-            raise BackendError(f"backend sent {exc}") from None
-    usage = obj.get("usage")
-    choices = obj.get("choices") or ()
-    text, finish, index = "", None, 0
-    if choices:
-        choice = choices[0]
-        text = (choice.get("delta") or {}).get("content") or "" if is_chat \
-            else choice.get("text") or ""
-        finish = choice.get("finish_reason")
-        index = choice.get("index", 0)
-    parsed = Usage(usage["prompt_tokens"], usage.get("completion_tokens") or 0) if usage else None
-    cached = ((usage or {}).get("prompt_tokens_details") or {}).get("cached_tokens")
-    return GenerateChunk(text, finish, parsed, cached, index=index,
-                         payload=None if ids == 3 else obj,
-                         has_tool_calls=is_chat and _has_tool_calls(choices, "delta"),
-                         token_ids=token_ids, prompt_token_ids=prompt_ids)
-
-
 class RemoteEngineClient:
     """An OpenAI-compatible server reached over HTTP."""
 
@@ -293,12 +212,17 @@ class RemoteEngineClient:
             async with self._http().post(path, json=payload) as response:
                 if response.status >= 400:
                     raw = await response.read()
-                    raise _backend_error(raw, response.status)
+                    raise backend_error(raw, response.status)
                 if not request.stream:
-                    yield _whole(json.loads(await response.read()), request.is_chat)
+                    yield whole_chunk(loads(await response.read()), request.is_chat)
                     return
-                async for chunk in _sse_chunks(response, is_chat, ids):
-                    yield chunk
+                events = SseEvents(is_chat, ids)
+                async for data in response.content.iter_any():
+                    for chunk in events.feed(data):
+                        yield chunk
+                    if events.is_done:
+                        return
+                events.check_end()
         except (TimeoutError, aiohttp.ClientError, ValueError, KeyError) as exc:
             raise BackendError(f"backend {self.config.url}: {type(exc).__name__}: {exc}") from None
 
@@ -308,8 +232,8 @@ class RemoteEngineClient:
         try:
             status, raw = await self._h1.post(path, dumps(payload))
             if status >= 400:
-                raise _backend_error(raw, status)
-            return _whole(loads(raw), is_chat)
+                raise backend_error(raw, status)
+            return whole_chunk(loads(raw), is_chat)
         except (TimeoutError, OSError, ValueError, KeyError) as exc:
             raise BackendError(f"backend {self.config.url}: {type(exc).__name__}: {exc}") from None
 
@@ -326,24 +250,15 @@ class RemoteEngineClient:
                 raw = b""
                 while data := await stream.read():
                     raw += data
-                raise _backend_error(raw, stream.status)
-            is_finished, rest = False, b""
+                raise backend_error(raw, stream.status)
+            events = SseEvents(is_chat, ids)
             while data := await stream.read():
-                lines = (rest + data if rest else data).split(b"\n")
-                rest = lines.pop()
-                for line in lines:
-                    if not line.startswith(b"data:"):
-                        continue
-                    event = line[5:].strip()
-                    if event == b"[DONE]":
-                        stream.release_at_end()
-                        return
-                    chunk = _chunk(loads(event), is_chat, ids)
-                    if chunk is not None:
-                        is_finished = is_finished or chunk.finish_reason is not None
-                        yield chunk
-            if not is_finished:
-                raise BackendError("backend stream ended before the request finished")
+                for chunk in events.feed(data):
+                    yield chunk
+                if events.is_done:
+                    stream.release_at_end()
+                    return
+            events.check_end()
         except (TimeoutError, OSError, ValueError, KeyError) as exc:
             raise BackendError(f"backend {self.config.url}: {type(exc).__name__}: {exc}") from None
         finally:
@@ -387,37 +302,3 @@ class RemoteEngineClient:
         if self._session is not None:
             await self._session.close()
             self._session = None
-
-
-def _whole(body: Any, is_chat: bool) -> GenerateChunk:
-    """A whole answer as one chunk (its `payload` is the answer)."""
-    wrong = _shape_error(body, is_chat, "message")
-    if wrong is not None or not body.get("choices"):
-        raise BackendError(f"backend answered with {wrong or 'no choices'}: "
-                           f"{json.dumps(body)[:200]}")
-    choices = body["choices"]
-    choice = choices[0]
-    text = (choice.get("message") or {}).get("content") or "" if is_chat else choice.get("text", "")
-    usage = body.get("usage")
-    cached = ((usage or {}).get("prompt_tokens_details") or {}).get("cached_tokens")
-    return GenerateChunk(text or "", choice.get("finish_reason"),
-                         Usage(usage["prompt_tokens"], usage["completion_tokens"]) if usage
-                         else None, cached, payload=body,
-                         has_tool_calls=is_chat and _has_tool_calls(choices, "message"))
-
-
-async def _sse_chunks(response: aiohttp.ClientResponse, is_chat: bool, ids: int
-                      ) -> AsyncIterator[GenerateChunk]:
-    is_finished = False
-    async for line in response.content:
-        if not line.startswith(b"data:"):
-            continue
-        data = line[5:].strip()
-        if data == b"[DONE]":
-            return
-        chunk = _chunk(json.loads(data), is_chat, ids)
-        if chunk is not None:
-            is_finished = is_finished or chunk.finish_reason is not None
-            yield chunk
-    if not is_finished:
-        raise BackendError("backend stream ended before the request finished")
