@@ -5,7 +5,7 @@ from pathlib import Path
 
 SRC = Path(__file__).resolve().parents[1] / "src"
 OPTIONAL_DEPS = ("torch", "tokenizers", "jinja2", "uvloop", "uvicorn", "aiohttp", "httptools",
-                 "matplotlib", "ray", "vllm")
+                 "matplotlib", "ray", "vllm", "zmq", "msgpack")
 
 
 def module_names() -> list[str]:

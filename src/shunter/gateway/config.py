@@ -14,6 +14,9 @@
                   BackendConfig),
                   remote: url, model, api_key, metrics_path, health_path, continuous_usage,
                           resume ("auto" | "tokens" | "text": how failover resumes a stream)
+                  remote and vllm: kv_events, kv_events_replay (vLLM's KV-event PUB and
+                          replay sockets to connect to, tcp://HOST:PORT: the routers then read
+                          its exact prefix state, `kv_events.py`)
                   engine: replicas (how many in-process replicas of the served model)
                   vllm:   model (a local HF model directory), python (of vLLM's venv; default
                           $SHUNTER_VLLM_PYTHON, else `python` on PATH), port (default: a free
@@ -43,6 +46,7 @@ table and the key.
 from __future__ import annotations
 
 import os
+import re
 import tomllib
 from dataclasses import MISSING, dataclass, field, fields
 from pathlib import Path
@@ -63,7 +67,8 @@ from shunter.gateway.tenant import TenantConfig, TenantTable
 
 __all__ = ["BACKEND_KINDS", "DEFAULT_ENGINE_POLICY", "DEFAULT_GATEWAY_POLICY", "DEFAULT_MODEL",
            "DEFAULT_NUM_REPLICAS", "VLLM_PYTHON_ENV", "BackendConfig", "GatewayConfig",
-           "SchedulerSettings", "ServerConfig", "default_vllm_python", "load_config"]
+           "SchedulerSettings", "ServerConfig", "check_endpoint", "default_vllm_python",
+           "load_config"]
 
 BACKEND_KINDS = ("remote", "engine", "vllm", "fake")
 VLLM_PYTHON_ENV = "SHUNTER_VLLM_PYTHON"  # the default `python` of kind = "vllm" backends
@@ -74,6 +79,16 @@ DEFAULT_GATEWAY_POLICY = "vtc"  # tenants share a saturated gateway fairly
 # what the gateway's queue runs when `policy` needs an engine and in-process engines run it:
 # arrival order, leaving the order to the engines
 PASS_THROUGH_GATEWAY_POLICY = "fcfs"
+_CONNECT_ENDPOINT = re.compile(r"^(tcp://[^\s:/*]+:(\d+)|ipc://\S+)$")
+
+
+def check_endpoint(endpoint: str, what: str) -> None:
+    """ValueError unless `endpoint` is a ZMQ address to connect to: tcp://HOST:PORT, ipc://PATH."""
+    found = _CONNECT_ENDPOINT.match(endpoint)
+    if found is None or (found.group(2) is not None and not 0 < int(found.group(2)) < 65536):
+        raise ValueError(f"{what} must be an address to connect to, tcp://HOST:PORT or "
+                         f"ipc://PATH (vLLM binds tcp://*:PORT; connect to tcp://127.0.0.1:PORT), "
+                         f"got {endpoint!r}")
 
 
 def _policy(name: str, params: dict[str, Any], what: str) -> Policy:
@@ -175,7 +190,12 @@ class BackendConfig:
     (unset: the engine's default for `kind = "engine"`, else the simulator's, 8192); an engine
     runs it.
     `block_size`: its KV block size, the unit of the free and total blocks it reports (unset:
-    16); an engine runs it."""
+    16); an engine runs it.
+    `kv_events` (remote, vllm): its vLLM's KV-event socket (`--kv-events-config` endpoint,
+    connected to), with `kv_events_replay` its replay socket; the routers then see the blocks
+    it really holds (`kv_events.py`); its events must have `block_size` tokens per block when
+    that is set (unset: the events' size). A vllm backend is not started with events by the
+    gateway: put `--enable-prefix-caching --kv-events-config {...}` in its `args`."""
 
     name: str
     kind: str = "remote"
@@ -206,6 +226,8 @@ class BackendConfig:
     startup_timeout_s: float = 600.0
     max_restarts: int = 5
     log_file: str | None = None
+    kv_events: str | None = None
+    kv_events_replay: str | None = None
 
     def __post_init__(self) -> None:
         if self.kind not in BACKEND_KINDS:
@@ -223,12 +245,26 @@ class BackendConfig:
                 raise ValueError(f"backend {self.name}: {key} must be >= 1")
         if self.profile == "":
             raise ValueError(f"backend {self.name}: profile must name a file")
+        self._check_kv_events()
         if self.kind == "vllm":
             self._check_vllm()
         elif any(getattr(self, k) != f.default for k, f in _VLLM_ONLY.items()):
             keys = [k for k, f in _VLLM_ONLY.items() if getattr(self, k) != f.default]
             raise ValueError(f"backend {self.name}: {', '.join(keys)} only apply to "
                              'kind = "vllm"')
+
+    def _check_kv_events(self) -> None:
+        if self.kv_events is None:
+            if self.kv_events_replay is not None:
+                raise ValueError(f"backend {self.name}: kv_events_replay is given but no "
+                                 "kv_events")
+            return
+        if self.kind not in ("remote", "vllm"):
+            raise ValueError(f"backend {self.name}: kv_events only apply to vLLM backends "
+                             '(kind = "remote" or "vllm")')
+        check_endpoint(self.kv_events, f"backend {self.name}: kv_events")
+        if self.kv_events_replay is not None:
+            check_endpoint(self.kv_events_replay, f"backend {self.name}: kv_events_replay")
 
     def _check_vllm(self) -> None:
         if not self.model:

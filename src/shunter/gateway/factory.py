@@ -40,6 +40,7 @@ from shunter.gateway.config import (
     default_vllm_python,
 )
 from shunter.gateway.fake import FakeEngineClient, FakeModel
+from shunter.gateway.kv_events import KvEventSubscriber
 from shunter.gateway.metrics import GatewayMetrics, Gauge
 from shunter.gateway.pool import PoolConfig, ReplicaPool
 from shunter.gateway.remote import RemoteConfig, RemoteEngineClient
@@ -54,7 +55,9 @@ from shunter.gateway.supervisor import (
 )
 from shunter.gateway.tenant import TenantConfig, TenantTable
 from shunter.gateway.vllm_metrics import VllmSeries
-from shunter.router.prefix_index import DispatchIndex
+from shunter.router.exact_index import ExactPrefixIndex
+from shunter.router.interface import Router
+from shunter.router.prefix_index import DispatchIndex, PrefixIndex
 from shunter.router.registry import make_router
 
 __all__ = ["BackendSlot", "EngineMaker", "GatewayParts", "SpeedLoader", "SupervisedEngineClient",
@@ -73,6 +76,8 @@ class BackendSlot:
     max_num_seqs: int | None = None
     block_size: int | None = None
     speeds: SpeedModel | None = None  # from a profile; None: measured from its traffic
+    kv_events: str | None = None  # its vLLM's KV-event socket (and replay socket), if any
+    kv_events_replay: str | None = None
 
     def __post_init__(self) -> None:
         if self.max_concurrency < 1:
@@ -186,7 +191,8 @@ def build_backends(backends: Sequence[BackendConfig], model: str,
                                       first_token_delay_s=b.first_token_delay_s)
         slots.append(BackendSlot(name=b.name, client=client, max_concurrency=b.max_concurrency,
                                  max_num_seqs=b.max_num_seqs, block_size=b.block_size,
-                                 speeds=speeds))
+                                 speeds=speeds, kv_events=b.kv_events,
+                                 kv_events_replay=b.kv_events_replay))
     return slots
 
 
@@ -238,8 +244,9 @@ def build_app(parts: GatewayParts, backends: list[BackendSlot],
                         breaker=CircuitBreaker(parts.breaker), max_concurrency=b.max_concurrency,
                         max_num_seqs=b.max_num_seqs, block_size=b.block_size, speeds=b.speeds)
                 for i, b in enumerate(backends)]
-    pool = ReplicaPool(replicas, make_router(parts.router, **parts.router_params), parts.pool,
-                       metrics, clock)
+    router = make_router(parts.router, **parts.router_params)
+    pool = ReplicaPool(replicas, router, parts.pool, metrics, clock,
+                       kv_events=_kv_event_subscribers(backends, router, parts.router))
     tenants = TenantTable.build(list(parts.tenants), clock())
     policy = gateway_policy(parts)
     if isinstance(policy, PrefixAwarePolicy):
@@ -256,6 +263,25 @@ def build_app(parts: GatewayParts, backends: list[BackendSlot],
         read_queued=lambda: admission.num_queued).render)
     return GatewayApp(parts.app, pool, admission, tenants, metrics, clock,
                       predictor=parts.predictor)
+
+
+def _kv_event_subscribers(backends: list[BackendSlot], router: Router,
+                          name: str) -> list[KvEventSubscriber]:
+    """One subscriber per backend with `kv_events`, feeding the router's exact prefix index
+    (replica i is backends[i]); ValueError if the router reads no prefix index."""
+    with_events = [(i, b) for i, b in enumerate(backends) if b.kv_events is not None]
+    if not with_events:
+        return []
+    index = getattr(router, "index", None)
+    if not isinstance(index, PrefixIndex):
+        raise ValueError(f"backends {', '.join(b.name for _, b in with_events)} publish "
+                         f"kv_events, which router {name!r} does not read; prefix-aware "
+                         "routers: cost, prefix_affinity, d2lpm")
+    exact = ExactPrefixIndex()
+    index.exact = exact
+    return [KvEventSubscriber(exact, i, b.kv_events, replay_endpoint=b.kv_events_replay,
+                              block_size=b.block_size, name=b.name)
+            for i, b in with_events if b.kv_events is not None]
 
 
 def _loads(pool: ReplicaPool, clock: Callable[[], float]) -> list[tuple[float, float, float, float]]:

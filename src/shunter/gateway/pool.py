@@ -26,6 +26,7 @@ from dataclasses import dataclass, field
 from shunter.backend.protocol import BackendError, GenerateChunk, GenerateRequest, Usage
 from shunter.core.types import RequestSpec
 from shunter.gateway.errors import ServiceUnavailableError
+from shunter.gateway.kv_events import KvEventSubscriber
 from shunter.gateway.metrics import GatewayMetrics, Gauge
 from shunter.gateway.replica import Replica, estimate_tokens, text_hash_ids
 from shunter.gateway.stream_watch import StallWatch, TokenTrail
@@ -93,6 +94,7 @@ class ReplicaPool:
     on_capacity: Callable[[], None] = lambda: None  # called when replicas come back
     # prompts dispatched per replica, for a prefix-aware gateway policy's probe (else None)
     dispatch_index: DispatchIndex | None = None
+    kv_events: list[KvEventSubscriber] = field(default_factory=list)  # exact prefix state feeds
     _health_task: asyncio.Task[None] | None = field(default=None, repr=False)
 
     def __post_init__(self) -> None:
@@ -119,14 +121,17 @@ class ReplicaPool:
 
     def spec(self, request: GenerateRequest) -> RequestSpec:
         """The request as routers and the gateway tier see it (the true output length is
-        unknown: `num_output_tokens` is a placeholder nothing reads)."""
+        unknown: `num_output_tokens` is a placeholder nothing reads). A prompt of token ids
+        carries them, for the routers' exact prefix index (`kv_events.py`)."""
         text = prompt_text(request)
+        ids = request.prompt if isinstance(request.prompt, tuple) and request.prompt else None
         return RequestSpec(
             request_id=request.request_id, arrival_s=self.clock(),
-            num_prompt_tokens=estimate_tokens(len(text)), num_output_tokens=1,
-            max_output_tokens=request.max_tokens, tenant=request.tenant,
+            num_prompt_tokens=len(ids) if ids else estimate_tokens(len(text)),
+            num_output_tokens=1, max_output_tokens=request.max_tokens, tenant=request.tenant,
             priority=request.priority, session_id=request.session_id,
-            program_id=request.program_id, hash_ids=text_hash_ids(text))
+            program_id=request.program_id, prompt_token_ids=ids,
+            hash_ids=None if ids else text_hash_ids(text))
 
     def refusal(self, request: GenerateRequest) -> tuple[str, str] | None:
         """(parameter, why) when no backend can serve `request` as asked (every one refuses
@@ -290,6 +295,8 @@ class ReplicaPool:
         """Start the background health and load checks (needs a running loop)."""
         if self._health_task is None:
             self._health_task = asyncio.get_running_loop().create_task(self._health_loop())
+        for subscriber in self.kv_events:
+            subscriber.start()
 
     async def stop(self) -> None:
         if self._health_task is not None:
@@ -297,6 +304,8 @@ class ReplicaPool:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._health_task
             self._health_task = None
+        for subscriber in self.kv_events:
+            await subscriber.stop()
         for replica in self.replicas:
             await replica.client.close()
 

@@ -20,6 +20,12 @@ outlives the private tails hanging off it (vLLM frees a request's blocks in reve
 the same reason). The index is approximate: it forgets nothing that the replica evicted early
 (running requests pin memory, so the replica caches less than its capacity) and it learns
 nothing that another router sent there.
+
+Exact state: a replica whose engine publishes its KV-cache events (vLLM's BlockStored /
+BlockRemoved, fed by the gateway) is answered from `exact` (`router/exact_index.py`) instead,
+while that replica's event history is complete; the approximation is still kept for it, to fall
+back on when the history breaks. The exact index needs the prompt's token ids: a request that
+carries only `hash_ids` (a text-only gateway request, a trace) stays approximate everywhere.
 """
 
 from __future__ import annotations
@@ -32,14 +38,32 @@ from typing import Protocol
 from shunter.core.types import RequestSpec
 from shunter.router.interface import ReplicaView
 
-__all__ = ["DispatchIndex", "PrefixIndex", "PromptBlocks", "prompt_blocks"]
+__all__ = ["ROOT_HASH", "DispatchIndex", "ExactSource", "PrefixIndex", "PromptBlocks", "chain_key", "prompt_blocks"]
 
-_ROOT_HASH = 0x524F5554  # "ROUT": the parent of every first block
+ROOT_HASH = 0x524F5554  # "ROUT": the parent of every first block
+
+
+def chain_key(parent: Hashable, piece: object) -> int:
+    """A block's key: its content folded into its parent's key (`ROOT_HASH` for a first block).
+    Token pieces are tuples of ints, so keys are the same in every process."""
+    return hash((parent, piece))
 
 
 class _HasRequestId(Protocol):
     @property
     def request_id(self) -> str: ...
+
+
+class ExactSource(Protocol):
+    """What replicas report holding (`router/exact_index.py`); None: no exact answer for it."""
+
+    def match_tokens(self, replica_id: int, token_ids: tuple[int, ...]) -> int | None:
+        """Tokens of the longest prefix of `token_ids` the replica holds, or None."""
+        ...
+
+    def num_tokens(self, replica_id: int) -> int | None:
+        """Tokens the replica holds, or None."""
+        ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -48,6 +72,7 @@ class PromptBlocks:
 
     keys: tuple[Hashable, ...]
     num_tokens: tuple[int, ...]
+    token_ids: tuple[int, ...] | None = None  # the prompt's ids, for the exact index
 
     @property
     def num_prompt_tokens(self) -> int:
@@ -66,23 +91,24 @@ def prompt_blocks(request: RequestSpec, anonymous_key: Hashable) -> PromptBlocks
         return PromptBlocks((anonymous_key,), (total,))
     keys: list[Hashable] = []
     counts: list[int] = []
-    parent = _ROOT_HASH
+    parent: Hashable = ROOT_HASH
     for j, piece in enumerate(pieces):
         num_tokens = min(size, total - j * size)
         if num_tokens <= 0:  # more hash ids than the prompt needs: ignore the extra ones
             break
-        parent = hash((parent, piece))
+        parent = chain_key(parent, piece)
         keys.append(parent)
         counts.append(num_tokens)
-    return PromptBlocks(tuple(keys), tuple(counts))
+    return PromptBlocks(tuple(keys), tuple(counts), request.prompt_token_ids)
 
 
 class PrefixIndex:
     """Per replica, an LRU of block keys -> tokens, bounded by that replica's KV capacity."""
 
-    __slots__ = ("_blocks", "_num_anonymous", "_num_tokens")
+    __slots__ = ("_blocks", "_num_anonymous", "_num_tokens", "exact")
 
-    def __init__(self) -> None:
+    def __init__(self, exact: ExactSource | None = None) -> None:
+        self.exact = exact  # replicas' own reports of their blocks, where they publish them
         self._blocks: dict[int, OrderedDict[Hashable, int]] = {}
         self._num_tokens: dict[int, int] = {}
         self._num_anonymous = 0  # names prompts that share nothing, deterministically
@@ -107,10 +133,18 @@ class PrefixIndex:
 
     def num_tokens(self, replica_id: int) -> int:
         """Tokens indexed for a replica (SGLang's "tree size")."""
+        if self.exact is not None:
+            num_exact = self.exact.num_tokens(replica_id)
+            if num_exact is not None:
+                return num_exact
         return self._num_tokens.get(replica_id, 0)
 
     def match_tokens(self, replica_id: int, blocks: PromptBlocks) -> int:
         """Tokens of the longest indexed prefix of `blocks` on the replica."""
+        if self.exact is not None and blocks.token_ids is not None:
+            num_exact = self.exact.match_tokens(replica_id, blocks.token_ids)
+            if num_exact is not None:
+                return num_exact
         lru = self._blocks.get(replica_id)
         if not lru:
             return 0
