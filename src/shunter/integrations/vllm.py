@@ -61,6 +61,7 @@ from __future__ import annotations
 
 import os
 import time
+from collections.abc import Callable
 from typing import Any
 
 import vllm
@@ -86,6 +87,7 @@ from shunter.core.request import Request  # noqa: E402
 from shunter.core.sched.policy import (  # noqa: E402
     Policy,
     PrefixAwarePolicy,
+    StaticKeyPolicy,
     charges_service,
     never_preempts,
 )
@@ -125,7 +127,9 @@ class ShunterScheduler(Scheduler):
         # `running` sorted by the policy's victim key, so that is the policy's victim
         self.policy = SchedulingPolicy.FCFS
         self.shunter_policy: Policy = policy
-        self.mirrors = Mirrors()
+        static_key = _static_victim_key(policy)
+        self.mirrors = Mirrors(static_key)
+        self._static_keys = self.mirrors.static_keys if static_key is not None else None
         queue = (policy.make_prefix_queue(self._num_cached_prompt_tokens)
                  if isinstance(policy, PrefixAwarePolicy) else policy.make_queue())
         self.waiting: PolicyRequestQueue = PolicyRequestQueue(queue, self.mirrors)
@@ -195,8 +199,7 @@ class ShunterScheduler(Scheduler):
         now = time.time()  # vLLM's arrival times are wall-clock seconds too
         if not self._never_preempts:
             self._preempt_for_priority(now)
-        policy, sync = self.shunter_policy, self.mirrors.sync
-        self.running.sort(key=lambda r: policy.victim_key(sync(r), now))  # type: ignore[arg-type,return-value]
+        self._sort_running(now)
         if self.step_budget is not None and self.step_budget.budget is not None:
             self.max_num_scheduled_tokens = self.step_budget.budget
         output = super().schedule(throttle_prefills)
@@ -204,16 +207,32 @@ class ShunterScheduler(Scheduler):
             self._timed_step = (self._timed_step[0], self.perf_timer())
         return output
 
+    def _sort_running(self, now: float) -> None:
+        """`running` in the order of the policy's victim key, the largest last (a stable sort,
+        keys taken in one pass: this runs for every running request at every step)."""
+        running = self.running
+        if self._static_keys is not None:  # (a static key: one lookup a request, no sync)
+            static_keys = self._static_keys
+            keys = [static_keys[r.request_id] for r in running]
+        else:
+            victim_key = self.shunter_policy.victim_key
+            keys = [victim_key(m, now) for m in self.mirrors.sync_all(running)]
+        order = sorted(range(len(keys)), key=keys.__getitem__)
+        running[:] = [running[i] for i in order]
+
     def _preempt_for_priority(self, now: float) -> None:
         """Let a better waiting request displace worse running ones, if the policy says so (the
         core scheduler's phase 0; vLLM itself preempts only when KV blocks run out)."""
         policy = self.shunter_policy
         top = self.waiting.peek_mirror()
         while top is not None and self.running and not self._fits(self.mirrors.request(top)):
-            candidates = [m for m in map(self.mirrors.sync, self.running) if m.is_preemptible]
+            candidates = [m for m in self.mirrors.sync_all(self.running) if m.is_preemptible]
             if not candidates:
                 return
-            victim = max(candidates, key=lambda m: policy.victim_key(m, now))  # type: ignore[arg-type,return-value]
+            static_keys = self._static_keys
+            victim = (max(candidates, key=lambda m: static_keys[m.request_id])
+                      if static_keys is not None
+                      else max(candidates, key=lambda m: policy.victim_key(m, now)))  # type: ignore[arg-type,return-value]
             if not policy.should_preempt(top, victim, now):
                 return
             request = self.mirrors.request(victim)
@@ -236,26 +255,28 @@ class ShunterScheduler(Scheduler):
     def _update_after_schedule(self, scheduler_output: SchedulerOutput) -> None:
         # the step's decisions are made and `num_computed_tokens` not yet advanced: charge
         self.waiting.settle()  # the last request vLLM popped this step, if any
-        if self._charges_service or self.step_budget is not None:
-            now = time.time()
-            chunks = []
-            for request_id, num_tokens in scheduler_output.num_scheduled_tokens.items():
-                request = self.requests[request_id]
-                if self._charges_service:
-                    self.shunter_policy.on_scheduled(self.mirrors.sync(request), num_tokens, now)
-                chunks.append((num_tokens, int(request.num_computed_tokens)))
-            if self.step_budget is not None and chunks:
-                self._timed_step = (chunks, 0.0)  # the clock starts when `schedule` returns
+        if self._charges_service:
+            now, requests = time.time(), self.requests
+            scheduled = scheduler_output.num_scheduled_tokens
+            on_scheduled = self.shunter_policy.on_scheduled
+            mirrors = self.mirrors.sync_all([requests[request_id] for request_id in scheduled])
+            for mirror, num_tokens in zip(mirrors, scheduled.values(), strict=True):
+                on_scheduled(mirror, num_tokens, now)
+        if self.step_budget is not None and scheduler_output.num_scheduled_tokens:
+            chunks = [(num_tokens, int(self.requests[request_id].num_computed_tokens))
+                      for request_id, num_tokens in scheduler_output.num_scheduled_tokens.items()]
+            self._timed_step = (chunks, 0.0)  # the clock starts when `schedule` returns
         super()._update_after_schedule(scheduler_output)
 
     def _update_request_with_output(self, request: VllmRequest, new_token_ids: list[int],
-                                    *args: Any, **kwargs: Any) -> tuple[list[int], bool]:
+                                    is_stale: bool = False) -> tuple[list[int], bool]:
         was_running = request.status == VllmStatus.RUNNING  # (not a preempted one's stale output)
         new_token_ids, stopped = super()._update_request_with_output(
-            request, new_token_ids, *args, **kwargs)
-        mirror = self.mirrors.get(request)
-        if mirror is not None and was_running and new_token_ids:
-            mirror.has_progressed = True  # it may be preempted again
+            request, new_token_ids, is_stale)
+        if was_running and new_token_ids:
+            mirror = self.mirrors.get(request)
+            if mirror is not None:
+                mirror.has_progressed = True  # it may be preempted again
         return new_token_ids, stopped
 
     def update_from_output(self, scheduler_output: SchedulerOutput,
@@ -277,6 +298,15 @@ class ShunterScheduler(Scheduler):
                         budget.worst_step_s(budget.budget or 1), budget.tbt_slo_s,
                         "; out of reach even at the smallest budget" if budget.is_out_of_reach
                         else "")
+
+
+def _static_victim_key(policy: Policy) -> Callable[[Request], Any] | None:
+    """The policy's static key when its victim key is that key (fcfs, priority, sjf, ltr): it
+    reads only what a request arrives with, so it is taken once per request."""
+    if isinstance(policy, StaticKeyPolicy) \
+            and type(policy).victim_key is StaticKeyPolicy.victim_key:
+        return policy.order_key
+    return None
 
 
 class ShunterAsyncScheduler(ShunterScheduler, AsyncScheduler):

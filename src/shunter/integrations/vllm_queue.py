@@ -17,7 +17,8 @@ calls nothing on the queue between popping a request and deciding its fate.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
+from typing import Any
 
 from vllm.v1.core.sched.request_queue import RequestQueue
 from vllm.v1.request import Request as VllmRequest
@@ -39,22 +40,34 @@ _STATUSES: dict[VllmStatus, RequestStatus] = {
 }
 
 
-def core_status(status: VllmStatus) -> RequestStatus:
-    """A vLLM status as the core's: every other live one (a grammar compiling, KV on its way)
-    waits, every other finished one (ignored, error, repetition) was cut short."""
+def _core_status(status: VllmStatus) -> RequestStatus:
     if VllmStatus.is_finished(status):
         return _STATUSES.get(status, RequestStatus.FINISHED_ABORTED)
     return _STATUSES.get(status, RequestStatus.WAITING)
 
 
+# every vLLM status, looked up once: `sync` runs for each running request at every step
+_CORE_STATUSES: dict[VllmStatus, RequestStatus] = {s: _core_status(s) for s in VllmStatus}
+
+
+def core_status(status: VllmStatus) -> RequestStatus:
+    """A vLLM status as the core's: every other live one (a grammar compiling, KV on its way)
+    waits, every other finished one (ignored, error, repetition) was cut short."""
+    return _CORE_STATUSES[status]
+
+
 class Mirrors:
     """One core `Request` per live vLLM request, by request id."""
 
-    __slots__ = ("_mirrors", "_requests")
+    __slots__ = ("_mirrors", "_requests", "_static_key", "static_keys")
 
-    def __init__(self) -> None:
+    def __init__(self, static_key: Callable[[Request], Any] | None = None) -> None:
         self._mirrors: dict[RequestId, Request] = {}
         self._requests: dict[RequestId, VllmRequest] = {}
+        # a static-key policy's key of each mirror, taken once when it is made: it reads only
+        # what a request arrives with, so the running list sorts without a sync per request
+        self._static_key = static_key
+        self.static_keys: dict[RequestId, Any] = {}
 
     def add(self, request: VllmRequest, tags: RequestTags) -> Request:
         """Make the mirror of a request vLLM has just been given."""
@@ -65,11 +78,14 @@ class Mirrors:
             program_id=tags.program_id, predicted_output_tokens=tags.predicted_output_tokens)
         self._mirrors[request.request_id] = mirror
         self._requests[request.request_id] = request
+        if self._static_key is not None:
+            self.static_keys[request.request_id] = self._static_key(mirror)
         return mirror
 
     def pop(self, request_id: RequestId) -> Request | None:
         """Forget a request (it finished); None if it had no mirror."""
         self._requests.pop(request_id, None)
+        self.static_keys.pop(request_id, None)
         return self._mirrors.pop(request_id, None)
 
     def request(self, mirror: Request) -> VllmRequest:
@@ -80,14 +96,24 @@ class Mirrors:
 
     def sync(self, request: VllmRequest) -> Request:
         """The request's mirror, brought up to date with it."""
-        mirror = self._mirrors[request.request_id]
-        mirror.status = core_status(request.status)
-        if request.num_preemptions != mirror.num_preemptions:
-            mirror.num_preemptions = request.num_preemptions
-            mirror.has_progressed = False  # preempted: no new token since it was readmitted
-        mirror.num_computed_tokens = request.num_computed_tokens
-        mirror.num_output_tokens = request.num_output_tokens
-        return mirror
+        return self.sync_all((request,))[0]
+
+    def sync_all(self, requests: Iterable[VllmRequest]) -> list[Request]:
+        """`sync` of each request, in order (one loop, no call per request: the scheduler
+        syncs every running request at every step)."""
+        mirrors, statuses = self._mirrors, _CORE_STATUSES
+        synced = []
+        for request in requests:
+            mirror = mirrors[request.request_id]
+            mirror.status = statuses[request.status]
+            num_preemptions = request.num_preemptions
+            if num_preemptions != mirror.num_preemptions:
+                mirror.num_preemptions = num_preemptions
+                mirror.has_progressed = False  # preempted: no new token since it was readmitted
+            mirror.num_computed_tokens = request.num_computed_tokens
+            mirror.num_output_tokens = request.num_output_tokens
+            synced.append(mirror)
+        return synced
 
     def __len__(self) -> int:
         return len(self._mirrors)
