@@ -1,6 +1,6 @@
 """Shunter's reference engine against vLLM-CPU on SmolLM2-135M-Instruct, side by side.
 
-    .venv/bin/python benchmarks/engine_vs_vllm.py [--concurrency 1,4,16] [--skip-vllm]
+    .venv/bin/python benchmarks/engine_vs_vllm.py [--concurrency 1,4,16,64] [--skip-vllm]
 
 For each concurrency C both engines get the same seeded random token prompts (PROMPT_LEN
 tokens, NUM_WAVES * C of them), generate exactly OUTPUT_LEN tokens each (greedy,
@@ -36,7 +36,7 @@ from benchmarks._external.vllm_cpu import (  # noqa: E402
 
 __all__ = ["main", "run_shunter_throughput"]
 
-CONCURRENCIES = (1, 4, 16)
+CONCURRENCIES = (1, 4, 16, 64)
 PROMPT_LEN = 128
 OUTPUT_LEN = 128
 NUM_WAVES = 2

@@ -49,6 +49,7 @@ class ModelRunner:
         self.device, self.dtype = param.device, param.dtype
         self.block_size = block_size
         self.num_blocks = num_blocks
+        self.num_kv_heads = config.num_kv_heads
         shape = (config.num_layers, 2, num_blocks, block_size, config.num_kv_heads, config.head_dim)
         self.kv = torch.zeros(shape, dtype=self.dtype, device=self.device)
         host_shape = (config.num_layers, 2, num_host_blocks, *shape[3:])
@@ -133,7 +134,7 @@ class ModelRunner:
             slot_mapping=self._tensor(slots), prefills=prefills,
             num_prefill_tokens=len(input_ids) - len(decode_chunks))
         if decode_chunks:
-            meta.decode_block_tables, meta.decode_mask = self._decode_tables(decode_chunks)
+            meta.decode_kv_index, meta.decode_mask = self._decode_tables(decode_chunks)
         logit_rows = [last_row[i] for i, c in enumerate(chunks) if c.is_sampling]
         return self._tensor(input_ids), self._tensor(positions), meta, logit_rows
 
@@ -153,8 +154,13 @@ class ModelRunner:
         tables = [list(c.block_ids[:max_blocks]) + [0] * (max_blocks - len(c.block_ids[:max_blocks]))
                   for c in decodes]
         lens = self._tensor(lengths)
-        mask = torch.arange(max_blocks * self.block_size, device=self.device) < lens.unsqueeze(1)
-        return self._tensor(tables), self._additive(mask)[:, None, None, :]
+        offsets = torch.arange(self.block_size, device=self.device)
+        slots = (self._tensor(tables).unsqueeze(-1) * self.block_size + offsets).flatten(1)
+        slots = slots[:, :max(lengths)]  # keys past the longest context: never attended
+        heads = torch.arange(self.num_kv_heads, device=self.device).view(1, -1, 1)
+        index = slots.unsqueeze(1) * self.num_kv_heads + heads  # [D, KV, L]: see AttentionMetadata
+        mask = torch.arange(slots.shape[1], device=self.device) < lens.unsqueeze(1)
+        return index, self._additive(mask)[:, None, None, :]
 
     def _additive(self, allowed: torch.Tensor) -> torch.Tensor:
         """0 where attention is allowed, -inf elsewhere, in the model's dtype."""
