@@ -12,10 +12,10 @@ from tests.gateway.factories import run
 from shunter.backend.protocol import GenerateRequest
 from shunter.errors import ConfigError
 from shunter.gateway.app import AppConfig
-from shunter.gateway.config import check_endpoint, load_config
+from shunter.gateway.config import load_config
 from shunter.gateway.factory import BackendSlot, GatewayParts, build_app
 from shunter.gateway.fake import FakeEngineClient
-from shunter.gateway.kv_events import KvEventSubscriber, decode_batch
+from shunter.gateway.kv_events import KvEventSubscriber, check_endpoint, decode_batch
 from shunter.router.exact_index import (
     AllBlocksCleared,
     BlocksRemoved,

@@ -46,7 +46,6 @@ table and the key.
 from __future__ import annotations
 
 import os
-import re
 import tomllib
 from dataclasses import MISSING, dataclass, field, fields
 from pathlib import Path
@@ -61,14 +60,14 @@ from shunter.core.sched.registry import PREDICTIVE_POLICIES, make_policy
 from shunter.errors import ConfigError
 from shunter.gateway.admission import AdmissionConfig
 from shunter.gateway.breaker import BreakerConfig
+from shunter.gateway.kv_events import check_endpoint
 from shunter.gateway.limits import LimitsConfig
 from shunter.gateway.pool import PoolConfig
 from shunter.gateway.tenant import TenantConfig, TenantTable
 
 __all__ = ["BACKEND_KINDS", "DEFAULT_ENGINE_POLICY", "DEFAULT_GATEWAY_POLICY", "DEFAULT_MODEL",
            "DEFAULT_NUM_REPLICAS", "VLLM_PYTHON_ENV", "BackendConfig", "GatewayConfig",
-           "SchedulerSettings", "ServerConfig", "check_endpoint", "default_vllm_python",
-           "load_config"]
+           "SchedulerSettings", "ServerConfig", "default_vllm_python", "load_config"]
 
 BACKEND_KINDS = ("remote", "engine", "vllm", "fake")
 VLLM_PYTHON_ENV = "SHUNTER_VLLM_PYTHON"  # the default `python` of kind = "vllm" backends
@@ -79,18 +78,6 @@ DEFAULT_GATEWAY_POLICY = "vtc"  # tenants share a saturated gateway fairly
 # what the gateway's queue runs when `policy` needs an engine and in-process engines run it:
 # arrival order, leaving the order to the engines
 PASS_THROUGH_GATEWAY_POLICY = "fcfs"
-_CONNECT_ENDPOINT = re.compile(r"^(tcp://[^\s:/*]+:(\d+)|ipc://\S+)$")
-
-
-def check_endpoint(endpoint: str, what: str) -> None:
-    """ValueError unless `endpoint` is a ZMQ address to connect to: tcp://HOST:PORT, ipc://PATH."""
-    found = _CONNECT_ENDPOINT.match(endpoint)
-    if found is None or (found.group(2) is not None and not 0 < int(found.group(2)) < 65536):
-        raise ValueError(f"{what} must be an address to connect to, tcp://HOST:PORT or "
-                         f"ipc://PATH (vLLM binds tcp://*:PORT; connect to tcp://127.0.0.1:PORT), "
-                         f"got {endpoint!r}")
-
-
 def _policy(name: str, params: dict[str, Any], what: str) -> Policy:
     try:
         return make_policy(name, **params)

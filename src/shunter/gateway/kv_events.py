@@ -16,6 +16,8 @@ One `KvEventSubscriber` per backend with `kv_events` keeps its replica's history
   or AllBlocksCleared);
 - a seq that goes back means the engine restarted: its cache starts empty, history from seq 0.
 ZMQ reconnects by itself; what was published while disconnected shows up as a gap.
+pyzmq and msgpack (the gateway extra) are imported where they are used: the gateway's config
+checks these addresses (`check_endpoint`) in a core-only install too.
 """
 
 from __future__ import annotations
@@ -23,12 +25,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import re
 from collections.abc import Hashable
 from typing import Any
-
-import msgpack
-import zmq
-import zmq.asyncio
 
 from shunter.router.exact_index import (
     AllBlocksCleared,
@@ -38,7 +37,7 @@ from shunter.router.exact_index import (
     ExactPrefixIndex,
 )
 
-__all__ = ["KvEventSubscriber", "decode_batch"]
+__all__ = ["KvEventSubscriber", "check_endpoint", "decode_batch"]
 
 log = logging.getLogger("shunter.gateway")
 
@@ -49,9 +48,23 @@ _STORED_FIELDS = ("block_hashes", "parent_block_hash", "token_ids", "block_size"
                   "medium", "lora_name", "extra_keys")
 
 
+_CONNECT_ENDPOINT = re.compile(r"^(tcp://[^\s:/*]+:(\d+)|ipc://\S+)$")
+
+
+def check_endpoint(endpoint: str, what: str) -> None:
+    """ValueError unless `endpoint` is a ZMQ address to connect to: tcp://HOST:PORT, ipc://PATH."""
+    found = _CONNECT_ENDPOINT.match(endpoint)
+    if found is None or (found.group(2) is not None and not 0 < int(found.group(2)) < 65536):
+        raise ValueError(f"{what} must be an address to connect to, tcp://HOST:PORT or "
+                         f"ipc://PATH (vLLM binds tcp://*:PORT; connect to tcp://127.0.0.1:PORT), "
+                         f"got {endpoint!r}")
+
+
 def decode_batch(payload: bytes) -> list[BlockEvent]:
     """A msgpack EventBatch -> its events (unknown event types are skipped); ValueError if
     the payload is not an EventBatch."""
+    import msgpack
+
     try:
         batch = msgpack.unpackb(payload, raw=False)
     except (ValueError, msgpack.UnpackException) as exc:
@@ -111,6 +124,8 @@ class KvEventSubscriber:
         self.num_batches = 0
         self.num_gaps = 0
         self.num_errors = 0  # batches refused (logged once: a wrong block size repeats)
+        import zmq.asyncio
+
         self._context = zmq.asyncio.Context()
         self._task: asyncio.Task[None] | None = None
         index.track(replica_id, block_size)
@@ -162,6 +177,8 @@ class KvEventSubscriber:
         """Apply batches start..stop-1 from the replay socket; False if it cannot give them all."""
         if self.replay_endpoint is None:
             return False
+        import zmq
+
         socket = self._context.socket(zmq.DEALER)
         socket.connect(self.replay_endpoint)
         try:
@@ -187,6 +204,8 @@ class KvEventSubscriber:
         return True
 
     async def _run(self) -> None:
+        import zmq
+
         socket = self._context.socket(zmq.SUB)
         socket.setsockopt(zmq.SUBSCRIBE, self.topic)
         socket.connect(self.endpoint)

@@ -22,20 +22,16 @@ import contextlib
 import logging
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
 
 from shunter.backend.protocol import BackendError, GenerateChunk, GenerateRequest, Usage
 from shunter.core.types import RequestSpec
 from shunter.gateway.errors import ServiceUnavailableError
+from shunter.gateway.kv_events import KvEventSubscriber
 from shunter.gateway.metrics import GatewayMetrics, Gauge
 from shunter.gateway.replica import Replica, estimate_tokens, text_hash_ids
 from shunter.gateway.stream_watch import StallWatch, TokenTrail
 from shunter.router.interface import Router
 from shunter.router.prefix_index import DispatchIndex
-
-if TYPE_CHECKING:  # (pyzmq and msgpack come with the gateway extra; the simulator's CLI imports
-    # this module through gateway.config without them)
-    from shunter.gateway.kv_events import KvEventSubscriber
 
 __all__ = ["Attempt", "PoolConfig", "ReplicaPool", "prompt_text"]
 
