@@ -90,6 +90,8 @@ from shunter.core.sched.policy import (  # noqa: E402
     StaticKeyPolicy,
     charges_service,
     never_preempts,
+    step_charger,
+    victim_sort_key,
 )
 from shunter.errors import ConfigError, RequestError  # noqa: E402
 from shunter.integrations.settings import (  # noqa: E402
@@ -134,10 +136,17 @@ class ShunterScheduler(Scheduler):
                  if isinstance(policy, PrefixAwarePolicy) else policy.make_queue())
         self.waiting: PolicyRequestQueue = PolicyRequestQueue(queue, self.mirrors)
         self._charges_service = charges_service(policy)
+        self._charge_step = step_charger(policy)
+        # a victim key that reads no progress of the request itself (vtc: priority, tenant,
+        # arrival and the policy's counters) sorts the running list without syncing mirrors
+        self._victim_key_is_static_per_request = not getattr(
+            type(policy), "victim_key_reads_progress", True)
         self._never_preempts = never_preempts(policy)
         self.step_budget = self._make_step_budget(vllm_config)
         self._timed_step: tuple[list[tuple[int, int]], float] | None = None
         self.perf_timer = time.perf_counter  # times steps for the budget (tests replace it)
+        if self._never_preempts:  # `has_progressed` only guards priority preemption's victims
+            self._update_request_with_output = super()._update_request_with_output  # type: ignore[method-assign]
         logger.info("Shunter policy: %r", policy)
 
     def _make_step_budget(self, vllm_config: Any) -> TbtBudget | None:
@@ -197,7 +206,9 @@ class ShunterScheduler(Scheduler):
 
     def schedule(self, throttle_prefills: bool = False) -> SchedulerOutput:
         now = time.time()  # vLLM's arrival times are wall-clock seconds too
-        if not self._never_preempts:
+        if self._never_preempts:
+            self.waiting.peek_mirror()  # a queue may settle its state at each decision (lifts)
+        else:
             self._preempt_for_priority(now)
         self._sort_running(now)
         if self.step_budget is not None and self.step_budget.budget is not None:
@@ -215,8 +226,12 @@ class ShunterScheduler(Scheduler):
             static_keys = self._static_keys
             keys = [static_keys[r.request_id] for r in running]
         else:
-            victim_key = self.shunter_policy.victim_key
-            keys = [victim_key(m, now) for m in self.mirrors.sync_all(running)]
+            victim_key = victim_sort_key(self.shunter_policy, now)
+            if self._victim_key_is_static_per_request:  # (no sync: one pass, sorted in place)
+                by_id = self.mirrors.by_id
+                running.sort(key=lambda r: victim_key(by_id[r.request_id]))
+                return
+            keys = [victim_key(m) for m in self.mirrors.sync_all(running)]
         order = sorted(range(len(keys)), key=keys.__getitem__)
         running[:] = [running[i] for i in order]
 
@@ -256,12 +271,10 @@ class ShunterScheduler(Scheduler):
         # the step's decisions are made and `num_computed_tokens` not yet advanced: charge
         self.waiting.settle()  # the last request vLLM popped this step, if any
         if self._charges_service:
-            now, requests = time.time(), self.requests
+            requests = self.requests
             scheduled = scheduler_output.num_scheduled_tokens
-            on_scheduled = self.shunter_policy.on_scheduled
-            mirrors = self.mirrors.sync_all([requests[request_id] for request_id in scheduled])
-            for mirror, num_tokens in zip(mirrors, scheduled.values(), strict=True):
-                on_scheduled(mirror, num_tokens, now)
+            mirrors = self.mirrors.sync_computed([requests[rid] for rid in scheduled])
+            self._charge_step(zip(mirrors, scheduled.values(), strict=True), time.time())
         if self.step_budget is not None and scheduler_output.num_scheduled_tokens:
             chunks = [(num_tokens, int(self.requests[request_id].num_computed_tokens))
                       for request_id, num_tokens in scheduler_output.num_scheduled_tokens.items()]

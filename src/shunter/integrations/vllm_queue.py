@@ -94,6 +94,23 @@ class Mirrors:
     def get(self, request: VllmRequest) -> Request | None:
         return self._mirrors.get(request.request_id)
 
+    def sync_computed(self, requests: Iterable[VllmRequest]) -> list[Request]:
+        """The mirror of each request with only `num_computed_tokens` brought up to date (all
+        a charging hook reads besides what the request arrived with)."""
+        mirrors = self._mirrors
+        synced = []
+        for request in requests:
+            mirror = mirrors[request.request_id]
+            mirror.num_computed_tokens = request.num_computed_tokens
+            synced.append(mirror)
+        return synced
+
+    @property
+    def by_id(self) -> dict[RequestId, Request]:
+        """Every mirror by request id, as last synced (for what reads only what a request
+        arrives with)."""
+        return self._mirrors
+
     def sync(self, request: VllmRequest) -> Request:
         """The request's mirror, brought up to date with it."""
         return self.sync_all((request,))[0]

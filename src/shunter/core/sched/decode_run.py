@@ -193,9 +193,8 @@ def advance_decode_run(scheduler: CoreScheduler, num_steps: int,
     bs = scheduler.config.block_size
     running = list(scheduler.running)
     if scheduler.charges_service:
-        now = scheduler.clock.now()
-        for r in running:  # charged as `schedule` charges: before the tokens count as computed
-            scheduler.policy.on_scheduled(r, num_steps, now)
+        # charged as `schedule` charges: before the tokens count as computed
+        scheduler.charge_step([(r, num_steps) for r in running], scheduler.clock.now())
     # after step s, c+s tokens are computed: block (c+s)/bs - 1 is full when bs divides c+s,
     # and published then if below the request's publish limit: steps up to last_publish[i]
     last_publish = ([_last_publish_step(r, num_steps, bs) for r in running]

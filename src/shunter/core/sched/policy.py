@@ -8,6 +8,15 @@ A policy decides *order*, never mechanism. It supplies:
 - charging hooks (`on_scheduled`, `on_finished`) for policies that keep service counters
   (VTC, DLPM, MLFQ). Hooks change the policy's own state, never the request.
 
+Two optional fast paths, for the loops that run over every running request at every step (the
+scheduler here and inside vLLM): `on_scheduled_step(scheduled, now_s)` charges a whole step's
+chunks and must equal `on_scheduled` of each in turn, to the bit; `victim_key_at(now_s)` returns
+a one-argument function equal to `victim_key(request, now_s)`. Runtimes reach them only through
+`step_charger` and `victim_sort_key`, which fall back to the plain hooks. A policy whose
+victim key reads nothing a request gains as it runs (only what it arrives with, and the policy's
+own state) may say `victim_key_reads_progress = False` (a class attribute): a runtime that keeps
+mirrors of another engine's requests (inside vLLM) then sorts without syncing them.
+
 A policy whose order depends on the prefix cache (DLPM) also implements `PrefixAwarePolicy`:
 the scheduler then builds its queue with `make_prefix_queue(probe)`, where `probe(request)` is
 the number of prompt tokens the cache would serve that request if it were admitted now.
@@ -24,7 +33,7 @@ in `requires_engine`; the gateway tier refuses it with that reason.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from typing import Any, ClassVar, Protocol, runtime_checkable
 
 from shunter.core.request import Request
@@ -93,7 +102,9 @@ class Policy(Protocol):
         ...
 
     def on_scheduled(self, request: Request, num_tokens: int, now_s: float) -> None:
-        """Charge `num_tokens` of service scheduled for `request` this step."""
+        """Charge `num_tokens` of service scheduled for `request` this step. Reads only what
+        the request arrived with and its `num_computed_tokens` (all that a runtime keeping
+        mirrors of another engine's requests syncs before charging)."""
         ...
 
     def on_finished(self, request: Request, now_s: float) -> None:
@@ -153,8 +164,11 @@ def _keeps_static(policy: Policy, method: str) -> bool:
 
 def never_preempts(policy: Policy) -> bool:
     """Whether `policy.should_preempt` always says no (a StaticKeyPolicy that is not
-    `preemptive`), so phase 0 need not look for a victim every step."""
-    return _keeps_static(policy, "should_preempt") and not policy.preemptive  # type: ignore[attr-defined]
+    `preemptive`, or another policy whose class says `preemptive = False`), so phase 0 need not
+    look for a victim every step."""
+    if isinstance(policy, StaticKeyPolicy):
+        return _keeps_static(policy, "should_preempt") and not policy.preemptive
+    return getattr(type(policy), "preemptive", True) is False
 
 
 def charges_service(policy: Policy) -> bool:
@@ -165,8 +179,27 @@ def charges_service(policy: Policy) -> bool:
 
 def victim_sort_key(policy: Policy, now_s: float) -> Callable[[Request], Any]:
     """A key that sorts requests as `policy.victim_key(request, now_s)` does: a static order's
-    key itself when the policy keeps StaticKeyPolicy's victim key (one call per request, not
-    three: the scheduler sorts the running list every step)."""
+    key itself when the policy keeps StaticKeyPolicy's victim key, else the policy's own
+    `victim_key_at(now_s)` where it has one (one call per request, not three: the scheduler
+    sorts the running list every step)."""
     if _keeps_static(policy, "victim_key"):
         return policy.order_key  # type: ignore[attr-defined]
+    victim_key_at = getattr(policy, "victim_key_at", None)
+    if victim_key_at is not None:
+        return victim_key_at(now_s)  # type: ignore[no-any-return]
     return lambda request: policy.victim_key(request, now_s)
+
+
+def step_charger(policy: Policy) -> Callable[[Iterable[tuple[Request, int]], float], None]:
+    """`charge(scheduled, now_s)`: `policy.on_scheduled` for each (request, num_tokens) of a
+    step in turn, through the policy's `on_scheduled_step` where it has one."""
+    on_scheduled_step = getattr(policy, "on_scheduled_step", None)
+    if on_scheduled_step is not None:
+        return on_scheduled_step  # type: ignore[no-any-return]
+    on_scheduled = policy.on_scheduled
+
+    def charge(scheduled: Iterable[tuple[Request, int]], now_s: float) -> None:
+        for request, num_tokens in scheduled:
+            on_scheduled(request, num_tokens, now_s)
+
+    return charge

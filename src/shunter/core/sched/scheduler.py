@@ -38,6 +38,7 @@ from shunter.core.sched.policy import (
     PrefixAwarePolicy,
     charges_service,
     never_preempts,
+    step_charger,
     victim_sort_key,
 )
 from shunter.core.sched.stats import SchedulerStats
@@ -55,6 +56,7 @@ class CoreScheduler:
         self.max_seq_len = config.max_seq_len  # (a derived property: cached for the hot paths)
         self.policy = policy
         self.charges_service = charges_service(policy)  # (cached: checked every step)
+        self.charge_step = step_charger(policy)
         self.never_preempts = never_preempts(policy)
         self.clock = clock
         self.kv = KVCacheManager(config.num_blocks, config.block_size,
@@ -192,8 +194,7 @@ class CoreScheduler:
         elif not self._schedule_waiting(plan, now):
             self._schedule_running(plan, now)
         if self.charges_service:
-            for request, num_tokens in plan.scheduled:
-                self.policy.on_scheduled(request, num_tokens, now)
+            self.charge_step(plan.scheduled, now)
         finished, self._finished_ids = tuple(self._finished_ids), []
         return plan.build(self.num_steps, finished, self.config.emit_block_tables)
 
@@ -288,9 +289,9 @@ class CoreScheduler:
 
     def _preempt_for_priority(self, plan: StepPlan, now: float) -> None:
         """Phase 0: let a better waiting request displace worse running ones, if the policy says so."""
+        top = self.waiting.peek()  # (first: a queue may settle its state at each decision)
         if self.never_preempts:
             return
-        top = self.waiting.peek()
         while top is not None and self.running and not self.headroom.fits(top, len(self.running)):
             candidates = [r for r in self.running if r.is_preemptible]
             if not candidates:

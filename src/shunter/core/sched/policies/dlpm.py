@@ -52,6 +52,7 @@ class DlpmPolicy:
     name: str = "dlpm"
     has_static_order: bool = False  # the order follows deficits and the prefix cache
     requires_engine: ClassVar[str | None] = None  # at a gateway it probes the router's prefix index
+    preemptive: ClassVar[bool] = False  # should_preempt always says no
     deficits: dict[TenantId, float] = field(default_factory=dict)
     meter: ServiceMeter = field(init=False)
     _queue: DlpmQueue | None = field(default=None, init=False)

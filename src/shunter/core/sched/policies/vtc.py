@@ -26,7 +26,7 @@ tenant (then the latest arrival) is preempted first. Output lengths are never ne
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import ClassVar
 
@@ -53,6 +53,8 @@ class VtcPolicy:
     name: str = "vtc"
     has_static_order: bool = False  # the order follows counters that grow as service is charged
     requires_engine: ClassVar[str | None] = None
+    preemptive: ClassVar[bool] = False  # should_preempt always says no
+    victim_key_reads_progress: ClassVar[bool] = False  # (priority, counter, arrival)
     counters: dict[TenantId, float] = field(default_factory=dict)
     meter: ServiceMeter = field(init=False)
     _queue: VtcQueue | None = field(default=None, init=False, repr=False)
@@ -101,11 +103,20 @@ class VtcPolicy:
     def victim_key(self, request: Request, now_s: float) -> object:
         return (request.priority, self.counter(request.tenant), request.arrival_s)
 
+    def victim_key_at(self, now_s: float) -> Callable[[Request], object]:
+        """`victim_key` as one function of the request (sorts the running list each step)."""
+        get = self.counters.get
+        return lambda r: (r.priority, get(r.tenant, 0.0), r.arrival_s)
+
     def should_preempt(self, waiting: Request, running: Request, now_s: float) -> bool:
         return False
 
     def on_scheduled(self, request: Request, num_tokens: int, now_s: float) -> None:
         self.charge(request, self.meter.charge(request, num_tokens))
+
+    def on_scheduled_step(self, scheduled: Iterable[tuple[Request, int]], now_s: float) -> None:
+        """`on_scheduled` of each chunk of a step in turn (the same arithmetic, inlined)."""
+        self.meter.charge_tenants(scheduled, self.counters, self.tenant_weights or {})
 
     def charge(self, request: Request, service: float) -> None:
         if service:
