@@ -350,3 +350,24 @@ def _child_pid(parent: int) -> int:
         if int(fields[1]) == parent and b"vllm.entrypoints" in cmdline:
             return int(stat.parent.name)
     raise AssertionError(f"no vLLM child of {parent}")
+
+
+def test_kv_events_on_a_started_vllm_add_its_flags_on_ipc_only(tmp_path):
+    launch = VllmLaunch(name="v", python="py", model_dir="/m", port=9, served_model_name="m",
+                        policy="fcfs", kv_events="ipc:///tmp/kv-v", kv_events_replay="ipc:///tmp/r")
+    cmd = vllm_launch_command(launch)
+    assert "--enable-prefix-caching" in cmd
+    assert json.loads(cmd[cmd.index("--kv-events-config") + 1]) == {
+        "enable_kv_cache_events": True, "publisher": "zmq", "endpoint": "ipc:///tmp/kv-v",
+        "replay_endpoint": "ipc:///tmp/r"}
+    own = VllmLaunch(name="v", python="py", model_dir="/m", port=9, served_model_name="m",
+                     policy="fcfs", kv_events="tcp://127.0.0.1:5557",
+                     args=("--kv-events-config", "{}"))
+    assert vllm_launch_command(own).count("--kv-events-config") == 1  # the user's own
+    # TCP would have vLLM bind every interface: refused, naming the backend and the key
+    with pytest.raises(ConfigError, match="backend v: kv_events of a vllm backend .* ipc://"):
+        load_config(_write(tmp_path, _vllm_backend(
+            tmp_path, 'kv_events = "tcp://127.0.0.1:5557"\n') + '[router]\nname = "cost"\n'))
+    config = load_config(_write(tmp_path, _vllm_backend(
+        tmp_path, 'kv_events = "ipc:///tmp/kv-v"\n') + '[router]\nname = "cost"\n'))
+    assert config.backends[0].kv_events == "ipc:///tmp/kv-v"

@@ -273,6 +273,14 @@ class BackendConfig:
             raise ValueError(f"backend {self.name}: policy_params are given but no policy")
         if self.policy is not None:
             _policy(self.policy, self.policy_params or {}, f"backend {self.name}: policy")
+        if "--kv-events-config" not in self.args:  # then the gateway tells vLLM where to bind
+            for key in ("kv_events", "kv_events_replay"):
+                value = getattr(self, key)
+                if value is not None and not value.startswith("ipc://"):
+                    raise ValueError(
+                        f"backend {self.name}: {key} of a vllm backend the gateway starts must "
+                        f"be ipc://PATH (vLLM binds TCP only as tcp://*:PORT, on every "
+                        f"interface), got {value!r}; or pass your own --kv-events-config in args")
 
     def vllm_policy_or(self, default: tuple[str, dict[str, Any]]) -> tuple[str, dict[str, Any]]:
         """The policy a vllm backend's scheduler runs: its own, else `default` ([scheduler]'s

@@ -129,7 +129,8 @@ def vllm_supervisor(backend: BackendConfig, model: str,
                         dtype=backend.dtype, max_model_len=backend.max_model_len,
                         max_num_seqs=backend.max_num_seqs,
                         max_num_batched_tokens=backend.max_num_batched_tokens,
-                        block_size=backend.block_size, args=backend.args)
+                        block_size=backend.block_size, args=backend.args,
+                        kv_events=backend.kv_events, kv_events_replay=backend.kv_events_replay)
     log_path = Path(backend.log_file) if backend.log_file else \
         Path(tempfile.gettempdir()) / "shunter-vllm" / f"{backend.name}-{port}.log"
     return ProcessSupervisor(backend.name, vllm_launch_command(launch),

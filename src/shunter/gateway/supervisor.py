@@ -84,6 +84,23 @@ class VllmLaunch:
     max_num_batched_tokens: int | None = None
     block_size: int | None = None
     args: tuple[str, ...] = ()
+    kv_events: str | None = None  # ipc://PATH: vLLM publishes its KV events there
+    kv_events_replay: str | None = None
+
+
+def kv_events_flags(launch: VllmLaunch) -> list[str]:
+    """vLLM's flags to publish KV events at the backend's `kv_events` (and replay) addresses,
+    unless its `args` configure KV events themselves."""
+    if launch.kv_events is None or "--kv-events-config" in launch.args:
+        return []
+    config: dict[str, Any] = {"enable_kv_cache_events": True, "publisher": "zmq",
+                              "endpoint": launch.kv_events}
+    if launch.kv_events_replay is not None:
+        config["replay_endpoint"] = launch.kv_events_replay
+    flags = ["--kv-events-config", json.dumps(config)]
+    if "--enable-prefix-caching" not in launch.args:
+        flags.insert(0, "--enable-prefix-caching")
+    return flags
 
 
 def vllm_launch_command(launch: VllmLaunch) -> list[str]:
@@ -97,7 +114,7 @@ def vllm_launch_command(launch: VllmLaunch) -> list[str]:
                         ("--block-size", launch.block_size)):
         if value is not None:
             cmd += [flag, str(value)]
-    return cmd + list(launch.args)
+    return cmd + kv_events_flags(launch) + list(launch.args)
 
 
 def vllm_launch_env(launch: VllmLaunch, base: Mapping[str, str]) -> dict[str, str]:
