@@ -21,7 +21,7 @@ import argparse
 import asyncio
 import json
 import random
-import socket
+import tempfile
 
 import httpx
 from benchmarks._external import vllm_cpu
@@ -40,12 +40,6 @@ NUM_KV_BLOCKS = 32  # 1024 tokens: about ten prompts
 NUM_GROUPS, PREFIX_LEN, SUFFIX_LEN = 6, 64, 36  # 100-token prompts sharing 2 blocks per group
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 def _workload(num_requests: int, seed: int = 0) -> list[list[int]]:
     rng = random.Random(seed)
     prefixes = vllm_cpu.random_prompts(num_prompts=NUM_GROUPS, prompt_len=PREFIX_LEN, seed=seed)
@@ -54,11 +48,11 @@ def _workload(num_requests: int, seed: int = 0) -> list[list[int]]:
     return [rng.choice(prefixes) + suffix for suffix in suffixes]
 
 
-async def _run(base_url: str, pub: int, prompts: list[list[int]],
+async def _run(base_url: str, pub: str, prompts: list[list[int]],
                foreign_fraction: float) -> dict[str, float]:
     rng = random.Random(1)
     exact = ExactPrefixIndex()
-    subscriber = KvEventSubscriber(exact, 0, f"tcp://127.0.0.1:{pub}", block_size=BLOCK_SIZE)
+    subscriber = KvEventSubscriber(exact, 0, pub, block_size=BLOCK_SIZE)
     approx = PrefixIndex()
     view = ReplicaView(replica_id=0, num_total_blocks=NUM_KV_BLOCKS, block_size=BLOCK_SIZE)
     subscriber.start()
@@ -95,16 +89,21 @@ def main() -> None:
     parser.add_argument("--num-requests", type=int, default=60)
     parser.add_argument("--foreign-fraction", type=float, default=0.0)
     args = parser.parse_args()
-    pub = _free_port()
-    events = {"enable_kv_cache_events": True, "publisher": "zmq", "endpoint": f"tcp://*:{pub}"}
+    # an ipc:// socket: vLLM binds TCP only as tcp://*:PORT, on every interface
+    with tempfile.TemporaryDirectory(prefix="shunter-kv-") as tmp:
+        result = _serve_and_run(f"ipc://{tmp}/kv", args.num_requests, args.foreign_fraction)
+    print(json.dumps(result, indent=2))
+
+
+def _serve_and_run(pub: str, num_requests: int, foreign_fraction: float) -> dict[str, float]:
+    events = {"enable_kv_cache_events": True, "publisher": "zmq", "endpoint": pub}
     extra = ("--enable-prefix-caching", "--block-size", str(BLOCK_SIZE), "--kv-events-config",
              json.dumps(events), "--num-gpu-blocks-override", str(NUM_KV_BLOCKS),
              "--enable-prompt-tokens-details")
     with vllm_cpu.vllm_server(vllm_cpu.ensure_smollm2_hf_dir(), served_model_name=MODEL,
                               max_model_len=512, extra_args=extra) as server:
-        result = asyncio.run(_run(server.base_url, pub, _workload(args.num_requests),
-                                 args.foreign_fraction))
-    print(json.dumps(result, indent=2))
+        return asyncio.run(_run(server.base_url, pub, _workload(num_requests),
+                                foreign_fraction))
 
 
 if __name__ == "__main__":

@@ -12,8 +12,8 @@ from __future__ import annotations
 
 import asyncio
 import json
-import socket
 import time
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -36,22 +36,15 @@ NUM_KV_BLOCKS = 32  # 1024 tokens: a dozen more prompts evict the first ones
 NUM_FILLERS = 12
 
 
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 def _spec(tokens: list[int], request_id: str) -> RequestSpec:
     return RequestSpec(request_id=request_id, arrival_s=0.0, num_prompt_tokens=len(tokens),
                        num_output_tokens=1, prompt_token_ids=tuple(tokens))
 
 
-async def _through_gateway(base_url: str, pub: int, replay: int, prompts: list[list[int]],
+async def _through_gateway(base_url: str, pub: str, replay: str, prompts: list[list[int]],
                            probes: list[list[int]], fillers: list[list[int]]) -> dict[str, Any]:
     backend = BackendConfig(name="vllm", kind="remote", url=base_url, model=MODEL,
-                            block_size=BLOCK_SIZE, kv_events=f"tcp://127.0.0.1:{pub}",
-                            kv_events_replay=f"tcp://127.0.0.1:{replay}")
+                            block_size=BLOCK_SIZE, kv_events=pub, kv_events_replay=replay)
     app = build_app(GatewayParts(app=AppConfig(model_names=(MODEL,)), router="cost",
                                  router_params={"seed": 0}), build_backends([backend], MODEL))
     pool = app.pool
@@ -97,15 +90,16 @@ async def _through_gateway(base_url: str, pub: int, replay: int, prompts: list[l
         await pool.stop()
 
 
-def test_exact_prefix_index_learns_a_real_vllms_blocks() -> None:
+def test_exact_prefix_index_learns_a_real_vllms_blocks(tmp_path: Path) -> None:
     vllm_cpu = pytest.importorskip("benchmarks._external.vllm_cpu")
     model_dir = vllm_cpu.ensure_smollm2_hf_dir()
     first, second, unseen, *fillers = vllm_cpu.random_prompts(
         num_prompts=3 + NUM_FILLERS, prompt_len=PROMPT_LEN, seed=3)
     sharing = first[:2 * BLOCK_SIZE] + unseen[:PROMPT_LEN - 2 * BLOCK_SIZE]
-    pub, replay = _free_port(), _free_port()
+    # ipc:// sockets: vLLM binds TCP only as tcp://*:PORT, on every interface
+    pub, replay = f"ipc://{tmp_path}/kv", f"ipc://{tmp_path}/replay"
     events = {"enable_kv_cache_events": True, "publisher": "zmq",
-              "endpoint": f"tcp://*:{pub}", "replay_endpoint": f"tcp://*:{replay}"}
+              "endpoint": pub, "replay_endpoint": replay}
     args = ("--enable-prefix-caching", "--block-size", str(BLOCK_SIZE),
             "--kv-events-config", json.dumps(events),
             "--num-gpu-blocks-override", str(NUM_KV_BLOCKS))
