@@ -59,6 +59,9 @@ def api_root(url: str) -> str:
     return url.removesuffix("/v1")
 
 
+VLLM_XARGS = ("tenant", "program_id", "predicted_output_tokens")
+
+
 @dataclass(frozen=True, slots=True, kw_only=True)
 class EndpointConfig:
     """Where to send requests and how to shape them.
@@ -67,7 +70,10 @@ class EndpointConfig:
     (Shunter's gateway knows tenants by key); other tenants use `api_key`. The tenant also
     goes in OpenAI's `user` field, and a non-zero priority in vLLM's `priority` field. A
     request's session and program go in the `X-Session-Id` and `X-Program-Id` headers
-    (Shunter's gateway reads them; other servers ignore unknown headers).
+    (Shunter's gateway reads them; other servers ignore unknown headers). `vllm_xargs` names
+    what also goes in vLLM's `vllm_xargs` for Shunter's scheduler inside vLLM
+    (`shunter.integrations.vllm`): "tenant", "program_id", and "predicted_output_tokens" (the
+    workload's true output length: an oracle prediction for sjf/ltr).
     """
 
     url: str
@@ -78,9 +84,14 @@ class EndpointConfig:
     ignore_eos: bool = True  # replay the trace's output length, as vLLM's benchmark does
     temperature: float = 0.0
     request_timeout_s: float = 600.0
+    vllm_xargs: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         api_root(self.url)
+        unknown = sorted(set(self.vllm_xargs) - set(VLLM_XARGS))
+        if unknown:
+            raise ConfigError(f"vllm_xargs: unknown {', '.join(map(repr, unknown))}; "
+                              f"one of {', '.join(VLLM_XARGS)}")
         if not self.model:
             raise ConfigError("the endpoint config needs a model name")
         if not self.request_timeout_s > 0:
@@ -118,6 +129,12 @@ def request_body(spec: RequestSpec, config: EndpointConfig, *,
         body["max_tokens"] = max_tokens or spec.num_output_tokens
     if spec.priority:  # vLLM refuses a non-zero priority unless its policy is "priority"
         body["priority"] = spec.priority
+    if config.vllm_xargs:
+        values = {"tenant": spec.tenant, "program_id": spec.program_id,
+                  "predicted_output_tokens": spec.num_output_tokens}
+        xargs = {key: values[key] for key in config.vllm_xargs if values[key] is not None}
+        if xargs:
+            body["vllm_xargs"] = xargs
     return body
 
 
