@@ -4,7 +4,9 @@ The runner knows nothing of the scheduler: it is handed a list of chunks (reques
 compute, where they start, the request's block table) and returns the logits of the chunks that
 sample (and, for a request that asks for its prompt's log-probs, the logits at every prompt
 position, from a separate forward that leaves the cache alone). It owns the device KV cache
-(one [num_blocks, block_size, num_kv_heads, head_dim] K and V per layer, stored as one tensor) and the host-memory cache that preemption by swap copies into.
+(one [num_blocks, num_kv_heads, block_size, head_dim] K and V per layer, stored as one tensor:
+see attention.py for why heads come before block offsets) and the host-memory cache that
+preemption by swap copies into.
 """
 
 from __future__ import annotations
@@ -50,11 +52,13 @@ class ModelRunner:
         self.block_size = block_size
         self.num_blocks = num_blocks
         self.num_kv_heads = config.num_kv_heads
-        shape = (config.num_layers, 2, num_blocks, block_size, config.num_kv_heads, config.head_dim)
+        shape = (config.num_layers, 2, num_blocks, config.num_kv_heads, block_size, config.head_dim)
         self.kv = torch.zeros(shape, dtype=self.dtype, device=self.device)
         host_shape = (config.num_layers, 2, num_host_blocks, *shape[3:])
         pin = self.device.type == "cuda"
         self.host_kv = torch.zeros(host_shape, dtype=self.dtype, pin_memory=pin)
+        self.decode_kv_buffer = torch.empty(2, 0, block_size * config.head_dim, dtype=self.dtype,
+                                            device=self.device)  # grown on demand
         self.kv_caches: list[KVCache] = [(self.kv[i, 0], self.kv[i, 1])
                                          for i in range(config.num_layers)]
 
@@ -95,10 +99,10 @@ class ModelRunner:
         tokens' blocks for other requests, or none of them: a prefix-cache hit skips them)."""
         n = len(token_ids)
         config = self.model.config
-        scratch = torch.empty(1, n, config.num_kv_heads, config.head_dim, dtype=self.dtype,
+        scratch = torch.empty(1, config.num_kv_heads, n, config.head_dim, dtype=self.dtype,
                               device=self.device)  # written by every layer, never read
         meta = AttentionMetadata(
-            slot_mapping=torch.arange(n, device=self.device), num_prefill_tokens=n,
+            kv_rows=self._kv_rows(torch.arange(n, device=self.device), n), num_prefill_tokens=n,
             prefills=[PrefillSegment(query_start=0, num_query_tokens=n, num_context_tokens=0,
                                      block_table=self._tensor([0]), causal_mask=None)])
         hidden = self.model(self._tensor(list(token_ids)), torch.arange(n, device=self.device),
@@ -112,6 +116,7 @@ class ModelRunner:
         is_decode = [len(c.token_ids) == 1 and c.num_computed_tokens > 0 for c in chunks]
         order = [i for i, d in enumerate(is_decode) if not d] + [i for i, d in enumerate(is_decode) if d]
         bs = self.block_size
+        block_stride = self.num_kv_heads * bs  # cache rows per block
         input_ids: list[int] = []
         positions: list[int] = []
         slots: list[int] = []
@@ -128,13 +133,15 @@ class ModelRunner:
                 prefills.append(self._segment(c, len(input_ids)))
             input_ids.extend(c.token_ids)
             positions.extend(range(start, start + n))
-            slots.extend(c.block_ids[p // bs] * bs + p % bs for p in range(start, start + n))
+            slots.extend(c.block_ids[p // bs] * block_stride + p % bs
+                         for p in range(start, start + n))
             last_row[i] = len(input_ids) - 1
         meta = AttentionMetadata(
-            slot_mapping=self._tensor(slots), prefills=prefills,
+            kv_rows=self._kv_rows(self._tensor(slots), bs), prefills=prefills,
             num_prefill_tokens=len(input_ids) - len(decode_chunks))
         if decode_chunks:
             meta.decode_kv_index, meta.decode_mask = self._decode_tables(decode_chunks)
+            meta.decode_kv_buffer = self._decode_buffer(meta.decode_kv_index.numel())
         logit_rows = [last_row[i] for i, c in enumerate(chunks) if c.is_sampling]
         return self._tensor(input_ids), self._tensor(positions), meta, logit_rows
 
@@ -154,13 +161,22 @@ class ModelRunner:
         tables = [list(c.block_ids[:max_blocks]) + [0] * (max_blocks - len(c.block_ids[:max_blocks]))
                   for c in decodes]
         lens = self._tensor(lengths)
-        offsets = torch.arange(self.block_size, device=self.device)
-        slots = (self._tensor(tables).unsqueeze(-1) * self.block_size + offsets).flatten(1)
-        slots = slots[:, :max(lengths)]  # keys past the longest context: never attended
         heads = torch.arange(self.num_kv_heads, device=self.device).view(1, -1, 1)
-        index = slots.unsqueeze(1) * self.num_kv_heads + heads  # [D, KV, L]: see AttentionMetadata
-        mask = torch.arange(slots.shape[1], device=self.device) < lens.unsqueeze(1)
+        index = self._tensor(tables).unsqueeze(1) * self.num_kv_heads + heads  # see AttentionMetadata
+        # keys past the longest context are never attended: the mask's width cuts them off
+        mask = torch.arange(max(lengths), device=self.device) < lens.unsqueeze(1)
         return index, self._additive(mask)[:, None, None, :]
+
+    def _decode_buffer(self, num_rows: int) -> torch.Tensor:
+        if self.decode_kv_buffer.shape[1] < num_rows:
+            self.decode_kv_buffer = self.decode_kv_buffer.new_empty(
+                2, num_rows, self.decode_kv_buffer.shape[2])
+        return self.decode_kv_buffer
+
+    def _kv_rows(self, slot_rows: torch.Tensor, block_size: int) -> torch.Tensor:
+        """Each token's head-0 cache row [num_tokens] -> the rows of all its KV heads, flat."""
+        heads = torch.arange(self.num_kv_heads, device=self.device) * block_size
+        return (slot_rows.unsqueeze(1) + heads).flatten()
 
     def _additive(self, allowed: torch.Tensor) -> torch.Tensor:
         """0 where attention is allowed, -inf elsewhere, in the model's dtype."""

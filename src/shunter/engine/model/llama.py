@@ -17,7 +17,7 @@ from shunter.engine.model.rope import RotaryEmbedding
 
 __all__ = ["KVCache", "LlamaDecoderLayer", "LlamaForCausalLM", "RMSNorm"]
 
-KVCache = tuple[torch.Tensor, torch.Tensor]  # K and V: [num_blocks, block_size, kv_heads, head_dim]
+KVCache = tuple[torch.Tensor, torch.Tensor]  # K and V: [num_blocks, kv_heads, block_size, head_dim]
 
 
 class RMSNorm(nn.Module):
@@ -68,7 +68,7 @@ class LlamaDecoderLayer(nn.Module):
         q, k = RotaryEmbedding.apply(qk, cos, sin).split((self.num_heads, self.num_kv_heads), dim=1)
         v = qkv[:, self.q_size + self.kv_size:].reshape(num_tokens, self.num_kv_heads, self.head_dim)
         k_cache, v_cache = cache
-        write_kv(k_cache, v_cache, k, v, meta.slot_mapping)
+        write_kv(k_cache, v_cache, k, v, meta.kv_rows)
         attn = paged_attention(q, k, v, k_cache, v_cache, meta, self.scale)
         x = x + self.o_proj(attn.reshape(num_tokens, self.q_size))
         gate, up = self.gate_up_proj(self.post_attention_layernorm(x)).chunk(2, dim=-1)
