@@ -17,6 +17,7 @@ router's added latency is its median (p99) minus direct's median (p99) at the sa
   CPU: the router process's user+system time over the run, in % of one core.
 - Burst: `burst` streaming completions (16 tokens, 5 ms apart at the backend) started at once;
   the penalty is the routed median (p99) end-to-end latency minus direct's; errors are counted.
+  CPU: the router process's user+system seconds over the burst.
 
 vllm-router comes from PyPI into its own venv `.bench/vllm-router-venv` (installed on first use).
 Shunter runs `shunter.gateway` with its `cost` router (or any other) over `RemoteEngineClient`s,
@@ -194,8 +195,11 @@ async def _suite(urls: list[str], rates: list[float], duration_s: float, burst: 
             out["rates"][str(rate)] = row
         if burst:
             await _burst(session, urls, min(burst, 200))  # warm-up
+            cpu0 = _cpu_s(pid) if pid else 0.0
             results, wall_s = await _burst(session, urls, burst)
             out["burst"] = {**_summary(results), "wall_s": wall_s}
+            if pid:
+                out["burst"]["cpu_s"] = _cpu_s(pid) - cpu0
     return out
 
 
@@ -236,13 +240,14 @@ def _print_table(results: dict[str, Any], rates: list[float]) -> None:
         print(f"\nburst of concurrent streams ({BURST_TOKENS} tokens, {BURST_TOKEN_DELAY_S * 1e3:.0f}"
               " ms apart at the backend; penalty = routed - direct)")
         print(f"{'router':34} {'p50 ms':>8} {'p99 ms':>8} {'+p50 ms':>8} {'+p99 ms':>8} "
-              f"{'wall s':>7} {'errors':>6}")
+              f"{'wall s':>7} {'cpu s':>6} {'errors':>6}")
         base = direct["burst"]
         for name, res in results.items():
             b = res["burst"]
+            cpu = f"{b['cpu_s']:.2f}" if "cpu_s" in b else "-"
             print(f"{name:34} {b['p50_ms']:8.1f} {b['p99_ms']:8.1f} "
                   f"{b['p50_ms'] - base['p50_ms']:8.1f} {b['p99_ms'] - base['p99_ms']:8.1f} "
-                  f"{b['wall_s']:7.2f} {b['errors']:6d}")
+                  f"{b['wall_s']:7.2f} {cpu:>6} {b['errors']:6d}")
     _print_ratios(results, rates)
 
 
@@ -266,6 +271,9 @@ def _print_ratios(results: dict[str, Any], rates: list[float]) -> None:
                 pen_s = results[s]["burst"]["p50_ms"] - direct["burst"]["p50_ms"]
                 pen_o = results[o]["burst"]["p50_ms"] - direct["burst"]["p50_ms"]
                 parts.append(f"burst p50: {pen_s / pen_o:.2f}" if pen_o > 0 else "burst: n/a")
+                pen_s = results[s]["burst"]["p99_ms"] - direct["burst"]["p99_ms"]
+                pen_o = results[o]["burst"]["p99_ms"] - direct["burst"]["p99_ms"]
+                parts.append(f"burst p99: {pen_s / pen_o:.2f}" if pen_o > 0 else "p99: n/a")
             print(f"  {s} vs {o}: " + ", ".join(parts))
 
 

@@ -15,7 +15,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator, Sequence
+import types
+from collections.abc import AsyncIterator, Generator, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -154,6 +155,64 @@ def _release(rendering: Rendering, held: list[tuple[Part, Any]], part: Part | No
     return b"".join(out)
 
 
+def _first_step(step: Any) -> tuple[bool, Any]:
+    """Run `step` (a fresh awaitable) up to its first wait: (True, its result) when it needed
+    none, else (False, the future it waits on, for `_rest`)."""
+    try:
+        return False, step.send(None)
+    except StopIteration as stop:
+        return True, stop.value
+
+
+@types.coroutine
+def _rest(step: Any, waiting_on: Any, thrown: BaseException | None = None
+          ) -> Generator[Any, Any, Any]:
+    """The rest of a `step` that `_first_step` left waiting on `waiting_on` (or, with
+    `thrown`, that error delivered to it first); what the task is thrown (a cancellation)
+    reaches the step where it waits, as if it had been awaited whole."""
+    sent = None
+    while True:
+        if thrown is None:
+            try:
+                sent = yield waiting_on
+            except GeneratorExit:
+                step.close()
+                raise
+            except BaseException as exc:  # noqa: BLE001 - handed to the step, which decides
+                thrown = exc
+        try:  # (what the step raises, StopIteration aside, is the await's own error)
+            if thrown is None:
+                waiting_on = step.send(sent)
+            else:
+                exc, thrown = thrown, None
+                waiting_on = step.throw(exc)
+        except StopIteration as stop:
+            return stop.value
+
+
+async def _next_item(items: AsyncIterator[Any], writer: SseWriter, out: list[bytes]) -> Any:
+    """The next of `items` (StopAsyncIteration at the end). What `out` holds is written only
+    once the next item is not ready, so that the events of one backend read reach the client
+    in one write. A cancellation of that write reaches the item's wait (the stall watch's, or
+    the client's leaving) and the unwritten bytes go back to `out`."""
+    step = items.__anext__()
+    is_ready, value = _first_step(step)
+    if is_ready or not out:
+        return value if is_ready else await _rest(step, value)
+    data = b"".join(out)
+    out.clear()
+    try:
+        await writer.write(data)
+    except asyncio.CancelledError as exc:
+        out.append(data)  # (the send waited to drain: nothing of it was written)
+        return await _rest(step, None, exc)
+    except BaseException:
+        with contextlib.suppress(BaseException):
+            await _rest(step, None, asyncio.CancelledError())
+        raise
+    return await _rest(step, value)
+
+
 async def stream_answer(app: Any, api: ApiRequest, parts: Sequence[Part], send: Send,
                         headers: list[tuple[bytes, bytes]], rendering: Rendering,
                         arrival_s: float) -> None:
@@ -166,11 +225,17 @@ async def stream_answer(app: Any, api: ApiRequest, parts: Sequence[Part], send: 
     usage_event: bytes | None = None
     held: list[tuple[Part, Any]] = []  # terminal events awaiting the hidden usage event's
     is_first, last_s = True, arrival_s
+    out: list[bytes] = []  # events not yet written: those of one read go in one write
     try:
         for part in parts:
             assert part.ticket is not None
             await app.admission.wait(part.ticket)
-        async for part, chunk in merged(app, parts):
+        items = merged(app, parts)
+        while True:
+            try:
+                part, chunk = await _next_item(items, writer, out)
+            except StopAsyncIteration:
+                break
             payload = chunk.payload
             if payload is not None:
                 if api.is_chat and (payload := _without_role(payload)) is None:
@@ -202,16 +267,18 @@ async def stream_answer(app: Any, api: ApiRequest, parts: Sequence[Part], send: 
             else:
                 app.metrics.itl_s.observe(now - last_s, label)
             last_s = now
-            await writer.write(data)
+            out.append(data)
     except (BackendError, RequestError) as exc:
         _, body, _ = error_response(exc)
-        await writer.write(_release(rendering, held, None, None) + b"data: " + body + b"\n\n")
+        out += (_release(rendering, held, None, None), b"data: ", body, b"\n\n")
+        await writer.write(b"".join(out))
+        out.clear()
     finally:
         writer.stop_beats()
     if api.include_usage and usage_event is None:
         usage_event = rendering.usage_chunk(*_total_usage(parts))
-    await writer.write(_release(rendering, held, None, None) + (usage_event or b"")
-                       + b"data: [DONE]\n\n", is_last=True)
+    await writer.write(b"".join(out) + _release(rendering, held, None, None)
+                       + (usage_event or b"") + b"data: [DONE]\n\n", is_last=True)
 
 
 async def whole_answer(app: Any, api: ApiRequest, parts: Sequence[Part], send: Send,

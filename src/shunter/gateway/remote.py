@@ -185,12 +185,15 @@ class RemoteEngineClient:
         return self._session
 
     def submit(self, request: GenerateRequest) -> AsyncIterator[GenerateChunk]:
+        if self._h1 is not None and request.stream:  # the hot path: one generator, no relay
+            return self._stream(*self._prepare(request))
         return self._run(request)
 
     def resumes_by_tokens(self) -> bool:
         return self.config.resume == "tokens" or (self.config.resume == "auto" and self.is_vllm)
 
-    async def _run(self, request: GenerateRequest) -> AsyncIterator[GenerateChunk]:
+    def _prepare(self, request: GenerateRequest) -> tuple[str, dict[str, Any], bool, int]:
+        """(path, body, is_chat, ids) of what goes to the backend (`ids`: see `event_chunk`)."""
         path = "v1/chat/completions" if request.is_chat else "v1/completions"
         is_chat, ids = request.is_chat, 0
         if request.resume_token_ids is not None:
@@ -201,12 +204,12 @@ class RemoteEngineClient:
             if request.stream and request.is_token_resumable and self.resumes_by_tokens():
                 ids = 2 if payload.get("return_token_ids") else 1
                 payload["return_token_ids"] = True
-        if self._h1 is not None:
-            if not request.stream:
-                yield await self._complete(path, payload, request.is_chat)
-                return
-            async for chunk in self._stream(path, payload, is_chat, ids):
-                yield chunk
+        return path, payload, is_chat, ids
+
+    async def _run(self, request: GenerateRequest) -> AsyncIterator[GenerateChunk]:
+        path, payload, is_chat, ids = self._prepare(request)
+        if self._h1 is not None:  # (a stream over h1 is `_stream`, straight from `submit`)
+            yield await self._complete(path, payload, request.is_chat)
             return
         try:
             async with self._http().post(path, json=payload) as response:
