@@ -62,6 +62,7 @@ from __future__ import annotations
 import os
 import time
 from collections.abc import Callable
+from operator import attrgetter
 from typing import Any
 
 import vllm
@@ -105,6 +106,7 @@ from shunter.integrations.vllm_queue import Mirrors, PolicyRequestQueue, core_st
 __all__ = ["ShunterAsyncScheduler", "ShunterScheduler", "ShunterXargsValidator"]
 
 # under vLLM's logger, so that its handler and level apply (a logger outside "vllm" has none)
+_REQUEST_ID = attrgetter("request_id")
 logger = init_logger(f"vllm.{__name__}")
 
 
@@ -227,11 +229,11 @@ class ShunterScheduler(Scheduler):
             keys = [static_keys[r.request_id] for r in running]
         else:
             victim_key = victim_sort_key(self.shunter_policy, now)
-            if self._victim_key_is_static_per_request:  # (no sync: one pass, sorted in place)
-                by_id = self.mirrors.by_id
-                running.sort(key=lambda r: victim_key(by_id[r.request_id]))
-                return
-            keys = [victim_key(m) for m in self.mirrors.sync_all(running)]
+            if self._victim_key_is_static_per_request:  # (no sync; C-level maps but the key)
+                ids = map(_REQUEST_ID, running)
+                keys = list(map(victim_key, map(self.mirrors.by_id.__getitem__, ids)))
+            else:
+                keys = [victim_key(m) for m in self.mirrors.sync_all(running)]
         order = sorted(range(len(keys)), key=keys.__getitem__)
         running[:] = [running[i] for i in order]
 
@@ -271,9 +273,8 @@ class ShunterScheduler(Scheduler):
         # the step's decisions are made and `num_computed_tokens` not yet advanced: charge
         self.waiting.settle()  # the last request vLLM popped this step, if any
         if self._charges_service:
-            requests = self.requests
             scheduled = scheduler_output.num_scheduled_tokens
-            mirrors = self.mirrors.sync_computed([requests[rid] for rid in scheduled])
+            mirrors = self.mirrors.sync_computed(scheduled, self.requests)
             self._charge_step(zip(mirrors, scheduled.values(), strict=True), time.time())
         if self.step_budget is not None and scheduler_output.num_scheduled_tokens:
             chunks = [(num_tokens, int(self.requests[request_id].num_computed_tokens))

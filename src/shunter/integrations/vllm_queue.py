@@ -17,7 +17,7 @@ calls nothing on the queue between popping a request and deciding its fate.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import Any
 
 from vllm.v1.core.sched.request_queue import RequestQueue
@@ -94,14 +94,15 @@ class Mirrors:
     def get(self, request: VllmRequest) -> Request | None:
         return self._mirrors.get(request.request_id)
 
-    def sync_computed(self, requests: Iterable[VllmRequest]) -> list[Request]:
-        """The mirror of each request with only `num_computed_tokens` brought up to date (all
-        a charging hook reads besides what the request arrived with)."""
+    def sync_computed(self, request_ids: Iterable[RequestId],
+                      requests: Mapping[RequestId, VllmRequest]) -> list[Request]:
+        """The mirror of each request id with only `num_computed_tokens` brought up to date
+        from `requests` (all a charging hook reads besides what the request arrived with)."""
         mirrors = self._mirrors
         synced = []
-        for request in requests:
-            mirror = mirrors[request.request_id]
-            mirror.num_computed_tokens = request.num_computed_tokens
+        for request_id in request_ids:
+            mirror = mirrors[request_id]
+            mirror.num_computed_tokens = requests[request_id].num_computed_tokens
             synced.append(mirror)
         return synced
 
