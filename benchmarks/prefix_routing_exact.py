@@ -75,11 +75,15 @@ def _prefix_counters(client: httpx.Client, url: str) -> tuple[float, float]:
     return hits, queries
 
 
-async def _run_mode(urls: list[str], sockets: list[str], prompts: list[list[int]], *,
+async def _run_mode(urls: list[str], sockets: list[tuple[str, str]],
+                    prompts: list[list[int]], *,
                     exact: bool, router: str, foreign_fraction: float,
                     concurrency: int) -> dict[str, Any]:
+    # (with replay: a later round's gateway joins after earlier rounds' batches, and fills
+    # that gap from vLLM's replay buffer, the cache reset's AllBlocksCleared included)
     backends = [BackendConfig(name=f"vllm{i}", kind="remote", url=url, model=MODEL,
-                              block_size=BLOCK_SIZE, kv_events=sockets[i] if exact else None)
+                              block_size=BLOCK_SIZE, kv_events=sockets[i][0] if exact else None,
+                              kv_events_replay=sockets[i][1] if exact else None)
                 for i, url in enumerate(urls)]
     app = build_app(GatewayParts(app=AppConfig(model_names=(MODEL,)), router=router,
                                  router_params={"seed": 0}), build_backends(backends, MODEL))
@@ -135,11 +139,11 @@ def main(argv: list[str] | None = None) -> int:
     results: dict[str, list[tuple[float, float]]] = {}
     with tempfile.TemporaryDirectory(prefix="shunter-kv-") as tmp, \
             contextlib.ExitStack() as stack:
-        sockets = [f"ipc://{tmp}/kv{i}" for i in range(2)]
+        sockets = [(f"ipc://{tmp}/kv{i}", f"ipc://{tmp}/replay{i}") for i in range(2)]
         servers = []
         for i in range(2):
             events = {"enable_kv_cache_events": True, "publisher": "zmq",
-                      "endpoint": sockets[i], "replay_endpoint": f"ipc://{tmp}/replay{i}"}
+                      "endpoint": sockets[i][0], "replay_endpoint": sockets[i][1]}
             servers.append(stack.enter_context(vllm_cpu.vllm_server(
                 model_dir, served_model_name=MODEL, max_model_len=1024, dtype="bfloat16",
                 extra_args=("--enable-prefix-caching", "--block-size", str(BLOCK_SIZE),

