@@ -225,6 +225,7 @@ def run_all(rows: Sequence[Row], *, duration_s: float, reprofile: bool) -> list[
         vllm_server,
     )
     from benchmarks.fidelity import _kv_capacity
+    from benchmarks.live_vs_sim import _save_records as save_records
 
     model_dir = ensure_smollm2_hf_dir()
     profile = OUT_DIR / "profile.json"
@@ -252,21 +253,10 @@ def run_all(rows: Sequence[Row], *, duration_s: float, reprofile: bool) -> list[
                                     capacity)
                 sim = sim_replay(live, config)
                 for name, records in (("live", live), ("sim", sim)):
-                    _save_records(records, OUT_DIR / f"{row.key}-{policy}-{name}.jsonl")
+                    save_records(records, OUT_DIR / f"{row.key}-{policy}-{name}.jsonl")
                 results.append(compare_run(row, policy, live, sim))
                 _print_run(results[-1])
     return results
-
-
-def _save_records(records: Sequence[RequestRecord], path: Path) -> None:
-    """Every record of a run, one JSON object a line (to see where live and sim part)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "w") as out:
-        for r in records:
-            out.write(json.dumps({
-                "request_id": r.request_id, "tenant": r.tenant, "priority": r.priority,
-                "arrival_s": r.arrival_s, "num_prompt_tokens": r.num_prompt_tokens,
-                "finish_s": r.finish_s, "token_times_s": list(r.token_times_s)}) + "\n")
 
 
 def _fmt(value: float | None, digits: int = 2) -> str:

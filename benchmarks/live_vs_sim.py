@@ -49,10 +49,10 @@ if str(REPO_ROOT) not in sys.path:  # run as a script: make `benchmarks` importa
 
 import asyncio  # noqa: E402
 
-from benchmarks import _live_workloads as wl  # noqa: E402
 from benchmarks._external._proc import BENCH_DIR, SHARED_DIR, die_with_parent, log  # noqa: E402
 from benchmarks.fidelity import _free_port, _kv_capacity, _wait_ready  # noqa: E402
 
+from benchmarks import _live_workloads as wl  # noqa: E402
 from shunter.bench import EndpointConfig, ProbePlan, probe_endpoint, run_bench  # noqa: E402
 from shunter.core.types import RequestSpec  # noqa: E402
 from shunter.metrics.record import RequestRecord  # noqa: E402
@@ -246,7 +246,8 @@ def _save_records(records: Sequence[RequestRecord], path: Path) -> None:
     with open(path, "w") as out:
         for r in records:
             out.write(json.dumps({
-                "request_id": r.request_id, "tenant": r.tenant, "arrival_s": r.arrival_s,
+                "request_id": r.request_id, "tenant": r.tenant, "priority": r.priority,
+                "arrival_s": r.arrival_s,
                 "num_prompt_tokens": r.num_prompt_tokens, "finish_s": r.finish_s,
                 "token_times_s": list(r.token_times_s), "program_id": r.program_id,
                 "session_id": r.session_id, "replica_id": r.replica_id}) + "\n")
