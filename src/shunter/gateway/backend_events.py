@@ -10,28 +10,11 @@ import json
 from collections.abc import Iterator
 from typing import Any
 
-import orjson
-
 from shunter.backend.protocol import BackendError, GenerateChunk, Usage
 from shunter.gateway.jsonio import loads
 from shunter.gateway.resume import split_token_ids
 
 __all__ = ["SseEvents", "backend_error", "event_chunk", "whole_chunk"]
-
-# `jsonio.loads`'s guard against integers orjson would read as floats (a run of 19 digits),
-# as a translation and a substring test: its regex cost 3 times orjson's parse of an event
-_DIGIT_RUNS = bytes(48 if 48 <= b <= 57 else 32 for b in range(256))  # digits -> "0", else " "
-_LONG_RUN = b"0" * 19
-
-
-def _loads_event(data: bytes) -> Any:
-    """An SSE event's JSON, read exactly as `jsonio.loads` reads it."""
-    if _LONG_RUN not in data.translate(_DIGIT_RUNS):
-        try:
-            return orjson.loads(data)
-        except orjson.JSONDecodeError:
-            pass
-    return loads(data)  # the standard library's reading (and its error) where orjson's differs
 
 
 def _error_message(raw: bytes) -> str:
@@ -155,7 +138,7 @@ class SseEvents:
             if event == b"[DONE]":
                 self.is_done = True
                 return
-            chunk = event_chunk(_loads_event(event), self.is_chat, self.ids)
+            chunk = event_chunk(loads(event), self.is_chat, self.ids)
             if chunk is not None:
                 self.is_finished = self.is_finished or chunk.finish_reason is not None
                 yield chunk
