@@ -50,6 +50,8 @@ if str(REPO_ROOT) not in sys.path:  # run as a script: make `benchmarks` importa
     sys.path.insert(0, str(REPO_ROOT))
 
 from benchmarks._external._proc import BENCH_DIR, log  # noqa: E402
+from benchmarks.live_vs_sim import _save_records as save_records  # noqa: E402
+from benchmarks.live_vs_sim import as_sent  # noqa: E402
 
 from shunter.bench import EndpointConfig, ProbePlan, probe_endpoint, run_bench  # noqa: E402
 from shunter.core.types import RequestSpec  # noqa: E402
@@ -149,16 +151,6 @@ ROWS = (
 )
 
 
-def as_sent(records: Sequence[RequestRecord]) -> list[RequestSpec]:
-    """The live requests as vLLM saw them: send time, counted prompt, outputs, tags."""
-    return [RequestSpec(request_id=r.request_id, arrival_s=r.arrival_s,
-                        num_prompt_tokens=r.num_prompt_tokens,
-                        num_output_tokens=max(1, r.num_output_tokens), tenant=r.tenant,
-                        priority=r.priority)
-            for r in sorted(records, key=lambda r: (r.arrival_s, r.request_id))
-            if r.is_completed]
-
-
 def sim_config(policy: str, params: dict[str, Any], predictor: str | None, profile: Path,
                kv_capacity_tokens: int) -> SimConfig:
     """One replica with vLLM's scheduler settings, costed by the server's profile."""
@@ -225,7 +217,6 @@ def run_all(rows: Sequence[Row], *, duration_s: float, reprofile: bool) -> list[
         vllm_server,
     )
     from benchmarks.fidelity import _kv_capacity
-    from benchmarks.live_vs_sim import _save_records as save_records
 
     model_dir = ensure_smollm2_hf_dir()
     profile = OUT_DIR / "profile.json"
