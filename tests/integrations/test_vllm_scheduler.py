@@ -120,3 +120,17 @@ def test_sjf_with_an_oracle_prediction_admits_short_jobs_first(report: dict[str,
     predicted_output_tokens) serves the short jobs first; fcfs keeps arrival order."""
     assert report["sjf_short_jobs_first"]["order"] == ["S0", "S1", "L0", "L1"]
     assert report["fcfs_short_jobs_in_turn"]["order"] == ["L0", "L1", "S0", "S1"]
+
+
+@pytest.mark.parametrize("policy", ["vtc", "priority"])
+def test_skipping_the_running_sort_changes_no_step(report: dict[str, Any], policy: str) -> None:
+    """Where a step cannot depend on the running list's order (all needs fit the budget and the
+    free KV blocks) the sort is skipped: every step schedules and preempts exactly what the
+    always-sorting scheduler does, and the load has steps of both kinds."""
+    runs = report[f"{policy}_running_order_skip"]
+    sorted_run, skipping = runs["sorted"], runs["skipping"]
+    assert sorted_run["skipped"] == 0
+    assert 0 < skipping["skipped"] < len(skipping["steps"])
+    assert any(preempted for _, preempted in sorted_run["steps"])  # memory pressure was met
+    assert skipping["steps"] == sorted_run["steps"]
+    assert skipping["counters"] == sorted_run["counters"]

@@ -286,6 +286,40 @@ def short_jobs_first(policy: str) -> dict[str, Any]:
     return {"order": run(scheduler)}
 
 
+def running_order_skip(policy: str) -> dict[str, Any]:
+    """The same seeded load through two schedulers, one sorting `running` by the policy's key
+    at every step and one skipping the sort where the step cannot depend on the order: what
+    each step schedules and preempts, and how many steps skipped it. A tight token budget and
+    KV cache make some steps depend on the order (partial prefills, memory preemption)."""
+    import random
+
+    runs = []
+    for can_skip in (False, True):
+        scheduler = make_scheduler(policy, max_num_seqs=8, num_blocks=40, budget=96)
+        scheduler._order_can_be_moot = can_skip and scheduler._order_can_be_moot
+        skipped = [0]
+        is_moot = scheduler._running_order_is_moot
+
+        def counted(throttle: bool, is_moot: Any = is_moot, skipped: list[int] = skipped) -> bool:
+            moot = is_moot(throttle)
+            skipped[0] += moot
+            return moot
+
+        scheduler._running_order_is_moot = counted  # type: ignore[method-assign]
+        rng = random.Random(7)
+        for i in range(40):
+            scheduler.add_request(make_request(
+                f"r{i}", num_prompt_tokens=rng.randint(8, 200), max_tokens=rng.randint(1, 80),
+                arrival_time=1.0 + i, first_token=200 * i, tenant=rng.choice("ab"),
+                priority=rng.randrange(2)))
+        steps: list[Any] = []
+        run(scheduler, on_step=lambda i, out, steps=steps: steps.append(
+            [sorted(out.num_scheduled_tokens.items()), sorted(out.preempted_req_ids or ())]))
+        runs.append({"steps": steps, "skipped": skipped[0],
+                     "counters": dict(getattr(scheduler.shunter_policy, "counters", {}))})
+    return {"sorted": runs[0], "skipping": runs[1]}
+
+
 def other_vllm_is_refused() -> dict[str, Any]:
     """Importing the adapter under another vLLM series raises Shunter's message (last: it
     reloads the module)."""
@@ -316,6 +350,8 @@ SCENARIOS: dict[str, Callable[[], dict[str, Any]]] = {
     "sjf_short_jobs_first": lambda: short_jobs_first("sjf"),
     "fcfs_short_jobs_in_turn": lambda: short_jobs_first("fcfs"),
     "every_policy_runs": every_policy_runs,
+    "vtc_running_order_skip": lambda: running_order_skip("vtc"),
+    "priority_running_order_skip": lambda: running_order_skip("priority"),
     "other_vllm_is_refused": other_vllm_is_refused,
 }
 

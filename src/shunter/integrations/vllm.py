@@ -43,7 +43,8 @@ scheduler internals are not a public interface. With async scheduling on (vLLM's
 GPUs) vLLM runs `ShunterAsyncScheduler`, the same overrides over vLLM's AsyncScheduler.
 
 Overrides: `add_request` (the mirror of each request, its tags), `schedule` (priority
-preemption, the running order, the sarathi budget, before vLLM's own pass), `_update_after_schedule`
+preemption, the running order unless the step cannot depend on it, the sarathi budget, before
+vLLM's own pass), `_update_after_schedule`
 (charging), `_update_request_with_output` (a sampled token is progress), `update_from_output`
 (the step's measured time), `_free_request` (`on_finished`); `self.waiting` is a
 `PolicyRequestQueue` (`integrations.vllm_queue`).
@@ -107,6 +108,12 @@ __all__ = ["ShunterAsyncScheduler", "ShunterScheduler", "ShunterXargsValidator"]
 
 # under vLLM's logger, so that its handler and level apply (a logger outside "vllm" has none)
 _REQUEST_ID = attrgetter("request_id")
+# what a running request still needs (vLLM's num_tokens_with_spec + num_output_placeholders -
+# num_computed_tokens, without speculative tokens), read through C-level getters: `_all_token_ids`
+# is the list vLLM's `num_tokens` property measures (vLLM 0.32, the only series accepted)
+_ALL_TOKEN_IDS = attrgetter("_all_token_ids")
+_PLACEHOLDERS = attrgetter("num_output_placeholders")
+_COMPUTED = attrgetter("num_computed_tokens")
 logger = init_logger(f"vllm.{__name__}")
 
 
@@ -144,6 +151,10 @@ class ShunterScheduler(Scheduler):
         self._victim_key_is_static_per_request = not getattr(
             type(policy), "victim_key_reads_progress", True)
         self._never_preempts = never_preempts(policy)
+        # (only where sorting syncs no mirror: a skipped sort must not skip a sync)
+        self._order_can_be_moot = ((self._static_keys is not None
+                                    or self._victim_key_is_static_per_request)
+                                   and self._order_check_applies(vllm_config))
         self.step_budget = self._make_step_budget(vllm_config)
         self._timed_step: tuple[list[tuple[int, int]], float] | None = None
         self.perf_timer = time.perf_counter  # times steps for the budget (tests replace it)
@@ -168,6 +179,39 @@ class ShunterScheduler(Scheduler):
                          num_decodes=self.max_num_running_reqs,
                          max_seq_len=min(self.max_model_len, num_kv_tokens),
                          num_kv_tokens=num_kv_tokens)
+
+    def _order_check_applies(self, vllm_config: Any) -> bool:
+        """Whether `_running_order_is_moot` can be decided from token counts alone: none of
+        vLLM's per-request caps that make a request's share depend on who went before it
+        (speculative drafts, a long-prefill threshold, encoder inputs, Mamba block alignment,
+        prefill lookahead, pipeline cadence, KV connectors)."""
+        return (vllm_config.speculative_config is None
+                and not self.scheduler_config.long_prefill_token_threshold
+                and not vllm_config.model_config.is_multimodal_model
+                and not self.need_mamba_block_aligned_split
+                and not self.num_prefill_lookahead
+                and vllm_config.parallel_config.pipeline_parallel_size == 1
+                and self.connector is None and self.ec_connector is None)
+
+    def _running_order_is_moot(self, throttle_prefills: bool) -> bool:
+        """Whether this step cannot depend on the running list's order: every running request
+        gets all it still needs within the step's token budget, and the free KV blocks cover
+        all of it (so vLLM picks no memory-pressure victim). C-level passes only, where the
+        sort builds a key for every running request every step. (Only the order in which a
+        step's chunks are charged follows the unsorted list: the same sums, which for tenant
+        weights that are not powers of two may round differently in the last bit.)"""
+        if not self._order_can_be_moot or throttle_prefills:
+            return False
+        running = self.running
+        need = (sum(map(len, map(_ALL_TOKEN_IDS, running))) + sum(map(_PLACEHOLDERS, running))
+                - sum(map(_COMPUTED, running)))
+        if need > min(self.max_num_scheduled_tokens,
+                      self.scheduler_config.max_num_batched_tokens):
+            return False
+        # each request's new tokens fill at most need // block_size whole blocks plus one
+        # partial one past its last block
+        num_blocks = need // self.block_size + len(running)
+        return num_blocks <= self.kv_cache_manager.block_pool.get_num_free_blocks()
 
     def _num_cached_prompt_tokens(self, mirror: Request) -> int:
         """The prefix-aware policies' probe: tokens the prefix cache would serve the request."""
@@ -212,9 +256,10 @@ class ShunterScheduler(Scheduler):
             self.waiting.peek_mirror()  # a queue may settle its state at each decision (lifts)
         else:
             self._preempt_for_priority(now)
-        self._sort_running(now)
         if self.step_budget is not None and self.step_budget.budget is not None:
             self.max_num_scheduled_tokens = self.step_budget.budget
+        if not self._running_order_is_moot(throttle_prefills):
+            self._sort_running(now)
         output = super().schedule(throttle_prefills)
         if self._timed_step is not None:
             self._timed_step = (self._timed_step[0], self.perf_timer())
