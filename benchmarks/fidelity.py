@@ -44,7 +44,6 @@ import time
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
-from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -52,23 +51,25 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 if str(REPO_ROOT) not in sys.path:  # run as a script: make `benchmarks._external` importable
     sys.path.insert(0, str(REPO_ROOT))
 
-import asyncio  # noqa: E402
 
 from benchmarks._external._proc import BENCH_DIR, SHARED_DIR, die_with_parent, log  # noqa: E402
 
-from shunter.bench import EndpointConfig, ProbePlan, probe_endpoint, run_bench  # noqa: E402
+from shunter.bench import EndpointConfig, ProbePlan  # noqa: E402
 from shunter.bench.probe import kv_capacity_from_metrics  # noqa: E402
 from shunter.bench.report import write_report  # noqa: E402
+from shunter.cli.calibrate import (  # noqa: E402
+    BackendSettings,
+    compare,
+    measure,
+    shrink,
+    simulate_replay,
+)
 from shunter.core.types import RequestSpec  # noqa: E402
-from shunter.metrics.record import RequestRecord  # noqa: E402
-from shunter.metrics.summary import Summary, summarize  # noqa: E402
-from shunter.sim.config import SimConfig  # noqa: E402
+from shunter.metrics.summary import summarize  # noqa: E402
 from shunter.sim.cost.catalog import get_model  # noqa: E402
-from shunter.sim.cost.profile import fit_profile, save_profile  # noqa: E402
-from shunter.sim.runner import simulate  # noqa: E402
 from shunter.workload import load_workload  # noqa: E402
 
-__all__ = ["compare", "main", "simulate_replay", "trace_slice"]
+__all__ = ["main", "trace_slice"]
 
 TRACE = SHARED_DIR / "traces" / "azure2023_conv.csv"
 OUT_DIR = BENCH_DIR / "runs" / "fidelity"
@@ -83,19 +84,15 @@ MAX_NUM_SEQS = 64
 ENGINE_KV_TOKENS = 1024 * 16  # EngineConfig: num_blocks x block_size
 PLAN = ProbePlan(prefill_tokens=(16, 32, 64, 128, 256), decode_batch_sizes=(1, 2, 4, 8),
                  decode_context_tokens=(32, 128), num_decode_tokens=12, num_repeats=2)
-METRICS = ("ttft_s", "tpot_s", "e2e_s")
-STATS = ("mean", "p50", "p99")
+SETTINGS = BackendSettings(max_num_seqs=MAX_NUM_SEQS, max_num_batched_tokens=MAX_NUM_BATCHED_TOKENS)
 _READY_TIMEOUT_S = 300.0
 
 
 def trace_slice(num_requests: int, rate: float, seed: int) -> list[RequestSpec]:
     """The first requests of the Azure conversation trace, shrunk to what a CPU serves."""
     specs = load_workload(TRACE, "azure", num_requests=num_requests, rate=rate, seed=seed)
-    return [replace(s, num_prompt_tokens=min(max(8, s.num_prompt_tokens // PROMPT_SCALE_DIV),
-                                             MAX_PROMPT_TOKENS),
-                    num_output_tokens=min(max(MIN_OUTPUT_TOKENS, s.num_output_tokens),
-                                          MAX_OUTPUT_TOKENS), max_output_tokens=None)
-            for s in specs]
+    return shrink(specs, prompt_scale=1 / PROMPT_SCALE_DIV, max_prompt_tokens=MAX_PROMPT_TOKENS,
+                  max_output_tokens=MAX_OUTPUT_TOKENS, min_output_tokens=MIN_OUTPUT_TOKENS)
 
 
 def _free_port() -> int:
@@ -162,77 +159,33 @@ def _kv_capacity(url: str) -> int | None:
     return None
 
 
-def _drift(before: list[Any], after: list[Any]) -> float:
-    """Median of after / before over the same probe shapes: how much the machine's speed moved
-    while the replay ran (other jobs come and go on a shared box)."""
-    ratios = sorted(a / b for (_, a), (_, b) in zip(after, before, strict=True))
-    return ratios[len(ratios) // 2] - 1.0
+def _logged(name: str) -> Any:
+    """A `measure` stage that logs each stage's start (no bar: the benchmark runs unattended)."""
+    def stage(label: str, total: int) -> Any:
+        log(f"{name}: {label} ({total})")
+        return lambda done: None
+    return stage
 
 
-def measure(name: str, server: Any, specs: list[RequestSpec],
-            num_replays: int) -> dict[str, Any]:
-    """Probe, replay (`num_replays` times), probe again; fit the profile on both probes."""
+def run_backend(name: str, server: Any, specs: list[RequestSpec],
+                num_replays: int) -> dict[str, Any]:
+    """Start the server, then `shunter calibrate`'s measure (probe, replay, probe, fit)."""
     out = OUT_DIR / name
     with server() as (url, model):
-        endpoint = EndpointConfig(url=url, model=model)
-        log(f"{name}: profiling ({PLAN.num_experiments} experiments)")
-        before = asyncio.run(probe_endpoint(endpoint, PLAN, nonce="before"))
         capacity = _kv_capacity(url) or ENGINE_KV_TOKENS
-        runs = []
-        for i in range(num_replays):
-            log(f"{name}: replaying {len(specs)} requests ({i + 1}/{num_replays})")
-            # fresh ids give fresh prompt text: replay 2 must not hit replay 1's prefix cache
-            fresh = [replace(s, request_id=f"{s.request_id}-replay{i}") for s in specs]
-            runs.append(run_bench(fresh, endpoint))
-        log(f"{name}: profiling again")
-        after = asyncio.run(probe_endpoint(endpoint, PLAN, nonce="after"))
-    spec = get_model(MODEL)
-    profile = fit_profile(before + after, model=MODEL, source=url,
-                          max_model_len=spec.max_model_len,
-                          kv_bytes_per_token=spec.kv_bytes_per_token, kv_capacity_tokens=capacity)
-    profile_path = save_profile(profile, out / "profile.json")
-    drift = _drift(before, after)
-    log(f"{name}: profile fit {profile.errors()}; drift {drift:+.1%}; KV {capacity} tokens")
-    run = runs[0]
+        spec = get_model(MODEL)
+        measured = measure(EndpointConfig(url=url, model=model), specs, replays=num_replays,
+                           model=MODEL, max_model_len=spec.max_model_len,
+                           kv_bytes_per_token=spec.kv_bytes_per_token,
+                           kv_capacity_tokens=capacity, profile_path=out / "profile.json",
+                           plan=PLAN, stage=_logged(name))
+    log(f"{name}: profile fit {measured.profile.errors()}; drift {measured.drift:+.1%}; "
+        f"KV {capacity} tokens")
+    run = measured.runs[0]
     write_report(out / "report", summarize(run.records), run.records, title=f"fidelity: {name}",
                  meta={"endpoint": url, "requests": len(specs), "sent late": run.num_late})
-    return {"runs": runs, "profile_path": profile_path, "capacity": capacity,
-            "drift": drift, "fit": profile.errors()}
-
-
-def simulate_replay(records: list[RequestRecord], profile_path: Path,
-                    kv_capacity_tokens: int) -> list[RequestRecord]:
-    """The replayed requests, as the server saw them, through the simulator."""
-    specs = [RequestSpec(request_id=r.request_id, arrival_s=r.arrival_s,
-                         num_prompt_tokens=r.num_prompt_tokens,
-                         num_output_tokens=max(1, r.num_output_tokens))
-             for r in sorted(records, key=lambda r: r.arrival_s) if r.is_completed]
-    config = SimConfig(model=MODEL, gpu=str(profile_path), cost_model="profile", num_replicas=1,
-                       router="round_robin", policy="fcfs",
-                       num_blocks=kv_capacity_tokens // 16,
-                       scheduler={"max_num_batched_tokens": MAX_NUM_BATCHED_TOKENS,
-                                  "max_num_seqs": MAX_NUM_SEQS, "block_size": 16})
-    return simulate(config, specs).records
-
-
-def _error(value: float | None, reference: float | None) -> float | None:
-    return None if reference in (None, 0) or value is None else (value - reference) / reference
-
-
-def compare(reals: list[Summary], sims: list[Summary]) -> list[dict[str, Any]]:
-    """One row per metric and statistic: each real replay, the simulation of that replay and
-    its relative error, and how far replay 2.. differs from replay 1 (the noise floor: two
-    real runs of the same slice on the same machine)."""
-    rows = []
-    real_ds, sim_ds = [r.to_dict() for r in reals], [s.to_dict() for s in sims]
-    for metric in METRICS:
-        for stat in STATS:
-            real = [d[metric][stat] for d in real_ds]
-            sim = [d[metric][stat] for d in sim_ds]
-            rows.append({"metric": f"{metric}.{stat}", "real": real, "sim": sim,
-                         "error": [_error(s, r) for s, r in zip(sim, real, strict=True)],
-                         "real_vs_first": [_error(r, real[0]) for r in real[1:]]})
-    return rows
+    return {"runs": measured.runs, "profile_path": measured.profile_path, "capacity": capacity,
+            "drift": measured.drift, "fit": measured.profile.errors()}
 
 
 def _pct(value: float | None) -> str:
@@ -267,11 +220,14 @@ def main(argv: list[str] | None = None) -> None:
                                           ("vllm-cpu", vllm_gateway, args.skip_vllm)) if not skip]
     results = {}
     for name, server in backends:
-        measured = measure(name, server, specs, args.replays)
+        measured = run_backend(name, server, specs, args.replays)
         runs = measured["runs"]
         reals = [summarize(run.records) for run in runs]
-        sims = [summarize(simulate_replay(run.records, measured["profile_path"],
-                                          measured["capacity"])) for run in runs]
+        sims = [summarize(simulate_replay(run.records, model=MODEL,
+                                          profile_path=measured["profile_path"],
+                                          settings=SETTINGS,
+                                          kv_capacity_tokens=measured["capacity"]))
+                for run in runs]
         rows = compare(reals, sims)
         results[name] = {"rows": rows, "num_completed": [r.num_completed for r in reals],
                          "num_late": [r.num_late for r in runs], "profile_fit": measured["fit"],

@@ -140,8 +140,10 @@ _STYLE = ("body{font-family:sans-serif;max-width:980px;margin:2em auto;color:#22
 
 
 def write_report(directory: str | Path, summary: Summary, records: Sequence[RequestRecord], *,
-                 title: str, meta: Mapping[str, Any] | None = None) -> Path:
-    """Write index.html (plots embedded), the PNGs and results.json into `directory`."""
+                 title: str, meta: Mapping[str, Any] | None = None,
+                 extra_html: str = "") -> Path:
+    """Write index.html (plots embedded), the PNGs and results.json into `directory`;
+    `extra_html` (already escaped) goes before the summary."""
     out = Path(directory)
     out.mkdir(parents=True, exist_ok=True)
     images = _render_plots(records, out)
@@ -154,7 +156,7 @@ def write_report(directory: str | Path, summary: Summary, records: Sequence[Requ
         f'{base64.b64encode(data).decode()}">' for name, data in images.items())
     page = (f"<!doctype html><html><head><meta charset=utf-8><title>{html.escape(title)}</title>"
             f"<style>{_STYLE}</style></head><body><h1>{html.escape(title)}</h1>"
-            f"{_table(meta_rows, ('run', '')) if meta_rows else ''}"
+            f"{_table(meta_rows, ('run', '')) if meta_rows else ''}{extra_html}"
             f"<h2>summary</h2>{_table(metric_rows)}<h2>tenants</h2>{_tenant_table(summary)}"
             f"<h2>plots</h2>{figures}</body></html>\n")
     (out / "index.html").write_text(page, encoding="utf-8")

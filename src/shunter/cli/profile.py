@@ -34,7 +34,7 @@ from shunter.errors import ConfigError
 from shunter.sim.cost.catalog import get_model
 from shunter.sim.cost.profile import fit_profile, save_profile
 
-__all__ = ["add_profile_parser", "engine_samples", "run_profile"]
+__all__ = ["add_profile_parser", "engine_samples", "model_facts", "run_profile"]
 
 StepSample = tuple[StepShape, float]
 _NUM_WARMUP_STEPS = 3
@@ -195,7 +195,7 @@ def _measure_url(args: argparse.Namespace, plan: Any) -> tuple[list[StepSample],
     return samples, facts
 
 
-def _model_facts(name: str, args: argparse.Namespace, facts: dict[str, Any]) -> tuple[int, int]:
+def model_facts(name: str, args: argparse.Namespace, facts: dict[str, Any]) -> tuple[int, int]:
     """(max_model_len, kv_bytes_per_token): flags, then the backend's word, then the catalog."""
     try:
         spec = get_model(name)
@@ -214,7 +214,7 @@ def run_profile(args: argparse.Namespace) -> int:
         raise ConfigError("give either an endpoint URL or --engine")
     plan = _plan(args)
     samples, facts = (_measure_engine if args.engine else _measure_url)(args, plan)
-    max_len, kv_bytes = _model_facts(facts["model"], args, facts)
+    max_len, kv_bytes = model_facts(facts["model"], args, facts)
     capacity = args.kv_capacity_tokens or facts.get("kv_capacity_tokens")
     profile = fit_profile(samples, model=facts["model"], source=facts["source"],
                           max_model_len=max_len, kv_bytes_per_token=kv_bytes,
