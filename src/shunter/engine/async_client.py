@@ -3,7 +3,8 @@
 The gateway's event loop must never run a forward pass, so the step loop lives on a dedicated
 thread that owns the LLMEngine outright: submits and aborts travel to it as commands, outputs
 travel back to per-request asyncio queues via `call_soon_threadsafe`, and the load snapshot is
-republished after every step (a frozen record, so reading it needs no lock).
+republished after every step (a frozen record, so reading it needs no lock). KV-cache event
+sinks run on the step thread, or on the loop (`on_loop=True`), like outputs.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from collections.abc import AsyncIterator, Callable, Sequence
 from concurrent.futures import Future
 from typing import Any
 
+from shunter.core.kv.events import KvEvent
 from shunter.core.sched.stats import SchedulerStats
 from shunter.core.types import DEFAULT_TENANT, RequestId
 from shunter.engine.llm import LLMEngine
@@ -75,6 +77,15 @@ class AsyncEngineClient:
             self._wake.notify()
         if self._thread.is_alive():
             await asyncio.to_thread(self._thread.join)
+
+    def add_kv_event_sink(self, sink: Callable[[list[KvEvent]], None], *,
+                          on_loop: bool = False) -> None:
+        """Send each step's KV-cache events to `sink`: on the step thread, or posted to the
+        event loop (`on_loop`, in order with the outputs). Only before `start`."""
+        if self._thread.is_alive() or self._loop is not None:
+            raise RuntimeError("add KV event sinks before the engine starts")
+        self._engine.add_kv_event_sink(
+            (lambda events: self._post(sink, events)) if on_loop else sink)
 
     # ---- the API -------------------------------------------------------------------------
 
@@ -151,6 +162,10 @@ class AsyncEngineClient:
         queue = self._queues.get(request_id)
         if out is not None and queue is not None:
             queue.put_nowait(out)  # a stream still reading it ends with finish reason "abort"
+
+    async def reset_prefix_cache(self) -> None:
+        """Forget every cached prefix (`LLMEngine.reset_prefix_cache`)."""
+        await self._call(self._engine.reset_prefix_cache)
 
     async def generate(self, prompt: str | Sequence[int],
                        params: SamplingParams | None = None) -> Completion:

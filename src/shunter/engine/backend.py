@@ -6,12 +6,16 @@ A request with `n` choices runs as n engine requests submitted together (they sh
 prompt's cached blocks); their outputs merge into one stream of chunks whose `index` is the
 choice. What the engine cannot do is refused up front by `unsupported` (the request fields it
 knows are listed below, per endpoint, with the reason each is accepted).
+
+Its KV-cache events can be published on ZMQ in vLLM's format (`publish_kv_events`, for a
+gateway in front of this one) and read on the gateway's loop (`feed_kv_events`, for this
+gateway's own exact prefix index); both are set up before the first request.
 """
 
 from __future__ import annotations
 
 import contextlib
-from collections.abc import AsyncIterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from dataclasses import replace
 from typing import Any
 
@@ -23,11 +27,13 @@ from shunter.backend.protocol import (
     TokenLogprob,
     Usage,
 )
+from shunter.core.kv.events import KvEvent
 from shunter.core.types import FinishReason
 from shunter.engine.async_client import AsyncEngineClient, EngineDeadError
 from shunter.engine.choices import merged_outputs, protocol_logprobs
 from shunter.engine.config import EngineConfig
 from shunter.engine.endpoints import engine_endpoint
+from shunter.engine.kv_events import ZmqKvEventPublisher
 from shunter.engine.llm import LLMEngine
 from shunter.engine.loader import load_model
 from shunter.engine.outputs import EngineOutput, TokenLogprobs
@@ -96,14 +102,42 @@ MAX_PROMPT_CHARS_TO_COUNT = 20_000  # longer text prompts are not tokenized just
 class EngineBackend:
     """An in-process `AsyncEngineClient` seen through the backend protocol."""
 
-    __slots__ = ("_choice_ids", "engine", "is_dead", "is_started", "max_num_seqs")
+    __slots__ = ("_choice_ids", "engine", "is_dead", "is_started", "kv_block_size",
+                 "kv_publisher", "max_num_seqs")
 
-    def __init__(self, engine: AsyncEngineClient, *, max_num_seqs: int) -> None:
+    def __init__(self, engine: AsyncEngineClient, *, max_num_seqs: int,
+                 kv_block_size: int | None = None) -> None:
         self.engine = engine
         self.max_num_seqs = max_num_seqs
+        self.kv_block_size = kv_block_size  # its engine's block size (the events' unit)
+        self.kv_publisher: ZmqKvEventPublisher | None = None
         self.is_started = False
         self.is_dead = False
         self._choice_ids: dict[str, list[str]] = {}  # a request's engine requests (n > 1)
+
+    def publish_kv_events(self, endpoint: str, replay_endpoint: str | None = None) -> None:
+        """Publish the engine's KV-cache events on `endpoint` (bound; with a replay socket at
+        `replay_endpoint`), as vLLM does; ValueError if an address is bad or taken."""
+        if self.kv_publisher is not None:
+            raise RuntimeError("this engine already publishes its KV events")
+        publisher = ZmqKvEventPublisher(endpoint, replay_endpoint=replay_endpoint)
+        try:
+            self.engine.add_kv_event_sink(publisher.publish)
+        except BaseException:
+            publisher.close()
+            raise
+        self.kv_publisher = publisher
+
+    def stop_kv_events(self) -> None:
+        """Stop publishing KV events (closes the publisher's sockets)."""
+        if self.kv_publisher is not None:
+            self.kv_publisher.close()
+            self.kv_publisher = None
+
+    def feed_kv_events(self, on_events: Callable[[list[KvEvent]], None]) -> None:
+        """Call `on_events` with each step's KV-cache events, on the loop that starts the
+        engine (in order with its outputs)."""
+        self.engine.add_kv_event_sink(on_events, on_loop=True)
 
     def _prompt(self, request: GenerateRequest) -> str | list[int]:
         tokenizer = self.engine.tokenizer
@@ -301,6 +335,7 @@ class EngineBackend:
     async def close(self) -> None:
         if self.is_started:
             await self.engine.close()
+        self.stop_kv_events()
 
 
 def engine_backends(config: EngineConfig, num_replicas: int) -> list[EngineBackend]:
@@ -312,5 +347,5 @@ def engine_backends(config: EngineConfig, num_replicas: int) -> list[EngineBacke
     config = replace(config,
                      max_num_batched_tokens=engines[0].scheduler.config.max_num_batched_tokens)
     engines += [LLMEngine(config, loaded=loaded) for _ in range(num_replicas - 1)]
-    return [EngineBackend(AsyncEngineClient(e), max_num_seqs=config.max_num_seqs)
-            for e in engines]
+    return [EngineBackend(AsyncEngineClient(e), max_num_seqs=config.max_num_seqs,
+                          kv_block_size=config.block_size) for e in engines]

@@ -4,6 +4,11 @@ It ties together the pieces that stay separate below it: the core scheduler (whi
 runs, how many tokens, which blocks), the EngineExecutor (the model, KV tensors, sampling,
 EOS and stop strings) and, per request, a streaming detokenizer. Every decision about what to
 compute is the core scheduler's, exactly as in the simulator.
+
+KV-cache events (vLLM's BlockStored / BlockRemoved / AllBlocksCleared, `core/kv/events.py`) are
+recorded only once a sink is added (`add_kv_event_sink`): each step's events then go to every
+sink, in one batch, at the end of the step (a ZMQ publisher, `kv_events.py`, or a gateway's
+exact prefix index).
 """
 
 from __future__ import annotations
@@ -17,6 +22,7 @@ from typing import Any
 import torch
 
 from shunter.core.clock import Clock
+from shunter.core.kv.events import KvEvent, KvEventLog
 from shunter.core.predict.interface import ArrivalPredictor, Predictor
 from shunter.core.request import Request
 from shunter.core.sched.config import SchedulerConfig
@@ -80,6 +86,7 @@ class LLMEngine:
                                        clock or WallClock())
         self._ids = itertools.count()
         self._tracked: dict[RequestId, _Tracked] = {}
+        self._kv_event_sinks: list[Callable[[list[KvEvent]], None]] = []
         self.grammars = None if self.tokenizer is None else \
             GrammarCompiler(self.tokenizer.backend, self.tokenizer.eos_token_ids,
                             loaded.config.vocab_size)
@@ -206,13 +213,39 @@ class LLMEngine:
         """Queue lengths and KV usage right now (what routers and the gateway read)."""
         return self.scheduler.stats()
 
+    # ---- the prefix cache and its events ---------------------------------------------------
+
+    def add_kv_event_sink(self, sink: Callable[[list[KvEvent]], None]) -> None:
+        """Send every later step's KV-cache events to `sink` (called on the stepping thread,
+        once per step that had events). Add sinks before the first request: a consumer's
+        history starts from an empty cache."""
+        pool = self.scheduler.kv.pool
+        if pool.event_log is None:
+            pool.event_log = KvEventLog()
+        self._kv_event_sinks.append(sink)
+
+    def reset_prefix_cache(self) -> None:
+        """Forget every cached prefix (e.g. after new weights); sinks get AllBlocksCleared."""
+        self.scheduler.kv.pool.reset_cache()
+        self._flush_kv_events()
+
+    def _flush_kv_events(self) -> None:
+        log = self.scheduler.kv.pool.event_log
+        if log is None or not log.events:
+            return
+        events = log.take()
+        for sink in self._kv_event_sinks:
+            sink(events)
+
     # ---- stepping ------------------------------------------------------------------------
 
     def step(self) -> list[EngineOutput]:
         """Run one scheduler step on the model; report every request that progressed."""
         scheduled = self.scheduler.schedule()
         result = self.executor.execute(scheduled)
-        return [self._to_engine_output(o) for o in self.scheduler.update(scheduled, result)]
+        outputs = [self._to_engine_output(o) for o in self.scheduler.update(scheduled, result)]
+        self._flush_kv_events()
+        return outputs
 
     def _to_engine_output(self, out: RequestOutput) -> EngineOutput:
         tracked = self._tracked[out.request_id]

@@ -16,11 +16,17 @@ order an OrderedDict keeps, at a list operation per block instead of a dict oper
 tuple (with the prefix cache on, every prompt block goes through it). Without prefix caching
 (and without contiguous allocation), no block ever leaves from the middle, so `fifo_free=True`
 hands blocks out and takes them back by slices (the simulator's hot path on long decodes).
+
+`event_log` (None by default): when set, every hash dropped from the cache (an eviction) and
+`reset_cache` are recorded there as KV-cache events (`events.py`); the manager records the
+hashes it publishes.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable
+
+from shunter.core.kv.events import KvEventLog
 
 __all__ = ["BlockPool"]
 
@@ -28,7 +34,8 @@ __all__ = ["BlockPool"]
 class BlockPool:
     """Fixed set of `num_blocks` KV blocks, ids 0..num_blocks-1."""
 
-    __slots__ = ("_fifo", "_hash_of", "_lru", "_ref", "cached", "enable_caching", "num_blocks")
+    __slots__ = ("_fifo", "_hash_of", "_lru", "_ref", "cached", "enable_caching", "event_log",
+                 "num_blocks")
 
     def __init__(self, num_blocks: int, *, enable_caching: bool = True,
                  fifo_free: bool = False) -> None:
@@ -43,6 +50,7 @@ class BlockPool:
         self._fifo = _FifoQueue(num_blocks) if fifo_free else None
         self._lru = _LruQueue(0 if fifo_free else num_blocks)
         self.cached: dict[int, int] = {}  # block hash -> block id
+        self.event_log: KvEventLog | None = None  # records evictions and resets when set
 
     @property
     def num_free_blocks(self) -> int:
@@ -85,13 +93,18 @@ class BlockPool:
             for block_id in out:
                 ref[block_id] = 1
             return out
+        removed: list[int] | None = None if self.event_log is None else []
         for block_id in out:
             old = hash_of[block_id]
             if old is not None:
                 if cached.get(old) == block_id:
                     del cached[old]
+                    if removed is not None:
+                        removed.append(old)
                 hash_of[block_id] = None
             ref[block_id] = 1
+        if removed and self.event_log is not None:
+            self.event_log.removed(tuple(removed))
         return out
 
     def roomiest_free_block(self) -> int | None:
@@ -124,6 +137,8 @@ class BlockPool:
         if old is not None:
             if self.cached.get(old) == block_id:
                 del self.cached[old]
+                if self.event_log is not None:
+                    self.event_log.removed((old,))
             self._hash_of[block_id] = None
         self._ref[block_id] = 1
         return True
@@ -168,6 +183,8 @@ class BlockPool:
         """Forget every cached hash (e.g. after weights change); used blocks keep their KV."""
         self.cached.clear()
         self._hash_of = [None] * self.num_blocks
+        if self.event_log is not None:
+            self.event_log.cleared()
 
     def check_invariants(self) -> None:
         """Assert the pool's invariants; O(num_blocks), for tests and debugging."""

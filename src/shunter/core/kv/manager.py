@@ -148,10 +148,33 @@ class KVCacheManager:
         start = request.num_published_blocks
         if num_full <= start:
             return
-        cache, ids, hashes = self.pool.cache, request.block_ids, request.block_hashes
-        for j in range(start, num_full):
-            cache(ids[j], hashes[j])
+        if self.pool.event_log is not None:
+            self._publish_logged(request, start, num_full)
+        else:
+            cache, ids, hashes = self.pool.cache, request.block_ids, request.block_hashes
+            for j in range(start, num_full):
+                cache(ids[j], hashes[j])
         request.num_published_blocks = num_full
+
+    def _publish_logged(self, request: Request, start: int, num_full: int) -> None:
+        """`publish` with a KV event log attached: each run of blocks newly cached (not already
+        held under their hash by another block) is recorded as one BlockStored."""
+        log = self.pool.event_log
+        assert log is not None
+        cache, ids, hashes = self.pool.cache, request.block_ids, request.block_hashes
+        bs, tokens = self.block_size, request.token_ids
+        run_start: int | None = None
+        for j in range(start, num_full + 1):
+            if j < num_full and cache(ids[j], hashes[j]):
+                if run_start is None:
+                    run_start = j
+                continue
+            if run_start is not None:
+                log.stored(tuple(hashes[run_start:j]),
+                           hashes[run_start - 1] if run_start else None,
+                           tuple(tokens[run_start * bs:j * bs]) if tokens is not None else (),
+                           bs)
+                run_start = None
 
     def free(self, request: Request, *, alive: bool = False) -> None:
         """Release the request's device blocks, tail first so shared heads are evicted last.
