@@ -207,3 +207,177 @@ def test_a_token_id_prompt_reaches_the_router_with_its_ids():
     spec = app.pool.spec(GenerateRequest(request_id="r", model="m", prompt=PROMPT))
     assert spec.prompt_token_ids == PROMPT and spec.num_prompt_tokens == len(PROMPT)
     assert spec.hash_ids is None  # the approximation hashes the ids too
+
+
+# ---- Shunter's own engines: fed in-process, or publishing as vLLM does ------------------------
+
+@pytest.mark.parametrize(("backend", "message"), [
+    ('kind = "engine"\nkv_events_publish = "tcp://h"\n', "kv_events_publish must be an address"),
+    ('kind = "engine"\nkv_events_publish = "tcp://*:0"\n', "kv_events_publish must be an address"),
+    ('kind = "engine"\nkv_events_replay_publish = "ipc:///tmp/r"\n', "no kv_events_publish"),
+    ('kind = "engine"\nkv_events_publish = "ipc:///tmp/k"\n'
+     'kv_events_replay_publish = "ipc:///tmp/k"\n', "must be different"),
+    ('url = "http://h"\nkv_events_publish = "ipc:///tmp/k"\n', 'in-process engines'),
+    ('kind = "engine"\nkv_events = "tcp://h:1"\n', "feed the router with exact_prefix"),
+    ('url = "http://h"\nexact_prefix = true\n', "exact_prefix only applies"),
+])
+def test_config_refuses_bad_kv_events_publish_naming_the_backend(tmp_path, backend, message):
+    with pytest.raises(ConfigError, match=message) as info:
+        load_config(write(tmp_path, backend))
+    assert "[[backends]] #1" in str(info.value) and "backend v" in str(info.value)
+
+
+def test_config_takes_kv_events_publish_on_engine_backends(tmp_path):
+    from shunter.gateway.kv_endpoints import replica_endpoint
+
+    config = load_config(write(tmp_path, 'kind = "engine"\nreplicas = 2\n'
+                               'kv_events_publish = "tcp://*:5557"\n'
+                               'kv_events_replay_publish = "tcp://*:5600"\n'))
+    backend = config.backends[0]
+    assert (backend.kv_events_publish, backend.kv_events_replay_publish) == \
+        ("tcp://*:5557", "tcp://*:5600")
+    assert [replica_endpoint("tcp://*:5557", i) for i in range(2)] == \
+        ["tcp://*:5557", "tcp://*:5558"]
+    assert replica_endpoint("ipc:///run/kv", 1) == "ipc:///run/kv-1"
+
+
+@pytest.fixture(scope="module")
+def tiny_engine_loaded(tmp_path_factory):
+    pytest.importorskip("torch")
+    pytest.importorskip("transformers")
+    from tests.engine.tiny import make_tiny_hf_model, save_tiny_hf_dir
+
+    from shunter.engine.loader import load_hf_dir
+
+    return load_hf_dir(save_tiny_hf_dir(make_tiny_hf_model(seed=0),
+                                        tmp_path_factory.mktemp("tiny")))
+
+
+def engine_maker(loaded, made):
+    """An EngineMaker of tiny engines (block size BS, a small cache); `made` gets their LLMEngines."""
+    from shunter.engine.async_client import AsyncEngineClient
+    from shunter.engine.backend import EngineBackend
+    from shunter.engine.config import EngineConfig
+    from shunter.engine.llm import LLMEngine
+
+    def make(backend, model):
+        config = EngineConfig(model="tiny", dtype="float32", num_blocks=16, block_size=BS,
+                              max_num_batched_tokens=64, max_num_seqs=4, num_threads=1)
+        engines = [LLMEngine(config, loaded=loaded) for _ in range(backend.replicas)]
+        made.extend(engines)
+        return [(EngineBackend(AsyncEngineClient(e), max_num_seqs=4, kv_block_size=BS), 4)
+                for e in engines]
+    return make
+
+
+def engine_cached_tokens(engine, prompt):
+    from shunter.core.kv.hashing import BlockHasher
+
+    hashes: list[int] = []
+    BlockHasher(BS).extend(hashes, len(prompt), prompt)
+    matched = 0
+    for block_hash in hashes:
+        if engine.scheduler.kv.pool.lookup(block_hash) is None:
+            break
+        matched += BS
+    return matched
+
+
+async def generate(client, prompt, request_id):
+    request = GenerateRequest(request_id=request_id, model="m", prompt=tuple(prompt),
+                              max_tokens=3, temperature=0.0)
+    return [chunk async for chunk in client.submit(request)]
+
+
+def test_in_process_engines_feed_the_gateways_exact_index(tiny_engine_loaded):
+    from shunter.gateway.config import BackendConfig
+    from shunter.gateway.factory import build_backends
+
+    made = []
+    slots = build_backends((BackendConfig(name="e", kind="engine", replicas=2,
+                                          exact_prefix=True),), "m",
+                           engine_maker(tiny_engine_loaded, made))
+    parts = GatewayParts(app=AppConfig(model_names=("m",)), router="prefix_affinity")
+    app = build_app(parts, slots)
+    exact = app.pool.router.index.exact
+    assert app.pool.kv_events == []  # no socket: the engines call the index themselves
+    stem = list(range(10, 30))
+    prompts = [stem + [1, 2, 3], stem[:9] + [7] * 9, stem + [4]]
+
+    async def scenario():
+        assert [exact.match_tokens(i, tuple(prompts[0])) for i in (0, 1)] == [0, 0]
+        await generate(slots[0].client, prompts[0], "a")
+        await generate(slots[1].client, prompts[1], "b")
+        for engine, replica_id in zip(made, (0, 1), strict=True):
+            for prompt in prompts:
+                assert exact.match_tokens(replica_id, tuple(prompt)) == \
+                    engine_cached_tokens(engine, prompt)
+        assert exact.match_tokens(0, tuple(prompts[2])) == 20
+        assert exact.match_tokens(1, tuple(prompts[2])) == 8
+        await app.pool.stop()
+
+    run(scenario())
+
+
+def test_in_process_engines_feed_no_exact_index_unless_asked(tiny_engine_loaded):
+    """By default the router keeps its dispatch-time approximation, as the simulator does."""
+    from shunter.gateway.config import BackendConfig
+    from shunter.gateway.factory import build_backends
+
+    slots = build_backends((BackendConfig(name="e", kind="engine", replicas=2),), "m",
+                           engine_maker(tiny_engine_loaded, []))
+    app = build_app(GatewayParts(app=AppConfig(model_names=("m",)), router="prefix_affinity"),
+                    slots)
+    assert app.pool.router.index.exact is None
+    run(app.pool.stop())
+
+
+def test_engine_backends_publish_for_a_gateway_in_front(tiny_engine_loaded, tmp_path):
+    from shunter.gateway.config import BackendConfig
+    from shunter.gateway.factory import build_backends
+
+    made = []
+    backend = BackendConfig(name="e", kind="engine", replicas=2,
+                            kv_events_publish=f"ipc://{tmp_path}/kv",
+                            kv_events_replay_publish=f"ipc://{tmp_path}/replay")
+    slots = build_backends((backend,), "m", engine_maker(tiny_engine_loaded, made))
+    prompt = list(range(40, 57))
+
+    async def scenario():
+        # the gateway in front: remote backends reading replica 1's events
+        front = build_app(GatewayParts(app=AppConfig(model_names=("m",)), router="cost"),
+                          [BackendSlot(name="r1", client=FakeEngineClient(),
+                                       kv_events=f"ipc://{tmp_path}/kv-1",
+                                       kv_events_replay=f"ipc://{tmp_path}/replay-1")])
+        (subscriber,) = front.pool.kv_events
+        subscriber.start()
+        await asyncio.sleep(0.3)
+        await generate(slots[1].client, prompt, "a")
+        for _ in range(300):
+            if subscriber.last_seq is not None and \
+                    subscriber.last_seq + 1 == slots[1].client.kv_publisher.num_batches:
+                break
+            await asyncio.sleep(0.01)
+        assert subscriber.index.match_tokens(0, tuple(prompt)) == \
+            engine_cached_tokens(made[1], prompt) == 16
+        await front.pool.stop()
+        for slot in slots:
+            await slot.client.close()
+
+    run(scenario())
+
+
+def test_an_address_taken_is_a_config_error_naming_the_backend(tiny_engine_loaded):
+    from shunter.gateway.config import BackendConfig
+    from shunter.gateway.factory import build_backends
+
+    context = zmq.Context()
+    holder = context.socket(zmq.PUB)
+    port = holder.bind_to_random_port("tcp://127.0.0.1")
+    taken = BackendConfig(name="f", kind="engine", replicas=2,
+                          kv_events_publish=f"tcp://127.0.0.1:{port - 1}")
+    try:
+        with pytest.raises(ConfigError, match="backend f: kv_events_publish: cannot bind"):
+            build_backends((taken,), "m", engine_maker(tiny_engine_loaded, []))
+    finally:
+        context.destroy(linger=0)

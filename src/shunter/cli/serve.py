@@ -70,6 +70,16 @@ def add_serve_parser(subparsers: Any) -> argparse.ArgumentParser:
     s.add_argument("--predictor-params", type=json_object, metavar="JSON",
                    help='its parameters, e.g. \'{"model_path": "model.json"}\' from '
                         "`shunter train-predictor` (default: none)")
+    k = parser.add_argument_group(
+        "KV-cache events (in-process engines)",
+        "Publish each engine replica's KV-cache events (BlockStored, BlockRemoved, "
+        "AllBlocksCleared) on ZMQ in vLLM's format, for a gateway in front of this one (its "
+        "backend's kv_events); replica i > 0 binds PORT + i, or PATH-i.")
+    k.add_argument("--kv-events-publish", metavar="ADDR",
+                   help="address to bind, ipc://PATH or tcp://HOST:PORT (default: none, the "
+                        "config's kv_events_publish)")
+    k.add_argument("--kv-events-replay-publish", metavar="ADDR",
+                   help="the replay socket's address (default: none, the config's)")
     parser.add_argument("--log-level", default="warning",
                         choices=["debug", "info", "warning", "error"], help="server log level")
     parser.set_defaults(handler=run_serve)

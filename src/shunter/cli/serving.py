@@ -96,8 +96,30 @@ def _config_from_args(args: argparse.Namespace) -> GatewayConfig:
         others = tuple(b for b in backends if b.kind != "engine")
         base = engines[0] if engines else BackendConfig(name="engine", kind="engine")
         backends = (*others, replace(base, replicas=replicas))
+    backends = _kv_events_from_args(backends, args)
     return replace(config, server=server, router=args.router or config.router, backends=backends,
                    scheduler=_scheduler_from_args(config.scheduler, args))
+
+
+def _kv_events_from_args(backends: tuple[BackendConfig, ...],
+                         args: argparse.Namespace) -> tuple[BackendConfig, ...]:
+    """--kv-events-publish / --kv-events-replay-publish onto the one engine backend."""
+    publish = getattr(args, "kv_events_publish", None)
+    replay = getattr(args, "kv_events_replay_publish", None)
+    if publish is None and replay is None:
+        return backends
+    engines = [i for i, b in enumerate(backends) if b.kind == "engine"]
+    if len(engines) != 1:
+        raise ConfigError("--kv-events-publish needs exactly one in-process engine backend "
+                          f"(the config has {len(engines)}); set kv_events_publish per backend")
+    i = engines[0]
+    base = backends[i]
+    try:
+        changed = replace(base, kv_events_publish=publish or base.kv_events_publish,
+                          kv_events_replay_publish=replay or base.kv_events_replay_publish)
+    except ValueError as exc:
+        raise ConfigError(f"--kv-events-publish: {exc}") from None
+    return (*backends[:i], changed, *backends[i + 1:])
 
 
 def _scheduler_from_args(settings: SchedulerSettings, args: argparse.Namespace) -> SchedulerSettings:

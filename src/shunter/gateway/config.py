@@ -17,7 +17,13 @@
                   remote and vllm: kv_events, kv_events_replay (vLLM's KV-event PUB and
                           replay sockets to connect to, tcp://HOST:PORT: the routers then read
                           its exact prefix state, `kv_events.py`)
-                  engine: replicas (how many in-process replicas of the served model)
+                  engine: replicas (how many in-process replicas of the served model),
+                          kv_events_publish, kv_events_replay_publish (ZMQ addresses to bind,
+                          tcp://HOST:PORT or ipc://PATH: its replicas publish their KV-cache
+                          events there as vLLM does, for a gateway in front of this one;
+                          replica i > 0 at PORT + i, or PATH-i), exact_prefix (true: their
+                          events feed this gateway's prefix-aware router exactly; default
+                          false: its dispatch-time approximation, which the simulator models)
                   vllm:   model (a local HF model directory), python (of vLLM's venv; default
                           $SHUNTER_VLLM_PYTHON, else `python` on PATH), port (default: a free
                           one), dtype, max_model_len, args (more `vllm serve` flags), policy
@@ -60,7 +66,7 @@ from shunter.core.sched.registry import PREDICTIVE_POLICIES, make_policy
 from shunter.errors import ConfigError
 from shunter.gateway.admission import AdmissionConfig
 from shunter.gateway.breaker import BreakerConfig
-from shunter.gateway.kv_events import check_endpoint
+from shunter.gateway.kv_endpoints import check_kv_event_keys
 from shunter.gateway.limits import LimitsConfig
 from shunter.gateway.pool import PoolConfig
 from shunter.gateway.tenant import TenantConfig, TenantTable
@@ -182,7 +188,13 @@ class BackendConfig:
     connected to), with `kv_events_replay` its replay socket; the routers then see the blocks
     it really holds (`kv_events.py`); its events must have `block_size` tokens per block when
     that is set (unset: the events' size). A vllm backend is not started with events by the
-    gateway: put `--enable-prefix-caching --kv-events-config {...}` in its `args`."""
+    gateway: put `--enable-prefix-caching --kv-events-config {...}` in its `args`.
+    `kv_events_publish` (engine): where its replicas publish their KV-cache events (bound; with
+    `kv_events_replay_publish` a replay socket), for another gateway's `kv_events`
+    (`kv_endpoints.replica_endpoint` gives replica i's address). `exact_prefix` (engine): its
+    replicas' events feed this gateway's own prefix-aware router (off by default: the exact
+    state learns a prefix once computed, the approximation at dispatch, and the simulator's
+    routers read the approximation)."""
 
     name: str
     kind: str = "remote"
@@ -215,6 +227,9 @@ class BackendConfig:
     log_file: str | None = None
     kv_events: str | None = None
     kv_events_replay: str | None = None
+    kv_events_publish: str | None = None
+    kv_events_replay_publish: str | None = None
+    exact_prefix: bool = False
 
     def __post_init__(self) -> None:
         if self.kind not in BACKEND_KINDS:
@@ -232,26 +247,13 @@ class BackendConfig:
                 raise ValueError(f"backend {self.name}: {key} must be >= 1")
         if self.profile == "":
             raise ValueError(f"backend {self.name}: profile must name a file")
-        self._check_kv_events()
+        check_kv_event_keys(self)
         if self.kind == "vllm":
             self._check_vllm()
         elif any(getattr(self, k) != f.default for k, f in _VLLM_ONLY.items()):
             keys = [k for k, f in _VLLM_ONLY.items() if getattr(self, k) != f.default]
             raise ValueError(f"backend {self.name}: {', '.join(keys)} only apply to "
                              'kind = "vllm"')
-
-    def _check_kv_events(self) -> None:
-        if self.kv_events is None:
-            if self.kv_events_replay is not None:
-                raise ValueError(f"backend {self.name}: kv_events_replay is given but no "
-                                 "kv_events")
-            return
-        if self.kind not in ("remote", "vllm"):
-            raise ValueError(f"backend {self.name}: kv_events only apply to vLLM backends "
-                             '(kind = "remote" or "vllm")')
-        check_endpoint(self.kv_events, f"backend {self.name}: kv_events")
-        if self.kv_events_replay is not None:
-            check_endpoint(self.kv_events_replay, f"backend {self.name}: kv_events_replay")
 
     def _check_vllm(self) -> None:
         if not self.model:

@@ -9,11 +9,17 @@ for a backend's speed from its `profile` file, which the simulator's cost model 
 A `kind = "vllm"` backend is a vLLM server the gateway starts itself (`supervisor.py`), then
 reaches as a remote one (`SupervisedEngineClient`, resuming by tokens); closing the client stops
 the server. `build_backends` starts them all at once and waits for every one to be healthy.
+
+In-process engines that expose their KV-cache events (`KvEventSource`) and whose config says
+`exact_prefix` feed this gateway's exact prefix index directly, on its loop, when its router
+reads one (no socket: their history is complete from their empty start); with `kv_events_publish` they also publish them on ZMQ
+in vLLM's format, for a gateway in front of this one.
 """
 
 from __future__ import annotations
 
 import asyncio
+import functools
 import inspect
 import os
 import shutil
@@ -22,9 +28,10 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol, runtime_checkable
 
 from shunter.backend.protocol import EngineClient
+from shunter.core.kv import events as kv
 from shunter.core.predict.interface import Predictor
 from shunter.core.sched.gateway_queue import GatewayQueue
 from shunter.core.sched.policy import Policy, PrefixAwarePolicy
@@ -40,6 +47,7 @@ from shunter.gateway.config import (
     default_vllm_python,
 )
 from shunter.gateway.fake import FakeEngineClient, FakeModel
+from shunter.gateway.kv_endpoints import replica_endpoint
 from shunter.gateway.kv_events import KvEventSubscriber
 from shunter.gateway.metrics import GatewayMetrics, Gauge
 from shunter.gateway.pool import PoolConfig, ReplicaPool
@@ -55,13 +63,20 @@ from shunter.gateway.supervisor import (
 )
 from shunter.gateway.tenant import TenantConfig, TenantTable
 from shunter.gateway.vllm_metrics import VllmSeries
-from shunter.router.exact_index import ExactPrefixIndex
+from shunter.router.exact_index import (
+    AllBlocksCleared,
+    BlockEvent,
+    BlocksRemoved,
+    BlocksStored,
+    ExactPrefixIndex,
+)
 from shunter.router.interface import Router
 from shunter.router.prefix_index import DispatchIndex, PrefixIndex
 from shunter.router.registry import make_router
 
-__all__ = ["BackendSlot", "EngineMaker", "GatewayParts", "SpeedLoader", "SupervisedEngineClient",
-           "build_app", "build_backends", "gateway_policy", "stop_supervised", "vllm_supervisor"]
+__all__ = ["BackendSlot", "EngineMaker", "GatewayParts", "KvEventSource", "SpeedLoader",
+           "SupervisedEngineClient", "build_app", "build_backends", "gateway_policy",
+           "stop_supervised", "vllm_supervisor"]
 
 DEFAULT_MAX_CONCURRENCY = 256  # vLLM's default max_num_seqs: beyond it a backend only queues
 
@@ -78,10 +93,28 @@ class BackendSlot:
     speeds: SpeedModel | None = None  # from a profile; None: measured from its traffic
     kv_events: str | None = None  # its vLLM's KV-event socket (and replay socket), if any
     kv_events_replay: str | None = None
+    exact_prefix: bool = False  # an in-process engine feeding the router its KV events
 
     def __post_init__(self) -> None:
         if self.max_concurrency < 1:
             raise ValueError(f"backend {self.name}: max_concurrency must be >= 1")
+
+
+@runtime_checkable
+class KvEventSource(Protocol):
+    """An in-process engine replica whose KV-cache events (`core/kv/events.py`) the gateway
+    reads or has published; both are set up before it starts."""
+
+    kv_block_size: int | None  # its KV block size, the events' unit
+
+    def publish_kv_events(self, endpoint: str, replay_endpoint: str | None = None) -> None:
+        """Publish its events on ZMQ at `endpoint` (bound), as vLLM does; ValueError if not."""
+
+    def stop_kv_events(self) -> None:
+        """Stop publishing (closes the sockets)."""
+
+    def feed_kv_events(self, on_events: Callable[[list[kv.KvEvent]], None]) -> None:
+        """Call `on_events` with each engine step's events, on the loop that starts it."""
 
 
 # (backend config, served model) -> the in-process replicas, each with its max_num_seqs
@@ -167,11 +200,14 @@ def build_backends(backends: Sequence[BackendConfig], model: str,
     for b, speeds in zip(backends, profiled, strict=True):
         if b.kind == "engine":
             engines = make_engines(b, model)
+            if b.kv_events_publish is not None:
+                _publish_kv_events(b, [client for client, _ in engines])
             for i, (client, max_num_seqs) in enumerate(engines):
                 name = b.name if len(engines) == 1 else f"{b.name}-{i}"
                 slots.append(BackendSlot(name=name, client=client, max_num_seqs=max_num_seqs,
                                          max_concurrency=min(b.max_concurrency, max_num_seqs * 2),
-                                         block_size=b.block_size, speeds=speeds))
+                                         block_size=b.block_size, speeds=speeds,
+                                         exact_prefix=b.exact_prefix))
             continue
         client: EngineClient
         if b.kind == "vllm":
@@ -195,6 +231,29 @@ def build_backends(backends: Sequence[BackendConfig], model: str,
                                  speeds=speeds, kv_events=b.kv_events,
                                  kv_events_replay=b.kv_events_replay))
     return slots
+
+
+def _publish_kv_events(backend: BackendConfig, clients: Sequence[EngineClient]) -> None:
+    """Replica i of an engine backend publishes at `replica_endpoint(kv_events_publish, i)`;
+    ConfigError naming the backend if an address cannot be bound."""
+    assert backend.kv_events_publish is not None
+    started: list[KvEventSource] = []
+    try:
+        for i, client in enumerate(clients):
+            if not isinstance(client, KvEventSource):
+                raise ConfigError(f"backend {backend.name}: its engines cannot publish KV events "
+                                  "(kv_events_publish)")
+            replay = backend.kv_events_replay_publish
+            try:
+                client.publish_kv_events(replica_endpoint(backend.kv_events_publish, i),
+                                         None if replay is None else replica_endpoint(replay, i))
+            except ValueError as exc:
+                raise ConfigError(f"backend {backend.name}: kv_events_publish: {exc}") from None
+            started.append(client)
+    except BaseException:
+        for client in started:
+            client.stop_kv_events()
+        raise
 
 
 def _start_all(supervisors: list[ProcessSupervisor]) -> None:
@@ -268,21 +327,49 @@ def build_app(parts: GatewayParts, backends: list[BackendSlot],
 
 def _kv_event_subscribers(backends: list[BackendSlot], router: Router,
                           name: str) -> list[KvEventSubscriber]:
-    """One subscriber per backend with `kv_events`, feeding the router's exact prefix index
-    (replica i is backends[i]); ValueError if the router reads no prefix index."""
+    """One subscriber per backend with `kv_events`, and every in-process engine with
+    `exact_prefix` fed directly, into the router's exact prefix index (replica i is
+    backends[i]); ValueError if a backend has `kv_events` but the router reads no prefix
+    index."""
     with_events = [(i, b) for i, b in enumerate(backends) if b.kv_events is not None]
-    if not with_events:
-        return []
+    in_process = [(i, b.client, b.block_size) for i, b in enumerate(backends)
+                  if b.exact_prefix and isinstance(b.client, KvEventSource)]
     index = getattr(router, "index", None)
     if not isinstance(index, PrefixIndex):
-        raise ValueError(f"backends {', '.join(b.name for _, b in with_events)} publish "
-                         f"kv_events, which router {name!r} does not read; prefix-aware "
-                         "routers: cost, prefix_affinity, d2lpm")
+        if with_events:
+            raise ValueError(f"backends {', '.join(b.name for _, b in with_events)} publish "
+                             f"kv_events, which router {name!r} does not read; prefix-aware "
+                             "routers: cost, prefix_affinity, d2lpm")
+        return []
+    if not with_events and not in_process:
+        return []
     exact = ExactPrefixIndex()
     index.exact = exact
+    for i, client, block_size in in_process:
+        assert isinstance(client, KvEventSource)
+        exact.track(i, block_size or client.kv_block_size)
+        exact.reset(i, is_complete=True)  # it has not run yet: its cache is empty
+        client.feed_kv_events(functools.partial(_apply_kv_events, exact, i))
     return [KvEventSubscriber(exact, i, b.kv_events, replay_endpoint=b.kv_events_replay,
                               block_size=b.block_size, name=b.name)
             for i, b in with_events if b.kv_events is not None]
+
+
+def _apply_kv_events(exact: ExactPrefixIndex, replica_id: int,
+                     events: list[kv.KvEvent]) -> None:
+    """An in-process engine step's events, into the exact index (on the gateway's loop)."""
+    converted: list[BlockEvent] = []
+    for event in events:
+        match event:
+            case kv.BlockStored():
+                converted.append(BlocksStored(
+                    engine_hashes=event.block_hashes, parent_hash=event.parent_block_hash,
+                    token_ids=event.token_ids, block_size=event.block_size))
+            case kv.BlockRemoved():
+                converted.append(BlocksRemoved(event.block_hashes))
+            case kv.AllBlocksCleared():
+                converted.append(AllBlocksCleared())
+    exact.apply(replica_id, converted)
 
 
 def _loads(pool: ReplicaPool, clock: Callable[[], float]) -> list[tuple[float, float, float, float]]:
