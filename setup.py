@@ -18,11 +18,11 @@ from setuptools import setup
 
 COMPILED_MODULES = [
     "core/request", "core/kv/block_pool", "core/kv/hashing", "core/kv/manager",
-    "core/sched/config", "core/sched/decode_run", "core/sched/headroom",
+    "core/sched/config", "core/sched/headroom",
     "core/sched/interface", "core/sched/limits", "core/sched/plan", "core/sched/queue",
     "core/sched/scheduler", "core/sched/stats",
     "sim/cluster", "sim/cost/roofline", "sim/executor", "sim/loop", "sim/replica",
-    "sim/timeline",
+    "sim/decode_run", "sim/timeline",
 ]
 
 ext_modules = []

@@ -8,10 +8,10 @@ import numpy as np
 import pytest
 from tests.factories import interpreted_only
 
-from shunter.core.sched.decode_run import advance_decode_run
 from shunter.core.types import RequestSpec
 from shunter.sim import replica as replica_module
 from shunter.sim.config import SimConfig
+from shunter.sim.decode_run import advance_decode_run
 from shunter.sim.runner import simulate
 from shunter.workload.staged_program import ProgramShape, TurnPool, staged_programs
 

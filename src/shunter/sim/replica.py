@@ -1,10 +1,11 @@
 """One simulated replica: the core scheduler driven by a SimExecutor on the virtual clock.
 
-A step in flight may be the first of a steady decode run (`core.sched.decode_run`): the
-replica then plans the run's remaining steps at once, with their exact end times, and applies
-them in bulk when the run ends. When the next step is steady already (nothing waits, every
-running request decodes), the run starts without a real first step (`begin_steady_run`). The run is cut short at the step in flight when a new request
-is routed here; until it ends, `view()` reports the state step by step would have at that time.
+A step in flight may be the first of a steady decode run (`sim.decode_run`): the replica
+then plans the run's remaining steps at once, with their exact end times, and applies them in
+bulk when the run ends. When the next step is steady already (nothing waits, every running
+request decodes), the run starts without a real first step (`begin_steady_run`). The run is
+cut short at the step in flight when a new request is routed here; until it ends, `view()`
+reports the state step by step would have at that time.
 Results are identical to stepping one by one (`fast_forward=False`), which the tests check.
 """
 
@@ -14,18 +15,18 @@ from bisect import bisect_right
 
 from shunter.core.clock import Clock
 from shunter.core.request import Request
-from shunter.core.sched.decode_run import (
-    advance_decode_run,
-    begin_steady_run,
-    blocks_for_steps,
-    decode_run_horizon,
-)
 from shunter.core.sched.interface import SchedulerOutput, StepResult
 from shunter.core.sched.scheduler import CoreScheduler
 from shunter.core.types import RequestId, RequestSpec
 from shunter.metrics.record import RequestRecord
 from shunter.router.interface import ReplicaView
 from shunter.sim.cost.speed import ReplicaSpeeds
+from shunter.sim.decode_run import (
+    advance_decode_run,
+    begin_steady_run,
+    blocks_for_steps,
+    decode_run_horizon,
+)
 from shunter.sim.executor import SimExecutor
 from shunter.sim.handoff import MovedRequest, splice_token_times
 from shunter.sim.timeline import StepTimeline, TokenTimes, add_range

@@ -1,10 +1,14 @@
 """Scheduler traces: each test reads like the step log it asserts."""
 
+import sys
+
 import pytest
 from tests.factories import FakeExecutor, add_all, make_request, make_scheduler, run_steps
 
 from shunter.core.clock import ManualClock
 from shunter.core.sched.interface import StepResult
+from shunter.core.sched.policy import charges_service
+from shunter.core.sched.registry import make_policy
 from shunter.core.types import FinishReason, RequestStatus
 
 
@@ -225,3 +229,50 @@ def test_same_inputs_give_identical_step_logs():
         run_steps(s, ex, clock)
         return [repr(o) for o in ex.outputs]
     assert run() == run()
+
+
+def _decoding(policy: str, **params: object):
+    """A scheduler whose two requests have sampled a token and decode next."""
+    clock = ManualClock()
+    s = make_scheduler(clock=clock, policy=policy, policy_params=params)
+    add_all(s, [make_request("a", num_prompt_tokens=8, tenant="x"),
+                make_request("b", num_prompt_tokens=8, tenant="y", arrival_s=0.5)])
+    out = s.schedule()
+    s.update(out, FakeExecutor({"a": 50, "b": 50}).execute(out))
+    return s
+
+
+def test_steps_until_reorder_declares_how_long_the_policys_decisions_hold():
+    static = _decoding("fcfs")
+    assert static.steps_until_reorder() == sys.maxsize  # a static order never reorders
+    assert static.steps_until_reorder(is_applied=False) == sys.maxsize - 1
+    mlfq = _decoding("mlfq", base_quantum_tokens=16)  # charges nothing when a step is scheduled
+    bound = mlfq.policy.steps_until_reorder(mlfq.running)  # type: ignore[attr-defined]
+    assert bound == 15 and mlfq.steps_until_reorder() == bound
+    assert mlfq.steps_until_reorder(is_applied=False) == bound - 1
+    vtc = _decoding("vtc")  # charges when scheduled: its bound holds from an applied state only
+    vtc_bound = vtc.policy.steps_until_reorder(vtc.running)  # type: ignore[attr-defined]
+    assert vtc_bound > 0 and vtc.steps_until_reorder() == vtc_bound
+    assert vtc.steps_until_reorder(is_applied=False) == 0
+    unbounded = _decoding("fcfs")
+    unbounded.policy.has_static_order = False  # dynamic, with no declared bound: no runs
+    assert unbounded.steps_until_reorder() == 0
+
+
+def test_charges_on_schedule_false_lets_runtimes_skip_on_scheduled():
+    assert not charges_service(make_policy("mlfq")) and not charges_service(make_policy("fcfs"))
+    assert charges_service(make_policy("vtc"))  # (no charges_on_schedule: the default, True)
+
+
+def test_priority_victim_is_the_worst_preemptible_request_the_policy_lets_go():
+    clock = ManualClock()
+    s = make_scheduler(clock=clock, policy="priority", policy_params={"aging_s": None})
+    add_all(s, [make_request("low", num_prompt_tokens=8, priority=5),
+                make_request("mid", num_prompt_tokens=8, priority=3)])
+    out = s.schedule()
+    s.update(out, FakeExecutor({"low": 50, "mid": 50}).execute(out))
+    assert s.priority_victim(make_request("top", priority=0), clock.now()).request_id == "low"
+    assert s.priority_victim(make_request("peer", priority=5), clock.now()) is None  # no gap
+    for r in s.running:  # readmitted after a preemption, no new token yet: spared (no storms)
+        r.num_preemptions, r.has_progressed = 1, False
+    assert s.priority_victim(make_request("top", priority=0), clock.now()) is None

@@ -33,14 +33,15 @@ in `requires_engine`; the gateway tier refuses it with that reason.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Any, ClassVar, Protocol, runtime_checkable
 
 from shunter.core.request import Request
 from shunter.core.sched.queue import KeyedQueue
 
-__all__ = ["KeyedQueue", "Policy", "PrefixAwarePolicy", "PrefixProbe", "StaticKeyPolicy",
-           "WaitingQueue", "charges_service", "never_preempts", "victim_sort_key"]
+__all__ = ["KeyedQueue", "Policy", "PrefixAwarePolicy", "PrefixProbe", "ReorderBoundPolicy",
+           "StaticKeyPolicy", "WaitingQueue", "charges_service", "never_preempts",
+           "victim_sort_key"]
 
 PrefixProbe = Callable[[Request], int]  # cached prompt tokens a waiting request would hit now
 
@@ -74,16 +75,9 @@ class Policy(Protocol):
 
     name: str
     # True when the waiting order and `should_preempt` never change while requests only decode
-    # (no charging-dependent order): lets the simulator apply steady decode steps in bulk.
-    # A policy without a static order may still define `steps_until_reorder(running) -> int`:
-    # how many steps from now, each giving every running request one decode token (charged
-    # through `on_scheduled`), it decides exactly as it does now (the waiting order, the order
-    # of the running requests' victim keys, `should_preempt`'s answers); 0 if it cannot say.
-    # The simulator then applies that many steps in bulk (`shunter.core.sched.decode_run`).
-    # Such a policy whose `on_scheduled` changes its order (it charges service, as vtc and plas
-    # do) may reorder between a step's decisions and the end of that step; it says
-    # `charges_on_schedule = True` (the default when absent) and its runs start only from an
-    # applied state.
+    # (no charging-dependent order): lets the simulator apply steady decode steps in bulk
+    # (`CoreScheduler.steps_until_reorder`). A policy without one may bound its reorders with
+    # the optional `ReorderBoundPolicy.steps_until_reorder`.
     has_static_order: bool
     # Why this policy cannot order the gateway's queue (it needs an engine: preemption,
     # demotion of running requests, a token budget); None if it can. See the module docstring.
@@ -109,6 +103,29 @@ class Policy(Protocol):
 
     def on_finished(self, request: Request, now_s: float) -> None:
         """The request left the scheduler (finished, aborted or rejected)."""
+        ...
+
+
+# Optional members a policy may define (read through the functions below, which supply the
+# defaults):
+# - `charges_on_schedule: ClassVar[bool]` (default True): False promises that `on_scheduled`
+#   does nothing, so runtimes skip it (`charges_service`) and a step's charges cannot reorder
+#   the policy between that step's decisions and its end (`CoreScheduler.steps_until_reorder`);
+# - `preemptive: ClassVar[bool]` (default True): False promises that `should_preempt` always
+#   says no (`never_preempts`);
+# - `victim_key_at`, `on_scheduled_step`, `victim_key_reads_progress`: see the module docstring;
+# - `steps_until_reorder`: `ReorderBoundPolicy`.
+
+
+@runtime_checkable
+class ReorderBoundPolicy(Protocol):
+    """A policy without a static order that can say how long its decisions hold (optional)."""
+
+    def steps_until_reorder(self, running: Sequence[Request]) -> int:
+        """How many steps from an applied state, each giving every running request one decode
+        token (charged through `on_scheduled`), this policy decides exactly as it does now (the
+        waiting order, the order of the running requests' victim keys, `should_preempt`'s
+        answers); 0 if it cannot say. Lets the simulator apply that many steps in bulk."""
         ...
 
 
@@ -172,9 +189,11 @@ def never_preempts(policy: Policy) -> bool:
 
 
 def charges_service(policy: Policy) -> bool:
-    """Whether `policy.on_scheduled` may do anything (StaticKeyPolicy's does nothing), so bulk
-    decode runs can skip calling it per request."""
-    return not _keeps_static(policy, "on_scheduled")
+    """Whether `policy.on_scheduled` may do anything (StaticKeyPolicy's does nothing, and a
+    policy whose class says `charges_on_schedule = False`), so runtimes can skip calling it."""
+    if isinstance(policy, StaticKeyPolicy):
+        return not _keeps_static(policy, "on_scheduled")
+    return getattr(type(policy), "charges_on_schedule", True) is not False
 
 
 def victim_sort_key(policy: Policy, now_s: float) -> Callable[[Request], Any]:

@@ -23,6 +23,7 @@ step that admits any prompt runs only whole prompts: decodes stall behind prefil
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Sequence
 
 from shunter.core.clock import Clock
@@ -36,6 +37,7 @@ from shunter.core.sched.plan import StepPlan
 from shunter.core.sched.policy import (
     Policy,
     PrefixAwarePolicy,
+    ReorderBoundPolicy,
     charges_service,
     never_preempts,
     step_charger,
@@ -58,6 +60,8 @@ class CoreScheduler:
         self.charges_service = charges_service(policy)  # (cached: checked every step)
         self.charge_step = step_charger(policy)
         self.never_preempts = never_preempts(policy)
+        self._reorder_bound = (policy.steps_until_reorder
+                               if isinstance(policy, ReorderBoundPolicy) else None)
         self.clock = clock
         self.kv = KVCacheManager(config.num_blocks, config.block_size,
                                  enable_caching=config.enable_prefix_caching,
@@ -293,13 +297,30 @@ class CoreScheduler:
         if self.never_preempts:
             return
         while top is not None and self.running and not self.headroom.fits(top, len(self.running)):
-            candidates = [r for r in self.running if r.is_preemptible]
-            if not candidates:
-                return
-            victim = max(candidates, key=lambda r: self.policy.victim_key(r, now))  # type: ignore[arg-type,return-value]
-            if not self.policy.should_preempt(top, victim, now):
+            victim = self.priority_victim(top, now)
+            if victim is None:
                 return
             self._preempt(victim, plan)
+
+    def priority_victim(self, waiting: Request, now_s: float) -> Request | None:
+        """The running request `waiting` may displace now: the worst preemptible one, if the
+        policy lets it (phase 0, and the simulator's check that a decode run keeps it off)."""
+        candidates = [r for r in self.running if r.is_preemptible]
+        if not candidates:
+            return None
+        victim = max(candidates, key=lambda r: self.policy.victim_key(r, now_s))  # type: ignore[arg-type,return-value]
+        return victim if self.policy.should_preempt(waiting, victim, now_s) else None
+
+    def steps_until_reorder(self, *, is_applied: bool = True) -> int:
+        """Steps, each giving every running request one decode token, over which the policy
+        decides as it does now, counted after the last applied step or (not `is_applied`) after
+        the step just scheduled; 0 if it cannot say. Bounds the simulator's bulk decode runs."""
+        scheduled = 0 if is_applied else 1  # the policy's bound counts from the applied state
+        if self.policy.has_static_order:
+            return sys.maxsize - scheduled
+        if self._reorder_bound is None or (scheduled and self.charges_service):
+            return 0  # (charged when scheduled, it may have reordered since that step's decisions)
+        return max(self._reorder_bound(self.running) - scheduled, 0)
 
     # ---- helpers -------------------------------------------------------------------------
 

@@ -50,7 +50,7 @@ class MlfqPolicy:
     preemption_threshold: float = 1.0
     name: str = "mlfq"
     has_static_order: bool = False  # demotion changes the order as output tokens are charged
-    charges_on_schedule: ClassVar[bool] = False  # levels follow sampled tokens, not charges
+    charges_on_schedule: ClassVar[bool] = False  # a no-op: levels follow sampled tokens
     requires_engine: ClassVar[str | None] = (
         "it demotes running requests as they generate and preempts them token by token; at the "
         "gateway nothing runs yet")

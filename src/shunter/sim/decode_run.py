@@ -8,19 +8,20 @@ block, or a new request arrives. In between, no decision can change:
 - admission stays blocked: free blocks only shrink and the running count is constant, and a
   policy with a static order keeps the same waiting head. A policy without one may change its
   waiting head, `should_preempt` and victim keys (which order the running requests' block
-  allocations and frees each step) as service is charged: its runs are capped at its
-  `steps_until_reorder` (it gets none if it has no such method), and if it charges when a step
-  is scheduled (`charges_on_schedule`), they start only from an applied state;
+  allocations and frees each step) as service is charged: its runs are capped at the core's
+  `CoreScheduler.steps_until_reorder` (the policy's declared bound, `ReorderBoundPolicy`;
+  none without one, and from an applied state only if it charges when a step is scheduled);
 - priority preemption stays off: for static orders `should_preempt` does not depend on time,
   and every running request has already progressed (so the candidates are the same); runs are
-  only taken when it says no for the waiting head, since whether the head fits (what phase 0
-  checks first) can change as free blocks shrink;
+  only taken when the waiting head has no `CoreScheduler.priority_victim`, since whether the
+  head fits (what phase 0 checks first) can change as free blocks shrink;
 - memory-pressure preemption cannot happen while the planned blocks fit.
 
 `decode_run_horizon` says how many such steps follow a just-scheduled step; `advance_decode_run`
 applies them exactly as that many `schedule`/`update` rounds would: block allocations and prefix
 cache publications happen in the same (step, running order) sequence, so block ids, LRU order
 and cache contents end up identical. Only the simulator uses this; the engine runs every step.
+It reads the core scheduler's public state and the two hooks above, nothing undeclared.
 
 `begin_steady_run` starts a run with no real first step, from a state whose last step was
 applied, when the very next step is already steady: every running request has progressed and
@@ -43,10 +44,6 @@ from shunter.core.types import FINISHED_STATUSES
 __all__ = ["advance_decode_run", "begin_steady_run", "blocks_for_steps", "decode_run_horizon"]
 
 
-def _cdiv(a: int, b: int) -> int:
-    return -(-a // b)
-
-
 def decode_run_horizon(scheduler: CoreScheduler, output: SchedulerOutput, max_steps: int) -> int:
     """How many steps after `output` (scheduled, not yet applied) are steady decodes; 0 if none.
 
@@ -61,14 +58,10 @@ def decode_run_horizon(scheduler: CoreScheduler, output: SchedulerOutput, max_st
         return 0
     if scheduler.kv.contiguous:
         return 0  # block ids depend on who allocates when; the bulk path allocates in LRU order
-    # The policy's reorder horizon counts steps from an applied state; here the first step is
-    # scheduled but not applied (its tokens not counted), so one fewer is certain. A policy that
-    # charges when a step is scheduled may already have reordered since this step's decisions
-    # (e.g. another waiting head that would fit): its runs start from an applied state only.
-    policy = scheduler.policy
-    if not policy.has_static_order and getattr(policy, "charges_on_schedule", True):
-        return 0
-    horizon = min(max_steps, _reorder_horizon(scheduler) - 1)
+    # the first step is scheduled, not applied: a policy that charges when a step is scheduled
+    # may already have reordered since its decisions (e.g. another waiting head that would
+    # fit), and the others are certain of one step fewer than from the applied state
+    horizon = min(max_steps, scheduler.steps_until_reorder(is_applied=False))
     if horizon <= 0:
         return 0
     if _may_preempt_for_head(scheduler):
@@ -97,7 +90,7 @@ def begin_steady_run(scheduler: CoreScheduler, max_steps: int) -> int:
     if (max_steps <= 0 or n == 0 or n > cfg.max_num_batched_tokens or scheduler.kv.contiguous
             or scheduler.has_pending_copies):
         return 0  # (contiguous: see decode_run_horizon)
-    horizon = min(max_steps, _reorder_horizon(scheduler))
+    horizon = min(max_steps, scheduler.steps_until_reorder())
     if horizon <= 0:
         return 0
     # a waiting request stays out while every seat is taken (the running count is constant
@@ -122,28 +115,13 @@ def begin_steady_run(scheduler: CoreScheduler, max_steps: int) -> int:
     return horizon
 
 
-def _reorder_horizon(scheduler: CoreScheduler) -> int:
-    """Steps from an applied state over which the policy decides as it does now."""
-    policy = scheduler.policy
-    if policy.has_static_order:
-        return sys.maxsize
-    steps_until_reorder = getattr(policy, "steps_until_reorder", None)
-    return 0 if steps_until_reorder is None else steps_until_reorder(scheduler.running)
-
-
 def _may_preempt_for_head(scheduler: CoreScheduler) -> bool:
     """Whether the policy lets the waiting head displace the worst preemptible running request
     (constant over a run for static orders; only whether the head fits changes)."""
     if scheduler.never_preempts:
         return False
     top = scheduler.waiting.peek()
-    candidates = [r for r in scheduler.running if r.is_preemptible]
-    if top is None or not candidates:
-        return False
-    now = scheduler.clock.now()
-    policy = scheduler.policy
-    victim = max(candidates, key=lambda r: policy.victim_key(r, now))  # type: ignore[arg-type,return-value]
-    return policy.should_preempt(top, victim, now)
+    return top is not None and scheduler.priority_victim(top, scheduler.clock.now()) is not None
 
 
 def blocks_for_steps(scheduler: CoreScheduler, num_steps: int, *, is_applied: bool = False) -> int:
