@@ -18,14 +18,12 @@ from dataclasses import dataclass
 import numpy as np
 
 from shunter.core.types import FinishReason
-from shunter.metrics.record import RequestRecord
+from shunter.metrics.record import COMPLETED_REASONS, RequestRecord
 from shunter.metrics.stats import RejectionGroup
 
 __all__ = ["RecordColumns", "UNSPECIFIED_REJECTION", "to_columns"]
 
 UNSPECIFIED_REJECTION = "unspecified"  # the rejection reason of a record whose `error` is None
-
-_COMPLETED = (FinishReason.STOP, FinishReason.LENGTH)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -133,7 +131,7 @@ def to_columns(records: Iterable[RequestRecord]) -> RecordColumns:
         num_output_tokens=num_out,
         token_offsets=offsets,
         token_times_s=_token_column(recs, num_out),
-        is_completed=np.fromiter((x in _COMPLETED for x in reasons), dtype=bool, count=n),
+        is_completed=np.fromiter((x in COMPLETED_REASONS for x in reasons), dtype=bool, count=n),
         is_rejected=np.fromiter((x == FinishReason.REJECTED for x in reasons), bool, count=n),
         is_aborted=np.fromiter((x == FinishReason.ABORT for x in reasons), dtype=bool, count=n),
         tenant_index=tenant_index,

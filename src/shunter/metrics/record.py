@@ -7,7 +7,10 @@ from dataclasses import dataclass, field
 
 from shunter.core.types import DEFAULT_TENANT, FinishReason
 
-__all__ = ["RequestRecord"]
+__all__ = ["COMPLETED_REASONS", "RequestRecord"]
+
+# the finish reasons of a completed request: every latency is over these (metrics.summary)
+COMPLETED_REASONS: tuple[FinishReason, ...] = (FinishReason.STOP, FinishReason.LENGTH)
 
 
 @dataclass(slots=True, kw_only=True)
@@ -44,7 +47,7 @@ class RequestRecord:
 
     @property
     def is_completed(self) -> bool:
-        return self.finish_reason in (FinishReason.STOP, FinishReason.LENGTH)
+        return self.finish_reason in COMPLETED_REASONS
 
     @property
     def ttft_s(self) -> float | None:

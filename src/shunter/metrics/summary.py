@@ -2,7 +2,8 @@
 
 Definitions (vLLM benchmark_serving where it has one):
 
-- Latencies are over *completed* requests (finish reason stop or length):
+- Latencies are over *completed* requests (finish reason stop or length; each defined once,
+  in `shunter.metrics.latency`):
   TTFT = first token - arrival; E2E = finish - arrival; queue = first_scheduled - arrival;
   TPOT = (last token - first token) / (output tokens - 1), only with >= 2 output tokens
   (= (E2E - TTFT) / (out - 1) when the last token ends the request); ITL pools every gap
@@ -36,6 +37,7 @@ from typing import Any
 import numpy as np
 
 from shunter.errors import ConfigError
+from shunter.metrics import latency
 from shunter.metrics.columns import RecordColumns, to_columns
 from shunter.metrics.fairness import FairnessSummary, summarize_fairness, tenant_service
 from shunter.metrics.record import RequestRecord
@@ -108,14 +110,6 @@ def _check_positive(name: str, value: float | None, *, allow_zero: bool = False)
         raise ConfigError(f"{name} must be {bound} seconds, got {value}")
 
 
-def _run_duration_s(cols: RecordColumns) -> float:
-    ends = np.concatenate([cols.finish_s, cols.last_token_s])
-    ends = ends[~np.isnan(ends)]
-    if cols.num_requests == 0 or ends.size == 0:
-        return 0.0
-    return max(0.0, float(ends.max()) - float(cols.arrival_s.min()))
-
-
 def _itl_samples(cols: RecordColumns) -> np.ndarray:
     """Gaps between consecutive tokens of the same completed request, pooled."""
     if cols.token_times_s.size < 2:
@@ -123,11 +117,6 @@ def _itl_samples(cols: RecordColumns) -> np.ndarray:
     has_gap_before = np.repeat(cols.is_completed, cols.num_output_tokens)
     has_gap_before[cols.token_offsets[:-1][cols.num_output_tokens > 0]] = False
     return np.diff(cols.token_times_s)[has_gap_before[1:]]
-
-
-def _tpot_samples(cols: RecordColumns) -> np.ndarray:
-    num_gaps = np.where(cols.num_output_tokens >= 2, cols.num_output_tokens - 1, np.nan)
-    return (cols.last_token_s - cols.first_token_s) / num_gaps
 
 
 def _slo_attained(cols: RecordColumns, ttft_s: np.ndarray, tpot_s: np.ndarray,
@@ -171,11 +160,13 @@ def summarize(records: Iterable[RequestRecord], *, duration_s: float | None = No
     _check_positive("ttft_slo_s", ttft_slo_s)
     _check_positive("tpot_slo_s", tpot_slo_s)
     cols = to_columns(records)
-    duration = _run_duration_s(cols) if duration_s is None else float(duration_s)
+    first_token_s, last_token_s = cols.first_token_s, cols.last_token_s
+    duration = (latency.run_duration_s(cols.arrival_s, cols.finish_s, last_token_s)
+                if duration_s is None else float(duration_s))
     done = cols.is_completed
-    ttft_s = cols.first_token_s - cols.arrival_s
-    tpot_s = _tpot_samples(cols)
-    e2e_s = cols.finish_s - cols.arrival_s
+    ttft_s = latency.ttft_s(cols.arrival_s, first_token_s)
+    tpot_s = latency.tpot_s(first_token_s, last_token_s, cols.num_output_tokens)
+    e2e_s = latency.e2e_s(cols.arrival_s, cols.finish_s)
     num_output_tokens = int(cols.num_output_tokens[done].sum())
     num_prompt_tokens = int(cols.num_prompt_tokens[done].sum())
     num_attained = int(_slo_attained(cols, ttft_s, tpot_s, ttft_slo_s, tpot_slo_s).sum())
@@ -197,7 +188,7 @@ def summarize(records: Iterable[RequestRecord], *, duration_s: float | None = No
         tpot_s=LatencyStats.of(tpot_s[done]),
         itl_s=LatencyStats.of(_itl_samples(cols), may_reorder=True),
         e2e_s=LatencyStats.of(e2e_s[done]),
-        queue_s=LatencyStats.of((cols.first_scheduled_s - cols.arrival_s)[done]),
+        queue_s=LatencyStats.of(latency.queue_s(cols.arrival_s, cols.first_scheduled_s)[done]),
         slo_attainment=safe_ratio(num_attained, cols.num_requests) if has_slo else None,
         goodput_req_s=safe_ratio(num_attained, duration) if has_slo else None,
         num_preemptions=int(cols.num_preemptions.sum()),

@@ -8,10 +8,10 @@ not by the run's length. `summary()` then reads the column files in row chunks, 
 end-of-run pass holds one metric's values (8 bytes a request) for the exact percentiles, never
 a record per request.
 
-Latencies use the definitions of `shunter.metrics.summary` over completed requests (TTFT,
-TPOT = (last - first token) / (out - 1) for out >= 2, E2E, queue); percentiles are exact.
-Per-token metrics (ITL, service fairness) need every token and are not computed here: run
-without streaming for those.
+Latencies over completed requests (TTFT, TPOT, E2E, queue), the run's span and the statistics
+({mean, p50, p90, p99}, exact) are the metrics package's own (`shunter.metrics.latency`,
+`LatencyStats`), applied a row chunk at a time. Per-token metrics (ITL, service fairness)
+need every token and are not computed here: run without streaming for those.
 """
 
 from __future__ import annotations
@@ -23,8 +23,9 @@ from typing import Any, BinaryIO
 
 import numpy as np
 
-from shunter.core.types import FinishReason
-from shunter.metrics.record import RequestRecord
+from shunter.metrics import latency
+from shunter.metrics.record import COMPLETED_REASONS, RequestRecord
+from shunter.metrics.stats import LatencyStats, safe_ratio
 
 __all__ = ["RECORD_ROW", "RecordSpill"]
 
@@ -35,8 +36,6 @@ RECORD_ROW = np.dtype([
 ])
 _ROWS_PER_CHUNK = 65536
 _SUMMARY_ROWS = 1 << 20  # rows read at once by `summary`
-_PERCENTILES = (50, 90, 99)
-_COMPLETED = (FinishReason.STOP, FinishReason.LENGTH)
 
 
 def _or_nan(value: float | None) -> float:
@@ -67,7 +66,7 @@ class RecordSpill:
         self._chunk[self._num_buffered] = (
             record.arrival_s, _or_nan(record.first_scheduled_s),
             times[0] if n else np.nan, times[-1] if n else np.nan, _or_nan(record.finish_s),
-            n, record.finish_reason in _COMPLETED)
+            n, record.finish_reason in COMPLETED_REASONS)  # (record.is_completed, inlined)
         self._num_buffered += 1
         self.num_records += 1
         if self._num_buffered == _ROWS_PER_CHUNK:
@@ -101,17 +100,19 @@ class RecordSpill:
             num_completed += int(np.count_nonzero(done))
             num_tokens += int(self.column("num_output_tokens")[lo:hi][done].sum())
         out["num_completed"] = num_completed
-        for name, field in (("ttft_s", "first_token_s"), ("e2e_s", "finish_s"),
-                            ("queue_s", "first_scheduled_s")):
-            out[name] = _stats(self._metric(num_completed, lambda lo, hi, f=field: (
-                self._completed(f, lo, hi) - self._completed("arrival_s", lo, hi))))
-        out["tpot_s"] = _stats(self._metric(num_completed, self._tpot))
+        for name, definition, fields in (
+                ("ttft_s", latency.ttft_s, ("arrival_s", "first_token_s")),
+                ("e2e_s", latency.e2e_s, ("arrival_s", "finish_s")),
+                ("queue_s", latency.queue_s, ("arrival_s", "first_scheduled_s")),
+                ("tpot_s", latency.tpot_s, ("first_token_s", "last_token_s", "num_output_tokens"))):
+            values = self._metric(num_completed, lambda lo, hi, d=definition, f=fields: d(
+                *(self._completed(field, lo, hi) for field in f)))
+            out[name] = LatencyStats.of(values, may_reorder=True).to_dict()
         if num_completed:
-            end_s = max(float(np.nanmax(self.column("finish_s"))),
-                        float(np.nanmax(self.column("last_token_s"))))
-            duration_s = end_s - float(self.column("arrival_s").min())
+            duration_s = latency.run_duration_s(self.column("arrival_s"), self.column("finish_s"),
+                                                self.column("last_token_s"))
             out |= {"duration_s": duration_s, "num_output_tokens": num_tokens,
-                    "throughput_tok_s": num_tokens / duration_s if duration_s > 0 else None}
+                    "throughput_tok_s": safe_ratio(num_tokens, duration_s)}
         return out
 
     def _chunks(self) -> list[tuple[int, int]]:
@@ -122,18 +123,16 @@ class RecordSpill:
         """Rows [lo, hi) of a column, completed requests only (a copy)."""
         return self.column(name)[lo:hi][self.column("is_completed")[lo:hi]]
 
-    def _tpot(self, lo: int, hi: int) -> np.ndarray:
-        num_out = self._completed("num_output_tokens", lo, hi)
-        multi = num_out >= 2
-        span = self._completed("last_token_s", lo, hi) - self._completed("first_token_s", lo, hi)
-        return span[multi] / (num_out[multi] - 1)
-
     def _metric(self, size: int, chunk_values: Any) -> np.ndarray:
-        """One metric's values, chunk by chunk into one array of at most `size`."""
+        """One metric's values, chunk by chunk into one array of at most `size` (NaN, a request
+        without that latency, dropped per chunk: `LatencyStats.of` then copies nothing)."""
         values = np.empty(size, dtype=np.float64)
         pos = 0
         for lo, hi in self._chunks():
             part = chunk_values(lo, hi)
+            missing = np.isnan(part)
+            if missing.any():
+                part = part[~missing]
             values[pos:pos + part.size] = part
             pos += part.size
         return values[:pos]
@@ -164,17 +163,3 @@ class RecordSpill:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
-
-def _stats(values: np.ndarray) -> dict[str, float | None]:
-    """Mean and exact percentiles, ignoring NaN (a request that never got a token); sorts
-    `values` in place."""
-    missing = np.isnan(values)
-    if missing.any():
-        values = values[~missing]
-    del missing
-    if values.size == 0:
-        return {"mean": None, **{f"p{p}": None for p in _PERCENTILES}}
-    mean = float(values.mean())
-    percentiles = np.percentile(values, _PERCENTILES, overwrite_input=True)
-    return {"mean": mean,
-            **{f"p{p}": float(v) for p, v in zip(_PERCENTILES, percentiles, strict=True)}}
