@@ -7,7 +7,7 @@
                   gateway_policy, gateway_params = {...}  (`SchedulerSettings`)
     [admission]   max_queued, max_queue_wait_s
     [pool]        max_attempts, health_interval_s, health_timeout_s, ttft_timeout_s,
-                  stall_timeout_s
+                  stall_timeout_s, tokenize_timeout_s, max_tokenize_cache_tokens
     [breaker]     failure_threshold, cooldown_s, max_ejection_s, success_threshold
     [[backends]]  name, kind = "remote" | "engine" | "vllm" | "fake", max_concurrency,
                   max_num_seqs, profile, max_num_batched_tokens, block_size (any kind: see

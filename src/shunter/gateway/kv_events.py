@@ -130,6 +130,12 @@ class KvEventSubscriber:
         self._task: asyncio.Task[None] | None = None
         index.track(replica_id, block_size)
 
+    @property
+    def is_exact(self) -> bool:
+        """Whether the replica's history is complete: the routers read its exact state."""
+        replica = self.index.blocks(self.replica_id)
+        return replica is not None and replica.is_complete and replica.block_size is not None
+
     def start(self) -> None:
         """Subscribe (needs a running loop)."""
         if self._task is None:

@@ -21,13 +21,14 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import AsyncIterator, Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from shunter.backend.protocol import BackendError, GenerateChunk, GenerateRequest, Usage
 from shunter.core.types import RequestSpec
 from shunter.gateway.errors import ServiceUnavailableError
 from shunter.gateway.kv_events import KvEventSubscriber
 from shunter.gateway.metrics import GatewayMetrics, Gauge
+from shunter.gateway.prompt_ids import BackendTokenizer
 from shunter.gateway.replica import Replica, estimate_tokens, text_hash_ids
 from shunter.gateway.stream_watch import StallWatch, TokenTrail
 from shunter.router.interface import Router
@@ -48,12 +49,20 @@ class PoolConfig:
     # tens of seconds: the defaults are generous)
     ttft_timeout_s: float = 300.0
     stall_timeout_s: float = 60.0
+    # a text or chat prompt's ids for the exact prefix index (`prompt_ids.py`): a backend's
+    # /tokenize slower than this routes the request on the approximation; answers cached up
+    # to this many tokens in all
+    tokenize_timeout_s: float = 0.2
+    max_tokenize_cache_tokens: int = 1 << 18
 
     def __post_init__(self) -> None:
         if self.max_attempts < 1:
             raise ValueError(f"max_attempts must be >= 1, got {self.max_attempts}")
+        if self.max_tokenize_cache_tokens < 0:
+            raise ValueError("max_tokenize_cache_tokens must be >= 0, got "
+                             f"{self.max_tokenize_cache_tokens}")
         for name in ("health_interval_s", "health_timeout_s", "ttft_timeout_s",
-                     "stall_timeout_s"):
+                     "stall_timeout_s", "tokenize_timeout_s"):
             if not getattr(self, name) > 0:
                 raise ValueError(f"{name} must be > 0, got {getattr(self, name)}")
 
@@ -95,10 +104,15 @@ class ReplicaPool:
     # prompts dispatched per replica, for a prefix-aware gateway policy's probe (else None)
     dispatch_index: DispatchIndex | None = None
     kv_events: list[KvEventSubscriber] = field(default_factory=list)  # exact prefix state feeds
+    tokenizer: BackendTokenizer | None = None  # text prompts' ids for them (None: from config)
     _health_task: asyncio.Task[None] | None = field(default=None, repr=False)
 
     def __post_init__(self) -> None:
         self.metrics.gauges += self._gauges()
+        if self.tokenizer is None:
+            self.tokenizer = BackendTokenizer(self.config.tokenize_timeout_s,
+                                              self.config.max_tokenize_cache_tokens, self.clock)
+        self.metrics.extra.append(self.tokenizer.outcomes.render)
 
     def capacity(self) -> int:
         """Request slots over every routable replica."""
@@ -122,7 +136,8 @@ class ReplicaPool:
     def spec(self, request: GenerateRequest) -> RequestSpec:
         """The request as routers and the gateway tier see it (the true output length is
         unknown: `num_output_tokens` is a placeholder nothing reads). A prompt of token ids
-        carries them, for the routers' exact prefix index (`kv_events.py`)."""
+        carries them, for the routers' exact prefix index (`kv_events.py`); a text one gets
+        them when it is routed (`with_token_ids`)."""
         text = prompt_text(request)
         ids = request.prompt if isinstance(request.prompt, tuple) and request.prompt else None
         return RequestSpec(
@@ -132,6 +147,25 @@ class ReplicaPool:
             priority=request.priority, session_id=request.session_id,
             program_id=request.program_id, prompt_token_ids=ids,
             hash_ids=None if ids else text_hash_ids(text))
+
+    async def with_token_ids(self, request: GenerateRequest, spec: RequestSpec) -> RequestSpec:
+        """`spec` with its text or chat prompt's token ids, as a backend tokenizes them, when
+        a replica that may take it has exact prefix state to match them against (else, or
+        when /tokenize fails or is slow, `spec` itself: no round trip without an exact feed)."""
+        if spec.prompt_token_ids is not None or not self.kv_events:
+            return spec
+        exact = {s.replica_id for s in self.kv_events if s.is_exact}
+        if not exact:
+            return spec
+        now = self.clock()
+        replicas = [r for r in self.replicas if r.replica_id in exact and r.can_route(now)
+                    and r.client.unsupported(request) is None]
+        assert self.tokenizer is not None, "set in __post_init__"
+        ids = await self.tokenizer.token_ids(request, replicas) if replicas else None
+        if ids is None:
+            return spec
+        # hash_ids stay: the approximation keys the prompt by its text, as for every request
+        return replace(spec, prompt_token_ids=ids, num_prompt_tokens=len(ids))
 
     def refusal(self, request: GenerateRequest) -> tuple[str, str] | None:
         """(parameter, why) when no backend can serve `request` as asked (every one refuses
@@ -174,6 +208,7 @@ class ReplicaPool:
         sent so far, for the tokens still allowed; one that failed after its finish (or its
         last allowed token) is over, never extended. What cannot be replayed safely (tool-call
         deltas, several choices, an echoed prompt) fails with a BackendError saying so."""
+        spec = await self.with_token_ids(request, spec)
         excluded: set[int] = set()
         current, text_sent = request, ""
         # text replay needs text: one choice, a text prompt (or chat), no echoed prompt

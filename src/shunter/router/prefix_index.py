@@ -24,8 +24,10 @@ nothing that another router sent there.
 Exact state: a replica whose engine publishes its KV-cache events (vLLM's BlockStored /
 BlockRemoved, fed by the gateway) is answered from `exact` (`router/exact_index.py`) instead,
 while that replica's event history is complete; the approximation is still kept for it, to fall
-back on when the history breaks. The exact index needs the prompt's token ids: a request that
-carries only `hash_ids` (a text-only gateway request, a trace) stays approximate everywhere.
+back on when the history breaks. The exact index needs the prompt's token ids: the gateway
+gets a text or chat prompt's from a backend's /tokenize (`gateway/prompt_ids.py`) and keeps its
+text `hash_ids` beside them (the approximation keys `hash_ids`, the exact index the ids); a
+request that carries only `hash_ids` (a trace, a prompt /tokenize failed on) stays approximate.
 """
 
 from __future__ import annotations
