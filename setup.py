@@ -21,7 +21,7 @@ COMPILED_MODULES = [
     "core/sched/config", "core/sched/headroom",
     "core/sched/interface", "core/sched/limits", "core/sched/plan", "core/sched/queue",
     "core/sched/scheduler", "core/sched/stats",
-    "sim/cluster", "sim/cost/roofline", "sim/executor", "sim/loop", "sim/replica",
+    "sim/cluster", "sim/cost/moe", "sim/cost/roofline", "sim/executor", "sim/loop", "sim/replica",
     "sim/decode_run", "sim/timeline",
 ]
 

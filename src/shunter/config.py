@@ -4,8 +4,9 @@ A scenario has six tables, every key optional:
 
     name = "..."
     [workload]  trace, format, num_requests, rate, seed, zero_tokens
-    [cluster]   model, gpu, tp, replicas, router, router_params, cost_model, num_blocks,
-                swap_space_gib; topologies (`shunter.sim.config.SimConfig`): groups (a list
+    [cluster]   model, gpu, tp, ep, expert_imbalance (mixture-of-experts models), replicas,
+                router, router_params, cost_model, num_blocks, swap_space_gib; topologies
+                (`shunter.sim.config.SimConfig`): groups (a list
                 of {gpu, count, model, tp, num_blocks, role} tables, heterogeneous replicas),
                 disaggregation, num_prefill_replicas, decode_router, decode_router_params,
                 skip_prefill_cached_fraction, kv_link_bytes_s, router_snapshot_interval_s,
@@ -52,7 +53,8 @@ for _derived in ("num_blocks", "num_host_blocks", "emit_block_tables"):
 _SCHEMA: dict[str, dict[str, str]] = {
     "workload": {"trace": "str", "format": "str", "num_requests": "int", "rate": "float",
                  "seed": "int", "zero_tokens": "str"},
-    "cluster": {"model": "str", "gpu": "str", "tp": "int", "replicas": "int", "router": "str",
+    "cluster": {"model": "str", "gpu": "str", "tp": "int", "ep": "int",
+                "expert_imbalance": "float", "replicas": "int", "router": "str",
                 "router_params": "dict", "cost_model": "str", "num_blocks": "int",
                 "swap_space_gib": "float", "groups": "list", "disaggregation": "bool",
                 "num_prefill_replicas": "int", "decode_router": "str",

@@ -170,6 +170,11 @@ def add_scenario_flags(parser: argparse.ArgumentParser, *, single: bool = True) 
                                  "profile file " + scenario_default(builtin.sim.gpu, sim.gpu))
     c.add_argument("--tp", type=positive_int, metavar="N", help="tensor-parallel degree "
                    + scenario_default(builtin.sim.tp, sim.tp))
+    c.add_argument("--ep", type=positive_int, metavar="N",
+                   help="expert-parallel degree of a mixture-of-experts model: its routed "
+                        "experts split over N of the replica's tp GPUs (N divides tp and the "
+                        "expert count; the scenario's [cluster] expert_imbalance stretches the "
+                        "busiest GPU) " + scenario_default(builtin.sim.ep, sim.ep))
     c.add_argument("--replicas", type=positive_int, metavar="N", help="number of replicas "
                    + scenario_default(builtin.sim.num_replicas, sim.num_replicas))
     if single:
@@ -225,7 +230,7 @@ def scenario_from_args(args: argparse.Namespace) -> Scenario:
     flags: dict[str, Any] = {
         "trace": args.trace, "format": args.trace_format, "num_requests": args.num_requests,
         "rate": args.rate, "seed": args.seed, "zero_tokens": args.zero_tokens, "model": args.model, "gpu": args.gpu, "tp": args.tp,
-        "num_replicas": args.replicas, "router": getattr(args, "router", None),
+        "ep": args.ep, "num_replicas": args.replicas, "router": getattr(args, "router", None),
         "policy": getattr(args, "policy", None), "policy_params": args.policy_params,
         "ttft_slo_s": args.ttft_slo,
         "predictor": args.predictor, "predictor_params": args.predictor_params,

@@ -51,7 +51,8 @@ def _result_dict(scenario: Scenario, run: SimRun, summary: Summary, wall_s: floa
         gateway = {"gateway_policy": name, "gateway_max_inflight": max_inflight}
     return {
         "scenario": scenario.name, "policy": sim.policy, "router": sim.router, "model": sim.model,
-        "gpu": sim.gpu, "tp": sim.tp, "replicas": sim.num_replicas, **gateway,
+        "gpu": sim.gpu, "tp": sim.tp, **({"ep": sim.ep} if sim.ep > 1 else {}),
+        "replicas": sim.num_replicas, **gateway,
         **summary.to_dict(),
         "num_routed": run.num_routed, "wall_s": round(wall_s, 3),
     }
@@ -59,12 +60,12 @@ def _result_dict(scenario: Scenario, run: SimRun, summary: Summary, wall_s: floa
 
 def _title(scenario: Scenario, num_requests: int) -> str:
     sim = scenario.sim
-    gateway = ""
+    gateway, ep = "", f" (ep {sim.ep})" if sim.ep > 1 else ""
     if sim.has_gateway:
         name, _, max_inflight = sim.gateway_settings
         gateway = f", gateway {name} (<= {max_inflight} in flight per replica)"
     return (f"{scenario.name}: {num_requests} requests, {sim.num_replicas} x {sim.model} on "
-            f"{sim.tp} x {sim.gpu}, policy {sim.policy}, router {sim.router}{gateway}")
+            f"{sim.tp} x {sim.gpu}{ep}, policy {sim.policy}, router {sim.router}{gateway}")
 
 
 def run_simulate(args: argparse.Namespace) -> int:

@@ -8,6 +8,8 @@ from typing import Any
 from shunter.core.sched.gateway_queue import gateway_refusal
 from shunter.core.sched.registry import make_policy, scope_policy_params
 from shunter.core.types import check_number
+from shunter.sim.cost.catalog import get_model
+from shunter.sim.cost.moe import DEFAULT_EXPERT_IMBALANCE, check_parallelism
 
 __all__ = ["DEFAULT_GATEWAY_MAX_INFLIGHT", "DEFAULT_GATEWAY_POLICY", "DEFAULT_KV_LINK_BYTES_S",
            "ROLES", "MigrationConfig", "ReplicaGroup", "SimConfig"]
@@ -125,6 +127,11 @@ class SimConfig:
     model: str = "llama-3.1-8b"
     gpu: str = "a100-80gb"
     tp: int = 1
+    # Expert parallelism (mixture-of-experts models, roofline cost model): each replica's routed
+    # experts split over `ep` of its `tp` GPUs (`shunter.sim.cost.moe`), the busiest GPU's
+    # expert load `expert_imbalance` times the mean. Applies to every replica group.
+    ep: int = 1
+    expert_imbalance: float = DEFAULT_EXPERT_IMBALANCE
     num_replicas: int = 1
     policy: str = "fcfs"
     policy_params: dict[str, Any] = field(default_factory=dict)
@@ -171,6 +178,7 @@ class SimConfig:
         self._check_topology()
         if self.tp < 1:
             raise ValueError(f"tp must be >= 1, got {self.tp}")
+        self._check_experts()
         if self.num_replicas < 1:
             raise ValueError(f"num_replicas must be >= 1, got {self.num_replicas}")
         if self.num_blocks is not None and self.num_blocks < 1:
@@ -205,6 +213,20 @@ class SimConfig:
 
     def migration_config(self) -> MigrationConfig | None:
         return None if self.migration is None else MigrationConfig.from_dict(self.migration)
+
+    def _check_experts(self) -> None:
+        if type(self.ep) is bool or not isinstance(self.ep, int):
+            raise ValueError(f"ep must be a whole number, got {self.ep!r}")
+        if self.ep < 1:
+            raise ValueError(f"ep must be >= 1, got {self.ep}")
+        check_number("expert_imbalance", self.expert_imbalance, ge=1)
+        if self.ep == 1:
+            return
+        if self.cost_model.strip().lower() != "roofline":
+            raise ValueError(f"ep needs the roofline cost model, not {self.cost_model!r}")
+        for group in self.groups or (ReplicaGroup(gpu=self.gpu),):
+            check_parallelism(get_model(group.model or self.model), group.tp or self.tp,
+                              self.ep, self.expert_imbalance)
 
     def _check_gateway(self) -> None:
         if self.gateway_params and self.gateway_policy is None:

@@ -96,13 +96,20 @@ def cluster_memory_bytes(config: SimConfig, *, copies: int = 1) -> int:
     `copies`: worker processes that each build the whole cluster (`simulate_parallel`)."""
     total = 0
     for group in replica_groups(config):
-        cost_model = make_cost_model(config.cost_model, group.model or config.model, group.gpu,
-                                     group.tp or config.tp)
+        cost_model = _group_cost_model(config, group)
         sched = scheduler_config(config, cost_model, group.num_blocks)
         total += group.count * replica_bytes(sched.num_blocks, sched.num_host_blocks,
                                              prefix_caching=sched.enable_prefix_caching,
                                              copies=copies)
     return total
+
+
+def _group_cost_model(config: SimConfig, group: ReplicaGroup) -> CostModel:
+    """The cost model of one replica group: its model, GPU and TP, the cluster's expert
+    parallelism."""
+    return make_cost_model(config.cost_model, group.model or config.model, group.gpu,
+                           group.tp or config.tp, ep=config.ep,
+                           expert_imbalance=config.expert_imbalance)
 
 
 def check_cluster_memory(config: SimConfig, *, copies: int = 1) -> None:
@@ -122,8 +129,7 @@ def build_cluster(config: SimConfig) -> SimCluster:
     predictor = build_predictor(config)
     replicas = []
     for group in replica_groups(config):
-        cost_model = make_cost_model(config.cost_model, group.model or config.model, group.gpu,
-                                     group.tp or config.tp)
+        cost_model = _group_cost_model(config, group)
         sched_config = scheduler_config(config, cost_model, group.num_blocks)
         for _ in range(group.count):
             policy = make_policy(config.policy, **config.scoped_policy_params)

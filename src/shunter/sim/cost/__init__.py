@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from shunter.sim.cost.catalog import GPUS, MODELS, GpuSpec, ModelSpec, get_gpu, get_model
 from shunter.sim.cost.interface import CostModel
+from shunter.sim.cost.moe import MoeRooflineCostModel
 from shunter.sim.cost.registry import COST_MODELS, make_cost_model
 from shunter.sim.cost.roofline import RooflineCostModel
 
@@ -14,6 +15,7 @@ __all__ = [
     "CostModel",
     "GpuSpec",
     "ModelSpec",
+    "MoeRooflineCostModel",
     "RooflineCostModel",
     "get_gpu",
     "get_model",

@@ -1,4 +1,5 @@
-"""Roofline step-time model of a vLLM-style engine running one dense model on `tp` GPUs.
+"""Roofline step-time model of a vLLM-style engine running one dense model on `tp` GPUs
+(mixture-of-experts models: `shunter.sim.cost.moe`, a subclass that replaces the MLP).
 
 One step is one forward pass over every scheduled token (prefill chunks and decodes together, as
 in vLLM v1). Per TP rank and per layer, each operator group costs `max(compute_s, memory_s)`
@@ -97,6 +98,15 @@ KV_TRANSFER_LATENCY_S = 50e-6  # connector handshake + first byte over RDMA/NVLi
 
 class RooflineCostModel:
     """Step time, swap time and KV capacity of `model` on `tp` GPUs of kind `gpu`."""
+
+    # Folded by `_fold_coefficients` and folded again by the MoE subclass: defaults here make
+    # them always defined, which the compiled build needs (mypyc crashes on a compiled subclass
+    # resetting a base attribute it tracks as possibly undefined).
+    _kv_bytes_per_token_rank: int = 0
+    _prefill_s_per_kv_token: float = 0.0
+    _decode_s_per_kv_token: float = 0.0
+    _decode_s_per_context_token: float = 0.0
+    _num_all_reduces: int = 0
 
     def __init__(self, model: ModelSpec | str, gpu: GpuSpec | str, tp: int = 1, *,
                  block_size: int = DEFAULT_BLOCK_SIZE,
@@ -246,10 +256,16 @@ class RooflineCostModel:
         comm_s = self._num_all_reduces * (self._all_reduce_latency_s
                                           + self._all_reduce_s_per_token * t)
         head_s = self.lm_head_time_s(num_requests) + self._head_s_per_token * t
-        fixed_s = cpu_s + self.model.num_layers * layer_s + comm_s + head_s
+        fixed_s = (cpu_s + self.model.num_layers * layer_s + comm_s + head_s
+                   + self._mlp_time_s(num_tokens))
         if not num_decodes:
             return fixed_s
         return fixed_s + self._decode_s_per_context_token * shape.num_decode_context_tokens
+
+    def _mlp_time_s(self, num_tokens: int) -> float:
+        """MLP time not in `_linear`: none for a dense model (+ 0.0 changes no float);
+        mixture-of-experts models (`shunter.sim.cost.moe`) add their experts here."""
+        return 0.0
 
     def decode_step_line_s(self, num_decodes: int) -> tuple[float, float]:
         """(fixed, slope): `step_time_s` of a decode-only step of `num_decodes` requests reading
