@@ -200,6 +200,7 @@ _BUILTIN_TRACE = "builtin:azure_conv_2023_sample.csv"
 def add_calibrate_parser(subparsers: Any) -> argparse.ArgumentParser:
     """Register `shunter calibrate` on the CLI's subparsers."""
     from shunter.cli.common import output_dir, positive_float, positive_int
+    from shunter.cli.profile import add_model_fact_flags
     from shunter.workload import TRACE_FORMATS
 
     p = subparsers.add_parser(
@@ -242,12 +243,7 @@ def add_calibrate_parser(subparsers: Any) -> argparse.ArgumentParser:
                    help="tokens a step (vLLM: --max-num-batched-tokens)")
     b.add_argument("--block-size", type=positive_int, default=16, metavar="N",
                    help="tokens a KV block (vLLM: --block-size)")
-    b.add_argument("--kv-capacity-tokens", type=positive_int, metavar="N",
-                   help="KV tokens it holds (default: as vLLM reports it)")
-    b.add_argument("--max-model-len", type=positive_int, metavar="N",
-                   help="context limit (default: reported by the endpoint, else the model's)")
-    b.add_argument("--kv-bytes-per-token", type=positive_int, metavar="N",
-                   help="KV bytes per token (default: from the model catalog)")
+    add_model_fact_flags(b)
     p.add_argument("--out", type=output_dir, default="calibration", metavar="DIR",
                    help="folder for profile.json, calibration.json and report/")
     p.add_argument("--quiet", action="store_true", help="no progress bars")

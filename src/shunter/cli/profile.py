@@ -34,7 +34,8 @@ from shunter.errors import ConfigError
 from shunter.sim.cost.catalog import get_model
 from shunter.sim.cost.profile import fit_profile, save_profile
 
-__all__ = ["add_profile_parser", "engine_samples", "model_facts", "run_profile"]
+__all__ = ["add_model_fact_flags", "add_profile_parser", "engine_samples", "model_facts",
+           "run_profile"]
 
 StepSample = tuple[StepShape, float]
 _NUM_WARMUP_STEPS = 3
@@ -77,17 +78,24 @@ def add_profile_parser(subparsers: Any) -> argparse.ArgumentParser:
                    help="tokens each decode request generates")
     p.add_argument("--repeats", type=positive_int, default=3, metavar="N",
                    help="times each prompt length is measured")
-    p.add_argument("--max-model-len", type=positive_int, metavar="N",
-                   help="context limit (default: reported by the endpoint, else the model's)")
-    p.add_argument("--kv-capacity-tokens", type=positive_int, metavar="N",
-                   help="KV tokens the backend holds (default: reported by vLLM / the engine)")
-    p.add_argument("--kv-bytes-per-token", type=positive_int, metavar="N",
-                   help="KV bytes per token (default: from the model catalog)")
+    add_model_fact_flags(p)
     p.add_argument("--threads", type=positive_int, metavar="N",
                    help="engine: torch threads (default: torch's)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(handler=run_profile)
     return p
+
+
+def add_model_fact_flags(group: Any) -> None:
+    """--max-model-len, --kv-capacity-tokens, --kv-bytes-per-token (read by `model_facts`;
+    profile and calibrate)."""
+    group.add_argument("--max-model-len", type=positive_int, metavar="N",
+                       help="context limit (default: reported by the endpoint, else the model's)")
+    group.add_argument("--kv-capacity-tokens", type=positive_int, metavar="N",
+                       help="KV tokens the backend holds (default: reported by vLLM / the "
+                            "engine)")
+    group.add_argument("--kv-bytes-per-token", type=positive_int, metavar="N",
+                       help="KV bytes per token (default: from the model catalog)")
 
 
 def _plan(args: argparse.Namespace) -> Any:
