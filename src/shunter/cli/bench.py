@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from shunter.cli.common import (
+    import_bench,
     output_dir,
     output_file,
     positive_int,
@@ -167,16 +168,8 @@ def _endpoint(args: argparse.Namespace, bench: Any) -> Any:
                                 ignore_eos=not args.no_ignore_eos, request_timeout_s=args.timeout)
 
 
-def _import_bench() -> Any:
-    try:
-        return importlib.import_module("shunter.bench")
-    except ImportError as exc:
-        raise ConfigError(f"`shunter bench` needs aiohttp ({exc.name} is missing): "
-                          "pip install 'shunter[gateway]'") from None
-
-
 def run_bench(args: argparse.Namespace) -> int:
-    bench = _import_bench()
+    bench = import_bench("`shunter bench`")
     endpoint = _endpoint(args, bench)
     rates = args.rate or ((None,) if args.trace else (DEFAULT_RATE,))
     runs: list[tuple[str, Summary, Any, list[RequestSpec]]] = []

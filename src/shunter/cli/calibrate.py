@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import importlib
 import statistics
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
@@ -102,11 +101,9 @@ def shrink(specs: Sequence[RequestSpec], *, prompt_scale: float = 1.0,
 
 
 def _bench() -> Any:
-    try:
-        return importlib.import_module("shunter.bench")
-    except ImportError as exc:
-        raise ConfigError(f"calibrating needs aiohttp ({exc.name} is missing): "
-                          "pip install 'shunter[gateway]'") from None
+    from shunter.cli.common import import_bench
+
+    return import_bench("calibrating")
 
 
 def _drift(before: list[Any], after: list[Any]) -> float:

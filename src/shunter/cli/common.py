@@ -20,6 +20,7 @@ from shunter.config import Scenario, builtin_scenario, load_scenario, resolve_tr
 from shunter.core.predict import PREDICTORS
 from shunter.core.sched.registry import POLICIES, make_policy
 from shunter.core.types import RequestSpec, check_number
+from shunter.errors import ConfigError
 from shunter.router.registry import ROUTERS
 from shunter.sim.cost.catalog import GPUS, MODELS
 from shunter.sim.cost.registry import COST_MODELS
@@ -280,3 +281,15 @@ def fail(message: str) -> int:
 def stdout_console() -> Console:
     """Results on stdout; like `console`, it prints text, not rich markup."""
     return Console(file=sys.stdout, markup=False)
+
+
+def import_bench(what: str) -> Any:
+    """`shunter.bench` (its HTTP client is aiohttp, the gateway extra), imported when a command
+    runs; ConfigError saying `what` needs it when it is missing."""
+    import importlib
+
+    try:
+        return importlib.import_module("shunter.bench")
+    except ImportError as exc:
+        raise ConfigError(f"{what} needs aiohttp ({exc.name} is missing): "
+                          "pip install 'shunter[gateway]'") from None

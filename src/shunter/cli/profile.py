@@ -24,6 +24,7 @@ from typing import Any
 
 from shunter.cli.common import (
     console,
+    import_bench,
     output_file,
     positive_int,
     progress_bar,
@@ -185,11 +186,7 @@ def _measure_engine(args: argparse.Namespace, plan: Any) -> tuple[list[StepSampl
 
 
 def _measure_url(args: argparse.Namespace, plan: Any) -> tuple[list[StepSample], dict[str, Any]]:
-    try:
-        bench = importlib.import_module("shunter.bench")
-    except ImportError as exc:
-        raise ConfigError(f"profiling a URL needs aiohttp ({exc.name} is missing): "
-                          "pip install 'shunter[gateway]'") from None
+    bench = import_bench("profiling a URL")
     model = args.model or asyncio.run(bench.endpoint_model(args.url, args.api_key))
     endpoint = bench.EndpointConfig(url=args.url, model=model, api_key=args.api_key)
     max_len, capacity = asyncio.run(bench.endpoint_limits(endpoint))
