@@ -208,7 +208,8 @@ class ReplicaPool:
         sent so far, for the tokens still allowed; one that failed after its finish (or its
         last allowed token) is over, never extended. What cannot be replayed safely (tool-call
         deltas, several choices, an echoed prompt) fails with a BackendError saying so."""
-        spec = await self.with_token_ids(request, spec)
+        if self.kv_events:  # (no await on the request path without exact feeds)
+            spec = await self.with_token_ids(request, spec)
         excluded: set[int] = set()
         current, text_sent = request, ""
         # text replay needs text: one choice, a text prompt (or chat), no echoed prompt
