@@ -271,16 +271,11 @@ def engine_maker(loaded, made):
 
 
 def engine_cached_tokens(engine, prompt):
-    from shunter.core.kv.hashing import BlockHasher
+    from tests.engine.test_kv_events import BS as ENGINE_BS
+    from tests.engine.test_kv_events import cached_tokens
 
-    hashes: list[int] = []
-    BlockHasher(BS).extend(hashes, len(prompt), prompt)
-    matched = 0
-    for block_hash in hashes:
-        if engine.scheduler.kv.pool.lookup(block_hash) is None:
-            break
-        matched += BS
-    return matched
+    assert ENGINE_BS == BS
+    return cached_tokens(engine, prompt)
 
 
 async def generate(client, prompt, request_id):
