@@ -27,6 +27,7 @@ from shunter.sim.cost.registry import COST_MODELS
 from shunter.workload.loaders import TRACE_FORMATS, load_workload
 
 __all__ = ["DefaultsFormatter", "add_scenario_flags", "console", "fail", "finite_float",
+           "import_bench",
            "json_object", "load_specs", "output_dir", "output_file", "positive_float",
            "positive_int", "progress_bar", "scenario_default", "scenario_from_args",
            "stdout_console"]
