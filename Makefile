@@ -12,12 +12,15 @@ ARGS   ?=
 $(VENV)/bin/python:
 	$(PYTHON) -m venv $(VENV)
 
+# then the simulator's compiled build (shunter/build.py; about a minute, once per source
+# change; without a C compiler it says so in one line and stays pure Python)
 $(VENV)/.run-installed: pyproject.toml | $(VENV)/bin/python
-	$(PIP) -e '.[engine,gateway]'
+	$(PIP) -e '.[engine,gateway,compile]'
+	$(VENV)/bin/shunter build --if-possible
 	touch $@
 
 $(VENV)/.test-installed: pyproject.toml | $(VENV)/bin/python
-	$(PIP) -e '.[dev,engine,gateway,plot,ray]'
+	$(PIP) -e '.[dev,engine,gateway,plot,ray,compile]'
 	touch $@
 
 # The main job: the gateway on its embedded default (two SmolLM2-135M engine replicas on CPU,

@@ -2,28 +2,23 @@
 
 `pip install .` (or `-e .`) is pure Python. With SHUNTER_COMPILE=1 and mypy installed in the
 building environment (`pip install mypy==1.13.0 setuptools wheel`, then
-`SHUNTER_COMPILE=1 pip install --no-build-isolation .`), the modules below are compiled to C
-extensions with mypyc: the same source, about twice as fast. Do not compile into an editable
-install: an extension shadows its .py, so later edits to the source would be ignored.
-
-Only modules whose classes nobody subclasses are listed: compiled classes ignore attributes an
-interpreted subclass redefines (so the policy classes stay interpreted), and core/types is left
-out (mypyc 1.13 miscompiles its enums).
+`SHUNTER_COMPILE=1 pip install --no-build-isolation .`), the modules `shunter.build` lists are
+compiled to C extensions with mypyc into the installed package. Do not compile into an editable
+install: an extension shadows its .py, so later edits to the source would be ignored (`make`
+builds an editable install's compiled modules beside it instead: `shunter build`).
 """
 
+import importlib.util
 import os
 import sys
 
 from setuptools import setup
 
-COMPILED_MODULES = [
-    "core/request", "core/kv/block_pool", "core/kv/hashing", "core/kv/manager",
-    "core/sched/config", "core/sched/headroom",
-    "core/sched/interface", "core/sched/limits", "core/sched/plan", "core/sched/queue",
-    "core/sched/scheduler", "core/sched/stats",
-    "sim/cluster", "sim/cost/moe", "sim/cost/roofline", "sim/executor", "sim/loop", "sim/replica",
-    "sim/decode_run", "sim/timeline",
-]
+# the one list of compiled modules (shunter/build.py imports only the standard library)
+_spec = importlib.util.spec_from_file_location("_shunter_build", "src/shunter/build.py")
+_build = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(_build)
+COMPILED_MODULES = _build.COMPILED_MODULES
 
 ext_modules = []
 if os.environ.get("SHUNTER_COMPILE") == "1":

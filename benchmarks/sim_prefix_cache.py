@@ -10,8 +10,8 @@ is its CPU time over the anchor's.
 
 Workload: ShareGPT-8k lengths (../shared/traces, prompts average ~2,300 tokens), Poisson
 arrivals at `--rate`, Llama-3.1-8B on A100 (the simulator's defaults), `--replicas` replicas
-with round-robin routing, one process. Run it with the compiled build's python to measure
-that build (`.bench/venvs/shunter-compiled/bin/python`, made by benchmarks.sim_vs_vidur).
+with round-robin routing, one process. It runs the build this install runs
+(`shunter build` makes the compiled one; SHUNTER_PURE_PYTHON=1 ignores it).
 
 Run: python benchmarks/sim_prefix_cache.py [--num-requests N] [--rate R] [--replicas K]
 """

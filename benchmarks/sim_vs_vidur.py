@@ -6,8 +6,9 @@
     python -m benchmarks.sim_vs_vidur --workers 2     # Shunter on 2 processes (sim.partition)
     python -m benchmarks.sim_vs_vidur --build python  # only the pure-Python Shunter
 
-Shunter is measured twice: as installed (pure Python) and as its compiled build (setup.py:
-the same source compiled with mypyc, built into .bench/venvs/shunter-compiled on first use).
+Shunter is measured twice: pure Python (SHUNTER_PURE_PYTHON=1) and as its compiled build (the
+same source compiled with mypyc by `shunter build`, which `make` runs; rebuilt here if the
+source changed since).
 
 Scenario (issue 4): Llama-2-70B on A100-80GB, tensor parallel 2, 4 replicas behind a round-robin
 router, vLLM's scheduler (prefill-first, 4096-token batches, 128 sequences, no prefix cache),
@@ -41,6 +42,7 @@ import argparse
 import csv
 import json
 import math
+import os
 import random
 import resource
 import sys
@@ -51,11 +53,11 @@ from typing import Any
 
 import numpy as np
 from benchmarks._external._proc import BENCH_DIR, REPO_ROOT, log, run_measured, tail
-from benchmarks._external.compiled import ensure_compiled
 from benchmarks._external.vidur import PROFILING_DIR, run_vidur, vidur_requests
 from benchmarks._external.vidur_metrics import VidurRequest, summarize
 from benchmarks._external.vidur_workload import MAX_GAP_MEAN_GAPS, read_capped_lengths
 
+from shunter.build import PURE_ENV, run_build
 from shunter.core.types import RequestSpec
 from shunter.sim.config import SimConfig
 from shunter.sim.partition import simulate_parallel
@@ -185,17 +187,18 @@ def _children_cpu_s() -> float:
 
 def measure_shunter(num_requests: int, num_replicas: int, seed: int, workdir: Path, *,
                     stream: bool = False, workers: int = 1,
-                    python: Path | None = None) -> dict[str, Any]:
-    """Run the Shunter side in a child process (under `python`: this interpreter, or the
-    compiled build's); add its wall time, CPU time and peak RSS."""
+                    env: dict[str, str] | None = None) -> dict[str, Any]:
+    """Run the Shunter side in a child process (in `env`: `_build_env`'s, the pure-Python or
+    the compiled build); add its wall time, CPU time and peak RSS."""
     workdir.mkdir(parents=True, exist_ok=True)
     out = workdir / "shunter.json"
     params = {"num_requests": num_requests, "num_replicas": num_replicas, "seed": seed,
               "stream": stream, "workers": workers, "out": str(out)}
-    cmd = [python or sys.executable, "-m", "benchmarks.sim_vs_vidur", "--child", json.dumps(params)]
+    cmd = [sys.executable, "-m", "benchmarks.sim_vs_vidur", "--child", json.dumps(params)]
     log_path = workdir / "shunter.log"
     cpu_before_s = _children_cpu_s()
-    result = run_measured(cmd, timeout_s=_CHILD_TIMEOUT_S, cwd=REPO_ROOT, log_path=log_path)
+    result = run_measured(cmd, timeout_s=_CHILD_TIMEOUT_S, cwd=REPO_ROOT, log_path=log_path,
+                          env=env)
     if result.returncode != 0 or result.is_timed_out:
         raise RuntimeError(f"Shunter child failed (rc={result.returncode}):\n{tail(log_path)}")
     row = json.loads(out.read_text())
@@ -268,14 +271,14 @@ def _print_table(title: str, header: tuple[str, ...], rows: list[tuple[Any, ...]
 def scaling_table(seed: int, *, sizes: tuple[int, ...] = SCALING_REQUESTS,
                   replica_counts: tuple[int, ...] = SCALING_REPLICAS,
                   workers: int = 1, build: str = "python") -> list[dict[str, Any]]:
-    python = _build_python(build)
+    env = _build_env(build)
     results = []
     for num_requests in sizes:
         for replicas in replica_counts:
             log(f"scaling: {num_requests:,} requests on {replicas} replicas (streamed, {build})")
             r = measure_shunter(num_requests, replicas, seed,
                                 BENCH_DIR / "runs" / f"shunter-scaling-{num_requests}-{replicas}",
-                                stream=True, workers=workers, python=python)
+                                stream=True, workers=workers, env=env)
             results.append({"num_requests": num_requests, "replicas": replicas, **r})
     _print_table(f"Shunter scaling ({build} build), streamed, {workers} process(es) "
                  "(0.75 req/s per replica; "
@@ -291,11 +294,16 @@ def scaling_table(seed: int, *, sizes: tuple[int, ...] = SCALING_REQUESTS,
     return results
 
 
-def _build_python(build: str) -> Path:
-    """The interpreter that runs Shunter's `build`: this one, or the compiled build's venv."""
+def _build_env(build: str) -> dict[str, str]:
+    """The environment a child runs Shunter's `build` in: this install's compiled build (made
+    by `shunter build` if the source changed since) or, for "python", the same install with
+    the build ignored."""
+    env = {k: v for k, v in os.environ.items() if k != PURE_ENV}
     if build == "compiled":
-        return ensure_compiled()
-    return Path(sys.executable)
+        if run_build() != 0:
+            raise RuntimeError("the compiled build could not be made (see above)")
+        return env
+    return env | {PURE_ENV: "1"}
 
 
 def compare(num_requests: int, pp: int, seed: int, *, skip_vidur: bool,
@@ -305,7 +313,7 @@ def compare(num_requests: int, pp: int, seed: int, *, skip_vidur: bool,
     trace_file = tiled_trace(num_requests)
     shunter = {build: measure_shunter(num_requests, 4, seed,
                                       BENCH_DIR / "runs" / f"shunter-{num_requests}-{build}",
-                                      workers=workers, python=_build_python(build),
+                                      workers=workers, env=_build_env(build),
                                       stream=stream)
                for build in builds}
     if skip_vidur:
@@ -353,7 +361,7 @@ def main(argv: list[str] | None = None) -> int:
                         "them from there, as the scaling runs do, instead of keeping them")
     p.add_argument("--build", choices=("both", "python", "compiled"), default="both",
                    help="which Shunter to measure: the pure-Python install, the compiled build "
-                        "(setup.py; built with mypyc into .bench/venvs on first use, about a "
+                        "(`shunter build`; made here if the source changed, about a "
                         "minute), or both (default; the scaling table uses the compiled one)")
     p.add_argument("--child", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
