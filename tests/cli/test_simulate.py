@@ -149,3 +149,24 @@ def test_workers_must_be_positive(capsys):
     with pytest.raises(SystemExit):
         main(["simulate", "--workers", "0"])
     assert "--workers" in capsys.readouterr().err
+
+
+def test_auto_workers_split_only_long_runs_whose_replicas_never_interact(monkeypatch):
+    from shunter.cli.common import AUTO_WORKERS_MIN_REQUESTS
+    from shunter.cli.simulate import auto_workers
+    from shunter.config import builtin_scenario
+    monkeypatch.setattr("os.cpu_count", lambda: 8)
+    scenario = builtin_scenario()
+    rr = scenario.with_overrides(router="round_robin", num_replicas=4)
+    assert auto_workers(rr, AUTO_WORKERS_MIN_REQUESTS) == 4  # at most one per replica
+    assert auto_workers(rr, AUTO_WORKERS_MIN_REQUESTS - 1) == 1  # too short to pay for them
+    assert auto_workers(rr.with_overrides(num_replicas=16), AUTO_WORKERS_MIN_REQUESTS) == 8
+    least = rr.with_overrides(router="least_load")
+    assert auto_workers(least, 10 * AUTO_WORKERS_MIN_REQUESTS) == 1  # its replicas interact
+
+
+def test_workers_auto_is_the_default_and_a_word(capsys):
+    assert main(["simulate", "--num-requests", "20", "--workers", "auto", "--quiet"]) == 0
+    with pytest.raises(SystemExit):
+        main(["simulate", "--workers", "many"])
+    assert "--workers" in capsys.readouterr().err

@@ -26,15 +26,17 @@ from shunter.sim.cost.catalog import GPUS, MODELS
 from shunter.sim.cost.registry import COST_MODELS
 from shunter.workload.loaders import TRACE_FORMATS, load_workload
 
-__all__ = ["DefaultsFormatter", "add_scenario_flags", "console", "fail", "finite_float",
-           "import_bench",
+__all__ = ["AUTO_WORKERS_MIN_REQUESTS", "DefaultsFormatter", "add_scenario_flags", "console",
+           "fail", "finite_float", "import_bench",
            "json_object", "load_specs", "output_dir", "output_file", "positive_float",
            "positive_int", "progress_bar", "scenario_default", "scenario_from_args",
-           "stdout_console"]
+           "stdout_console", "workers_arg"]
 
 # markup off: what we print is text (a config error's "[workload]", a path, a URL, a scenario
 # name), never rich markup; styles come from style= and Text
 console = Console(stderr=True, markup=False)
+# `--workers auto` splits runs of at least this many requests (a worker process costs ~0.3 s)
+AUTO_WORKERS_MIN_REQUESTS = 20_000
 ENGINE_ONLY = frozenset(n for n in POLICIES if make_policy(n).requires_engine is not None)
 
 
@@ -60,6 +62,11 @@ def positive_int(text: str) -> int:
     if value < 1:
         raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
     return value
+
+
+def workers_arg(text: str) -> int | None:
+    """`--workers`: a number of processes, or "auto" (None)."""
+    return None if text == "auto" else positive_int(text)
 
 
 def _why_unwritable(path: Path, *, is_dir: bool) -> str | None:
@@ -221,10 +228,11 @@ def add_scenario_flags(parser: argparse.ArgumentParser, *, single: bool = True) 
     s.add_argument("--csv", type=output_file, metavar="FILE",
                    help="write results as CSV (default: not written)")
     s.add_argument("--quiet", action="store_true", help="no progress bar")
-    s.add_argument("--workers", type=positive_int, default=1, metavar="N",
+    s.add_argument("--workers", type=workers_arg, default=None, metavar="N|auto",
                    help="processes for one run when its replicas never interact (router "
                         "round_robin or random; no migration, disaggregation or predictor); "
-                        "same results (default 1)")
+                        "same results. auto: one per core, at most one per replica, for runs "
+                        f"of {AUTO_WORKERS_MIN_REQUESTS:,} requests or more (default auto)")
 
 
 def scenario_from_args(args: argparse.Namespace) -> Scenario:

@@ -3,10 +3,17 @@
 from __future__ import annotations
 
 import argparse
+import os
 import time
 from typing import Any
 
-from shunter.cli.common import load_specs, progress_bar, scenario_from_args, stdout_console
+from shunter.cli.common import (
+    AUTO_WORKERS_MIN_REQUESTS,
+    load_specs,
+    progress_bar,
+    scenario_from_args,
+    stdout_console,
+)
 from shunter.config import Scenario
 from shunter.core.sched.registry import POLICIES, scope_policy_params
 from shunter.core.types import RequestSpec
@@ -22,12 +29,22 @@ from shunter.router.registry import ROUTERS
 from shunter.sim.partition import partition_blocker, simulate_parallel
 from shunter.sim.runner import SimRun, simulate
 
-__all__ = ["run_compare", "run_simulate"]
+__all__ = ["auto_workers", "run_compare", "run_simulate"]
+
+
+def auto_workers(scenario: Scenario, num_requests: int) -> int:
+    """`--workers auto`: one process per core (at most one per replica) when the replicas never
+    interact and the run is long enough to pay for the processes; else one."""
+    if num_requests < AUTO_WORKERS_MIN_REQUESTS or partition_blocker(scenario.sim) is not None:
+        return 1
+    return max(1, min(os.cpu_count() or 1, scenario.sim.num_replicas_total))
 
 
 def _run(scenario: Scenario, specs: list[RequestSpec], label: str, quiet: bool,
-         workers: int = 1) -> tuple[SimRun, Summary, float]:
+         workers: int | None = None) -> tuple[SimRun, Summary, float]:
     start = time.perf_counter()
+    if workers is None:
+        workers = auto_workers(scenario, len(specs))
     blocker = partition_blocker(scenario.sim) if workers > 1 else "one worker"
     if blocker is None:
         if not quiet:
