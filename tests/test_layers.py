@@ -16,11 +16,12 @@ ALLOWED: dict[str, set[str]] = {
     "engine": {"core", "errors", "backend"},
     "gateway": {"core", "router", "metrics", "workload", "errors", "backend"},
     "bench": {"core", "workload", "metrics", "errors"},
+    "batch": {"bench", "errors"},  # `shunter batch`: an OpenAI client, as the bench is
     "integrations": {"core", "errors"},  # adapters inside other engines (vLLM's scheduler)
     "config": {"core", "sim", "errors"},
     "errors": set(),
     "scenarios": set(),
-    "__init__": set(),
+    "__init__": {"build"},  # turns the compiled build on when it matches the source
     "build": {"sim"},  # which build is installed: looks at a simulator module (importlib)
     "__main__": {"cli"},  # `python -m shunter`
     "cli": {"*"},

@@ -10,6 +10,7 @@ from collections.abc import Sequence
 
 from shunter import __version__
 from shunter.build import describe_build, run_build
+from shunter.cli.batch import add_batch_parser
 from shunter.cli.bench import add_bench_parser
 from shunter.cli.calibrate import add_calibrate_parser
 from shunter.cli.common import DefaultsFormatter, add_scenario_flags, fail
@@ -65,6 +66,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_sweep_parser(sub)
     add_serve_parser(sub)
     add_bench_parser(sub)
+    add_batch_parser(sub)
     add_profile_parser(sub)
     add_calibrate_parser(sub)
     add_generate_parser(sub)

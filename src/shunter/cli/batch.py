@@ -1,0 +1,123 @@
+"""`shunter batch FILE --url URL`: an OpenAI batch file through the gateway or any OpenAI
+server, in BatchLLM's prefix-sharing order, resumable (`shunter.batch`)."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+from pathlib import Path
+from typing import Any
+
+from shunter.cli.common import console, fail, positive_float, positive_int, progress_bar
+
+__all__ = ["add_batch_parser", "run_batch_command"]
+
+_SHOWN_LINE_ERRORS = 5
+
+
+def add_batch_parser(sub: Any) -> None:
+    p = sub.add_parser(
+        "batch", help="run an OpenAI batch file (JSONL) against a server, resumable",
+        description="Send every request of an OpenAI Batch API file (one JSON object a line: "
+                    "custom_id, method POST, url /v1/chat/completions or /v1/completions, body) "
+                    "to an OpenAI-compatible server (Shunter's gateway, vLLM, ...) and append "
+                    "each answer to the output file as it arrives. Requests sharing a prompt "
+                    "prefix are sent together and decode-heavy groups first (BatchLLM), so each "
+                    "shared prefix is computed once while its sharers run. Run the same command "
+                    "again after an interruption: custom_ids already answered are skipped. "
+                    "Malformed lines go to the error file with their line number; the rest of "
+                    "the batch runs. Exit status 0 when every line is answered or failed for "
+                    "its own reason (a 4xx), 1 when lines are malformed or left unfinished.")
+    p.add_argument("file", type=Path, help="the batch file (JSON Lines)")
+    p.add_argument("--url", required=True, help="the server, e.g. http://127.0.0.1:8000/v1")
+    p.add_argument("--out", type=Path, metavar="FILE",
+                   help="answers, one JSON line each (default: FILE's name + .results.jsonl)")
+    p.add_argument("--errors", type=Path, metavar="FILE",
+                   help="malformed lines and failed requests (default: FILE's name + "
+                        ".errors.jsonl)")
+    p.add_argument("--model", help="body.model for lines that name none (default: such lines "
+                                   "are malformed)")
+    p.add_argument("--api-key", metavar="KEY", help="sent as a bearer token (default: none)")
+    p.add_argument("--max-concurrency", type=positive_int, default=32, metavar="N",
+                   help="requests in flight at once")
+    p.add_argument("--order", choices=("batchllm", "file"), default="batchllm",
+                   help="batchllm: prefix groups together, decode-heavy groups first; file: "
+                        "the file's order")
+    p.add_argument("--min-shared-chars", type=positive_int, default=64, metavar="N",
+                   help="batchllm: prompts sharing at least this many leading characters form "
+                        "a group")
+    p.add_argument("--timeout-s", type=positive_float, default=600.0, metavar="S",
+                   help="give up on one try of a request after this long")
+    p.add_argument("--max-retries", type=int, default=5, metavar="N",
+                   help="tries after a connection error, timeout, 429 or 5xx before a request "
+                        "is left for the next run")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(handler=run_batch_command)
+
+
+def _sibling(path: Path, suffix: str) -> Path:
+    name = path.name.removesuffix(".jsonl").removesuffix(".json")
+    return path.with_name(name + suffix)
+
+
+def _reported(errors_path: Path) -> tuple[set[str], set[int]]:
+    """(custom_ids that failed for their own reason, input line numbers reported malformed)
+    in an existing error file; its torn last line, if any, is cut (`finished_ids`)."""
+    from shunter.batch import finished_ids
+    failed: set[str] = set()
+    lines: set[int] = set()
+    if not errors_path.exists():
+        return failed, lines
+    finished_ids(errors_path)  # validates it and repairs a torn tail
+    for raw in errors_path.read_text(encoding="utf-8").splitlines():
+        obj = json.loads(raw)
+        if obj.get("line") is not None:
+            lines.add(int(obj["line"]))
+        elif obj.get("custom_id") is not None:
+            failed.add(obj["custom_id"])
+    return failed, lines
+
+
+def run_batch_command(args: argparse.Namespace) -> int:
+    from shunter.batch import batchllm_order, finished_ids, read_batch
+    try:
+        from shunter.batch.runner import BatchTarget, open_append, run_batch, write_line_errors
+    except ImportError as exc:
+        return fail(f"shunter batch needs the gateway extra (pip install 'shunter[gateway]'): "
+                    f"{exc}")
+    if args.max_retries < 0:
+        return fail(f"--max-retries must be >= 0, got {args.max_retries}")
+    out_path = args.out or _sibling(args.file, ".results.jsonl")
+    errors_path = args.errors or _sibling(args.file, ".errors.jsonl")
+    if out_path.resolve() in (args.file.resolve(), errors_path.resolve()):
+        return fail(f"--out {out_path} must differ from the batch file and the error file")
+    target = BatchTarget(url=args.url, api_key=args.api_key,
+                         max_concurrency=args.max_concurrency, timeout_s=args.timeout_s,
+                         max_retries=args.max_retries)
+    lines, line_errors = read_batch(args.file, args.model)
+    done = finished_ids(out_path)
+    failed_before, reported = _reported(errors_path)
+    for error in line_errors[:_SHOWN_LINE_ERRORS]:
+        console.print(f"{args.file}: {error}", style="yellow", highlight=False, soft_wrap=True)
+    if len(line_errors) > _SHOWN_LINE_ERRORS:
+        console.print(f"... and {len(line_errors) - _SHOWN_LINE_ERRORS} more malformed lines "
+                      f"(all in {errors_path})", style="yellow", highlight=False)
+    todo = [line for line in lines if line.custom_id not in done | failed_before]
+    if args.order == "batchllm":
+        todo = batchllm_order(todo, min_shared_chars=args.min_shared_chars)
+    skipped = len(lines) - len(todo)
+    console.print(f"{len(lines) + len(line_errors)} lines: {skipped} already done, {len(todo)} "
+                  f"to send, {len(line_errors)} malformed", highlight=False)
+    with open_append(out_path) as out, open_append(errors_path) as errors_out:
+        write_line_errors([e for e in line_errors if e.line_no not in reported], errors_out)
+        with progress_bar(len(todo), f"batch -> {args.url}", quiet=args.quiet) as on_progress:
+            counts = asyncio.run(run_batch(todo, target, out, errors_out, on_progress))
+    console.print(f"answered {counts.answered}, failed {counts.failed} (a 4xx, in "
+                  f"{errors_path}), unfinished {counts.unfinished}; answers in {out_path}",
+                  highlight=False, soft_wrap=True)
+    if counts.unfinished:
+        fail(f"{counts.unfinished} requests left unfinished after retries (last: "
+             f"{counts.last_problem}); run the same command again to resume")
+        return 1
+    return 1 if line_errors else 0
