@@ -132,3 +132,10 @@ def test_unhonoured_predictor_settings_are_refused():
     with pytest.raises(ValueError, match="no predictor"):
         SchedulerSettings(predictor_params={"kind": "rank"})
     assert replace(SchedulerSettings(), policy="ltr").engine_policy == ("ltr", {})
+
+
+def test_a_modelled_prediction_cost_is_refused_live():
+    with pytest.raises(ValueError, match="predictor_params cheap_cost_s, expensive_cost_s: what "
+                                         "a prediction costs is a simulator model"):
+        SchedulerSettings(policy="skippredict", predictor="skip_learned",
+                          predictor_params={"cheap_cost_s": 0.01, "expensive_cost_s": 0.1})

@@ -88,3 +88,9 @@ def test_wrong_typed_tags_are_request_errors(xargs: dict[str, object], param: st
     with pytest.raises(RequestError) as caught:
         tags_from_xargs(xargs)
     assert caught.value.param == param and caught.value.status_code == 400
+
+
+def test_a_policy_that_recalls_running_requests_is_refused_inside_vllm() -> None:
+    with pytest.raises(ConfigError, match="SHUNTER_POLICY: policy 'length_grouped' sends "
+                                          "running requests back"):
+        policy_from_env({"SHUNTER_POLICY": "length_grouped"})

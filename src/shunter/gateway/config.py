@@ -137,6 +137,12 @@ class SchedulerSettings:
                 raise ValueError(f"a predictor is read only by the policies "
                                  f"{', '.join(sorted(PREDICTIVE_POLICIES))}; "
                                  f"{self.policy or 'the default policies'} would ignore it")
+            modelled = sorted(k for k, v in self.predictor_params.items()
+                              if k.endswith("_cost_s") and v)
+            if modelled:
+                raise ValueError(f"predictor_params {', '.join(modelled)}: what a prediction "
+                                 "costs is a simulator model; live, its cost is the time the "
+                                 "predictor really takes in the request path (drop them)")
         elif self.predictor_params:
             raise ValueError("predictor_params are given but no predictor")
 

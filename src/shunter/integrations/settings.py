@@ -16,7 +16,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from shunter.core.sched.policy import Policy
+from shunter.core.sched.policy import Policy, RecallingPolicy
 from shunter.core.sched.registry import POLICIES, make_policy
 from shunter.core.types import DEFAULT_TENANT, TenantId, short_repr
 from shunter.errors import ConfigError, RequestError
@@ -76,10 +76,15 @@ def policy_from_env(environ: Mapping[str, str]) -> Policy:
             raise ConfigError(f"{POLICY_PARAMS_ENV} must be a JSON object of the policy's "
                               f"parameters, e.g. '{{\"aging_s\": 30}}'; got {short_repr(text)}")
     try:
-        return make_policy(name, **params)
+        policy = make_policy(name, **params)
     except ValueError as exc:
         variable = POLICY_ENV if name not in POLICIES else POLICY_PARAMS_ENV
         raise ConfigError(f"{variable}: {exc}") from None
+    if isinstance(policy, RecallingPolicy):
+        raise ConfigError(f"{POLICY_ENV}: policy {name!r} sends running requests back to the "
+                          "queue by its own rule (RecallingPolicy), which the vLLM adapter does "
+                          "not do; run it in Shunter's engine (shunter serve) or the simulator")
+    return policy
 
 
 @dataclass(frozen=True, slots=True)

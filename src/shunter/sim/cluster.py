@@ -15,6 +15,7 @@ from dataclasses import dataclass, replace
 
 from shunter.core.clock import ManualClock
 from shunter.core.predict.interface import ArrivalPredictor
+from shunter.core.predict.skip import charges_server_time, prediction_cost
 from shunter.core.types import RequestId, RequestSpec
 from shunter.errors import WorkloadError
 from shunter.metrics.record import RequestRecord
@@ -73,6 +74,13 @@ class SimCluster:
         self.step_log: list[StepLog] | None = [] if record_steps else None
         self.num_routed = [0] * len(replicas)
         self.predictor = predictor  # one prediction per request, as it arrives (sjf, ltr)
+        # requests whose prediction costs external time, until it is done: (prediction, server s)
+        self._predicted: dict[RequestId, tuple[float | None, float]] = {}
+        if (predictor is not None and charges_server_time(predictor.predictor)
+                and (topo.gateway is not None or topo.decode_router is not None)):
+            raise ValueError("a predictor whose cost is server time (cost_mode 'server') is "
+                             "modelled on plain replicas only, not behind a gateway tier or "
+                             "in disaggregated pools; use cost_mode 'external'")
         self.gateway = topo.gateway
         if self.gateway is not None and topo.decode_router is not None:
             raise ValueError("a gateway tier in front of disaggregated pools is not modelled")
@@ -140,8 +148,10 @@ class SimCluster:
                 self._timers[event.kind](event.key)
             else:
                 self._arm_periodic()
+                is_predicted = event.spec.request_id in self._predicted  # its second arrival
                 self._route(event.spec, finished)
-                last_arrival_s = self._push_next(arrivals, last_arrival_s)
+                if not is_predicted:
+                    last_arrival_s = self._push_next(arrivals, last_arrival_s)
             if follow_ups:
                 self._release(finished[num_before:], follow_ups, num_waiting_on)
             if on_record is not None and finished:
@@ -188,9 +198,20 @@ class SimCluster:
         return spec.arrival_s
 
     def _route(self, spec: RequestSpec, finished: list[RequestRecord]) -> None:
-        predicted = None
+        predicted, server_s = None, 0.0
         if self.predictor is not None:
-            predicted = self.predictor.predict(spec, spec.num_output_tokens)
+            done = self._predicted.pop(spec.request_id, None)
+            if done is None:
+                predicted = self.predictor.predict(spec, spec.num_output_tokens)
+                cost = prediction_cost(self.predictor.predictor, predicted)
+                if cost.external_s:  # it arrives again, to be queued, once it is predicted
+                    self._predicted[spec.request_id] = (predicted, cost.server_s)
+                    self.loop.push(self.clock.now() + cost.external_s, ARRIVAL_PRIORITY,
+                                   Arrival(spec))
+                    return
+                server_s = cost.server_s
+            else:
+                predicted, server_s = done
         if self.gateway is not None:
             self.gateway.add(spec, predicted)
             self._dispatch(finished)
@@ -204,7 +225,7 @@ class SimCluster:
             source.dispatched(replica_id, spec)
         replica = self.replicas[replica_id]
         self.num_routed[replica_id] += 1
-        rejected = replica.add(spec, predicted_output_tokens=predicted)
+        rejected = replica.add(spec, predicted_output_tokens=predicted, server_s=server_s)
         if rejected is not None:
             finished.append(rejected)
             if self.disagg is not None:

@@ -67,6 +67,7 @@ class SimReplica:
         self._in_flight: _InFlight | None = None
         self._timeline = StepTimeline()  # every applied step's end: token times index into it
         self._speeds = ReplicaSpeeds(executor.cost_model, scheduler.config.max_num_batched_tokens)
+        self._held_s = 0.0  # server time of predictions made here, spent before the next step
 
     @property
     def is_busy(self) -> bool:
@@ -102,12 +103,14 @@ class SimReplica:
                            max_num_seqs=self.scheduler.config.max_num_seqs)
 
     def add(self, spec: RequestSpec, *, predicted_output_tokens: float | None = None,
-            dispatched_s: float | None = None) -> RequestRecord | None:
+            dispatched_s: float | None = None, server_s: float = 0.0) -> RequestRecord | None:
         """Queue a request; returns its finished record at once if the scheduler rejected it.
 
         `predicted_output_tokens`: the cluster's prediction (sjf, ltr). `dispatched_s`: when a
         gateway tier released it here, which is the arrival this engine sees (the record keeps
-        the request's own arrival)."""
+        the request's own arrival). `server_s`: seconds its prediction holds this replica
+        (`core.predict.skip`, cost_mode "server"): the next step starts that much later."""
+        self._held_s += server_s
         record = RequestRecord(
             request_id=spec.request_id, arrival_s=spec.arrival_s,
             num_prompt_tokens=spec.num_prompt_tokens, tenant=spec.tenant, priority=spec.priority,
@@ -143,7 +146,7 @@ class SimReplica:
         output = self.scheduler.schedule()
         assert not output.is_empty, f"replica {self.replica_id} has work but scheduled nothing"
         result = self.executor.execute(output)
-        start_s = self.clock.now()
+        start_s = self._take_held()
         end_times = [start_s + result.duration_s]
         run_ids: list[RequestId] = []
         if self.fast_forward:
@@ -166,7 +169,7 @@ class SimReplica:
         num_steps = begin_steady_run(scheduler, self.executor.steps_until_stop(run_ids))
         if not num_steps:
             return None
-        start_s = self.clock.now()
+        start_s = self._take_held()
         n = len(run_ids)
         context_tokens = 0
         for r in scheduler.running:
@@ -175,6 +178,11 @@ class SimReplica:
         end_times = self.executor.decode_run_end_times(start_s, n, context_tokens - n, num_steps)
         self._in_flight = _InFlight(None, None, start_s, end_times, run_ids)
         return end_times[-1]
+
+    def _take_held(self) -> float:
+        """When the step starting now begins computing: after the predictions held here."""
+        start_s, self._held_s = self.clock.now() + self._held_s, 0.0
+        return start_s
 
     def cut_run(self) -> float | None:
         """A request was just queued here: end the run after the step now in flight.

@@ -8,6 +8,7 @@ from typing import Any
 from shunter.core.predict.interface import Predictor
 from shunter.core.predict.learned import LearnedPredictor
 from shunter.core.predict.oracle import NoisyOraclePredictor, OraclePredictor
+from shunter.core.predict.skip import SkipLearnedPredictor, SkipOraclePredictor
 from shunter.core.types import make_from_registry
 
 __all__ = ["PREDICTORS", "make_predictor"]
@@ -16,6 +17,8 @@ PREDICTORS: dict[str, Callable[..., Predictor]] = {
     "learned": LearnedPredictor,
     "noisy_oracle": NoisyOraclePredictor,
     "oracle": OraclePredictor,
+    "skip_learned": SkipLearnedPredictor,
+    "skip_oracle": SkipOraclePredictor,
 }
 
 

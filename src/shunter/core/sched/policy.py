@@ -39,9 +39,9 @@ from typing import Any, ClassVar, Protocol, runtime_checkable
 from shunter.core.request import Request
 from shunter.core.sched.queue import KeyedQueue
 
-__all__ = ["KeyedQueue", "Policy", "PrefixAwarePolicy", "PrefixProbe", "ReorderBoundPolicy",
-           "StaticKeyPolicy", "WaitingQueue", "charges_service", "never_preempts",
-           "victim_sort_key"]
+__all__ = ["KeyedQueue", "Policy", "PrefixAwarePolicy", "PrefixProbe", "RecallingPolicy",
+           "ReorderBoundPolicy", "StaticKeyPolicy", "WaitingQueue", "charges_service",
+           "never_preempts", "victim_sort_key"]
 
 PrefixProbe = Callable[[Request], int]  # cached prompt tokens a waiting request would hit now
 
@@ -114,7 +114,8 @@ class Policy(Protocol):
 # - `preemptive: ClassVar[bool]` (default True): False promises that `should_preempt` always
 #   says no (`never_preempts`);
 # - `victim_key_at`, `on_scheduled_step`, `victim_key_reads_progress`: see the module docstring;
-# - `steps_until_reorder`: `ReorderBoundPolicy`.
+# - `steps_until_reorder`: `ReorderBoundPolicy`;
+# - `recalls`: `RecallingPolicy`.
 
 
 @runtime_checkable
@@ -126,6 +127,18 @@ class ReorderBoundPolicy(Protocol):
         token (charged through `on_scheduled`), this policy decides exactly as it does now (the
         waiting order, the order of the running requests' victim keys, `should_preempt`'s
         answers); 0 if it cannot say. Lets the simulator apply that many steps in bulk."""
+        ...
+
+
+@runtime_checkable
+class RecallingPolicy(Protocol):
+    """A policy that sends running requests back to the waiting queue by its own rule
+    (optional; length-grouped scheduling's failed predictions). Engine tier only."""
+
+    def recalls(self, running: Sequence[Request]) -> list[Request]:
+        """Running requests to preempt before this step is planned, memory short or not
+        (usually none); the scheduler preempts them as any victim and queues them again. A
+        ReorderBoundPolicy's bound must end decode runs before the state where it recalls."""
         ...
 
 

@@ -10,12 +10,14 @@ from typing import Any
 from shunter.core.sched.policies.dlpm import DlpmPolicy
 from shunter.core.sched.policies.fastswitch import FastSwitchPolicy
 from shunter.core.sched.policies.fcfs import FcfsPolicy
+from shunter.core.sched.policies.length_grouped import LengthGroupedPolicy
 from shunter.core.sched.policies.ltr import LtrPolicy
 from shunter.core.sched.policies.mlfq import MlfqPolicy
 from shunter.core.sched.policies.plas import PlasPolicy
 from shunter.core.sched.policies.priority import PriorityPolicy
 from shunter.core.sched.policies.sarathi import SarathiPolicy
 from shunter.core.sched.policies.sjf import SjfPolicy
+from shunter.core.sched.policies.skippredict import SkipPredictPolicy
 from shunter.core.sched.policies.vtc import VtcPolicy
 from shunter.core.sched.policy import Policy
 from shunter.core.types import make_from_registry
@@ -27,17 +29,19 @@ POLICIES: dict[str, Callable[..., Policy]] = {
     "dlpm": DlpmPolicy,
     "fastswitch": FastSwitchPolicy,
     "fcfs": FcfsPolicy,
+    "length_grouped": LengthGroupedPolicy,
     "ltr": LtrPolicy,
     "mlfq": MlfqPolicy,
     "plas": PlasPolicy,
     "priority": PriorityPolicy,
     "sarathi": SarathiPolicy,
     "sjf": SjfPolicy,
+    "skippredict": SkipPredictPolicy,
     "vtc": VtcPolicy,
 }
 
 # the policies that read `Request.predicted_output_tokens` (a predictor is useless without one)
-PREDICTIVE_POLICIES = frozenset({"ltr", "sjf"})
+PREDICTIVE_POLICIES = frozenset({"length_grouped", "ltr", "sjf", "skippredict"})
 
 
 def make_policy(name: str, **params: Any) -> Policy:

@@ -3,7 +3,8 @@
 Model (as in vLLM v1): there is no prefill or decode phase. A request has `num_tokens` and
 `num_computed_tokens`; a step gives it some tokens of a shared budget. Each step:
 
-0. priority preemption: while the best waiting request cannot fit and the policy lets it
+0. the policy's own recalls, if it makes any (`RecallingPolicy`: length-grouped FCR); then
+   priority preemption: while the best waiting request cannot fit and the policy lets it
    displace the worst preemptible running one, preempt that one;
 1. running requests, in policy order, each get their uncomputed tokens (1 for a decode, a
    chunk for a prompt in progress); one that cannot get a KV block preempts the worst running
@@ -37,6 +38,7 @@ from shunter.core.sched.plan import StepPlan
 from shunter.core.sched.policy import (
     Policy,
     PrefixAwarePolicy,
+    RecallingPolicy,
     ReorderBoundPolicy,
     charges_service,
     never_preempts,
@@ -62,6 +64,7 @@ class CoreScheduler:
         self.never_preempts = never_preempts(policy)
         self._reorder_bound = (policy.steps_until_reorder
                                if isinstance(policy, ReorderBoundPolicy) else None)
+        self._recalls = policy.recalls if isinstance(policy, RecallingPolicy) else None
         self.clock = clock
         self.kv = KVCacheManager(config.num_blocks, config.block_size,
                                  enable_caching=config.enable_prefix_caching,
@@ -191,6 +194,9 @@ class CoreScheduler:
         if self._offloads:  # copied before this step's forward pass reuses those blocks
             plan.swap_out.extend(self._offloads)
             self._offloads = []
+        if self._recalls is not None:  # the policy's own preemptions (RecallingPolicy)
+            for request in self._recalls(self.running):
+                self._preempt(request, plan)
         self._preempt_for_priority(plan, now)
         if self.config.enable_chunked_prefill:
             if not self._schedule_running(plan, now):
