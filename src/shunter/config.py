@@ -9,7 +9,9 @@ A scenario has six tables, every key optional:
                 (`shunter.sim.config.SimConfig`): groups (a list
                 of {gpu, count, model, tp, num_blocks, role} tables, heterogeneous replicas),
                 disaggregation, num_prefill_replicas, decode_router, decode_router_params,
-                skip_prefill_cached_fraction, kv_link_bytes_s, router_snapshot_interval_s,
+                skip_prefill_cached_fraction, topology ("tetriinfer": disaggregation with
+                fixed-size prefill chunks and the tetriinfer decode router), kv_link_bytes_s,
+                router_snapshot_interval_s,
                 router_counts_in_flight, migration (a table of MigrationConfig keys)
     [scheduler] policy, policy_params, predictor, predictor_params, and any SchedulerConfig field (max_num_batched_tokens,
                 max_num_seqs, enable_chunked_prefill, preemption_mode, admission, ...).
@@ -59,7 +61,8 @@ _SCHEMA: dict[str, dict[str, str]] = {
                 "swap_space_gib": "float", "groups": "list", "disaggregation": "bool",
                 "num_prefill_replicas": "int", "decode_router": "str",
                 "decode_router_params": "dict", "skip_prefill_cached_fraction": "float",
-                "kv_link_bytes_s": "float", "router_snapshot_interval_s": "float",
+                "topology": "str", "kv_link_bytes_s": "float",
+                "router_snapshot_interval_s": "float",
                 "router_counts_in_flight": "bool", "migration": "dict"},
     "scheduler": {k: str(v) for k, v in _SCHEDULER_KEYS.items()},
     "gateway": {"policy": "str", "params": "dict", "max_inflight_per_replica": "int"},

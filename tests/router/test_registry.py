@@ -58,11 +58,13 @@ def test_every_router_picks_a_replica_it_was_shown_and_repeats_itself(name):
 
 def test_the_registry_has_every_router_of_the_design():
     assert set(ROUTERS) == {"round_robin", "least_load", "random", "power_of_two",
-                            "prefix_affinity", "cost", "session", "d2lpm", "llumnix"}
+                            "prefix_affinity", "cost", "session", "d2lpm", "llumnix",
+                            "intelligent",
+                            "tetriinfer"}
 
 
 def test_unknown_names_and_parameters_list_the_valid_ones():
-    with pytest.raises(ValueError, match="cost, d2lpm, least_load, llumnix"):
+    with pytest.raises(ValueError, match="cost, d2lpm, intelligent, least_load, llumnix"):
         make_router("fastest")
     with pytest.raises(ValueError, match="valid: cache_threshold, balance_abs_threshold"):
         make_router("prefix_affinity", cache_treshold=0.5)

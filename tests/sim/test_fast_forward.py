@@ -71,6 +71,12 @@ SCENARIOS = {
                                        policy_params={"quantum_tokens": 64.0},
                                        scheduler={"preemption_mode": "swap",
                                                   "host_kv_reuse": True}),
+    "length-grouped": SimConfig(num_blocks=400, policy="length_grouped", predictor="noisy_oracle",
+                                predictor_params={"kendall_tau": 0.5, "seed": 3},
+                                policy_params={"bin_tokens": 32, "vbs_batch_sizes": [8, 4]}),
+    "length-grouped-continuous": SimConfig(num_blocks=300, policy="length_grouped",
+                                           predictor="noisy_oracle", scheduler={"max_num_seqs": 8},
+                                           policy_params={"static_batches": False, "bin_tokens": 16}),
     # the gateway tier releases requests into running replicas (cutting their runs)
     "gateway-vtc": SimConfig(num_replicas=2, router="least_load", gateway_max_inflight=5),
     "gateway-sjf-on-mlfq": SimConfig(num_replicas=2, policy="mlfq", gateway_policy="sjf",
@@ -79,6 +85,28 @@ SCENARIOS = {
                               gateway_params={"quantum": 4096.0}, gateway_max_inflight=4),
     "gateway-plas": SimConfig(num_replicas=2, policy="plas", gateway_policy="plas",
                               gateway_max_inflight=6),
+    # prediction cost as server time holds a replica between steps; as external cost it
+    # delays the request's entry (here into the gateway tier)
+    "skippredict-server": SimConfig(num_replicas=2, policy="skippredict", predictor="skip_oracle",
+                                    predictor_params={"threshold_tokens": 40, "seed": 2,
+                                                      "cheap_error_rate": 0.2,
+                                                      "expensive_kendall_tau": 0.5,
+                                                      "cheap_cost_s": 0.002,
+                                                      "expensive_cost_s": 0.02,
+                                                      "cost_mode": "server"},
+                                    scheduler={"max_num_seqs": 8}),
+    "gateway-skippredict-external": SimConfig(num_replicas=2, gateway_policy="skippredict",
+                                              predictor="skip_oracle", gateway_max_inflight=3,
+                                              predictor_params={"threshold_tokens": 40,
+                                                                "cheap_cost_s": 0.01,
+                                                                "expensive_cost_s": 0.1}),
+    "gateway-length-grouped": SimConfig(num_replicas=2, policy="length_grouped",
+                                        gateway_policy="length_grouped", predictor="oracle",
+                                        gateway_params={"static_batches": False},
+                                        gateway_max_inflight=4),
+    # prefill pool in 512-token chunks, decodes placed by predicted length (TetriInfer)
+    "tetriinfer": SimConfig(num_replicas=3, num_blocks=400, topology="tetriinfer",
+                            decode_router_params={"predictor": "oracle", "num_choices": 0}),
 }
 
 

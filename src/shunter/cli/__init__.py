@@ -20,9 +20,11 @@ from shunter.cli.serve import add_serve_parser
 from shunter.cli.simulate import run_compare, run_simulate
 from shunter.cli.sweep import add_sweep_parser
 from shunter.cli.train import add_train_parser
+from shunter.cli.train_router import add_train_router_parser
 from shunter.core.sched.registry import POLICIES
 from shunter.errors import ShunterError
 from shunter.router.registry import ROUTERS
+from shunter.sim.config import TOPOLOGIES
 
 __all__ = ["main"]
 
@@ -43,7 +45,8 @@ def build_parser() -> argparse.ArgumentParser:
         "simulate", help="simulate a cluster serving a workload and print its metrics",
         description="Simulate a cluster serving a workload. With no arguments, runs the built-in "
                     "scenario (a sample of the real Azure 2023 conversation trace). "
-                    f"Policies: {', '.join(sorted(POLICIES))}. Routers: {', '.join(sorted(ROUTERS))}.")
+                    f"Policies: {', '.join(sorted(POLICIES))}. Routers: {', '.join(sorted(ROUTERS))}. "
+                    f"Topologies (a scenario's [cluster] topology): {', '.join(TOPOLOGIES)}.")
     add_scenario_flags(sim)
     sim.set_defaults(handler=run_simulate)
     cmp = sub.add_parser(
@@ -71,6 +74,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_calibrate_parser(sub)
     add_generate_parser(sub)
     add_train_parser(sub)
+    add_train_router_parser(sub)
     build = sub.add_parser(
         "build", help="compile the simulator with mypyc for this install (make runs it)",
         description="Compile the scheduler core and the simulator with mypyc (the same source, "

@@ -30,7 +30,8 @@ def add_batch_parser(sub: Any) -> None:
                     "the batch runs. Exit status 0 when every line is answered or failed for "
                     "its own reason (a 4xx), 1 when lines are malformed or left unfinished.")
     p.add_argument("file", type=Path, help="the batch file (JSON Lines)")
-    p.add_argument("--url", required=True, help="the server, e.g. http://127.0.0.1:8000/v1")
+    p.add_argument("--url", required=True,
+                   help="the server, e.g. http://127.0.0.1:8000/v1 (required: no default)")
     p.add_argument("--out", type=Path, metavar="FILE",
                    help="answers, one JSON line each (default: FILE's name + .results.jsonl)")
     p.add_argument("--errors", type=Path, metavar="FILE",

@@ -9,6 +9,7 @@ from shunter.core.types import make_from_registry
 from shunter.router.interface import Router
 from shunter.router.policies.cost import CostRouter
 from shunter.router.policies.d2lpm import D2lpmRouter
+from shunter.router.policies.intelligent import IntelligentRouter
 from shunter.router.policies.least_load import LeastLoadRouter
 from shunter.router.policies.llumnix import LlumnixRouter
 from shunter.router.policies.power_of_two import PowerOfTwoRouter
@@ -16,6 +17,7 @@ from shunter.router.policies.prefix_affinity import PrefixAffinityRouter
 from shunter.router.policies.random_choice import RandomRouter
 from shunter.router.policies.round_robin import RoundRobinRouter
 from shunter.router.policies.session import SessionRouter
+from shunter.router.policies.tetriinfer import TetriInferRouter
 
 __all__ = ["ROUTERS", "make_router"]
 
@@ -29,6 +31,8 @@ ROUTERS: dict[str, Callable[..., Router]] = {
     "session": SessionRouter,
     "d2lpm": D2lpmRouter,
     "llumnix": LlumnixRouter,
+    "intelligent": IntelligentRouter,
+    "tetriinfer": TetriInferRouter,
 }
 
 
