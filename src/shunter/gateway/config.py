@@ -34,12 +34,11 @@
                   max_requests_per_min, max_tokens_per_min
     [limits]      what one client connection may cost, checked before authentication
                   (`LimitsConfig`, enforced in `protocol.py`):
-                  max_header_bytes = 65536 (request line + headers; past it 431, closed),
-                  max_headers = 128 (header lines; past it 431, closed),
-                  header_timeout_s = 10 (the head, from connect or from its first byte: 408),
+                  max_header_bytes = 65536, max_headers = 128 (request line + headers;
+                  past either 431, closed), header_timeout_s = 10 (the head, from connect or
+                  its first byte: 408), body_timeout_s = 30 (the whole body, after it: 408),
                   idle_timeout_s = 75 (an idle keep-alive connection is closed; longer than
                   clients keep theirs, so that they close first),
-                  body_timeout_s = 30 (the whole body, after the head: 408),
                   send_timeout_s = 30 (a client that takes no byte of its answer this long
                   is cut off, its request cancelled and its backend slot freed),
                   fd_warn_fraction = 0.8, fd_refuse_fraction = 0.9 (of RLIMIT_NOFILE, which
@@ -96,14 +95,12 @@ class SchedulerSettings:
     """Which core policy orders requests, in the in-process engines and at the gateway's queue.
 
     `policy` (with `params`) runs in every in-process engine and at the gateway's queue (the
-    requests waiting for a free backend slot). A policy that needs an engine (preemption,
-    a token budget: mlfq, fastswitch, sarathi) runs in the engines, and the gateway's queue
-    then keeps arrival order (fcfs); without in-process engines it is refused. With no policy
-    the engines run fcfs and the gateway's queue vtc. `gateway_policy` (with `gateway_params`)
-    sets the gateway's queue apart. `predictor` sets each request's predicted output length at
-    the gateway (sjf, ltr), passed on to in-process engines; `predictor_params` may name a
-    `model_path` written by `shunter train-predictor`.
-    """
+    requests waiting for a free backend slot). A policy that needs an engine (preemption, a
+    token budget: mlfq, fastswitch, sarathi) runs in the engines, the gateway's queue keeping
+    arrival order; without in-process engines it is refused. With no policy the engines run
+    fcfs and the gateway's queue vtc. `gateway_policy` (`gateway_params`) sets the gateway's
+    queue apart. `predictor` predicts output lengths at the gateway, passed on to in-process
+    engines; `predictor_params` may name a `model_path` (`shunter train-predictor`)."""
 
     policy: str | None = None
     params: dict[str, Any] = field(default_factory=dict)
@@ -137,12 +134,10 @@ class SchedulerSettings:
                 raise ValueError(f"a predictor is read only by the policies "
                                  f"{', '.join(sorted(PREDICTIVE_POLICIES))}; "
                                  f"{self.policy or 'the default policies'} would ignore it")
-            modelled = sorted(k for k, v in self.predictor_params.items()
-                              if k.endswith("_cost_s") and v)
-            if modelled:
+            if modelled := sorted(k for k, v in self.predictor_params.items()
+                                  if k.endswith("_cost_s") and v):  # skip_* predictors
                 raise ValueError(f"predictor_params {', '.join(modelled)}: what a prediction "
-                                 "costs is a simulator model; live, its cost is the time the "
-                                 "predictor really takes in the request path (drop them)")
+                                 "costs is a simulator model; live it costs its real time")
         elif self.predictor_params:
             raise ValueError("predictor_params are given but no predictor")
 
