@@ -28,7 +28,8 @@ from shunter.workload.program import ProgramWorkload, followers
 from shunter.workload.rank_training import split_by_session
 from shunter.workload.staged_program import ProgramShape, TurnPool, staged_programs
 
-__all__ = ["FloodShape", "ScaledShareGpt", "flood", "program_latencies", "programs",
+__all__ = ["FloodShape", "ScaledShareGpt", "flood", "offline_batch", "program_latencies",
+           "programs",
            "replay_programs", "sharegpt_sessions"]
 
 SCALE_DIV = 8  # ShareGPT lengths / 8: a CPU serves ~100 tokens/s, not thousands
@@ -90,6 +91,11 @@ def sharegpt_sessions(trace: Path, out_dir: Path, *, num_requests: int, rate: fl
     write_jsonl(specs, trace_path)
     held_out = list(retime(test[:num_requests], rate=rate, seed=seed))
     return ScaledShareGpt(trace_path, held_out)
+
+
+def offline_batch(specs: Sequence[RequestSpec], *, num_requests: int) -> list[RequestSpec]:
+    """The first `num_requests` of `specs`, all sent at t=0 (an offline batch job)."""
+    return [replace(s, arrival_s=0.0) for s in specs[:num_requests]]
 
 
 def programs(trace: Path, *, num_programs: int, rate: float, seed: int = 0) -> ProgramWorkload:

