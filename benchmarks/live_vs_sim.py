@@ -44,6 +44,8 @@ import signal
 import subprocess
 import sys
 import time
+import urllib.request
+from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -399,11 +401,15 @@ def run_setup(setup: Setup, exps: list[Experiment]) -> list[dict[str, Any]]:
             log(f"{setup.name} {exp.name}: {arm.label} live")
             with shunter_serve(text, f"{setup.name}-{exp.key}-{arm.label}") as url:
                 live = exp.run_live(url, arm.label)
+                live_split = routed_split(url)
             _save_records(live, OUT_DIR / setup.name / f"{exp.key}-{arm.label}-live.jsonl")
             log(f"{setup.name} {exp.name}: {arm.label} simulated")
             sim = exp.simulate(setup, arm, exp.max_inflight, live)
             _save_records(sim, OUT_DIR / setup.name / f"{exp.key}-{arm.label}-sim.jsonl")
             results[arm.label] = {"live": exp.metrics(live), "sim": exp.metrics(sim)}
+            sim_split = sorted(Counter(r.replica_id for r in sim).values(), reverse=True)
+            log(f"{setup.name} {exp.name}: {arm.label} requests per backend, most first: "
+                f"live {live_split}, simulated {sim_split}")
         base, other = exp.base.label, exp.arm.label
         for metric in results[base]["live"]:
             live = _ratio(results[base]["live"][metric], results[other]["live"][metric])
@@ -416,6 +422,15 @@ def run_setup(setup: Setup, exps: list[Experiment]) -> list[dict[str, Any]]:
                          "error": None if not live or sim is None else sim / live - 1.0})
             print(_row_markdown(rows[-1]), flush=True)
     return rows
+
+
+def routed_split(url: str) -> list[int]:
+    """Requests the gateway dispatched to each backend (its /metrics), most first."""
+    with urllib.request.urlopen(f"{url}/metrics", timeout=10) as response:
+        text = response.read().decode()
+    counts = [float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
+              if line.startswith("shunter_routing_decisions_total{")]
+    return sorted((round(c) for c in counts), reverse=True)
 
 
 def _ratio(base: float | None, other: float | None) -> float | None:
