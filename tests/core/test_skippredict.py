@@ -7,13 +7,8 @@ import pytest
 from tests.factories import make_request, make_spec, poisson_specs
 
 from shunter.core.predict import RequestFeatures, make_predictor
-from shunter.core.predict.skip import (
-    NO_COST,
-    SHORT_PREDICTION,
-    PredictionCost,
-    SkipOraclePredictor,
-    prediction_cost,
-)
+from shunter.core.predict.interface import NO_COST, PredictionCost, prediction_cost
+from shunter.core.predict.skip import SHORT_PREDICTION, SkipOraclePredictor
 from shunter.core.sched.gateway_queue import GatewayQueue, gateway_refusal
 from shunter.core.sched.registry import PREDICTIVE_POLICIES, make_policy
 from shunter.gateway.config import SchedulerSettings

@@ -14,8 +14,13 @@ from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, replace
 
 from shunter.core.clock import ManualClock
-from shunter.core.predict.interface import ArrivalPredictor
-from shunter.core.predict.skip import charges_server_time, prediction_cost
+from shunter.core.predict.interface import (
+    NO_COST,
+    ArrivalPredictor,
+    CostedPredictor,
+    charges_server_time,
+    prediction_cost,
+)
 from shunter.core.types import RequestId, RequestSpec
 from shunter.errors import WorkloadError
 from shunter.metrics.record import RequestRecord
@@ -74,6 +79,9 @@ class SimCluster:
         self.step_log: list[StepLog] | None = [] if record_steps else None
         self.num_routed = [0] * len(replicas)
         self.predictor = predictor  # one prediction per request, as it arrives (sjf, ltr)
+        # a predictor whose predictions cost time (checked once, not at every arrival)
+        self._costed = (predictor.predictor if predictor is not None
+                        and isinstance(predictor.predictor, CostedPredictor) else None)
         # requests whose prediction costs external time, until it is done: (prediction, server s)
         self._predicted: dict[RequestId, tuple[float | None, float]] = {}
         if (predictor is not None and charges_server_time(predictor.predictor)
@@ -148,7 +156,8 @@ class SimCluster:
                 self._timers[event.kind](event.key)
             else:
                 self._arm_periodic()
-                is_predicted = event.spec.request_id in self._predicted  # its second arrival
+                # a request whose prediction took external time arrives a second time
+                is_predicted = bool(self._predicted) and event.spec.request_id in self._predicted
                 self._route(event.spec, finished)
                 if not is_predicted:
                     last_arrival_s = self._push_next(arrivals, last_arrival_s)
@@ -203,7 +212,8 @@ class SimCluster:
             done = self._predicted.pop(spec.request_id, None)
             if done is None:
                 predicted = self.predictor.predict(spec, spec.num_output_tokens)
-                cost = prediction_cost(self.predictor.predictor, predicted)
+                cost = NO_COST if self._costed is None else prediction_cost(self._costed,
+                                                                           predicted)
                 if cost.external_s:  # it arrives again, to be queued, once it is predicted
                     self._predicted[spec.request_id] = (predicted, cost.server_s)
                     self.loop.push(self.clock.now() + cost.external_s, ARRIVAL_PRIORITY,

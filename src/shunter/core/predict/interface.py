@@ -16,11 +16,13 @@ same way in the simulator and the engine.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Protocol, runtime_checkable
 
 from shunter.core.types import DEFAULT_TENANT
 
-__all__ = ["ArrivalFacts", "ArrivalPredictor", "Predictor", "RequestFeatures", "SessionTracker"]
+__all__ = ["NO_COST", "ArrivalFacts", "ArrivalPredictor", "CostedPredictor", "PredictionCost",
+           "Predictor", "RequestFeatures", "SessionTracker", "charges_server_time",
+           "prediction_cost"]
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -46,6 +48,51 @@ class Predictor(Protocol):
                 ) -> float | None:
         """Predicted output tokens (or a score in the same order); None when it cannot tell."""
         ...
+
+
+@dataclass(frozen=True, slots=True)
+class PredictionCost:
+    """Seconds one request's predictions cost: before it may be queued, and on its replica."""
+
+    external_s: float = 0.0
+    server_s: float = 0.0
+
+
+NO_COST = PredictionCost()
+
+
+@runtime_checkable
+class CostedPredictor(Protocol):
+    """A predictor whose predictions cost time (optional members of a `Predictor`; the
+    simulator charges them, `core.predict.skip`): `cost_mode` "external" (a delay before the
+    request may be queued) or "server" (time its replica spends before its next step)."""
+
+    cost_mode: str
+    cheap_cost_s: float
+    expensive_cost_s: float
+
+    def prediction_cost_s(self, prediction: float | None) -> float:
+        """Seconds the predictions that gave `prediction` took."""
+        ...
+
+
+def prediction_cost(predictor: object, prediction: float | None) -> PredictionCost:
+    """What `prediction` cost, and where it is charged; NO_COST for a predictor that is not a
+    `CostedPredictor`."""
+    if not isinstance(predictor, CostedPredictor):
+        return NO_COST
+    seconds = predictor.prediction_cost_s(prediction)
+    if not seconds:
+        return NO_COST
+    if predictor.cost_mode == "server":
+        return PredictionCost(server_s=seconds)
+    return PredictionCost(external_s=seconds)
+
+
+def charges_server_time(predictor: object) -> bool:
+    """Whether `predictor`'s predictions may occupy the replica (cost_mode "server")."""
+    return (isinstance(predictor, CostedPredictor) and predictor.cost_mode == "server"
+            and (predictor.cheap_cost_s > 0 or predictor.expensive_cost_s > 0))
 
 
 class ArrivalFacts(Protocol):

@@ -22,7 +22,8 @@ The cost of a request is `cheap_cost_s`, plus `expensive_cost_s` if it was calle
 `threshold_tokens=0` is the always-predict baseline: no cheap prediction is made (or charged,
 or wrong), every request gets the expensive one.
 
-Costs are charged by the simulator (`prediction_cost`). Live (engine, gateway) the cost of a
+Costs are charged by the simulator (`core.predict.interface.prediction_cost`: these
+predictors are `CostedPredictor`s). Live (engine, gateway) the cost of a
 prediction is whatever computing it takes in the request path, measured as it happens; the
 configured `*_cost_s` are a simulator model and are not added there.
 
@@ -39,63 +40,19 @@ from __future__ import annotations
 import random
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Protocol
 
 from shunter.core.predict.interface import RequestFeatures
 from shunter.core.predict.learned import LearnedPredictor
 from shunter.core.predict.oracle import NoisyOraclePredictor
 from shunter.core.types import check_number
 
-__all__ = ["COST_MODES", "MIN_LONG_PREDICTION", "NO_COST", "SHORT_PREDICTION", "CostedPredictor",
-           "PredictionCost", "SkipLearnedPredictor", "SkipOraclePredictor", "charges_server_time",
-           "prediction_cost"]
+__all__ = ["COST_MODES", "MIN_LONG_PREDICTION", "SHORT_PREDICTION", "SkipLearnedPredictor",
+           "SkipOraclePredictor"]
 
 SHORT_PREDICTION = 0.0  # the cheap prediction said short: no size was predicted
 MIN_LONG_PREDICTION = 1.0  # a long request's size never reads as "short"
 COST_MODES = ("external", "server")
 DEFAULT_THRESHOLD_TOKENS = 256.0  # roughly a chat answer's median length
-
-
-@dataclass(frozen=True, slots=True)
-class PredictionCost:
-    """Seconds one request's predictions cost: before it may be queued, and on its replica."""
-
-    external_s: float = 0.0
-    server_s: float = 0.0
-
-
-NO_COST = PredictionCost()
-
-
-class CostedPredictor(Protocol):
-    """A predictor whose predictions cost time (optional members of a `Predictor`)."""
-
-    cost_mode: str  # one of COST_MODES
-
-    def prediction_cost_s(self, prediction: float | None) -> float:
-        """Seconds the predictions that gave `prediction` took."""
-        ...
-
-
-def prediction_cost(predictor: object, prediction: float | None) -> PredictionCost:
-    """What `prediction` cost, and where it is charged; NO_COST for a predictor that does not
-    say (every predictor but SkipPredict's)."""
-    cost_s = getattr(predictor, "prediction_cost_s", None)
-    if cost_s is None:
-        return NO_COST
-    seconds = cost_s(prediction)
-    if not seconds:
-        return NO_COST
-    if predictor.cost_mode == "server":  # type: ignore[attr-defined]
-        return PredictionCost(server_s=seconds)
-    return PredictionCost(external_s=seconds)
-
-
-def charges_server_time(predictor: object) -> bool:
-    """Whether `predictor`'s predictions may occupy the replica (cost_mode "server")."""
-    return (getattr(predictor, "cost_mode", None) == "server"
-            and (getattr(predictor, "cheap_cost_s", 0.0) > 0
-                 or getattr(predictor, "expensive_cost_s", 0.0) > 0))
 
 
 def _check_common(threshold_tokens: float, cheap_cost_s: float, expensive_cost_s: float,
