@@ -105,17 +105,12 @@ async def run_batch(lines: Sequence[BatchLine], target: BatchTarget, out: IO[str
     4xx failures to `errors_out`, each as one line as it arrives."""
     counts = BatchCounts()
     root = api_root(target.url)
-    queue: asyncio.Queue[BatchLine | None] = asyncio.Queue()
-    for line in lines:
-        queue.put_nowait(line)
+    pending = iter(lines)  # shared by the workers, in order (one event loop: no lock needed)
     done = 0
 
     async def worker(session: aiohttp.ClientSession) -> None:
         nonlocal done
-        while True:
-            line = queue.get_nowait() if not queue.empty() else None
-            if line is None:
-                return
+        for line in pending:
             outcome: tuple[int, Any, str | None] | str = ""
             for attempt in range(target.max_retries + 1):
                 outcome = await _send(session, root, line, target)
