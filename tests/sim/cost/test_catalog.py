@@ -8,10 +8,11 @@ from shunter.sim.cost.catalog import GPUS, MODELS, get_gpu, get_model
 
 
 def test_required_names_exist() -> None:
-    for name in ("a100-80gb", "a100", "h100", "h200", "l40s", "a100-40gb", "a40"):
+    for name in ("a100-80gb", "a100", "h100", "h200", "l40s", "a100-40gb", "a40", "a10"):
         assert get_gpu(name).name in GPUS
     for name in ("llama-3.1-8b", "llama-3.1-70b", "llama-2-70b", "llama-2-7b", "qwen2.5-7b",
-                 "mistral-7b", "smollm2-135m"):
+                 "mistral-7b", "smollm2-135m", "llama-7b", "llama-30b", "opt-13b", "opt-66b",
+                 "opt-175b"):
         assert get_model(name).name == name
 
 
@@ -43,6 +44,8 @@ def test_context_lengths() -> None:
 @pytest.mark.parametrize("name, billions", [
     ("llama-3.1-8b", 8.03), ("llama-3.1-70b", 70.55), ("llama-2-7b", 6.74),
     ("llama-2-70b", 68.98), ("qwen2.5-7b", 7.62), ("mistral-7b", 7.24), ("smollm2-135m", 0.1348),
+    ("llama-7b", 6.74), ("llama-30b", 32.5), ("opt-13b", 12.85), ("opt-66b", 65.7),
+    ("opt-175b", 175.0),
 ])
 def test_parameter_counts_match_published_sizes(name: str, billions: float) -> None:
     assert get_model(name).num_params / 1e9 == pytest.approx(billions, rel=0.01)
@@ -56,7 +59,7 @@ def test_kv_bytes_per_token() -> None:
 def test_gpu_specs_are_sane() -> None:
     for gpu in GPUS.values():
         assert gpu.memory_bandwidth_bytes_s < gpu.bf16_flops_s
-        assert 30 * 2**30 < gpu.memory_bytes < 150 * 2**30
+        assert 20 * 2**30 < gpu.memory_bytes < 150 * 2**30
     assert get_gpu("h100").bf16_flops_s > get_gpu("a100").bf16_flops_s
     assert get_gpu("h200").memory_bytes > get_gpu("h100").memory_bytes
 

@@ -221,6 +221,14 @@ GPUS: dict[str, GpuSpec] = {
         memory_bandwidth_bytes_s=696e9, intra_node_bandwidth_bytes_s=56.25e9,
         host_bandwidth_bytes_s=32e9, compute_efficiency=0.74, memory_efficiency=0.80,
         intra_node_efficiency=0.6, host_efficiency=0.8),
+    "a10": GpuSpec(  # Ampere GA102, 24GB GDDR6, 150 W, no NVLink (P2P over PCIe Gen4): Llumnix's
+        # GPU. Not measured: memory efficiency carried over from the A40 (same memory system);
+        # compute efficiency set below the A40's because the 150 W limit holds sustained GEMMs
+        # well under the 125 TFLOP/s datasheet peak.
+        name="a10", bf16_flops_s=125e12, memory_bytes=23028 * _MIB,
+        memory_bandwidth_bytes_s=600e9, intra_node_bandwidth_bytes_s=32e9,
+        host_bandwidth_bytes_s=32e9, compute_efficiency=0.6, memory_efficiency=0.80,
+        intra_node_efficiency=0.6, host_efficiency=0.8),
 }
 
 GPU_ALIASES: dict[str, str] = {
@@ -228,7 +236,7 @@ GPU_ALIASES: dict[str, str] = {
     "a100-40g": "a100-40gb",
     "h100-sxm": "h100", "h100-80gb": "h100", "h100-sxm5": "h100",
     "h200-141gb": "h200", "h200-sxm": "h200",
-    "l40s-48gb": "l40s", "a40-48gb": "a40",
+    "l40s-48gb": "l40s", "a40-48gb": "a40", "a10-24gb": "a10",
 }
 
 
@@ -258,6 +266,34 @@ MODELS: dict[str, ModelSpec] = {
         name="llama-2-7b", num_layers=32, hidden_size=4096, intermediate_size=11008,
         num_attention_heads=32, num_kv_heads=32, head_dim=128, vocab_size=32000,
         max_model_len=4096),
+    # The papers' older models. LLaMA (v1) is the Llama-2 shape with a 2048-token context.
+    "llama-7b": ModelSpec(
+        name="llama-7b", num_layers=32, hidden_size=4096, intermediate_size=11008,
+        num_attention_heads=32, num_kv_heads=32, head_dim=128, vocab_size=32000,
+        max_model_len=2048),
+    "llama-30b": ModelSpec(
+        name="llama-30b", num_layers=60, hidden_size=6656, intermediate_size=17920,
+        num_attention_heads=52, num_kv_heads=52, head_dim=128, vocab_size=32000,
+        max_model_len=2048),
+    # OPT (facebook/opt-*): multi-head attention and a two-matrix ReLU MLP of ffn_dim = 4 x hidden.
+    # Entered with the gated-MLP intermediate size that has the same parameters and FLOPs
+    # (3 h i = 2 h ffn_dim, i = 2 ffn_dim / 3; OPT-13B rounds it); biases, LayerNorm's and the
+    # 2048 learned position embeddings are left out (< 0.2% of parameters).
+    "opt-13b": ModelSpec(
+        name="opt-13b", num_layers=40, hidden_size=5120, intermediate_size=13653,
+        num_attention_heads=40, num_kv_heads=40, head_dim=128, vocab_size=50272,
+        max_model_len=2048, tie_word_embeddings=True,
+        note="ReLU MLP (ffn_dim 20480) entered as the gated MLP of equal FLOPs"),
+    "opt-66b": ModelSpec(
+        name="opt-66b", num_layers=64, hidden_size=9216, intermediate_size=24576,
+        num_attention_heads=72, num_kv_heads=72, head_dim=128, vocab_size=50272,
+        max_model_len=2048, tie_word_embeddings=True,
+        note="ReLU MLP (ffn_dim 36864) entered as the gated MLP of equal FLOPs"),
+    "opt-175b": ModelSpec(
+        name="opt-175b", num_layers=96, hidden_size=12288, intermediate_size=32768,
+        num_attention_heads=96, num_kv_heads=96, head_dim=128, vocab_size=50272,
+        max_model_len=2048, tie_word_embeddings=True,
+        note="ReLU MLP (ffn_dim 49152) entered as the gated MLP of equal FLOPs"),
     "qwen2.5-7b": ModelSpec(
         name="qwen2.5-7b", num_layers=28, hidden_size=3584, intermediate_size=18944,
         num_attention_heads=28, num_kv_heads=4, head_dim=128, vocab_size=152064,
@@ -325,6 +361,8 @@ MODEL_ALIASES: dict[str, str] = {
     "llama-2-70b-hf": "llama-2-70b", "llama-2-70b-chat-hf": "llama-2-70b", "llama2-70b": "llama-2-70b",
     "llama-2-7b-hf": "llama-2-7b", "llama-2-7b-chat-hf": "llama-2-7b", "llama2-7b": "llama-2-7b",
     "qwen2.5-7b-instruct": "qwen2.5-7b",
+    "llama-7b-hf": "llama-7b", "llama1-7b": "llama-7b", "llama-30b-hf": "llama-30b",
+    "llama1-30b": "llama-30b", "llama-33b": "llama-30b",
     "mistral-7b-v0.1": "mistral-7b", "mistral-7b-instruct-v0.1": "mistral-7b",
     "smollm2-135m-instruct": "smollm2-135m",
     "mixtral-8x7b-v0.1": "mixtral-8x7b", "mixtral-8x7b-instruct-v0.1": "mixtral-8x7b",
