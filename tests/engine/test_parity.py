@@ -99,6 +99,7 @@ def test_engine_and_simulator_schedule_identically(tiny_loaded, num_blocks, mode
 # ---- every policy, through each runtime's own front door --------------------------------------
 
 POLICY_PARAMS: dict[str, dict] = {
+    "aios_rr": {"time_slice_tokens": 3},
     "dlpm": {"quantum": 48.0},
     "fastswitch": {"quantum_tokens": 12.0},
     "mlfq": {"base_quantum_tokens": 2, "prompt_quantum_tokens": 8},

@@ -57,6 +57,8 @@ SCENARIOS = {
     "mlfq": SimConfig(num_blocks=300, policy="mlfq", policy_params={"promote_s": 5.0}),
     "mlfq-few-seqs": SimConfig(policy="mlfq", scheduler={"max_num_seqs": 4},
                                policy_params={"base_quantum_tokens": 4, "promote_s": None}),
+    "aios-rr-swap": SimConfig(num_blocks=300, policy="aios_rr", policy_params={"time_slice_tokens": 16},
+                              scheduler={"max_num_seqs": 8, "preemption_mode": "swap"}),
     "sarathi": SimConfig(policy="sarathi", policy_params={"tbt_slo_s": 0.08},
                          scheduler={"max_num_seqs": 64}),
     "vtc": SimConfig(num_blocks=300, policy="vtc", scheduler={"max_num_seqs": 16}),
@@ -155,6 +157,8 @@ FULL_SEATS = {
                       scheduler={"max_num_seqs": 4}),
     "vtc": SimConfig(policy="vtc", scheduler={"max_num_seqs": 4}),
     "mlfq-few-seqs": SCENARIOS["mlfq-few-seqs"],
+    "aios-rr": SimConfig(policy="aios_rr", policy_params={"time_slice_tokens": 24},
+                         scheduler={"max_num_seqs": 4}),
     "small-budget": SCENARIOS["small-budget"],
     "fastswitch": SimConfig(policy="fastswitch", policy_params={"quantum_tokens": 96.5},
                             scheduler={"max_num_seqs": 4, "preemption_mode": "swap"}),
@@ -163,7 +167,7 @@ FULL_SEATS = {
 }
 
 
-@pytest.mark.parametrize("name", ["plas", "vtc", "fastswitch", "dlpm"])
+@pytest.mark.parametrize("name", ["plas", "vtc", "fastswitch", "dlpm", "aios-rr"])
 def test_fast_forward_equals_step_by_step_with_full_seats(name):
     specs = varied_workload(seed=7, n=100, rate=8.0)
     fast = simulate(replace(FULL_SEATS[name], fast_forward=True), specs)

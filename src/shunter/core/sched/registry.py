@@ -7,6 +7,7 @@ import inspect
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
+from shunter.core.sched.policies.aios_rr import AiosRrPolicy
 from shunter.core.sched.policies.dlpm import DlpmPolicy
 from shunter.core.sched.policies.fastswitch import FastSwitchPolicy
 from shunter.core.sched.policies.fcfs import FcfsPolicy
@@ -26,6 +27,7 @@ __all__ = ["POLICIES", "PREDICTIVE_POLICIES", "make_policy", "policy_param_names
            "scope_policy_params"]
 
 POLICIES: dict[str, Callable[..., Policy]] = {
+    "aios_rr": AiosRrPolicy,
     "dlpm": DlpmPolicy,
     "fastswitch": FastSwitchPolicy,
     "fcfs": FcfsPolicy,
