@@ -14,6 +14,7 @@ from shunter.core.sched.policies.fcfs import FcfsPolicy
 from shunter.core.sched.policies.length_grouped import LengthGroupedPolicy
 from shunter.core.sched.policies.ltr import LtrPolicy
 from shunter.core.sched.policies.mlfq import MlfqPolicy
+from shunter.core.sched.policies.parrot import ParrotPolicy
 from shunter.core.sched.policies.plas import PlasPolicy
 from shunter.core.sched.policies.priority import PriorityPolicy
 from shunter.core.sched.policies.sarathi import SarathiPolicy
@@ -34,6 +35,7 @@ POLICIES: dict[str, Callable[..., Policy]] = {
     "length_grouped": LengthGroupedPolicy,
     "ltr": LtrPolicy,
     "mlfq": MlfqPolicy,
+    "parrot": ParrotPolicy,
     "plas": PlasPolicy,
     "priority": PriorityPolicy,
     "sarathi": SarathiPolicy,
