@@ -12,7 +12,7 @@ from typing import Protocol
 
 from shunter.core.types import RequestSpec
 
-__all__ = ["ReplicaView", "RouteDecision", "Router"]
+__all__ = ["ReplicaView", "RouteDecision", "Router", "is_load_blind"]
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -65,3 +65,9 @@ class Router(Protocol):
     def route(self, request: RequestSpec, replicas: Sequence[ReplicaView]) -> RouteDecision:
         """Pick a replica for `request`; `replicas` is never empty."""
         ...
+
+
+def is_load_blind(router: Router) -> bool:
+    """Whether `router`'s class declares `is_load_blind = True` (see `Router`): the one place
+    the declaration is read, so an undeclared router counts as reading replica state."""
+    return getattr(type(router), "is_load_blind", False) is True

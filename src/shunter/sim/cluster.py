@@ -24,7 +24,7 @@ from shunter.core.predict.interface import (
 from shunter.core.types import RequestId, RequestSpec
 from shunter.errors import WorkloadError
 from shunter.metrics.record import RequestRecord
-from shunter.router.interface import Router
+from shunter.router.interface import Router, is_load_blind
 from shunter.sim.config import MigrationConfig
 from shunter.sim.disagg import KV_TRANSFER_TIMER, Disaggregation
 from shunter.sim.gateway import SimGateway
@@ -111,7 +111,7 @@ class SimCluster:
             self.views = [view_source(replicas)]
         # a load-blind router reads ids only: it gets these views, never recomputed
         self._blind_views = ([r.view() for r in replicas]
-                             if getattr(router, "is_load_blind", False) else None)
+                             if is_load_blind(router) else None)
         self.migrator = (None if topo.migration is None else
                          Migrator(self, pool, topo.migration, kv_link_bytes_s=topo.kv_link_bytes_s))
         self._timers: dict[str, Callable[[int], None]] = {

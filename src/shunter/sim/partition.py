@@ -27,7 +27,7 @@ from typing import Any
 
 from shunter.core.types import RequestSpec
 from shunter.metrics.record import RequestRecord
-from shunter.router.interface import ReplicaView, RouteDecision
+from shunter.router.interface import ReplicaView, RouteDecision, is_load_blind
 from shunter.router.registry import make_router
 from shunter.sim.config import SimConfig
 from shunter.sim.replica import StepLog
@@ -54,7 +54,7 @@ def partition_blocker(config: SimConfig, *, has_follow_ups: bool = False) -> str
     if has_follow_ups:
         return "follow-up calls are released by whichever replica finishes a call"
     router = make_router(config.router, **config.router_params)
-    if not getattr(router, "is_load_blind", False):
+    if not is_load_blind(router):
         return f"router {config.router!r} reads replica state"
     return None
 
