@@ -16,7 +16,7 @@ ALLOWED: dict[str, set[str]] = {
     "engine": {"core", "errors", "backend"},
     "gateway": {"core", "router", "metrics", "workload", "errors", "backend"},
     "bench": {"core", "workload", "metrics", "errors"},
-    "batch": {"bench", "errors"},  # `shunter batch`: an OpenAI client, as the bench is
+    "batch": {"bench", "workload", "errors"},  # `shunter batch`: an OpenAI client, as the bench is
     "integrations": {"core", "errors"},  # adapters inside other engines (vLLM's scheduler)
     "config": {"core", "sim", "errors"},
     "errors": set(),
