@@ -46,7 +46,7 @@ def test_the_policy_and_its_params_come_from_the_environment() -> None:
 
 @pytest.mark.parametrize(("environ", "message"), [
     ({"SHUNTER_POLICY": "nope"},
-     "SHUNTER_POLICY: unknown scheduling policy 'nope'; valid: dlpm, fastswitch, fcfs"),
+     "SHUNTER_POLICY: unknown scheduling policy 'nope'; valid: aios_rr, dlpm, fastswitch, fcfs"),
     ({"SHUNTER_POLICY": "vtc", "SHUNTER_POLICY_PARAMS": "{aging"},
      "SHUNTER_POLICY_PARAMS is not valid JSON"),
     ({"SHUNTER_POLICY": "vtc", "SHUNTER_POLICY_PARAMS": "[1]"},

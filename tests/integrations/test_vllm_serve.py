@@ -225,4 +225,4 @@ def test_an_unknown_policy_stops_vllm_at_startup(servers: Servers) -> None:
             env=vllm_cpu.shunter_scheduler_env("no-such-policy")):
         pass
     log = (BENCH_DIR / "logs" / f"vllm-server-{port}.log").read_text(errors="replace")
-    assert "SHUNTER_POLICY: unknown scheduling policy 'no-such-policy'; valid: dlpm" in log
+    assert "SHUNTER_POLICY: unknown scheduling policy 'no-such-policy'; valid: aios_rr, dlpm" in log

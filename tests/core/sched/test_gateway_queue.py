@@ -11,12 +11,13 @@ GATEWAY_POLICIES = sorted(n for n in POLICIES if make_policy(n).requires_engine 
 
 
 def test_engine_only_policies_are_refused_with_where_they_run():
-    for name in ("mlfq", "fastswitch", "sarathi"):
+    for name in ("mlfq", "fastswitch", "sarathi", "aios_rr"):
         with pytest.raises(ValueError) as info:
             GatewayQueue(make_policy(name))
         message = str(info.value)
         assert name in message and "engine" in message and "--policy" in message
-    assert GATEWAY_POLICIES == ["dlpm", "fcfs", "ltr", "plas", "priority", "sjf", "skippredict", "vtc"]
+    assert GATEWAY_POLICIES == ["dlpm", "fcfs", "ltr", "parrot", "plas", "priority", "sjf",
+                                "skippredict", "vtc"]
     assert all(gateway_refusal(make_policy(n)) is None for n in GATEWAY_POLICIES)
 
 

@@ -37,6 +37,6 @@ def test_a_key_no_policy_run_takes_is_an_error_naming_it_and_its_takers():
 
 
 def test_unknown_policy_names_fail_first():
-    with pytest.raises(ValueError, match="unknown scheduling policy 'fifo'; valid: dlpm"):
+    with pytest.raises(ValueError, match="unknown scheduling policy 'fifo'; valid: aios_rr, dlpm"):
         scope_policy_params(["fifo"], {})
     assert "tbt_slo_s" in policy_param_names("sarathi")
