@@ -62,8 +62,9 @@ SUBSTITUTIONS: list[tuple[str, str, str]] = [
     (r"--num-requests \d{4,}", "--num-requests 500",
      "500 requests show a command works; the README's 2,000 to 100,000 take 20 s to minutes"),
     (r" \[--workers 2\]", "", "optional flag in brackets (a usage line)"),
-    (r"^python benchmarks/(repro_\w+)\.py$", r"python benchmarks/\1.py --quick",
-     "every reproduction at its --quick size (its docstring says what that shrinks)"),
+    (r"^python benchmarks/(repro_\w+)\.py( --setup paper)?$", r"python benchmarks/\1.py\2 --quick",
+     "every reproduction (and its paper-setup rows) at its --quick size (its docstring says "
+     "what that shrinks)"),
     (r"^python benchmarks/sim_prefix_cache\.py$",
      "python benchmarks/sim_prefix_cache.py --num-requests 500", "500 of the 5,000 requests"),
     (r"^python benchmarks/engine_vs_vllm\.py$",

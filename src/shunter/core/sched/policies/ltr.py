@@ -6,6 +6,20 @@ scores matters, never their scale as tokens). Requests run by priority, then sco
 approximation of SJF that needs a good ranking, not good lengths. Unscored requests count as
 `unknown_score`, so with no ranker the order is FCFS.
 
+Ranked at admission, or every step. By default a request's rank decides only when it is
+admitted: once running it keeps its batch slot until it finishes (or memory runs short). With
+`preemptive`, ranking is re-applied to running and swapped requests at every step, as in the
+paper's scheduler (its artifact sorts waiting, running and swapped requests together each step
+and runs the best-ranked that fit): whenever the best-ranked waiting or swapped request cannot
+get a batch slot or its KV blocks, it displaces the worst-ranked running request that ranks
+below it (`CoreScheduler` phase 0), which is preempted by recompute (its full blocks stay in the
+prefix cache) or swapped to host memory (`preemption_mode="swap"`), and comes back in rank
+order. The artifact differs in two details: a displaced request stays resident on the GPU,
+paused, until memory is needed (here it is evicted, so it re-reads its cached prefix or
+recomputes), and ranks also share the token budget (here running requests take theirs first).
+Off by default (the recorded runs keep it off): with a static rank it changes few decisions,
+and each displacement costs a recompute.
+
 Starvation prevention. The paper promotes a request once it has been passed over for a number
 of scheduling rounds; here waiting earns rank credit continuously instead, one score unit per
 `aging_s` seconds, i.e. the static key `score * aging_s + arrival_s` (as `priority` ages). It
