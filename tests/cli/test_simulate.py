@@ -170,3 +170,19 @@ def test_workers_auto_is_the_default_and_a_word(capsys):
     with pytest.raises(SystemExit):
         main(["simulate", "--workers", "many"])
     assert "--workers" in capsys.readouterr().err
+
+
+def test_router_params_reach_the_router_and_unknown_keys_are_named(tmp_path, capsys):
+    def run(params: str) -> dict:
+        out = tmp_path / "r.json"
+        assert main(["simulate", "--num-requests", "60", "--replicas", "3", "--router", "random",
+                     "--router-params", params, "--workers", "1", "--json", str(out),
+                     "--quiet"]) == 0
+        return json.loads(out.read_text())["e2e_s"]
+
+    assert run('{"seed": 1}') == run('{"seed": 1}')
+    assert run('{"seed": 1}') != run('{"seed": 2}')  # the seed is honoured
+    capsys.readouterr()
+    assert main(["simulate", "--num-requests", "5", "--router", "random", "--router-params",
+                 '{"sed": 1}', "--quiet"]) == 2
+    assert "'sed'" in capsys.readouterr().err

@@ -189,6 +189,10 @@ def add_scenario_flags(parser: argparse.ArgumentParser, *, single: bool = True) 
     if single:
         c.add_argument("--router", help=f"cluster router: {', '.join(sorted(ROUTERS))} "
                                         + scenario_default(builtin.sim.router, sim.router))
+        c.add_argument("--router-params", type=json_object, metavar="JSON",
+                       help="router parameters, replacing the scenario's, e.g. "
+                            "'{\"seed\": 3}' for random (a key the router does not take is "
+                            "an error) (default: the scenario's, else none)")
         c.add_argument("--policy", help=f"scheduling policy: {', '.join(sorted(POLICIES))} "
                                         + scenario_default(builtin.sim.policy, sim.policy))
     c.add_argument("--policy-params", type=json_object, metavar="JSON",
@@ -241,6 +245,7 @@ def scenario_from_args(args: argparse.Namespace) -> Scenario:
         "trace": args.trace, "format": args.trace_format, "num_requests": args.num_requests,
         "rate": args.rate, "seed": args.seed, "zero_tokens": args.zero_tokens, "model": args.model, "gpu": args.gpu, "tp": args.tp,
         "ep": args.ep, "num_replicas": args.replicas, "router": getattr(args, "router", None),
+        "router_params": getattr(args, "router_params", None),
         "policy": getattr(args, "policy", None), "policy_params": args.policy_params,
         "ttft_slo_s": args.ttft_slo,
         "predictor": args.predictor, "predictor_params": args.predictor_params,
