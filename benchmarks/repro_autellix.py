@@ -46,12 +46,34 @@ the finite run. FCFS stays within 1.5x of its unloaded latency up to ~0.55 of ca
 most 2x the engine's 16 seats), which bounds the served gain well below 4-15x. On
 single-threaded conversations PLAS is ~1.0x, as explained above.
 
-Run: python benchmarks/repro_autellix.py [--quick]
+Paper setup (`--setup paper`): the paper's engine size, several engines and deep programs.
+- Engines: vLLM's defaults (256 running calls, chunked prefill, prefix caching, recompute
+  preemption), Llama-3.1-8B on A100-80GB, `PAPER_REPLICAS` engines behind a router.
+- Baseline: vLLM (FCFS) behind a least-load balancer. Autellix: PLAS behind the `session`
+  router with every call's session = its program (a program's calls stay on the engine that
+  holds its history unless that engine is overloaded, then least-load), the closest Shunter
+  has to Autellix's locality-aware balancer; a third arm, FCFS behind the same router,
+  separates the router's share from the scheduler's. Each engine's PLAS counts only the
+  service it gave (Autellix keeps one global table); pinning makes the two nearly equal.
+- Programs: deep tree-search-like ones, stages ~ Pareto 1.0 capped at 64 (many sequential
+  steps), fan-out ~ Pareto 1.2 capped at 8 (LATS expands a handful of children per step),
+  ShareGPT lengths, the history growing with depth; Poisson starts.
+- Reported as the paper does: offered programs/s at equal mean program latency (1.5-3x the
+  unloaded mean), Autellix over vLLM.
+- Not matched: the real LATS/BFCL traces, ATLAS (critical-path service) for multi-threaded
+  programs, swap-based preemption and the paper's GPU-seconds service accounting.
+- What it shows: PLAS matches FCFS on the same router within ~1% at every rate: with 256
+  seats per engine calls hardly wait (the "call wait" column: tens of ms), so latency grows
+  by slower batched steps (processor sharing), not by a queue PLAS could reorder; the
+  program router's prefix locality gives ~1.1x. PLAS's gain needs a queue (the 16-seat table).
+
+Run: python benchmarks/repro_autellix.py [--quick] [--setup {ours,paper}]
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import sys
 import time
 from collections.abc import Sequence
@@ -62,11 +84,12 @@ import numpy as np
 from rich.console import Console
 from rich.table import Table
 
+from shunter.core.types import RequestId, RequestSpec
 from shunter.metrics.record import RequestRecord
 from shunter.sim.config import SimConfig
 from shunter.sim.runner import simulate
-from shunter.workload.program import ProgramWorkload, agent_programs
-from shunter.workload.staged_program import TurnPool, staged_programs
+from shunter.workload.program import FollowUp, ProgramWorkload, agent_programs
+from shunter.workload.staged_program import ProgramShape, TurnPool, staged_programs
 
 SHARED = Path(__file__).resolve().parents[1] / ".." / "shared" / "traces"
 TRACE = "sharegpt_v3_turn_lengths_mistral_tok.csv"
@@ -78,6 +101,16 @@ RATES_QUICK = (0.05, 0.3, 0.6, 0.9, 1.5)
 UNLOADED_RATE = 0.002  # programs/s: the reference latency, programs ~never overlap
 CHAT_RATES = (0.6, 1.2)  # single-threaded: ~1.2 programs/s is this engine's capacity
 TARGET_FACTORS = (1.5, 2.0, 3.0)  # latency targets: x the unloaded mean
+# --setup paper (module docstring): vLLM-default engines, several of them, deep programs
+PAPER_ENGINE = dict(model="llama-3.1-8b", gpu="a100-80gb")
+PAPER_REPLICAS = 2
+PAPER_SHAPE = ProgramShape(stage_alpha=1.0, max_stages=64, fan_out_alpha=1.2, max_fan_out=8)
+# (label, policy, router): the baseline first, Autellix last
+PAPER_ARMS = (("vLLM (fcfs, least_load)", "fcfs", "least_load"),
+              ("fcfs, program router", "fcfs", "session"),
+              ("Autellix (plas, program router)", "plas", "session"))
+PAPER_RATES = (1.0, 2.0, 4.0, 8.0, 16.0)  # programs/s offered
+PAPER_RATES_QUICK = (2.0, 8.0)
 
 
 def program_latencies(records: list[RequestRecord]) -> np.ndarray:
@@ -141,9 +174,10 @@ def latency_table(title: str, first: str) -> Table:
 
 
 def throughput_table(offered: Sequence[float], runs: dict[str, list[RunStats]],
-                     unloaded_s: float) -> Table:
+                     unloaded_s: float, arms: Sequence[str] = POLICIES) -> Table:
     table = Table(title="Program throughput at equal mean program latency: offered rate (the "
-                        "paper's axis) and served programs/s")
+                        "paper's axis) and served programs/s"
+                        + ("" if tuple(arms) == POLICIES else f" ({arms[0]} / {arms[-1]})"))
     for col in ("target mean latency", "offered FCFS / PLAS", "PLAS/FCFS offered",
                 "served FCFS / PLAS", "PLAS/FCFS served", "paper"):
         table.add_column(col, justify="right")
@@ -154,7 +188,7 @@ def throughput_table(offered: Sequence[float], runs: dict[str, list[RunStats]],
             readings = [rate_at_latency(offered if axis == "offered" else
                                         [r.served_per_s for r in runs[policy]],
                                         [r.mean_s for r in runs[policy]], target_s)
-                        for policy in POLICIES]
+                        for policy in (arms[0], arms[-1])]
             cells.append(" / ".join("n/a" if r is None else f"{'>= ' if r[1] else ''}{r[0]:.3f}"
                                     for r in readings))
             fcfs, plas = readings
@@ -164,9 +198,77 @@ def throughput_table(offered: Sequence[float], runs: dict[str, list[RunStats]],
     return table
 
 
+def by_program(workload: ProgramWorkload) -> ProgramWorkload:
+    """Every call's session = its program, for the session router (barriers stay shared)."""
+    def spec(s: RequestSpec) -> RequestSpec:
+        return dataclasses.replace(s, session_id=s.program_id)
+
+    done: dict[int, FollowUp | tuple[FollowUp, ...]] = {}
+    follow_ups: dict[RequestId, FollowUp | tuple[FollowUp, ...]] = {}
+    for call_id, entry in workload.follow_ups.items():
+        if id(entry) not in done:
+            done[id(entry)] = (dataclasses.replace(entry, spec=spec(entry.spec))
+                               if isinstance(entry, FollowUp) else
+                               tuple(dataclasses.replace(f, spec=spec(f.spec)) for f in entry))
+        follow_ups[call_id] = done[id(entry)]
+    return ProgramWorkload([spec(s) for s in workload.first_calls], follow_ups)
+
+
+def paper_run(policy: str, router: str, workload: ProgramWorkload) -> tuple[RunStats, float]:
+    """The run's program statistics and its calls' mean wait before first scheduled (s)."""
+    config = SimConfig(policy=policy, router=router, num_replicas=PAPER_REPLICAS,
+                       **PAPER_ENGINE)
+    records = simulate(config, workload.first_calls, follow_ups=workload.follow_ups).records
+    waits = [r.first_scheduled_s - r.arrival_s for r in records if r.first_scheduled_s is not None]
+    return run_stats(records), float(np.mean(waits))
+
+
+def paper_main(pool: TurnPool, quick: bool, console: Console) -> int:
+    """Deep programs on several vLLM-default engines: vLLM + least-load vs Autellix."""
+    num_programs, rates = (120, PAPER_RATES_QUICK) if quick else (400, PAPER_RATES)
+    started = time.perf_counter()
+
+    def programs(rate: float) -> ProgramWorkload:
+        return by_program(staged_programs(pool, num_programs=num_programs, rate=rate,
+                                          shape=PAPER_SHAPE, seed=0))
+
+    base = PAPER_ARMS[0]
+    unloaded_s = paper_run(base[1], base[2], programs(UNLOADED_RATE))[0].mean_s
+    labels = [arm[0] for arm in PAPER_ARMS]
+    table = Table(title=f"Paper setup: {num_programs} deep programs (stages ~ Pareto 1.0 <= 64, "
+                        f"fan-out ~ Pareto 1.2 <= 8, ShareGPT lengths), {PAPER_REPLICAS}x "
+                        "Llama-3.1-8B on A100-80GB, vLLM defaults (256 seats)")
+    for col in ("programs/s offered", "arm", "mean / P50 / P99 s", "served programs/s",
+                "call wait s", "vLLM/arm: mean", "P50", "P99"):
+        table.add_column(col, justify="right")
+    runs: dict[str, list[RunStats]] = {label: [] for label in labels}
+    calls = 0
+    for rate in rates:
+        workload = programs(rate)
+        calls = workload.num_calls
+        for label, policy, router in PAPER_ARMS:
+            stats, wait_s = paper_run(policy, router, workload)
+            runs[label].append(stats)
+            f, a = astuple(runs[labels[0]][-1])[:3], astuple(stats)
+            table.add_row(f"{rate:g}", label, " / ".join(f"{x:.1f}" for x in a[:3]),
+                          f"{a[3]:.3f}", f"{wait_s:.2f}",
+                          *(f"{x / y:.2f}x" for x, y in zip(f, a[:3], strict=True)))
+        console.print(f"  paper setup {rate:g} programs/s done "
+                      f"({time.perf_counter() - started:.0f} s)")
+    console.print(table)
+    console.print(f"unloaded mean program latency ({labels[0]} at {UNLOADED_RATE:g} programs/s): "
+                  f"{unloaded_s:.1f} s; {calls} calls in {num_programs} programs")
+    console.print(throughput_table(rates, runs, unloaded_s, arms=labels))
+    console.print(f"paper: {PAPER_CLAIM} (vs vLLM); total {time.perf_counter() - started:.0f} s")
+    return 0
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="fewer programs and rates")
+    parser.add_argument("--setup", choices=("ours", "paper"), default="ours",
+                        help="ours: one 16-seat engine (default); paper: several "
+                             "vLLM-default engines, deep programs, a program-aware router")
     args = parser.parse_args()
     if not (SHARED / TRACE).exists():
         print(f"skipped: {SHARED / TRACE} not found (../shared/traces is needed)")
@@ -176,6 +278,8 @@ def main() -> int:
     console = Console(width=150)
     started = time.perf_counter()
     pool = TurnPool.from_sharegpt(SHARED / TRACE)
+    if args.setup == "paper":
+        return paper_main(pool, args.quick, console)
 
     def programs(rate: float) -> ProgramWorkload:
         return staged_programs(pool, num_programs=num_staged, rate=rate, seed=0)

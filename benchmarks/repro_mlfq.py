@@ -48,7 +48,30 @@ does not beat FCFS there either. So the paper's direction shows on one real trac
 Swap costs MLFQ more than recompute because it preempts far more often and our copies stall
 the step. Ratios are FCFS's JCT over MLFQ's, in the same run.
 
-Run: python benchmarks/repro_mlfq.py [--quick] [--load X]
+Paper setup (`--setup paper`): the paper's baseline, model class and memory regime.
+- Baseline: Orca, built from the core's existing mechanisms (no new code): FCFS, iteration-
+  level batching, run to completion, and `admission="whole"` with no per-request cap, so
+  every admitted request reserves KV for the model's whole context (OPT: 2048 tokens, Orca's
+  "max" reservation) and running requests are never preempted. Beside it, FCFS on FastServe's
+  own engine (paged KV, swap), to split the gain into memory (Orca -> FCFS) and order
+  (FCFS -> MLFQ).
+- Model and GPUs: OPT-66B over 4 A100-80GB (tensor parallel), the paper's model family; 256
+  running requests at most (memory binds, not the seat count), 2048 tokens per step, 32 GiB of
+  host swap per GPU. MLFQ's quanta and skip-join limits are recomputed for this engine.
+- Workload: ShareGPT first turns filtered as vLLM's ShareGPT sample is (prompt <= 1024,
+  prompt + output <= 2048: OPT's context), Gamma arrivals of CV 1 (Poisson) and 3 (bursty),
+  at 1-2x Orca's measured throughput (the paper's JCT curves run past Orca's capacity; "up
+  to" is the largest ratio over the rates, so it grows with the highest rate run).
+- Not matched: the paper's own prototype (FasterTransformer, proactive swap overlapped with
+  compute: our swap copies are charged to the step), its exact rates and dataset mix, and
+  OPT-175B (it needs pipeline parallelism across nodes, which the simulator does not model).
+- What it shows: MLFQ beats Orca by up to ~5.6x mean / ~4.1x P99 JCT, at the highest rate run,
+  but FCFS on the same paged engine does exactly as well: Orca's reservation fits ~35
+  requests in the KV cache, paged KV fits everything that arrives below ~2.25x Orca's
+  throughput, so nothing waits and the order never matters (0 preemptions). The paper-setup
+  gain is memory management; MLFQ's order shows only where requests queue (the table above).
+
+Run: python benchmarks/repro_mlfq.py [--quick] [--load X] [--setup {ours,paper}]
 """
 
 from __future__ import annotations
@@ -70,6 +93,7 @@ from shunter.sim.cost.interface import CostModel
 from shunter.sim.cost.registry import make_cost_model
 from shunter.sim.runner import simulate
 from shunter.workload import load_workload
+from shunter.workload.arrival import STREAM_ARRIVALS, arrival_times, seeded_rng
 
 SHARED = Path(__file__).resolve().parents[1] / ".." / "shared" / "traces"
 MODEL, GPU = "llama-3.1-8b", "a100-80gb"
@@ -84,6 +108,19 @@ QUANTUM_GROWTH = 2.0  # FastServe: threshold = 2
 STARVATION_S = 3.0  # FastServe: starvation_threshold = 3 s
 BASE_QUANTUM_S = 0.010  # FastServe: base_quantum = 10 ms (level i: 10 ms x 2^i)
 PAPER = {"mean": "up to 5.1x", "p99": "up to 6.4x"}
+# --setup paper: OPT-66B over 4 A100-80GB, Orca's reservation as the baseline (module docstring)
+PAPER_MODEL, PAPER_TP = "opt-66b", 4
+PAPER_MAX_NUM_SEQS = 256  # memory binds, not seats
+PAPER_SWAP_GIB = SWAP_SPACE_GIB * PAPER_TP  # 32 GiB of host swap per GPU
+PAPER_MAX_PROMPT, PAPER_MAX_TOTAL = 1024, 2048  # vLLM's ShareGPT sample filter; OPT's context
+PAPER_CVS = (1.0, 3.0)  # Gamma inter-arrival CV: Poisson, bursty
+PAPER_LOADS = (1.0, 1.25, 1.5, 2.0)  # x Orca's measured throughput
+PAPER_LOADS_QUICK = (1.0, 2.0)
+# (label, policy, scheduler overrides): Orca = FCFS run to completion, KV reserved for the
+# whole context at admission; then FastServe's engine (paged KV, swap) under FCFS and MLFQ
+PAPER_ARMS = (("orca", "fcfs", {"admission": "whole"}),
+              ("fcfs (paged+swap)", "fcfs", {"preemption_mode": "swap"}),
+              ("mlfq (FastServe)", "mlfq", {"preemption_mode": "swap"}))
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -178,9 +215,82 @@ def why_row(trace: Trace, specs: list[RequestSpec], cost: CostModel) -> tuple[st
     return (trace.name, f"{cv[0]:.2f}", f"{cv[1]:.2f}", f"{corr:+.2f}", f"{share:.1%}")
 
 
+def paper_config(policy: str, overrides: dict[str, object], params: dict[str, object],
+                 ) -> SimConfig:
+    return SimConfig(model=PAPER_MODEL, gpu=GPU, tp=PAPER_TP, policy=policy,
+                     policy_params=params if policy == "mlfq" else {},
+                     swap_space_gib=PAPER_SWAP_GIB,
+                     scheduler={"max_num_seqs": PAPER_MAX_NUM_SEQS,
+                                "max_num_batched_tokens": MAX_NUM_BATCHED_TOKENS, **overrides})
+
+
+def paper_specs(num_requests: int) -> list[RequestSpec]:
+    """ShareGPT first turns that fit OPT's context, as vLLM's ShareGPT sample keeps them."""
+    specs = load(TRACES[1], 3 * num_requests, 1.0, poisson=True)
+    kept = [s for s in specs if s.num_prompt_tokens <= PAPER_MAX_PROMPT
+            and s.num_prompt_tokens + s.num_output_tokens <= PAPER_MAX_TOTAL]
+    return kept[:num_requests]
+
+
+def gamma_arrivals(specs: list[RequestSpec], rate: float, cv: float) -> list[RequestSpec]:
+    times = arrival_times(len(specs), seeded_rng(3, STREAM_ARRIVALS), rate, process="gamma",
+                          cv=cv)
+    return [dataclasses.replace(s, arrival_s=t) for s, t in zip(specs, times, strict=True)]
+
+
+def paper_main(quick: bool) -> int:
+    """The paper-setup table: Orca, FCFS and MLFQ at 1-2x Orca's throughput."""
+    num_requests = 300 if quick else 1000
+    loads, cvs = (PAPER_LOADS_QUICK, PAPER_CVS[:1]) if quick else (PAPER_LOADS, PAPER_CVS)
+    started = time.perf_counter()
+    cost = make_cost_model("roofline", PAPER_MODEL, GPU, PAPER_TP)
+    params = mlfq_params(cost)
+    specs = paper_specs(num_requests)
+    orca = paper_config("fcfs", PAPER_ARMS[0][2], params)
+    capacity = summarize(simulate(orca, gamma_arrivals(specs, OVERLOAD_RATE, 1.0)).records
+                         ).throughput_req_s
+    table = Table(title=f"Paper setup: JCT, {PAPER_MODEL} on {PAPER_TP}x {GPU} (TP), max "
+                        f"{PAPER_MAX_NUM_SEQS} running, {MAX_NUM_BATCHED_TOKENS} tokens/step, "
+                        f"{len(specs)} ShareGPT first turns (<= {PAPER_MAX_TOTAL} tokens), Orca's "
+                        f"throughput {capacity:.2f} req/s")
+    for col in ("arrivals", "x Orca", "rate", "engine / policy", "mean JCT (s)", "P50 JCT (s)",
+                "P99 JCT (s)", "preemptions", "Orca/this: mean", "Orca/this: P99",
+                "paper: mean", "paper: P99"):
+        table.add_column(col)
+    best = {"mean": 0.0, "p99": 0.0}
+    for cv in cvs:
+        for load_x in loads:
+            rate = load_x * capacity
+            arrivals = gamma_arrivals(specs, rate, cv)
+            base = None
+            for label, policy, overrides in PAPER_ARMS:
+                run = simulate(paper_config(policy, overrides, params), arrivals)
+                e2e = summarize(run.records).e2e_s
+                base = e2e if base is None else base
+                ratios = (base.mean / e2e.mean, base.p99 / e2e.p99)
+                if policy == "mlfq":
+                    best = {"mean": max(best["mean"], ratios[0]),
+                            "p99": max(best["p99"], ratios[1])}
+                is_mlfq = policy == "mlfq"
+                table.add_row(f"Gamma CV {cv:g}", f"{load_x:g}x", f"{rate:.2f}/s", label,
+                              f"{e2e.mean:.2f}", f"{e2e.p50:.2f}", f"{e2e.p99:.2f}",
+                              str(run.num_preemptions), f"{ratios[0]:.2f}x", f"{ratios[1]:.2f}x",
+                              PAPER["mean"] if is_mlfq else "", PAPER["p99"] if is_mlfq else "")
+    console = Console(width=190)
+    console.print(table)
+    console.print(f"ours, MLFQ vs Orca: up to {best['mean']:.2f}x mean, {best['p99']:.2f}x P99 "
+                  f"(paper: {PAPER['mean']} mean, {PAPER['p99']} P99 vs Orca)")
+    console.print(f"mlfq parameters: {params}")
+    console.print(f"{time.perf_counter() - started:.0f} s")
+    return 0
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="fewer requests")
+    parser.add_argument("--setup", choices=("ours", "paper"), default="ours",
+                        help="ours: the same-engine table (default); paper: the paper's "
+                             "baseline (Orca), model class and memory regime")
     parser.add_argument("--load", type=float, default=LOAD,
                         help=f"request rate as a multiple of FCFS's throughput (default {LOAD:g})")
     args = parser.parse_args()
@@ -189,6 +299,8 @@ def main() -> int:
     if not SHARED.is_dir():
         print(f"skipped: {SHARED} (the shared traces) is absent")
         return 0
+    if args.setup == "paper":
+        return paper_main(args.quick)
     num_requests = 300 if args.quick else 1000
     started = time.perf_counter()
     cost = make_cost_model("roofline", MODEL, GPU)

@@ -220,6 +220,19 @@ def test_whole_sequence_admission_never_preempts():
     assert sum(1 for o in outs if o.is_finished) == 4
 
 
+def test_whole_admission_without_an_output_cap_reserves_the_context_as_orca_does():
+    """No max_output_tokens: each request reserves the whole context (16 tokens = 4 blocks of
+    the 6), so two never run at once (the Orca baseline of benchmarks/repro_mlfq.py)."""
+    clock = ManualClock()
+    s = make_scheduler(clock=clock, num_blocks=6, block_size=4, max_model_len=16,
+                       admission="whole", watermark=0.0)
+    add_all(s, [make_request(f"r{i}", num_prompt_tokens=4, arrival_s=i) for i in range(2)])
+    ex = FakeExecutor({"r0": 3, "r1": 3})
+    outs = run_steps(s, ex, clock)
+    assert all(len({c.request_id for c in o.chunks}) <= 1 for o in ex.outputs)
+    assert s.num_preemptions == 0 and sum(1 for o in outs if o.is_finished) == 2
+
+
 def test_same_inputs_give_identical_step_logs():
     def run() -> list:
         clock = ManualClock()
