@@ -63,6 +63,35 @@ def test_migration_moves_running_requests_without_losing_or_repeating_a_token():
     assert 0 < stats["migration_downtime_max_s"] < 0.5
 
 
+def test_a_migration_whose_destination_fills_mid_copy_is_abandoned_not_recomputed(monkeypatch):
+    """Llumnix's handshake: each stage needs the destination to take the blocks; one that
+    filled up since the migration began (here with `filler`, over a slow link) makes the
+    migration stop and the request go on at the source, never recomputed elsewhere."""
+    from shunter.sim import migration
+
+    def run():
+        specs = [make_spec("long", arrival_s=0.0, num_prompt_tokens=1200, num_output_tokens=400),
+                 make_spec("tiny", arrival_s=0.001, num_prompt_tokens=16, num_output_tokens=1),
+                 make_spec("tiny2", arrival_s=0.3, num_prompt_tokens=16, num_output_tokens=1),
+                 make_spec("filler", arrival_s=0.301, num_prompt_tokens=1500,
+                           num_output_tokens=200)]
+        config = SimConfig(num_replicas=2, num_blocks=110, router="round_robin",
+                           kv_link_bytes_s=2e8, migration={"interval_s": 0.05,
+                                                           "out_threshold": 60.0,
+                                                           "in_threshold": 80.0})
+        result = simulate(config, specs)
+        assert_tokens_intact(result, specs)
+        return result.topology_stats, sum(r.num_preemptions for r in result.records)
+
+    stats, preemptions = run()
+    assert stats["migrations_aborted"] >= 1 and stats["migrations_requeued"] == 0
+    assert preemptions == 0
+    # without the check the same run recomputes the request at the destination
+    monkeypatch.setattr(migration.Migrator, "_dst_fits", staticmethod(lambda m: True))
+    stats, preemptions = run()
+    assert stats["migrations_requeued"] >= 1 and preemptions >= 1
+
+
 def test_migration_off_by_default_and_results_unchanged_by_an_idle_migrator():
     specs = burst(6, gap_s=1.0, out=20)
     plain = simulate(SimConfig(num_replicas=2), specs)

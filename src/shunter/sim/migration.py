@@ -147,7 +147,7 @@ class Migrator:
         if m.moved is not None:
             self.ops.at_boundary(m.dst, lambda: self._resume(key))
             return
-        if not self._still_running(m):
+        if not self._still_running(m) or not self._dst_fits(m):
             self._abort(key)
             return
         num_left = m.src.computed_tokens_now(m.request_id) - m.num_copied_tokens
@@ -162,12 +162,20 @@ class Migrator:
         request = m.src.scheduler.requests.get(m.request_id)
         return request is not None and request.status == RequestStatus.RUNNING
 
+    @staticmethod
+    def _dst_fits(m: _Migration) -> bool:
+        """Llumnix's handshake before each stage: the destination reserves the blocks the
+        stage brings; if it cannot (it filled up since the migration began), the migration is
+        abandoned and the request goes on at the source, never recomputed at the
+        destination."""
+        return _fits(m.dst, m.src.scheduler.requests[m.request_id])
+
     def _stop_and_copy(self, key: int) -> None:
         """At the source's step boundary: leave its batch, send the last tokens."""
         m = self._active[key]
-        if not self._still_running(m):  # finished (or was preempted) at that step
-            self._abort(key)
-            return
+        if not self._still_running(m) or not self._dst_fits(m):  # finished, preempted, or
+            self._abort(key)                                        # no room left at the
+            return                                                  # destination
         m.moved = m.src.detach(m.request_id)
         self._send(key, m.src, m.moved.request.num_computed_tokens - m.num_copied_tokens)
 
