@@ -7,16 +7,18 @@ import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
+import numpy as np
 from rich.console import Console
 from rich.table import Table
 
 from shunter.core.types import RequestSpec
 from shunter.metrics import summarize
+from shunter.metrics.record import RequestRecord
 from shunter.metrics.summary import Summary
 from shunter.sim.config import SimConfig
 from shunter.sim.runner import SimRun, simulate
 
-__all__ = ["SHARED", "Timer", "max_rate", "print_table", "run"]
+__all__ = ["SHARED", "Timer", "max_rate", "print_table", "program_latencies", "run"]
 
 SHARED = Path(__file__).resolve().parents[1] / ".." / "shared" / "traces"
 
@@ -25,6 +27,16 @@ def run(config: SimConfig, specs: Sequence[RequestSpec], **summary_kwargs: objec
         ) -> tuple[Summary, SimRun]:
     sim = simulate(config, specs)
     return summarize(sim.records, **summary_kwargs), sim  # type: ignore[arg-type]
+
+
+def program_latencies(records: Sequence[RequestRecord]) -> np.ndarray:
+    """Per program (`program_id`): its first call's arrival to its last call's finish."""
+    start: dict[str | None, float] = {}
+    end: dict[str | None, float] = {}
+    for r in records:
+        start[r.program_id] = min(start.get(r.program_id, np.inf), r.arrival_s)
+        end[r.program_id] = max(end.get(r.program_id, -np.inf), r.finish_s)
+    return np.array([end[p] - start[p] for p in start])
 
 
 def max_rate(meets: Callable[[float], bool], lo: float, hi: float, precision: float) -> float:

@@ -44,7 +44,7 @@ import sys
 from dataclasses import dataclass
 
 import numpy as np
-from _cluster_repro import SHARED, Timer, print_table
+from _cluster_repro import SHARED, Timer, print_table, program_latencies
 
 from shunter.metrics.record import RequestRecord
 from shunter.sim.config import SimConfig
@@ -72,14 +72,10 @@ class Stats:
 
 
 def stats(records: list[RequestRecord]) -> Stats:
-    start: dict[str, float] = {}
-    end: dict[str, float] = {}
-    for r in records:
-        start[r.program_id] = min(start.get(r.program_id, np.inf), r.arrival_s)
-        end[r.program_id] = max(end.get(r.program_id, -np.inf), r.finish_s)
-    turnaround = np.array([end[p] - start[p] for p in start])
+    turnaround = program_latencies(records)
     waits = np.array([r.token_times_s[0] - r.arrival_s for r in records])
-    return Stats(max(end.values()) - min(start.values()), float(turnaround.mean()),
+    makespan = max(r.finish_s for r in records) - min(r.arrival_s for r in records)
+    return Stats(makespan, float(turnaround.mean()),
                  float(waits.mean()), float(np.percentile(waits, 99)),
                  float(turnaround.sum() ** 2 / (len(turnaround) * (turnaround ** 2).sum())))
 

@@ -81,6 +81,7 @@ from dataclasses import astuple, dataclass
 from pathlib import Path
 
 import numpy as np
+from _cluster_repro import program_latencies
 from rich.console import Console
 from rich.table import Table
 
@@ -111,15 +112,6 @@ PAPER_ARMS = (("vLLM (fcfs, least_load)", "fcfs", "least_load"),
               ("Autellix (plas, program router)", "plas", "session"))
 PAPER_RATES = (1.0, 2.0, 4.0, 8.0, 16.0)  # programs/s offered
 PAPER_RATES_QUICK = (2.0, 8.0)
-
-
-def program_latencies(records: list[RequestRecord]) -> np.ndarray:
-    start: dict[str, float] = {}
-    end: dict[str, float] = {}
-    for r in records:
-        start[r.program_id] = min(start.get(r.program_id, np.inf), r.arrival_s)
-        end[r.program_id] = max(end.get(r.program_id, -np.inf), r.finish_s)
-    return np.array([end[p] - start[p] for p in start])
 
 
 def run(policy: str, workload: ProgramWorkload) -> list[RequestRecord]:

@@ -46,9 +46,8 @@ import argparse
 import sys
 
 import numpy as np
-from _cluster_repro import SHARED, Timer, print_table
+from _cluster_repro import SHARED, Timer, print_table, program_latencies
 
-from shunter.metrics.record import RequestRecord
 from shunter.sim.config import SimConfig
 from shunter.sim.runner import simulate
 from shunter.workload.arrival import STREAM_ARRIVALS, arrival_times, seeded_rng
@@ -81,22 +80,13 @@ def apps(kind: str, docs: list[list[int]], rate: float) -> list[DagApp]:
             for i, (chunks, t) in enumerate(zip(docs, starts, strict=True))]
 
 
-def latencies(records: list[RequestRecord]) -> np.ndarray:
-    start: dict[str, float] = {}
-    end: dict[str, float] = {}
-    for r in records:
-        start[r.program_id] = min(start.get(r.program_id, np.inf), r.arrival_s)
-        end[r.program_id] = max(end.get(r.program_id, -np.inf), r.finish_s)
-    return np.array([end[p] - start[p] for p in start])
-
-
 def run(policy: str, app_list: list[DagApp], delay_s: float) -> tuple[float, float]:
     work = dag_workload(app_list, client_delay_s=delay_s)
     records = simulate(SimConfig(policy=policy, **ENGINE), work.first_calls,
                        follow_ups=work.follow_ups).records
     if len(records) != work.num_calls:
         raise SystemExit(f"{policy}: {work.num_calls - len(records)} calls did not finish")
-    lat = latencies(records)
+    lat = program_latencies(records)
     return float(lat.mean()), float(np.percentile(lat, 99))
 
 
