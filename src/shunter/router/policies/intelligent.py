@@ -136,8 +136,7 @@ class IntelligentRouter:
 
     def predict_tokens(self, request: RequestSpec) -> float:
         """Predicted output tokens of `request` (read-only: records no session turn)."""
-        return self._capped(request, self.length_model.predict(
-            SessionTurns(_last=dict(self._turns._last)).features(request)))
+        return self._capped(request, self.length_model.predict(self._turns.peek(request)))
 
     def features(self, request: RequestSpec, view: ReplicaView, num_predicted_tokens: float,
                  now_s: float) -> tuple[float, ...]:
@@ -163,8 +162,8 @@ class IntelligentRouter:
     def scores(self, request: RequestSpec, replicas: Sequence[ReplicaView]) -> list[float]:
         """Every replica's weighted cost for `request` (read-only, but for book reconciling)."""
         now_s = _now(request, replicas)
-        return [self._score(self.features(request, v, self.predict_tokens(request), now_s))
-                for v in replicas]
+        predicted = self.predict_tokens(request)
+        return [self._score(self.features(request, v, predicted, now_s)) for v in replicas]
 
     def route(self, request: RequestSpec, replicas: Sequence[ReplicaView]) -> RouteDecision:
         if self.num_replicas is not None and len(replicas) > self.num_replicas:

@@ -58,17 +58,24 @@ class SessionTurns:
     max_sessions: int = 100_000
     _last: dict[str, tuple[int, int]] = field(default_factory=dict)  # session -> (turns, prompt)
 
-    def features(self, request: RequestSpec) -> tuple[float, ...]:
-        """`request`'s length features; records it as its session's latest turn."""
+    def peek(self, request: RequestSpec) -> tuple[float, ...]:
+        """`request`'s length features, recording nothing."""
         turn_index, growth = 0, None
         if request.session_id is not None:
-            turns, prev = self._last.pop(request.session_id, (0, 0))
+            turns, prev = self._last.get(request.session_id, (0, 0))
             if turns:
                 turn_index, growth = turns, request.num_prompt_tokens - prev
+        return length_features(request.num_prompt_tokens, turn_index, growth)
+
+    def features(self, request: RequestSpec) -> tuple[float, ...]:
+        """`request`'s length features; records it as its session's latest turn."""
+        features = self.peek(request)
+        if request.session_id is not None:
+            turns, _ = self._last.pop(request.session_id, (0, 0))
             self._last[request.session_id] = (turns + 1, request.num_prompt_tokens)
             if len(self._last) > self.max_sessions:
                 del self._last[next(iter(self._last))]
-        return length_features(request.num_prompt_tokens, turn_index, growth)
+        return features
 
 
 @dataclass(frozen=True, slots=True)
