@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-__all__ = ["ENDPOINTS", "BatchLine", "LineError", "finished_ids", "read_batch"]
+__all__ = ["ENDPOINTS", "BatchLine", "LineError", "finished_ids", "read_batch", "read_records"]
 
 ENDPOINTS = ("/v1/chat/completions", "/v1/completions")
 _KEYS = {"custom_id", "method", "url", "body"}
@@ -133,11 +133,12 @@ def _custom_id_of(text: str) -> str | None:
     return value if isinstance(value, str) else None
 
 
-def finished_ids(path: Path) -> set[str]:
-    """The custom_ids a results file already holds. A torn last line (a run killed while
-    writing it) is cut from the file, so appending goes on from a whole line."""
+def read_records(path: Path) -> list[dict[str, Any]]:
+    """The records of a results or error file (each has a `custom_id`). A torn last line (a
+    run killed while writing it) is cut from the file, so appending goes on from a whole
+    line."""
     if not path.exists():
-        return set()
+        return []
     data = path.read_bytes()
     end = data.rfind(b"\n") + 1
     if end < len(data):
@@ -145,11 +146,19 @@ def finished_ids(path: Path) -> set[str]:
             f.truncate(end)
             f.flush()
             os.fsync(f.fileno())
-    done = set()
+    records = []
     for number, raw in enumerate(data[:end].splitlines(), start=1):
         try:
-            done.add(json.loads(raw)["custom_id"])
-        except (json.JSONDecodeError, KeyError, TypeError):
+            record = json.loads(raw)
+        except json.JSONDecodeError:
+            record = None
+        if not isinstance(record, dict) or "custom_id" not in record:
             raise ValueError(f"{path}: line {number} is not a batch result; is it the output "
-                             "of another command?") from None
-    return done
+                             "of another command?")
+        records.append(record)
+    return records
+
+
+def finished_ids(path: Path) -> set[str]:
+    """The custom_ids a results file already holds (see `read_records`)."""
+    return {record["custom_id"] for record in read_records(path)}

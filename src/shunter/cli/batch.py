@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 from pathlib import Path
 from typing import Any
 
@@ -65,14 +64,10 @@ def _sibling(path: Path, suffix: str) -> Path:
 def _reported(errors_path: Path) -> tuple[set[str], set[int]]:
     """(custom_ids that failed for their own reason, input line numbers reported malformed)
     in an existing error file; its torn last line, if any, is cut (`finished_ids`)."""
-    from shunter.batch import finished_ids
+    from shunter.batch import read_records
     failed: set[str] = set()
     lines: set[int] = set()
-    if not errors_path.exists():
-        return failed, lines
-    finished_ids(errors_path)  # validates it and repairs a torn tail
-    for raw in errors_path.read_text(encoding="utf-8").splitlines():
-        obj = json.loads(raw)
+    for obj in read_records(errors_path):  # validated, a torn tail repaired
         if obj.get("line") is not None:
             lines.add(int(obj["line"]))
         elif obj.get("custom_id") is not None:
@@ -104,7 +99,8 @@ def run_batch_command(args: argparse.Namespace) -> int:
     if len(line_errors) > _SHOWN_LINE_ERRORS:
         console.print(f"... and {len(line_errors) - _SHOWN_LINE_ERRORS} more malformed lines "
                       f"(all in {errors_path})", style="yellow", highlight=False)
-    todo = [line for line in lines if line.custom_id not in done | failed_before]
+    skip = done | failed_before
+    todo = [line for line in lines if line.custom_id not in skip]
     if args.order == "batchllm":
         todo = batchllm_order(todo, min_shared_chars=args.min_shared_chars)
     skipped = len(lines) - len(todo)
