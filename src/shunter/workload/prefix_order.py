@@ -28,7 +28,7 @@ from typing import Any, TypeVar
 from shunter.core.types import RequestId, RequestSpec
 from shunter.workload.program import FollowUp, ProgramWorkload
 
-__all__ = ["BATCH_ORDERS", "batch_job", "batchllm_order", "prefix_groups"]
+__all__ = ["BATCH_ORDERS", "batch_job", "batchllm_groups", "batchllm_order", "prefix_groups"]
 
 BATCH_ORDERS = ("batchllm", "file")
 DEFAULT_MAX_TOKENS = 256  # a request without a cap counts this many output tokens
@@ -60,11 +60,18 @@ def prefix_groups(items: Sequence[T], key: Callable[[T], Any], min_shared: int
     return groups
 
 
+def batchllm_groups(items: Sequence[T], *, key: Callable[[T], Any],
+                    ratio: Callable[[T], float], min_shared: int) -> list[list[T]]:
+    """The prefix groups in BatchLLM's order: largest decode-to-prefill `ratio` first."""
+    groups = prefix_groups(items, key, min_shared)
+    groups.sort(key=lambda group: -max(map(ratio, group)))  # stable: ties keep prompt order
+    return groups
+
+
 def batchllm_order(items: Sequence[T], *, key: Callable[[T], Any],
                    ratio: Callable[[T], float], min_shared: int) -> list[T]:
     """Every item once, in BatchLLM's order (see the module docstring)."""
-    groups = prefix_groups(items, key, min_shared)
-    groups.sort(key=lambda group: -max(map(ratio, group)))  # stable: ties keep prompt order
+    groups = batchllm_groups(items, key=key, ratio=ratio, min_shared=min_shared)
     return [item for group in groups for item in group]
 
 
@@ -98,8 +105,7 @@ def batch_job(specs: Sequence[RequestSpec], order: str = "batchllm", *,
         out = spec.max_output_tokens or DEFAULT_MAX_TOKENS
         return out / max(1, spec.num_prompt_tokens)
 
-    groups = prefix_groups(specs, key, min_shared_blocks)
-    groups.sort(key=lambda group: -max(map(ratio, group)))  # stable: ties keep prompt order
+    groups = batchllm_groups(specs, key=key, ratio=ratio, min_shared=min_shared_blocks)
     first_calls: list[RequestSpec] = []
     follow_ups: dict[RequestId, FollowUp | tuple[FollowUp, ...]] = {}
     previous: RequestSpec | None = None  # the last group's warm-up
