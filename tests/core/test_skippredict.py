@@ -11,7 +11,7 @@ from shunter.core.predict.interface import NO_COST, PredictionCost, prediction_c
 from shunter.core.predict.skip import SHORT_PREDICTION, SkipOraclePredictor
 from shunter.core.sched.gateway_queue import GatewayQueue, gateway_refusal
 from shunter.core.sched.registry import PREDICTIVE_POLICIES, make_policy
-from shunter.gateway.config import SchedulerSettings
+from shunter.gateway.settings import SchedulerSettings
 from shunter.metrics import summarize
 from shunter.sim.config import SimConfig
 from shunter.sim.runner import simulate

@@ -10,9 +10,10 @@ from tests.gateway.factories import MODEL, asgi_client, make_app, run
 from shunter.backend.protocol import GenerateRequest
 from shunter.core.predict.learned import LearnedPredictor
 from shunter.errors import ConfigError
-from shunter.gateway.config import SchedulerSettings, load_config
+from shunter.gateway.config import load_config
 from shunter.gateway.factory import GatewayParts, gateway_policy
 from shunter.gateway.fake import FakeEngineClient
+from shunter.gateway.settings import SchedulerSettings
 from shunter.gateway.tenant import TenantConfig
 
 

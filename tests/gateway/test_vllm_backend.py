@@ -18,8 +18,9 @@ import pytest
 from tests.gateway.live import live_gateway
 
 from shunter.errors import ConfigError
-from shunter.gateway.config import SchedulerSettings, load_config
+from shunter.gateway.config import load_config
 from shunter.gateway.factory import SupervisedEngineClient, build_backends, vllm_supervisor
+from shunter.gateway.settings import SchedulerSettings
 from shunter.gateway.supervisor import (
     SCHEDULER_CLS,
     ProcessSupervisor,

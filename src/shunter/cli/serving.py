@@ -32,7 +32,6 @@ from shunter.gateway.config import (
     DEFAULT_NUM_REPLICAS,
     BackendConfig,
     GatewayConfig,
-    SchedulerSettings,
     ServerConfig,
     load_config,
 )
@@ -44,6 +43,7 @@ from shunter.gateway.factory import (
     stop_supervised,
 )
 from shunter.gateway.server import serve
+from shunter.gateway.settings import SchedulerSettings
 from shunter.router.registry import ROUTERS
 from shunter.sim.cost.speed import ReplicaSpeeds, profile_speeds
 from shunter.workload.rank_training import build_predictor

@@ -40,12 +40,7 @@ from shunter.errors import ConfigError
 from shunter.gateway.admission import AdmissionConfig, AdmissionController
 from shunter.gateway.app import AppConfig, GatewayApp
 from shunter.gateway.breaker import BreakerConfig, CircuitBreaker
-from shunter.gateway.config import (
-    DEFAULT_ENGINE_POLICY,
-    DEFAULT_GATEWAY_POLICY,
-    BackendConfig,
-    default_vllm_python,
-)
+from shunter.gateway.config import BackendConfig, default_vllm_python
 from shunter.gateway.fake import FakeEngineClient, FakeModel
 from shunter.gateway.kv_endpoints import replica_endpoint
 from shunter.gateway.kv_events import KvEventSubscriber
@@ -53,6 +48,7 @@ from shunter.gateway.metrics import GatewayMetrics, Gauge
 from shunter.gateway.pool import PoolConfig, ReplicaPool
 from shunter.gateway.remote import RemoteConfig, RemoteEngineClient
 from shunter.gateway.replica import Replica
+from shunter.gateway.settings import DEFAULT_ENGINE_POLICY, DEFAULT_GATEWAY_POLICY
 from shunter.gateway.speed import SpeedModel
 from shunter.gateway.supervisor import (
     ProcessSupervisor,

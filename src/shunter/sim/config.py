@@ -20,7 +20,7 @@ __all__ = ["DEFAULT_GATEWAY_MAX_INFLIGHT", "DEFAULT_GATEWAY_POLICY", "DEFAULT_KV
 # setting is 25 GB/s too). NVLink within a node is ~10x faster; set it per scenario.
 DEFAULT_KV_LINK_BYTES_S = 25e9
 ROLES = ("prefill", "decode")
-DEFAULT_GATEWAY_POLICY = "vtc"  # as `shunter serve`'s (shunter.gateway.config)
+DEFAULT_GATEWAY_POLICY = "vtc"  # as `shunter serve`'s (shunter.gateway.settings)
 DEFAULT_GATEWAY_MAX_INFLIGHT = 256  # a backend's max_concurrency in a gateway config
 # Named topologies (`SimConfig.topology`). TetriInfer (Hu et al. 2024) runs prefill instances
 # on fixed-size chunks at the accelerator's saturation point: 512 tokens reach 99% of the
