@@ -11,8 +11,9 @@ httpx = pytest.importorskip("httpx")
 
 from shunter.gateway.admission import AdmissionConfig  # noqa: E402
 from shunter.gateway.app import AppConfig, GatewayApp  # noqa: E402
-from shunter.gateway.factory import BackendSlot, GatewayParts, build_app  # noqa: E402
+from shunter.gateway.factory import GatewayParts, build_app  # noqa: E402
 from shunter.gateway.fake import FakeEngineClient  # noqa: E402
+from shunter.gateway.replica import BackendSlot  # noqa: E402
 from shunter.gateway.tenant import TenantConfig  # noqa: E402
 
 MODEL = "fake-model"

@@ -18,11 +18,12 @@ from typing import Any
 from shunter.backend.protocol import EngineClient
 from shunter.gateway.admission import AdmissionConfig
 from shunter.gateway.app import AppConfig, GatewayApp
-from shunter.gateway.factory import BackendSlot, GatewayParts, build_app
+from shunter.gateway.factory import GatewayParts, build_app
 from shunter.gateway.fake_server import FakeHttpBackend
 from shunter.gateway.limits import LimitsConfig
 from shunter.gateway.pool import PoolConfig
 from shunter.gateway.remote import RemoteConfig, RemoteEngineClient
+from shunter.gateway.replica import BackendSlot
 from shunter.gateway.server import DrainingServer, make_server
 
 MODEL = "fake-model"

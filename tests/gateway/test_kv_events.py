@@ -13,9 +13,10 @@ from shunter.backend.protocol import GenerateRequest
 from shunter.errors import ConfigError
 from shunter.gateway.app import AppConfig
 from shunter.gateway.config import load_config
-from shunter.gateway.factory import BackendSlot, GatewayParts, build_app
+from shunter.gateway.factory import GatewayParts, build_app
 from shunter.gateway.fake import FakeEngineClient
 from shunter.gateway.kv_events import KvEventSubscriber, check_endpoint, decode_batch
+from shunter.gateway.replica import BackendSlot
 from shunter.router.exact_index import (
     AllBlocksCleared,
     BlocksRemoved,

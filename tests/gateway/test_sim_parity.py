@@ -25,9 +25,9 @@ from shunter.core.sched.gateway_queue import GatewayQueue
 from shunter.core.sched.registry import POLICIES, make_policy
 from shunter.core.types import RequestSpec
 from shunter.gateway.app import AppConfig
-from shunter.gateway.factory import BackendSlot, GatewayParts, build_app
+from shunter.gateway.factory import GatewayParts, build_app
 from shunter.gateway.fake import FakeEngineClient
-from shunter.gateway.replica import estimate_tokens, text_hash_ids
+from shunter.gateway.replica import BackendSlot, estimate_tokens, text_hash_ids
 from shunter.gateway.tenant import TenantConfig
 from shunter.metrics.record import RequestRecord
 from shunter.sim.config import SimConfig

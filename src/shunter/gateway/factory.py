@@ -39,7 +39,7 @@ from shunter.core.sched.registry import POLICIES, make_policy
 from shunter.errors import ConfigError
 from shunter.gateway.admission import AdmissionConfig, AdmissionController
 from shunter.gateway.app import AppConfig, GatewayApp
-from shunter.gateway.breaker import BreakerConfig, CircuitBreaker
+from shunter.gateway.breaker import BreakerConfig
 from shunter.gateway.config import BackendConfig, default_vllm_python
 from shunter.gateway.fake import FakeEngineClient, FakeModel
 from shunter.gateway.kv_endpoints import replica_endpoint
@@ -47,7 +47,7 @@ from shunter.gateway.kv_events import KvEventSubscriber
 from shunter.gateway.metrics import GatewayMetrics, Gauge
 from shunter.gateway.pool import PoolConfig, ReplicaPool
 from shunter.gateway.remote import RemoteConfig, RemoteEngineClient
-from shunter.gateway.replica import Replica
+from shunter.gateway.replica import BackendSlot, Replica
 from shunter.gateway.settings import DEFAULT_ENGINE_POLICY, DEFAULT_GATEWAY_POLICY
 from shunter.gateway.speed import SpeedModel
 from shunter.gateway.supervisor import (
@@ -70,31 +70,9 @@ from shunter.router.interface import Router
 from shunter.router.prefix_index import DispatchIndex, PrefixIndex
 from shunter.router.registry import make_router
 
-__all__ = ["BackendSlot", "EngineMaker", "GatewayParts", "KvEventSource", "SpeedLoader",
+__all__ = ["EngineMaker", "GatewayParts", "KvEventSource", "SpeedLoader",
            "SupervisedEngineClient", "build_app", "build_backends", "gateway_policy",
            "stop_supervised", "vllm_supervisor"]
-
-DEFAULT_MAX_CONCURRENCY = 256  # vLLM's default max_num_seqs: beyond it a backend only queues
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class BackendSlot:
-    """A built backend client with the gateway's settings for it."""
-
-    name: str
-    client: EngineClient
-    max_concurrency: int = DEFAULT_MAX_CONCURRENCY
-    max_num_seqs: int | None = None
-    block_size: int | None = None
-    speeds: SpeedModel | None = None  # from a profile; None: measured from its traffic
-    kv_events: str | None = None  # its vLLM's KV-event socket (and replay socket), if any
-    kv_events_replay: str | None = None
-    exact_prefix: bool = False  # an in-process engine feeding the router its KV events
-
-    def __post_init__(self) -> None:
-        if self.max_concurrency < 1:
-            raise ValueError(f"backend {self.name}: max_concurrency must be >= 1")
-
 
 @runtime_checkable
 class KvEventSource(Protocol):
@@ -296,10 +274,7 @@ def build_app(parts: GatewayParts, backends: list[BackendSlot],
     if len(set(names)) != len(names):
         raise ValueError(f"backend names must be unique, got {names}")
     metrics = GatewayMetrics()
-    replicas = [Replica(replica_id=i, name=b.name, client=b.client,
-                        breaker=CircuitBreaker(parts.breaker), max_concurrency=b.max_concurrency,
-                        max_num_seqs=b.max_num_seqs, block_size=b.block_size, speeds=b.speeds)
-                for i, b in enumerate(backends)]
+    replicas = [Replica.of_slot(b, i, parts.breaker) for i, b in enumerate(backends)]
     router = make_router(parts.router, **parts.router_params)
     pool = ReplicaPool(replicas, router, parts.pool, metrics, clock,
                        kv_events=_kv_event_subscribers(backends, router, parts.router))

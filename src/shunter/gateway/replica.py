@@ -17,12 +17,14 @@ from dataclasses import dataclass, field
 
 from shunter.backend.protocol import BackendLoad, EngineClient
 from shunter.core.types import DEFAULT_BLOCK_SIZE
-from shunter.gateway.breaker import CircuitBreaker
+from shunter.gateway.breaker import BreakerConfig, CircuitBreaker
 from shunter.gateway.speed import SpeedMeter, SpeedModel, StreamTimer
 from shunter.router.interface import ReplicaView
 
-__all__ = ["CHARS_PER_TOKEN", "Replica", "estimate_tokens", "text_hash_ids"]
+__all__ = ["CHARS_PER_TOKEN", "DEFAULT_MAX_CONCURRENCY", "BackendSlot", "Replica",
+           "estimate_tokens", "text_hash_ids"]
 
+DEFAULT_MAX_CONCURRENCY = 256  # vLLM's default max_num_seqs: beyond it a backend only queues
 CHARS_PER_TOKEN = 4  # the gateway has no tokenizer: a prompt's size is estimated from its text
 NOMINAL_TOTAL_BLOCKS = 65_536  # for a backend that reports KV usage only as a fraction
 
@@ -38,6 +40,25 @@ def text_hash_ids(text: str, block_size_tokens: int = DEFAULT_BLOCK_SIZE) -> tup
     """
     step = block_size_tokens * CHARS_PER_TOKEN
     return tuple(zlib.crc32(text[i:i + step].encode()) for i in range(0, len(text), step))
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class BackendSlot:
+    """A built backend client with the gateway's settings for it."""
+
+    name: str
+    client: EngineClient
+    max_concurrency: int = DEFAULT_MAX_CONCURRENCY
+    max_num_seqs: int | None = None
+    block_size: int | None = None
+    speeds: SpeedModel | None = None  # from a profile; None: measured from its traffic
+    kv_events: str | None = None  # its vLLM's KV-event socket (and replay socket), if any
+    kv_events_replay: str | None = None
+    exact_prefix: bool = False  # an in-process engine feeding the router its KV events
+
+    def __post_init__(self) -> None:
+        if self.max_concurrency < 1:
+            raise ValueError(f"backend {self.name}: max_concurrency must be >= 1")
 
 
 @dataclass(slots=True, kw_only=True)
@@ -60,6 +81,13 @@ class Replica:
     own_waiting_at_report: int = 0
     own_running_at_report: int = 0
     num_other_running: int = 0  # other clients' requests running there, at the last report
+
+    @classmethod
+    def of_slot(cls, slot: BackendSlot, replica_id: int, breaker: BreakerConfig) -> Replica:
+        return cls(replica_id=replica_id, name=slot.name, client=slot.client,
+                   breaker=CircuitBreaker(breaker), max_concurrency=slot.max_concurrency,
+                   max_num_seqs=slot.max_num_seqs, block_size=slot.block_size,
+                   speeds=slot.speeds)
 
     @property
     def num_in_flight(self) -> int:
