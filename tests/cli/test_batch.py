@@ -161,3 +161,57 @@ def test_ten_thousand_lines_through_the_gateway_killed_halfway_then_resumed(tmp_
     assert f"{len(before)} already done, {n - len(before)} to send" in second.stderr
     ids = [r["custom_id"] for r in results(out)]
     assert len(ids) == n and set(ids) == {f"q{i}" for i in range(n)}  # each exactly once
+
+
+def test_batchllm_warms_each_shared_prefix_up_before_its_group(tmp_path, capsys):
+    shared = {g: f"group {g} shares this long instruction. " * 3 for g in "xy"}
+    texts = [chat_line(f"{g}{i}", shared[g] + f"item {i}") for g in "xy" for i in range(3)]
+    texts += [chat_line("solo", "nothing shared"), chat_line("solo2", "alone too")]
+    batch = write_batch(tmp_path / "jobs.jsonl", texts)
+    from tests.gateway.live import live_gateway
+    with live_gateway(1) as stack:
+        backend = stack.backends[0]
+        stack.call(lambda: setattr(backend, "bodies", []))
+        assert main(["batch", str(batch), "--url", stack.base_url, "--quiet",
+                     "--max-concurrency", "2"]) == 0
+        bodies = list(backend.bodies)
+        assert "2 prefix warm-ups (0 failed)" in capsys.readouterr().err
+        stack.call(lambda: setattr(backend, "bodies", []))
+        again = write_batch(tmp_path / "again.jsonl", texts)
+        assert main(["batch", str(again), "--url", stack.base_url, "--quiet",
+                     "--no-warmup"]) == 0
+        assert len(backend.bodies) == len(texts)  # no warm-ups asked for: none sent
+    out = results(tmp_path / "jobs.results.jsonl")
+    assert sorted(r["custom_id"] for r in out) == sorted(json.loads(t)["custom_id"]
+                                                         for t in texts)  # no warm-up's answer
+    assert len(bodies) == len(texts) + 2
+    for g in "xy":
+        sent = [b for b in bodies if b["messages"][0]["content"].startswith(shared[g])]
+        assert len(sent) == 4 and sent[0]["max_tokens"] == 1  # the warm-up first
+        assert all(b["max_tokens"] == 4 for b in sent[1:])
+
+
+def test_serve_and_replicas_flags_are_checked_before_anything_runs(tmp_path, capsys):
+    batch = write_batch(tmp_path / "jobs.jsonl", [chat_line("a", "x")])
+    assert main(["batch", str(batch), "--url", "http://127.0.0.1:9/v1", "--replicas", "2"]) == 2
+    assert "--replicas is for the gateway --serve starts" in capsys.readouterr().err
+    assert main(["batch", str(batch), "--serve", str(tmp_path / "nope.toml")]) == 2
+    assert "no such gateway config file" in capsys.readouterr().err
+    assert not (tmp_path / "jobs.results.jsonl").exists()
+
+
+@pytest.mark.slow
+def test_serve_runs_the_batch_on_in_process_engines_it_starts_and_stops(tmp_path, capsys):
+    pytest.importorskip("torch")
+    shared = "You are a terse assistant. Answer with one word only, please. " * 2
+    texts = [chat_line(f"q{i}", shared + f"Name colour {i}.", max_tokens=3)
+             for i in range(6)]
+    texts = [t.replace(MODEL, "smollm2-135m") for t in texts]
+    batch = write_batch(tmp_path / "jobs.jsonl", texts)
+    assert main(["batch", str(batch), "--serve", "--replicas", "1", "--quiet"]) == 0
+    err = capsys.readouterr().err
+    assert "answered 6, failed 0" in err and "1 prefix warm-ups (0 failed)" in err
+    out = results(tmp_path / "jobs.results.jsonl")
+    assert all(r["response"]["body"]["usage"]["completion_tokens"] >= 1 for r in out)
+    log = (tmp_path / "jobs.serve.log").read_text()
+    assert "shunter gateway on http://127.0.0.1:" in log

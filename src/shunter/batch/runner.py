@@ -1,7 +1,8 @@
 """Send a batch's requests and write each result as it arrives (needs the gateway extra's
 aiohttp).
 
-At most `max_concurrency` requests are in flight, taken in the order given. A request that
+At most `max_concurrency` requests are in flight, taken in the order given (with BatchLLM's
+warm-ups, one more: see `run_batch`). A request that
 meets a connection error, a timeout, 429 or a 5xx is retried after 0.5, 1, 2, ... s (at most
 `max_retries` times); one that still fails is left unfinished, written nowhere, so the next
 run sends it again. A 4xx other than 429 is the request's own fault: written to the error file
@@ -14,7 +15,7 @@ from __future__ import annotations
 import asyncio
 import json
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import IO, Any
 
@@ -23,7 +24,7 @@ import aiohttp
 from shunter.batch.file import BatchLine, LineError
 from shunter.bench.client import CONNECTION_ERRORS, api_root
 
-__all__ = ["BatchCounts", "BatchTarget", "run_batch", "write_line_errors"]
+__all__ = ["BatchCounts", "BatchTarget", "run_batch", "warmup_line", "write_line_errors"]
 
 _RETRY_STATUSES = frozenset({408, 429, 500, 502, 503, 504})
 
@@ -51,6 +52,8 @@ class BatchCounts:
     answered: int = 0
     failed: int = 0  # 4xx: written to the error file
     unfinished: int = 0  # gave up after retries: sent again by the next run
+    num_warmups: int = 0  # prefix warm-ups sent (their answers are not results)
+    num_warmups_failed: int = 0  # the group then ran without one
     last_problem: str = ""
     statuses: dict[int, int] = field(default_factory=dict)
 
@@ -98,26 +101,63 @@ async def _send(session: aiohttp.ClientSession, root: str, line: BatchLine,
     return status, body, request_id
 
 
+def warmup_line(line: BatchLine) -> BatchLine:
+    """`line` asking for one output token: its prompt computed, and so the prefix it shares."""
+    body = {k: v for k, v in line.body.items()
+            if k not in ("max_completion_tokens", "min_tokens", "n", "best_of")}
+    return replace(line, custom_id=f"warmup:{line.custom_id}", body={**body, "max_tokens": 1})
+
+
 async def run_batch(lines: Sequence[BatchLine], target: BatchTarget, out: IO[str],
                     errors_out: IO[str], on_progress: Callable[[int], None] = lambda n: None,
-                    *, sleep: Callable[[float], Any] = asyncio.sleep) -> BatchCounts:
+                    *, sleep: Callable[[float], Any] = asyncio.sleep,
+                    warm_groups: Sequence[Sequence[BatchLine]] = ()) -> BatchCounts:
     """Send `lines` in order, at most `target.max_concurrency` at a time; answers to `out`,
-    4xx failures to `errors_out`, each as one line as it arrives."""
+    4xx failures to `errors_out`, each as one line as it arrives.
+
+    `warm_groups` (BatchLLM, as the simulator's `prefix_order.batch_job` does it): the groups
+    of `lines` whose requests share a prefix. Lines in no group go first; each group's lines
+    wait until a warm-up computed the prefix (the group's first request asking for one token:
+    a server's prefix cache then holds its whole prompt, which the sharers reuse; the answer
+    is not a result), and warm-ups go one after another, the next as soon as the last one is
+    answered, so a prefix is computed just before its sharers run. Without them an engine that
+    admits a group's requests in one step computes the prefix once per request. A warm-up
+    that fails releases its group all the same."""
     counts = BatchCounts()
     root = api_root(target.url)
-    pending = iter(lines)  # shared by the workers, in order (one event loop: no lock needed)
+    grouped = {id(line) for group in warm_groups for line in group}
+    queue: asyncio.Queue[BatchLine | None] = asyncio.Queue()
+    for line in lines:
+        if id(line) not in grouped:
+            queue.put_nowait(line)
     done = 0
+
+    async def attempts(session: aiohttp.ClientSession, line: BatchLine
+                       ) -> tuple[int, Any, str | None] | str:
+        outcome: tuple[int, Any, str | None] | str = ""
+        for attempt in range(target.max_retries + 1):
+            outcome = await _send(session, root, line, target)
+            if not isinstance(outcome, str):
+                break
+            if attempt < target.max_retries:
+                await sleep(min(30.0, 0.5 * 2 ** attempt))
+        return outcome
+
+    async def warm_up(session: aiohttp.ClientSession) -> None:
+        for group in warm_groups:
+            counts.num_warmups += 1
+            outcome = await attempts(session, warmup_line(group[0]))
+            if isinstance(outcome, str) or outcome[0] >= 400:
+                counts.num_warmups_failed += 1
+            for line in group:
+                queue.put_nowait(line)
+        for _ in range(target.max_concurrency):
+            queue.put_nowait(None)  # the workers' end
 
     async def worker(session: aiohttp.ClientSession) -> None:
         nonlocal done
-        for line in pending:
-            outcome: tuple[int, Any, str | None] | str = ""
-            for attempt in range(target.max_retries + 1):
-                outcome = await _send(session, root, line, target)
-                if not isinstance(outcome, str):
-                    break
-                if attempt < target.max_retries:
-                    await sleep(min(30.0, 0.5 * 2 ** attempt))
+        while (line := await queue.get()) is not None:
+            outcome = await attempts(session, line)
             if isinstance(outcome, str):
                 counts.unfinished += 1
                 counts.last_problem = f"{line.custom_id}: {outcome}"
@@ -135,9 +175,10 @@ async def run_batch(lines: Sequence[BatchLine], target: BatchTarget, out: IO[str
             on_progress(done)
 
     timeout = aiohttp.ClientTimeout(total=target.timeout_s)
-    connector = aiohttp.TCPConnector(limit=target.max_concurrency)
+    connector = aiohttp.TCPConnector(limit=target.max_concurrency + 1)  # + the warm-up
     async with aiohttp.ClientSession(timeout=timeout, connector=connector) as session:
-        await asyncio.gather(*(worker(session) for _ in range(target.max_concurrency)))
+        await asyncio.gather(warm_up(session),
+                             *(worker(session) for _ in range(target.max_concurrency)))
     return counts
 
 
