@@ -1,6 +1,6 @@
 """Scenario files (TOML or YAML) -> validated config objects, and the built-in scenario.
 
-A scenario has six tables, every key optional:
+A scenario has seven tables, every key optional:
 
     name = "..."
     [workload]  trace, format, num_requests, rate, seed, zero_tokens
@@ -20,6 +20,10 @@ A scenario has six tables, every key optional:
                 run that takes it (`compare`, `sweep`) and is an error if none does
     [gateway]   policy, params, max_inflight_per_replica: the gateway tier (`shunter.sim.gateway`)
     [slo]       ttft_s, tpot_s
+    [autoscale] min_replicas, max_replicas, metric, scale_up_load, scale_down_load, interval_s,
+                scale_up_cooldown_s, scale_down_cooldown_s, provision_s, drain: autoscaling
+                (`shunter.router.autoscale.AutoscaleConfig`, checked there); [cluster] replicas
+                is the starting count
 
 An unknown table or key, or a value of the wrong type, is a ConfigError naming the file, the
 table and the key. A relative trace path is relative to the scenario file; `builtin:NAME`
@@ -67,6 +71,7 @@ _SCHEMA: dict[str, dict[str, str]] = {
     "scheduler": {k: str(v) for k, v in _SCHEDULER_KEYS.items()},
     "gateway": {"policy": "str", "params": "dict", "max_inflight_per_replica": "int"},
     "slo": {"ttft_s": "float", "tpot_s": "float"},
+    "autoscale": {},  # its keys and their types are AutoscaleConfig.from_table's to check
 }
 _GATEWAY_KEYS = {"policy": "gateway_policy", "params": "gateway_params",
                  "max_inflight_per_replica": "gateway_max_inflight"}
@@ -156,6 +161,9 @@ def _parse_tables(data: Any, where: str) -> dict[str, dict[str, Any]]:
             raise ConfigError(f"{where}: unknown table [{table}]; valid: name, {', '.join(_SCHEMA)}")
         if not isinstance(body, dict):
             raise ConfigError(f"{where}: [{table}] must be a table")
+        if table == "autoscale":
+            out[table] = body
+            continue
         for key, value in body.items():
             if key not in _SCHEMA[table]:
                 raise ConfigError(f"{where}: unknown key {key!r} in [{table}]; valid: "
@@ -178,6 +186,8 @@ def scenario_from_dict(data: Any, *, where: str = "scenario", base_dir: Path | N
             sim_kwargs[key] = sched.pop(key)
     for key, value in tables.get("gateway", {}).items():
         sim_kwargs[_GATEWAY_KEYS[key]] = value
+    if "autoscale" in tables:
+        sim_kwargs["autoscale"] = tables["autoscale"]
     try:
         return Scenario(name=str(name), workload=WorkloadConfig(**tables.get("workload", {})),
                         sim=SimConfig(scheduler=sched, **sim_kwargs),

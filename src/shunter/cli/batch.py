@@ -38,7 +38,8 @@ def add_batch_parser(sub: Any) -> None:
                     "its own reason (a 4xx), 1 when lines are malformed or left unfinished.")
     p.add_argument("file", type=Path, help="the batch file (JSON Lines)")
     where = p.add_mutually_exclusive_group(required=True)
-    where.add_argument("--url", help="the server, e.g. http://127.0.0.1:8000/v1")
+    where.add_argument("--url", help="the server, e.g. http://127.0.0.1:8000/v1 (no default: "
+                                     "--url or --serve is required)")
     where.add_argument("--serve", nargs="?", const="", metavar="CONFIG",
                        help="start `shunter serve` on a free local port for the batch (its "
                             "embedded default, in-process SmolLM2 engine replicas; or the "

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import sys
 import tempfile
@@ -21,6 +22,7 @@ from shunter.core.predict import PREDICTORS
 from shunter.core.sched.registry import POLICIES, make_policy
 from shunter.core.types import RequestSpec, check_number
 from shunter.errors import ConfigError
+from shunter.router.autoscale import DEFAULT_LOADS, AutoscaleConfig
 from shunter.router.registry import ROUTERS
 from shunter.sim.cost.catalog import GPUS, MODELS
 from shunter.sim.cost.registry import COST_MODELS
@@ -213,6 +215,7 @@ def add_scenario_flags(parser: argparse.ArgumentParser, *, single: bool = True) 
                         "(default: the scenario's, else none)")
     g.add_argument("--gateway-max-inflight", type=positive_int, metavar="N",
                    help="requests the gateway keeps in flight per replica (default 256)")
+    _add_autoscale_flags(parser)
     c.add_argument("--cost-model", choices=sorted(COST_MODELS),
                    help="step-time model: roofline (default) or profile (then --gpu names the "
                         "profile file written by `shunter profile`)")
@@ -234,9 +237,46 @@ def add_scenario_flags(parser: argparse.ArgumentParser, *, single: bool = True) 
     s.add_argument("--quiet", action="store_true", help="no progress bar")
     s.add_argument("--workers", type=workers_arg, default=None, metavar="N|auto",
                    help="processes for one run when its replicas never interact (router "
-                        "round_robin or random; no migration, disaggregation or predictor); "
+                        "round_robin or random; no migration, autoscaling, disaggregation or "
+                        "predictor); "
                         "same results. auto: one per core, at most one per replica, for runs "
                         f"of {AUTO_WORKERS_MIN_REQUESTS:,} requests or more (default auto)")
+
+
+def _add_autoscale_flags(parser: argparse.ArgumentParser) -> None:
+    a = parser.add_argument_group(
+        "autoscaling", "Add replicas under load and drain the least loaded when load is low "
+        "(Llumnix's instance scaling: shunter.router.autoscale, the scenario's [autoscale] "
+        "table); --replicas is the starting count. Prints the scale events and the cost in "
+        "replica-seconds.")
+    a.add_argument("--autoscale", action=argparse.BooleanOptionalAction,
+                   help="autoscale with the scenario's [autoscale] table, else the defaults; "
+                        "--no-autoscale: a fixed cluster (default: on when the scenario has "
+                        "an [autoscale] table)")
+    default = AutoscaleConfig()
+    keys = ", ".join(f"{f.name} {getattr(default, f.name)}"
+                     for f in dataclasses.fields(AutoscaleConfig))
+    up, down = DEFAULT_LOADS["freeness"]
+    a.add_argument("--autoscale-params", type=json_object, metavar="JSON",
+                   help="autoscaling settings, replacing the scenario's [autoscale] table and "
+                        "turning it on, e.g. '{\"max_replicas\": 8, \"provision_s\": 60, "
+                        f"\"drain\": \"wait\"}}'; keys and defaults: {keys} (metric "
+                        f"freeness, Llumnix's: loads {up:g} and {down:g}); drain: migrate or "
+                        "wait (README: Autoscaling)")
+
+
+def _autoscale_override(args: argparse.Namespace, scenario: Scenario) -> dict[str, Any]:
+    """The `autoscale` change the autoscaling flags ask for ({} for none)."""
+    on, params = getattr(args, "autoscale", None), getattr(args, "autoscale_params", None)
+    if on is False:
+        if params is not None:
+            raise ConfigError("--no-autoscale and --autoscale-params contradict each other")
+        return {"autoscale": None}
+    if params is not None:
+        return {"autoscale": AutoscaleConfig.from_table(params, "--autoscale-params")}
+    if on and scenario.sim.autoscale is None:
+        return {"autoscale": AutoscaleConfig()}
+    return {}
 
 
 def scenario_from_args(args: argparse.Namespace) -> Scenario:
@@ -255,7 +295,7 @@ def scenario_from_args(args: argparse.Namespace) -> Scenario:
         "gateway_params": args.gateway_params,
         "gateway_max_inflight": args.gateway_max_inflight,
     }
-    changes = {k: v for k, v in flags.items() if v is not None}
+    changes = {k: v for k, v in flags.items() if v is not None} | _autoscale_override(args, scenario)
     if args.trace is not None:
         changes.setdefault("format", None)  # a new trace's format is detected unless given
         scenario = replace(scenario, name=args.trace, base_dir=None)  # a flag's path is cwd's

@@ -15,6 +15,7 @@ either), so a profiled backend looks to the router exactly as a simulated replic
 from __future__ import annotations
 
 import argparse
+import asyncio
 import logging
 import socket
 from collections.abc import Sequence
@@ -26,7 +27,8 @@ from shunter.core.sched.config import SchedulerConfig
 from shunter.engine.backend import EngineBackend, engine_backends
 from shunter.engine.config import DEFAULT_MAX_NUM_BATCHED_TOKENS, EngineConfig
 from shunter.errors import ConfigError
-from shunter.gateway.app import AppConfig
+from shunter.gateway.app import AppConfig, GatewayApp
+from shunter.gateway.autoscale import LiveAutoscaler
 from shunter.gateway.config import (
     DEFAULT_MODEL,
     DEFAULT_NUM_REPLICAS,
@@ -42,8 +44,10 @@ from shunter.gateway.factory import (
     build_backends,
     stop_supervised,
 )
+from shunter.gateway.replica import BackendSlot, Replica
 from shunter.gateway.server import serve
 from shunter.gateway.settings import SchedulerSettings
+from shunter.router.autoscale import Autoscaler
 from shunter.router.registry import ROUTERS
 from shunter.sim.cost.speed import ReplicaSpeeds, profile_speeds
 from shunter.workload.rank_training import build_predictor
@@ -55,9 +59,9 @@ __all__ = ["backend_speeds", "check_can_listen", "engine_maker", "make_engines",
 REMOTE_MAX_NUM_BATCHED_TOKENS = SchedulerConfig(num_blocks=1).max_num_batched_tokens
 
 
-def engine_maker(settings: SchedulerSettings) -> EngineMaker:
+def engine_maker(settings: SchedulerSettings, *, is_scaled: bool = False) -> EngineMaker:
     """Builds the in-process replicas of an engine backend, running `settings`' engine policy
-    (one torch thread each when there are several)."""
+    (one torch thread each when there are several, or may be: `is_scaled`)."""
     policy, params = settings.engine_policy
 
     def make(backend: BackendConfig, model: str) -> Sequence[tuple[EngineClient, int]]:
@@ -65,7 +69,8 @@ def engine_maker(settings: SchedulerSettings) -> EngineMaker:
         sizes = {k: v for k, v in (("block_size", backend.block_size),
                                    ("max_num_batched_tokens", backend.max_num_batched_tokens))
                  if v is not None}
-        config = EngineConfig(model=model, num_threads=1 if num > 1 else None, policy=policy,
+        config = EngineConfig(model=model, num_threads=1 if num > 1 or is_scaled else None,
+                              policy=policy,
                               policy_params=params, **sizes)
         return [(b, b.max_num_seqs) for b in engine_backends(config, num)]
     return make
@@ -200,13 +205,16 @@ def run_serve(args: argparse.Namespace) -> int:
                          tenants=config.tenants)
     slots = []
     try:
-        slots = build_backends(config.backends, model, engine_maker(settings), backend_speeds,
-                               vllm_policy=settings.engine_policy)
+        slots = build_backends(config.backends, model,
+                               engine_maker(settings, is_scaled=config.autoscale is not None),
+                               backend_speeds, vllm_policy=settings.engine_policy)
         engine_lens = [s.client.engine.max_model_len for s in slots
                        if isinstance(s.client, EngineBackend)]
         max_model_len = server.max_model_len or (min(engine_lens) if engine_lens else None)
         app = build_app(replace(parts, app=replace(app_config, max_model_len=max_model_len)),
                         slots)
+        if config.autoscale is not None:
+            app.services.append(_autoscaler(config, app, model))
     except ValueError as exc:
         stop_supervised(slots)
         raise ConfigError(str(exc)) from None
@@ -222,6 +230,28 @@ def run_serve(args: argparse.Namespace) -> int:
     finally:
         stop_supervised(slots)  # the vLLM servers this gateway started, however it ended
     return 0
+
+
+def _autoscaler(config: GatewayConfig, app: GatewayApp, model: str) -> LiveAutoscaler:
+    """The [autoscale] table's autoscaler over `app`'s pool; a new replica of the scaled
+    backend is built as at start-up (an engine loads the model: its cold start)."""
+    assert config.autoscale is not None
+    backend = next(b for b in config.backends if b.name == config.autoscale.backend)
+    settings = config.scheduler
+    make_engines = engine_maker(settings, is_scaled=True)
+
+    def build(index: int) -> BackendSlot:
+        one = replace(backend, name=f"{backend.name}-{index}", replicas=1)
+        slot, = build_backends([one], model, make_engines, backend_speeds,
+                               vllm_policy=settings.engine_policy)
+        return slot
+
+    async def make(index: int, replica_id: int) -> Replica:
+        slot = await asyncio.to_thread(build, index)  # a model loads: not on the event loop
+        return Replica.of_slot(slot, replica_id, config.breaker)
+
+    return LiveAutoscaler(app.pool, Autoscaler(config.autoscale.config), make, backend.name,
+                          app.metrics, app.clock)
 
 
 def _log_to_stderr(level: str) -> None:

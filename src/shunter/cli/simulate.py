@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import os
 import time
+from dataclasses import asdict
 from typing import Any
 
 from shunter.cli.common import (
@@ -26,10 +27,11 @@ from shunter.metrics.report import (
 )
 from shunter.metrics.summary import Summary, summarize
 from shunter.router.registry import ROUTERS
+from shunter.sim.config import SimConfig
 from shunter.sim.partition import partition_blocker, simulate_parallel
 from shunter.sim.runner import SimRun, simulate
 
-__all__ = ["auto_workers", "run_compare", "run_simulate"]
+__all__ = ["autoscale_lines", "auto_workers", "run_compare", "run_simulate"]
 
 
 def auto_workers(scenario: Scenario, num_requests: int) -> int:
@@ -71,8 +73,37 @@ def _result_dict(scenario: Scenario, run: SimRun, summary: Summary, wall_s: floa
         "gpu": sim.gpu, "tp": sim.tp, **({"ep": sim.ep} if sim.ep > 1 else {}),
         "replicas": sim.num_replicas, **gateway,
         **summary.to_dict(),
-        "num_routed": run.num_routed, "wall_s": round(wall_s, 3),
+        "num_routed": run.num_routed, **_autoscale_result(sim, run), "wall_s": round(wall_s, 3),
     }
+
+
+_AUTOSCALE_STATS = ("scale_ups", "scale_downs", "replica_seconds", "mean_replicas",
+                    "max_replicas_provisioned")
+
+
+def _autoscale_result(sim: SimConfig, run: SimRun) -> dict[str, Any]:
+    """The `autoscale` key of the results: settings, cost and every scale event."""
+    config = sim.autoscale_config
+    if config is None:
+        return {}
+    return {"autoscale": {**asdict(config), **{k: run.topology_stats[k] for k in _AUTOSCALE_STATS},
+                          "events": [[e.time_s, e.kind, e.replica_id] for e in run.scale_events]}}
+
+
+def autoscale_lines(run: SimRun, *, max_events: int = 12) -> list[str]:
+    """What `simulate` prints about autoscaling: its cost, then the scale events."""
+    if "replica_seconds" not in run.topology_stats:
+        return []
+    st = run.topology_stats
+    lines = [f"autoscaling: {st['scale_ups']:.0f} scale-ups, {st['scale_downs']:.0f} drains; "
+             f"cost {st['replica_seconds']:.1f} replica-seconds = {st['mean_replicas']:.2f} "
+             f"replicas on average (at most {st['max_replicas_provisioned']:.0f})"]
+    events = [f"{e.time_s:.1f} s {e.kind} {e.replica_id}" for e in run.scale_events]
+    if events:
+        shown = events if len(events) <= max_events else [*events[:max_events], "..."]
+        more = "" if len(events) <= max_events else f" (all {len(events)} in --json)"
+        lines.append(f"scale events{more}: " + ", ".join(shown))
+    return lines
 
 
 def _title(scenario: Scenario, num_requests: int) -> str:
@@ -81,6 +112,10 @@ def _title(scenario: Scenario, num_requests: int) -> str:
     if sim.has_gateway:
         name, _, max_inflight = sim.gateway_settings
         gateway = f", gateway {name} (<= {max_inflight} in flight per replica)"
+    autoscale = sim.autoscale_config
+    if autoscale is not None:
+        gateway += (f", autoscaled {autoscale.min_replicas}-{autoscale.max_replicas} replicas "
+                    f"(drain: {autoscale.drain})")
     return (f"{scenario.name}: {num_requests} requests, {sim.num_replicas} x {sim.model} on "
             f"{sim.tp} x {sim.gpu}{ep}, policy {sim.policy}, router {sim.router}{gateway}")
 
@@ -93,6 +128,8 @@ def run_simulate(args: argparse.Namespace) -> int:
     out.print(render_table(summary, _title(scenario, len(specs))))
     for line in rejection_lines(summary):
         out.print(line, style="yellow", highlight=False, soft_wrap=True)
+    for line in autoscale_lines(run):
+        out.print(line, highlight=False, soft_wrap=True)
     out.print(f"simulated {len(specs)} requests in {wall_s:.2f} s of wall time", style="dim")
     result = _result_dict(scenario, run, summary, wall_s)
     if args.json:

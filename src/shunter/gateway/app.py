@@ -24,6 +24,7 @@ import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Protocol
 
 from shunter import __version__
 from shunter.core.predict.interface import Predictor, SessionTracker
@@ -57,7 +58,7 @@ from shunter.gateway.render import Rendering
 from shunter.gateway.schemas import decode_body, parse_request
 from shunter.gateway.tenant import TenantTable
 
-__all__ = ["AppConfig", "GatewayApp"]
+__all__ = ["AppConfig", "GatewayApp", "Service"]
 
 log = logging.getLogger("shunter.gateway")
 
@@ -97,6 +98,15 @@ def _client_request_id(scope: Scope) -> str | None:
     return None
 
 
+class Service(Protocol):
+    """Background work that lives as long as the server (the autoscaler): started after the
+    pool, stopped before it."""
+
+    def start(self) -> None: ...
+
+    async def stop(self) -> None: ...
+
+
 @dataclass(slots=True, eq=False)
 class GatewayApp:
     config: AppConfig
@@ -107,6 +117,7 @@ class GatewayApp:
     clock: Callable[[], float] = time.monotonic
     predictor: Predictor | None = None  # sets predicted output lengths (sjf, ltr)
     sessions: SessionTracker = field(default_factory=SessionTracker)
+    services: list[Service] = field(default_factory=list)
     is_draining: bool = False
     num_in_progress: int = 0
     _ids: itertools.count[int] = field(default_factory=itertools.count)
@@ -316,9 +327,13 @@ class GatewayApp:
             message = await receive()
             if message["type"] == "lifespan.startup":
                 self.pool.start()
+                for service in self.services:
+                    service.start()
                 await send({"type": "lifespan.startup.complete"})
             elif message["type"] == "lifespan.shutdown":
                 await self.drain()
+                for service in self.services:
+                    await service.stop()
                 await self.pool.stop()
                 await send({"type": "lifespan.shutdown.complete"})
                 return

@@ -32,6 +32,12 @@
                   fake:   token_delay_s, first_token_delay_s, num_output_tokens
     [[tenants]]   name, api_keys, weight, priority_ceiling, default_priority,
                   max_requests_per_min, max_tokens_per_min
+    [autoscale]   backend (the one to scale: an engine, vllm or fake backend; default: the
+                  only one), and the decision's keys, as a scenario's [autoscale]
+                  (`shunter.router.autoscale.AutoscaleConfig`: min_replicas, max_replicas,
+                  metric, thresholds, interval_s, cooldowns; drain is "wait", the only
+                  way live); the backend's `replicas` is the starting count;
+                  `gateway/autoscale.py` does what it decides
     [limits]      what one client connection may cost, checked before authentication
                   (`LimitsConfig`, enforced in `protocol.py`):
                   max_header_bytes = 65536, max_headers = 128 (request line + headers;
@@ -66,11 +72,13 @@ from shunter.gateway.limits import LimitsConfig
 from shunter.gateway.pool import PoolConfig
 from shunter.gateway.settings import SchedulerSettings, named_policy
 from shunter.gateway.tenant import TenantConfig, TenantTable
+from shunter.router.autoscale import AutoscaleConfig
 
-__all__ = ["BACKEND_KINDS", "DEFAULT_MODEL", "DEFAULT_NUM_REPLICAS", "VLLM_PYTHON_ENV",
-           "BackendConfig", "GatewayConfig", "ServerConfig", "default_vllm_python", "load_config"]
+__all__ = ["BACKEND_KINDS", "DEFAULT_MODEL", "DEFAULT_NUM_REPLICAS", "SCALABLE_KINDS",
+           "VLLM_PYTHON_ENV", "AutoscaleSettings", "BackendConfig", "GatewayConfig", "ServerConfig", "default_vllm_python", "load_config"]
 
 BACKEND_KINDS = ("remote", "engine", "vllm", "fake")
+SCALABLE_KINDS = ("engine", "vllm", "fake")  # what the gateway can start more of
 VLLM_PYTHON_ENV = "SHUNTER_VLLM_PYTHON"  # the default `python` of kind = "vllm" backends
 DEFAULT_MODEL = "smollm2-135m"  # what the embedded default serves
 DEFAULT_NUM_REPLICAS = 2  # in-process engine replicas when the config names no backend
@@ -211,6 +219,63 @@ def default_vllm_python() -> str:
     return os.environ.get(VLLM_PYTHON_ENV) or "python"
 
 
+@dataclass(frozen=True, slots=True)
+class AutoscaleSettings:
+    """[autoscale]: which backend the gateway scales, and the decision's settings."""
+
+    backend: str
+    config: AutoscaleConfig
+    where: str = "[autoscale]"  # for errors: the file and table it came from
+
+    def check(self, backends: tuple[BackendConfig, ...]) -> None:
+        """ConfigError unless the backend exists, can be scaled, and starts within limits."""
+        found = next((b for b in backends if b.name == self.backend), None)
+        where = self.where
+        if found is None or found.kind not in SCALABLE_KINDS:
+            names = [b.name for b in backends if b.kind in SCALABLE_KINDS]
+            raise ConfigError(f"{where}: backend {self.backend!r} is not an engine, vllm or "
+                              f"fake backend of this config; scalable: {names or 'none'}")
+        config = self.config
+        if config.drain == "migrate":
+            raise ConfigError(f"{where}: drain = \"migrate\" is the simulator's (its replicas "
+                              "hand running requests over); a live replica drains by finishing "
+                              "its requests: drain = \"wait\"")
+        if found.port is not None or found.kv_events or found.kv_events_publish \
+                or found.exact_prefix:
+            raise ConfigError(f"{where}: backend {found.name} sets port, kv_events, "
+                              "kv_events_publish or exact_prefix, which name one replica; a "
+                              "scaled backend's replicas are alike")
+        if not config.min_replicas <= found.replicas <= config.max_replicas:
+            raise ConfigError(f"{where}: backend {found.name} starts with {found.replicas} "
+                              f"replicas, outside min_replicas..max_replicas "
+                              f"({config.min_replicas}..{config.max_replicas})")
+
+
+def _autoscale(raw: dict[str, Any], path: Path,
+               backends: tuple[BackendConfig, ...]) -> AutoscaleSettings | None:
+    if "autoscale" not in raw:
+        return None
+    where = f"{path} [autoscale]"
+    table = raw["autoscale"]
+    if not isinstance(table, dict):
+        raise ConfigError(f"{where}: expected a table")
+    table = dict(table)
+    name = table.pop("backend", None)
+    if name is None:
+        scalable = [b.name for b in backends if b.kind in SCALABLE_KINDS]
+        if len(scalable) != 1:
+            raise ConfigError(f"{where}: name the backend to scale (backend = \"NAME\"); "
+                              f"scalable backends: {scalable or 'none'}")
+        name = scalable[0]
+    if not isinstance(name, str):
+        raise ConfigError(f"{where}: key 'backend' must be a string, got {name!r}")
+    table.setdefault("drain", "wait")  # the only way live (see AutoscaleSettings.check)
+    if "provision_s" in table:
+        raise ConfigError(f"{where}: provision_s is the simulator's model of a cold start; live, "
+                          "a new replica takes what it really takes to start")
+    return AutoscaleSettings(name, AutoscaleConfig.from_table(table, where), where)
+
+
 @dataclass(frozen=True, slots=True, kw_only=True)
 class GatewayConfig:
     server: ServerConfig = field(default_factory=ServerConfig)
@@ -223,6 +288,11 @@ class GatewayConfig:
     backends: tuple[BackendConfig, ...] = ()
     tenants: tuple[TenantConfig, ...] = ()
     limits: LimitsConfig = field(default_factory=LimitsConfig)
+    autoscale: AutoscaleSettings | None = None
+
+    def __post_init__(self) -> None:
+        if self.autoscale is not None:
+            self.autoscale.check(self.backends)
 
 
 _VLLM_ONLY = {f.name: f for f in fields(BackendConfig)
@@ -272,7 +342,7 @@ def load_config(path: str | Path) -> GatewayConfig:
         raise ConfigError(f"{path}: cannot read gateway config: {exc}") from None
     raw = raw or {}
     tables = {"server", "router", "scheduler", "admission", "pool", "breaker", "backends",
-              "tenants", "limits"}
+              "tenants", "limits", "autoscale"}
     unknown = set(raw) - tables
     if unknown:
         raise ConfigError(f"{path}: unknown table(s) {', '.join(sorted(unknown))}; valid: "
@@ -282,6 +352,8 @@ def load_config(path: str | Path) -> GatewayConfig:
     router_params = router.pop("params", {})
     if router or not isinstance(router_name, str) or not isinstance(router_params, dict):
         raise ConfigError(f"{path} [router]: keys are name (a string) and params (a table)")
+    backends = tuple(_build(BackendConfig, b, f"{path} [[backends]] #{i + 1}")
+                     for i, b in enumerate(_list(raw, "backends", path)))
     return GatewayConfig(
         server=_build(ServerConfig, raw.get("server", {}), f"{path} [server]"),
         router=router_name, router_params=router_params,
@@ -289,10 +361,9 @@ def load_config(path: str | Path) -> GatewayConfig:
         admission=_build(AdmissionConfig, raw.get("admission", {}), f"{path} [admission]"),
         pool=_build(PoolConfig, raw.get("pool", {}), f"{path} [pool]"),
         breaker=_build(BreakerConfig, raw.get("breaker", {}), f"{path} [breaker]"),
-        backends=tuple(_build(BackendConfig, b, f"{path} [[backends]] #{i + 1}")
-                       for i, b in enumerate(_list(raw, "backends", path))),
-        tenants=_tenants(raw, path),
-        limits=_build(LimitsConfig, raw.get("limits", {}), f"{path} [limits]"))
+        backends=backends, tenants=_tenants(raw, path),
+        limits=_build(LimitsConfig, raw.get("limits", {}), f"{path} [limits]"),
+        autoscale=_autoscale(raw, path, backends))
 
 
 def _tenants(raw: dict[str, Any], path: Path) -> tuple[TenantConfig, ...]:

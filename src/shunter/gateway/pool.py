@@ -125,7 +125,7 @@ class ReplicaPool:
         now = self.clock()
         waits = []
         for r in self.replicas:
-            if not r.is_healthy:
+            if not r.is_healthy or r.is_draining:
                 continue
             wait = r.breaker.ejected_for_s(now)
             if wait == 0.0:

@@ -73,6 +73,7 @@ class Replica:
     speeds: SpeedModel | None = None  # from a profile of the backend, if configured
     meter: SpeedMeter = field(default_factory=SpeedMeter)
     is_healthy: bool = True
+    is_draining: bool = False  # the autoscaler is taking it away: no new requests
     num_waiting: int = 0  # dispatched by the gateway, no output yet
     num_running: int = 0  # dispatched by the gateway, streaming
     num_waiting_tokens: int = 0
@@ -94,7 +95,7 @@ class Replica:
         return self.num_waiting + self.num_running
 
     def can_route(self, now_s: float) -> bool:
-        return self.is_healthy and self.breaker.can_send(now_s)
+        return self.is_healthy and not self.is_draining and self.breaker.can_send(now_s)
 
     def on_dispatch(self, num_prompt_tokens: int, now_s: float) -> StreamTimer:
         """A request goes to this backend; the timer measures its stream (`meter.on_chunk`)."""

@@ -1,15 +1,15 @@
 """A simulated cluster: a router in front of replicas, driven by one event loop.
 
-Topologies plug in here: prefill/decode pools (`disagg.py`), live migration (`migration.py`)
-and stale router views (`staleness.py`); in front of the router, optionally, a gateway tier
-(`gateway.py`) where requests wait until a replica has a free slot. They move requests between replicas only at step
-boundaries (`at_boundary`: the target's run is cut after its step in flight, exactly as an
-arrival cuts it) and wake up through `Timer` events.
+Topologies plug in here: prefill/decode pools (`disagg.py`), live migration (`migration.py`),
+stale router views (`staleness.py`) and autoscaling (`autoscale.py`: replicas join and leave
+the router's set, ids stay indices into `replicas`); in front of the router, optionally, a
+gateway tier (`gateway.py`) where requests wait until a replica has a free slot. They move
+requests between replicas only at step boundaries (`at_boundary`: the target's run is cut
+after its step in flight, exactly as an arrival cuts it) and wake up through `Timer` events.
 """
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, replace
 
@@ -25,6 +25,7 @@ from shunter.core.types import RequestId, RequestSpec
 from shunter.errors import WorkloadError
 from shunter.metrics.record import RequestRecord
 from shunter.router.interface import Router, is_load_blind
+from shunter.sim.autoscale import Autoscaling, SimAutoscaler, next_tick_s
 from shunter.sim.config import MigrationConfig
 from shunter.sim.disagg import KV_TRANSFER_TIMER, Disaggregation
 from shunter.sim.gateway import SimGateway
@@ -62,6 +63,7 @@ class ClusterTopology:
     counts_in_flight: bool = True
     migration: MigrationConfig | None = None
     gateway: SimGateway | None = None  # set: requests wait at a gateway tier first
+    autoscale: Autoscaling | None = None  # set: replicas come and go (`sim.autoscale`)
 
 
 class SimCluster:
@@ -120,6 +122,11 @@ class SimCluster:
             self._timers[KV_TRANSFER_TIMER] = self.disagg.on_timer
         if self.migrator is not None:
             self._timers[MIGRATION_STAGE_TIMER] = self.migrator.on_timer
+        self.autoscaler: SimAutoscaler | None = None
+        if topo.autoscale is not None:
+            self.autoscaler = SimAutoscaler(self, topo.autoscale, migrator=self.migrator,
+                                            kv_link_bytes_s=topo.kv_link_bytes_s)
+            self._timers |= self.autoscaler.timers
 
     def run(self, specs: Iterable[RequestSpec], *, on_progress: ProgressFn | None = None,
             progress_every: int = 1000, on_record: RecordFn | None = None,
@@ -192,6 +199,25 @@ class SimCluster:
 
     def set_timer(self, at_s: float, kind: str, key: int) -> None:
         self.loop.push(at_s, TIMER_PRIORITY, Timer(kind, key))
+
+    # ---- services to the autoscaler (`sim.autoscale.ScalingCluster`) ------------------------
+
+    def add_replica(self, replica: SimReplica) -> None:
+        assert replica.replica_id == len(self.replicas), "ids are indices"
+        self.replicas.append(replica)
+        self.num_routed.append(0)
+        self._boundary_ops.append([])
+
+    def set_routable(self, replicas: list[SimReplica]) -> None:
+        source = self.views[0]
+        source.replicas = replicas
+        if source.is_stale:
+            source.refresh()
+        if self._blind_views is not None:
+            self._blind_views = [r.view() for r in replicas]
+
+    def has_events(self) -> bool:
+        return len(self.loop) > 0
 
     # ---- events ---------------------------------------------------------------------------
 
@@ -328,15 +354,13 @@ class SimCluster:
             self._arm(SNAPSHOT_TIMER, self._snapshot_interval_s)
         if self.migrator is not None and not self._armed[MIGRATION_TICK_TIMER]:
             self._arm(MIGRATION_TICK_TIMER, self.migrator.config.interval_s)
+        if self.autoscaler is not None:
+            self.autoscaler.arm()
 
     def _arm(self, kind: str, interval_s: float) -> None:
         """Wake `kind` at the first multiple of `interval_s` after now."""
-        now = self.clock.now()
-        index = math.floor(now / interval_s) + 1
-        while index * interval_s <= now:  # floor of a rounded quotient can fall one short
-            index += 1
         self._armed[kind] = True
-        self.set_timer(index * interval_s, kind, index)
+        self.set_timer(next_tick_s(self.clock.now(), interval_s), kind, 0)
 
     def _is_active(self) -> bool:
         return (any(r.is_busy or r.scheduler.has_work for r in self.replicas)

@@ -8,6 +8,7 @@ from typing import Any
 from shunter.core.sched.gateway_queue import gateway_refusal
 from shunter.core.sched.registry import make_policy, scope_policy_params
 from shunter.core.types import check_number
+from shunter.router.autoscale import AutoscaleConfig
 from shunter.sim.cost.catalog import get_model
 from shunter.sim.cost.moe import DEFAULT_EXPERT_IMBALANCE, check_parallelism
 
@@ -181,6 +182,9 @@ class SimConfig:
     gateway_policy: str | None = None
     gateway_params: dict[str, Any] = field(default_factory=dict)
     gateway_max_inflight: int | None = None
+    # Autoscaling (`shunter.sim.autoscale`, decided by `shunter.router.autoscale`): None = off;
+    # an AutoscaleConfig or a table of its keys. `num_replicas` is the starting count.
+    autoscale: AutoscaleConfig | dict[str, Any] | None = None
 
     def __post_init__(self) -> None:
         groups = tuple(g if isinstance(g, ReplicaGroup) else ReplicaGroup.from_dict(g)
@@ -198,6 +202,7 @@ class SimConfig:
         check_number("swap_space_gib", self.swap_space_gib, ge=0)
         scope_policy_params((self.policy,), self.policy_params)  # a key it does not take fails
         self._check_gateway()
+        self._check_autoscale()
         reserved = {"num_blocks", "num_host_blocks", "emit_block_tables"} & set(self.scheduler)
         if reserved:
             raise ValueError(f"scheduler options {sorted(reserved)} are derived; set num_blocks "
@@ -222,6 +227,26 @@ class SimConfig:
     @property
     def num_replicas_total(self) -> int:
         return sum(g.count for g in self.groups) if self.groups else self.num_replicas
+
+    @property
+    def autoscale_config(self) -> AutoscaleConfig | None:
+        assert not isinstance(self.autoscale, dict), "made a config by __post_init__"
+        return self.autoscale
+
+    def _check_autoscale(self) -> None:
+        if isinstance(self.autoscale, dict):
+            object.__setattr__(self, "autoscale",
+                               AutoscaleConfig.from_table(self.autoscale, "[autoscale]"))
+        config = self.autoscale_config
+        if config is None:
+            return
+        if self.groups or self.disaggregation or self.has_gateway:
+            raise ValueError("autoscaling is modelled for one pool of identical replicas, not "
+                             "with replica groups, disaggregation or a gateway tier")
+        if not config.min_replicas <= self.num_replicas <= config.max_replicas:
+            raise ValueError(f"the starting replicas ({self.num_replicas}) must lie within "
+                             f"[autoscale] min_replicas ({config.min_replicas}) and "
+                             f"max_replicas ({config.max_replicas})")
 
     def migration_config(self) -> MigrationConfig | None:
         return None if self.migration is None else MigrationConfig.from_dict(self.migration)

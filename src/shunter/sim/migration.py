@@ -110,9 +110,26 @@ class Migrator:
             if request_id is not None:
                 self._start(src, dst, request_id)
 
-    def _pick(self, src: SimReplica, dst: SimReplica) -> RequestId | None:
-        """The latest-arriving running request that decodes, is not high priority and fits."""
-        high = self.config.high_priority
+    def is_migrating(self, replica: SimReplica) -> bool:
+        """Whether `replica` sends or receives a migration under way."""
+        return any(m.src is replica or m.dst is replica for m in self._active.values())
+
+    def drain_one(self, src: SimReplica, dst: SimReplica) -> bool:
+        """Start moving one running request off `src`, a replica being drained (autoscaling:
+        any priority), to `dst`; False when neither is free to or none fits now."""
+        if self.is_migrating(src) or self.is_migrating(dst):
+            return False
+        request_id = self._pick(src, dst, any_priority=True)
+        if request_id is None:
+            return False
+        self._start(src, dst, request_id)
+        return True
+
+    def _pick(self, src: SimReplica, dst: SimReplica, *,
+              any_priority: bool = False) -> RequestId | None:
+        """The latest-arriving running request that decodes, is not high priority (unless
+        `any_priority`) and fits."""
+        high = None if any_priority else self.config.high_priority
         latest_first = sorted(src.scheduler.running, key=lambda r: (r.arrival_s, r.request_id),
                               reverse=True)
         for request in latest_first:

@@ -47,6 +47,8 @@ def partition_blocker(config: SimConfig, *, has_follow_ups: bool = False) -> str
         return "prefill/decode disaggregation hands requests between replicas"
     if config.migration is not None:
         return "live migration moves requests between replicas"
+    if config.autoscale is not None:
+        return "autoscaling adds and drains replicas"
     if config.predictor is not None:
         return "the length predictor keeps cluster-wide session history"
     if config.has_gateway:

@@ -13,6 +13,7 @@ from shunter.core.types import RequestSpec
 from shunter.errors import ConfigError
 from shunter.metrics.record import RequestRecord
 from shunter.router.registry import make_router
+from shunter.sim.autoscale import Autoscaling, ScaleEvent
 from shunter.sim.budget import budget_for_tbt
 from shunter.sim.cluster import ClusterTopology, ProgressFn, RecordFn, SimCluster
 from shunter.sim.config import ReplicaGroup, SimConfig
@@ -40,8 +41,9 @@ class SimRun:
     num_preemptions: int
     step_log: list[StepLog] | None
     # topology counters: migrations (started, completed, aborted, requeued, downtime), PD
-    # handoffs and transfer times; empty for a plain cluster
+    # handoffs and transfer times, autoscaling's cost; empty for a plain cluster
     topology_stats: dict[str, float] = field(default_factory=dict)
+    scale_events: list[ScaleEvent] = field(default_factory=list)  # autoscaling's, in order
 
 
 def scheduler_config(config: SimConfig, cost_model: CostModel,
@@ -117,7 +119,12 @@ def check_cluster_memory(config: SimConfig, *, copies: int = 1) -> None:
     (built in `copies` worker processes), before anything is built."""
     num_replicas = config.num_replicas_total
     needed = cluster_memory_bytes(config)
-    what = f"{num_replicas} replicas ({needed / num_replicas / 1e6:.1f} MB each)"
+    per_replica = needed / num_replicas
+    what = f"{num_replicas} replicas ({per_replica / 1e6:.1f} MB each)"
+    autoscale = config.autoscale_config
+    if autoscale is not None and autoscale.max_replicas > num_replicas:  # all it may hold
+        needed = round(per_replica * autoscale.max_replicas)
+        what = f"up to {autoscale.max_replicas} replicas ({per_replica / 1e6:.1f} MB each)"
     if copies > 1:
         what += f" in each of {copies} workers"
         needed = cluster_memory_bytes(config, copies=copies)
@@ -127,15 +134,21 @@ def check_cluster_memory(config: SimConfig, *, copies: int = 1) -> None:
 def build_cluster(config: SimConfig) -> SimCluster:
     clock = ManualClock()
     predictor = build_predictor(config)
-    replicas = []
+    replicas: list[SimReplica] = []
     for group in replica_groups(config):
         cost_model = _group_cost_model(config, group)
         sched_config = scheduler_config(config, cost_model, group.num_blocks)
-        for _ in range(group.count):
+
+        def make_replica(replica_id: int, cost_model: CostModel = cost_model,
+                         sched_config: SchedulerConfig = sched_config,
+                         role: str | None = group.role) -> SimReplica:
             policy = make_policy(config.policy, **config.scoped_policy_params)
             scheduler = CoreScheduler(sched_config, policy, clock)
-            replicas.append(SimReplica(len(replicas), scheduler, SimExecutor(cost_model), clock,
-                                       fast_forward=config.fast_forward, role=group.role))
+            return SimReplica(replica_id, scheduler, SimExecutor(cost_model), clock,
+                              fast_forward=config.fast_forward, role=role)
+
+        replicas += [make_replica(len(replicas) + i) for i in range(group.count)]
+    autoscale = config.autoscale_config
     router = make_router(config.router, **config.router_params)
     decode_router = None
     if config.disaggregation:
@@ -152,7 +165,8 @@ def build_cluster(config: SimConfig) -> SimCluster:
         kv_link_bytes_s=config.kv_link_bytes_s,
         snapshot_interval_s=config.router_snapshot_interval_s,
         counts_in_flight=config.router_counts_in_flight, migration=config.migration_config(),
-        gateway=gateway)
+        gateway=gateway,  # one group when autoscaling (SimConfig checks): its factory
+        autoscale=None if autoscale is None else Autoscaling(autoscale, make_replica))
     return SimCluster(replicas, router, clock, record_steps=config.record_steps, topology=topology,
                       predictor=None if predictor is None else ArrivalPredictor(predictor))
 
@@ -169,18 +183,33 @@ def simulate(config: SimConfig, specs: Iterable[RequestSpec], *,
     A cluster too large for this machine's memory is refused first (`check_cluster_memory`)."""
     check_cluster_memory(config)
     cluster = build_cluster(config)
+    end_s = [0.0]  # when the last request finished: the end of autoscaling's cost window
+    if cluster.autoscaler is not None and on_record is not None:
+        handed = on_record
+
+        def on_record(record: RequestRecord) -> None:
+            end_s[0] = max(end_s[0], record.finish_s or 0.0)
+            handed(record)
+
     records = cluster.run(specs, on_progress=on_progress, on_record=on_record,
                           follow_ups=follow_ups)
+    end_s[0] = max([end_s[0], *(r.finish_s or 0.0 for r in records)])
     preemptions = sum(r.scheduler.num_preemptions for r in cluster.replicas)
+    events = [] if cluster.autoscaler is None else cluster.autoscaler.events
     return SimRun(records, cluster.num_routed, preemptions, cluster.step_log,
-                  topology_stats(cluster))
+                  topology_stats(cluster, end_s[0]), events)
 
 
-def topology_stats(cluster: SimCluster) -> dict[str, float]:
-    """The counters of the cluster's migration and disaggregation, flat."""
+def topology_stats(cluster: SimCluster, end_s: float = 0.0) -> dict[str, float]:
+    """The counters of the cluster's migration, disaggregation and autoscaling (its cost
+    over [0, end_s]), flat."""
     out: dict[str, float] = {}
-    if cluster.migrator is not None:
-        m = cluster.migrator
+    if cluster.autoscaler is not None:
+        out |= cluster.autoscaler.stats(end_s)
+    m = cluster.migrator  # or, draining by migration without [cluster] migration, its own
+    if m is None and cluster.autoscaler is not None:
+        m = cluster.autoscaler.drainer
+    if m is not None:
         out |= {"migrations_started": m.num_started, "migrations_completed": m.num_completed,
                 "migrations_aborted": m.num_aborted, "migrations_requeued": m.num_requeued,
                 "migration_downtime_max_s": max(m.downtime_s, default=0.0),
