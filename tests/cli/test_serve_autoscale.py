@@ -29,8 +29,8 @@ scale_up_load = 0.1
 scale_down_load = 0.02
 scale_down_cooldown_s = 1.0
 """
-NUM_REQUESTS = 24
-PROMPT = " ".join(f"word{i}" for i in range(300))  # a few hundred tokens: KV blocks held
+NUM_REQUESTS = 16
+PROMPT = " ".join(f"word{i}" for i in range(200))  # a few hundred tokens: KV blocks held
 
 
 def events(url: str) -> dict[str, float]:
@@ -59,15 +59,19 @@ def test_serve_scales_engine_replicas_up_under_a_burst_and_down_after(tmp_path: 
 
         def ask(i: int) -> str | None:
             answer = client.completions.create(model="smollm2-135m", prompt=f"{i} {PROMPT}",
-                                               max_tokens=48, temperature=0,
+                                               max_tokens=24, temperature=0,
                                                extra_body={"ignore_eos": True})
             return answer.choices[0].finish_reason
 
+        t0 = time.monotonic()
         with ThreadPoolExecutor(NUM_REQUESTS) as pool:
             answers = pool.map(ask, range(NUM_REQUESTS))
             up = wait_for(url, "ready", 120.0)  # asked for, loaded, serving: during the burst
+            print(f"ready after {time.monotonic() - t0:.1f} s")
             reasons = list(answers)
+            print(f"burst done after {time.monotonic() - t0:.1f} s")
         assert reasons == ["length"] * NUM_REQUESTS
         assert up["up"] == 1
         done = wait_for(url, "removed", 60.0)  # idle: one drained and removed
+        print(f"removed after {time.monotonic() - t0:.1f} s")
         assert done["down"] == 1 and done.get("failed", 0) == 0
