@@ -270,6 +270,40 @@ def test_the_gateway_serves_a_vllm_backend_and_stops_it_on_drain(tmp_path, fake_
     assert pid is not None and not _is_alive(pid)
 
 
+def test_the_autoscaler_starts_another_vllm_server_and_closing_it_stops_it(tmp_path,
+                                                                          fake_vllm):
+    """A scaled vllm backend's new replica is one more server on a free port, under the same
+    policy; closing the replica (a drain's end) stops its process."""
+    import asyncio
+
+    from shunter.cli.serving import replica_maker
+    config = load_config(_write(tmp_path, _vllm_backend(fake_vllm, 'policy = "vtc"\n')
+                                + "[autoscale]\nmax_replicas = 2\n"))
+    make = replica_maker(config, "m")  # (held: its builder thread is the server's parent)
+    replica = asyncio.run(make(1, 7))
+    client = replica.client
+    assert isinstance(client, SupervisedEngineClient)
+    assert (replica.name, replica.replica_id) == ("v-1", 7)
+    pid = client.supervisor.pid
+    assert pid is not None and _is_alive(pid)
+    log = client.supervisor.log_path.read_text()
+    assert "policy vtc" in log and "v-1" in str(client.supervisor.log_path)
+
+    async def check_and_close() -> bool:
+        is_healthy = await client.health()
+        await client.close()
+        return is_healthy
+    assert asyncio.run(check_and_close())
+    assert not _is_alive(pid)
+
+
+def test_a_scaled_vllm_backend_may_not_pin_a_port_or_log_file(tmp_path, fake_vllm):
+    for extra in ("port = 8123\n", 'log_file = "v.log"\n'):
+        with pytest.raises(ConfigError, match="which name one replica"):
+            load_config(_write(tmp_path, _vllm_backend(fake_vllm, extra)
+                               + "[autoscale]\nmax_replicas = 2\n"))
+
+
 # ---- the real thing -----------------------------------------------------------------------
 
 @pytest.mark.slow

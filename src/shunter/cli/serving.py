@@ -19,6 +19,7 @@ import asyncio
 import logging
 import socket
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
 from typing import Any
 
@@ -28,7 +29,7 @@ from shunter.engine.backend import EngineBackend, engine_backends
 from shunter.engine.config import DEFAULT_MAX_NUM_BATCHED_TOKENS, EngineConfig
 from shunter.errors import ConfigError
 from shunter.gateway.app import AppConfig, GatewayApp
-from shunter.gateway.autoscale import LiveAutoscaler
+from shunter.gateway.autoscale import LiveAutoscaler, ReplicaMaker
 from shunter.gateway.config import (
     DEFAULT_MODEL,
     DEFAULT_NUM_REPLICAS,
@@ -52,7 +53,8 @@ from shunter.router.registry import ROUTERS
 from shunter.sim.cost.speed import ReplicaSpeeds, profile_speeds
 from shunter.workload.rank_training import build_predictor
 
-__all__ = ["backend_speeds", "check_can_listen", "engine_maker", "make_engines", "run_serve"]
+__all__ = ["backend_speeds", "check_can_listen", "engine_maker", "make_engines", "replica_maker",
+           "run_serve"]
 
 # a remote backend's token budget when its config does not say: the simulator's (vLLM's on
 # large GPUs)
@@ -233,8 +235,16 @@ def run_serve(args: argparse.Namespace) -> int:
 
 
 def _autoscaler(config: GatewayConfig, app: GatewayApp, model: str) -> LiveAutoscaler:
-    """The [autoscale] table's autoscaler over `app`'s pool; a new replica of the scaled
-    backend is built as at start-up (an engine loads the model: its cold start)."""
+    """The [autoscale] table's autoscaler over `app`'s pool."""
+    assert config.autoscale is not None
+    return LiveAutoscaler(app.pool, Autoscaler(config.autoscale.config),
+                          replica_maker(config, model), config.autoscale.backend, app.metrics,
+                          app.clock)
+
+
+def replica_maker(config: GatewayConfig, model: str) -> ReplicaMaker:
+    """Builds one more replica of the [autoscale] table's backend as at start-up (an engine
+    loads the model, a vllm backend starts a server on a free port: its cold start)."""
     assert config.autoscale is not None
     backend = next(b for b in config.backends if b.name == config.autoscale.backend)
     settings = config.scheduler
@@ -246,12 +256,16 @@ def _autoscaler(config: GatewayConfig, app: GatewayApp, model: str) -> LiveAutos
                                vllm_policy=settings.engine_policy)
         return slot
 
+    # one builder thread for as long as the maker lives: a model loads off the event loop, and
+    # a vLLM server started there lives as long as the thread that started it (its
+    # PR_SET_PDEATHSIG), which a pooled thread of asyncio's default executor may not
+    builder = ThreadPoolExecutor(1, thread_name_prefix=f"autoscale-{backend.name}")
+
     async def make(index: int, replica_id: int) -> Replica:
-        slot = await asyncio.to_thread(build, index)  # a model loads: not on the event loop
+        slot = await asyncio.get_running_loop().run_in_executor(builder, build, index)
         return Replica.of_slot(slot, replica_id, config.breaker)
 
-    return LiveAutoscaler(app.pool, Autoscaler(config.autoscale.config), make, backend.name,
-                          app.metrics, app.clock)
+    return make
 
 
 def _log_to_stderr(level: str) -> None:

@@ -240,9 +240,9 @@ class AutoscaleSettings:
             raise ConfigError(f"{where}: drain = \"migrate\" is the simulator's (its replicas "
                               "hand running requests over); a live replica drains by finishing "
                               "its requests: drain = \"wait\"")
-        if found.port is not None or found.kv_events or found.kv_events_publish \
-                or found.exact_prefix:
-            raise ConfigError(f"{where}: backend {found.name} sets port, kv_events, "
+        if found.port is not None or found.log_file or found.kv_events \
+                or found.kv_events_publish or found.exact_prefix:
+            raise ConfigError(f"{where}: backend {found.name} sets port, log_file, kv_events, "
                               "kv_events_publish or exact_prefix, which name one replica; a "
                               "scaled backend's replicas are alike")
         if not config.min_replicas <= found.replicas <= config.max_replicas:
