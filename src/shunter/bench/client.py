@@ -34,7 +34,8 @@ REJECT_STATUSES = frozenset({429, 503})
 # what a connection that never got an answer raises (TimeoutError is an OSError)
 CONNECTION_ERRORS = (aiohttp.ClientConnectionError, OSError)
 _FINISH_REASONS = {"stop": FinishReason.STOP, "length": FinishReason.LENGTH,
-                   "eos": FinishReason.STOP}  # llama-server says "eos" in some versions
+                   "eos": FinishReason.STOP,  # llama-server says "eos" in some versions
+                   "early_stop": FinishReason.EARLY_STOP}  # Shunter's engine under dynasor
 
 
 def unreachable(url: str, exc: BaseException) -> EndpointError:

@@ -19,6 +19,7 @@ __all__ = [
     "DEFAULT_TENANT",
     "FINISHED_STATUSES",
     "FinishReason",
+    "ProbeTrace",
     "RequestId",
     "RequestSpec",
     "RequestStatus",
@@ -49,6 +50,7 @@ class RequestStatus(enum.IntEnum):
     FINISHED_LENGTH = 11
     FINISHED_ABORTED = 12
     FINISHED_REJECTED = 13
+    FINISHED_EARLY = 14  # ended by its policy from probes of its progress (Dynasor's early exit)
 
     @property
     def is_finished(self) -> bool:
@@ -62,6 +64,7 @@ class FinishReason(enum.StrEnum):
     LENGTH = "length"
     ABORT = "abort"
     REJECTED = "rejected"
+    EARLY_STOP = "early_stop"  # the policy judged the answer settled (or hopeless) and ended it
 
 
 FINISHED_STATUSES: dict[RequestStatus, FinishReason] = {
@@ -69,7 +72,32 @@ FINISHED_STATUSES: dict[RequestStatus, FinishReason] = {
     RequestStatus.FINISHED_LENGTH: FinishReason.LENGTH,
     RequestStatus.FINISHED_ABORTED: FinishReason.ABORT,
     RequestStatus.FINISHED_REJECTED: FinishReason.REJECTED,
+    RequestStatus.FINISHED_EARLY: FinishReason.EARLY_STOP,
 }
+
+
+@dataclass(frozen=True, slots=True)
+class ProbeTrace:
+    """What a trace knows of a reasoning request's progress: the certainty (Certaindex, in
+    [0, 1]) its program shows at each probe point, `values[k - 1]` after k * `probe_tokens`
+    generated tokens. Trace knowledge like `RequestSpec.num_output_tokens`: only the
+    simulator's executor reads it, reporting a value when a request reaches a probe point;
+    a policy sees only the values already reported (`StepResult.probes`)."""
+
+    probe_tokens: int
+    values: tuple[float, ...]
+
+    def __post_init__(self) -> None:
+        if self.probe_tokens < 1:
+            raise ValueError(f"probe_tokens must be >= 1, got {self.probe_tokens}")
+        if not self.values or not all(0.0 <= v <= 1.0 for v in self.values):  # (NaN fails)
+            raise ValueError("a probe trace needs at least one value, each in [0, 1]")
+
+    def value_at(self, num_tokens: int) -> float:
+        """The certainty after `num_tokens` generated tokens: the last probe's at or before it
+        (0 before the first; the last value past the trace's end)."""
+        k = num_tokens // self.probe_tokens
+        return 0.0 if k <= 0 else self.values[min(k, len(self.values)) - 1]
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -104,6 +132,8 @@ class RequestSpec:
     hash_ids: tuple[int, ...] | None = None
     hash_block_size: int = DEFAULT_BLOCK_SIZE
     prompt_token_ids: tuple[int, ...] | None = field(default=None, repr=False)
+    # trace knowledge of a reasoning branch (`shunter.workload.reasoning`), as num_output_tokens
+    probe_trace: ProbeTrace | None = field(default=None, repr=False)
 
     def __post_init__(self) -> None:
         if not 0 <= self.arrival_s < math.inf:  # (NaN fails it)

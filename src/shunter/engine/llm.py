@@ -27,6 +27,7 @@ from shunter.core.predict.interface import ArrivalPredictor, Predictor
 from shunter.core.request import Request
 from shunter.core.sched.config import SchedulerConfig
 from shunter.core.sched.interface import RequestOutput
+from shunter.core.sched.policy import EarlyStoppingPolicy
 from shunter.core.sched.registry import make_policy
 from shunter.core.sched.scheduler import CoreScheduler
 from shunter.core.sched.stats import SchedulerStats
@@ -82,6 +83,8 @@ class LLMEngine:
         eos = self.tokenizer.eos_token_ids if self.tokenizer is not None else frozenset()
         self.executor = EngineExecutor(runner, eos_token_ids=eos, rng=random.Random(config.seed))
         policy = self._policy(config)
+        if isinstance(policy, EarlyStoppingPolicy):  # (dynasor: probes of the engine's tokens)
+            self.executor.enable_probes(policy.probe_tokens)
         self.scheduler = CoreScheduler(self._scheduler_config(config, policy, runner), policy,
                                        clock or WallClock())
         self._ids = itertools.count()

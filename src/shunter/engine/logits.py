@@ -9,11 +9,13 @@ tensor operations (no Python loop over the vocabulary); per-row settings come in
 
 from __future__ import annotations
 
+import math
+
 import torch
 
 __all__ = ["apply_additive", "apply_allowed", "apply_frequency_presence", "apply_min_p",
            "apply_repetition_penalty", "apply_temperature", "apply_top_k", "apply_top_p",
-           "raw_logprobs", "unpack_bitmask"]
+           "certainty", "raw_logprobs", "unpack_bitmask"]
 
 _NEG_INF = float("-inf")
 
@@ -89,3 +91,11 @@ def raw_logprobs(logits: torch.Tensor, token_ids: torch.Tensor, num_top: int,
         return chosen, [[] for _ in chosen], [[] for _ in chosen]
     values, ids = logprobs.topk(num_top, dim=-1)
     return chosen, ids.tolist(), values.tolist()
+
+
+def certainty(logits: torch.Tensor) -> list[float]:
+    """Per row, 1 - H / ln V of the model's raw next-token distribution (entropy H over a
+    vocabulary of V, float32): 1 when one token takes all the mass, 0 when it is uniform."""
+    logprobs = logits.float().log_softmax(dim=-1)
+    entropy = -(logprobs.exp() * logprobs).nan_to_num(0.0).sum(dim=-1)
+    return (1.0 - entropy / math.log(logits.shape[-1])).clamp(0.0, 1.0).tolist()

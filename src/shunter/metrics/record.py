@@ -9,8 +9,10 @@ from shunter.core.types import DEFAULT_TENANT, FinishReason
 
 __all__ = ["COMPLETED_REASONS", "RequestRecord"]
 
-# the finish reasons of a completed request: every latency is over these (metrics.summary)
-COMPLETED_REASONS: tuple[FinishReason, ...] = (FinishReason.STOP, FinishReason.LENGTH)
+# the finish reasons of a completed request: every latency is over these (metrics.summary); an
+# early stop (Dynasor) is one: the policy judged the request's answer settled and returned it
+COMPLETED_REASONS: tuple[FinishReason, ...] = (FinishReason.STOP, FinishReason.LENGTH,
+                                               FinishReason.EARLY_STOP)
 
 
 @dataclass(slots=True, kw_only=True)

@@ -1,15 +1,22 @@
 """The simulator's executor: a cost model predicts each step's time; the trace decides when a
 request stops. Only this class knows true output lengths; the scheduler learns of an end
-through `StepResult.stopped`, exactly as it would from a real model's EOS."""
+through `StepResult.stopped`, exactly as it would from a real model's EOS.
+
+Probes (for an `EarlyStoppingPolicy`, after `enable_probes(probe_tokens)`): a request
+registered with a `ProbeTrace` reports the certainty its trace holds whenever its output reaches
+a multiple of `probe_tokens` (`StepResult.probes`), as an engine would measure it. Bulk decode
+runs never cover such a step (`steps_until_probe` bounds them), so the scheduler sees every
+probe in a real step."""
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Sequence
 
 import numpy as np
 
 from shunter.core.sched.interface import SchedulerOutput, StepResult
-from shunter.core.types import RequestId
+from shunter.core.types import ProbeTrace, RequestId
 from shunter.sim.cost.interface import CostModel
 
 __all__ = ["SIM_TOKEN_ID", "SimExecutor", "num_block_runs"]
@@ -33,19 +40,50 @@ def num_block_runs(pairs: Sequence[tuple[int, int]]) -> int:
 
 
 class SimExecutor:
-    __slots__ = ("_lines", "_remaining", "cost_model")
+    __slots__ = ("_lines", "_probed", "_remaining", "cost_model", "probe_tokens")
 
     def __init__(self, cost_model: CostModel) -> None:
         self.cost_model = cost_model
         self._remaining: dict[RequestId, int] = {}  # true output tokens not yet sampled
         self._lines: dict[int, tuple[float, float]] = {}  # decode step time line per batch size
+        self.probe_tokens: int | None = None  # probing off
+        # probed requests: (output tokens sampled so far, their trace)
+        self._probed: dict[RequestId, tuple[int, ProbeTrace]] = {}
 
-    def register(self, request_id: RequestId, num_output_tokens: int) -> None:
-        """Tell the executor a request's true output length (the trace's)."""
+    def enable_probes(self, probe_tokens: int) -> None:
+        """Report probe values every `probe_tokens` output tokens of traced requests."""
+        assert probe_tokens >= 1 and not self._remaining, "enable probes before any request"
+        self.probe_tokens = probe_tokens
+
+    def register(self, request_id: RequestId, num_output_tokens: int,
+                 probe_trace: ProbeTrace | None = None, num_sampled: int = 0) -> None:
+        """Tell the executor a request's true output length (the trace's, `num_sampled` tokens
+        of it already sampled elsewhere) and, if probing, its certainty trace."""
         self._remaining[request_id] = num_output_tokens
+        if probe_trace is not None and self.probe_tokens is not None:
+            self._probed[request_id] = (num_sampled, probe_trace)
+
+    def probe_trace(self, request_id: RequestId) -> ProbeTrace | None:
+        """The certainty trace of a probed request (what a migrated request takes along)."""
+        entry = self._probed.get(request_id)
+        return None if entry is None else entry[1]
 
     def forget(self, request_id: RequestId) -> None:
         self._remaining.pop(request_id, None)
+        self._probed.pop(request_id, None)
+
+    def steps_until_probe(self, request_ids: Sequence[RequestId]) -> int:
+        """Steps until the first of these requests samples a token that reaches a probe point
+        (the step reporting it); sys.maxsize if none of them is probed."""
+        probed, interval = self._probed, self.probe_tokens
+        steps = sys.maxsize
+        if not probed or interval is None:
+            return steps
+        for rid in request_ids:
+            entry = probed.get(rid)
+            if entry is not None:
+                steps = min(steps, interval - entry[0] % interval)
+        return steps
 
     def steps_until_stop(self, request_ids: Sequence[RequestId]) -> int:
         """Steps until the first of these requests reaches its true output length."""
@@ -67,6 +105,12 @@ class SimExecutor:
             remaining[rid] = left
             if left == 0:
                 stopped.append(rid)
+        probed = self._probed
+        if probed:  # (runs stop short of probe points: counts only)
+            for rid in request_ids:
+                entry = probed.get(rid)
+                if entry is not None:
+                    probed[rid] = (entry[0] + num_steps, entry[1])
         return frozenset(stopped)
 
     def decode_run_end_times(self, start_s: float, num_decodes: int, context_tokens: int,
@@ -94,6 +138,8 @@ class SimExecutor:
         remaining = self._remaining
         for request_id in output.finished_ids:
             remaining.pop(request_id, None)
+        if self._probed:
+            return self._execute_probing(output)
         sampled: dict[RequestId, int] = {}
         stopped: list[RequestId] = []
         for chunk in output.chunks:
@@ -104,9 +150,38 @@ class SimExecutor:
                 remaining[rid] = left
                 if left <= 0:
                     stopped.append(rid)
+        return StepResult(self._step_time_s(output), sampled, frozenset(stopped))
+
+    def _step_time_s(self, output: SchedulerOutput) -> float:
         duration_s = self.cost_model.step_time_s(output.shape)
         num_swapped = len(output.swap_out) + len(output.swap_in)
         if num_swapped:
             num_runs = num_block_runs(output.swap_out) + num_block_runs(output.swap_in)
             duration_s += self.cost_model.swap_time_s(num_swapped, num_runs)
-        return StepResult(duration_s, sampled, frozenset(stopped))
+        return duration_s
+
+    def _execute_probing(self, output: SchedulerOutput) -> StepResult:
+        """`execute` while traced requests live: the same, plus their probe values."""
+        remaining, probed = self._remaining, self._probed
+        for request_id in output.finished_ids:
+            probed.pop(request_id, None)
+        interval = self.probe_tokens
+        assert interval is not None
+        sampled: dict[RequestId, int] = {}
+        stopped: list[RequestId] = []
+        probes: dict[RequestId, float] = {}
+        for chunk in output.chunks:
+            if chunk.is_sampling:
+                rid = chunk.request_id
+                sampled[rid] = SIM_TOKEN_ID
+                left = remaining[rid] - 1
+                remaining[rid] = left
+                if left <= 0:
+                    stopped.append(rid)
+                entry = probed.get(rid)
+                if entry is not None:
+                    num_sampled = entry[0] + 1
+                    probed[rid] = (num_sampled, entry[1])
+                    if num_sampled % interval == 0:
+                        probes[rid] = entry[1].value_at(num_sampled)
+        return StepResult(self._step_time_s(output), sampled, frozenset(stopped), probes)

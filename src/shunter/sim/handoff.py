@@ -16,6 +16,7 @@ from typing import Any, overload
 import numpy as np
 
 from shunter.core.request import Request
+from shunter.core.types import ProbeTrace
 from shunter.metrics.record import RequestRecord
 from shunter.sim.timeline import StepTimeline, TokenTimes
 
@@ -30,6 +31,7 @@ class MovedRequest:
     record: RequestRecord
     num_remaining_tokens: int  # true output tokens still to sample (the executor's secret)
     detached_s: float
+    probe_trace: ProbeTrace | None = None  # a probed request's certainty trace (also secret)
 
 
 class SplicedTokenTimes(Sequence[float]):

@@ -5,7 +5,10 @@ then plans the run's remaining steps at once, with their exact end times, and ap
 bulk when the run ends. When the next step is steady already (nothing waits, every running
 request decodes), the run starts without a real first step (`begin_steady_run`). The run is
 cut short at the step in flight when a new request is routed here; until it ends, `view()`
-reports the state step by step would have at that time.
+reports the state step by step would have at that time. Under a policy that stops requests
+from probes of their progress (`EarlyStoppingPolicy`), a run also ends before the first step
+that reaches a probe point (`SimExecutor.steps_until_probe`): that step is taken for real, so
+the policy sees its probes.
 Results are identical to stepping one by one (`fast_forward=False`), which the tests check.
 """
 
@@ -16,6 +19,7 @@ from bisect import bisect_right
 from shunter.core.clock import Clock
 from shunter.core.request import Request
 from shunter.core.sched.interface import SchedulerOutput, StepResult
+from shunter.core.sched.policy import EarlyStoppingPolicy
 from shunter.core.sched.scheduler import CoreScheduler
 from shunter.core.types import RequestId, RequestSpec
 from shunter.metrics.record import RequestRecord
@@ -68,6 +72,10 @@ class SimReplica:
         self._timeline = StepTimeline()  # every applied step's end: token times index into it
         self._speeds = ReplicaSpeeds(executor.cost_model, scheduler.config.max_num_batched_tokens)
         self._held_s = 0.0  # server time of predictions made here, spent before the next step
+        policy = scheduler.policy
+        self._is_probing = isinstance(policy, EarlyStoppingPolicy)
+        if isinstance(policy, EarlyStoppingPolicy):
+            executor.enable_probes(policy.probe_tokens)
 
     @property
     def is_busy(self) -> bool:
@@ -124,7 +132,7 @@ class SimReplica:
         request.predicted_output_tokens = predicted_output_tokens
         if dispatched_s is not None:
             request.arrival_s = dispatched_s
-        self.executor.register(spec.request_id, spec.num_output_tokens)
+        self.executor.register(spec.request_id, spec.num_output_tokens, spec.probe_trace)
         rejected = self.scheduler.add_request(request)
         if rejected is not None:
             self.executor.forget(spec.request_id)
@@ -152,6 +160,8 @@ class SimReplica:
         if self.fast_forward:
             run_ids = [r.request_id for r in self.scheduler.running]
             cap = self.executor.steps_until_stop(run_ids) if run_ids else 0
+            if self._is_probing and cap:  # the policy must see this step's and later probes
+                cap = 0 if result.probes else min(cap, self.executor.steps_until_probe(run_ids) - 1)
             num_steps = decode_run_horizon(self.scheduler, output, cap)
             if num_steps:
                 end_times += self.executor.decode_run_end_times(
@@ -166,7 +176,10 @@ class SimReplica:
                                      and len(scheduler.running) < scheduler.config.max_num_seqs):
             return None  # (begin_steady_run checks this too; this is the cheap common exit)
         run_ids = [r.request_id for r in scheduler.running]
-        num_steps = begin_steady_run(scheduler, self.executor.steps_until_stop(run_ids))
+        cap = self.executor.steps_until_stop(run_ids)
+        if self._is_probing:  # a probe's step is a real one
+            cap = min(cap, self.executor.steps_until_probe(run_ids) - 1)
+        num_steps = begin_steady_run(scheduler, cap)
         if not num_steps:
             return None
         start_s = self._take_held()
@@ -216,7 +229,8 @@ class SimReplica:
         live = self._live
         if not num_steps:
             for out in outputs:
-                live[out.request_id][1].token_times_s.add(first, first + 1)  # type: ignore[attr-defined]
+                if out.new_token_ids:  # (a request stopped early while it sampled nothing has none)
+                    live[out.request_id][1].token_times_s.add(first, first + 1)  # type: ignore[attr-defined]
                 if out.finish_reason is not None:
                     done.append(self._close(out.request_id, out.finish_reason))
             return done
@@ -274,8 +288,9 @@ class SimReplica:
         request, record = self._live.pop(request_id)
         self.scheduler.detach(request_id)
         num_remaining = self.executor.steps_until_stop([request_id])
+        probe_trace = self.executor.probe_trace(request_id)
         self.executor.forget(request_id)
-        return MovedRequest(request, record, num_remaining, self.clock.now())
+        return MovedRequest(request, record, num_remaining, self.clock.now(), probe_trace)
 
     def can_attach(self, moved: MovedRequest) -> bool:
         return self.scheduler.can_attach(moved.request)
@@ -298,7 +313,8 @@ class SimReplica:
         record = moved.record
         record.token_times_s = splice_token_times(record.token_times_s, self._timeline)  # type: ignore[assignment]
         record.replica_id = self.replica_id
-        self.executor.register(rid, moved.num_remaining_tokens)
+        self.executor.register(rid, moved.num_remaining_tokens, moved.probe_trace,
+                               num_sampled=moved.request.num_output_tokens)
         self._live[rid] = (moved.request, record)
 
     def _log(self, log: list[StepLog], flight: _InFlight) -> None:

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from types import MappingProxyType
 from typing import TYPE_CHECKING, Protocol
 
 from shunter.core.types import FinishReason, RequestId, StepShape
@@ -74,6 +75,7 @@ class NewRequestData:
 
 
 _NO_WORK = StepShape()
+_NO_PROBES: Mapping[RequestId, float] = MappingProxyType({})
 
 
 @dataclass(slots=True, init=False)
@@ -118,17 +120,23 @@ class StepResult:
     `sampled` holds the one new token of each request whose chunk had `is_sampling`.
     `stopped` are requests the executor ended by a stop condition it owns (EOS, a stop string;
     in the simulator, the trace's true output length). Length limits are the scheduler's.
+    `probes` holds a certainty value in [0, 1] for each request whose output reached a probe
+    point this step (every `probe_tokens` generated tokens of an `EarlyStoppingPolicy`; the
+    simulator reads its trace, an engine measures it); empty for every other policy.
     """
 
     duration_s: float
     sampled: Mapping[RequestId, int]
     stopped: frozenset[RequestId]
+    probes: Mapping[RequestId, float]
 
     def __init__(self, duration_s: float, sampled: Mapping[RequestId, int],
-                 stopped: frozenset[RequestId] = frozenset()) -> None:
+                 stopped: frozenset[RequestId] = frozenset(),
+                 probes: Mapping[RequestId, float] = _NO_PROBES) -> None:
         self.duration_s = duration_s
         self.sampled = sampled
         self.stopped = stopped
+        self.probes = probes
 
 
 @dataclass(slots=True, init=False)

@@ -39,7 +39,7 @@ from typing import Any, ClassVar, Protocol, runtime_checkable
 from shunter.core.request import Request
 from shunter.core.sched.queue import KeyedQueue
 
-__all__ = ["KeyedQueue", "Policy", "PrefixAwarePolicy", "PrefixProbe", "RecallingPolicy",
+__all__ = ["EarlyStoppingPolicy", "KeyedQueue", "Policy", "PrefixAwarePolicy", "PrefixProbe", "RecallingPolicy",
            "ReorderBoundPolicy", "StaticKeyPolicy", "WaitingQueue", "charges_service",
            "never_preempts", "victim_sort_key"]
 
@@ -115,7 +115,8 @@ class Policy(Protocol):
 #   says no (`never_preempts`);
 # - `victim_key_at`, `on_scheduled_step`, `victim_key_reads_progress`: see the module docstring;
 # - `steps_until_reorder`: `ReorderBoundPolicy`;
-# - `recalls`: `RecallingPolicy`.
+# - `recalls`: `RecallingPolicy`;
+# - `probe_tokens`, `early_stops`: `EarlyStoppingPolicy`.
 
 
 @runtime_checkable
@@ -139,6 +140,23 @@ class RecallingPolicy(Protocol):
         """Running requests to preempt before this step is planned, memory short or not
         (usually none); the scheduler preempts them as any victim and queues them again. A
         ReorderBoundPolicy's bound must end decode runs before the state where it recalls."""
+        ...
+
+
+@runtime_checkable
+class EarlyStoppingPolicy(Protocol):
+    """A policy that ends requests early from probes of their progress (optional; Dynasor's
+    Certaindex). Engine tier only, and only where the executor reports probes: every
+    `probe_tokens` generated tokens of a request, a certainty value in [0, 1]
+    (`StepResult.probes`). A runtime whose executor cannot must refuse such a policy."""
+
+    probe_tokens: int
+
+    def early_stops(self, probes: Sequence[tuple[Request, float]], now_s: float
+                    ) -> list[Request]:
+        """Record the certainty values reported by a step (for live requests, in step order)
+        and return the requests to end now, running or queued (usually none); the scheduler
+        ends them as FINISHED_EARLY, after the step's tokens count."""
         ...
 
 

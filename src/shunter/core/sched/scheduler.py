@@ -16,7 +16,7 @@ Model (as in vLLM v1): there is no prefill or decode phase. A request has `num_t
    then the rest chunked into the leftover budget) — but not in a step where memory ran short
    in (1), so that a preempted request is not overtaken by new ones;
 3. a SchedulerOutput (read-only by contract) is emitted; `update` applies the StepResult when it
-   comes back.
+   comes back, then ends what the policy stops early from the step's probes (`early_stop`).
 
 With chunked prefill off (prefill-first, vLLM v0 / Orca), phase 2 runs before phase 1 and a
 step that admits any prompt runs only whole prompts: decodes stall behind prefills.
@@ -31,6 +31,7 @@ from shunter.core.clock import Clock
 from shunter.core.kv.manager import KVCacheManager
 from shunter.core.request import Request
 from shunter.core.sched.config import SchedulerConfig
+from shunter.core.sched.early_stop import stop_early
 from shunter.core.sched.headroom import Headroom
 from shunter.core.sched.interface import RequestOutput, SchedulerOutput, StepResult
 from shunter.core.sched.limits import rejection_reason, stop_status
@@ -105,7 +106,8 @@ class CoreScheduler:
         self._enqueue(request)
         return None
 
-    def abort(self, request_id: RequestId) -> RequestOutput | None:
+    def abort(self, request_id: RequestId, status: RequestStatus = RequestStatus.FINISHED_ABORTED,
+              ) -> RequestOutput | None:
         request = self.requests.get(request_id)
         if request is None:
             return None
@@ -114,7 +116,7 @@ class CoreScheduler:
         else:
             self.waiting.remove(request)
             self.num_waiting_tokens -= request.num_uncomputed_tokens
-        self.finish_request(request, RequestStatus.FINISHED_ABORTED)
+        self.finish_request(request, status)
         return RequestOutput(request_id, (), FINISHED_STATUSES[request.status],
                              num_cached_tokens=request.num_cached_tokens or 0)
 
@@ -182,8 +184,7 @@ class CoreScheduler:
             num_waiting_tokens=self.num_waiting_tokens,
             num_running_tokens=sum(r.num_tokens for r in self.running),
             num_free_blocks=self.kv.num_free_blocks, num_total_blocks=self.config.num_blocks,
-            num_preemptions=self.num_preemptions,
-        )
+            num_preemptions=self.num_preemptions)
 
     # ---- one step ------------------------------------------------------------------------
 
@@ -331,9 +332,8 @@ class CoreScheduler:
     # ---- helpers -------------------------------------------------------------------------
 
     def num_cached_prefix_tokens(self, request: Request) -> int:
-        """Tokens a waiting request would not compute if admitted now: its prefix-cache hits, or
-        all it had computed when swapped out (that KV comes back by copy). Prefix-aware policies'
-        probe."""
+        """Tokens a waiting request would not compute if admitted now (prefix-aware policies'
+        probe): its prefix-cache hits, or all it computed before a swap-out (copied back)."""
         if request.status == RequestStatus.SWAPPED:
             return request.num_computed_tokens
         return len(self.kv.computed_blocks(request)) * self.config.block_size
@@ -394,5 +394,6 @@ class CoreScheduler:
             reason = FINISHED_STATUSES[status] if status is not None else None
             outputs.append(RequestOutput(request.request_id, (token_id,), reason,
                                          num_cached_tokens=request.num_cached_tokens or 0))
+        if result.probes:  # (only an executor probing for an EarlyStoppingPolicy reports them)
+            stop_early(self, result.probes, outputs)
         return outputs
-
