@@ -46,7 +46,7 @@ def test_the_policy_and_its_params_come_from_the_environment() -> None:
 
 @pytest.mark.parametrize(("environ", "message"), [
     ({"SHUNTER_POLICY": "nope"},
-     "SHUNTER_POLICY: unknown scheduling policy 'nope'; valid: aios_rr, dlpm, fastswitch, fcfs"),
+     "SHUNTER_POLICY: unknown scheduling policy 'nope'; valid: aios_rr, dlpm, dynasor, fastswitch"),
     ({"SHUNTER_POLICY": "vtc", "SHUNTER_POLICY_PARAMS": "{aging"},
      "SHUNTER_POLICY_PARAMS is not valid JSON"),
     ({"SHUNTER_POLICY": "vtc", "SHUNTER_POLICY_PARAMS": "[1]"},
@@ -94,3 +94,9 @@ def test_a_policy_that_recalls_running_requests_is_refused_inside_vllm() -> None
     with pytest.raises(ConfigError, match="SHUNTER_POLICY: policy 'length_grouped' sends "
                                           "running requests back"):
         policy_from_env({"SHUNTER_POLICY": "length_grouped"})
+
+
+def test_a_policy_that_stops_requests_from_probes_is_refused_inside_vllm() -> None:
+    with pytest.raises(ConfigError, match="SHUNTER_POLICY: policy 'dynasor' ends requests from "
+                                          "probes of their progress"):
+        policy_from_env({"SHUNTER_POLICY": "dynasor"})

@@ -29,7 +29,7 @@ from vllm.v1.request import Request, RequestStatus
 from vllm.v1.structured_output import StructuredOutputManager
 
 import shunter.integrations.vllm as adapter
-from shunter.core.sched.policy import RecallingPolicy
+from shunter.core.sched.policy import EarlyStoppingPolicy, RecallingPolicy
 from shunter.core.sched.registry import POLICIES, make_policy
 from shunter.errors import ConfigError
 from shunter.integrations.vllm import ShunterAsyncScheduler, ShunterScheduler
@@ -250,7 +250,7 @@ def every_policy_runs() -> dict[str, Any]:
     that memory-pressure preemption happens too): what each left behind."""
     left: dict[str, Any] = {}
     for name in sorted(POLICIES):
-        if isinstance(make_policy(name), RecallingPolicy):
+        if isinstance(make_policy(name), (RecallingPolicy, EarlyStoppingPolicy)):
             continue  # refused inside vLLM (integrations.settings)
         scheduler = make_scheduler(name, max_num_seqs=3, num_blocks=12, budget=64)
         for i in range(6):

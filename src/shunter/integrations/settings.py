@@ -16,7 +16,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from shunter.core.sched.policy import Policy, RecallingPolicy
+from shunter.core.sched.policy import EarlyStoppingPolicy, Policy, RecallingPolicy
 from shunter.core.sched.registry import POLICIES, make_policy
 from shunter.core.types import DEFAULT_TENANT, TenantId, short_repr
 from shunter.errors import ConfigError, RequestError
@@ -84,6 +84,11 @@ def policy_from_env(environ: Mapping[str, str]) -> Policy:
         raise ConfigError(f"{POLICY_ENV}: policy {name!r} sends running requests back to the "
                           "queue by its own rule (RecallingPolicy), which the vLLM adapter does "
                           "not do; run it in Shunter's engine (shunter serve) or the simulator")
+    if isinstance(policy, EarlyStoppingPolicy):
+        raise ConfigError(f"{POLICY_ENV}: policy {name!r} ends requests from probes of their "
+                          "progress (EarlyStoppingPolicy), which vLLM's model runner does not "
+                          "report to the adapter; run it in Shunter's engine (shunter serve) or "
+                          "the simulator")
     return policy
 
 

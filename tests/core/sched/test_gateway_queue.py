@@ -11,7 +11,7 @@ GATEWAY_POLICIES = sorted(n for n in POLICIES if make_policy(n).requires_engine 
 
 
 def test_engine_only_policies_are_refused_with_where_they_run():
-    for name in ("mlfq", "fastswitch", "sarathi", "aios_rr"):
+    for name in ("mlfq", "fastswitch", "sarathi", "aios_rr", "dynasor"):
         with pytest.raises(ValueError) as info:
             GatewayQueue(make_policy(name))
         message = str(info.value)

@@ -9,6 +9,7 @@ from typing import Any
 
 from shunter.core.sched.policies.aios_rr import AiosRrPolicy
 from shunter.core.sched.policies.dlpm import DlpmPolicy
+from shunter.core.sched.policies.dynasor import DynasorPolicy
 from shunter.core.sched.policies.fastswitch import FastSwitchPolicy
 from shunter.core.sched.policies.fcfs import FcfsPolicy
 from shunter.core.sched.policies.length_grouped import LengthGroupedPolicy
@@ -30,6 +31,7 @@ __all__ = ["POLICIES", "PREDICTIVE_POLICIES", "make_policy", "policy_param_names
 POLICIES: dict[str, Callable[..., Policy]] = {
     "aios_rr": AiosRrPolicy,
     "dlpm": DlpmPolicy,
+    "dynasor": DynasorPolicy,
     "fastswitch": FastSwitchPolicy,
     "fcfs": FcfsPolicy,
     "length_grouped": LengthGroupedPolicy,
