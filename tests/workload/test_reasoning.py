@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import re
 from dataclasses import replace
 
 import numpy as np
@@ -159,3 +160,30 @@ def test_one_branch_programs_are_single_chains():
     for program in work.programs:
         assert set(program.certainty) <= {0.0, 1.0}  # one branch: settled or not
         assert program.certainty[-1] == 1.0
+
+
+def test_reasoning_programs_round_trip_through_the_canonical_jsonl(tmp_path):
+    from shunter.workload.jsonl import write_jsonl
+    from shunter.workload.loaders import load_workload
+    specs = reasoning_programs(6, rate=2.0, seed=3).specs
+    path = tmp_path / "reasoning.jsonl"
+    write_jsonl(specs, path)
+    assert load_workload(path) == specs  # probe traces included, floats exact
+
+
+@pytest.mark.parametrize(("extra", "field", "message"), [
+    ('"probe_tokens": 32', "certainty", "go together"),
+    ('"certainty": [0.5]', "probe_tokens", "go together"),
+    ('"probe_tokens": 32, "certainty": [0.5, 1.5]', "certainty", "numbers in [0, 1]"),
+    ('"probe_tokens": 32, "certainty": []', "certainty", "numbers in [0, 1]"),
+    ('"probe_tokens": 0, "certainty": [0.5]', "probe_tokens", ">= 1"),
+])
+def test_a_bad_probe_trace_in_jsonl_names_its_line_and_field(tmp_path, extra, field, message):
+    from shunter.errors import WorkloadError
+    from shunter.workload.loaders import load_workload
+    path = tmp_path / "bad.jsonl"
+    path.write_text('{"timestamp": 0, "input_length": 5, "output_length": 9}\n'
+                    '{"timestamp": 1, "input_length": 5, "output_length": 9, ' + extra + "}\n")
+    with pytest.raises(WorkloadError, match=re.escape(message)) as caught:
+        load_workload(path)
+    assert caught.value.line == 2 and caught.value.field == field

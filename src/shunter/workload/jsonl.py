@@ -15,7 +15,10 @@ One request per line::
 - optional: `request_id` (str, default "r<i>" for the i-th request, from 0), `tenant` (str),
   `priority` (int, |priority| <= 2^31 - 1), `session_id`, `program_id` (str), `ttft_slo_s`,
   `tpot_slo_s` (finite, > 0), `max_output_tokens` (int in [1, 2^31 - 1]), `prompt_token_ids`
-  (ints, as many as input_length).
+  (ints, as many as input_length), `probe_tokens` with `certainty` (a reasoning request's
+  probe trace, `core.types.ProbeTrace`: its program's Certaindex after each `probe_tokens`
+  generated tokens, numbers in [0, 1]; trace knowledge, read only by the simulator's executor
+  for `dynasor`).
 
 Unknown keys are ignored, so traces that carry more columns still load. Blank lines are
 skipped. Timestamps must not decrease (equal ones are fine: Mooncake logs in batches).
@@ -34,7 +37,7 @@ from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
-from shunter.core.types import DEFAULT_TENANT, RequestSpec, short_repr
+from shunter.core.types import DEFAULT_TENANT, ProbeTrace, RequestSpec, short_repr
 from shunter.errors import WorkloadError
 from shunter.workload.parse import (
     MAX_ARRIVAL_S,
@@ -125,7 +128,26 @@ def _optional_fields(obj: dict[str, Any], where: tuple[str, int]) -> dict[str, A
             fields[key] = _positive_float(obj[key], key, where)
     if obj.get("prompt_token_ids") is not None:
         fields["prompt_token_ids"] = _int_tuple(obj["prompt_token_ids"], "prompt_token_ids", where)
+    if obj.get("probe_tokens") is not None or obj.get("certainty") is not None:
+        fields["probe_trace"] = _probe_trace(obj, where)
     return fields
+
+
+def _probe_trace(obj: dict[str, Any], where: tuple[str, int]) -> ProbeTrace:
+    values = obj.get("certainty")
+    if obj.get("probe_tokens") is None or values is None:
+        raise WorkloadError("probe_tokens and certainty go together (a probe trace)",
+                            path=where[0], line=where[1],
+                            field="certainty" if values is None else "probe_tokens")
+    probe_tokens = _int(obj, "probe_tokens", where, minimum=1)
+    if (type(values) is not list or not values
+            or not all(type(v) in (int, Decimal) and 0 <= v <= 1 for v in values)):
+        shown = [float(v) if type(v) is Decimal else v for v in values] \
+            if type(values) is list else values
+        raise WorkloadError(f"must be a non-empty list of numbers in [0, 1], got "
+                            f"{short_repr(shown)}", path=where[0], line=where[1],
+                            field="certainty")
+    return ProbeTrace(probe_tokens=probe_tokens, values=tuple(float(v) for v in values))
 
 
 def _record_to_spec(obj: Any, index: int, where: tuple[str, int], options: LoadOptions,
@@ -227,6 +249,9 @@ def spec_to_line(spec: RequestSpec, index: int) -> str:
             record[key] = value
     if spec.prompt_token_ids is not None:
         record["prompt_token_ids"] = list(spec.prompt_token_ids)
+    if spec.probe_trace is not None:
+        record["probe_tokens"] = spec.probe_trace.probe_tokens
+        record["certainty"] = list(spec.probe_trace.values)
     body = json.dumps(record, separators=(", ", ": "), allow_nan=False)
     return '{"timestamp": ' + _timestamp_text(spec.arrival_s) + ", " + body[1:]
 
