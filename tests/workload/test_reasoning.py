@@ -41,7 +41,7 @@ def test_branches_share_the_program_prompt_and_arrival_and_carry_its_trajectory(
             assert (branch.arrival_s, branch.num_prompt_tokens, branch.hash_ids) == \
                 (first.arrival_s, first.num_prompt_tokens, first.hash_ids)
             assert branch.probe_trace == ProbeTrace(32, program.certainty)
-            assert 1 <= branch.num_output_tokens <= 2048
+        assert len({b.num_output_tokens for b in program.branches}) > 1  # branches differ
         ids.add(first.hash_ids[0])
         # the trajectory reaches the longest branch's end, and the last value is its final state
         longest = max(b.num_output_tokens for b in program.branches)
@@ -187,3 +187,10 @@ def test_a_bad_probe_trace_in_jsonl_names_its_line_and_field(tmp_path, extra, fi
     with pytest.raises(WorkloadError, match=re.escape(message)) as caught:
         load_workload(path)
     assert caught.value.line == 2 and caught.value.field == field
+
+
+def test_branch_lengths_are_capped_at_max_output_tokens():
+    work = reasoning_programs(30, rate=None, seed=2, shape=ReasoningShape(max_output_tokens=200))
+    lengths = [b.num_output_tokens for p in work.programs for b in p.branches]
+    assert max(lengths) == 200 and min(lengths) < 200  # the cap binds, and only some branches
+    assert all(b.max_output_tokens == 200 for p in work.programs for b in p.branches)
