@@ -80,7 +80,7 @@ def _child(spec_path: Path, result_path: Path) -> None:
     prompts = spec["prompts"]
     longest = max(len(p) for p in prompts) + int(spec["output_len"])
     block_size = 16
-    engine = LLMEngine(EngineConfig(
+    engine = LLMEngine(EngineConfig.of(
         model="smollm2-135m", dtype=spec["dtype"], max_num_seqs=concurrency,
         num_blocks=concurrency * -(-longest // block_size) + 16, block_size=block_size,
         max_num_batched_tokens=max(512, PROMPT_LEN), max_model_len=longest))

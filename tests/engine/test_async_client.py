@@ -21,7 +21,7 @@ GREEDY = SamplingParams(temperature=0.0, max_tokens=10)
 
 
 def make_engine(loaded) -> LLMEngine:
-    return LLMEngine(EngineConfig(model="tiny", dtype="float32", num_blocks=32, block_size=4,
+    return LLMEngine(EngineConfig.of(model="tiny", dtype="float32", num_blocks=32, block_size=4,
                                   max_num_batched_tokens=8), loaded=loaded)
 
 

@@ -21,7 +21,7 @@ PROMPT = "the cat"
 
 
 def make_engine(loaded) -> LLMEngine:
-    return LLMEngine(EngineConfig(model="tiny", dtype="float32", num_blocks=64, block_size=4,
+    return LLMEngine(EngineConfig.of(model="tiny", dtype="float32", num_blocks=64, block_size=4,
                                   max_model_len=128), loaded=loaded)
 
 

@@ -22,7 +22,7 @@ PARAMS = SamplingParams(temperature=0.0, max_tokens=12, ignore_eos=True)
 
 
 def engine_with(loaded, **policy_params) -> tuple[LLMEngine, list[dict[str, float]]]:
-    engine = LLMEngine(EngineConfig(model="tiny", dtype="float32", num_blocks=64, block_size=4,
+    engine = LLMEngine(EngineConfig.of(model="tiny", dtype="float32", num_blocks=64, block_size=4,
                                     max_num_batched_tokens=64, max_num_seqs=8, policy="dynasor",
                                     policy_params={"probe_tokens": PROBE, **policy_params}),
                        loaded=loaded)

@@ -16,7 +16,7 @@ PROMPTS = [[5, 6, 7], list(range(20, 47)), [100, 3, 9, 44, 71]]
 
 
 def engine_on(device: str, loaded) -> LLMEngine:
-    return LLMEngine(EngineConfig(model="tiny", device=device, dtype="float32", num_blocks=32,
+    return LLMEngine(EngineConfig.of(model="tiny", device=device, dtype="float32", num_blocks=32,
                                   block_size=4, max_num_batched_tokens=8, num_host_blocks=8,
                                   preemption_mode="swap"), loaded=loaded)
 

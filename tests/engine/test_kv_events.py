@@ -81,7 +81,7 @@ def test_an_address_in_use_is_a_clear_error(tmp_path):
 
 
 def make_engine(loaded, num_blocks=12):
-    return LLMEngine(EngineConfig(model="tiny", dtype="float32", num_blocks=num_blocks,
+    return LLMEngine(EngineConfig.of(model="tiny", dtype="float32", num_blocks=num_blocks,
                                   block_size=BS, max_num_batched_tokens=64, max_num_seqs=4),
                      loaded=loaded)
 

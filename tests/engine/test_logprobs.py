@@ -22,7 +22,7 @@ ATOL = 1e-4
 def make_engine(loaded, **kw) -> LLMEngine:
     defaults = dict(model="tiny", dtype="float32", num_blocks=64, block_size=4,
                     max_num_batched_tokens=16, max_num_seqs=8)
-    return LLMEngine(EngineConfig(**{**defaults, **kw}), loaded=loaded)
+    return LLMEngine(EngineConfig.of(**{**defaults, **kw}), loaded=loaded)
 
 
 def prompts(lengths: list[int], seed: int = 0) -> list[list[int]]:

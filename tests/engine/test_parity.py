@@ -149,7 +149,7 @@ def engine_decisions(loaded, policy: str, specs, config) -> list[tuple]:
     from shunter.engine.config import EngineConfig
     from shunter.engine.llm import LLMEngine
     clock = ManualClock()
-    engine = LLMEngine(EngineConfig(
+    engine = LLMEngine(EngineConfig.of(
         dtype="float32", num_blocks=config.num_blocks, block_size=BLOCK_SIZE,
         max_num_batched_tokens=config.max_num_batched_tokens, max_num_seqs=config.max_num_seqs,
         max_model_len=config.max_model_len, preemption_mode=config.preemption_mode,

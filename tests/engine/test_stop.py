@@ -34,7 +34,7 @@ def vocab_loaded(vocab_gguf: Path):
 
 
 def make_engine(loaded) -> LLMEngine:
-    return LLMEngine(EngineConfig(model="tiny", dtype="float32", num_blocks=64, block_size=4),
+    return LLMEngine(EngineConfig.of(model="tiny", dtype="float32", num_blocks=64, block_size=4),
                      loaded=loaded)
 
 

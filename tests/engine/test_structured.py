@@ -65,7 +65,7 @@ def test_compile_errors_are_found_without_a_tokenizer() -> None:
 
 
 def tok_engine(loaded) -> LLMEngine:
-    return LLMEngine(EngineConfig(model="tiny", dtype="float32", num_blocks=64, block_size=4),
+    return LLMEngine(EngineConfig.of(model="tiny", dtype="float32", num_blocks=64, block_size=4),
                      loaded=loaded)
 
 

@@ -262,7 +262,7 @@ def engine_maker(loaded, made):
     from shunter.engine.llm import LLMEngine
 
     def make(backend, model):
-        config = EngineConfig(model="tiny", dtype="float32", num_blocks=16, block_size=BS,
+        config = EngineConfig.of(model="tiny", dtype="float32", num_blocks=16, block_size=BS,
                               max_num_batched_tokens=64, max_num_seqs=4, num_threads=1)
         engines = [LLMEngine(config, loaded=loaded) for _ in range(backend.replicas)]
         made.extend(engines)

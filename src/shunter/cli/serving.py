@@ -72,8 +72,7 @@ def engine_maker(settings: SchedulerSettings, *, is_scaled: bool = False) -> Eng
                                    ("max_num_batched_tokens", backend.max_num_batched_tokens))
                  if v is not None}
         config = EngineConfig(model=model, num_threads=1 if num > 1 or is_scaled else None,
-                              policy=policy,
-                              policy_params=params, **sizes)
+                              policy=policy, policy_params=params, scheduler=sizes)
         return [(b, b.max_num_seqs) for b in engine_backends(config, num)]
     return make
 

@@ -2,27 +2,39 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
-from shunter.core.types import DEFAULT_BLOCK_SIZE
+from shunter.core.sched.config import (
+    SCHEDULER_DEFAULTS,
+    SchedulerConfig,
+    check_scheduler_options,
+)
 from shunter.errors import ConfigError
 
-__all__ = ["DEFAULT_MAX_NUM_BATCHED_TOKENS", "DTYPES", "EngineConfig"]
+__all__ = ["DEFAULT_MAX_NUM_BATCHED_TOKENS", "DTYPES", "ENGINE_DERIVED_SCHEDULER_OPTIONS",
+           "ENGINE_SCHEDULER_DEFAULTS", "EngineConfig"]
 
 DTYPES = ("float32", "bfloat16", "float16")
 DEFAULT_MAX_NUM_BATCHED_TOKENS = 512
+# Where the engine's scheduler defaults differ from SchedulerConfig's (sized for a GPU): a CPU
+# replica batches fewer requests. `max_num_batched_tokens` is DEFAULT_MAX_NUM_BATCHED_TOKENS
+# unless a policy with a TBT target (`sarathi`) derives it.
+ENGINE_SCHEDULER_DEFAULTS: Mapping[str, Any] = {"max_num_seqs": 64}
+# SchedulerConfig fields the engine sets itself: its KV pool is `EngineConfig.num_blocks`.
+ENGINE_DERIVED_SCHEDULER_OPTIONS = frozenset({"num_blocks", "emit_block_tables"})
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class EngineConfig:
-    """Which model, where it runs, and the scheduler's knobs (vLLM's names where it has them).
+    """Which model, where it runs, how much KV it holds and how it schedules.
 
-    `max_model_len` None means the model's own context length. `num_threads` None leaves
-    PyTorch's default (one per core). `max_num_batched_tokens` None means
-    `DEFAULT_MAX_NUM_BATCHED_TOKENS`, or, for a policy with a TBT target (`sarathi`), the
-    largest budget that meets it on this model (`shunter.engine.budget`, measured at start-up).
+    `scheduler` holds SchedulerConfig overrides, the same options with the same names and
+    checks as the simulator's `[scheduler]` table (`shunter.core.sched.config`), on top of
+    ENGINE_SCHEDULER_DEFAULTS; `max_model_len` there is capped by the model's own context.
+    `num_threads` None leaves PyTorch's default (one per core).
     """
 
     model: str = "smollm2-135m"
@@ -31,14 +43,7 @@ class EngineConfig:
     dtype: str = "bfloat16"
     num_threads: int | None = None
     num_blocks: int = 1024
-    block_size: int = DEFAULT_BLOCK_SIZE
-    max_num_batched_tokens: int | None = None
-    max_num_seqs: int = 64
-    max_model_len: int | None = None
-    enable_chunked_prefill: bool = True
-    enable_prefix_caching: bool = True
-    preemption_mode: Literal["recompute", "swap"] = "recompute"
-    num_host_blocks: int = 0
+    scheduler: Mapping[str, Any] = field(default_factory=dict)
     policy: str = "fcfs"
     policy_params: dict[str, Any] = field(default_factory=dict)
     seed: int = 0
@@ -46,15 +51,43 @@ class EngineConfig:
     def __post_init__(self) -> None:
         if self.dtype not in DTYPES:
             raise ConfigError(f"dtype must be one of {', '.join(DTYPES)}, got {self.dtype!r}")
-        for name in ("num_blocks", "block_size", "max_num_batched_tokens", "max_num_seqs"):
-            if getattr(self, name) is not None and getattr(self, name) < 1:
-                raise ConfigError(f"{name} must be >= 1, got {getattr(self, name)}")
-        if self.max_model_len is not None and self.max_model_len < 2:
-            raise ConfigError(f"max_model_len must be >= 2, got {self.max_model_len}")
+        if self.num_blocks < 1:
+            raise ConfigError(f"num_blocks must be >= 1, got {self.num_blocks}")
         if self.num_threads is not None and self.num_threads < 1:
             raise ConfigError(f"num_threads must be >= 1, got {self.num_threads}")
-        if self.preemption_mode not in ("recompute", "swap"):
-            raise ConfigError(f"preemption_mode must be 'recompute' or 'swap', "
-                              f"got {self.preemption_mode!r}")
-        if self.num_host_blocks < 0:
-            raise ConfigError(f"num_host_blocks must be >= 0, got {self.num_host_blocks}")
+        try:
+            check_scheduler_options(self.scheduler, derived=ENGINE_DERIVED_SCHEDULER_OPTIONS,
+                                    where="engine scheduler")
+            SchedulerConfig(num_blocks=self.num_blocks, **self.scheduler)  # the value ranges
+        except ValueError as exc:
+            raise ConfigError(str(exc) if "engine scheduler" in str(exc)
+                              else f"engine scheduler: {exc}") from exc
+
+    @classmethod
+    def of(cls, **kwargs: Any) -> EngineConfig:
+        """An EngineConfig from flat keywords, as vLLM's `LLM(...)` takes them: any name of a
+        SchedulerConfig option (`max_num_seqs=8`) goes into `scheduler`, the rest are fields."""
+        options = dict(kwargs.pop("scheduler", None) or {})
+        for name in SCHEDULER_DEFAULTS.keys() - ENGINE_DERIVED_SCHEDULER_OPTIONS:
+            if name in kwargs:
+                options[name] = kwargs.pop(name)
+        try:
+            return cls(scheduler=options, **kwargs)
+        except TypeError as exc:  # a keyword that is neither a field nor a scheduler option
+            raise ConfigError(f"engine config: {exc}") from exc
+
+    def option(self, name: str) -> Any:
+        """Scheduler option `name` as this engine runs it (before any policy derives one)."""
+        if name in self.scheduler:
+            return self.scheduler[name]
+        if name in ENGINE_SCHEDULER_DEFAULTS:
+            return ENGINE_SCHEDULER_DEFAULTS[name]
+        return self.num_blocks if name == "num_blocks" else SCHEDULER_DEFAULTS[name]
+
+    @property
+    def block_size(self) -> int:
+        return int(self.option("block_size"))
+
+    @property
+    def max_num_seqs(self) -> int:
+        return int(self.option("max_num_seqs"))

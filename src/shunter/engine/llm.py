@@ -25,7 +25,7 @@ from shunter.core.clock import Clock
 from shunter.core.kv.events import KvEvent, KvEventLog
 from shunter.core.predict.interface import ArrivalPredictor, Predictor
 from shunter.core.request import Request
-from shunter.core.sched.config import SchedulerConfig
+from shunter.core.sched.config import SchedulerConfig, scheduler_config
 from shunter.core.sched.interface import RequestOutput
 from shunter.core.sched.policy import EarlyStoppingPolicy
 from shunter.core.sched.registry import make_policy
@@ -33,7 +33,11 @@ from shunter.core.sched.scheduler import CoreScheduler
 from shunter.core.sched.stats import SchedulerStats
 from shunter.core.types import DEFAULT_TENANT, RequestId, RequestSpec
 from shunter.engine.budget import measure_budget_for_tbt
-from shunter.engine.config import DEFAULT_MAX_NUM_BATCHED_TOKENS, EngineConfig
+from shunter.engine.config import (
+    DEFAULT_MAX_NUM_BATCHED_TOKENS,
+    ENGINE_SCHEDULER_DEFAULTS,
+    EngineConfig,
+)
 from shunter.engine.executor import EngineExecutor
 from shunter.engine.loader import LoadedModel, load_model
 from shunter.engine.model import build_llama
@@ -75,11 +79,12 @@ class LLMEngine:
         self.tokenizer: Tokenizer | None = loaded.tokenizer
         self.model_config = loaded.config
         self.max_model_len = min(loaded.config.max_position_embeddings,
-                                 config.max_model_len or loaded.config.max_position_embeddings)
+                                 config.scheduler.get("max_model_len",
+                                                      loaded.config.max_position_embeddings))
         model = build_llama(loaded.config, loaded.tensors, max_positions=self.max_model_len,
                             dtype=getattr(torch, config.dtype), device=config.device)
         runner = ModelRunner(model, num_blocks=config.num_blocks, block_size=config.block_size,
-                             num_host_blocks=config.num_host_blocks)
+                             num_host_blocks=config.option("num_host_blocks"))
         eos = self.tokenizer.eos_token_ids if self.tokenizer is not None else frozenset()
         self.executor = EngineExecutor(runner, eos_token_ids=eos, rng=random.Random(config.seed))
         policy = self._policy(config)
@@ -96,24 +101,21 @@ class LLMEngine:
 
     def _scheduler_config(self, config: EngineConfig, policy: Any,
                           runner: ModelRunner) -> SchedulerConfig:
-        budget = config.max_num_batched_tokens
+        defaults = {**ENGINE_SCHEDULER_DEFAULTS,
+                    "max_num_batched_tokens": DEFAULT_MAX_NUM_BATCHED_TOKENS}
         tbt_slo_s = getattr(policy, "tbt_slo_s", None)  # sarathi: the budget meets a TBT target
-        if budget is None and tbt_slo_s is not None:
-            if not config.enable_chunked_prefill:
+        if "max_num_batched_tokens" not in config.scheduler and tbt_slo_s is not None:
+            if not config.option("enable_chunked_prefill"):
                 raise ConfigError(f"policy {config.policy!r} needs enable_chunked_prefill")
-            budget = measure_budget_for_tbt(
+            defaults["max_num_batched_tokens"] = measure_budget_for_tbt(
                 runner, tbt_slo_s, num_decodes=config.max_num_seqs,
                 max_seq_len=min(self.max_model_len, config.num_blocks * config.block_size))
         try:
-            return SchedulerConfig(
-                num_blocks=config.num_blocks, block_size=config.block_size,
-                max_num_batched_tokens=budget or DEFAULT_MAX_NUM_BATCHED_TOKENS,
-                max_num_seqs=config.max_num_seqs, max_model_len=self.max_model_len,
-                enable_chunked_prefill=config.enable_chunked_prefill,
-                enable_prefix_caching=config.enable_prefix_caching,
-                preemption_mode=config.preemption_mode, num_host_blocks=config.num_host_blocks)
+            return scheduler_config(  # max_model_len: the user's, capped by the model's
+                {**config.scheduler, "max_model_len": self.max_model_len}, defaults=defaults,
+                derived={"num_blocks": config.num_blocks}, where="engine scheduler")
         except ValueError as exc:
-            raise ConfigError(f"engine scheduler: {exc}") from exc
+            raise ConfigError(str(exc)) from exc
 
     @staticmethod
     def _policy(config: EngineConfig) -> Any:
@@ -295,7 +297,7 @@ def generate_text(model: str = "smollm2-135m", prompt: str = "", *, max_tokens: 
     `on_text` receives each piece of text as it is generated (for streaming to a terminal);
     `config` overrides EngineConfig fields (dtype, num_threads, cache_dir, ...).
     """
-    engine = LLMEngine(EngineConfig(model=model, **(config or {})))
+    engine = LLMEngine(EngineConfig.of(model=model, **(config or {})))
     if chat:
         if engine.tokenizer is None:
             raise RequestError("this model has no tokenizer for a chat prompt", param="prompt")

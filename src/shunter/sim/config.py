@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field, fields
 from typing import Any
 
+from shunter.core.sched.config import check_scheduler_options
 from shunter.core.sched.gateway_queue import gateway_refusal
 from shunter.core.sched.registry import make_policy, scope_policy_params
 from shunter.core.types import check_number
@@ -13,8 +14,8 @@ from shunter.sim.cost.catalog import get_model
 from shunter.sim.cost.moe import DEFAULT_EXPERT_IMBALANCE, check_parallelism
 
 __all__ = ["DEFAULT_GATEWAY_MAX_INFLIGHT", "DEFAULT_GATEWAY_POLICY", "DEFAULT_KV_LINK_BYTES_S",
-           "ROLES", "TETRIINFER_CHUNK_TOKENS", "TOPOLOGIES", "MigrationConfig", "ReplicaGroup",
-           "SimConfig"]
+           "ROLES", "SIM_DERIVED_SCHEDULER_OPTIONS", "TETRIINFER_CHUNK_TOKENS", "TOPOLOGIES",
+           "MigrationConfig", "ReplicaGroup", "SimConfig"]
 
 # KV transfer link between replicas: 200 Gb/s InfiniBand / RoCE per GPU, the usual
 # cross-node fabric (Splitwise assumes InfiniBand between machines; DistServe's low-bandwidth
@@ -28,6 +29,8 @@ DEFAULT_GATEWAY_MAX_INFLIGHT = 256  # a backend's max_concurrency in a gateway c
 # roofline model's peak prefill throughput of an 8B model on an A100 (13.2k of 13.3k tok/s).
 TOPOLOGIES = ("tetriinfer",)
 TETRIINFER_CHUNK_TOKENS = 512
+# SchedulerConfig fields the simulator sets itself (from the cost model and swap_space_gib)
+SIM_DERIVED_SCHEDULER_OPTIONS = frozenset({"num_blocks", "num_host_blocks", "emit_block_tables"})
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -203,10 +206,11 @@ class SimConfig:
         scope_policy_params((self.policy,), self.policy_params)  # a key it does not take fails
         self._check_gateway()
         self._check_autoscale()
-        reserved = {"num_blocks", "num_host_blocks", "emit_block_tables"} & set(self.scheduler)
+        reserved = SIM_DERIVED_SCHEDULER_OPTIONS & set(self.scheduler)
         if reserved:
             raise ValueError(f"scheduler options {sorted(reserved)} are derived; set num_blocks "
                              "or swap_space_gib on the simulation instead")
+        check_scheduler_options(self.scheduler, derived=SIM_DERIVED_SCHEDULER_OPTIONS)
 
     @property
     def has_gateway(self) -> bool:

@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 from collections.abc import Iterable
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field
 
 from shunter.core.clock import ManualClock
 from shunter.core.predict.interface import ArrivalPredictor, Predictor
+from shunter.core.sched.config import SCHEDULER_DEFAULTS
+from shunter.core.sched.config import scheduler_config as build_scheduler_config
 from shunter.core.sched.registry import make_policy
 from shunter.core.sched.scheduler import CoreScheduler, SchedulerConfig
-from shunter.core.types import RequestSpec
+from shunter.core.types import DEFAULT_BLOCK_SIZE, RequestSpec
 from shunter.errors import ConfigError
 from shunter.metrics.record import RequestRecord
 from shunter.router.registry import make_router
@@ -30,8 +32,6 @@ __all__ = ["SimRun", "build_cluster", "build_predictor", "check_cluster_memory",
            "cluster_memory_bytes", "replica_groups", "simulate", "topology_stats"]
 
 _GIB = 1024**3
-_SCHEDULER_FIELDS = {f.name for f in fields(SchedulerConfig)}
-_MAX_NUM_SEQS_DEFAULT = next(f.default for f in fields(SchedulerConfig) if f.name == "max_num_seqs")
 
 
 @dataclass(slots=True)
@@ -50,27 +50,24 @@ def scheduler_config(config: SimConfig, cost_model: CostModel,
                      num_blocks: int | None = None) -> SchedulerConfig:
     """The replica's SchedulerConfig: the user's overrides on top of what the hardware allows
     (`num_blocks`: this replica's KV capacity, if its group sets one)."""
-    unknown = set(config.scheduler) - _SCHEDULER_FIELDS
-    if unknown:
-        raise ValueError(f"unknown scheduler options {sorted(unknown)}; valid: "
-                         f"{', '.join(sorted(_SCHEDULER_FIELDS - {'num_blocks', 'num_host_blocks', 'emit_block_tables'}))}")
-    block_size = int(config.scheduler.get("block_size", 16))
+    block_size = int(config.scheduler.get("block_size", DEFAULT_BLOCK_SIZE))
     num_blocks = num_blocks or config.num_blocks or cost_model.num_kv_blocks(block_size)
     block_bytes = cost_model.kv_bytes_per_token * block_size  # type: ignore[attr-defined]
-    num_host_blocks = int(config.swap_space_gib * _GIB // block_bytes)
-    options = {"max_model_len": cost_model.max_model_len, **config.scheduler}
+    derived = {"num_blocks": num_blocks, "emit_block_tables": False,
+               "num_host_blocks": int(config.swap_space_gib * _GIB // block_bytes)}
+    defaults: dict[str, object] = {"max_model_len": cost_model.max_model_len}
+    options = config.scheduler
     policy = make_policy(config.policy, **config.scoped_policy_params)
     tbt_slo_s = getattr(policy, "tbt_slo_s", None)
     if tbt_slo_s is not None:  # Sarathi-Serve: the budget follows from the TBT target
         if not options.get("enable_chunked_prefill", True):
             raise ConfigError(f"policy {config.policy!r} needs enable_chunked_prefill")
         if "max_num_batched_tokens" not in options:  # priced on the worst step: full batch and KV
-            max_num_seqs = options.get("max_num_seqs", _MAX_NUM_SEQS_DEFAULT)
-            options["max_num_batched_tokens"] = budget_for_tbt(
+            max_num_seqs = options.get("max_num_seqs", SCHEDULER_DEFAULTS["max_num_seqs"])
+            defaults["max_num_batched_tokens"] = budget_for_tbt(
                 cost_model, tbt_slo_s, num_decodes=min(max_num_seqs, num_blocks * block_size),
                 decode_context_tokens=num_blocks * block_size)
-    return SchedulerConfig(num_blocks=num_blocks, num_host_blocks=num_host_blocks,
-                           emit_block_tables=False, **options)
+    return build_scheduler_config(options, defaults=defaults, derived=derived)
 
 
 def build_predictor(config: SimConfig) -> Predictor | None:

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Literal
+from collections.abc import Mapping
+from dataclasses import MISSING, dataclass, fields
+from typing import Any, Literal, get_args
 
 from shunter.core.types import DEFAULT_BLOCK_SIZE
 
-__all__ = ["AdmissionMode", "KvAllocation", "PreemptionMode", "SchedulerConfig"]
+__all__ = ["SCHEDULER_DEFAULTS", "AdmissionMode", "KvAllocation", "PreemptionMode",
+           "SchedulerConfig", "check_scheduler_options", "scheduler_config"]
 
 PreemptionMode = Literal["recompute", "swap"]
 AdmissionMode = Literal["watermark", "whole"]
@@ -73,3 +75,61 @@ class SchedulerConfig:
     def max_seq_len(self) -> int:
         """The longest sequence that can run: the context, or the whole KV cache if smaller."""
         return min(self.max_model_len, self.num_blocks * self.block_size)
+
+
+# Every option's default (all but num_blocks, which each runtime derives)
+SCHEDULER_DEFAULTS: dict[str, Any] = {f.name: f.default for f in fields(SchedulerConfig)
+                                      if f.default is not MISSING}
+
+_LITERALS: dict[str, tuple[str, ...]] = {
+    "PreemptionMode": get_args(PreemptionMode), "AdmissionMode": get_args(AdmissionMode),
+    "KvAllocation": get_args(KvAllocation)}
+
+
+def _check_type(name: str, kind: str, value: Any) -> str | None:
+    """Why `value` cannot be option `name` of annotation `kind`, or None if it can."""
+    if kind == "bool":
+        return None if isinstance(value, bool) else "must be true or false"
+    if kind == "int":
+        return None if isinstance(value, int) and not isinstance(value, bool) else \
+            "must be an integer"
+    if kind == "float":
+        return None if isinstance(value, int | float) and not isinstance(value, bool) else \
+            "must be a number"
+    if kind in _LITERALS:
+        allowed = _LITERALS[kind]
+        return None if value in allowed else f"must be one of {', '.join(map(repr, allowed))}"
+    return None
+
+
+def check_scheduler_options(options: Mapping[str, Any], *, derived: frozenset[str] | set[str]
+                            = frozenset(), where: str = "scheduler") -> None:
+    """Raise ValueError naming the option if `options` (a user's SchedulerConfig overrides)
+    holds an unknown name, one the runtime derives itself (`derived`), or a value of the wrong
+    type. Value ranges are checked when the SchedulerConfig is built."""
+    kinds = {f.name: str(f.type) for f in fields(SchedulerConfig)}
+    unknown = set(options) - set(kinds)
+    if unknown:
+        valid = ", ".join(sorted(set(kinds) - set(derived)))
+        raise ValueError(f"unknown {where} options {sorted(unknown)}; valid: {valid}")
+    fixed = set(options) & set(derived)
+    if fixed:
+        raise ValueError(f"{where}: options {sorted(fixed)} are derived by this runtime and "
+                         "cannot be set")
+    for name, value in options.items():
+        problem = _check_type(name, kinds[name], value)
+        if problem is not None:
+            raise ValueError(f"{where}: {name} {problem}, got {value!r}")
+
+
+def scheduler_config(options: Mapping[str, Any], *, defaults: Mapping[str, Any] | None = None,
+                     derived: Mapping[str, Any], where: str = "scheduler") -> SchedulerConfig:
+    """The one way a runtime builds its SchedulerConfig from a user's `options`: on top of
+    SchedulerConfig's own defaults, the runtime's `defaults` (the engine batches less on a
+    CPU), the user's options, and what the runtime `derived` itself and the user may not set
+    (the simulator's KV capacity from its cost model). ValueError naming the option if bad."""
+    check_scheduler_options(options, derived=set(derived), where=where)
+    try:
+        return SchedulerConfig(**{**(defaults or {}), **options, **derived})
+    except ValueError as exc:
+        raise ValueError(f"{where}: {exc}") from exc
