@@ -344,8 +344,8 @@ def engine_backends(config: EngineConfig, num_replicas: int) -> list[EngineBacke
     loaded = load_model(config.model, config.cache_dir)
     engines = [LLMEngine(config, loaded=loaded)]
     # a budget the first one measured (sarathi) holds for its identical siblings
-    config = replace(config,
-                     max_num_batched_tokens=engines[0].scheduler.config.max_num_batched_tokens)
+    budget = engines[0].scheduler.config.max_num_batched_tokens
+    config = replace(config, scheduler={**config.scheduler, "max_num_batched_tokens": budget})
     engines += [LLMEngine(config, loaded=loaded) for _ in range(num_replicas - 1)]
     return [EngineBackend(AsyncEngineClient(e), max_num_seqs=config.max_num_seqs,
                           kv_block_size=config.block_size) for e in engines]
