@@ -5,6 +5,7 @@
     python -m benchmarks.sim_vs_vidur --skip-1m       # scaling table without its 1M rows
     python -m benchmarks.sim_vs_vidur --workers 2     # Shunter on 2 processes (sim.partition)
     python -m benchmarks.sim_vs_vidur --build python  # only the pure-Python Shunter
+    python -m benchmarks.sim_vs_vidur --pp 2          # both with 2 pipeline stages (Vidur's default)
 
 Shunter is measured twice: pure Python (SHUNTER_PURE_PYTHON=1) and as its compiled build (the
 same source compiled with mypyc by `shunter build`, which `make` runs; rebuilt here if the
@@ -16,8 +17,10 @@ Poisson 3 req/s, lengths from `splitwise_conv.csv` (Vidur's 4096-token cap).
 
 Two Vidur runs, because Vidur 0.0.26 cannot do both jobs with one setting:
 - speed and memory at `--num-requests` with Vidur's default 2 pipeline stages (`--vidur-pp`),
-  the issue's anchor. Shunter does not model pipeline parallelism, so latencies in that table
-  are for different clusters (Vidur's replicas have twice the GPUs and KV memory).
+  the issue's anchor, against Shunter's TP2-only replicas, so latencies in that table are for
+  different clusters (Vidur's replicas have twice the GPUs and KV memory). `--pp N` gives both
+  simulators N pipeline stages of TP2 (Shunter: `SimConfig.pp`, `shunter.sim.pipeline`), the
+  same clusters side by side.
 - fidelity at `--fidelity-requests` (10,000) with one pipeline stage, the same 8 GPUs as
   Shunter. With one stage the KV cache is small enough for Vidur's vLLM scheduler to restart
   requests; at 100,000 requests Vidur then died on an internal assertion
@@ -119,9 +122,10 @@ def iter_vidur_workload(num_requests: int, qps: float, seed: int, trace_file: Pa
         yield arrival_s, prompt, output
 
 
-def shunter_config(num_replicas: int) -> SimConfig:
-    """Vidur's vLLM replica scheduler, in Shunter's terms."""
-    return SimConfig(model="llama-2-70b", gpu="a100-80gb", tp=2, num_replicas=num_replicas,
+def shunter_config(num_replicas: int, pp: int = 1) -> SimConfig:
+    """Vidur's vLLM replica scheduler, in Shunter's terms (`pp` pipeline stages of TP2; vLLM and
+    Vidur count `max_num_seqs` over every batch in flight, 64 a micro-batch at pp = 2)."""
+    return SimConfig(model="llama-2-70b", gpu="a100-80gb", tp=2, pp=pp, num_replicas=num_replicas,
                      router="round_robin", policy="fcfs",
                      scheduler={"enable_chunked_prefill": False, "max_num_batched_tokens": 4096,
                                 "max_num_seqs": 128, "enable_prefix_caching": False,
@@ -133,6 +137,7 @@ def run_shunter_child(params: dict[str, Any]) -> dict[str, Any]:
     n, replicas, seed = params["num_requests"], params["num_replicas"], params["seed"]
     qps = QPS_PER_REPLICA * replicas
     workers = params.get("workers", 1)
+    config = shunter_config(replicas, params.get("pp", 1))
 
     def make_specs() -> Iterator[RequestSpec]:
         workload = iter_vidur_workload(n, qps, seed, TRACE, copies=num_copies(n))
@@ -140,9 +145,9 @@ def run_shunter_child(params: dict[str, Any]) -> dict[str, Any]:
                             num_output_tokens=d) for i, (a, p, d) in enumerate(workload))
 
     if params.get("stream"):
-        return _run_streamed(n, replicas, make_specs, workers)
+        return _run_streamed(n, config, make_specs, workers)
     start_s = time.perf_counter()
-    run = simulate_parallel(shunter_config(replicas), make_specs, workers=workers)
+    run = simulate_parallel(config, make_specs, workers=workers)
     sim_s = time.perf_counter() - start_s
     requests = [VidurRequest(
         request_id=int(r.request_id), arrival_s=r.arrival_s, num_prompt_tokens=r.num_prompt_tokens,
@@ -161,13 +166,12 @@ def _memory(workers: int) -> dict[str, Any]:
     return {"workers": workers, "rss_sum_bytes": own + (workers - 1) * worker}
 
 
-def _run_streamed(n: int, replicas: int, make_specs: Callable[[], Iterator[RequestSpec]],
+def _run_streamed(n: int, config: SimConfig, make_specs: Callable[[], Iterator[RequestSpec]],
                   workers: int) -> dict[str, Any]:
     """A streamed run: records spilled to disk as they finish, summarized from the file."""
     with RecordSpill() as spill:
         start_s = time.perf_counter()
-        run = simulate_parallel(shunter_config(replicas), make_specs, workers=workers,
-                                on_record=spill)
+        run = simulate_parallel(config, make_specs, workers=workers, on_record=spill)
         sim_s = time.perf_counter() - start_s
         s = spill.summary()
     out: dict[str, Any] = {"sim_s": sim_s, "num_requests": n, "num_completed": s["num_completed"],
@@ -186,14 +190,14 @@ def _children_cpu_s() -> float:
 
 
 def measure_shunter(num_requests: int, num_replicas: int, seed: int, workdir: Path, *,
-                    stream: bool = False, workers: int = 1,
+                    stream: bool = False, workers: int = 1, pp: int = 1,
                     env: dict[str, str] | None = None) -> dict[str, Any]:
     """Run the Shunter side in a child process (in `env`: `_build_env`'s, the pure-Python or
     the compiled build); add its wall time, CPU time and peak RSS."""
     workdir.mkdir(parents=True, exist_ok=True)
     out = workdir / "shunter.json"
     params = {"num_requests": num_requests, "num_replicas": num_replicas, "seed": seed,
-              "stream": stream, "workers": workers, "out": str(out)}
+              "stream": stream, "workers": workers, "pp": pp, "out": str(out)}
     cmd = [sys.executable, "-m", "benchmarks.sim_vs_vidur", "--child", json.dumps(params)]
     log_path = workdir / "shunter.log"
     cpu_before_s = _children_cpu_s()
@@ -308,21 +312,25 @@ def _build_env(build: str) -> dict[str, str]:
 
 def compare(num_requests: int, pp: int, seed: int, *, skip_vidur: bool,
             rerun_vidur: bool, workers: int = 1, builds: tuple[str, ...] = ("python",),
-            stream: bool = False) -> dict[str, Any]:
-    """Both simulators on one workload (Shunter once per build); prints the side-by-side table."""
+            stream: bool = False, shunter_pp: int = 1) -> dict[str, Any]:
+    """Both simulators on one workload (Shunter once per build, with `shunter_pp` pipeline
+    stages; Vidur with `pp`); prints the side-by-side table."""
     trace_file = tiled_trace(num_requests)
+    tag = "" if shunter_pp == 1 else f"-pp{shunter_pp}"
     shunter = {build: measure_shunter(num_requests, 4, seed,
-                                      BENCH_DIR / "runs" / f"shunter-{num_requests}-{build}",
+                                      BENCH_DIR / "runs" / f"shunter-{num_requests}-{build}{tag}",
                                       workers=workers, env=_build_env(build),
-                                      stream=stream)
+                                      stream=stream, pp=shunter_pp)
                for build in builds}
     if skip_vidur:
         print(json.dumps(shunter, indent=1))
         return {"shunter": shunter}
     vidur, workdir = measure_vidur(num_requests, pp, seed, trace_file, rerun=rerun_vidur)
     same = _same_workload(workdir, num_requests, seed, trace_file)
-    hardware = ("the same 8 GPUs" if pp == 1 else
-                f"Vidur: {pp} pipeline stages, i.e. {2 * pp} GPUs a replica; Shunter: TP2 only")
+    hardware = ("the same 8 GPUs" if pp == 1 == shunter_pp else
+                f"both: {pp} pipeline stages of TP2, {8 * pp} GPUs" if pp == shunter_pp else
+                f"Vidur: {pp} pipeline stages, i.e. {2 * pp} GPUs a replica; Shunter: "
+                f"{shunter_pp} stage(s) of TP2")
     names = [f"Shunter ({b})" for b in builds]
     tables = [_side_by_side(shunter[b], vidur) for b in builds]
     # (metric, Shunter per build..., Vidur, ratio per build...)
@@ -333,7 +341,8 @@ def compare(num_requests: int, pp: int, seed: int, *, skip_vidur: bool,
                  f"{'yes' if same else 'NO'}; Shunter on {workers} process(es)"
                  f"{', records streamed to disk' if stream else ''}, Vidur on one",
                  ("", *names, "Vidur", *(f"{n}/Vidur" for n in names)), rows)
-    return {"shunter": shunter, "vidur": vidur, "vidur_pp": pp, "same_workload": same}
+    return {"shunter": shunter, "vidur": vidur, "vidur_pp": pp, "shunter_pp": shunter_pp,
+            "same_workload": same}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -342,7 +351,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--quick", action="store_true", help="10,000 requests")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--vidur-pp", type=int, default=2,
-                   help="Vidur pipeline stages in the speed run (default 2, Vidur's own)")
+                   help="Vidur pipeline stages in the speed run, Shunter's staying 1 (default "
+                        "2, Vidur's own)")
+    p.add_argument("--pp", type=int, metavar="N",
+                   help="pipeline stages of both simulators in the speed run, the same clusters "
+                        "side by side (default: unset, Shunter 1 and Vidur --vidur-pp)")
     p.add_argument("--fidelity-requests", type=int, default=10_000,
                    help="requests in the same-hardware fidelity run (Vidur pp=1; 0 skips it)")
     p.add_argument("--rerun-vidur", action="store_true", help="ignore a cached Vidur result")
@@ -372,13 +385,16 @@ def main(argv: list[str] | None = None) -> int:
     n = 10_000 if args.quick else args.num_requests
     out: dict[str, Any] = {"num_requests": n}
     builds = ("python", "compiled") if args.build == "both" else (args.build,)
-    runs = [] if args.only_scaling else [("speed", n, args.vidur_pp)]
+    if args.pp is not None and args.pp < 1:
+        p.error(f"--pp must be >= 1, got {args.pp}")
+    speed = (n, args.vidur_pp, 1) if args.pp is None else (n, args.pp, args.pp)
+    runs = [] if args.only_scaling else [("speed", *speed)]
     if args.fidelity_requests and not args.only_scaling:
-        runs.append(("fidelity", args.fidelity_requests, 1))
-    for name, num_requests, pp in runs:
+        runs.append(("fidelity", args.fidelity_requests, 1, 1))
+    for name, num_requests, pp, shunter_pp in runs:
         out[name] = compare(num_requests, pp, args.seed, skip_vidur=args.skip_vidur,
                             rerun_vidur=args.rerun_vidur, workers=args.workers, builds=builds,
-                            stream=args.stream)
+                            stream=args.stream, shunter_pp=shunter_pp)
     if not args.no_scaling:
         sizes = (tuple(int(x) for x in args.scaling_requests.split(","))
                  if args.scaling_requests else SCALING_REQUESTS)

@@ -4,7 +4,7 @@ A scenario has seven tables, every key optional:
 
     name = "..."
     [workload]  trace, format, num_requests, rate, seed, zero_tokens
-    [cluster]   model, gpu, tp, ep, expert_imbalance (mixture-of-experts models), replicas,
+    [cluster]   model, gpu, tp, pp, ep, expert_imbalance (mixture-of-experts models), replicas,
                 router, router_params, cost_model, num_blocks, swap_space_gib; topologies
                 (`shunter.sim.config.SimConfig`): groups (a list
                 of {gpu, count, model, tp, num_blocks, role} tables, heterogeneous replicas),
@@ -24,6 +24,11 @@ A scenario has seven tables, every key optional:
                 scale_up_cooldown_s, scale_down_cooldown_s, provision_s, drain: autoscaling
                 (`shunter.router.autoscale.AutoscaleConfig`, checked there); [cluster] replicas
                 is the starting count
+    [speculative] method ("draft_model", "eagle", "ngram"), num_speculative_tokens,
+                acceptance_rate, model (the draft model), seed: speculative decoding
+                (`shunter.sim.cost.speculative.SpeculativeConfig`, checked there)
+    [lora]      max_loras, max_lora_rank, max_cpu_loras (vLLM's), num_adapters, zipf: LoRA
+                adapters (`shunter.sim.cost.lora.LoraConfig`, checked there)
 
 An unknown table or key, or a value of the wrong type, is a ConfigError naming the file, the
 table and the key. A relative trace path is relative to the scenario file; `builtin:NAME`
@@ -59,7 +64,7 @@ for _derived in ("num_blocks", "num_host_blocks", "emit_block_tables"):
 _SCHEMA: dict[str, dict[str, str]] = {
     "workload": {"trace": "str", "format": "str", "num_requests": "int", "rate": "float",
                  "seed": "int", "zero_tokens": "str"},
-    "cluster": {"model": "str", "gpu": "str", "tp": "int", "ep": "int",
+    "cluster": {"model": "str", "gpu": "str", "tp": "int", "pp": "int", "ep": "int",
                 "expert_imbalance": "float", "replicas": "int", "router": "str",
                 "router_params": "dict", "cost_model": "str", "num_blocks": "int",
                 "swap_space_gib": "float", "groups": "list", "disaggregation": "bool",
@@ -72,6 +77,8 @@ _SCHEMA: dict[str, dict[str, str]] = {
     "gateway": {"policy": "str", "params": "dict", "max_inflight_per_replica": "int"},
     "slo": {"ttft_s": "float", "tpot_s": "float"},
     "autoscale": {},  # its keys and their types are AutoscaleConfig.from_table's to check
+    "speculative": {},  # SpeculativeConfig.from_table's to check
+    "lora": {},  # LoraConfig.from_table's to check (shunter.sim.cost.lora)
 }
 _GATEWAY_KEYS = {"policy": "gateway_policy", "params": "gateway_params",
                  "max_inflight_per_replica": "gateway_max_inflight"}
@@ -161,7 +168,7 @@ def _parse_tables(data: Any, where: str) -> dict[str, dict[str, Any]]:
             raise ConfigError(f"{where}: unknown table [{table}]; valid: name, {', '.join(_SCHEMA)}")
         if not isinstance(body, dict):
             raise ConfigError(f"{where}: [{table}] must be a table")
-        if table == "autoscale":
+        if table in ("autoscale", "speculative", "lora"):
             out[table] = body
             continue
         for key, value in body.items():
@@ -188,6 +195,10 @@ def scenario_from_dict(data: Any, *, where: str = "scenario", base_dir: Path | N
         sim_kwargs[_GATEWAY_KEYS[key]] = value
     if "autoscale" in tables:
         sim_kwargs["autoscale"] = tables["autoscale"]
+    if "speculative" in tables:
+        sim_kwargs["speculative"] = tables["speculative"]
+    if "lora" in tables:
+        sim_kwargs["lora"] = tables["lora"]
     try:
         return Scenario(name=str(name), workload=WorkloadConfig(**tables.get("workload", {})),
                         sim=SimConfig(scheduler=sched, **sim_kwargs),

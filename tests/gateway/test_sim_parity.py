@@ -153,7 +153,8 @@ def test_live_gateway_and_simulated_gateway_tier_dispatch_in_the_same_order(
     simulated = sim_dispatch_order(policy, jobs, dispatches, fixed_step_profile)
     assert len(live) == len(simulated) == len(jobs)
     assert live == simulated
-    assert live != sorted(live) or policy == "fcfs"  # the queue really reordered
+    # the queue really reordered (read_me: FCFS without expert profiles, which live requests lack)
+    assert live != sorted(live) or policy in ("fcfs", "read_me")
 
 
 def flood_jobs(seed: int = 3) -> list[Job]:

@@ -60,7 +60,7 @@ def test_the_registry_has_every_router_of_the_design():
     assert set(ROUTERS) == {"round_robin", "least_load", "random", "power_of_two",
                             "prefix_affinity", "cost", "session", "d2lpm", "llumnix",
                             "intelligent",
-                            "tetriinfer"}
+                            "tetriinfer", "lora_affinity"}
 
 
 def test_unknown_names_and_parameters_list_the_valid_ones():

@@ -25,8 +25,11 @@ from shunter.errors import ConfigError
 from shunter.router.autoscale import DEFAULT_LOADS, AutoscaleConfig
 from shunter.router.registry import ROUTERS
 from shunter.sim.cost.catalog import GPUS, MODELS
+from shunter.sim.cost.lora import LoraConfig
 from shunter.sim.cost.registry import COST_MODELS
+from shunter.sim.cost.speculative import METHODS, SpeculativeConfig
 from shunter.workload.loaders import TRACE_FORMATS, load_workload
+from shunter.workload.lora import assign_loras
 
 __all__ = ["AUTO_WORKERS_MIN_REQUESTS", "DefaultsFormatter", "add_scenario_flags", "console",
            "fail", "finite_float", "import_bench",
@@ -181,6 +184,10 @@ def add_scenario_flags(parser: argparse.ArgumentParser, *, single: bool = True) 
                                  "profile file " + scenario_default(builtin.sim.gpu, sim.gpu))
     c.add_argument("--tp", type=positive_int, metavar="N", help="tensor-parallel degree "
                    + scenario_default(builtin.sim.tp, sim.tp))
+    c.add_argument("--pp", type=positive_int, metavar="N",
+                   help="pipeline-parallel degree: each replica is N stages of --tp GPUs, the "
+                        "layers split as vLLM splits them, up to N batches in flight (dense "
+                        "models, roofline cost model) " + scenario_default(builtin.sim.pp, sim.pp))
     c.add_argument("--ep", type=positive_int, metavar="N",
                    help="expert-parallel degree of a mixture-of-experts model: its routed "
                         "experts split over N of the replica's tp GPUs (N divides tp and the "
@@ -216,6 +223,8 @@ def add_scenario_flags(parser: argparse.ArgumentParser, *, single: bool = True) 
     g.add_argument("--gateway-max-inflight", type=positive_int, metavar="N",
                    help="requests the gateway keeps in flight per replica (default 256)")
     _add_autoscale_flags(parser)
+    _add_lora_flags(parser)
+    _add_speculative_flags(parser)
     c.add_argument("--cost-model", choices=sorted(COST_MODELS),
                    help="step-time model: roofline (default) or profile (then --gpu names the "
                         "profile file written by `shunter profile`)")
@@ -265,6 +274,86 @@ def _add_autoscale_flags(parser: argparse.ArgumentParser) -> None:
                         "wait (README: Autoscaling)")
 
 
+_LORA_FLAGS = ("max_loras", "max_lora_rank", "max_cpu_loras", "num_adapters", "zipf")
+
+
+def _add_lora_flags(parser: argparse.ArgumentParser) -> None:
+    d = LoraConfig()
+    a = parser.add_argument_group(
+        "LoRA adapters", "Serve requests with LoRA adapters (the scenario's [lora] table, "
+        "shunter.sim.cost.lora): adapter slots take KV memory, each step pays the LoRA kernels, "
+        "a batch holds at most --max-loras adapters and a missing one is loaded first. Any "
+        "flag here turns it on; route with --router lora_affinity.")
+    a.add_argument("--max-loras", type=positive_int, metavar="N",
+                   help=f"adapters in one batch, vLLM's max_loras (default {d.max_loras})")
+    a.add_argument("--max-lora-rank", type=positive_int, metavar="R",
+                   help=f"adapter rank, vLLM's max_lora_rank (default {d.max_lora_rank})")
+    a.add_argument("--max-cpu-loras", type=positive_int, metavar="N",
+                   help="adapters cached in host memory, vLLM's max_cpu_loras (default: max-loras)")
+    a.add_argument("--num-adapters", type=positive_int, metavar="N",
+                   help="give each request one of N adapters with Zipf popularity (default: "
+                        "the adapters the trace names, JSONL lora_id)")
+    a.add_argument("--adapter-zipf", dest="zipf", type=_nonnegative_float, metavar="A",
+                   help=f"popularity of adapter k ~ 1/(k+1)^A; 0 uniform (default {d.zipf:g})")
+
+
+_SPEC_FLAGS = {"spec_method": "method", "spec_tokens": "num_speculative_tokens",
+               "spec_acceptance": "acceptance_rate", "spec_draft_model": "model"}
+
+
+def _add_speculative_flags(parser: argparse.ArgumentParser) -> None:
+    a = parser.add_argument_group(
+        "speculative decoding", "Each decode verifies K draft tokens, each accepted with "
+        "probability A, and emits the accepted ones plus one (the scenario's [speculative] "
+        "table, shunter.sim.cost.speculative); the drafter's passes and memory are priced by "
+        "the roofline. Any flag here turns it on (with the table's other settings).")
+    a.add_argument("--spec-method", choices=METHODS,
+                   help="drafter, as vLLM's speculative_config method (default draft_model "
+                        "with --spec-draft-model, else required)")
+    a.add_argument("--spec-tokens", type=positive_int, metavar="K",
+                   help="draft tokens per decode, vLLM's num_speculative_tokens (default: the "
+                        "scenario's; required to turn it on)")
+    a.add_argument("--spec-acceptance", type=_acceptance_flag, metavar="A",
+                   help="probability in [0, 1) that the target accepts a draft token (default: "
+                        "the scenario's; required to turn it on)")
+    a.add_argument("--spec-draft-model", metavar="NAME",
+                   help="draft model (method draft_model), a --model name with the target's "
+                        "vocabulary, e.g. llama-3.2-1b (default: the scenario's, else none)")
+
+
+def _acceptance_flag(text: str) -> float:
+    return _float_flag(text, ge=0, lt=1)
+
+
+def _speculative_override(args: argparse.Namespace, scenario: Scenario) -> dict[str, Any]:
+    """The `speculative` change the speculative flags ask for ({} for none)."""
+    flags = {key: getattr(args, flag) for flag, key in _SPEC_FLAGS.items()
+             if getattr(args, flag, None) is not None}
+    if not flags:
+        return {}
+    base = scenario.sim.speculative_config
+    table = {} if base is None else dataclasses.asdict(base)
+    if "model" in flags and "method" not in flags:
+        table["method"] = "draft_model"
+    elif flags.get("method", "draft_model") != "draft_model":
+        table.pop("model", None)  # (another method takes no draft model)
+    return {"speculative": SpeculativeConfig.from_table({**table, **flags}, "speculative flags")}
+
+
+def _nonnegative_float(text: str) -> float:
+    return _float_flag(text, ge=0)
+
+
+def _lora_override(args: argparse.Namespace, scenario: Scenario) -> dict[str, Any]:
+    """The `lora` change the LoRA flags ask for ({} for none): the scenario's table, updated."""
+    flags = {k: getattr(args, k) for k in _LORA_FLAGS if getattr(args, k, None) is not None}
+    if not flags:
+        return {}
+    base = scenario.sim.lora_config
+    table = {} if base is None else dataclasses.asdict(base)
+    return {"lora": LoraConfig.from_table({**table, **flags}, "LoRA flags")}
+
+
 def _autoscale_override(args: argparse.Namespace, scenario: Scenario) -> dict[str, Any]:
     """The `autoscale` change the autoscaling flags ask for ({} for none)."""
     on, params = getattr(args, "autoscale", None), getattr(args, "autoscale_params", None)
@@ -284,7 +373,7 @@ def scenario_from_args(args: argparse.Namespace) -> Scenario:
     flags: dict[str, Any] = {
         "trace": args.trace, "format": args.trace_format, "num_requests": args.num_requests,
         "rate": args.rate, "seed": args.seed, "zero_tokens": args.zero_tokens, "model": args.model, "gpu": args.gpu, "tp": args.tp,
-        "ep": args.ep, "num_replicas": args.replicas, "router": getattr(args, "router", None),
+        "ep": args.ep, "pp": args.pp, "num_replicas": args.replicas, "router": getattr(args, "router", None),
         "router_params": getattr(args, "router_params", None),
         "policy": getattr(args, "policy", None), "policy_params": args.policy_params,
         "ttft_slo_s": args.ttft_slo,
@@ -296,6 +385,8 @@ def scenario_from_args(args: argparse.Namespace) -> Scenario:
         "gateway_max_inflight": args.gateway_max_inflight,
     }
     changes = {k: v for k, v in flags.items() if v is not None} | _autoscale_override(args, scenario)
+    changes |= _lora_override(args, scenario)
+    changes |= _speculative_override(args, scenario)
     if args.trace is not None:
         changes.setdefault("format", None)  # a new trace's format is detected unless given
         scenario = replace(scenario, name=args.trace, base_dir=None)  # a flag's path is cwd's
@@ -307,8 +398,12 @@ def load_specs(scenario: Scenario) -> list[RequestSpec]:
     if wl.trace is None:
         raise ValueError("the scenario names no workload: give --trace FILE or [workload] trace")
     path = resolve_trace(wl.trace, scenario.base_dir)
-    return load_workload(path, wl.format, num_requests=wl.num_requests, rate=wl.rate, seed=wl.seed,
-                         zero_tokens=wl.zero_tokens)
+    specs = load_workload(path, wl.format, num_requests=wl.num_requests, rate=wl.rate,
+                          seed=wl.seed, zero_tokens=wl.zero_tokens)
+    lora = scenario.sim.lora_config
+    if lora is not None and lora.num_adapters:  # adapters drawn for the requests ([lora])
+        specs = assign_loras(specs, lora.num_adapters, zipf=lora.zipf, seed=wl.seed)
+    return specs
 
 
 @contextmanager

@@ -71,9 +71,13 @@ def _result_dict(scenario: Scenario, run: SimRun, summary: Summary, wall_s: floa
     return {
         "scenario": scenario.name, "policy": sim.policy, "router": sim.router, "model": sim.model,
         "gpu": sim.gpu, "tp": sim.tp, **({"ep": sim.ep} if sim.ep > 1 else {}),
+        **({"pp": sim.pp} if sim.pp > 1 else {}),
+        **({"speculative": asdict(sim.speculative_config)}
+           if sim.speculative_config is not None else {}),
         "replicas": sim.num_replicas, **gateway,
         **summary.to_dict(),
-        "num_routed": run.num_routed, **_autoscale_result(sim, run), "wall_s": round(wall_s, 3),
+        "num_routed": run.num_routed, **_autoscale_result(sim, run), **_lora_result(run),
+        "wall_s": round(wall_s, 3),
     }
 
 
@@ -88,6 +92,19 @@ def _autoscale_result(sim: SimConfig, run: SimRun) -> dict[str, Any]:
         return {}
     return {"autoscale": {**asdict(config), **{k: run.topology_stats[k] for k in _AUTOSCALE_STATS},
                           "events": [[e.time_s, e.kind, e.replica_id] for e in run.scale_events]}}
+
+
+def _lora_result(run: SimRun) -> dict[str, Any]:
+    """LoRA adapter loads (host -> GPU, storage -> host), if adapters were served."""
+    return {k: int(v) for k, v in run.topology_stats.items() if k.startswith("lora_")}
+
+
+def lora_line(label: str, run: SimRun) -> str | None:
+    stats = _lora_result(run)
+    if not stats:
+        return None
+    return (f"{label}LoRA adapter loads: {stats['lora_loads']} host -> GPU, "
+            f"{stats['lora_storage_loads']} of them read from storage first")
 
 
 def autoscale_lines(run: SimRun, *, max_events: int = 12) -> list[str]:
@@ -109,9 +126,16 @@ def autoscale_lines(run: SimRun, *, max_events: int = 12) -> list[str]:
 def _title(scenario: Scenario, num_requests: int) -> str:
     sim = scenario.sim
     gateway, ep = "", f" (ep {sim.ep})" if sim.ep > 1 else ""
+    if sim.pp > 1:
+        ep += f" x {sim.pp} pipeline stages"
     if sim.has_gateway:
         name, _, max_inflight = sim.gateway_settings
         gateway = f", gateway {name} (<= {max_inflight} in flight per replica)"
+    spec = sim.speculative_config
+    if spec is not None:
+        draft = f" {spec.model}" if spec.model else ""
+        gateway += (f", speculative {spec.draft_method}{draft} (k {spec.num_speculative_tokens}"
+                    f", acceptance {spec.acceptance_rate:g})")
     autoscale = sim.autoscale_config
     if autoscale is not None:
         gateway += (f", autoscaled {autoscale.min_replicas}-{autoscale.max_replicas} replicas "
@@ -129,6 +153,8 @@ def run_simulate(args: argparse.Namespace) -> int:
     for line in rejection_lines(summary):
         out.print(line, style="yellow", highlight=False, soft_wrap=True)
     for line in autoscale_lines(run):
+        out.print(line, highlight=False, soft_wrap=True)
+    if (line := lora_line("", run)) is not None:
         out.print(line, highlight=False, soft_wrap=True)
     out.print(f"simulated {len(specs)} requests in {wall_s:.2f} s of wall time", style="dim")
     result = _result_dict(scenario, run, summary, wall_s)
@@ -168,13 +194,16 @@ def run_compare(args: argparse.Namespace) -> int:
         _check_name(k, name)  # fail on a bad name before any long run
     base, scenarios = _compared_scenarios(args, key, names, fixed)
     specs = load_specs(base)
-    rows, summaries = [], []
+    rows, summaries, lora_lines = [], [], []
     for name, scenario in zip(names, scenarios, strict=True):
         run, summary, wall_s = _run(scenario, specs, f"{key} {name}", args.quiet, args.workers)
         summaries.append((name, summary))
         rows.append(_result_dict(scenario, run, summary, wall_s))
+        lora_lines.append(lora_line(f"{name}: ", run))
     out = stdout_console()
     out.print(render_comparison(summaries, key.replace("_", " ")))
+    for line in filter(None, lora_lines):
+        out.print(line, highlight=False, soft_wrap=True)
     if args.json:
         write_json(rows, args.json)
     if args.csv:

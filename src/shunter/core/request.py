@@ -14,7 +14,13 @@ import sys
 from dataclasses import dataclass
 
 from shunter.core.kv.hashing import BlockHasher, request_salt
-from shunter.core.types import DEFAULT_BLOCK_SIZE, RequestId, RequestSpec, RequestStatus
+from shunter.core.types import (
+    DEFAULT_BLOCK_SIZE,
+    ExpertProfile,
+    RequestId,
+    RequestSpec,
+    RequestStatus,
+)
 
 __all__ = ["Request"]
 
@@ -34,6 +40,9 @@ class Request:
     sampling_seed: int | None
     # What a predictor believes the output length is (SJF/LTR policies); never the truth.
     predicted_output_tokens: float | None
+    lora_id: str | None  # the LoRA adapter it runs with (`SchedulerConfig.max_loras`); None: base
+    # its spread over a MoE model's experts, known before it runs (Read-ME's pre-gating router)
+    expert_profile: ExpertProfile | None
 
     status: RequestStatus
     num_output_tokens: int
@@ -65,7 +74,8 @@ class Request:
                  program_id: str | None = None, ttft_slo_s: float | None = None,
                  tpot_slo_s: float | None = None, sampling_seed: int | None = None,
                  predicted_output_tokens: float | None = None,
-                 token_ids: list[int] | None = None, hasher: BlockHasher | None = None) -> None:
+                 token_ids: list[int] | None = None, hasher: BlockHasher | None = None,
+                 lora_id: str | None = None) -> None:
         self.request_id = request_id
         self.arrival_s = arrival_s
         self.num_prompt_tokens = num_prompt_tokens
@@ -78,6 +88,8 @@ class Request:
         self.tpot_slo_s = tpot_slo_s
         self.sampling_seed = sampling_seed
         self.predicted_output_tokens = predicted_output_tokens
+        self.lora_id = lora_id
+        self.expert_profile = None
         self.status = RequestStatus.WAITING
         self.num_output_tokens = 0
         self.num_computed_tokens = 0
@@ -112,8 +124,9 @@ class Request:
             num_prompt_tokens=spec.num_prompt_tokens, max_output_tokens=spec.max_output_tokens,
             tenant=spec.tenant, priority=spec.priority, session_id=spec.session_id,
             program_id=spec.program_id, ttft_slo_s=spec.ttft_slo_s, tpot_slo_s=spec.tpot_slo_s,
-            token_ids=token_ids, hasher=hasher,
+            token_ids=token_ids, hasher=hasher, lora_id=spec.lora_id,
         )
+        request.expert_profile = spec.expert_profile
         request.extend_hashes()
         return request
 

@@ -18,6 +18,7 @@ __all__ = [
     "DEFAULT_BLOCK_SIZE",
     "DEFAULT_TENANT",
     "FINISHED_STATUSES",
+    "ExpertProfile",
     "FinishReason",
     "ProbeTrace",
     "RequestId",
@@ -100,6 +101,33 @@ class ProbeTrace:
         return 0.0 if k <= 0 else self.values[min(k, len(self.values)) - 1]
 
 
+@dataclass(frozen=True, slots=True, eq=False)
+class ExpertProfile:
+    """How a request's tokens spread over a mixture-of-experts model's routed experts:
+    `weights[e]` is the share of its token-expert assignments that go to expert `e` (numbers
+    >= 0 summing to 1, one per routed expert). A router decoupled from the backbone (Read-ME's
+    pre-gating router) computes it before the request runs, so schedulers may read it
+    (`Request.expert_profile`); the simulator's MoE cost model charges the experts it makes a
+    step hit. Compared by identity (a hash of hundreds of floats per step would cost more)."""
+
+    weights: tuple[float, ...]
+
+    def __post_init__(self) -> None:
+        if not self.weights or not all(0.0 <= w <= 1.0 for w in self.weights):  # (NaN fails)
+            raise ValueError("an expert profile needs at least one weight, each in [0, 1]")
+        if abs(math.fsum(self.weights) - 1.0) > 1e-6:
+            raise ValueError(f"expert profile weights must sum to 1, got "
+                             f"{math.fsum(self.weights):.6g}")
+
+    @classmethod
+    def normalized(cls, weights: tuple[float, ...] | list[float]) -> ExpertProfile:
+        """The profile of `weights` (>= 0, not all 0) scaled to sum to 1."""
+        total = math.fsum(weights)
+        if not (total > 0 and math.isfinite(total)) or min(weights) < 0:
+            raise ValueError("expert profile weights must be finite numbers >= 0, not all 0")
+        return cls(tuple(w / total for w in weights))
+
+
 @dataclass(frozen=True, slots=True, kw_only=True)
 class RequestSpec:
     """One request as a workload describes it, before any runtime touches it.
@@ -129,11 +157,16 @@ class RequestSpec:
     program_id: str | None = None
     ttft_slo_s: float | None = None
     tpot_slo_s: float | None = None
+    # the LoRA adapter the request runs with (vLLM: the `model` name of a LoRARequest);
+    # None: the base model
+    lora_id: str | None = None
     hash_ids: tuple[int, ...] | None = None
     hash_block_size: int = DEFAULT_BLOCK_SIZE
     prompt_token_ids: tuple[int, ...] | None = field(default=None, repr=False)
     # trace knowledge of a reasoning branch (`shunter.workload.reasoning`), as num_output_tokens
     probe_trace: ProbeTrace | None = field(default=None, repr=False)
+    # the request's spread over a MoE model's experts (`ExpertProfile`), if its workload says
+    expert_profile: ExpertProfile | None = field(default=None, repr=False)
 
     def __post_init__(self) -> None:
         if not 0 <= self.arrival_s < math.inf:  # (NaN fails it)
@@ -158,6 +191,9 @@ class RequestSpec:
                 f"request {self.request_id}: {len(self.prompt_token_ids)} prompt token ids "
                 f"but num_prompt_tokens={self.num_prompt_tokens}"
             )
+        if self.lora_id is not None and (type(self.lora_id) is not str or not self.lora_id):
+            raise ValueError(f"request {self.request_id}: lora_id must be a non-empty string, "
+                             f"got {self.lora_id!r}")
         for name in ("ttft_slo_s", "tpot_slo_s"):
             value = getattr(self, name)
             if value is not None and not 0 < value < math.inf:
@@ -176,6 +212,13 @@ class StepShape:
     prefill_chunks: tuple[tuple[int, int], ...] = ()
     num_decode_requests: int = 0
     num_decode_context_tokens: int = 0  # KV tokens read by all decodes together
+    # speculative decoding: draft tokens the decodes verify beyond their one new token each
+    # (every one of them is a query token with logits, as in vLLM's verification pass)
+    num_decode_draft_tokens: int = 0
+    # (tokens, profile) of the step's requests that carry an `ExpertProfile`, in request-id
+    # order (the simulator's executor fills it; the MoE cost model charges the experts they
+    # hit, other tokens are routed uniformly); () leaves every cost model as it was
+    expert_mix: tuple[tuple[int, ExpertProfile], ...] = ()
 
     @property
     def num_prefill_tokens(self) -> int:
@@ -183,7 +226,7 @@ class StepShape:
 
     @property
     def num_tokens(self) -> int:
-        return self.num_prefill_tokens + self.num_decode_requests
+        return self.num_prefill_tokens + self.num_decode_requests + self.num_decode_draft_tokens
 
     @property
     def num_requests(self) -> int:

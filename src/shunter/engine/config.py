@@ -23,8 +23,9 @@ DEFAULT_MAX_NUM_BATCHED_TOKENS = 512
 # replica batches fewer requests. `max_num_batched_tokens` is DEFAULT_MAX_NUM_BATCHED_TOKENS
 # unless a policy with a TBT target (`sarathi`) derives it.
 ENGINE_SCHEDULER_DEFAULTS: Mapping[str, Any] = {"max_num_seqs": 64}
-# SchedulerConfig fields the engine sets itself: its KV pool is `EngineConfig.num_blocks`.
-ENGINE_DERIVED_SCHEDULER_OPTIONS = frozenset({"num_blocks", "emit_block_tables"})
+# SchedulerConfig fields a user may not set on the engine: its KV pool is
+# `EngineConfig.num_blocks`, and it serves no LoRA adapters (max_loras).
+ENGINE_DERIVED_SCHEDULER_OPTIONS = frozenset({"num_blocks", "emit_block_tables", "max_loras"})
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

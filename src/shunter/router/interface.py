@@ -33,6 +33,9 @@ class ReplicaView:
     prefill_tokens_per_s: float | None = None  # prompt tokens the replica prefills per second
     decode_step_s: float | None = None  # wall time of one decode step at the current batch
     max_num_seqs: int | None = None  # most requests the replica runs in one batch
+    # LoRA adapters in a GPU slot of the replica or wanted by a request queued or running there
+    # (empty without LoRA): what adapter-affinity routing reads (`lora_affinity`)
+    lora_ids: frozenset[str] = frozenset()
 
     @property
     def num_requests(self) -> int:

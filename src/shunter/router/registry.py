@@ -12,6 +12,7 @@ from shunter.router.policies.d2lpm import D2lpmRouter
 from shunter.router.policies.intelligent import IntelligentRouter
 from shunter.router.policies.least_load import LeastLoadRouter
 from shunter.router.policies.llumnix import LlumnixRouter
+from shunter.router.policies.lora_affinity import LoraAffinityRouter
 from shunter.router.policies.power_of_two import PowerOfTwoRouter
 from shunter.router.policies.prefix_affinity import PrefixAffinityRouter
 from shunter.router.policies.random_choice import RandomRouter
@@ -33,6 +34,7 @@ ROUTERS: dict[str, Callable[..., Router]] = {
     "llumnix": LlumnixRouter,
     "intelligent": IntelligentRouter,
     "tetriinfer": TetriInferRouter,
+    "lora_affinity": LoraAffinityRouter,
 }
 
 

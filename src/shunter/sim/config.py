@@ -7,11 +7,15 @@ from typing import Any
 
 from shunter.core.sched.config import check_scheduler_options
 from shunter.core.sched.gateway_queue import gateway_refusal
+from shunter.core.sched.policy import EarlyStoppingPolicy
 from shunter.core.sched.registry import make_policy, scope_policy_params
 from shunter.core.types import check_number
 from shunter.router.autoscale import AutoscaleConfig
 from shunter.sim.cost.catalog import get_model
+from shunter.sim.cost.lora import LoraConfig
 from shunter.sim.cost.moe import DEFAULT_EXPERT_IMBALANCE, check_parallelism
+from shunter.sim.cost.pipeline import check_pipeline
+from shunter.sim.cost.speculative import SpeculativeConfig
 
 __all__ = ["DEFAULT_GATEWAY_MAX_INFLIGHT", "DEFAULT_GATEWAY_POLICY", "DEFAULT_KV_LINK_BYTES_S",
            "ROLES", "SIM_DERIVED_SCHEDULER_OPTIONS", "TETRIINFER_CHUNK_TOKENS", "TOPOLOGIES",
@@ -30,7 +34,8 @@ DEFAULT_GATEWAY_MAX_INFLIGHT = 256  # a backend's max_concurrency in a gateway c
 TOPOLOGIES = ("tetriinfer",)
 TETRIINFER_CHUNK_TOKENS = 512
 # SchedulerConfig fields the simulator sets itself (from the cost model and swap_space_gib)
-SIM_DERIVED_SCHEDULER_OPTIONS = frozenset({"num_blocks", "num_host_blocks", "emit_block_tables"})
+SIM_DERIVED_SCHEDULER_OPTIONS = frozenset({"num_blocks", "num_host_blocks", "emit_block_tables",
+                                           "max_loras"})  # (max_loras: from the [lora] table)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -142,6 +147,9 @@ class SimConfig:
     # expert load `expert_imbalance` times the mean. Applies to every replica group.
     ep: int = 1
     expert_imbalance: float = DEFAULT_EXPERT_IMBALANCE
+    # Pipeline parallelism (roofline cost model, dense models): each replica is `pp` stages of
+    # `tp` GPUs with up to `pp` batches in flight (`shunter.sim.pipeline`). Every replica group.
+    pp: int = 1
     num_replicas: int = 1
     policy: str = "fcfs"
     policy_params: dict[str, Any] = field(default_factory=dict)
@@ -188,6 +196,12 @@ class SimConfig:
     # Autoscaling (`shunter.sim.autoscale`, decided by `shunter.router.autoscale`): None = off;
     # an AutoscaleConfig or a table of its keys. `num_replicas` is the starting count.
     autoscale: AutoscaleConfig | dict[str, Any] | None = None
+    # LoRA adapters (`shunter.sim.cost.lora`: adapter slots, their memory, compute and loads;
+    # the scheduler's max_loras): None = off; a LoraConfig or a table of its keys.
+    lora: LoraConfig | dict[str, Any] | None = None
+    # Speculative decoding (`shunter.sim.cost.speculative`, `shunter.core.sched.speculative`):
+    # None = off; a SpeculativeConfig or a table of its keys. Turns bulk decode runs off.
+    speculative: SpeculativeConfig | dict[str, Any] | None = None
 
     def __post_init__(self) -> None:
         groups = tuple(g if isinstance(g, ReplicaGroup) else ReplicaGroup.from_dict(g)
@@ -198,6 +212,7 @@ class SimConfig:
         if self.tp < 1:
             raise ValueError(f"tp must be >= 1, got {self.tp}")
         self._check_experts()
+        self._check_pipeline()
         if self.num_replicas < 1:
             raise ValueError(f"num_replicas must be >= 1, got {self.num_replicas}")
         if self.num_blocks is not None and self.num_blocks < 1:
@@ -206,10 +221,12 @@ class SimConfig:
         scope_policy_params((self.policy,), self.policy_params)  # a key it does not take fails
         self._check_gateway()
         self._check_autoscale()
+        self._check_lora()
+        self._check_speculative()
         reserved = SIM_DERIVED_SCHEDULER_OPTIONS & set(self.scheduler)
         if reserved:
             raise ValueError(f"scheduler options {sorted(reserved)} are derived; set num_blocks "
-                             "or swap_space_gib on the simulation instead")
+                             "or swap_space_gib on the simulation, max_loras in [lora], instead")
         check_scheduler_options(self.scheduler, derived=SIM_DERIVED_SCHEDULER_OPTIONS)
 
     @property
@@ -236,6 +253,39 @@ class SimConfig:
     def autoscale_config(self) -> AutoscaleConfig | None:
         assert not isinstance(self.autoscale, dict), "made a config by __post_init__"
         return self.autoscale
+
+    @property
+    def lora_config(self) -> LoraConfig | None:
+        assert not isinstance(self.lora, dict), "made a config by __post_init__"
+        return self.lora
+
+    @property
+    def speculative_config(self) -> SpeculativeConfig | None:
+        assert not isinstance(self.speculative, dict), "made a config by __post_init__"
+        return self.speculative
+
+    def _check_speculative(self) -> None:
+        if isinstance(self.speculative, dict):
+            object.__setattr__(self, "speculative", SpeculativeConfig.from_table(self.speculative))
+        config = self.speculative_config
+        if config is None:
+            return
+        if self.cost_model.strip().lower() != "roofline":
+            raise ValueError(f"speculative decoding needs the roofline cost model, not "
+                             f"{self.cost_model!r}")
+        if self.lora is not None or self.pp > 1:
+            raise ValueError("speculative decoding is not modelled with lora or pp > 1")
+        if isinstance(make_policy(self.policy, **self.scoped_policy_params), EarlyStoppingPolicy):
+            raise ValueError(f"speculative decoding is not modelled with policy {self.policy!r}, "
+                             "which stops requests from probes of each token")
+        for group in self.groups or (ReplicaGroup(gpu=self.gpu),):
+            config.check_target(group.model or self.model)
+
+    def _check_lora(self) -> None:
+        if isinstance(self.lora, dict):
+            object.__setattr__(self, "lora", LoraConfig.from_table(self.lora))
+        if self.lora is not None and self.cost_model.strip().lower() != "roofline":
+            raise ValueError(f"lora needs the roofline cost model, not {self.cost_model!r}")
 
     def _check_autoscale(self) -> None:
         if isinstance(self.autoscale, dict):
@@ -268,6 +318,19 @@ class SimConfig:
         for group in self.groups or (ReplicaGroup(gpu=self.gpu),):
             check_parallelism(get_model(group.model or self.model), group.tp or self.tp,
                               self.ep, self.expert_imbalance)
+
+    def _check_pipeline(self) -> None:
+        if type(self.pp) is bool or not isinstance(self.pp, int) or self.pp < 1:
+            raise ValueError(f"pp must be a whole number >= 1, got {self.pp!r}")
+        if self.pp == 1:
+            return
+        if self.cost_model.strip().lower() != "roofline":
+            raise ValueError(f"pp needs the roofline cost model, not {self.cost_model!r}")
+        if self.disaggregation or self.migration is not None:
+            raise ValueError(f"pp={self.pp} is not modelled with disaggregation or live migration "
+                             "(they move requests between steps; a pipeline always has some)")
+        for group in self.groups or (ReplicaGroup(gpu=self.gpu),):
+            check_pipeline(get_model(group.model or self.model), self.pp)
 
     def _check_gateway(self) -> None:
         if self.gateway_params and self.gateway_policy is None:

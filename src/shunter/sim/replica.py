@@ -10,20 +10,24 @@ from probes of their progress (`EarlyStoppingPolicy`), a run also ends before th
 that reaches a probe point (`SimExecutor.steps_until_probe`): that step is taken for real, so
 the policy sees its probes.
 Results are identical to stepping one by one (`fast_forward=False`), which the tests check.
+With `pp` > 1 pipeline stages, up to `pp` batches are in flight (`sim.pipeline`), step by step.
 """
 
 from __future__ import annotations
 
 from bisect import bisect_right
+from collections.abc import Sequence
+from typing import cast
 
 from shunter.core.clock import Clock
 from shunter.core.request import Request
-from shunter.core.sched.interface import SchedulerOutput, StepResult
+from shunter.core.sched.interface import RequestOutput, SchedulerOutput, StepResult
 from shunter.core.sched.policy import EarlyStoppingPolicy
 from shunter.core.sched.scheduler import CoreScheduler
 from shunter.core.types import RequestId, RequestSpec
 from shunter.metrics.record import RequestRecord
 from shunter.router.interface import ReplicaView
+from shunter.sim.cost.pipeline import StagedCostModel
 from shunter.sim.cost.speed import ReplicaSpeeds
 from shunter.sim.decode_run import (
     advance_decode_run,
@@ -33,6 +37,7 @@ from shunter.sim.decode_run import (
 )
 from shunter.sim.executor import SimExecutor
 from shunter.sim.handoff import MovedRequest, splice_token_times
+from shunter.sim.pipeline import Batch, Pipeline, has_schedulable, stage_times_s
 from shunter.sim.timeline import StepTimeline, TokenTimes, add_range
 
 __all__ = ["SimReplica", "StepLog"]
@@ -56,7 +61,8 @@ class _InFlight:
 
 class SimReplica:
     def __init__(self, replica_id: int, scheduler: CoreScheduler, executor: SimExecutor,
-                 clock: Clock, *, fast_forward: bool = True, role: str | None = None) -> None:
+                 clock: Clock, *, fast_forward: bool = True, role: str | None = None,
+                 pp: int = 1) -> None:
         self.replica_id = replica_id
         self.role = role  # "prefill" / "decode" in a disaggregated cluster, else None
         # Llumnix's priority headroom: (priority at or below which a request is high priority,
@@ -65,7 +71,9 @@ class SimReplica:
         self.scheduler = scheduler
         self.executor = executor
         self.clock = clock
-        self.fast_forward = fast_forward
+        self.fast_forward = fast_forward and pp == 1  # (no bulk runs through a pipeline)
+        # pp > 1: batches in flight through the stages of a `StagedCostModel`
+        self._pipeline = Pipeline(pp) if pp > 1 else None
         self.generation = 0  # bumped when a run is cut short: older StepDone events are stale
         self._live: dict[RequestId, tuple[Request, RequestRecord]] = {}
         self._in_flight: _InFlight | None = None
@@ -79,7 +87,8 @@ class SimReplica:
 
     @property
     def is_busy(self) -> bool:
-        return self._in_flight is not None
+        return self._in_flight is not None or (self._pipeline is not None
+                                               and len(self._pipeline.batches) > 0)
 
     def _steps_done(self, flight: _InFlight) -> int:
         return bisect_right(flight.end_times_s, self.clock.now())
@@ -108,7 +117,8 @@ class SimReplica:
                            block_size=self.scheduler.config.block_size, taken_at_s=self.clock.now(),
                            prefill_tokens_per_s=self._speeds.prefill_tokens_per_s,
                            decode_step_s=self._speeds.decode_step_s(s.num_running, running_tokens),
-                           max_num_seqs=self.scheduler.config.max_num_seqs)
+                           max_num_seqs=self.scheduler.config.max_num_seqs,
+                           lora_ids=frozenset() if (lora := self.executor.lora) is None else lora.lora_ids)
 
     def add(self, spec: RequestSpec, *, predicted_output_tokens: float | None = None,
             dispatched_s: float | None = None, server_s: float = 0.0) -> RequestRecord | None:
@@ -132,7 +142,8 @@ class SimReplica:
         request.predicted_output_tokens = predicted_output_tokens
         if dispatched_s is not None:
             request.arrival_s = dispatched_s
-        self.executor.register(spec.request_id, spec.num_output_tokens, spec.probe_trace)
+        self.executor.register(spec.request_id, spec.num_output_tokens, spec.probe_trace,
+                               expert_profile=spec.expert_profile, lora_id=spec.lora_id)
         rejected = self.scheduler.add_request(request)
         if rejected is not None:
             self.executor.forget(spec.request_id)
@@ -144,7 +155,11 @@ class SimReplica:
         return None
 
     def start_step(self) -> float | None:
-        """Begin the next step (or decode run) if idle and there is work; returns when it ends."""
+        """Begin the next step (or decode run) if idle and there is work; returns when it ends.
+        With a pipeline: begin batches while there is room; returns when the oldest ends, if
+        no event for it is pending yet."""
+        if self._pipeline is not None:
+            return self._start_batches(self._pipeline)
         if self._in_flight is not None or not self.scheduler.has_work:
             return None
         if self.fast_forward:
@@ -165,9 +180,47 @@ class SimReplica:
             num_steps = decode_run_horizon(self.scheduler, output, cap)
             if num_steps:
                 end_times += self.executor.decode_run_end_times(
-                    end_times[0], len(run_ids), output.shape.num_decode_context_tokens, num_steps)
+                    end_times[0], len(run_ids), output.shape.num_decode_context_tokens, num_steps,
+                    run_ids)
         self._in_flight = _InFlight(output, result, start_s, end_times, run_ids)
         return end_times[-1]
+
+    def _start_batches(self, pipe: Pipeline) -> float | None:
+        if pipe.is_blocked:
+            return None  # (vLLM's engine waits for its oldest batch: so does this arrival)
+        scheduler = self.scheduler
+        while not pipe.is_full and has_schedulable(scheduler):
+            output = scheduler.schedule()
+            if output.is_empty:  # (nothing admissible: e.g. the waiting head does not fit)
+                for rid in output.finished_ids:
+                    self.executor.forget(rid)
+                assert pipe.batches, f"replica {self.replica_id} has work but scheduled nothing"
+                break
+            result = self.executor.execute(output)
+            times = stage_times_s(cast(StagedCostModel, self.executor.cost_model), output)
+            start_s, end_s = pipe.place(self._take_held(), times)
+            scheduler.in_flight_ids.update(chunk.request_id for chunk in output.chunks)
+            pipe.batches.append(Batch(output, result, start_s, end_s))
+        pipe.is_blocked = len(pipe.batches) > 0
+        if not pipe.batches or pipe.has_event:
+            return None
+        pipe.has_event = True
+        return pipe.batches[0].end_s
+
+    def _finish_batch(self, pipe: Pipeline, log: list[StepLog] | None) -> list[RequestRecord]:
+        """Apply the oldest batch in flight, which just left the last stage."""
+        batch = pipe.batches.popleft()
+        pipe.has_event = pipe.is_blocked = False
+        output = batch.output
+        in_flight = self.scheduler.in_flight_ids
+        for chunk in output.chunks:
+            in_flight.discard(chunk.request_id)
+        if log is not None:
+            log.append((self.replica_id, batch.start_s, batch.end_s, output.shape.num_prefill_tokens,
+                        output.shape.num_decode_requests,
+                        len(output.preempted_ids) + len(output.swap_out)))
+        first = self._timeline.append(batch.end_s)
+        return self._record_tokens(self.scheduler.update(output, batch.result), first)
 
     def _start_steady_run(self) -> float | None:
         """Plan a run with no real first step if the next steps are steady; returns its end."""
@@ -179,6 +232,9 @@ class SimReplica:
         cap = self.executor.steps_until_stop(run_ids)
         if self._is_probing:  # a probe's step is a real one
             cap = min(cap, self.executor.steps_until_probe(run_ids) - 1)
+        lora = self.executor.lora
+        if lora is not None and lora.run_s(run_ids) is None:
+            cap = 0  # its first step would load an adapter or reorder the slots: a real step
         num_steps = begin_steady_run(scheduler, cap)
         if not num_steps:
             return None
@@ -188,7 +244,8 @@ class SimReplica:
         for r in scheduler.running:
             context_tokens += r.num_computed_tokens
         # step i (1-based) reads the KV of every token computed before it
-        end_times = self.executor.decode_run_end_times(start_s, n, context_tokens - n, num_steps)
+        end_times = self.executor.decode_run_end_times(start_s, n, context_tokens - n, num_steps,
+                                                       run_ids)
         self._in_flight = _InFlight(None, None, start_s, end_times, run_ids)
         return end_times[-1]
 
@@ -213,32 +270,41 @@ class SimReplica:
 
     def finish_step(self, log: list[StepLog] | None = None) -> list[RequestRecord]:
         """Apply the step (or run) that just ended; returns the records of finished requests."""
+        if self._pipeline is not None:
+            return self._finish_batch(self._pipeline, log)
         flight = self._in_flight
         assert flight is not None
         self._in_flight = None
         output, end_times = flight.output, flight.end_times_s
         if log is not None:
             self._log(log, flight)
-        done: list[RequestRecord] = []
         if output is None:  # a steady run: every step is a bulk decode step
             return self._apply_run(flight, self._timeline.extend(end_times), len(end_times))
         first = self._timeline.append(end_times[0])
         assert flight.result is not None
         outputs = self.scheduler.update(output, flight.result)
         num_steps = len(end_times) - 1
-        live = self._live
         if not num_steps:
-            for out in outputs:
-                if out.new_token_ids:  # (a request stopped early while it sampled nothing has none)
-                    live[out.request_id][1].token_times_s.add(first, first + 1)  # type: ignore[attr-defined]
-                if out.finish_reason is not None:
-                    done.append(self._close(out.request_id, out.finish_reason))
-            return done
+            return self._record_tokens(outputs, first)
         # A run's first step samples exactly the run's requests and ends none of them (or there
         # would be no run), so each gets one range: the first step and the run's steps.
         assert len(outputs) == len(flight.run_ids) and not any(o.finish_reason for o in outputs)
         self._timeline.extend(end_times[1:])
         return self._apply_run(flight, first, num_steps)
+
+    def _record_tokens(self, outputs: Sequence[RequestOutput], first: int) -> list[RequestRecord]:
+        """Give each output's token timeline step `first`; returns the finished records."""
+        live = self._live
+        done: list[RequestRecord] = []
+        for out in outputs:
+            # (none: a request stopped early while it sampled nothing; several: speculative
+            # decoding's accepted drafts, all at this step)
+            times = live[out.request_id][1].token_times_s
+            for _ in out.new_token_ids:
+                times.add(first, first + 1)  # type: ignore[attr-defined]
+            if out.finish_reason is not None:
+                done.append(self._close(out.request_id, out.finish_reason))
+        return done
 
     def _apply_run(self, flight: _InFlight, first: int, num_steps: int) -> list[RequestRecord]:
         """Apply a run's `num_steps` bulk steps; its requests' tokens are timeline steps
@@ -314,7 +380,9 @@ class SimReplica:
         record.token_times_s = splice_token_times(record.token_times_s, self._timeline)  # type: ignore[assignment]
         record.replica_id = self.replica_id
         self.executor.register(rid, moved.num_remaining_tokens, moved.probe_trace,
-                               num_sampled=moved.request.num_output_tokens)
+                               num_sampled=moved.request.num_output_tokens,
+                               expert_profile=moved.request.expert_profile,
+                               lora_id=moved.request.lora_id)
         self._live[rid] = (moved.request, record)
 
     def _log(self, log: list[StepLog], flight: _InFlight) -> None:

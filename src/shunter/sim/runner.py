@@ -20,7 +20,9 @@ from shunter.sim.budget import budget_for_tbt
 from shunter.sim.cluster import ClusterTopology, ProgressFn, RecordFn, SimCluster
 from shunter.sim.config import ReplicaGroup, SimConfig
 from shunter.sim.cost.interface import CostModel
+from shunter.sim.cost.lora import AdapterCache, LoraCostModel
 from shunter.sim.cost.registry import make_cost_model
+from shunter.sim.cost.speculative import speculative_cost_model
 from shunter.sim.executor import SimExecutor
 from shunter.sim.footprint import check_memory, replica_bytes
 from shunter.sim.gateway import SimGateway
@@ -55,6 +57,8 @@ def scheduler_config(config: SimConfig, cost_model: CostModel,
     block_bytes = cost_model.kv_bytes_per_token * block_size  # type: ignore[attr-defined]
     derived = {"num_blocks": num_blocks, "emit_block_tables": False,
                "num_host_blocks": int(config.swap_space_gib * _GIB // block_bytes)}
+    if config.lora_config is not None:
+        derived["max_loras"] = config.lora_config.max_loras
     defaults: dict[str, object] = {"max_model_len": cost_model.max_model_len}
     options = config.scheduler
     policy = make_policy(config.policy, **config.scoped_policy_params)
@@ -106,9 +110,14 @@ def cluster_memory_bytes(config: SimConfig, *, copies: int = 1) -> int:
 def _group_cost_model(config: SimConfig, group: ReplicaGroup) -> CostModel:
     """The cost model of one replica group: its model, GPU and TP, the cluster's expert
     parallelism."""
-    return make_cost_model(config.cost_model, group.model or config.model, group.gpu,
-                           group.tp or config.tp, ep=config.ep,
-                           expert_imbalance=config.expert_imbalance)
+    cost_model = make_cost_model(config.cost_model, group.model or config.model, group.gpu,
+                                 group.tp or config.tp, ep=config.ep,
+                                 expert_imbalance=config.expert_imbalance, pp=config.pp)
+    spec = config.speculative_config  # the drafter takes memory and step time
+    if spec is not None:
+        cost_model = speculative_cost_model(cost_model, spec)
+    lora = config.lora_config  # LoRA slots take KV memory and add step time
+    return cost_model if lora is None else LoraCostModel(cost_model, lora)
 
 
 def check_cluster_memory(config: SimConfig, *, copies: int = 1) -> None:
@@ -141,8 +150,16 @@ def build_cluster(config: SimConfig) -> SimCluster:
                          role: str | None = group.role) -> SimReplica:
             policy = make_policy(config.policy, **config.scoped_policy_params)
             scheduler = CoreScheduler(sched_config, policy, clock)
-            return SimReplica(replica_id, scheduler, SimExecutor(cost_model), clock,
-                              fast_forward=config.fast_forward, role=role)
+            executor = SimExecutor(cost_model)
+            if isinstance(cost_model, LoraCostModel):
+                executor.lora = AdapterCache(cost_model)
+            spec = config.speculative_config
+            if spec is not None:  # (bulk decode runs assume one token per step: off)
+                scheduler.enable_speculation(spec.num_speculative_tokens)
+                executor.enable_speculation(spec.acceptance_rate, spec.seed)
+            return SimReplica(replica_id, scheduler, executor, clock,
+                              fast_forward=config.fast_forward and spec is None, role=role,
+                              pp=config.pp)
 
         replicas += [make_replica(len(replicas) + i) for i in range(group.count)]
     autoscale = config.autoscale_config
@@ -215,4 +232,8 @@ def topology_stats(cluster: SimCluster, end_s: float = 0.0) -> dict[str, float]:
         d = cluster.disagg
         out |= {"pd_handoffs": d.num_handoffs, "pd_prefilled_on_decode": d.num_prefilled_on_decode,
                 "pd_transfer_mean_s": sum(d.transfer_s) / max(len(d.transfer_s), 1)}
+    caches = [r.executor.lora for r in cluster.replicas if r.executor.lora is not None]
+    if caches:  # LoRA: adapter copies host -> GPU, and reads from storage into host memory
+        out |= {"lora_loads": sum(c.num_loads for c in caches),
+                "lora_storage_loads": sum(c.num_storage_loads for c in caches)}
     return out

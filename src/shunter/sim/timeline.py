@@ -73,12 +73,13 @@ class TokenTimes(Sequence[float]):
         return (_rebuild_token_times, (self._timeline, self._bounds, self._num_tokens))
 
     def add(self, start: int, stop: int) -> None:
-        """The request got a token at each step in [start, stop) of the timeline."""
+        """The request got a token at each step in [start, stop) of the timeline (again at
+        the last step it got one: speculative decoding's several tokens in one step)."""
         bounds = self._bounds
         if bounds and bounds[-1] == start:
             bounds[-1] = stop
         else:
-            assert not bounds or bounds[-1] < start, "token ranges must be added in order"
+            assert not bounds or bounds[-1] <= start + 1, "token ranges must be added in order"
             assert start < stop <= len(self._timeline), f"bad token range [{start}, {stop})"
             bounds.append(start)
             bounds.append(stop)

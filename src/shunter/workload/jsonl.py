@@ -18,7 +18,10 @@ One request per line::
   (ints, as many as input_length), `probe_tokens` with `certainty` (a reasoning request's
   probe trace, `core.types.ProbeTrace`: its program's Certaindex after each `probe_tokens`
   generated tokens, numbers in [0, 1]; trace knowledge, read only by the simulator's executor
-  for `dynasor`).
+  for `dynasor`), `expert_profile` (numbers >= 0, one per routed expert of a MoE model, scaled
+  to sum to 1 unless they already do: the request's spread over the experts,
+  `core.types.ExpertProfile`, read by `read_me` and the MoE cost model), `lora_id` (str: the
+  LoRA adapter the request runs with; absent: the base model).
 
 Unknown keys are ignored, so traces that carry more columns still load. Blank lines are
 skipped. Timestamps must not decrease (equal ones are fine: Mooncake logs in batches).
@@ -37,7 +40,7 @@ from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
-from shunter.core.types import DEFAULT_TENANT, ProbeTrace, RequestSpec, short_repr
+from shunter.core.types import DEFAULT_TENANT, ExpertProfile, ProbeTrace, RequestSpec, short_repr
 from shunter.errors import WorkloadError
 from shunter.workload.parse import (
     MAX_ARRIVAL_S,
@@ -52,7 +55,7 @@ __all__ = ["MOONCAKE_HASH_BLOCK_SIZE", "iter_jsonl", "spec_to_line", "write_json
 MOONCAKE_HASH_BLOCK_SIZE = 512  # tokens per hash id in the Mooncake traces
 
 _DECODER = json.JSONDecoder(parse_float=Decimal)  # floats keep their exact decimal text
-_OPTIONAL_STRS = ("tenant", "session_id", "program_id")
+_OPTIONAL_STRS = ("tenant", "session_id", "program_id", "lora_id")
 _SLO_FIELDS = ("ttft_slo_s", "tpot_slo_s")
 _LENGTH_FIELDS = ("input_length", "output_length")
 _MAX_TIMESTAMP_MS = int(MAX_ARRIVAL_S * 1000)
@@ -130,7 +133,24 @@ def _optional_fields(obj: dict[str, Any], where: tuple[str, int]) -> dict[str, A
         fields["prompt_token_ids"] = _int_tuple(obj["prompt_token_ids"], "prompt_token_ids", where)
     if obj.get("probe_tokens") is not None or obj.get("certainty") is not None:
         fields["probe_trace"] = _probe_trace(obj, where)
+    if obj.get("expert_profile") is not None:
+        fields["expert_profile"] = _expert_profile(obj["expert_profile"], where)
     return fields
+
+
+def _expert_profile(values: Any, where: tuple[str, int]) -> ExpertProfile:
+    if (type(values) is not list or not values
+            or not all(type(v) in (int, Decimal) and v >= 0 for v in values)
+            or not any(values)):
+        shown = [float(v) if type(v) is Decimal else v for v in values] \
+            if type(values) is list else values
+        raise WorkloadError(f"must be a non-empty list of numbers >= 0, not all 0, got "
+                            f"{short_repr(shown)}", path=where[0], line=where[1],
+                            field="expert_profile")
+    weights = tuple(float(v) for v in values)
+    if abs(math.fsum(weights) - 1.0) <= 1e-6 and max(weights) <= 1.0:
+        return ExpertProfile(weights)  # as written (a written profile reads back exactly)
+    return ExpertProfile.normalized(weights)
 
 
 def _probe_trace(obj: dict[str, Any], where: tuple[str, int]) -> ProbeTrace:
@@ -243,7 +263,8 @@ def spec_to_line(spec: RequestSpec, index: int) -> str:
         record["tenant"] = spec.tenant
     if spec.priority != 0:
         record["priority"] = spec.priority
-    for key in ("session_id", "program_id", "ttft_slo_s", "tpot_slo_s", "max_output_tokens"):
+    for key in ("session_id", "program_id", "ttft_slo_s", "tpot_slo_s", "max_output_tokens",
+                "lora_id"):
         value = getattr(spec, key)
         if value is not None:
             record[key] = value
@@ -252,6 +273,8 @@ def spec_to_line(spec: RequestSpec, index: int) -> str:
     if spec.probe_trace is not None:
         record["probe_tokens"] = spec.probe_trace.probe_tokens
         record["certainty"] = list(spec.probe_trace.values)
+    if spec.expert_profile is not None:
+        record["expert_profile"] = list(spec.expert_profile.weights)
     body = json.dumps(record, separators=(", ", ": "), allow_nan=False)
     return '{"timestamp": ' + _timestamp_text(spec.arrival_s) + ", " + body[1:]
 

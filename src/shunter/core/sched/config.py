@@ -38,6 +38,9 @@ class SchedulerConfig:
       recomputing it (FastSwitch's KV reuse). Needs `num_host_blocks`.
     - `emit_block_tables`: put each request's block table in the step output. The simulator
       turns it off because no model reads it; decisions are the same either way.
+    - `max_loras` (vLLM's name): at most this many distinct LoRA adapters among the running
+      requests, so in any step; a waiting request whose adapter would exceed it is passed
+      over (`core.sched.lora`). 0: no limit (LoRA off).
     """
 
     num_blocks: int
@@ -54,6 +57,7 @@ class SchedulerConfig:
     emit_block_tables: bool = True
     kv_allocation: KvAllocation = "lru"
     host_kv_reuse: bool = False
+    max_loras: int = 0
 
     def __post_init__(self) -> None:
         for name in ("num_blocks", "block_size", "max_num_batched_tokens", "max_num_seqs",
@@ -62,6 +66,8 @@ class SchedulerConfig:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
         if self.num_host_blocks < 0:
             raise ValueError(f"num_host_blocks must be >= 0, got {self.num_host_blocks}")
+        if self.max_loras < 0:
+            raise ValueError(f"max_loras must be >= 0 (0: no LoRA limit), got {self.max_loras}")
         if not 0.0 <= self.watermark < 1.0:
             raise ValueError(f"watermark must be in [0, 1), got {self.watermark}")
         if self.preemption_mode not in ("recompute", "swap"):
@@ -114,8 +120,8 @@ def check_scheduler_options(options: Mapping[str, Any], *, derived: frozenset[st
         raise ValueError(f"unknown {where} options {sorted(unknown)}; valid: {valid}")
     fixed = set(options) & set(derived)
     if fixed:
-        raise ValueError(f"{where}: options {sorted(fixed)} are derived by this runtime and "
-                         "cannot be set")
+        raise ValueError(f"{where}: options {sorted(fixed)} cannot be set here (this runtime "
+                         "derives them or does not support them)")
     for name, value in options.items():
         problem = _check_type(name, kinds[name], value)
         if problem is not None:

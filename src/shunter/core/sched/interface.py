@@ -76,6 +76,8 @@ class NewRequestData:
 
 _NO_WORK = StepShape()
 _NO_PROBES: Mapping[RequestId, float] = MappingProxyType({})
+_NO_DRAFTS: Mapping[RequestId, int] = MappingProxyType({})
+_NO_ACCEPTED: Mapping[RequestId, tuple[int, ...]] = MappingProxyType({})
 
 
 @dataclass(slots=True, init=False)
@@ -91,13 +93,17 @@ class SchedulerOutput:
     preempted_ids: tuple[RequestId, ...]  # recompute-preempted: executor drops their state
     finished_ids: tuple[RequestId, ...]  # ended since the last step: executor drops state
     shape: StepShape
+    # speculative decoding (vLLM's scheduled_spec_decode_tokens, as counts): a decode chunk's
+    # draft tokens, the last of its `num_scheduled_tokens`; empty without speculation
+    num_draft_tokens: Mapping[RequestId, int]
 
     def __init__(self, *, step_id: int, chunks: tuple[ScheduledChunk, ...],
                  new_requests: tuple[NewRequestData, ...] = (),
                  swap_out: tuple[tuple[int, int], ...] = (),
                  swap_in: tuple[tuple[int, int], ...] = (),
                  preempted_ids: tuple[RequestId, ...] = (),
-                 finished_ids: tuple[RequestId, ...] = (), shape: StepShape = _NO_WORK) -> None:
+                 finished_ids: tuple[RequestId, ...] = (), shape: StepShape = _NO_WORK,
+                 num_draft_tokens: Mapping[RequestId, int] = _NO_DRAFTS) -> None:
         self.step_id = step_id
         self.chunks = chunks
         self.new_requests = new_requests
@@ -106,6 +112,7 @@ class SchedulerOutput:
         self.preempted_ids = preempted_ids
         self.finished_ids = finished_ids
         self.shape = shape
+        self.num_draft_tokens = num_draft_tokens
 
     @property
     def is_empty(self) -> bool:
@@ -123,20 +130,27 @@ class StepResult:
     `probes` holds a certainty value in [0, 1] for each request whose output reached a probe
     point this step (every `probe_tokens` generated tokens of an `EarlyStoppingPolicy`; the
     simulator reads its trace, an engine measures it); empty for every other policy.
+    `accepted` (speculative decoding) holds, for a chunk with draft tokens
+    (`SchedulerOutput.num_draft_tokens`), the leading drafts the target model accepted; they
+    come before its `sampled` token (the bonus or corrected one), as vLLM's
+    `sampled_token_ids` lists them. A request with drafts absent from it accepted none.
     """
 
     duration_s: float
     sampled: Mapping[RequestId, int]
     stopped: frozenset[RequestId]
     probes: Mapping[RequestId, float]
+    accepted: Mapping[RequestId, tuple[int, ...]]
 
     def __init__(self, duration_s: float, sampled: Mapping[RequestId, int],
                  stopped: frozenset[RequestId] = frozenset(),
-                 probes: Mapping[RequestId, float] = _NO_PROBES) -> None:
+                 probes: Mapping[RequestId, float] = _NO_PROBES,
+                 accepted: Mapping[RequestId, tuple[int, ...]] = _NO_ACCEPTED) -> None:
         self.duration_s = duration_s
         self.sampled = sampled
         self.stopped = stopped
         self.probes = probes
+        self.accepted = accepted
 
 
 @dataclass(slots=True, init=False)

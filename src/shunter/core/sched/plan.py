@@ -37,20 +37,26 @@ class StepPlan:
         prefill_chunks = []
         num_decodes = 0
         num_decode_context = 0
+        drafts: dict[RequestId, int] = {}  # speculative decodes: tokens past the last known one
         for request, n in self.scheduled:
             computed = request.num_computed_tokens
-            is_sampling = computed + n == request.num_tokens
+            num_past = computed + n - request.num_tokens
+            is_sampling = num_past >= 0  # (> 0 only for a decode with draft tokens)
             blocks = tuple(request.block_ids) if emit_block_tables else ()
             chunks.append(ScheduledChunk(request.request_id, computed, n, blocks, is_sampling))
-            if n == 1 and is_sampling and computed > 0:
+            if n == 1 + num_past and computed > 0:  # one token behind: a decode
                 num_decodes += 1
                 num_decode_context += computed
+                if num_past:
+                    drafts[request.request_id] = num_past
             else:
                 prefill_chunks.append((n, computed))
         shape = StepShape(prefill_chunks=tuple(prefill_chunks), num_decode_requests=num_decodes,
-                          num_decode_context_tokens=num_decode_context)
+                          num_decode_context_tokens=num_decode_context,
+                          num_decode_draft_tokens=sum(drafts.values()))
         return SchedulerOutput(
             step_id=step_id, chunks=tuple(chunks), new_requests=tuple(self.new_requests),
             swap_out=tuple(self.swap_out), swap_in=tuple(self.swap_in),
             preempted_ids=tuple(self.preempted_ids), finished_ids=finished_ids, shape=shape,
+            num_draft_tokens=drafts,
         )

@@ -18,13 +18,14 @@ __all__ = ["KeyedQueue"]
 class KeyedQueue:
     """A heap over a static key, with lazy removal; FIFO among equal keys."""
 
-    __slots__ = ("_heap", "_key", "_live", "_seq")
+    __slots__ = ("_aside", "_heap", "_key", "_live", "_seq")
 
     def __init__(self, key: Callable[[Request], object]) -> None:
         self._key = key
         self._heap: list[tuple[object, int, Request]] = []
         self._live: dict[str, int] = {}  # request id -> seq of its live heap entry
         self._seq = count()
+        self._aside: list[tuple[object, int, Request]] = []  # heads set aside (core.sched.lora)
 
     def add(self, request: Request) -> None:
         seq = next(self._seq)
@@ -48,6 +49,20 @@ class KeyedQueue:
 
     def remove(self, request: Request) -> None:
         self._live.pop(request.request_id, None)
+
+    def set_aside(self) -> Request:
+        """Take the head out of the order until `put_back` (still queued and counted)."""
+        self._drop_dead()
+        entry = heapq.heappop(self._heap)
+        self._aside.append(entry)
+        return entry[2]
+
+    def put_back(self) -> None:
+        """Return the heads set aside, each with its old key and sequence number: the order
+        is exactly as before."""
+        for entry in self._aside:
+            heapq.heappush(self._heap, entry)
+        self._aside.clear()
 
     def __len__(self) -> int:
         return len(self._live)

@@ -18,6 +18,7 @@ from shunter.core.sched.policies.mlfq import MlfqPolicy
 from shunter.core.sched.policies.parrot import ParrotPolicy
 from shunter.core.sched.policies.plas import PlasPolicy
 from shunter.core.sched.policies.priority import PriorityPolicy
+from shunter.core.sched.policies.read_me import ReadMePolicy
 from shunter.core.sched.policies.sarathi import SarathiPolicy
 from shunter.core.sched.policies.sjf import SjfPolicy
 from shunter.core.sched.policies.skippredict import SkipPredictPolicy
@@ -40,6 +41,7 @@ POLICIES: dict[str, Callable[..., Policy]] = {
     "parrot": ParrotPolicy,
     "plas": PlasPolicy,
     "priority": PriorityPolicy,
+    "read_me": ReadMePolicy,
     "sarathi": SarathiPolicy,
     "sjf": SjfPolicy,
     "skippredict": SkipPredictPolicy,

@@ -20,6 +20,11 @@ Model (as in vLLM v1): there is no prefill or decode phase. A request has `num_t
 
 With chunked prefill off (prefill-first, vLLM v0 / Orca), phase 2 runs before phase 1 and a
 step that admits any prompt runs only whole prompts: decodes stall behind prefills.
+
+Several batches in flight (pipeline parallelism, vLLM v1's batch queue of `pp` batches): the
+caller lists the requests of batches scheduled but not yet `update`d in `in_flight_ids`; a step
+neither schedules, recalls nor preempts them (they keep their blocks and count against
+`max_num_seqs`) until their batch's update. Empty (the default), it changes nothing.
 """
 
 from __future__ import annotations
@@ -35,6 +40,7 @@ from shunter.core.sched.early_stop import stop_early
 from shunter.core.sched.headroom import Headroom
 from shunter.core.sched.interface import RequestOutput, SchedulerOutput, StepResult
 from shunter.core.sched.limits import rejection_reason, stop_status
+from shunter.core.sched.lora import LoraSlots
 from shunter.core.sched.plan import StepPlan
 from shunter.core.sched.policy import (
     Policy,
@@ -46,6 +52,7 @@ from shunter.core.sched.policy import (
     step_charger,
     victim_sort_key,
 )
+from shunter.core.sched.speculative import accept_drafts, num_draft_slots
 from shunter.core.sched.stats import SchedulerStats
 from shunter.core.types import FINISHED_STATUSES, RequestId, RequestStatus
 
@@ -79,9 +86,12 @@ class CoreScheduler:
         self.num_preemptions = 0
         self.num_waiting_tokens = 0
         self.num_steps = 0
+        self.num_spec_tokens = 0  # speculative decoding's drafts per decode (`enable_speculation`)
         self._finished_ids: list[RequestId] = []
         self._offloads: list[tuple[int, int]] = []  # finished turns' KV to copy to host next step
         self.headroom = Headroom(config, self.kv)
+        self.in_flight_ids: set[RequestId] = set()  # see the module docstring
+        self.lora = LoraSlots(config.max_loras, self.waiting) if config.max_loras else None
 
     # ---- requests in and out -------------------------------------------------------------
 
@@ -140,7 +150,8 @@ class CoreScheduler:
         need = self.kv.num_blocks_for(request.num_computed_tokens)
         return (len(self.running) < self.config.max_num_seqs
                 and request.num_tokens < self.config.max_seq_len
-                and need + self.headroom.watermark_blocks <= self.kv.num_free_blocks)
+                and need + self.headroom.watermark_blocks <= self.kv.num_free_blocks
+                and (self.lora is None or self.lora.can_join(request, self.running)))
 
     def attach(self, request: Request) -> bool:
         """Insert a request detached elsewhere as running, with fresh blocks for the KV of its
@@ -196,7 +207,9 @@ class CoreScheduler:
             plan.swap_out.extend(self._offloads)
             self._offloads = []
         if self._recalls is not None:  # the policy's own preemptions (RecallingPolicy)
-            for request in self._recalls(self.running):
+            in_flight = self.in_flight_ids
+            for request in self._recalls([r for r in self.running if r.request_id not in in_flight]
+                                         if in_flight else self.running):
                 self._preempt(request, plan)
         self._preempt_for_priority(plan, now)
         if self.config.enable_chunked_prefill:
@@ -214,11 +227,18 @@ class CoreScheduler:
         running = self.running
         running.sort(key=victim_sort_key(self.policy, now))
         chunked = self.config.enable_chunked_prefill
+        in_flight = self.in_flight_ids
         is_short = False
         i = 0
         while i < len(running) and plan.budget > 0:
             request = running[i]
+            if in_flight and request.request_id in in_flight:
+                i += 1
+                continue
             num_new = request.num_uncomputed_tokens
+            if self.num_spec_tokens and num_new == 1 and request.num_output_tokens:
+                num_new += num_draft_slots(request, self.num_spec_tokens, self.max_seq_len,
+                                           plan.budget)
             if not chunked and num_new > plan.budget and plan.scheduled:
                 i += 1
                 continue
@@ -226,10 +246,12 @@ class CoreScheduler:
             is_allocated = self.kv.allocate_slots(request, num_new)
             while not is_allocated:
                 is_short = True
-                victim = self._memory_victim(running, i)
+                victim = self._memory_victim(running, i, in_flight)
                 if victim is None and plan.scheduled:
                     break  # all left were preempted and have not progressed: this one waits
-                victim = victim or running[-1]  # nothing else would run: someone must yield
+                # nothing else would run: someone must yield
+                victim = victim or next(r for r in reversed(running)
+                                        if r.request_id not in in_flight)
                 self._preempt(victim, plan)
                 if victim is request:
                     break
@@ -241,11 +263,12 @@ class CoreScheduler:
         return is_short
 
     @staticmethod
-    def _memory_victim(running: list[Request], first: int) -> Request | None:
+    def _memory_victim(running: list[Request], first: int,
+                       in_flight: set[RequestId]) -> Request | None:
         """The worst of `running[first:]` (not scheduled yet; sorted by victim key) that may be
-        preempted again (`Request.is_preemptible`), or None if none may."""
+        preempted again (`Request.is_preemptible`) and is not in flight, or None if none may."""
         for j in range(len(running) - 1, first - 1, -1):
-            if running[j].is_preemptible:
+            if running[j].is_preemptible and running[j].request_id not in in_flight:
                 return running[j]
         return None
 
@@ -254,8 +277,11 @@ class CoreScheduler:
         cfg = self.config
         admitted = False
         reserved = self.headroom.reserved_blocks(self.running)
+        if (lora := self.lora) is not None:
+            lora.begin(self.running)
         while plan.budget > 0 and len(self.running) < cfg.max_num_seqs:
-            request = self.waiting.peek()
+            request = self.waiting.peek() if lora is None else lora.next_waiting(
+                self.waiting, cfg.max_num_seqs)  # (vLLM's max_loras: core.sched.lora)
             if request is None:
                 break
             num_queued = request.num_uncomputed_tokens
@@ -296,6 +322,8 @@ class CoreScheduler:
             reserved += self.headroom.whole_reservation(request)
             plan.add(request, num_new)
             admitted = True
+        if lora is not None:
+            lora.end()
         return admitted
 
     def _preempt_for_priority(self, plan: StepPlan, now: float) -> None:
@@ -312,11 +340,18 @@ class CoreScheduler:
     def priority_victim(self, waiting: Request, now_s: float) -> Request | None:
         """The running request `waiting` may displace now: the worst preemptible one, if the
         policy lets it (phase 0, and the simulator's check that a decode run keeps it off)."""
-        candidates = [r for r in self.running if r.is_preemptible]
+        in_flight = self.in_flight_ids
+        candidates = [r for r in self.running
+                      if r.is_preemptible and r.request_id not in in_flight]
         if not candidates:
             return None
         victim = max(candidates, key=lambda r: self.policy.victim_key(r, now_s))  # type: ignore[arg-type,return-value]
         return victim if self.policy.should_preempt(waiting, victim, now_s) else None
+
+    def enable_speculation(self, num_spec_tokens: int) -> None:
+        """Let each decode verify up to `num_spec_tokens` drafts (`core.sched.speculative`)."""
+        assert num_spec_tokens >= 1 and not self.requests, "enable before any request"
+        self.num_spec_tokens = num_spec_tokens
 
     def steps_until_reorder(self, *, is_applied: bool = True) -> int:
         """Steps, each giving every running request one decode token, over which the policy
@@ -383,16 +418,21 @@ class CoreScheduler:
                     self.kv.publish(request)
                 continue
             request.has_progressed = True  # a new token: recomputing old ones is no progress
-            token_id = result.sampled[chunk.request_id]
-            request.append_output(token_id)
+            drafts = output.num_draft_tokens
+            if drafts and chunk.request_id in drafts:  # speculative decoding's verified drafts
+                new_ids, status = accept_drafts(request, drafts[chunk.request_id], result,
+                                                max_seq_len)
+            else:
+                new_ids = (result.sampled[chunk.request_id],)
+                request.append_output(new_ids[0])
+                status = stop_status(request, result.stopped, max_seq_len)
             if request.block_hashes:
                 self.kv.publish(request)
-            status = stop_status(request, result.stopped, max_seq_len)
             if status is not None:
                 self.running.remove(request)
                 self.finish_request(request, status)
             reason = FINISHED_STATUSES[status] if status is not None else None
-            outputs.append(RequestOutput(request.request_id, (token_id,), reason,
+            outputs.append(RequestOutput(request.request_id, new_ids, reason,
                                          num_cached_tokens=request.num_cached_tokens or 0))
         if result.probes:  # (only an executor probing for an EarlyStoppingPolicy reports them)
             stop_early(self, result.probes, outputs)

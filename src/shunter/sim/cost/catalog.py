@@ -303,6 +303,12 @@ MODELS: dict[str, ModelSpec] = {
         num_attention_heads=32, num_kv_heads=8, head_dim=128, vocab_size=32000,
         max_model_len=32768, sliding_window=4096,
         note="v0.1 attends within a 4096-token sliding window; modelled as full attention"),
+    # meta-llama/Llama-3.2-1B config.json; the Llama-3 family's draft model for speculative
+    # decoding (same 128256-token vocabulary as Llama-3/3.1)
+    "llama-3.2-1b": ModelSpec(
+        name="llama-3.2-1b", num_layers=16, hidden_size=2048, intermediate_size=8192,
+        num_attention_heads=32, num_kv_heads=8, head_dim=64, vocab_size=128256,
+        max_model_len=131072, tie_word_embeddings=True),
     "smollm2-135m": ModelSpec(
         name="smollm2-135m", num_layers=30, hidden_size=576, intermediate_size=1536,
         num_attention_heads=9, num_kv_heads=3, head_dim=64, vocab_size=49152,
@@ -365,6 +371,7 @@ MODEL_ALIASES: dict[str, str] = {
     "llama1-30b": "llama-30b", "llama-33b": "llama-30b",
     "mistral-7b-v0.1": "mistral-7b", "mistral-7b-instruct-v0.1": "mistral-7b",
     "smollm2-135m-instruct": "smollm2-135m",
+    "llama-3.2-1b-instruct": "llama-3.2-1b", "meta-llama-3.2-1b": "llama-3.2-1b",
     "mixtral-8x7b-v0.1": "mixtral-8x7b", "mixtral-8x7b-instruct-v0.1": "mixtral-8x7b",
     "deepseek-v3-base": "deepseek-v3", "deepseek-v3-0324": "deepseek-v3",
 }

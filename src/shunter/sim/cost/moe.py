@@ -21,6 +21,17 @@ Per MoE layer and step of T tokens (k = experts per token, E = routed experts):
   share of the tokens, of which `(ep - 1) / ep` leaves the GPU, over the intra-node link at
   its efficiency: `ALL_TO_ALL_LATENCY_S + T / tp * k * h * dtype * (ep - 1) / ep / link`.
   With tp / ep > 1 the group's partial sums are taken as reduced inside the combine.
+Expert routing profiles (`StepShape.expert_mix`, Read-ME's scheduling). A request may carry
+an `ExpertProfile` p (the share of its token-expert pairs each expert gets, one router for all
+MoE layers as Read-ME's pre-gating router): each of its tokens then takes expert e with
+probability q_e = min(1, c p_e), c set so the q_e sum to k (top-k picks distinct experts). An
+expert stays unread in a step only if no token takes it: miss_e = (1 - k / E) ** T_u x prod
+over profiled requests (1 - q_e) ** n, T_u the step's unprofiled tokens. Each GPU reads the
+experts it holds times their hit probability, and does `T_u k / ep` (x `expert_imbalance`)
+plus `sum n q_e` over its experts token-expert pairs; the step waits for the busiest GPU (the
+profiles are the imbalance: the factor applies to unprofiled tokens only). A step without
+profiles keeps the uniform formula bit for bit. A decode-only step with profiles is still
+`step_time_s(context 0) + slope * context` bit for bit (the decode runs' line).
 Not modelled: expert-count-dependent GEMM efficiency (small per-expert batches), routing
 skew beyond the imbalance factor, DeepSeek's node-limited routing, FP8 dispatch, overlap of
 the all-to-all with compute (DeepEP two-batch overlap).
@@ -29,7 +40,9 @@ the all-to-all with compute (DeepEP two-batch overlap).
 from __future__ import annotations
 
 import math
+from dataclasses import replace
 
+from shunter.core.types import ExpertProfile, StepShape
 from shunter.errors import ConfigError
 from shunter.sim.cost.catalog import GpuSpec, ModelSpec, get_model
 from shunter.sim.cost.roofline import (
@@ -42,7 +55,7 @@ from shunter.sim.cost.roofline import (
 )
 
 __all__ = ["ALL_TO_ALL_LATENCY_S", "DEFAULT_EXPERT_IMBALANCE", "MoeRooflineCostModel",
-           "check_parallelism", "roofline_cost_model"]
+           "check_parallelism", "roofline_cost_model", "selection_probabilities"]
 
 # Busiest GPU's token-expert pairs over the mean, under EP. 1.0 = perfectly balanced routing,
 # what the uniform-routing hit formula assumes; real routers are skewed (DeepSeek-V3 runs a
@@ -54,6 +67,7 @@ DEFAULT_EXPERT_IMBALANCE = 1.0
 ALL_TO_ALL_LATENCY_S = 20e-6
 ALL_TO_ALL_LATENCY_PER_RANK_S = 3e-6
 NUM_MOE_KERNELS_PER_LAYER = 5  # router GEMM, top-k softmax, permute, unpermute, shared-expert mix
+MAX_CACHED_PROFILES = 1 << 16  # per-profile routing terms kept (cleared past it: bounded memory)
 
 
 def check_parallelism(model: ModelSpec, tp: int, ep: int, expert_imbalance: float) -> None:
@@ -72,6 +86,33 @@ def check_parallelism(model: ModelSpec, tp: int, ep: int, expert_imbalance: floa
     if tp % ep:
         raise ConfigError(f"ep={ep} must divide tp={tp}: the experts are split over the "
                           f"replica's tp GPUs")
+
+
+def selection_probabilities(weights: tuple[float, ...], k: int) -> list[float]:
+    """The probability that a token of a request with expert shares `weights` takes each
+    expert, choosing `k` distinct ones: min(1, c w_e) with c such that they sum to k (experts
+    capped at 1 pass their excess to the others; with fewer than k experts of weight > 0 the
+    rest is spread evenly over the zero-weight ones)."""
+    q = [0.0] * len(weights)
+    free = [e for e in range(len(weights))]
+    remaining = float(min(k, len(weights)))
+    while free and remaining > 0:
+        mass = math.fsum(weights[e] for e in free)
+        if mass <= 0.0:
+            for e in free:
+                q[e] = remaining / len(free)
+            break
+        scale = remaining / mass
+        capped = [e for e in free if scale * weights[e] >= 1.0]
+        if not capped:
+            for e in free:
+                q[e] = scale * weights[e]
+            break
+        for e in capped:
+            q[e] = 1.0
+        remaining -= len(capped)
+        free = [e for e in free if q[e] < 1.0]
+    return q
 
 
 def roofline_cost_model(model: ModelSpec | str, gpu: GpuSpec | str, tp: int = 1, *, ep: int = 1,
@@ -105,6 +146,8 @@ class MoeRooflineCostModel(RooflineCostModel):
         check_parallelism(spec, tp, ep, expert_imbalance)
         self.ep = ep
         self.expert_imbalance = expert_imbalance
+        # per expert profile: (log miss of one token per expert, token-expert pairs per GPU)
+        self._profile_terms: dict[ExpertProfile, tuple[list[float], list[float]]] = {}
         super().__init__(spec, gpu, tp)
 
     def _fold_coefficients(self) -> None:
@@ -210,6 +253,70 @@ class MoeRooflineCostModel(RooflineCostModel):
         for compute_s, weights_s, io_s in self._dense_mlp:
             dense_s += max(compute_s * t, weights_s + io_s * t)
         return m.num_dense_layers * dense_s + m.num_moe_layers * self.moe_layer_time_s(num_tokens)
+
+    # ---- expert routing profiles (module docstring) -------------------------------------------
+
+    def step_time_s(self, shape: StepShape) -> float:
+        """The roofline step; with `expert_mix`, its routed experts as the profiles hit them."""
+        mix = shape.expert_mix
+        if not mix:
+            return super().step_time_s(shape)
+        num_tokens = shape.num_tokens
+        time_s = super().step_time_s(replace(shape, num_decode_context_tokens=0, expert_mix=()))
+        if num_tokens > 0:
+            time_s += self.model.num_moe_layers * (self.routed_expert_time_s(num_tokens, mix)
+                                                   - self.expert_time_s(num_tokens))
+        if shape.num_decode_requests:
+            time_s += self._decode_s_per_context_token * shape.num_decode_context_tokens
+        return time_s
+
+    def routed_expert_time_s(self, num_tokens: int,
+                             mix: tuple[tuple[int, ExpertProfile], ...]) -> float:
+        """`expert_time_s` of `num_tokens` tokens of which `mix` (tokens, profile) carry
+        profiles; the rest are routed uniformly."""
+        m, ep = self.model, self.ep
+        num_experts, k = m.num_experts, m.num_experts_per_token
+        num_uniform = num_tokens
+        for n, _ in mix:
+            num_uniform -= n
+        num_uniform = max(num_uniform, 0)
+        log_miss = [num_uniform * math.log1p(-k / num_experts)] * num_experts
+        uniform_pairs = num_uniform * k / ep * (self.expert_imbalance if ep > 1 else 1.0)
+        pairs = [uniform_pairs] * ep
+        for n, profile in mix:
+            token_log_miss, gpu_pairs = self._routing_terms(profile)
+            for e in range(num_experts):
+                log_miss[e] += n * token_log_miss[e]
+            for g in range(ep):
+                pairs[g] += n * gpu_pairs[g]
+        per_gpu = num_experts // ep
+        busiest_s = 0.0
+        for g in range(ep):
+            hit = 0.0
+            for e in range(g * per_gpu, (g + 1) * per_gpu):
+                hit += 1.0 - math.exp(log_miss[e])
+            compute_s = pairs[g] * self._expert_s_per_pair
+            memory_s = hit * self._expert_weights_s + pairs[g] * self._expert_io_s_per_pair
+            busiest_s = max(busiest_s, compute_s, memory_s)
+        return 2 * KERNEL_FIXED_S + busiest_s
+
+    def _routing_terms(self, profile: ExpertProfile) -> tuple[list[float], list[float]]:
+        """(log(1 - q_e) per expert, sum of q_e over each GPU's experts) of one profile."""
+        terms = self._profile_terms.get(profile)
+        if terms is not None:
+            return terms
+        m = self.model
+        if len(profile.weights) != m.num_experts:
+            raise ConfigError(f"an expert_profile has {len(profile.weights)} weights but "
+                              f"{m.name} has {m.num_experts} routed experts")
+        q = selection_probabilities(profile.weights, m.num_experts_per_token)
+        token_log_miss = [math.log1p(-p) if p < 1.0 else -math.inf for p in q]
+        per_gpu = m.num_experts // self.ep
+        gpu_pairs = [math.fsum(q[g * per_gpu:(g + 1) * per_gpu]) for g in range(self.ep)]
+        if len(self._profile_terms) >= MAX_CACHED_PROFILES:
+            self._profile_terms.clear()
+        terms = self._profile_terms[profile] = (token_log_miss, gpu_pairs)
+        return terms
 
     # ---- memory -------------------------------------------------------------------------------
 

@@ -1,5 +1,6 @@
 """Roofline step-time model of a vLLM-style engine running one dense model on `tp` GPUs
-(mixture-of-experts models: `shunter.sim.cost.moe`, a subclass that replaces the MLP).
+(mixture-of-experts models: `shunter.sim.cost.moe`, a subclass that replaces the MLP), or on
+`pp` pipeline stages of `tp` GPUs each (`shunter.sim.cost.pipeline`: `stage_times_s`).
 
 One step is one forward pass over every scheduled token (prefill chunks and decodes together, as
 in vLLM v1). Per TP rank and per layer, each operator group costs `max(compute_s, memory_s)`
@@ -13,6 +14,11 @@ bytes / (bandwidth * memory_efficiency):
 - attention, prefill: per chunk of n new tokens over c cached ones, `4 * q_dim * n * (c + n)`
   FLOPs (see ATTENTION_PREFILL_EFFICIENCY for why not n * (c + n / 2)) or its KV read if larger;
   decode: memory-bound, reading every decode's KV once;
+- speculative decoding's draft tokens (`StepShape.num_decode_draft_tokens`, vLLM's verification
+  pass) are query tokens of every projection and element-wise kernel and get logits each, but
+  add no KV read: a decode's 1 + k queries read its KV once in one attention tile, and at
+  g FLOPs per KV byte and query (bf16; g query heads per KV head, 4 for Llama-3-8B) even
+  k = 8 stays far below the ridge (~300 FLOPs/byte on an H100);
 - the LM head only for sampled tokens (one per scheduled request, as vLLM computes logits for
   each request's last scheduled position), weights read once, fp32 logits written;
 - with tp > 1, two ring all-reduces of the hidden states per layer (plus one for the vocab-parallel
@@ -34,6 +40,13 @@ from __future__ import annotations
 from shunter.core.types import DEFAULT_BLOCK_SIZE, StepShape
 from shunter.errors import ConfigError
 from shunter.sim.cost.catalog import GpuSpec, ModelSpec, get_gpu, get_model
+from shunter.sim.cost.pipeline import (
+    P2P_LATENCY_S,
+    PIPELINE_TENSORS,
+    check_pipeline,
+    pipeline_layers,
+    stage_kv_tokens,
+)
 
 __all__ = [
     "ALL_REDUCE_LATENCY_PER_RANK_S",
@@ -112,15 +125,23 @@ class RooflineCostModel:
                  block_size: int = DEFAULT_BLOCK_SIZE,
                  gpu_memory_utilization: float = DEFAULT_GPU_MEMORY_UTILIZATION,
                  max_num_batched_tokens: int = DEFAULT_MAX_NUM_BATCHED_TOKENS,
-                 max_model_len: int | None = None) -> None:
+                 max_model_len: int | None = None, pp: int = 1) -> None:
         self.model = get_model(model) if isinstance(model, str) else model
         self.gpu = get_gpu(gpu) if isinstance(gpu, str) else gpu
         self.tp = tp
+        self.pp = pp  # pipeline stages of `tp` GPUs each (`shunter.sim.cost.pipeline`)
         self.block_size = block_size
         m = self.model
         _validate(m, tp, block_size, gpu_memory_utilization, max_model_len)
+        check_pipeline(m, pp)
+        self.stage_layers = pipeline_layers(m.num_layers, pp)
+        self._max_stage_layers = max(self.stage_layers)  # the layers a swap copies, per GPU
         self._max_model_len = m.max_model_len if max_model_len is None else max_model_len
         self._fold_coefficients()
+        self._send_s_per_token = 0.0  # a stage's activations to the next, per token
+        if pp > 1:
+            link = self.gpu.intra_node_bandwidth_bytes_s * self.gpu.intra_node_efficiency
+            self._send_s_per_token = PIPELINE_TENSORS * m.hidden_size * m.dtype_bytes / tp / link
         self._usable_kv_bytes = self._kv_budget_bytes(gpu_memory_utilization, max_num_batched_tokens)
 
     # ---- folding: everything per call is a multiply-add of these --------------------------
@@ -182,6 +203,13 @@ class RooflineCostModel:
                             + max_num_batched_tokens * activation_per_token
                             + 2 * DEFAULT_MAX_NUM_SEQS * m.vocab_size // tp * LOGITS_BYTES)
         budget_per_rank = int(g.memory_bytes * utilization)
+        if self.pp > 1:
+            tokens = stage_kv_tokens(
+                f"{m.name} on pp={self.pp} stages of {tp} x {g.name}", self.stage_layers,
+                layer_bytes=layer_params * dt, vocab_bytes=m.vocab_size // tp * h * dt,
+                norm_bytes=h * dt, reserve_bytes=reserve_per_rank, budget_bytes=budget_per_rank,
+                kv_bytes_per_layer_token=self._kv_bytes_per_token_rank)
+            return tokens * m.num_layers * self._kv_bytes_per_token_rank * tp
         usable_per_rank = budget_per_rank - weights_per_rank - reserve_per_rank
         if usable_per_rank <= 0:
             gib = 1 << 30
@@ -233,9 +261,12 @@ class RooflineCostModel:
         """Predicted wall time of one step; see the module docstring for the model.
 
         The decode attention's per-KV-token term is added last, so a decode-only step is exactly
-        `fixed + slope * context tokens` (`decode_step_line_s`)."""
+        `fixed + slope * context tokens` (`decode_step_line_s`). With `pp` > 1: a batch's
+        latency through every stage (`stage_times_s`, summed)."""
+        if self.pp > 1:
+            return sum(self.stage_times_s(shape))
         num_decodes = shape.num_decode_requests
-        num_tokens = num_decodes
+        num_tokens = num_decodes + shape.num_decode_draft_tokens  # (drafts: see the docstring)
         attention_s = 0.0
         per_pair, per_kv = self._prefill_s_per_pair, self._prefill_s_per_kv_token
         for num_new, num_context in shape.prefill_chunks:
@@ -255,12 +286,48 @@ class RooflineCostModel:
             layer_s += max(compute_s * t, weights_s + io_s * t)
         comm_s = self._num_all_reduces * (self._all_reduce_latency_s
                                           + self._all_reduce_s_per_token * t)
-        head_s = self.lm_head_time_s(num_requests) + self._head_s_per_token * t
+        head_s = self.lm_head_time_s(num_requests + shape.num_decode_draft_tokens) + self._head_s_per_token * t
         fixed_s = (cpu_s + self.model.num_layers * layer_s + comm_s + head_s
                    + self._mlp_time_s(num_tokens))
         if not num_decodes:
             return fixed_s
         return fixed_s + self._decode_s_per_context_token * shape.num_decode_context_tokens
+
+    def stage_times_s(self, shape: StepShape) -> list[float]:
+        """Busy time of each pipeline stage for one batch (`StagedCostModel`): its layers as
+        in `step_time_s` (two all-reduces each), the CPU overhead and the embedding's
+        all-reduce on the first stage, the LM head on the last, and on every stage but the
+        last the send of its activations to the next (`shunter.sim.cost.pipeline`)."""
+        num_decodes = shape.num_decode_requests
+        num_tokens = num_decodes + shape.num_decode_draft_tokens  # (drafts: see the docstring)
+        attention_s = 0.0
+        per_pair, per_kv = self._prefill_s_per_pair, self._prefill_s_per_kv_token
+        for num_new, num_context in shape.prefill_chunks:
+            num_tokens += num_new
+            kv_tokens = num_context + num_new
+            attention_s += ATTENTION_PREFILL_FIXED_S + max(num_new * kv_tokens * per_pair,
+                                                           kv_tokens * per_kv)
+        num_requests = len(shape.prefill_chunks) + num_decodes
+        cpu_s = STEP_CPU_OVERHEAD_S + STEP_CPU_OVERHEAD_PER_REQUEST_S * num_requests
+        times = [0.0] * self.pp
+        times[0] = cpu_s
+        if num_tokens == 0:
+            return times
+        if num_decodes:
+            attention_s += (ATTENTION_DECODE_FIXED_S
+                            + self._decode_s_per_kv_token * shape.num_decode_context_tokens)
+        t = float(num_tokens)
+        all_reduce_s = self.all_reduce_time_s(num_tokens)
+        layer_s = (self._layer_fixed_s + self._elementwise_s_per_token * t + attention_s
+                   + 2 * all_reduce_s)
+        for compute_s, weights_s, io_s in self._linear:
+            layer_s += max(compute_s * t, weights_s + io_s * t)
+        send_s, last = P2P_LATENCY_S + self._send_s_per_token * t, self.pp - 1
+        for s, num_layers in enumerate(self.stage_layers):
+            times[s] += num_layers * layer_s + (send_s if s < last else 0.0)
+        times[0] += all_reduce_s
+        times[last] += self.lm_head_time_s(num_requests + shape.num_decode_draft_tokens) + self._head_s_per_token * t
+        return times
 
     def _mlp_time_s(self, num_tokens: int) -> float:
         """MLP time not in `_linear`: none for a dense model (+ 0.0 changes no float);
@@ -269,7 +336,8 @@ class RooflineCostModel:
 
     def decode_step_line_s(self, num_decodes: int) -> tuple[float, float]:
         """(fixed, slope): `step_time_s` of a decode-only step of `num_decodes` requests reading
-        `c` KV tokens in all is `fixed + slope * c`, bit for bit (the same operations)."""
+        `c` KV tokens in all is `fixed + slope * c`, bit for bit (the same operations; with
+        `pp` > 1 only to rounding, which is why the simulator takes no bulk runs there)."""
         return (self.step_time_s(StepShape(num_decode_requests=num_decodes)),
                 self._decode_s_per_context_token)
 
@@ -280,12 +348,13 @@ class RooflineCostModel:
         and K/V plane: per-call latency x calls + bytes / bandwidth. Without, one batched copy."""
         if num_blocks <= 0:
             return 0.0
-        bytes_per_rank = (num_blocks * self.block_size * self.model.num_layers
+        # (each pipeline stage copies its own layers' KV at once: the fullest stage's time)
+        bytes_per_rank = (num_blocks * self.block_size * self._max_stage_layers
                           * self._kv_bytes_per_token_rank)
         link = self.gpu.host_bandwidth_bytes_s * self.gpu.host_efficiency
         if num_runs is None:
             return SWAP_LATENCY_S + bytes_per_rank / link
-        num_copies = num_runs * self.model.num_layers * KV_PLANES
+        num_copies = num_runs * self._max_stage_layers * KV_PLANES
         return SWAP_COPY_LATENCY_S * num_copies + bytes_per_rank / link
 
     def kv_transfer_time_s(self, num_tokens: int, bandwidth_bytes_s: float) -> float:
