@@ -48,7 +48,7 @@ import yaml
 from shunter.core.sched.config import SchedulerConfig
 from shunter.core.types import check_number
 from shunter.errors import ConfigError
-from shunter.sim.config import SimConfig
+from shunter.sim.config import SIM_DERIVED_SCHEDULER_OPTIONS, SimConfig
 
 __all__ = ["BUILTIN_PREFIX", "Scenario", "WorkloadConfig", "builtin_scenario", "load_scenario",
            "resolve_trace"]
@@ -58,7 +58,7 @@ _DEFAULT_SCENARIO = "default.toml"
 
 _SCHEDULER_KEYS = {f.name: f.type for f in fields(SchedulerConfig)} | {
     "policy": "str", "policy_params": "dict", "predictor": "str", "predictor_params": "dict"}
-for _derived in ("num_blocks", "num_host_blocks", "emit_block_tables"):
+for _derived in SIM_DERIVED_SCHEDULER_OPTIONS:
     _SCHEDULER_KEYS.pop(_derived)
 
 _SCHEMA: dict[str, dict[str, str]] = {

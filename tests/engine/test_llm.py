@@ -110,3 +110,25 @@ def test_bad_prompts_are_request_errors(tiny_loaded) -> None:
         with pytest.raises(RequestError):
             engine.add_request(bad, GREEDY)
     assert not engine.has_unfinished_requests
+
+
+def test_a_host_kv_tier_serves_an_evicted_prefix_back(tiny_hf_model, tiny_loaded) -> None:
+    """host_kv_offload = "all": a finished request's blocks are stored to host memory; once
+    other prompts have evicted them from the device, the same prompt copies them back (no
+    recompute) and still generates exactly the reference's greedy tokens."""
+    engine = make_engine(tiny_loaded, num_blocks=16, num_host_blocks=64, host_kv_reuse=True,
+                         host_kv_offload="all")
+    copied_in = []
+    runner = engine.executor.runner
+    swap_in = runner.swap_in
+    runner.swap_in = lambda pairs: (copied_in.append(len(pairs)), swap_in(pairs))  # type: ignore[method-assign]
+    target, *others = prompts(4, [22, 30, 30, 30], seed=5)
+    [first] = engine.generate([target], GREEDY)
+    for other in others:  # 40 tokens a request in 16 blocks of 4: the target's blocks go
+        engine.generate([other], GREEDY)
+    [again] = engine.generate([target], GREEDY)
+    assert first.num_cached_tokens == 0
+    assert again.num_cached_tokens == 20  # 5 full blocks of its prompt, from the host
+    assert sum(copied_in) == 5
+    assert again.token_ids == first.token_ids
+    assert_greedy_equal(tiny_hf_model, target, again.token_ids)

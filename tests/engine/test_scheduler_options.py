@@ -27,7 +27,7 @@ EVERY_OPTION = {"block_size": 8, "max_num_batched_tokens": 256, "max_num_seqs": 
                 "max_model_len": 1024, "enable_chunked_prefill": False,
                 "enable_prefix_caching": False, "preemption_mode": "swap",
                 "admission": "whole", "watermark": 0.05, "kv_allocation": "contiguous",
-                "host_kv_reuse": True}
+                "host_kv_reuse": True, "host_kv_offload": "all"}
 
 
 def test_defaults_are_read_from_the_dataclass() -> None:

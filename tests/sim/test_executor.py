@@ -39,3 +39,23 @@ def test_both_paths_agree_around_the_switch(monkeypatch: pytest.MonkeyPatch) -> 
     assert executor.decode_run_end_times(1.5, 5, 1234, 300) == default
     monkeypatch.setattr(executor_module, "NUMPY_MIN_STEPS", 10_000)
     assert executor.decode_run_end_times(1.5, 5, 1234, 300) == default
+
+
+def test_host_tier_stores_do_not_delay_a_step_but_swaps_do() -> None:
+    """SchedulerOutput.offload (finished requests' KV stored to the host tier) is copied on
+    its own DMA stream while steps go on; a swap is a synchronous copy before the pass."""
+    from shunter.core.sched.interface import ScheduledChunk, SchedulerOutput
+
+    cost = RooflineCostModel("llama-3.1-8b", "a100-80gb")
+    executor = SimExecutor(cost)
+    executor.register("r", 5)
+    shape = StepShape(num_decode_requests=1, num_decode_context_tokens=100)
+    chunks = (ScheduledChunk("r", 100, 1, (), True),)
+    pairs = tuple((i, i) for i in range(200))
+    plain = executor.execute(SchedulerOutput(step_id=1, chunks=chunks, shape=shape))
+    stored = executor.execute(SchedulerOutput(step_id=2, chunks=chunks, shape=shape,
+                                              offload=pairs))
+    swapped = executor.execute(SchedulerOutput(step_id=3, chunks=chunks, shape=shape,
+                                               swap_out=pairs))
+    assert stored.duration_s == plain.duration_s
+    assert swapped.duration_s == plain.duration_s + cost.swap_time_s(200, 1)

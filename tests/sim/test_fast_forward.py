@@ -73,6 +73,8 @@ SCENARIOS = {
                                        policy_params={"quantum_tokens": 64.0},
                                        scheduler={"preemption_mode": "swap",
                                                   "host_kv_reuse": True}),
+    "host-tier-all": SimConfig(num_blocks=300, swap_space_gib=0.02,
+                               scheduler={"host_kv_reuse": True, "host_kv_offload": "all"}),
     "length-grouped": SimConfig(num_blocks=400, policy="length_grouped", predictor="noisy_oracle",
                                 predictor_params={"kendall_tau": 0.5, "seed": 3},
                                 policy_params={"bin_tokens": 32, "vbs_batch_sizes": [8, 4]}),

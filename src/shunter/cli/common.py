@@ -193,6 +193,12 @@ def add_scenario_flags(parser: argparse.ArgumentParser, *, single: bool = True) 
                         "experts split over N of the replica's tp GPUs (N divides tp and the "
                         "expert count; the scenario's [cluster] expert_imbalance stretches the "
                         "busiest GPU) " + scenario_default(builtin.sim.ep, sim.ep))
+    c.add_argument("--kv-offloading-size", type=positive_float, metavar="GIB",
+                   help="a host-memory KV tier of GIB per replica (vLLM's --kv-offloading-size, "
+                        "LMCache's CPU tier): every finished request's full blocks are stored "
+                        "there, overlapped with the next step, and a prompt whose prefix left "
+                        "the GPU copies it back at the PCIe cost instead of recomputing it "
+                        "(default: off, the scenario's [scheduler] host_kv_offload)")
     c.add_argument("--replicas", type=positive_int, metavar="N", help="number of replicas "
                    + scenario_default(builtin.sim.num_replicas, sim.num_replicas))
     if single:
@@ -386,6 +392,9 @@ def scenario_from_args(args: argparse.Namespace) -> Scenario:
     }
     changes = {k: v for k, v in flags.items() if v is not None} | _autoscale_override(args, scenario)
     changes |= _lora_override(args, scenario)
+    if getattr(args, "kv_offloading_size", None):  # the host tier: [scheduler] host_kv_* keys
+        changes |= {"swap_space_gib": args.kv_offloading_size, "scheduler": {
+            **scenario.sim.scheduler, "host_kv_reuse": True, "host_kv_offload": "all"}}
     changes |= _speculative_override(args, scenario)
     if args.trace is not None:
         changes.setdefault("format", None)  # a new trace's format is detected unless given

@@ -135,6 +135,7 @@ class EngineExecutor:
             self.unregister(request_id)
         for request_id in output.preempted_ids:
             self._token_ids.pop(request_id, None)
+        self.runner.swap_out(output.offload)  # host-tier stores: before anything reuses them
         self.runner.swap_out(output.swap_out)  # before swap-in: it may reuse freed blocks
         self.runner.swap_in(output.swap_in)
         for new in output.new_requests:

@@ -52,7 +52,7 @@ def decode_run_horizon(scheduler: CoreScheduler, output: SchedulerOutput, max_st
     running = scheduler.running
     n = len(running)
     if (max_steps <= 0 or n == 0 or len(output.chunks) != n or output.new_requests
-            or output.preempted_ids or output.swap_in or output.swap_out):
+            or output.preempted_ids or output.swap_in or output.swap_out or output.offload):
         return 0
     if output.shape.num_decode_requests != n:
         return 0

@@ -232,7 +232,7 @@ class SimExecutor:
             mix = self._expert_mix([(c.request_id, c.num_scheduled_tokens) for c in output.chunks])
             if mix:
                 shape = replace(shape, expert_mix=mix)
-        duration_s = self.cost_model.step_time_s(shape)
+        duration_s = self.cost_model.step_time_s(shape)  # (host-tier stores: asynchronous)
         num_swapped = len(output.swap_out) + len(output.swap_in)
         if num_swapped:
             num_runs = num_block_runs(output.swap_out) + num_block_runs(output.swap_in)

@@ -40,13 +40,13 @@ def test_the_next_turn_copies_the_offloaded_history_in():
     add_all(s, [first])
     ex = FakeExecutor({"t0": 5, "t1": 3})  # 8 + 5 tokens: 3 full blocks when t0 ends
     run_steps(s, ex, clock)
-    offloads = [o.swap_out for o in ex.outputs if o.swap_out]
+    offloads = [o.offload for o in ex.outputs if o.offload or o.swap_out]
     assert offloads == []  # nothing runs after it yet: the copy waits for the next step
     second = turn("t1", 16)  # its prompt is turn 0's 13 tokens + 3 new ones
     add_all(s, [second])
     run_steps(s, ex, clock)
     step = next(o for o in ex.outputs if any(c.request_id == "t1" for c in o.chunks))
-    assert len(step.swap_out) == 3  # turn 0's full blocks go to the host first...
+    assert len(step.offload) == 3 and not step.swap_out  # turn 0's full blocks go to host...
     assert len(step.swap_in) == 3  # ...and come back as turn 1's history
     assert [(c.request_id, c.num_computed_tokens) for c in step.chunks] == [("t1", 12)]
     assert second.num_cached_tokens == 12
@@ -61,3 +61,30 @@ def test_host_cache_evicts_least_recently_used_copies():
     c = host.allocate(3)
     assert c == b and host.lookup(2) is None and host.lookup(3) == c
     host.check_invariants()
+
+
+def test_only_sessions_offload_unless_the_host_tier_takes_every_request():
+    """host_kv_offload = "all" (LMCache's CPU tier): a request without a session is stored
+    too, and an unrelated later request sharing its prefix copies it in from the host."""
+    for mode, expected_hits in (("sessions", 0), ("all", 12)):
+        clock = ManualClock()
+        s = make_scheduler(clock=clock, num_blocks=32, block_size=4, enable_prefix_caching=False,
+                           num_host_blocks=16, host_kv_reuse=True, host_kv_offload=mode)
+        first = make_request("a", num_prompt_tokens=8, hash_ids=IDS, hash_block_size=4)
+        add_all(s, [first])
+        ex = FakeExecutor({"a": 5, "b": 3})
+        run_steps(s, ex, clock)
+        second = make_request("b", num_prompt_tokens=16, hash_ids=IDS, hash_block_size=4)
+        add_all(s, [second])
+        run_steps(s, ex, clock)
+        step = next(o for o in ex.outputs if any(c.request_id == "b" for c in o.chunks))
+        assert len(step.offload) == expected_hits // 4
+        assert len(step.swap_in) == expected_hits // 4
+        assert second.num_cached_tokens == expected_hits
+
+
+def test_a_host_tier_for_every_request_needs_host_reuse():
+    import pytest
+
+    with pytest.raises(ValueError, match="host_kv_offload = 'all' needs host_kv_reuse"):
+        make_scheduler(num_blocks=32, host_kv_offload="all")

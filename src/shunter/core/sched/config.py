@@ -8,12 +8,13 @@ from typing import Any, Literal, get_args
 
 from shunter.core.types import DEFAULT_BLOCK_SIZE
 
-__all__ = ["SCHEDULER_DEFAULTS", "AdmissionMode", "KvAllocation", "PreemptionMode",
-           "SchedulerConfig", "check_scheduler_options", "scheduler_config"]
+__all__ = ["SCHEDULER_DEFAULTS", "AdmissionMode", "HostKvOffload", "KvAllocation",
+           "PreemptionMode", "SchedulerConfig", "check_scheduler_options", "scheduler_config"]
 
 PreemptionMode = Literal["recompute", "swap"]
 AdmissionMode = Literal["watermark", "whole"]
 KvAllocation = Literal["lru", "contiguous"]
+HostKvOffload = Literal["sessions", "all"]
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -36,6 +37,11 @@ class SchedulerConfig:
       conversation turns (requests with a session), keyed by block hash, so later swap-outs
       copy only what is new and a session's next turn copies its history back in instead of
       recomputing it (FastSwitch's KV reuse). Needs `num_host_blocks`.
+    - `host_kv_offload` (with `host_kv_reuse`): which finished requests' full blocks go to the
+      host tier: "sessions" (conversation turns, FastSwitch) or "all" (every request, as
+      LMCache's CPU tier and vLLM's KV offloading store every prefix); any later prompt whose
+      prefix was evicted from the GPU copies it back instead of recomputing it. The stores
+      overlap the next step's forward pass (`SchedulerOutput.offload`).
     - `emit_block_tables`: put each request's block table in the step output. The simulator
       turns it off because no model reads it; decisions are the same either way.
     - `max_loras` (vLLM's name): at most this many distinct LoRA adapters among the running
@@ -57,6 +63,7 @@ class SchedulerConfig:
     emit_block_tables: bool = True
     kv_allocation: KvAllocation = "lru"
     host_kv_reuse: bool = False
+    host_kv_offload: HostKvOffload = "sessions"
     max_loras: int = 0
 
     def __post_init__(self) -> None:
@@ -74,6 +81,11 @@ class SchedulerConfig:
             raise ValueError(f"preemption_mode must be 'recompute' or 'swap', got {self.preemption_mode!r}")
         if self.kv_allocation not in ("lru", "contiguous"):
             raise ValueError(f"kv_allocation must be 'lru' or 'contiguous', got {self.kv_allocation!r}")
+        if self.host_kv_offload not in ("sessions", "all"):
+            raise ValueError(f"host_kv_offload must be 'sessions' or 'all', "
+                             f"got {self.host_kv_offload!r}")
+        if self.host_kv_offload == "all" and not self.host_kv_reuse:
+            raise ValueError("host_kv_offload = 'all' needs host_kv_reuse = true (and host blocks)")
         if self.admission not in ("watermark", "whole"):
             raise ValueError(f"admission must be 'watermark' or 'whole', got {self.admission!r}")
 
@@ -89,7 +101,7 @@ SCHEDULER_DEFAULTS: dict[str, Any] = {f.name: f.default for f in fields(Schedule
 
 _LITERALS: dict[str, tuple[str, ...]] = {
     "PreemptionMode": get_args(PreemptionMode), "AdmissionMode": get_args(AdmissionMode),
-    "KvAllocation": get_args(KvAllocation)}
+    "KvAllocation": get_args(KvAllocation), "HostKvOffload": get_args(HostKvOffload)}
 
 
 def _check_type(name: str, kind: str, value: Any) -> str | None:

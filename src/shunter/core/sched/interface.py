@@ -90,6 +90,10 @@ class SchedulerOutput:
     # Copies to make before the step's forward pass, swap_out first, then swap_in.
     swap_out: tuple[tuple[int, int], ...]  # (device block, host block)
     swap_in: tuple[tuple[int, int], ...]  # (host block, device block)
+    # Stores of finished requests' KV to the host tier (device block, host block), made before
+    # swap_out. A GPU copies them on its own DMA stream while steps go on (vLLM's offloading
+    # connector and LMCache store asynchronously), so the simulator charges no step for them.
+    offload: tuple[tuple[int, int], ...]
     preempted_ids: tuple[RequestId, ...]  # recompute-preempted: executor drops their state
     finished_ids: tuple[RequestId, ...]  # ended since the last step: executor drops state
     shape: StepShape
@@ -101,6 +105,7 @@ class SchedulerOutput:
                  new_requests: tuple[NewRequestData, ...] = (),
                  swap_out: tuple[tuple[int, int], ...] = (),
                  swap_in: tuple[tuple[int, int], ...] = (),
+                 offload: tuple[tuple[int, int], ...] = (),
                  preempted_ids: tuple[RequestId, ...] = (),
                  finished_ids: tuple[RequestId, ...] = (), shape: StepShape = _NO_WORK,
                  num_draft_tokens: Mapping[RequestId, int] = _NO_DRAFTS) -> None:
@@ -109,6 +114,7 @@ class SchedulerOutput:
         self.new_requests = new_requests
         self.swap_out = swap_out
         self.swap_in = swap_in
+        self.offload = offload
         self.preempted_ids = preempted_ids
         self.finished_ids = finished_ids
         self.shape = shape
@@ -116,7 +122,7 @@ class SchedulerOutput:
 
     @property
     def is_empty(self) -> bool:
-        return not self.chunks and not self.swap_in and not self.swap_out
+        return not self.chunks and not self.swap_in and not self.swap_out and not self.offload
 
 
 @dataclass(slots=True, init=False)

@@ -10,7 +10,8 @@ __all__ = ["StepPlan"]
 
 
 class StepPlan:
-    __slots__ = ("budget", "new_requests", "preempted_ids", "scheduled", "swap_in", "swap_out")
+    __slots__ = ("budget", "new_requests", "offload", "preempted_ids", "scheduled", "swap_in",
+                 "swap_out")
 
     def __init__(self, budget: int) -> None:
         self.budget = budget
@@ -18,6 +19,7 @@ class StepPlan:
         self.new_requests: list[NewRequestData] = []
         self.swap_out: list[tuple[int, int]] = []
         self.swap_in: list[tuple[int, int]] = []
+        self.offload: list[tuple[int, int]] = []  # finished requests' KV stored to host
         self.preempted_ids: list[RequestId] = []
 
     def add(self, request: Request, num_tokens: int) -> None:
@@ -57,6 +59,6 @@ class StepPlan:
         return SchedulerOutput(
             step_id=step_id, chunks=tuple(chunks), new_requests=tuple(self.new_requests),
             swap_out=tuple(self.swap_out), swap_in=tuple(self.swap_in),
-            preempted_ids=tuple(self.preempted_ids), finished_ids=finished_ids, shape=shape,
+            offload=tuple(self.offload), preempted_ids=tuple(self.preempted_ids), finished_ids=finished_ids, shape=shape,
             num_draft_tokens=drafts,
         )

@@ -204,7 +204,7 @@ class CoreScheduler:
         self.num_steps += 1
         plan = StepPlan(budget=self.config.max_num_batched_tokens)
         if self._offloads:  # copied before this step's forward pass reuses those blocks
-            plan.swap_out.extend(self._offloads)
+            plan.offload.extend(self._offloads)
             self._offloads = []
         if self._recalls is not None:  # the policy's own preemptions (RecallingPolicy)
             in_flight = self.in_flight_ids
@@ -394,7 +394,8 @@ class CoreScheduler:
 
     def finish_request(self, request: Request, status: RequestStatus) -> None:
         """End a request that is no longer in the running list or the waiting queue."""
-        if request.session_id is not None and status in _OFFLOADED_STATUSES:
+        if status in _OFFLOADED_STATUSES and (request.session_id is not None
+                                              or self.config.host_kv_offload == "all"):
             self._offloads.extend(self.kv.offload(request))  # no-op without host reuse
         self.kv.free(request)
         self.kv.free_host(request)
