@@ -7,6 +7,8 @@ from tests.gateway.factories import MODEL, asgi_client, make_app, run
 
 from shunter.gateway.fake import FakeModel
 from shunter.gateway.schemas import DEFAULT_COMPLETION_MAX_TOKENS
+from shunter.router.interface import live_refusal
+from shunter.router.registry import ROUTERS, make_router
 
 
 def sse_events(text: str) -> list:
@@ -147,8 +149,12 @@ def test_requests_are_routed_by_the_configured_router():
     assert [f.num_submitted for f in fakes] == [2, 2, 2]
 
 
-@pytest.mark.parametrize("router", ["cost", "least_load", "prefix_affinity"])
-def test_any_registry_router_serves_live(router):
+@pytest.mark.parametrize("router", sorted(ROUTERS))
+def test_any_registry_router_serves_live_or_is_refused_naming_why(router):
+    if live_refusal(make_router(router)) is not None:
+        with pytest.raises(ValueError, match=f"router '{router}' cannot route live: "):
+            make_app(2, router=router)
+        return
     app, fakes = make_app(2, router=router)
 
     async def go():

@@ -66,7 +66,7 @@ from shunter.router.exact_index import (
     BlocksStored,
     ExactPrefixIndex,
 )
-from shunter.router.interface import Router
+from shunter.router.interface import Router, live_refusal
 from shunter.router.prefix_index import DispatchIndex, PrefixIndex
 from shunter.router.registry import make_router
 
@@ -276,6 +276,8 @@ def build_app(parts: GatewayParts, backends: list[BackendSlot],
     metrics = GatewayMetrics()
     replicas = [Replica.of_slot(b, i, parts.breaker) for i, b in enumerate(backends)]
     router = make_router(parts.router, **parts.router_params)
+    if (reason := live_refusal(router)) is not None:
+        raise ValueError(f"router {parts.router!r} cannot route live: {reason}")
     pool = ReplicaPool(replicas, router, parts.pool, metrics, clock,
                        kv_events=_kv_event_subscribers(backends, router, parts.router))
     tenants = TenantTable.build(list(parts.tenants), clock())

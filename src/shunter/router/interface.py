@@ -12,7 +12,7 @@ from typing import Protocol
 
 from shunter.core.types import RequestSpec
 
-__all__ = ["ReplicaView", "RouteDecision", "Router", "is_load_blind"]
+__all__ = ["ReplicaView", "RouteDecision", "Router", "is_load_blind", "live_refusal"]
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -63,6 +63,8 @@ class Router(Protocol):
     A router whose decisions never read replica state may say so with a class attribute
     `is_load_blind = True`: the simulator then hands it views whose load fields are not kept
     current, and can split a run across processes (`shunter.sim.partition`).
+    A router that needs state only the simulator has declares why with a class attribute
+    `live_refusal = "..."`; the live gateway then refuses it at start-up (`live_refusal`).
     """
 
     def route(self, request: RequestSpec, replicas: Sequence[ReplicaView]) -> RouteDecision:
@@ -74,3 +76,9 @@ def is_load_blind(router: Router) -> bool:
     """Whether `router`'s class declares `is_load_blind = True` (see `Router`): the one place
     the declaration is read, so an undeclared router counts as reading replica state."""
     return getattr(type(router), "is_load_blind", False) is True
+
+
+def live_refusal(router: Router) -> str | None:
+    """Why `router` cannot route live requests (its class's `live_refusal`), or None."""
+    reason = getattr(type(router), "live_refusal", None)
+    return reason if isinstance(reason, str) else None

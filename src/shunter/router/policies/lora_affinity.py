@@ -26,6 +26,9 @@ __all__ = ["LoraAffinityRouter"]
 
 class LoraAffinityRouter:
     __slots__ = ("max_imbalance",)
+    # the gateway neither maps requests to adapters nor tracks them per backend (yet)
+    live_refusal = ("the gateway does not serve LoRA adapters: its replicas' views carry no "
+                    "adapters, so it would route as least_load")
 
     def __init__(self, *, max_imbalance: float = 2.0) -> None:
         check_number("max_imbalance", max_imbalance, ge=1)
