@@ -12,10 +12,12 @@ from shunter.sim.config import SimConfig
 from shunter.sim.partition import partition_blocker, simulate_parallel
 from shunter.sim.runner import simulate
 from shunter.sim.stream import RecordSpill
+from shunter.workload.lora import assign_loras
 
 
 def workload(n: int, seed: int = 5, rate: float = 12.0) -> list[RequestSpec]:
-    return poisson_specs(n, seed=seed, rate=rate, outputs=(1, 5, 40, 200, 900))
+    specs = poisson_specs(n, seed=seed, rate=rate, outputs=(1, 5, 40, 200, 900))
+    return assign_loras(specs, 6, zipf=1.0, seed=seed)  # (only the LoRA config reads them)
 
 
 def by_request(records: list) -> list[tuple]:
@@ -30,6 +32,8 @@ CONFIGS = {
     "random, prefill-first": SimConfig(
         num_replicas=4, router="random", router_params={"seed": 7},
         scheduler={"enable_chunked_prefill": False, "enable_prefix_caching": False}),
+    "round_robin, LoRA adapters": SimConfig(num_replicas=2, router="round_robin",
+                                            lora={"max_loras": 2, "max_cpu_loras": 3}),
     "round_robin, mlfq": SimConfig(num_replicas=2, router="round_robin", policy="mlfq",
                                    scheduler={"max_num_seqs": 4}),
 }
@@ -44,6 +48,7 @@ def test_split_run_equals_one_process(name, workers):
     assert by_request(split.records) == by_request(one.records)
     assert split.num_routed == one.num_routed
     assert split.num_preemptions == one.num_preemptions
+    assert split.topology_stats == one.topology_stats
     assert [r.finish_s for r in split.records] == sorted(r.finish_s for r in split.records)
 
 

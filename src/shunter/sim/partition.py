@@ -31,7 +31,13 @@ from shunter.router.interface import ReplicaView, RouteDecision, is_load_blind
 from shunter.router.registry import make_router
 from shunter.sim.config import SimConfig
 from shunter.sim.replica import StepLog
-from shunter.sim.runner import SimRun, build_cluster, check_cluster_memory, simulate
+from shunter.sim.runner import (
+    SimRun,
+    build_cluster,
+    check_cluster_memory,
+    simulate,
+    topology_stats,
+)
 from shunter.sim.stream import RecordSpill
 
 __all__ = ["partition_blocker", "simulate_parallel"]
@@ -108,6 +114,9 @@ class _Part:
     num_routed: list[int]
     num_preemptions: int
     step_log: list[StepLog] | None
+    # counters that add up over parts (a split run has no migration, disaggregation or
+    # autoscaling: LoRA adapter loads)
+    topology_stats: dict[str, float]
 
 
 class _PinnedRouter:
@@ -143,7 +152,8 @@ def _run_part(config: SimConfig, make_specs: Callable[[], Iterable[RequestSpec]]
         with RecordSpill(spill_dir) as spill:
             records = cluster.run(own(make_specs()), on_record=spill)
     preemptions = sum(r.scheduler.num_preemptions for r in cluster.replicas)
-    return _Part(records, cluster.num_routed, preemptions, cluster.step_log)
+    return _Part(records, cluster.num_routed, preemptions, cluster.step_log,
+                 topology_stats(cluster))
 
 
 def _child(conn: Connection, config: SimConfig, make_specs: Callable[[], Iterable[RequestSpec]],
@@ -170,7 +180,10 @@ def _merge(parts: list[_Part], num_replicas: int, record_steps: bool) -> SimRun:
     records: list[RequestRecord] = []
     num_routed = [0] * num_replicas
     step_log: list[StepLog] | None = [] if record_steps else None
+    stats: dict[str, float] = {}
     for part in parts:
+        for key, value in part.topology_stats.items():
+            stats[key] = stats.get(key, 0) + value
         records.extend(part.records)
         num_routed = [a + b for a, b in zip(num_routed, part.num_routed, strict=True)]
         if step_log is not None and part.step_log is not None:
@@ -178,7 +191,7 @@ def _merge(parts: list[_Part], num_replicas: int, record_steps: bool) -> SimRun:
     if step_log is not None:
         step_log.sort(key=lambda entry: (entry[1], entry[0]))  # (start, replica), as one run logs
     records.sort(key=_finish_order)
-    return SimRun(records, num_routed, sum(p.num_preemptions for p in parts), step_log)
+    return SimRun(records, num_routed, sum(p.num_preemptions for p in parts), step_log, stats)
 
 
 def _finish_order(record: RequestRecord) -> Any:
