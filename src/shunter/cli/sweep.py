@@ -103,6 +103,12 @@ def add_sweep_parser(subparsers: Any) -> argparse.ArgumentParser:
     w.add_argument("--gpu", help=f"GPU: {', '.join(sorted(GPUS))} (default: the scenario's)")
     w.add_argument("--tp", type=int, metavar="N",
                    help="tensor-parallel degree (default: the scenario's)")
+    w.add_argument("--pp", type=positive_int, metavar="N",
+                   help="pipeline-parallel degree, as `shunter simulate --pp` (default: the "
+                        "scenario's)")
+    w.add_argument("--ep", type=positive_int, metavar="N",
+                   help="expert-parallel degree of a mixture-of-experts model, as `shunter "
+                        "simulate --ep` (default: the scenario's)")
     w.add_argument("--gateway-policy", metavar="NAME",
                    help="model a gateway tier with this queue policy (as `shunter serve`) "
                         "(default: the scenario's, else no gateway tier)")
@@ -136,6 +142,7 @@ def _scenario(args: argparse.Namespace) -> Scenario:
     scenario = load_scenario(args.scenario) if args.scenario else builtin_scenario()
     flags = {"trace": args.trace, "format": args.trace_format, "num_requests": args.num_requests,
              "router": args.router, "model": args.model, "gpu": args.gpu, "tp": args.tp,
+             "pp": args.pp, "ep": args.ep,
              "gateway_policy": args.gateway_policy,
              "gateway_max_inflight": args.gateway_max_inflight}
     changes = {k: v for k, v in flags.items() if v is not None}
