@@ -12,6 +12,7 @@ from shunter.cli.common import json_object, positive_int
 from shunter.core.predict.registry import PREDICTORS
 from shunter.core.sched.registry import POLICIES
 from shunter.gateway.config import DEFAULT_MODEL, DEFAULT_NUM_REPLICAS
+from shunter.gateway.disagg import TOPOLOGIES
 from shunter.router.registry import ROUTERS
 
 __all__ = ["add_serve_parser", "run_serve"]
@@ -52,6 +53,11 @@ def add_serve_parser(subparsers: Any) -> argparse.ArgumentParser:
                         help=f"in-process engine replicas (default {DEFAULT_NUM_REPLICAS} when "
                              "the config has no backends)")
     parser.add_argument("--router", metavar="NAME", help="cluster router (default cost)")
+    parser.add_argument("--topology", choices=TOPOLOGIES,
+                        help="split the engine replicas into prefill and decode pools, the KV "
+                             "handed over between them (tetriinfer: 512-token prefill chunks, "
+                             "the tetriinfer decode router; half the replicas prefill) "
+                             "(default: none, the config's)")
     s = parser.add_argument_group(
         "scheduling (the config's [scheduler] table; flags win)",
         "The policy runs in every in-process engine and at the gateway's queue (requests waiting "

@@ -27,6 +27,7 @@ from shunter.backend.protocol import EngineClient
 from shunter.core.sched.config import SchedulerConfig
 from shunter.engine.backend import EngineBackend, engine_backends
 from shunter.engine.config import DEFAULT_MAX_NUM_BATCHED_TOKENS, EngineConfig
+from shunter.engine.disagg import disaggregated_backends
 from shunter.errors import ConfigError
 from shunter.gateway.app import AppConfig, GatewayApp
 from shunter.gateway.autoscale import LiveAutoscaler, ReplicaMaker
@@ -38,6 +39,7 @@ from shunter.gateway.config import (
     ServerConfig,
     load_config,
 )
+from shunter.gateway.disagg import DecodePool, num_prefill_replicas
 from shunter.gateway.factory import (
     EngineMaker,
     GatewayParts,
@@ -50,6 +52,7 @@ from shunter.gateway.server import serve
 from shunter.gateway.settings import SchedulerSettings
 from shunter.router.autoscale import Autoscaler
 from shunter.router.registry import ROUTERS
+from shunter.sim.config import TETRIINFER_CHUNK_TOKENS
 from shunter.sim.cost.speed import ReplicaSpeeds, profile_speeds
 from shunter.workload.rank_training import build_predictor
 
@@ -61,20 +64,44 @@ __all__ = ["backend_speeds", "check_can_listen", "engine_maker", "make_engines",
 REMOTE_MAX_NUM_BATCHED_TOKENS = SchedulerConfig(num_blocks=1).max_num_batched_tokens
 
 
-def engine_maker(settings: SchedulerSettings, *, is_scaled: bool = False) -> EngineMaker:
+def engine_maker(settings: SchedulerSettings, *, is_scaled: bool = False,
+                 decode_pools: list[DecodePool] | None = None) -> EngineMaker:
     """Builds the in-process replicas of an engine backend, running `settings`' engine policy
-    (one torch thread each when there are several, or may be: `is_scaled`)."""
+    (one torch thread each when there are several, or may be: `is_scaled`). A backend with a
+    topology yields its prefill replicas; its decode pool goes to `decode_pools`."""
     policy, params = settings.engine_policy
 
     def make(backend: BackendConfig, model: str) -> Sequence[tuple[EngineClient, int]]:
         num = backend.replicas
+        budget = backend.max_num_batched_tokens
+        if backend.topology is not None and budget is None:
+            budget = TETRIINFER_CHUNK_TOKENS  # the simulator's prefill chunk, on every replica
         sizes = {k: v for k, v in (("block_size", backend.block_size),
-                                   ("max_num_batched_tokens", backend.max_num_batched_tokens))
-                 if v is not None}
+                                   ("max_num_batched_tokens", budget)) if v is not None}
         config = EngineConfig(model=model, num_threads=1 if num > 1 or is_scaled else None,
                               policy=policy, policy_params=params, scheduler=sizes)
+        if backend.topology is not None:
+            return [(b, b.max_num_seqs) for b in _split_backends(backend, config, decode_pools)]
         return [(b, b.max_num_seqs) for b in engine_backends(config, num)]
     return make
+
+
+def _split_backends(backend: BackendConfig, config: EngineConfig,
+                    decode_pools: list[DecodePool] | None) -> list[EngineBackend]:
+    """TetriInfer's pools: the prefill replicas, handing off to a new decode pool."""
+    num_prefill = num_prefill_replicas(backend)
+
+    def make_pool(decode: list[EngineBackend]) -> DecodePool:
+        pool = DecodePool.of(backend.name, decode, backend.decode_router,
+                             backend.decode_router_params, max_num_seqs=config.max_num_seqs,
+                             block_size=config.block_size,
+                             speeds=backend_speeds(backend) if backend.profile else None)
+        if decode_pools is not None:
+            decode_pools.append(pool)
+        return pool
+
+    return disaggregated_backends(config, num_prefill, backend.replicas - num_prefill,
+                                  make_pool)
 
 
 make_engines = engine_maker(SchedulerSettings())  # the defaults: fcfs engines
@@ -103,6 +130,7 @@ def _config_from_args(args: argparse.Namespace) -> GatewayConfig:
         base = engines[0] if engines else BackendConfig(name="engine", kind="engine")
         backends = (*others, replace(base, replicas=replicas))
     backends = _kv_events_from_args(backends, args)
+    backends = _topology_from_args(backends, args)
     return replace(config, server=server, router=args.router or config.router, backends=backends,
                    scheduler=_scheduler_from_args(config.scheduler, args))
 
@@ -125,6 +153,24 @@ def _kv_events_from_args(backends: tuple[BackendConfig, ...],
                           kv_events_replay_publish=replay or base.kv_events_replay_publish)
     except ValueError as exc:
         raise ConfigError(f"--kv-events-publish: {exc}") from None
+    return (*backends[:i], changed, *backends[i + 1:])
+
+
+def _topology_from_args(backends: tuple[BackendConfig, ...],
+                        args: argparse.Namespace) -> tuple[BackendConfig, ...]:
+    """--topology onto the one in-process engine backend."""
+    topology = getattr(args, "topology", None)
+    if topology is None:
+        return backends
+    engines = [i for i, b in enumerate(backends) if b.kind == "engine"]
+    if len(engines) != 1:
+        raise ConfigError("--topology needs exactly one in-process engine backend (the config "
+                          f"has {len(engines)}); set topology per backend")
+    i = engines[0]
+    try:
+        changed = replace(backends[i], topology=topology)
+    except ValueError as exc:
+        raise ConfigError(f"--topology: {exc}") from None
     return (*backends[:i], changed, *backends[i + 1:])
 
 
@@ -205,21 +251,28 @@ def run_serve(args: argparse.Namespace) -> int:
                          admission=config.admission, pool=config.pool, breaker=config.breaker,
                          tenants=config.tenants)
     slots = []
+    decode_pools: list[DecodePool] = []  # of backends with a topology
     try:
         slots = build_backends(config.backends, model,
-                               engine_maker(settings, is_scaled=config.autoscale is not None),
+                               engine_maker(settings, is_scaled=config.autoscale is not None,
+                                            decode_pools=decode_pools),
                                backend_speeds, vllm_policy=settings.engine_policy)
         engine_lens = [s.client.engine.max_model_len for s in slots
                        if isinstance(s.client, EngineBackend)]
         max_model_len = server.max_model_len or (min(engine_lens) if engine_lens else None)
         app = build_app(replace(parts, app=replace(app_config, max_model_len=max_model_len)),
                         slots)
+        for decode_pool in decode_pools:
+            decode_pool.bind(app.metrics)
+            app.services.append(decode_pool)
         if config.autoscale is not None:
             app.services.append(_autoscaler(config, app, model))
     except ValueError as exc:
         stop_supervised(slots)
         raise ConfigError(str(exc)) from None
     names = ", ".join(r.name for r in app.pool.replicas)
+    for decode_pool in decode_pools:  # (the pool's replicas are their prefill replicas)
+        names += f" (prefill) -> {', '.join(r.name for r in decode_pool.replicas)} (decode)"
     engines = f"engines {settings.engine_policy[0]}, " if has_engines else ""
     print(f"shunter gateway on http://{server.host}:{server.port}/v1 serving "
           f"{', '.join(app_config.model_names)} via {names} (router {config.router}; policy "

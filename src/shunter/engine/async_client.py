@@ -44,6 +44,8 @@ class AsyncEngineClient:
         self._stopping = False
         self._error: BaseException | None = None
         self._snapshot = engine.load()
+        # run on the step thread after each step, before its outputs are posted (`handoff`)
+        self._step_hooks: list[Callable[[LLMEngine, list[EngineOutput]], None]] = []
         self._thread = threading.Thread(target=self._run, name="shunter-engine-step", daemon=True)
 
     @property
@@ -86,6 +88,13 @@ class AsyncEngineClient:
             raise RuntimeError("add KV event sinks before the engine starts")
         self._engine.add_kv_event_sink(
             (lambda events: self._post(sink, events)) if on_loop else sink)
+
+    def add_step_hook(self, hook: Callable[[LLMEngine, list[EngineOutput]], None]) -> None:
+        """Call `hook(engine, outputs)` on the step thread after every step, before the next
+        (a prefill replica hands requests off there: `disagg.py`). Only before `start`."""
+        if self._loop is not None:
+            raise RuntimeError("add step hooks before the engine starts")
+        self._step_hooks.append(hook)
 
     # ---- the API -------------------------------------------------------------------------
 
@@ -157,11 +166,32 @@ class AsyncEngineClient:
             self._queues.pop(request_id, None)
 
     async def abort(self, request_id: RequestId) -> None:
-        """End a request wherever it is and free its blocks (no-op if it already ended)."""
+        """End a request wherever it is and free its blocks (no-op if it already ended, or
+        once the engine is closing: every request is dropped then)."""
+        if self._stopping:
+            return
         out = await self._call(lambda: self._engine.abort(request_id))
         queue = self._queues.get(request_id)
         if out is not None and queue is not None:
             queue.put_nowait(out)  # a stream still reading it ends with finish reason "abort"
+
+    async def adopt(self, request_id: RequestId, command: Callable[[LLMEngine], bool]) -> bool:
+        """Run `command(engine)` on the step thread between steps; if it returns True it has
+        brought `request_id` in (a handed-off request, `handoff.import_request`), which is
+        then streamed like a submitted one (`stream`, or `forget_stream` if it never will be)."""
+        queue: asyncio.Queue[EngineOutput | BaseException] = asyncio.Queue()
+
+        def run() -> bool:
+            taken = command(self._engine)
+            if taken:
+                self._queues[request_id] = queue  # before the next step's outputs
+            return taken
+
+        return bool(await self._call(run))
+
+    def forget_stream(self, request_id: RequestId) -> None:
+        """Drop the outputs queued for a request whose stream will never be read."""
+        self._queues.pop(request_id, None)
 
     async def reset_prefix_cache(self) -> None:
         """Forget every cached prefix (`LLMEngine.reset_prefix_cache`)."""
@@ -198,12 +228,16 @@ class AsyncEngineClient:
                     commands = list(self._commands)
                     self._commands.clear()
                 for command, future in commands:
+                    if not future.set_running_or_notify_cancel():
+                        continue  # its caller gave up before it ran: it never happened
                     try:
                         future.set_result(command())
                     except Exception as exc:  # a refused request goes back to its caller
                         future.set_exception(exc)
                 if engine.has_unfinished_requests:
                     outputs = engine.step()
+                    for hook in self._step_hooks:
+                        hook(engine, outputs)
                     self._snapshot = engine.load()
                     if outputs:
                         self._post(self._deliver, outputs)

@@ -249,10 +249,15 @@ class EngineBackend:
     def submit(self, request: GenerateRequest) -> AsyncIterator[GenerateChunk]:
         return self._run(request)
 
-    async def _run(self, request: GenerateRequest) -> AsyncIterator[GenerateChunk]:
-        if not self.is_started:  # the step thread posts to the loop that starts it: the server's
+    def ensure_started(self) -> None:
+        """Start the engine's step thread, once: it posts to the loop that starts it (the
+        server's), so the first request (or a prefill replica handing off here) starts it."""
+        if not self.is_started:
             self.engine.start()
             self.is_started = True
+
+    async def _run(self, request: GenerateRequest) -> AsyncIterator[GenerateChunk]:
+        self.ensure_started()
         try:
             params = choice_params(sampling_params(request), request.n)
             ids = [request.request_id] if request.n == 1 else \

@@ -123,6 +123,22 @@ class EngineExecutor:
         taken, reg.prompt_logprobs = reg.prompt_logprobs, None
         return taken
 
+    def take_request(self, request_id: RequestId) -> tuple[object, ...]:
+        """Remove and return what this executor holds for a request that moves to another
+        engine (a prefill/decode handoff, `handoff.py`); `put_request` there restores it."""
+        return (self._registrations.pop(request_id, None), self._token_ids.pop(request_id, None),
+                self._probes.pop(request_id, None))
+
+    def put_request(self, request_id: RequestId, state: tuple[object, ...]) -> None:
+        """Adopt a moved request's state (`take_request` of another executor)."""
+        registration, token_ids, probe = state
+        if registration is not None:
+            self._registrations[request_id] = registration  # type: ignore[assignment]
+        if token_ids is not None:
+            self._token_ids[request_id] = token_ids  # type: ignore[assignment]
+        if probe is not None:
+            self._probes[request_id] = probe  # type: ignore[assignment]
+
     def unregister(self, request_id: RequestId) -> None:
         """Forget a request the scheduler never took (rejected) or that ended."""
         self._registrations.pop(request_id, None)

@@ -23,7 +23,11 @@
                           events there as vLLM does, for a gateway in front of this one;
                           replica i > 0 at PORT + i, or PATH-i), exact_prefix (true: their
                           events feed this gateway's prefix-aware router exactly; default
-                          false: its dispatch-time approximation, which the simulator models)
+                          false: its dispatch-time approximation, which the simulator models),
+                          topology = "tetriinfer" (TetriInfer's pools: `replicas` split into
+                          num_prefill_replicas prefill replicas, default half, and decode ones,
+                          which decode_router, default "tetriinfer", with decode_router_params
+                          picks; the KV moves between them, `gateway/disagg.py`)
                   vllm:   model (a local HF model directory), python (of vLLM's venv; default
                           $SHUNTER_VLLM_PYTHON, else `python` on PATH), port (default: a free
                           one), dtype, max_model_len, args (more `vllm serve` flags), policy
@@ -67,6 +71,7 @@ import yaml
 from shunter.errors import ConfigError
 from shunter.gateway.admission import AdmissionConfig
 from shunter.gateway.breaker import BreakerConfig
+from shunter.gateway.disagg import check_topology
 from shunter.gateway.kv_endpoints import check_kv_event_keys
 from shunter.gateway.limits import LimitsConfig
 from shunter.gateway.pool import PoolConfig
@@ -151,6 +156,11 @@ class BackendConfig:
     kv_events_publish: str | None = None
     kv_events_replay_publish: str | None = None
     exact_prefix: bool = False
+    # kind = "engine": TetriInfer's prefill and decode pools (`gateway/disagg.py`)
+    topology: str | None = None
+    num_prefill_replicas: int | None = None
+    decode_router: str | None = None
+    decode_router_params: dict[str, Any] | None = None
 
     def __post_init__(self) -> None:
         if self.kind not in BACKEND_KINDS:
@@ -169,6 +179,7 @@ class BackendConfig:
         if self.profile == "":
             raise ValueError(f"backend {self.name}: profile must name a file")
         check_kv_event_keys(self)
+        check_topology(self)
         if self.kind == "vllm":
             self._check_vllm()
         elif any(getattr(self, k) != f.default for k, f in _VLLM_ONLY.items()):
@@ -240,6 +251,9 @@ class AutoscaleSettings:
             raise ConfigError(f"{where}: drain = \"migrate\" is the simulator's (its replicas "
                               "hand running requests over); a live replica drains by finishing "
                               "its requests: drain = \"wait\"")
+        if found.topology is not None:
+            raise ConfigError(f"{where}: backend {found.name} has a topology; its prefill and "
+                              "decode pools are not autoscaled")
         if found.port is not None or found.log_file or found.kv_events \
                 or found.kv_events_publish or found.exact_prefix:
             raise ConfigError(f"{where}: backend {found.name} sets port, log_file, kv_events, "
