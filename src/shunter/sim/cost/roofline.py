@@ -266,16 +266,7 @@ class RooflineCostModel:
         if self.pp > 1:
             return sum(self.stage_times_s(shape))
         num_decodes = shape.num_decode_requests
-        num_tokens = num_decodes + shape.num_decode_draft_tokens  # (drafts: see the docstring)
-        attention_s = 0.0
-        per_pair, per_kv = self._prefill_s_per_pair, self._prefill_s_per_kv_token
-        for num_new, num_context in shape.prefill_chunks:
-            num_tokens += num_new
-            kv_tokens = num_context + num_new
-            attention_s += ATTENTION_PREFILL_FIXED_S + max(num_new * kv_tokens * per_pair,
-                                                           kv_tokens * per_kv)
-        num_requests = len(shape.prefill_chunks) + num_decodes
-        cpu_s = STEP_CPU_OVERHEAD_S + STEP_CPU_OVERHEAD_PER_REQUEST_S * num_requests
+        num_tokens, num_requests, attention_s, cpu_s = self._batch(shape)
         if num_tokens == 0:
             return cpu_s
         if num_decodes:
@@ -286,7 +277,8 @@ class RooflineCostModel:
             layer_s += max(compute_s * t, weights_s + io_s * t)
         comm_s = self._num_all_reduces * (self._all_reduce_latency_s
                                           + self._all_reduce_s_per_token * t)
-        head_s = self.lm_head_time_s(num_requests + shape.num_decode_draft_tokens) + self._head_s_per_token * t
+        head_s = (self.lm_head_time_s(num_requests + shape.num_decode_draft_tokens)
+                  + self._head_s_per_token * t)
         fixed_s = (cpu_s + self.model.num_layers * layer_s + comm_s + head_s
                    + self._mlp_time_s(num_tokens))
         if not num_decodes:
@@ -299,16 +291,7 @@ class RooflineCostModel:
         all-reduce on the first stage, the LM head on the last, and on every stage but the
         last the send of its activations to the next (`shunter.sim.cost.pipeline`)."""
         num_decodes = shape.num_decode_requests
-        num_tokens = num_decodes + shape.num_decode_draft_tokens  # (drafts: see the docstring)
-        attention_s = 0.0
-        per_pair, per_kv = self._prefill_s_per_pair, self._prefill_s_per_kv_token
-        for num_new, num_context in shape.prefill_chunks:
-            num_tokens += num_new
-            kv_tokens = num_context + num_new
-            attention_s += ATTENTION_PREFILL_FIXED_S + max(num_new * kv_tokens * per_pair,
-                                                           kv_tokens * per_kv)
-        num_requests = len(shape.prefill_chunks) + num_decodes
-        cpu_s = STEP_CPU_OVERHEAD_S + STEP_CPU_OVERHEAD_PER_REQUEST_S * num_requests
+        num_tokens, num_requests, attention_s, cpu_s = self._batch(shape)
         times = [0.0] * self.pp
         times[0] = cpu_s
         if num_tokens == 0:
@@ -326,8 +309,25 @@ class RooflineCostModel:
         for s, num_layers in enumerate(self.stage_layers):
             times[s] += num_layers * layer_s + (send_s if s < last else 0.0)
         times[0] += all_reduce_s
-        times[last] += self.lm_head_time_s(num_requests + shape.num_decode_draft_tokens) + self._head_s_per_token * t
+        times[last] += (self.lm_head_time_s(num_requests + shape.num_decode_draft_tokens)
+                        + self._head_s_per_token * t)
         return times
+
+    def _batch(self, shape: StepShape) -> tuple[int, int, float, float]:
+        """(tokens, requests, prefill attention time, CPU overhead) of one step's batch: what
+        `step_time_s` and `stage_times_s` both start from."""
+        num_decodes = shape.num_decode_requests
+        num_tokens = num_decodes + shape.num_decode_draft_tokens  # (drafts: see the docstring)
+        attention_s = 0.0
+        per_pair, per_kv = self._prefill_s_per_pair, self._prefill_s_per_kv_token
+        for num_new, num_context in shape.prefill_chunks:
+            num_tokens += num_new
+            kv_tokens = num_context + num_new
+            attention_s += ATTENTION_PREFILL_FIXED_S + max(num_new * kv_tokens * per_pair,
+                                                           kv_tokens * per_kv)
+        num_requests = len(shape.prefill_chunks) + num_decodes
+        cpu_s = STEP_CPU_OVERHEAD_S + STEP_CPU_OVERHEAD_PER_REQUEST_S * num_requests
+        return num_tokens, num_requests, attention_s, cpu_s
 
     def _mlp_time_s(self, num_tokens: int) -> float:
         """MLP time not in `_linear`: none for a dense model (+ 0.0 changes no float);
