@@ -29,11 +29,13 @@ to be free. Bulk decode runs (`sim.decode_run`) are off with `pp` > 1.
 from __future__ import annotations
 
 from collections import deque
+from collections.abc import Callable
+from typing import cast
 
 from shunter.core.sched.interface import SchedulerOutput, StepResult
 from shunter.core.sched.scheduler import CoreScheduler
 from shunter.sim.cost.pipeline import StagedCostModel
-from shunter.sim.executor import num_block_runs
+from shunter.sim.executor import SimExecutor, num_block_runs
 
 __all__ = ["Batch", "Pipeline", "has_schedulable", "stage_times_s"]
 
@@ -78,6 +80,24 @@ class Pipeline:
             end_s = max(end_s, free[s]) + busy_s
             free[s] = end_s
         return start_s, end_s
+
+    def launch(self, scheduler: CoreScheduler, executor: SimExecutor,
+               take_ready_s: Callable[[], float]) -> None:
+        """Schedule batches into the pipeline while there is room and something to schedule
+        (each ready at `take_ready_s()`), then block until the oldest batch lands."""
+        while not self.is_full and has_schedulable(scheduler):
+            output = scheduler.schedule()
+            if output.is_empty:  # (nothing admissible: e.g. the waiting head does not fit)
+                for rid in output.finished_ids:
+                    executor.forget(rid)
+                assert self.batches, "a replica has work but scheduled nothing"
+                break
+            result = executor.execute(output)
+            times = stage_times_s(cast(StagedCostModel, executor.cost_model), output)
+            start_s, end_s = self.place(take_ready_s(), times)
+            scheduler.in_flight_ids.update(chunk.request_id for chunk in output.chunks)
+            self.batches.append(Batch(output, result, start_s, end_s))
+        self.is_blocked = len(self.batches) > 0
 
 
 def has_schedulable(scheduler: CoreScheduler) -> bool:

@@ -17,17 +17,16 @@ from __future__ import annotations
 
 from bisect import bisect_right
 from collections.abc import Sequence
-from typing import cast
 
 from shunter.core.clock import Clock
 from shunter.core.request import Request
+from shunter.core.sched import handover
 from shunter.core.sched.interface import RequestOutput, SchedulerOutput, StepResult
 from shunter.core.sched.policy import EarlyStoppingPolicy
 from shunter.core.sched.scheduler import CoreScheduler
 from shunter.core.types import RequestId, RequestSpec
 from shunter.metrics.record import RequestRecord
 from shunter.router.interface import ReplicaView
-from shunter.sim.cost.pipeline import StagedCostModel
 from shunter.sim.cost.speed import ReplicaSpeeds
 from shunter.sim.decode_run import (
     advance_decode_run,
@@ -37,7 +36,7 @@ from shunter.sim.decode_run import (
 )
 from shunter.sim.executor import SimExecutor
 from shunter.sim.handoff import MovedRequest, splice_token_times
-from shunter.sim.pipeline import Batch, Pipeline, has_schedulable, stage_times_s
+from shunter.sim.pipeline import Pipeline
 from shunter.sim.timeline import StepTimeline, TokenTimes, add_range
 
 __all__ = ["SimReplica", "StepLog"]
@@ -188,20 +187,7 @@ class SimReplica:
     def _start_batches(self, pipe: Pipeline) -> float | None:
         if pipe.is_blocked:
             return None  # (vLLM's engine waits for its oldest batch: so does this arrival)
-        scheduler = self.scheduler
-        while not pipe.is_full and has_schedulable(scheduler):
-            output = scheduler.schedule()
-            if output.is_empty:  # (nothing admissible: e.g. the waiting head does not fit)
-                for rid in output.finished_ids:
-                    self.executor.forget(rid)
-                assert pipe.batches, f"replica {self.replica_id} has work but scheduled nothing"
-                break
-            result = self.executor.execute(output)
-            times = stage_times_s(cast(StagedCostModel, self.executor.cost_model), output)
-            start_s, end_s = pipe.place(self._take_held(), times)
-            scheduler.in_flight_ids.update(chunk.request_id for chunk in output.chunks)
-            pipe.batches.append(Batch(output, result, start_s, end_s))
-        pipe.is_blocked = len(pipe.batches) > 0
+        pipe.launch(self.scheduler, self.executor, self._take_held)
         if not pipe.batches or pipe.has_event:
             return None
         pipe.has_event = True
@@ -352,26 +338,26 @@ class SimReplica:
         """Take a running request out, with its record and true remaining length."""
         assert self._in_flight is None, "detach between steps only"
         request, record = self._live.pop(request_id)
-        self.scheduler.detach(request_id)
+        handover.detach(self.scheduler, request_id)
         num_remaining = self.executor.steps_until_stop([request_id])
         probe_trace = self.executor.probe_trace(request_id)
         self.executor.forget(request_id)
         return MovedRequest(request, record, num_remaining, self.clock.now(), probe_trace)
 
     def can_attach(self, moved: MovedRequest) -> bool:
-        return self.scheduler.can_attach(moved.request)
+        return handover.can_attach(self.scheduler, moved.request)
 
     def attach(self, moved: MovedRequest) -> bool:
         """Continue a moved request here with its KV (copied in); False if it does not fit."""
         assert self._in_flight is None, "attach between steps only"
-        if not self.scheduler.attach(moved.request):
+        if not handover.attach(self.scheduler, moved.request):
             return False
         self._adopt(moved)
         return True
 
     def requeue(self, moved: MovedRequest) -> None:
         """Continue a moved request here by recomputing its KV (it could not be copied in)."""
-        self.scheduler.requeue(moved.request)
+        handover.requeue(self.scheduler, moved.request)
         self._adopt(moved)
 
     def _adopt(self, moved: MovedRequest) -> None:
