@@ -3,11 +3,11 @@
 A prefill engine computes a prompt and samples the first token; at that step's end (between
 steps, on its step thread) `export_request` copies the KV of the request's computed tokens out
 of the model runner's blocks (the gather `ModelRunner.swap_out` does, kept on the device) and
-detaches the request from its scheduler (`CoreScheduler.detach`: its blocks are freed, full
+detaches the request from its scheduler (`core.sched.handover.detach`: its blocks are freed, full
 ones stay in its prefix cache); what the executor and the front-end hold for it (sampling
 state and generator, grammar, stop-string detokenizer, token ids, usage counts) travels with
 it. `import_request`, on the decode engine's step thread, attaches it there
-(`CoreScheduler.attach`: fresh blocks, full ones entered into that prefix cache) and copies the
+(`core.sched.handover.attach`: fresh blocks, full ones entered into that prefix cache) and copies the
 KV into those blocks, as `ModelRunner.swap_in` copies a swapped request back; the request then
 decodes there as if it had never moved: greedy output is token for token that of one engine.
 A decode engine that cannot take it (`import_request` False) is asked again later; one with
@@ -25,6 +25,7 @@ from dataclasses import dataclass
 import torch
 
 from shunter.core.request import Request
+from shunter.core.sched import handover
 from shunter.core.types import RequestId, RequestStatus
 from shunter.engine.llm import LLMEngine
 
@@ -62,7 +63,7 @@ def export_request(engine: LLMEngine, request_id: RequestId) -> KvHandoff:
     request = scheduler.requests[request_id]
     num_blocks = scheduler.kv.num_blocks_for(request.num_computed_tokens)
     kv = runner.kv[:, :, request.block_ids[:num_blocks]]  # advanced indexing: a copy
-    scheduler.detach(request_id)
+    handover.detach(scheduler, request_id)
     return KvHandoff(request=request, kv=kv,
                      executor_state=engine.executor.take_request(request_id),
                      tracked=engine._tracked.pop(request_id),  # (the engine package's own record)
@@ -85,7 +86,7 @@ def import_request(engine: LLMEngine, handoff: KvHandoff) -> bool:
     steps."""
     _check_fits(engine, handoff)
     request = handoff.request
-    if not engine.scheduler.attach(request):
+    if not handover.attach(engine.scheduler, request):
         return False
     num_blocks = handoff.kv.shape[2]
     runner = engine.executor.runner
@@ -100,7 +101,7 @@ def requeue_request(engine: LLMEngine, handoff: KvHandoff) -> None:
     _check_fits(engine, handoff)
     registration, _, probe = handoff.executor_state
     handoff.executor_state = (registration, None, probe)  # recompute: ids come anew
-    engine.scheduler.requeue(handoff.request)
+    handover.requeue(engine.scheduler, handoff.request)
     _adopt(engine, handoff)
 
 

@@ -4,6 +4,7 @@ import pytest
 from tests.factories import FakeExecutor, add_all, make_request, make_scheduler, run_steps
 
 from shunter.core.clock import ManualClock
+from shunter.core.sched import handover
 from shunter.core.types import RequestStatus
 
 
@@ -22,11 +23,11 @@ def test_a_detached_request_continues_on_another_scheduler_with_the_same_tokens(
     step(src, ex, clock)  # prefill: 10 computed, first token sampled
     step(src, ex, clock)  # one decode: 11 computed, 2 tokens
     free_before = src.kv.num_free_blocks
-    request = src.detach("a")
+    request = handover.detach(src, "a")
     assert (request.num_computed_tokens, request.num_output_tokens) == (11, 2)
     assert not src.has_work and src.kv.num_free_blocks == free_before + 3
     assert request.block_ids == []
-    assert dst.attach(request)
+    assert handover.attach(dst, request)
     assert len(request.block_ids) == 3 and request.num_published_blocks == 2  # 11 tokens, bs 4
     out, _ = step(dst, ex, clock)
     assert [(c.request_id, c.num_computed_tokens, c.num_scheduled_tokens) for c in out.chunks] \
@@ -42,9 +43,9 @@ def test_attach_refuses_without_room_and_changes_nothing():
     src, dst = make_scheduler(clock=clock), make_scheduler(clock=clock, num_blocks=3)
     add_all(src, [make_request("a", num_prompt_tokens=14)])
     step(src, FakeExecutor(), clock)
-    request = src.detach("a")  # 14 computed -> 4 blocks
-    assert not dst.can_attach(request)
-    assert not dst.attach(request)
+    request = handover.detach(src, "a")  # 14 computed -> 4 blocks
+    assert not handover.can_attach(dst, request)
+    assert not handover.attach(dst, request)
     assert request.block_ids == [] and not dst.has_work and dst.kv.num_free_blocks == 3
 
 
@@ -56,7 +57,7 @@ def test_attach_refuses_when_the_batch_is_full():
     ex = FakeExecutor()
     step(src, ex, clock)
     step(dst, ex, clock)
-    assert not dst.attach(src.detach("a"))
+    assert not handover.attach(dst, handover.detach(src, "a"))
 
 
 def test_requeue_recomputes_and_keeps_the_tokens_already_sampled():
@@ -66,8 +67,8 @@ def test_requeue_recomputes_and_keeps_the_tokens_already_sampled():
     ex = FakeExecutor({"a": 4})
     step(src, ex, clock)
     step(src, ex, clock)
-    request = src.detach("a")
-    dst.requeue(request)
+    request = handover.detach(src, "a")
+    handover.requeue(dst, request)
     assert request.status == RequestStatus.PREEMPTED and request.num_preemptions == 1
     out, _ = step(dst, ex, clock)
     assert [(c.request_id, c.num_computed_tokens, c.num_scheduled_tokens) for c in out.chunks] \
@@ -81,14 +82,14 @@ def test_detach_needs_a_running_request_and_attach_a_new_id():
     s = make_scheduler(clock=clock)
     add_all(s, [make_request("a")])
     with pytest.raises(ValueError, match="not running"):
-        s.detach("a")  # still waiting
+        handover.detach(s, "a")  # still waiting
     with pytest.raises(ValueError, match="not running"):
-        s.detach("nobody")
+        handover.detach(s, "nobody")
     step(s, FakeExecutor(), clock)
     other = make_scheduler(clock=clock)
     add_all(other, [make_request("a")])
     with pytest.raises(ValueError, match="duplicate"):
-        other.attach(s.detach("a"))
+        handover.attach(other, handover.detach(s, "a"))
 
 
 def test_a_migrated_prefix_is_a_cache_hit_on_the_destination():
@@ -97,6 +98,6 @@ def test_a_migrated_prefix_is_a_cache_hit_on_the_destination():
     shared = (1, 2, 3)
     add_all(src, [make_request("a", num_prompt_tokens=12, hash_ids=shared, hash_block_size=4)])
     step(src, FakeExecutor(), clock)
-    assert dst.attach(src.detach("a"))
+    assert handover.attach(dst, handover.detach(src, "a"))
     follower = make_request("b", num_prompt_tokens=12, hash_ids=shared, hash_block_size=4)
     assert dst.num_cached_prefix_tokens(follower) == 8  # the last block is always computed

@@ -130,60 +130,6 @@ class CoreScheduler:
         return RequestOutput(request_id, (), FINISHED_STATUSES[request.status],
                              num_cached_tokens=request.num_cached_tokens or 0)
 
-    # ---- requests moving between schedulers (live migration, prefill/decode handoff) -------
-
-    def detach(self, request_id: RequestId) -> Request:
-        """Take a running request out to continue elsewhere: its tokens, computed count and
-        counters travel with it; its blocks are freed here (full ones stay in the prefix
-        cache). Call between steps only (not while a scheduled step is in flight)."""
-        request = self.requests.get(request_id)
-        if request is None or request.status != RequestStatus.RUNNING:
-            raise ValueError(f"request {request_id!r} is not running here")
-        self.running.remove(request)
-        del self.requests[request_id]
-        self.kv.free(request, alive=True)
-        self.policy.on_finished(request, self.clock.now())
-        return request
-
-    def can_attach(self, request: Request) -> bool:
-        """Whether `attach` would take this detached request now."""
-        need = self.kv.num_blocks_for(request.num_computed_tokens)
-        return (len(self.running) < self.config.max_num_seqs
-                and request.num_tokens < self.config.max_seq_len
-                and need + self.headroom.watermark_blocks <= self.kv.num_free_blocks
-                and (self.lora is None or self.lora.can_join(request, self.running)))
-
-    def attach(self, request: Request) -> bool:
-        """Insert a request detached elsewhere as running, with fresh blocks for the KV of its
-        `num_computed_tokens` (the caller copied it in); full blocks enter the prefix cache.
-        Returns False, changing nothing, if the blocks or a batch slot are missing."""
-        if request.request_id in self.requests:
-            raise ValueError(f"duplicate request id {request.request_id!r}")
-        assert not request.block_ids and request.status == RequestStatus.RUNNING, \
-            f"{request.request_id} was not detached"
-        if not self.can_attach(request):
-            return False
-        request.block_ids = self.kv.pool.allocate(self.kv.num_blocks_for(request.num_computed_tokens))
-        request.num_published_blocks = 0
-        self.kv.publish(request)
-        self.requests[request.request_id] = request
-        self.running.append(request)
-        return True
-
-    def requeue(self, request: Request) -> None:
-        """Queue a detached request whose KV could not be brought here: it recomputes its
-        prompt and outputs (a recompute preemption; no token is lost or repeated)."""
-        if request.request_id in self.requests:
-            raise ValueError(f"duplicate request id {request.request_id!r}")
-        assert not request.block_ids, f"{request.request_id} was not detached"
-        request.num_computed_tokens = 0
-        request.num_preemptions += 1
-        self.num_preemptions += 1
-        request.has_progressed = False
-        request.status = RequestStatus.PREEMPTED
-        self.requests[request.request_id] = request
-        self._enqueue(request)
-
     @property
     def has_pending_copies(self) -> bool:
         """Finished turns' KV waits to be copied to host memory at the next step."""
