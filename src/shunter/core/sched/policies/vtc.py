@@ -40,6 +40,7 @@ from shunter.core.sched.policies.service import (
     tenant_rates,
 )
 from shunter.core.sched.policies.tenant_queue import TenantQueues
+from shunter.core.sched.policy import ScheduledChunk
 from shunter.core.types import RequestStatus, TenantId, check_number
 
 __all__ = ["VtcPolicy", "VtcQueue"]
@@ -114,7 +115,8 @@ class VtcPolicy:
     def on_scheduled(self, request: Request, num_tokens: int, now_s: float) -> None:
         self.charge(request, self.meter.charge(request, num_tokens))
 
-    def on_scheduled_step(self, scheduled: Iterable[tuple[Request, int]], now_s: float) -> None:
+    def on_scheduled_step(self, scheduled: Iterable[tuple[ScheduledChunk, int]],
+                          now_s: float) -> None:
         """`on_scheduled` of each chunk of a step in turn (the same arithmetic, inlined)."""
         self.meter.charge_tenants(scheduled, self.counters, self.tenant_weights or {})
 
