@@ -212,6 +212,11 @@ def max_service_gap(cols: RecordColumns, weights: np.ndarray | None = None) -> f
     """
     if cols.num_requests == 0:
         return None
+    if cols.num_tenants < 2:  # never two tenants backlogged at once
+        return 0.0
+    if not cols.has_token_times:
+        raise ValueError("the max service gap between tenants needs every token's time: these "
+                         "columns were joined without them (concat_columns)")
     weights = np.ones(cols.num_tenants) if weights is None else weights
     units, requests = token_units(cols), request_stream(cols, weights)
     bounds = _chunk_bounds(units, requests)

@@ -40,10 +40,11 @@ from shunter.errors import ConfigError
 from shunter.metrics import latency
 from shunter.metrics.columns import RecordColumns, to_columns
 from shunter.metrics.fairness import FairnessSummary, summarize_fairness, tenant_service
+from shunter.metrics.itl import GapCounts, itl_gaps
 from shunter.metrics.record import RequestRecord
 from shunter.metrics.stats import LatencyStats, RejectionGroup, safe_ratio
 
-__all__ = ["Summary", "TenantSummary", "summarize"]
+__all__ = ["Summary", "TenantSummary", "summarize", "summarize_columns"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -110,15 +111,6 @@ def _check_positive(name: str, value: float | None, *, allow_zero: bool = False)
         raise ConfigError(f"{name} must be {bound} seconds, got {value}")
 
 
-def _itl_samples(cols: RecordColumns) -> np.ndarray:
-    """Gaps between consecutive tokens of the same completed request, pooled."""
-    if cols.token_times_s.size < 2:
-        return np.empty(0)
-    has_gap_before = np.repeat(cols.is_completed, cols.num_output_tokens)
-    has_gap_before[cols.token_offsets[:-1][cols.num_output_tokens > 0]] = False
-    return np.diff(cols.token_times_s)[has_gap_before[1:]]
-
-
 def _slo_attained(cols: RecordColumns, ttft_s: np.ndarray, tpot_s: np.ndarray,
                   ttft_slo_s: float | None, tpot_slo_s: float | None) -> np.ndarray:
     """Per-request DistServe attainment; NaN SLO means 'not set', NaN TPOT means 'no TPOT'."""
@@ -156,10 +148,20 @@ def summarize(records: Iterable[RequestRecord], *, duration_s: float | None = No
               tenant_weights: Mapping[str, float] | None = None) -> Summary:
     """Summarise one run. `duration_s` overrides the measured span; the SLOs are run-wide
     defaults for records without their own; `tenant_weights` normalise service for fairness."""
+    cols = to_columns(records)
+    return summarize_columns(cols, GapCounts.of(itl_gaps(cols)), duration_s=duration_s,
+                             ttft_slo_s=ttft_slo_s, tpot_slo_s=tpot_slo_s,
+                             tenant_weights=tenant_weights)
+
+
+def summarize_columns(cols: RecordColumns, gaps: GapCounts, *, duration_s: float | None = None,
+                      ttft_slo_s: float | None = None, tpot_slo_s: float | None = None,
+                      tenant_weights: Mapping[str, float] | None = None) -> Summary:
+    """`summarize` of records given as their columns and their pooled inter-token gaps (what a
+    streamed run keeps: `sim.stream.ColumnSink`)."""
     _check_positive("duration_s", duration_s, allow_zero=True)
     _check_positive("ttft_slo_s", ttft_slo_s)
     _check_positive("tpot_slo_s", tpot_slo_s)
-    cols = to_columns(records)
     first_token_s, last_token_s = cols.first_token_s, cols.last_token_s
     duration = (latency.run_duration_s(cols.arrival_s, cols.finish_s, last_token_s)
                 if duration_s is None else float(duration_s))
@@ -186,7 +188,7 @@ def summarize(records: Iterable[RequestRecord], *, duration_s: float | None = No
         throughput_input_tok_s=safe_ratio(num_prompt_tokens, duration),
         ttft_s=LatencyStats.of(ttft_s[done]),
         tpot_s=LatencyStats.of(tpot_s[done]),
-        itl_s=LatencyStats.of(_itl_samples(cols), may_reorder=True),
+        itl_s=gaps.stats(),
         e2e_s=LatencyStats.of(e2e_s[done]),
         queue_s=LatencyStats.of(latency.queue_s(cols.arrival_s, cols.first_scheduled_s)[done]),
         slo_attainment=safe_ratio(num_attained, cols.num_requests) if has_slo else None,
