@@ -39,7 +39,7 @@ from shunter.sim.cost.speculative import METHODS, SpeculativeConfig
 from shunter.workload.loaders import TRACE_FORMATS, load_workload
 from shunter.workload.lora import assign_loras
 
-__all__ = ["AUTO_WORKERS_MIN_REQUESTS", "DefaultsFormatter", "add_scenario_flags", "console",
+__all__ = ["AUTO_STREAM_MIN_REQUESTS", "AUTO_WORKERS_MIN_REQUESTS", "DefaultsFormatter", "add_scenario_flags", "console",
            "fail", "finite_float", "import_bench",
            "json_object", "load_specs", "output_dir", "output_file", "positive_float",
            "positive_int", "progress_bar", "scenario_default", "scenario_from_args",
@@ -50,6 +50,8 @@ __all__ = ["AUTO_WORKERS_MIN_REQUESTS", "DefaultsFormatter", "add_scenario_flags
 console = Console(stderr=True, markup=False)
 # `--workers auto` splits runs of at least this many requests (a worker process costs ~0.3 s)
 AUTO_WORKERS_MIN_REQUESTS = 20_000
+# runs of at least this many requests keep columns of their records, not the records
+AUTO_STREAM_MIN_REQUESTS = 20_000
 ENGINE_ONLY = frozenset(n for n in POLICIES if make_policy(n).requires_engine is not None)
 
 

@@ -38,7 +38,7 @@ from shunter.sim.runner import (
     simulate,
     topology_stats,
 )
-from shunter.sim.stream import RecordSpill
+from shunter.sim.stream import ColumnSink, RecordSpill
 
 __all__ = ["partition_blocker", "simulate_parallel"]
 
@@ -68,25 +68,30 @@ def partition_blocker(config: SimConfig, *, has_follow_ups: bool = False) -> str
 
 
 def simulate_parallel(config: SimConfig, make_specs: Callable[[], Iterable[RequestSpec]], *,
-                      workers: int, on_record: RecordSpill | None = None) -> SimRun:
+                      workers: int, on_record: RecordSpill | ColumnSink | None = None) -> SimRun:
     """`simulate(config, make_specs(), on_record=on_record)`, on `workers` processes when the
     replicas never interact (`partition_blocker`), else in this process. Same records; a
-    streamed run (`on_record`) appends every worker's rows to `on_record`."""
+    streamed run (`on_record`) appends every worker's rows (a `RecordSpill`) or columns (a
+    `ColumnSink`) to `on_record`."""
     if workers < 1:
         raise ValueError(f"workers must be >= 1, got {workers}")
     workers = min(workers, config.num_replicas_total)
     if workers == 1 or partition_blocker(config) is not None:
         return simulate(config, make_specs(), on_record=on_record)
     check_cluster_memory(config, copies=workers)  # each worker builds the whole cluster
+    sink = on_record if isinstance(on_record, ColumnSink) else None
     with tempfile.TemporaryDirectory(prefix="shunter-part-") as tmp:
-        spill_dirs = [Path(tmp) / f"part{k}" for k in range(workers)] if on_record else None
+        spill_dirs = ([Path(tmp) / f"part{k}" for k in range(workers)]
+                      if isinstance(on_record, RecordSpill) else None)
         ctx = multiprocessing.get_context("fork")
         pipes: list[Connection] = []
         procs = []
         for k in range(1, workers):
             parent_end, child_end = ctx.Pipe(duplex=False)
             proc = ctx.Process(target=_child, args=(child_end, config, make_specs, k, workers,
-                                                    spill_dirs[k] if spill_dirs else None),
+                                                    spill_dirs[k] if spill_dirs else None,
+                                                    None if sink is None
+                                                    else sink.keep_token_times),
                                daemon=True)
             proc.start()
             child_end.close()
@@ -94,7 +99,8 @@ def simulate_parallel(config: SimConfig, make_specs: Callable[[], Iterable[Reque
             procs.append(proc)
         try:
             parts = [_run_part(config, make_specs, 0, workers,
-                               spill_dirs[0] if spill_dirs else None)]
+                               spill_dirs[0] if spill_dirs else None,
+                               sink.keep_token_times if sink is not None else None)]
             for conn in pipes:
                 parts.append(_receive(conn))
         finally:
@@ -102,9 +108,13 @@ def simulate_parallel(config: SimConfig, make_specs: Callable[[], Iterable[Reque
                 proc.join(timeout=5)
                 if proc.is_alive():
                     proc.kill()
-        if on_record is not None and spill_dirs is not None:
+        if isinstance(on_record, RecordSpill) and spill_dirs is not None:
             for directory in spill_dirs:
                 on_record.absorb(directory)
+        if sink is not None:
+            for part in parts:
+                assert part.sink is not None
+                sink.absorb(part.sink)
     return _merge(parts, config.num_replicas_total, config.record_steps)
 
 
@@ -117,6 +127,7 @@ class _Part:
     # counters that add up over parts (a split run has no migration, disaggregation or
     # autoscaling: LoRA adapter loads)
     topology_stats: dict[str, float]
+    sink: ColumnSink | None = None  # the part's records as columns (a streamed run)
 
 
 class _PinnedRouter:
@@ -132,7 +143,10 @@ class _PinnedRouter:
 
 
 def _run_part(config: SimConfig, make_specs: Callable[[], Iterable[RequestSpec]], index: int,
-              workers: int, spill_dir: Path | None) -> _Part:
+              workers: int, spill_dir: Path | None, sink_token_times: bool | None) -> _Part:
+    """One worker's replicas; its records kept, spilled under `spill_dir`, or (unless
+    `sink_token_times` is None) taken as columns by a `ColumnSink` that keeps token times
+    or not."""
     cluster = build_cluster(config)
     views = [r.view() for r in cluster.replicas]  # load-blind routers read ids, not load
     router = make_router(config.router, **config.router_params)
@@ -146,20 +160,26 @@ def _run_part(config: SimConfig, make_specs: Callable[[], Iterable[RequestSpec]]
                 pinned.decisions.append(replica_id)
                 yield spec
 
-    if spill_dir is None:
+    sink = None if sink_token_times is None else ColumnSink(keep_token_times=sink_token_times)
+    if sink is not None:
+        records = cluster.run(own(make_specs()), on_record=sink)
+        sink.columns()  # joined in the worker, sent as a few arrays
+    elif spill_dir is None:
         records = cluster.run(own(make_specs()))
     else:
         with RecordSpill(spill_dir) as spill:
             records = cluster.run(own(make_specs()), on_record=spill)
     preemptions = sum(r.scheduler.num_preemptions for r in cluster.replicas)
     return _Part(records, cluster.num_routed, preemptions, cluster.step_log,
-                 topology_stats(cluster))
+                 topology_stats(cluster), sink)
 
 
 def _child(conn: Connection, config: SimConfig, make_specs: Callable[[], Iterable[RequestSpec]],
-           index: int, workers: int, spill_dir: Path | None) -> None:
+           index: int, workers: int, spill_dir: Path | None,
+           sink_token_times: bool | None) -> None:
     try:
-        conn.send(("ok", _run_part(config, make_specs, index, workers, spill_dir)))
+        conn.send(("ok", _run_part(config, make_specs, index, workers, spill_dir,
+                                   sink_token_times)))
     except BaseException:  # noqa: BLE001  # reported to the parent, which raises it
         conn.send(("error", traceback.format_exc()))
     finally:
