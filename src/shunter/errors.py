@@ -14,8 +14,10 @@ broken internal invariants are asserts. These classes are only for what a user h
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+
 __all__ = ["ConfigError", "EndpointError", "ModelError", "RequestError", "ShunterError",
-           "WorkloadError"]
+           "WorkloadError", "check_keys"]
 
 
 class ShunterError(Exception):
@@ -24,6 +26,15 @@ class ShunterError(Exception):
 
 class ConfigError(ShunterError, ValueError):
     """A scenario file, config field or CLI flag is invalid."""
+
+
+def check_keys(given: Iterable[str], valid: Iterable[str], what: str) -> None:
+    """ConfigError naming every key of a config table `what` that is not among `valid`."""
+    valid = set(valid)
+    unknown = set(given) - valid
+    if unknown:
+        raise ConfigError(f"unknown {what} keys {sorted(unknown)}; valid: "
+                          f"{', '.join(sorted(valid))}")
 
 
 class WorkloadError(ShunterError, ValueError):

@@ -10,6 +10,7 @@ from shunter.core.sched.gateway_queue import gateway_refusal
 from shunter.core.sched.policy import EarlyStoppingPolicy
 from shunter.core.sched.registry import make_policy, scope_policy_params
 from shunter.core.types import check_number
+from shunter.errors import check_keys
 from shunter.router.autoscale import AutoscaleConfig
 from shunter.sim.cost.catalog import get_model
 from shunter.sim.cost.lora import LoraConfig
@@ -69,11 +70,7 @@ class ReplicaGroup:
     def from_dict(cls, data: Any) -> ReplicaGroup:
         if not isinstance(data, dict):
             raise ValueError(f"a replica group must be a table, got {data!r}")
-        valid = {f.name for f in fields(cls)}
-        unknown = set(data) - valid
-        if unknown:
-            raise ValueError(f"unknown replica group keys {sorted(unknown)}; valid: "
-                             f"{', '.join(sorted(valid))}")
+        check_keys(data, (f.name for f in fields(cls)), "replica group")
         if "gpu" not in data:
             raise ValueError("a replica group needs a gpu")
         return cls(**data)
@@ -113,11 +110,7 @@ class MigrationConfig:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> MigrationConfig:
-        valid = {f.name for f in fields(cls)}
-        unknown = set(data) - valid
-        if unknown:
-            raise ValueError(f"unknown migration keys {sorted(unknown)}; valid: "
-                             f"{', '.join(sorted(valid))}")
+        check_keys(data, (f.name for f in fields(cls)), "migration")
         return cls(**data)
 
 

@@ -37,7 +37,7 @@ from typing import Any
 
 from shunter.core.sched.interface import SchedulerOutput
 from shunter.core.types import RequestId, StepShape, check_number
-from shunter.errors import ConfigError
+from shunter.errors import ConfigError, check_keys
 from shunter.sim.cost.interface import CostModel
 from shunter.sim.cost.roofline import KERNEL_FIXED_S, SWAP_COPY_LATENCY_S, RooflineCostModel
 from shunter.workload.lora import DEFAULT_LORA_ZIPF
@@ -96,11 +96,7 @@ class LoraConfig:
     @classmethod
     def from_table(cls, table: Mapping[str, Any], where: str = "[lora]") -> LoraConfig:
         """From a scenario table or CLI flags; unknown keys are a ConfigError naming them."""
-        valid = {f.name for f in fields(cls)}
-        unknown = set(table) - valid
-        if unknown:
-            raise ConfigError(f"{where}: unknown keys {sorted(unknown)}; valid: "
-                              f"{', '.join(sorted(valid))}")
+        check_keys(table, (f.name for f in fields(cls)), where)
         try:
             return cls(**table)
         except ConfigError as exc:

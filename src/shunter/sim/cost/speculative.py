@@ -39,7 +39,7 @@ from dataclasses import dataclass, fields
 from typing import Any
 
 from shunter.core.types import StepShape, check_number
-from shunter.errors import ConfigError
+from shunter.errors import ConfigError, check_keys
 from shunter.sim.cost.catalog import ModelSpec, get_model
 from shunter.sim.cost.interface import CostModel
 from shunter.sim.cost.moe import roofline_cost_model
@@ -101,11 +101,7 @@ class SpeculativeConfig:
         """Build from a scenario's table: ConfigError naming an unknown or missing key."""
         if not isinstance(data, dict):
             raise ConfigError(f"{where} must be a table, got {data!r}")
-        valid = {f.name for f in fields(cls)}
-        unknown = set(data) - valid
-        if unknown:
-            raise ConfigError(f"unknown {where} keys {sorted(unknown)}; valid: "
-                              f"{', '.join(sorted(valid))}")
+        check_keys(data, (f.name for f in fields(cls)), where)
         missing = {"num_speculative_tokens", "acceptance_rate"} - set(data)
         if missing:
             raise ConfigError(f"{where} needs {' and '.join(sorted(missing))}")
