@@ -13,8 +13,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from shunter.errors import ConfigError
-from shunter.sim.cost.gpus import GPU_ALIASES, GPUS, GpuSpec, get_gpu, normalise_name
+from shunter.sim.cost.gpus import GPU_ALIASES, GPUS, GpuSpec, get_gpu, lookup
 
 __all__ = [
     "GPUS",
@@ -292,9 +291,4 @@ MODEL_ALIASES: dict[str, str] = {
 
 def get_model(name: str) -> ModelSpec:
     """The model called `name` (case-insensitive; Hugging Face ids like `meta-llama/Llama-2-7b-hf` work)."""
-    key = normalise_name(name)
-    key = MODEL_ALIASES.get(key, key)
-    if key not in MODELS:
-        valid = ", ".join(sorted(MODELS)) + "; aliases: " + ", ".join(sorted(MODEL_ALIASES))
-        raise ConfigError(f"unknown model {name!r}; valid names: {valid}")
-    return MODELS[key]
+    return lookup("model", name, MODELS, MODEL_ALIASES)

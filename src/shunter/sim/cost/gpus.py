@@ -12,11 +12,15 @@ others they are carried over from the closest measured GPU and say so.
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import TypeVar
 
 from shunter.errors import ConfigError
 
-__all__ = ["GPUS", "GPU_ALIASES", "GpuSpec", "get_gpu", "normalise_name"]
+__all__ = ["GPUS", "GPU_ALIASES", "GpuSpec", "get_gpu", "lookup", "normalise_name"]
+
+T = TypeVar("T")
 
 _MIB = 1024**2
 
@@ -107,11 +111,17 @@ def normalise_name(name: str) -> str:
     return re.sub(r"[\s_]+", "-", key)
 
 
+def lookup(what: str, name: str, table: Mapping[str, T], aliases: Mapping[str, str]) -> T:
+    """The entry of a catalog `table` called `name` (normalised, aliases accepted); a
+    ConfigError listing the valid names and aliases otherwise."""
+    key = normalise_name(name)
+    key = aliases.get(key, key)
+    if key not in table:
+        valid = ", ".join(sorted(table)) + "; aliases: " + ", ".join(sorted(aliases))
+        raise ConfigError(f"unknown {what} {name!r}; valid names: {valid}")
+    return table[key]
+
+
 def get_gpu(name: str) -> GpuSpec:
     """The GPU called `name` (case-insensitive, aliases such as `a100` accepted)."""
-    key = normalise_name(name)
-    key = GPU_ALIASES.get(key, key)
-    if key not in GPUS:
-        valid = ", ".join(sorted(GPUS)) + "; aliases: " + ", ".join(sorted(GPU_ALIASES))
-        raise ConfigError(f"unknown GPU {name!r}; valid names: {valid}")
-    return GPUS[key]
+    return lookup("GPU", name, GPUS, GPU_ALIASES)
