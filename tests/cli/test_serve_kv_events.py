@@ -44,3 +44,10 @@ def test_a_config_without_one_engine_backend_is_refused(tmp_path) -> None:
     path.write_text('[[backends]]\nname = "r"\nurl = "http://127.0.0.1:9"\n')
     with pytest.raises(ConfigError, match="needs exactly one in-process engine backend"):
         config_for("--config", str(path), "--kv-events-publish", "ipc:///tmp/x")
+
+
+def test_topology_needs_one_engine_backend_too(tmp_path) -> None:
+    path = tmp_path / "g.toml"
+    path.write_text('[[backends]]\nname = "r"\nurl = "http://127.0.0.1:9"\n')
+    with pytest.raises(ConfigError, match="--topology needs exactly one in-process engine"):
+        config_for("--config", str(path), "--topology", "tetriinfer")

@@ -18,7 +18,7 @@ import argparse
 import asyncio
 import logging
 import socket
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
 from typing import Any
@@ -142,18 +142,9 @@ def _kv_events_from_args(backends: tuple[BackendConfig, ...],
     replay = getattr(args, "kv_events_replay_publish", None)
     if publish is None and replay is None:
         return backends
-    engines = [i for i, b in enumerate(backends) if b.kind == "engine"]
-    if len(engines) != 1:
-        raise ConfigError("--kv-events-publish needs exactly one in-process engine backend "
-                          f"(the config has {len(engines)}); set kv_events_publish per backend")
-    i = engines[0]
-    base = backends[i]
-    try:
-        changed = replace(base, kv_events_publish=publish or base.kv_events_publish,
-                          kv_events_replay_publish=replay or base.kv_events_replay_publish)
-    except ValueError as exc:
-        raise ConfigError(f"--kv-events-publish: {exc}") from None
-    return (*backends[:i], changed, *backends[i + 1:])
+    return _onto_the_engine(backends, "--kv-events-publish", "kv_events_publish", lambda base: {
+        "kv_events_publish": publish or base.kv_events_publish,
+        "kv_events_replay_publish": replay or base.kv_events_replay_publish})
 
 
 def _topology_from_args(backends: tuple[BackendConfig, ...],
@@ -162,15 +153,23 @@ def _topology_from_args(backends: tuple[BackendConfig, ...],
     topology = getattr(args, "topology", None)
     if topology is None:
         return backends
+    return _onto_the_engine(backends, "--topology", "topology", lambda base: {"topology": topology})
+
+
+def _onto_the_engine(backends: tuple[BackendConfig, ...], flag: str, key: str,
+                     changes: Callable[[BackendConfig], dict[str, Any]]
+                     ) -> tuple[BackendConfig, ...]:
+    """The backends with `changes(base)` applied to the one in-process engine backend; a
+    ConfigError naming `flag` if there is not exactly one, or if the change is invalid."""
     engines = [i for i, b in enumerate(backends) if b.kind == "engine"]
     if len(engines) != 1:
-        raise ConfigError("--topology needs exactly one in-process engine backend (the config "
-                          f"has {len(engines)}); set topology per backend")
+        raise ConfigError(f"{flag} needs exactly one in-process engine backend (the config has "
+                          f"{len(engines)}); set {key} per backend")
     i = engines[0]
     try:
-        changed = replace(backends[i], topology=topology)
+        changed = replace(backends[i], **changes(backends[i]))
     except ValueError as exc:
-        raise ConfigError(f"--topology: {exc}") from None
+        raise ConfigError(f"{flag}: {exc}") from None
     return (*backends[:i], changed, *backends[i + 1:])
 
 
