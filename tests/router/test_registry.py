@@ -1,11 +1,12 @@
 """Every registered router, on random snapshots: a valid replica, every time, reproducibly."""
 
 import random
+from dataclasses import replace
 
 import pytest
 from tests.factories import make_spec
 
-from shunter.router.interface import ReplicaView
+from shunter.router.interface import ReplicaView, reads_speeds
 from shunter.router.registry import ROUTERS, make_router
 
 
@@ -39,12 +40,14 @@ def random_request(rng: random.Random, i: int):
                      max_output_tokens=rng.choice([None, 1, 64]), **prompt)
 
 
-def decisions(name: str, seed: int) -> list[int]:
+def decisions(name: str, seed: int, *, speeds: bool = True) -> list[int]:
     rng = random.Random(seed)
     router = make_router(name)
     picks = []
     for i in range(150):
         views = random_views(rng)
+        if not speeds:  # what the simulator hands a router that declares reads_speeds = False
+            views = [replace(v, prefill_tokens_per_s=None, decode_step_s=None) for v in views]
         decision = router.route(random_request(rng, i), views)
         assert decision.replica_id in {v.replica_id for v in views}, (name, i, decision)
         picks.append(decision.replica_id)
@@ -54,6 +57,18 @@ def decisions(name: str, seed: int) -> list[int]:
 @pytest.mark.parametrize("name", sorted(ROUTERS))
 def test_every_router_picks_a_replica_it_was_shown_and_repeats_itself(name):
     assert decisions(name, seed=11) == decisions(name, seed=11)
+
+
+@pytest.mark.parametrize("name", sorted(n for n in ROUTERS if not reads_speeds(make_router(n))))
+def test_a_router_declaring_it_reads_no_speeds_decides_the_same_without_them(name):
+    assert decisions(name, seed=5, speeds=False) == decisions(name, seed=5)
+
+
+def test_the_speed_declaration_is_checkable_and_routers_that_price_time_keep_speeds():
+    # the check above can fail: the cost router, which reads speeds, decides otherwise without
+    assert decisions("cost", seed=5, speeds=False) != decisions("cost", seed=5)
+    assert {n for n in ROUTERS if not reads_speeds(make_router(n))} == {
+        "least_load", "power_of_two", "prefix_affinity", "d2lpm", "llumnix", "lora_affinity"}
 
 
 def test_the_registry_has_every_router_of_the_design():

@@ -12,12 +12,15 @@ from typing import Protocol
 
 from shunter.core.types import RequestSpec
 
-__all__ = ["ReplicaView", "RouteDecision", "Router", "is_load_blind", "live_refusal"]
+__all__ = ["ReplicaView", "RouteDecision", "Router", "is_load_blind", "live_refusal",
+           "reads_speeds"]
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
+@dataclass(slots=True, kw_only=True)
 class ReplicaView:
-    """A snapshot of one replica's load, as a router may see it (possibly stale)."""
+    """A snapshot of one replica's load, as a router may see it (possibly stale). Read-only by
+    contract (routers never write to it); not a frozen dataclass because a simulated cluster
+    builds one per replica per request, and a frozen one costs four times as much to build."""
 
     replica_id: int
     num_waiting: int = 0
@@ -65,6 +68,9 @@ class Router(Protocol):
     current, and can split a run across processes (`shunter.sim.partition`).
     A router that needs state only the simulator has declares why with a class attribute
     `live_refusal = "..."`; the live gateway then refuses it at start-up (`live_refusal`).
+    A router that never reads the speed fields (`prefill_tokens_per_s`, `decode_step_s`) may
+    say so with `reads_speeds = False`: the simulator then leaves them None instead of
+    evaluating its cost model for every replica at every arrival (`reads_speeds`).
     """
 
     def route(self, request: RequestSpec, replicas: Sequence[ReplicaView]) -> RouteDecision:
@@ -76,6 +82,12 @@ def is_load_blind(router: Router) -> bool:
     """Whether `router`'s class declares `is_load_blind = True` (see `Router`): the one place
     the declaration is read, so an undeclared router counts as reading replica state."""
     return getattr(type(router), "is_load_blind", False) is True
+
+
+def reads_speeds(router: Router) -> bool:
+    """Whether `router` may read a view's speed fields: True unless its class declares
+    `reads_speeds = False` (see `Router`)."""
+    return getattr(type(router), "reads_speeds", True) is not False
 
 
 def live_refusal(router: Router) -> str | None:

@@ -24,7 +24,7 @@ from shunter.core.predict.interface import (
 from shunter.core.types import RequestId, RequestSpec
 from shunter.errors import WorkloadError
 from shunter.metrics.record import RequestRecord
-from shunter.router.interface import Router, is_load_blind
+from shunter.router.interface import Router, is_load_blind, reads_speeds
 from shunter.sim.autoscale import Autoscaling, SimAutoscaler, next_tick_s
 from shunter.sim.config import MigrationConfig
 from shunter.sim.disagg import KV_TRANSFER_TIMER, Disaggregation
@@ -104,13 +104,13 @@ class SimCluster:
         if topo.decode_router is not None:
             prefill = [r for r in replicas if r.role == "prefill"]
             pool = [r for r in replicas if r.role == "decode"]
-            self.views = [view_source(prefill), view_source(pool)]
+            self.views = [view_source(prefill, router), view_source(pool, topo.decode_router)]
             self.disagg = Disaggregation(
                 self, replicas, router, topo.decode_router, *self.views,
                 kv_link_bytes_s=topo.kv_link_bytes_s,
                 skip_prefill_cached_fraction=topo.skip_prefill_cached_fraction)
         else:
-            self.views = [view_source(replicas)]
+            self.views = [view_source(replicas, router)]
         # a load-blind router reads ids only: it gets these views, never recomputed
         self._blind_views = ([r.view() for r in replicas]
                              if is_load_blind(router) else None)
@@ -384,8 +384,9 @@ class SimCluster:
             self._arm(kind, interval_s)
 
 
-def _view_factory(topo: ClusterTopology) -> Callable[[list[SimReplica]], ViewSource]:
-    def make(replicas: list[SimReplica]) -> ViewSource:
+def _view_factory(topo: ClusterTopology) -> Callable[[list[SimReplica], Router], ViewSource]:
+    def make(replicas: list[SimReplica], router: Router) -> ViewSource:
         return ViewSource(replicas, interval_s=topo.snapshot_interval_s,
-                          counts_in_flight=topo.counts_in_flight)
+                          counts_in_flight=topo.counts_in_flight,
+                          with_speeds=reads_speeds(router))
     return make

@@ -92,9 +92,13 @@ class SimReplica:
     def _steps_done(self, flight: _InFlight) -> int:
         return bisect_right(flight.end_times_s, self.clock.now())
 
-    def view(self) -> ReplicaView:
-        s = self.scheduler.stats()
-        running_tokens, free_blocks = s.num_running_tokens, s.num_free_blocks
+    def view(self, with_speeds: bool = True) -> ReplicaView:
+        """This replica's load now; its speed fields None unless `with_speeds` (the router
+        reads them: `router.interface.reads_speeds`)."""
+        scheduler = self.scheduler
+        running = scheduler.running
+        running_tokens = sum([r.num_tokens for r in running])
+        free_blocks = scheduler.kv.num_free_blocks
         flight = self._in_flight
         if flight is not None and flight.output is None:
             # step by step has applied `done` steps of the steady run and scheduled the next
@@ -109,14 +113,17 @@ class SimReplica:
         if self.priority_headroom is not None:
             high, blocks = self.priority_headroom
             free_blocks -= blocks * sum(1 for r in self.scheduler.running if r.priority <= high)
-        return ReplicaView(replica_id=self.replica_id, num_waiting=s.num_waiting,
-                           num_running=s.num_running, num_waiting_tokens=s.num_waiting_tokens,
+        config = scheduler.config
+        return ReplicaView(replica_id=self.replica_id, num_waiting=len(scheduler.waiting),
+                           num_running=len(running), num_waiting_tokens=scheduler.num_waiting_tokens,
                            num_running_tokens=running_tokens, num_free_blocks=free_blocks,
-                           num_total_blocks=s.num_total_blocks,
-                           block_size=self.scheduler.config.block_size, taken_at_s=self.clock.now(),
-                           prefill_tokens_per_s=self._speeds.prefill_tokens_per_s,
-                           decode_step_s=self._speeds.decode_step_s(s.num_running, running_tokens),
-                           max_num_seqs=self.scheduler.config.max_num_seqs,
+                           num_total_blocks=config.num_blocks,
+                           block_size=config.block_size, taken_at_s=self.clock.now(),
+                           prefill_tokens_per_s=(self._speeds.prefill_tokens_per_s
+                                                 if with_speeds else None),
+                           decode_step_s=(self._speeds.decode_step_s(len(running), running_tokens)
+                                          if with_speeds else None),
+                           max_num_seqs=config.max_num_seqs,
                            lora_ids=frozenset() if (lora := self.executor.lora) is None else lora.lora_ids)
 
     def add(self, spec: RequestSpec, *, predicted_output_tokens: float | None = None,

@@ -30,10 +30,11 @@ class LazyViews(Sequence[ReplicaView]):
     changes between the arrival and its routing decision.
     """
 
-    __slots__ = ("_replicas", "_views")
+    __slots__ = ("_replicas", "_views", "_with_speeds")
 
-    def __init__(self, replicas: Sequence[SimReplica]) -> None:
+    def __init__(self, replicas: Sequence[SimReplica], *, with_speeds: bool = True) -> None:
         self._replicas = replicas
+        self._with_speeds = with_speeds
         self._views: list[ReplicaView | None] = [None] * len(replicas)
 
     def __len__(self) -> int:
@@ -44,7 +45,7 @@ class LazyViews(Sequence[ReplicaView]):
             return [self[i] for i in range(*index.indices(len(self._replicas)))]
         view = self._views[index]
         if view is None:
-            view = self._views[index] = self._replicas[index].view()
+            view = self._views[index] = self._replicas[index].view(self._with_speeds)
         return view
 
     def __iter__(self) -> Iterator[ReplicaView]:
@@ -54,15 +55,17 @@ class LazyViews(Sequence[ReplicaView]):
 class ViewSource:
     """The views one router reads for a pool of replicas (fresh, or stale as above)."""
 
-    __slots__ = ("_in_flight", "_snapshot", "counts_in_flight", "interval_s", "replicas")
+    __slots__ = ("_in_flight", "_snapshot", "counts_in_flight", "interval_s", "replicas",
+                 "with_speeds")
 
     def __init__(self, replicas: Sequence[SimReplica], *, interval_s: float = 0.0,
-                 counts_in_flight: bool = True) -> None:
+                 counts_in_flight: bool = True, with_speeds: bool = True) -> None:
         if interval_s < 0:
             raise ValueError(f"interval_s must be >= 0, got {interval_s}")
         self.replicas = list(replicas)
         self.interval_s = interval_s
         self.counts_in_flight = counts_in_flight
+        self.with_speeds = with_speeds  # False: the router declared it never reads them
         self._snapshot: list[ReplicaView] | None = None
         # replica id -> (requests, prompt tokens) this router sent since the snapshot
         self._in_flight: dict[int, tuple[int, int]] = {}
@@ -73,13 +76,13 @@ class ViewSource:
 
     def refresh(self) -> None:
         """Take the replicas' reports now (a stale source's periodic snapshot)."""
-        self._snapshot = [r.view() for r in self.replicas]
+        self._snapshot = [r.view(self.with_speeds) for r in self.replicas]
         self._in_flight.clear()
 
     def views(self) -> Sequence[ReplicaView]:
         """What the router sees now."""
         if not self.is_stale:
-            return LazyViews(self.replicas)
+            return LazyViews(self.replicas, with_speeds=self.with_speeds)
         if self._snapshot is None:
             self.refresh()
         assert self._snapshot is not None

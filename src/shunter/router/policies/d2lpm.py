@@ -45,6 +45,7 @@ __all__ = ["D2lpmRouter"]
 class D2lpmRouter:
     __slots__ = ("deficits", "expected_output_tokens", "index", "max_kv_usage", "output_weight",
                  "quantum_tokens")
+    reads_speeds = False  # never reads prefill_tokens_per_s or decode_step_s
 
     def __init__(self, *, quantum_tokens: float = 8192.0, max_kv_usage: float = 0.9,
                  output_weight: float = 2.0, expected_output_tokens: int = 128) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import ClassVar
 
 from shunter.core.types import RequestSpec
 from shunter.router.interface import ReplicaView, RouteDecision
@@ -23,5 +24,7 @@ def least_loaded(replicas: Sequence[ReplicaView]) -> ReplicaView:
 
 @dataclass(slots=True)
 class LeastLoadRouter:
+    reads_speeds: ClassVar[bool] = False  # never reads prefill_tokens_per_s or decode_step_s
+
     def route(self, request: RequestSpec, replicas: Sequence[ReplicaView]) -> RouteDecision:
         return RouteDecision(least_loaded(replicas).replica_id)

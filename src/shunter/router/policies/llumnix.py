@@ -21,6 +21,7 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import ClassVar
 
 from shunter.core.types import RequestSpec
 from shunter.router.interface import ReplicaView, RouteDecision
@@ -38,6 +39,8 @@ def freeness(view: ReplicaView) -> float:
 
 @dataclass(slots=True)
 class LlumnixRouter:
+    reads_speeds: ClassVar[bool] = False  # never reads prefill_tokens_per_s or decode_step_s
+
     def route(self, request: RequestSpec, replicas: Sequence[ReplicaView]) -> RouteDecision:
         best = max(replicas, key=lambda v: (freeness(v), v.num_free_blocks, -v.replica_id))
         return RouteDecision(best.replica_id)

@@ -26,6 +26,7 @@ __all__ = ["LoraAffinityRouter"]
 
 class LoraAffinityRouter:
     __slots__ = ("max_imbalance",)
+    reads_speeds = False  # never reads prefill_tokens_per_s or decode_step_s
     # the gateway neither maps requests to adapters nor tracks them per backend (yet)
     live_refusal = ("the gateway does not serve LoRA adapters: its replicas' views carry no "
                     "adapters, so it would route as least_load")

@@ -18,6 +18,7 @@ __all__ = ["PowerOfTwoRouter"]
 
 class PowerOfTwoRouter:
     __slots__ = ("rng",)
+    reads_speeds = False  # never reads prefill_tokens_per_s or decode_step_s
 
     def __init__(self, *, seed: int = 0, rng: random.Random | None = None) -> None:
         self.rng = rng if rng is not None else random.Random(seed)

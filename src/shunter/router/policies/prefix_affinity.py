@@ -36,6 +36,7 @@ def is_imbalanced(loads: list[int], abs_threshold: float, rel_threshold: float) 
 
 class PrefixAffinityRouter:
     __slots__ = ("balance_abs_threshold", "balance_rel_threshold", "cache_threshold", "index")
+    reads_speeds = False  # never reads prefill_tokens_per_s or decode_step_s
 
     def __init__(self, *, cache_threshold: float = 0.3, balance_abs_threshold: int = 64,
                  balance_rel_threshold: float = 1.5) -> None:
