@@ -42,6 +42,9 @@ def test_the_estimate_covers_what_building_the_cluster_allocates(config):
     tracemalloc.start()
     try:
         cluster = build_cluster(config)
+        for replica in cluster.replicas:  # a caching pool's queue once a hash is published
+            if replica.scheduler.kv.pool.enable_caching:
+                replica.scheduler.kv.pool._to_lru()
         built, _ = tracemalloc.get_traced_memory()
     finally:
         tracemalloc.stop()

@@ -33,7 +33,8 @@ __all__ = ["CACHED_BLOCK_BYTES", "HOST_BLOCK_BYTES", "KV_BLOCK_BYTES", "NO_CACHE
            "REPLICA_BYTES", "available_memory_bytes", "check_memory", "replica_bytes"]
 
 REPLICA_BYTES = 4096  # scheduler, policy, executor and replica objects (2.2 KB measured)
-KV_BLOCK_BYTES = 96  # ref count, hash slot, LRU free-queue entry (an int object past 256)
+KV_BLOCK_BYTES = 96  # ref count, hash slot, LRU free-queue entry (an int object past 256); a
+# caching pool starts with the FIFO queue and turns to the LRU one at its first published hash
 NO_CACHE_KV_BLOCK_BYTES = 56  # without prefix caching: a FIFO free queue and no hash slots
 CACHED_BLOCK_BYTES = 120  # a prefix-cache dict entry and its 64-bit hash int
 HOST_BLOCK_BYTES = 40  # an entry of the host (swap) free list

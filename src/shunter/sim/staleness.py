@@ -49,7 +49,11 @@ class LazyViews(Sequence[ReplicaView]):
         return view
 
     def __iter__(self) -> Iterator[ReplicaView]:
-        return (self[i] for i in range(len(self._replicas)))
+        views, replicas, with_speeds = self._views, self._replicas, self._with_speeds
+        for i, view in enumerate(views):
+            if view is None:
+                view = views[i] = replicas[i].view(with_speeds)
+            yield view
 
 
 class ViewSource:

@@ -131,6 +131,9 @@ class TokenTimes(Sequence[float]):
 
     def __array__(self, dtype: Any = None, copy: Any = None) -> np.ndarray:
         bounds, times, base = self._bounds, self._timeline.times_s, self._timeline.base
+        if len(bounds) == 2:  # one range (most requests): no list of parts, no concatenation
+            out = np.frombuffer(times[bounds[0] - base:bounds[1] - base], dtype=np.float64)
+            return out if dtype is None else out.astype(dtype, copy=False)
         parts = [np.frombuffer(times[bounds[k] - base:bounds[k + 1] - base], dtype=np.float64)
                  for k in range(0, len(bounds), 2)]
         out = np.concatenate(parts) if parts else np.empty(0, dtype=np.float64)

@@ -94,14 +94,30 @@ def test_random_operations_keep_invariants():
         assert pool.num_used_blocks == len(set(held))
 
 
-def test_fifo_free_queue_hands_out_what_the_lru_queue_does():
-    """Without caching, the list-backed FIFO queue gives the very ids of the ordered one."""
+@pytest.mark.parametrize("caching", [False, True])
+def test_fifo_free_queue_hands_out_what_the_lru_queue_does(caching):
+    """The list-backed FIFO queue gives the very ids of the ordered one: without caching
+    always; with caching until the first published hash turns it into that queue, and after."""
     rng = random.Random(1)
-    lru, fifo = BlockPool(64, enable_caching=False), BlockPool(64, enable_caching=False,
-                                                                 fifo_free=True)
+    lru = BlockPool(64, enable_caching=caching)
+    fifo = BlockPool(64, enable_caching=caching, fifo_free=True)
     held: list[int] = []
-    for _ in range(3000):
-        if rng.random() < 0.55 and lru.num_free_blocks:
+    publish_from = 1500 if caching else 3000  # half the run with no hash at all
+    num_hits, published = 0, False
+    for step in range(3000):
+        if caching and step >= publish_from and held and rng.random() < 0.2:
+            block, h = rng.choice(held), rng.randrange(40)
+            if lru.block_hash(block) is None:
+                is_new = fifo.cache(block, h)
+                assert is_new == lru.cache(block, h)
+                published |= is_new
+            hit = lru.lookup(rng.randrange(40))  # a hit takes a free block out of the middle
+            if hit is not None:
+                num_hits += 1
+                lru.touch([hit])
+                fifo.touch([hit])
+                held.append(hit)
+        elif rng.random() < 0.55 and lru.num_free_blocks:
             n = rng.randint(1, lru.num_free_blocks)
             got = lru.allocate(n)
             assert fifo.allocate(n) == got
@@ -113,12 +129,13 @@ def test_fifo_free_queue_hands_out_what_the_lru_queue_does():
             fifo.free(held[:k])
             held = held[k:]
         fifo.check_invariants()
-        assert fifo.num_free_blocks == lru.num_free_blocks == 64 - len(held)
+        assert fifo.num_free_blocks == lru.num_free_blocks
+        assert (fifo._fifo is None) == published  # FIFO until the first published hash
+    if caching:
+        assert num_hits > 10 and fifo.cached == lru.cached
 
 
 def test_fifo_free_queue_refuses_what_it_cannot_do():
-    with pytest.raises(ValueError, match="fifo_free needs enable_caching=False"):
-        BlockPool(8, fifo_free=True)
     pool = BlockPool(8, enable_caching=False, fifo_free=True)
     [a] = pool.allocate(1)
     pool.free([a])

@@ -16,6 +16,10 @@ order an OrderedDict keeps, at a list operation per block instead of a dict oper
 tuple (with the prefix cache on, every prompt block goes through it). Without prefix caching
 (and without contiguous allocation), no block ever leaves from the middle, so `fifo_free=True`
 hands blocks out and takes them back by slices (the simulator's hot path on long decodes).
+With caching on, `fifo_free=True` keeps those slices until the first hash is published: till
+then no block can be a cache hit, so nothing leaves from the middle either; the first `cache`
+turns the queue, in its order, into the LRU queue (a trace of lengths publishes no hash at all
+unless a request is preempted or moved: its blocks are private, `KVCacheManager`).
 
 `event_log` (None by default): when set, every hash dropped from the cache (an eviction) and
 `reset_cache` are recorded there as KV-cache events (`events.py`); the manager records the
@@ -41,8 +45,6 @@ class BlockPool:
                  fifo_free: bool = False) -> None:
         if num_blocks < 1:
             raise ValueError(f"num_blocks must be >= 1, got {num_blocks}")
-        if fifo_free and enable_caching:
-            raise ValueError("fifo_free needs enable_caching=False (cache hits leave the middle)")
         self.num_blocks = num_blocks
         self.enable_caching = enable_caching
         self._ref = [0] * num_blocks
@@ -131,7 +133,8 @@ class BlockPool:
         order: contiguous allocation extends a request's run of ids with it."""
         if not 0 <= block_id < self.num_blocks or self._ref[block_id]:
             return False
-        assert self._fifo is None, "a FIFO free queue hands out its head only"
+        assert self._fifo is None or self.enable_caching, "a FIFO free queue hands out its head only"
+        self._to_lru()
         self._lru.remove(block_id)
         old = self._hash_of[block_id]
         if old is not None:
@@ -174,10 +177,18 @@ class BlockPool:
         """Publish a full block's hash; False if caching is off or another block has it already."""
         if not self.enable_caching or block_hash in self.cached:
             return False
+        self._to_lru()
         assert self._hash_of[block_id] is None, f"block {block_id} already carries a hash"
         self._hash_of[block_id] = block_hash
         self.cached[block_hash] = block_id
         return True
+
+    def _to_lru(self) -> None:
+        """Leave the FIFO queue (caching on, no hash published yet) for the LRU queue, in the
+        same order: from now on a cache hit may take a free block out of the middle."""
+        if self._fifo is not None:
+            self._lru = _LruQueue.of(self.num_blocks, self._fifo.ids())
+            self._fifo = None
 
     def reset_cache(self) -> None:
         """Forget every cached hash (e.g. after weights change); used blocks keep their KV."""
@@ -281,6 +292,17 @@ class _LruQueue:
             self._ids, self._base, self._head = live, 0, 0
             for i, b in enumerate(live):
                 self._pos[b] = i
+
+    @classmethod
+    def of(cls, num_blocks: int, free_ids: list[int]) -> _LruQueue:
+        """A queue holding `free_ids`, in that order, of blocks 0..num_blocks-1."""
+        queue = cls(0)
+        queue._ids = list(free_ids)
+        queue._pos = [-1] * num_blocks
+        for i, b in enumerate(free_ids):
+            queue._pos[b] = i
+        queue.num_free = len(free_ids)
+        return queue
 
     def ids(self) -> list[int]:
         """The free blocks in queue order."""

@@ -39,8 +39,7 @@ class KVCacheManager:
     def __init__(self, num_blocks: int, block_size: int, *, enable_caching: bool = True,
                  num_host_blocks: int = 0, contiguous: bool = False,
                  host_reuse: bool = False) -> None:
-        self.pool = BlockPool(num_blocks, enable_caching=enable_caching,
-                              fifo_free=not enable_caching and not contiguous)
+        self.pool = BlockPool(num_blocks, enable_caching=enable_caching, fifo_free=not contiguous)
         self.block_size = block_size
         self.contiguous = contiguous
         self.host = HostCache(num_host_blocks) if host_reuse else None
