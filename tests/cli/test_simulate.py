@@ -145,6 +145,15 @@ def test_workers_say_why_a_run_stays_in_one_process(capsys):
     assert "one process (router 'least_load' reads replica state)" in capsys.readouterr().out
 
 
+def test_a_trace_shorter_than_num_requests_says_so(tmp_path, capsys):
+    trace = write_trace(tmp_path, n=30)
+    assert main(["simulate", "--trace", str(trace), "--num-requests", "50", "--quiet"]) == 0
+    err = capsys.readouterr().err
+    assert "trace.jsonl holds 30 requests, fewer than the 50 asked for (--num-requests)" in err
+    assert main(["simulate", "--trace", str(trace), "--num-requests", "30", "--quiet"]) == 0
+    assert "fewer than" not in capsys.readouterr().err
+
+
 def test_workers_must_be_positive(capsys):
     with pytest.raises(SystemExit):
         main(["simulate", "--workers", "0"])

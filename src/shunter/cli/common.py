@@ -329,6 +329,11 @@ def load_specs(scenario: Scenario) -> list[RequestSpec]:
     path = resolve_trace(wl.trace, scenario.base_dir)
     specs = load_workload(path, wl.format, num_requests=wl.num_requests, rate=wl.rate,
                           seed=wl.seed, zero_tokens=wl.zero_tokens)
+    if wl.num_requests is not None and len(specs) < wl.num_requests:  # a timed trace ended
+        console.print(f"note: {path.name} holds {len(specs)} requests, fewer than the "
+                      f"{wl.num_requests} asked for (--num-requests): all {len(specs)} run (only a "
+                      "length file samples its rows again to reach any count)", style="yellow",
+                      highlight=False, soft_wrap=True)
     lora = scenario.sim.lora_config
     if lora is not None and lora.num_adapters:  # adapters drawn for the requests ([lora])
         specs = assign_loras(specs, lora.num_adapters, zipf=lora.zipf, seed=wl.seed)
