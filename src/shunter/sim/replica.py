@@ -3,12 +3,11 @@
 A step in flight may be the first of a steady decode run (`sim.decode_run`): the replica
 then plans the run's remaining steps at once, with their exact end times, and applies them in
 bulk when the run ends. When the next step is steady already (nothing waits, every running
-request decodes), the run starts without a real first step (`begin_steady_run`). The run is
-cut short at the step in flight when a new request is routed here; until it ends, `view()`
-reports the state step by step would have at that time. Under a policy that stops requests
-from probes of their progress (`EarlyStoppingPolicy`), a run also ends before the first step
-that reaches a probe point (`SimExecutor.steps_until_probe`): that step is taken for real, so
-the policy sees its probes.
+request decodes), the run starts without a real first step (`begin_steady_run`). A request
+routed here cuts the run short at the step in flight; until it ends, `view()` reports the
+state step by step would have then. Under a policy that stops requests from probes of their
+progress (`EarlyStoppingPolicy`), a run also ends before the first step that reaches a probe
+point (`SimExecutor.steps_until_probe`), taken for real so the policy sees its probes.
 Results are identical to stepping one by one (`fast_forward=False`), which the tests check.
 With `pp` > 1 pipeline stages, up to `pp` batches are in flight (`sim.pipeline`), step by step.
 """
@@ -95,36 +94,30 @@ class SimReplica:
     def view(self, with_speeds: bool = True) -> ReplicaView:
         """This replica's load now; its speed fields None unless `with_speeds` (the router
         reads them: `router.interface.reads_speeds`)."""
-        scheduler = self.scheduler
+        scheduler, flight = self.scheduler, self._in_flight
         running = scheduler.running
         running_tokens = sum([r.num_tokens for r in running])
         free_blocks = scheduler.kv.num_free_blocks
-        flight = self._in_flight
-        if flight is not None and flight.output is None:
-            # step by step has applied `done` steps of the steady run and scheduled the next
-            done = self._steps_done(flight)
-            running_tokens += len(flight.run_ids) * done
-            free_blocks -= blocks_for_steps(self.scheduler, done + 1, is_applied=True)
-        elif flight is not None and len(flight.end_times_s) > 1:
+        if flight is not None and (flight.output is None or len(flight.end_times_s) > 1):
             done = self._steps_done(flight)  # steps of the run that step by step has applied
-            if done:
-                running_tokens += len(flight.run_ids) * done
-                free_blocks -= blocks_for_steps(self.scheduler, min(done, len(flight.end_times_s) - 1))
+            running_tokens += len(flight.run_ids) * done
+            if flight.output is None:  # ... and it has scheduled the next
+                free_blocks -= blocks_for_steps(scheduler, done + 1, is_applied=True)
+            elif done:
+                free_blocks -= blocks_for_steps(scheduler, min(done, len(flight.end_times_s) - 1))
         if self.priority_headroom is not None:
             high, blocks = self.priority_headroom
-            free_blocks -= blocks * sum(1 for r in self.scheduler.running if r.priority <= high)
-        config = scheduler.config
-        return ReplicaView(replica_id=self.replica_id, num_waiting=len(scheduler.waiting),
-                           num_running=len(running), num_waiting_tokens=scheduler.num_waiting_tokens,
-                           num_running_tokens=running_tokens, num_free_blocks=free_blocks,
-                           num_total_blocks=config.num_blocks,
-                           block_size=config.block_size, taken_at_s=self.clock.now(),
-                           prefill_tokens_per_s=(self._speeds.prefill_tokens_per_s
-                                                 if with_speeds else None),
-                           decode_step_s=(self._speeds.decode_step_s(len(running), running_tokens)
-                                          if with_speeds else None),
-                           max_num_seqs=config.max_num_seqs,
-                           lora_ids=frozenset() if (lora := self.executor.lora) is None else lora.lora_ids)
+            free_blocks -= blocks * sum(1 for r in running if r.priority <= high)
+        config, speeds, lora = scheduler.config, self._speeds, self.executor.lora
+        return ReplicaView(
+            replica_id=self.replica_id, num_waiting=len(scheduler.waiting),
+            num_running=len(running), num_waiting_tokens=scheduler.num_waiting_tokens,
+            num_running_tokens=running_tokens, num_free_blocks=free_blocks,
+            num_total_blocks=config.num_blocks, block_size=config.block_size,
+            taken_at_s=self.clock.now(), max_num_seqs=config.max_num_seqs,
+            prefill_tokens_per_s=speeds.prefill_tokens_per_s if with_speeds else None,
+            decode_step_s=speeds.decode_step_s(len(running), running_tokens) if with_speeds else None,
+            lora_ids=frozenset() if lora is None else lora.lora_ids)
 
     def add(self, spec: RequestSpec, *, predicted_output_tokens: float | None = None,
             dispatched_s: float | None = None, server_s: float = 0.0) -> RequestRecord | None:
