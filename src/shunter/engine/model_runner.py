@@ -19,6 +19,7 @@ import torch
 from shunter.core.types import RequestId
 from shunter.engine.model.attention import AttentionMetadata, PrefillSegment
 from shunter.engine.model.llama import KVCache, LlamaForCausalLM
+from shunter.engine.model.native import load_kernel
 
 __all__ = ["ChunkInput", "ModelRunner"]
 
@@ -61,6 +62,9 @@ class ModelRunner:
                                             device=self.device)  # grown on demand
         self.kv_caches: list[KVCache] = [(self.kv[i, 0], self.kv[i, 1])
                                          for i in range(config.num_layers)]
+        # decodes read the cache in place where the native kernel applies (native.py)
+        native_fits = self.device.type == "cpu" and self.dtype == torch.bfloat16
+        self.native = load_kernel() if native_fits else None
 
     @property
     def kv_bytes_per_block(self) -> int:
@@ -139,7 +143,10 @@ class ModelRunner:
         meta = AttentionMetadata(
             kv_rows=self._kv_rows(self._tensor(slots), bs), prefills=prefills,
             num_prefill_tokens=len(input_ids) - len(decode_chunks))
-        if decode_chunks:
+        if decode_chunks and self.native is not None:
+            meta.native = self.native
+            meta.decode_tables, meta.decode_lengths = self._native_tables(decode_chunks)
+        elif decode_chunks:
             meta.decode_kv_index, meta.decode_mask = self._decode_tables(decode_chunks)
             meta.decode_kv_buffer = self._decode_buffer(meta.decode_kv_index.numel())
         logit_rows = [last_row[i] for i, c in enumerate(chunks) if c.is_sampling]
@@ -166,6 +173,14 @@ class ModelRunner:
         # keys past the longest context are never attended: the mask's width cuts them off
         mask = torch.arange(max(lengths), device=self.device) < lens.unsqueeze(1)
         return index, self._additive(mask)[:, None, None, :]
+
+    def _native_tables(self, decodes: list[ChunkInput]) -> tuple[torch.Tensor, torch.Tensor]:
+        lengths = [c.num_tokens_after for c in decodes]
+        max_blocks = -(-max(lengths) // self.block_size)
+        tables = [list(c.block_ids[:max_blocks]) + [0] * (max_blocks - len(c.block_ids[:max_blocks]))
+                  for c in decodes]
+        return (torch.tensor(tables, dtype=torch.int32),
+                torch.tensor(lengths, dtype=torch.int32))
 
     def _decode_buffer(self, num_rows: int) -> torch.Tensor:
         if self.decode_kv_buffer.shape[1] < num_rows:

@@ -3,7 +3,8 @@
 Layout of one step's tokens: every prefill chunk's tokens first (one segment per request),
 then one token per decoding request. The K/V of the new tokens are written into their cache
 slots first; attention then reads each request's whole context back through its block table.
-Decodes run as one batched attention over a padded gather of their keys, laid out per KV head
+Decodes run in the native kernel where it applies (native.py: bfloat16 on CPU, keys read in
+place), else as one batched attention over a padded gather of their keys, laid out per KV head
 ([decodes, kv_heads, length, head_dim]); prefill chunks run one segment at a time (a step has
 few of them). The same tensor code runs on CPU and CUDA.
 
@@ -21,6 +22,8 @@ from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
+
+from shunter.engine.model.native import NativeKernel, decode_attention
 
 __all__ = ["AttentionMetadata", "PrefillSegment", "paged_attention", "write_kv"]
 
@@ -56,6 +59,15 @@ class AttentionMetadata:
     # [2, >= decode_kv_index.numel(), block_size * head_dim]: where every layer gathers its decode
     # keys and values in turn (a buffer the runner keeps: no per-layer allocation to fault in).
     decode_kv_buffer: torch.Tensor | None = None
+    # With the native kernel (native.py: bfloat16 on CPU) instead of the three above:
+    # [num_decodes, max_blocks] int32 block ids and [num_decodes] int32 context lengths.
+    native: NativeKernel | None = None
+    decode_tables: torch.Tensor | None = None
+    decode_lengths: torch.Tensor | None = None
+
+    @property
+    def has_decodes(self) -> bool:
+        return self.decode_kv_index is not None or self.decode_tables is not None
 
 
 def write_kv(k_cache: torch.Tensor, v_cache: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
@@ -69,15 +81,18 @@ def write_kv(k_cache: torch.Tensor, v_cache: torch.Tensor, k: torch.Tensor, v: t
 def paged_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, k_cache: torch.Tensor,
                     v_cache: torch.Tensor, meta: AttentionMetadata, scale: float) -> torch.Tensor:
     """q: [num_tokens, num_heads, head_dim]; k/v: this step's keys/values. Returns q's shape."""
-    if not meta.prefills and meta.decode_kv_index is not None:  # all decodes: no copy
+    if not meta.prefills and meta.has_decodes:  # all decodes: no copy
         return _decode_attention(q, k_cache, v_cache, meta, scale)
     out = torch.empty_like(q)
     for seg in meta.prefills:
         lo, hi = seg.query_start, seg.query_start + seg.num_query_tokens
         out[lo:hi] = _prefill_attention(q[lo:hi], k[lo:hi], v[lo:hi], k_cache, v_cache, seg, scale)
-    if meta.decode_kv_index is not None:
+    if meta.has_decodes:
         lo = meta.num_prefill_tokens
-        out[lo:] = _decode_attention(q[lo:], k_cache, v_cache, meta, scale)
+        if meta.native is not None:  # writes its rows of `out` in place
+            _decode_attention(q[lo:], k_cache, v_cache, meta, scale, out[lo:])
+        else:
+            out[lo:] = _decode_attention(q[lo:], k_cache, v_cache, meta, scale)
     return out
 
 
@@ -115,7 +130,12 @@ def _prefill_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, k_cach
 
 
 def _decode_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor,
-                      meta: AttentionMetadata, scale: float) -> torch.Tensor:
+                      meta: AttentionMetadata, scale: float,
+                      out: torch.Tensor | None = None) -> torch.Tensor:
+    if meta.native is not None:
+        assert meta.decode_tables is not None and meta.decode_lengths is not None
+        return decode_attention(meta.native, q, k_cache, v_cache, meta.decode_tables,
+                                meta.decode_lengths, scale, out)
     # One query per request: fold the query heads sharing a KV head into the "query length"
     # axis, so GQA needs no repeated keys and all decodes go through one fused attention call.
     # Keys past the longest context are cut off (a view: rows keep unit stride).
