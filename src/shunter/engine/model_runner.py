@@ -92,7 +92,8 @@ class ModelRunner:
         if not logit_rows:
             return torch.empty(0, self.model.config.vocab_size)
         rows = torch.tensor(logit_rows, dtype=torch.long, device=self.device)
-        return self.model.compute_logits(hidden.index_select(0, rows))
+        return self.model.compute_logits(hidden.index_select(0, rows),
+                                         exact=not meta.has_decodes)
 
     @torch.inference_mode()
     def prompt_logits(self, token_ids: Sequence[int],

@@ -13,6 +13,7 @@ from torch import nn
 
 from shunter.engine.model.attention import AttentionMetadata, paged_attention, write_kv
 from shunter.engine.model.config import LlamaConfig
+from shunter.engine.model.packed import linear
 from shunter.engine.model.rope import RotaryEmbedding
 
 __all__ = ["KVCache", "LlamaDecoderLayer", "LlamaForCausalLM", "RMSNorm"]
@@ -62,7 +63,8 @@ class LlamaDecoderLayer(nn.Module):
     def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, cache: KVCache,
                 meta: AttentionMetadata) -> torch.Tensor:
         num_tokens = x.shape[0]
-        qkv = self.qkv_proj(self.input_layernorm(x))
+        exact = not meta.has_decodes  # see packed.py: steps with decodes need not be
+        qkv = linear(self.qkv_proj, self.input_layernorm(x), exact)
         # q and k sit side by side in qkv: rotate both heads' blocks in one pass.
         qk = qkv[:, :self.q_size + self.kv_size].view(num_tokens, -1, self.head_dim)
         q, k = RotaryEmbedding.apply(qk, cos, sin).split((self.num_heads, self.num_kv_heads), dim=1)
@@ -70,9 +72,9 @@ class LlamaDecoderLayer(nn.Module):
         k_cache, v_cache = cache
         write_kv(k_cache, v_cache, k, v, meta.kv_rows)
         attn = paged_attention(q, k, v, k_cache, v_cache, meta, self.scale)
-        x = x + self.o_proj(attn.reshape(num_tokens, self.q_size))
-        gate, up = self.gate_up_proj(self.post_attention_layernorm(x)).chunk(2, dim=-1)
-        return x + self.down_proj(F.silu(gate) * up)
+        x = x + linear(self.o_proj, attn.reshape(num_tokens, self.q_size), exact)
+        gate, up = linear(self.gate_up_proj, self.post_attention_layernorm(x), exact).chunk(2, dim=-1)
+        return x + linear(self.down_proj, F.silu(gate) * up, exact)
 
 
 class LlamaForCausalLM(nn.Module):
@@ -98,6 +100,6 @@ class LlamaForCausalLM(nn.Module):
             x = layer(x, cos, sin, cache, meta)
         return self.norm(x)
 
-    def compute_logits(self, hidden: torch.Tensor) -> torch.Tensor:
-        """Float32 logits [num_rows, vocab_size]."""
-        return self.lm_head(hidden).float()
+    def compute_logits(self, hidden: torch.Tensor, exact: bool = True) -> torch.Tensor:
+        """Float32 logits [num_rows, vocab_size] (`exact`: see packed.py)."""
+        return linear(self.lm_head, hidden, exact).float()
