@@ -40,7 +40,8 @@ lint: $(VENV)/.test-installed
 
 # What installs and tests leave in the tree, .bench/ aside (see clean-bench). Outside the tree
 # they leave pytest's own temporary folders (/tmp/pytest-of-<user>, the last 3 runs, pruned by
-# pytest) and the SmolLM2 model cache (~/.cache/shunter/models, 94 MB, fetched once).
+# pytest), the SmolLM2 model cache (~/.cache/shunter/models, 94 MB, fetched once) and the
+# engine's compiled attention kernel (~/.cache/shunter/kernels, 24 KB per source version).
 clean:
 	rm -rf $(VENV) build dist src/*.egg-info .pytest_cache .ruff_cache .hypothesis
 	find . -path ./.bench -prune -o -name __pycache__ -type d -prune -exec rm -rf {} +

@@ -28,6 +28,7 @@ import platform
 import shutil
 import subprocess
 import tempfile
+import threading
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -58,7 +59,7 @@ class NativeKernel:
         self._fn = fn
         self.isa = int(self._lib.shunter_decode_attention_isa())
         self._pool: ThreadPoolExecutor | None = None
-        self._pool_size = 0
+        self._pool_lock = threading.Lock()
 
     def run(self, q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor,
             tables: torch.Tensor, lengths: torch.Tensor, scale: float,
@@ -79,20 +80,21 @@ class NativeKernel:
             self._check(self._fn(*args, 0, num_decodes, *tail))
             return
         bounds = [num_decodes * t // threads for t in range(threads + 1)]
-        pool = self._threads(threads - 1)
+        pool = self._threads()
         futures = [pool.submit(self._fn, *args, bounds[t], bounds[t + 1], *tail)
                    for t in range(1, threads)]
         self._check(self._fn(*args, 0, bounds[1], *tail))
         for future in futures:
             self._check(future.result())
 
-    def _threads(self, n: int) -> ThreadPoolExecutor:
-        if self._pool is None or self._pool_size < n:
-            if self._pool is not None:
-                self._pool.shutdown(wait=False)
-            self._pool = ThreadPoolExecutor(n, thread_name_prefix="shunter-attention")
-            self._pool_size = n
-        return self._pool
+    def _threads(self) -> ThreadPoolExecutor:
+        """One pool for every engine in the process (they share this kernel), never replaced
+        while another engine's thread may be submitting to it; threads start on demand."""
+        with self._pool_lock:
+            if self._pool is None:
+                self._pool = ThreadPoolExecutor(max(1, (os.cpu_count() or 1) - 1),
+                                                thread_name_prefix="shunter-attention")
+            return self._pool
 
     @staticmethod
     def _check(rc: int) -> None:
