@@ -195,3 +195,14 @@ def test_router_params_reach_the_router_and_unknown_keys_are_named(tmp_path, cap
     assert main(["simulate", "--num-requests", "5", "--router", "random", "--router-params",
                  '{"sed": 1}', "--quiet"]) == 2
     assert "'sed'" in capsys.readouterr().err
+
+
+def test_a_trace_naming_adapters_without_lora_flags_is_refused(tmp_path, capsys):
+    trace = tmp_path / "lora.jsonl"
+    trace.write_text('{"timestamp": 0, "input_length": 100, "output_length": 10, "lora_id": "sql"}\n'
+                     '{"timestamp": 0.5, "input_length": 100, "output_length": 10}\n')
+    assert main(["simulate", "--trace", str(trace), "--quiet"]) == 2
+    err = " ".join(capsys.readouterr().err.split())
+    assert "1 request names LoRA adapters (lora_id, e.g. 'sql')" in err
+    assert "--max-loras" in err
+    assert main(["simulate", "--trace", str(trace), "--max-loras", "1", "--quiet"]) == 0

@@ -51,11 +51,9 @@ def test_same_seed_same_run():
         fingerprint(simulate(config, lora_workload(2)))
 
 
-def test_adapters_cost_time_and_without_lora_they_are_ignored():
+def test_adapters_cost_time():
     specs = lora_workload(3)
     plain = simulate(SimConfig(num_replicas=2), varied_workload(3, n=150))
-    ignored = simulate(SimConfig(num_replicas=2), specs)  # no [lora]: base-model requests
-    assert fingerprint(plain) == fingerprint(ignored)
     served = simulate(SimConfig(num_replicas=2, lora={"max_loras": 2}), specs)
     assert statistics.mean(r.e2e_s for r in served.records) > \
         statistics.mean(r.e2e_s for r in plain.records)
@@ -87,3 +85,12 @@ def test_the_lora_table_is_read_and_checked():
         scenario_from_dict({"scheduler": {"max_loras": 2}})
     with pytest.raises(ConfigError, match="roofline"):
         scenario_from_dict({"lora": {}, "cluster": {"cost_model": "profile"}})
+
+
+def test_adapters_without_a_lora_table_are_refused_not_run_as_the_base_model():
+    """A trace's lora_id in a scenario without [lora] used to run as the base model silently."""
+    specs = lora_workload(3)
+    with pytest.raises(ConfigError, match=r"120 requests name LoRA adapters .* add a \[lora\]"):
+        simulate(SimConfig(num_replicas=2), specs)
+    with pytest.raises(ConfigError, match=r"LoRA adapters \(lora_id, e.g. 'lora-"):
+        simulate(SimConfig(num_replicas=2), iter(specs))  # lazy: at its first such request

@@ -15,9 +15,9 @@ from shunter.sim.stream import RecordSpill
 from shunter.workload.lora import assign_loras
 
 
-def workload(n: int, seed: int = 5, rate: float = 12.0) -> list[RequestSpec]:
+def workload(n: int, seed: int = 5, rate: float = 12.0, loras: bool = False) -> list[RequestSpec]:
     specs = poisson_specs(n, seed=seed, rate=rate, outputs=(1, 5, 40, 200, 900))
-    return assign_loras(specs, 6, zipf=1.0, seed=seed)  # (only the LoRA config reads them)
+    return assign_loras(specs, 6, zipf=1.0, seed=seed) if loras else specs
 
 
 def by_request(records: list) -> list[tuple]:
@@ -42,7 +42,7 @@ CONFIGS = {
 @pytest.mark.parametrize("name", sorted(CONFIGS))
 @pytest.mark.parametrize("workers", [2, 3])
 def test_split_run_equals_one_process(name, workers):
-    config, specs = CONFIGS[name], workload(160)
+    config, specs = CONFIGS[name], workload(160, loras=CONFIGS[name].lora is not None)
     one = simulate(config, specs)
     split = simulate_parallel(config, lambda: iter(specs), workers=workers)
     assert by_request(split.records) == by_request(one.records)

@@ -37,8 +37,9 @@ import numpy as np
 
 from shunter.core.sched.interface import SchedulerOutput, StepResult
 from shunter.core.types import ExpertProfile, ProbeTrace, RequestId, StepShape
+from shunter.errors import ConfigError
 from shunter.sim.cost.interface import CostModel
-from shunter.sim.cost.lora import AdapterCache
+from shunter.sim.cost.lora import AdapterCache, no_adapters_message
 
 __all__ = ["SIM_TOKEN_ID", "SimExecutor", "num_block_runs"]
 
@@ -94,9 +95,11 @@ class SimExecutor:
                  expert_profile: ExpertProfile | None = None, lora_id: str | None = None) -> None:
         """Tell the executor a request's true output length (the trace's, `num_sampled` tokens
         of it already sampled elsewhere), if probing, its certainty trace, and its experts."""
-        self._remaining[request_id] = num_output_tokens
-        if lora_id is not None and self.lora is not None:
+        if lora_id is not None:
+            if self.lora is None:
+                raise ConfigError(no_adapters_message(None, lora_id))
             self.lora.register(request_id, lora_id)
+        self._remaining[request_id] = num_output_tokens
         if expert_profile is not None:
             self._profiles[request_id] = expert_profile
         if self.acceptance_rate is not None:  # (str seeds hash with SHA-512: stable across runs)

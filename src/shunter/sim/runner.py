@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 
 from shunter.core.clock import ManualClock
@@ -20,7 +20,7 @@ from shunter.sim.budget import budget_for_tbt
 from shunter.sim.cluster import ClusterTopology, ProgressFn, RecordFn, SimCluster
 from shunter.sim.config import ReplicaGroup, SimConfig
 from shunter.sim.cost.interface import CostModel
-from shunter.sim.cost.lora import AdapterCache, LoraCostModel
+from shunter.sim.cost.lora import AdapterCache, LoraCostModel, no_adapters_message
 from shunter.sim.cost.registry import make_cost_model
 from shunter.sim.cost.speculative import speculative_cost_model
 from shunter.sim.executor import SimExecutor
@@ -196,6 +196,8 @@ def simulate(config: SimConfig, specs: Iterable[RequestSpec], *,
     empty, and memory does not grow with the number of requests (`shunter.sim.stream`).
     A cluster too large for this machine's memory is refused first (`check_cluster_memory`)."""
     check_cluster_memory(config)
+    if config.lora is None and isinstance(specs, Sequence):
+        check_no_adapters(specs)
     cluster = build_cluster(config)
     end_s = [0.0]  # when the last request finished: the end of autoscaling's cost window
     if cluster.autoscaler is not None and on_record is not None:
@@ -212,6 +214,16 @@ def simulate(config: SimConfig, specs: Iterable[RequestSpec], *,
     events = [] if cluster.autoscaler is None else cluster.autoscaler.events
     return SimRun(records, cluster.num_routed, preemptions, cluster.step_log,
                   topology_stats(cluster, end_s[0]), events)
+
+
+def check_no_adapters(specs: Sequence[RequestSpec]) -> None:
+    """Refuse a workload that names LoRA adapters when the scenario models none: its requests
+    would run as the base model without a word (a lazy workload is refused by the executor, at
+    its first such request)."""
+    named = [s for s in specs if s.lora_id is not None]
+    if named:
+        raise ConfigError(no_adapters_message(len(named), named[0].lora_id))
+
 
 
 def topology_stats(cluster: SimCluster, end_s: float = 0.0) -> dict[str, float]:

@@ -43,7 +43,7 @@ from shunter.sim.cost.roofline import KERNEL_FIXED_S, SWAP_COPY_LATENCY_S, Roofl
 from shunter.workload.lora import DEFAULT_LORA_ZIPF
 
 __all__ = ["DEFAULT_MAX_LORAS", "DEFAULT_MAX_LORA_RANK", "LORA_STORAGE_BYTES_S", "AdapterCache",
-           "LoraConfig", "LoraCostModel", "lora_slices"]
+           "LoraConfig", "LoraCostModel", "lora_slices", "no_adapters_message"]
 
 DEFAULT_MAX_LORAS = 1  # vLLM's LoRAConfig.max_loras
 DEFAULT_MAX_LORA_RANK = 16  # vLLM's LoRAConfig.max_lora_rank
@@ -288,3 +288,11 @@ class AdapterCache:
         if used != self._last:
             return None
         return self.cost.compute_s(num_tokens, len(used))
+
+
+def no_adapters_message(count: int | None, example: str | None) -> str:
+    """The error for a workload that names adapters in a scenario without [lora]."""
+    many = ("requests name" if count is None else
+            "1 request names" if count == 1 else f"{count:,} requests name")
+    return (f"the workload's {many} LoRA adapters (lora_id, e.g. {example!r}) but the scenario "
+            "models none: add a [lora] table or --max-loras (or drop lora_id from the trace)")
