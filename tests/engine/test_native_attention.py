@@ -17,7 +17,7 @@ from shunter.engine.model.attention import (  # noqa: E402
     paged_attention,
 )
 
-KERNEL = native.load_kernel() if native.os.environ.get(native.ATTENTION_ENV) != "torch" else None
+KERNEL = native.load_kernel()  # None without a compiler or with SHUNTER_ATTENTION=torch
 needs_kernel = pytest.mark.skipif(KERNEL is None, reason="no C compiler: the kernel is not built")
 
 
@@ -56,8 +56,8 @@ def random_case(seed: int, *, num_decodes: int, num_heads: int, num_kv_heads: in
 def run_native(kernel, q, k_cache, v_cache, tables, lengths, scale):
     width = max(len(t) for t in tables)
     padded = torch.tensor([t + [0] * (width - len(t)) for t in tables], dtype=torch.int32)
-    return native.decode_attention(kernel, q, k_cache, v_cache, padded,
-                                   torch.tensor(lengths, dtype=torch.int32), scale)
+    return kernel.run(q, k_cache, v_cache, padded, torch.tensor(lengths, dtype=torch.int32),
+                      scale)
 
 
 def assert_close_to_reference(got, expected) -> None:
@@ -144,3 +144,4 @@ def test_without_a_compiler_pytorch_runs_and_says_so(monkeypatch, tmp_path, capl
 def test_attention_env_torch_turns_the_kernel_off(monkeypatch) -> None:
     monkeypatch.setenv(native.ATTENTION_ENV, "torch")
     assert native.load_kernel() is None
+

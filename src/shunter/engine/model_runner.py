@@ -164,10 +164,7 @@ class ModelRunner:
                               block_table=self._tensor(c.block_ids[:num_blocks]), causal_mask=mask)
 
     def _decode_tables(self, decodes: list[ChunkInput]) -> tuple[torch.Tensor, torch.Tensor]:
-        lengths = [c.num_tokens_after for c in decodes]
-        max_blocks = -(-max(lengths) // self.block_size)
-        tables = [list(c.block_ids[:max_blocks]) + [0] * (max_blocks - len(c.block_ids[:max_blocks]))
-                  for c in decodes]
+        lengths, tables = self._padded_tables(decodes)
         lens = self._tensor(lengths)
         heads = torch.arange(self.num_kv_heads, device=self.device).view(1, -1, 1)
         index = self._tensor(tables).unsqueeze(1) * self.num_kv_heads + heads  # see AttentionMetadata
@@ -176,12 +173,17 @@ class ModelRunner:
         return index, self._additive(mask)[:, None, None, :]
 
     def _native_tables(self, decodes: list[ChunkInput]) -> tuple[torch.Tensor, torch.Tensor]:
+        lengths, tables = self._padded_tables(decodes)
+        return (torch.tensor(tables, dtype=torch.int32),
+                torch.tensor(lengths, dtype=torch.int32))
+
+    def _padded_tables(self, decodes: list[ChunkInput]) -> tuple[list[int], list[list[int]]]:
+        """Each decode's context length, and its blocks up to the longest's, padded with 0."""
         lengths = [c.num_tokens_after for c in decodes]
         max_blocks = -(-max(lengths) // self.block_size)
         tables = [list(c.block_ids[:max_blocks]) + [0] * (max_blocks - len(c.block_ids[:max_blocks]))
                   for c in decodes]
-        return (torch.tensor(tables, dtype=torch.int32),
-                torch.tensor(lengths, dtype=torch.int32))
+        return lengths, tables
 
     def _decode_buffer(self, num_rows: int) -> torch.Tensor:
         if self.decode_kv_buffer.shape[1] < num_rows:

@@ -23,7 +23,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from shunter.engine.model.native import NativeKernel, decode_attention
+from shunter.engine.model.native import NativeKernel
 
 __all__ = ["AttentionMetadata", "PrefillSegment", "paged_attention", "write_kv"]
 
@@ -89,10 +89,7 @@ def paged_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, k_cache: 
         out[lo:hi] = _prefill_attention(q[lo:hi], k[lo:hi], v[lo:hi], k_cache, v_cache, seg, scale)
     if meta.has_decodes:
         lo = meta.num_prefill_tokens
-        if meta.native is not None:  # writes its rows of `out` in place
-            _decode_attention(q[lo:], k_cache, v_cache, meta, scale, out[lo:])
-        else:
-            out[lo:] = _decode_attention(q[lo:], k_cache, v_cache, meta, scale)
+        _decode_attention(q[lo:], k_cache, v_cache, meta, scale, out[lo:])
     return out
 
 
@@ -132,10 +129,11 @@ def _prefill_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, k_cach
 def _decode_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor,
                       meta: AttentionMetadata, scale: float,
                       out: torch.Tensor | None = None) -> torch.Tensor:
+    """Into `out` if given (the decode rows of a mixed step's output); returns the result."""
     if meta.native is not None:
         assert meta.decode_tables is not None and meta.decode_lengths is not None
-        return decode_attention(meta.native, q, k_cache, v_cache, meta.decode_tables,
-                                meta.decode_lengths, scale, out)
+        return meta.native.run(q, k_cache, v_cache, meta.decode_tables, meta.decode_lengths,
+                               scale, out)
     # One query per request: fold the query heads sharing a KV head into the "query length"
     # axis, so GQA needs no repeated keys and all decodes go through one fused attention call.
     # Keys past the longest context are cut off (a view: rows keep unit stride).
@@ -147,6 +145,6 @@ def _decode_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Ten
     keys = _gather(k_cache, meta.decode_kv_index, k_out)[:, :, :length]
     values = _gather(v_cache, meta.decode_kv_index, v_out)[:, :, :length]
     queries = q.view(num_decodes, num_kv_heads, group, head_dim)
-    out = F.scaled_dot_product_attention(queries, keys, values, attn_mask=meta.decode_mask,
-                                         scale=scale)
-    return out.reshape(num_decodes, num_heads, head_dim)
+    result = F.scaled_dot_product_attention(queries, keys, values, attn_mask=meta.decode_mask,
+                                            scale=scale).reshape(num_decodes, num_heads, head_dim)
+    return result if out is None else out.copy_(result)

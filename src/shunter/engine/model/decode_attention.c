@@ -28,9 +28,6 @@
 
 #define MAX_GROUP 16
 #define MAX_HEAD_DIM 256
-#ifndef PREFETCH_BLOCKS
-#define PREFETCH_BLOCKS 1
-#endif
 
 static inline float bf16_to_f32(uint16_t x) {
     uint32_t u = (uint32_t)x << 16;
@@ -257,10 +254,9 @@ int shunter_decode_attention_bf16(
                 const int n = length - pos < block_size ? length - pos : block_size;
                 /* blocks are scattered: fetch the next block's keys and this block's values
                  * (read after the softmax) ahead, which the hardware prefetcher cannot guess */
-                for (int ahead = 1; ahead <= PREFETCH_BLOCKS; ahead++)
-                    if (pos + ahead * block_size < length)
-                        prefetch_rows(k_cache + ((int64_t)table[pos / block_size + ahead] *
-                                                 num_kv_heads + h) * head_rows, head_rows);
+                if (pos + block_size < length) /* (two blocks ahead measured no faster) */
+                    prefetch_rows(k_cache + ((int64_t)table[pos / block_size + 1] *
+                                             num_kv_heads + h) * head_rows, head_rows);
                 prefetch_rows(v_cache + ((int64_t)table[pos / block_size] * num_kv_heads + h) *
                                             head_rows, (int64_t)n * head_dim);
                 qk_rows(qh, group, keys, n, head_dim, scale, scores + pos, length);
@@ -277,10 +273,9 @@ int shunter_decode_attention_bf16(
             { /* the next (request, KV head)'s first keys, while this one's values are read */
                 const int32_t ni = h + 1 < num_kv_heads ? i : i + 1;
                 const int nh = h + 1 < num_kv_heads ? h + 1 : 0;
-                if (ni < end)
-                    for (int b = 0; b < PREFETCH_BLOCKS && b * block_size < lengths[ni]; b++)
-                        prefetch_rows(k_cache + ((int64_t)tables[(int64_t)ni * max_blocks + b] *
-                                                 num_kv_heads + nh) * head_rows, head_rows);
+                if (ni < end && lengths[ni] > 0)
+                    prefetch_rows(k_cache + ((int64_t)tables[(int64_t)ni * max_blocks] *
+                                             num_kv_heads + nh) * head_rows, head_rows);
             }
             /* weighted values */
             for (int32_t pos = 0; pos < length; pos += block_size) {

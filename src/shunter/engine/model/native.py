@@ -35,7 +35,7 @@ from pathlib import Path
 
 import torch
 
-__all__ = ["ATTENTION_ENV", "NativeKernel", "decode_attention", "load_kernel"]
+__all__ = ["ATTENTION_ENV", "NativeKernel", "load_kernel"]
 
 log = logging.getLogger(__name__)
 
@@ -64,13 +64,16 @@ class NativeKernel:
 
     def run(self, q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor,
             tables: torch.Tensor, lengths: torch.Tensor, scale: float,
-            out: torch.Tensor) -> None:
+            out: torch.Tensor | None = None) -> torch.Tensor:
         """out[i] = attention of q[i] ([num_heads, head_dim]) over the first lengths[i] keys of
-        request i's blocks (`tables[i]`); all bfloat16 on the CPU, tables/lengths int32."""
+        request i's blocks (`tables[i]`); all bfloat16 on the CPU, tables/lengths int32. Into
+        `out` if given (a new tensor otherwise); returns it."""
         num_decodes, num_heads, head_dim = q.shape
         _, num_kv_heads, block_size, _ = k_cache.shape
         if q.stride(2) != 1 or q.stride(1) != head_dim:
             q = q.contiguous()
+        if out is None:
+            out = torch.empty(q.shape, dtype=q.dtype, device=q.device)
         assert out.is_contiguous() and k_cache.is_contiguous() and v_cache.is_contiguous()
         assert tables.dtype == torch.int32 and lengths.dtype == torch.int32
         args = (q.data_ptr(), q.stride(0), k_cache.data_ptr(), v_cache.data_ptr(),
@@ -79,7 +82,7 @@ class NativeKernel:
         threads = min(torch.get_num_threads(), num_decodes // _MIN_DECODES_PER_THREAD)
         if threads <= 1:
             self._check(self._fn(*args, 0, num_decodes, *tail))
-            return
+            return out
         bounds = [num_decodes * t // threads for t in range(threads + 1)]
         pool = self._threads()
         futures = [pool.submit(self._fn, *args, bounds[t], bounds[t + 1], *tail)
@@ -87,6 +90,7 @@ class NativeKernel:
         self._check(self._fn(*args, 0, bounds[1], *tail))
         for future in futures:
             self._check(future.result())
+        return out
 
     def _threads(self) -> ThreadPoolExecutor:
         """One pool for every engine in the process (they share this kernel), never replaced
@@ -154,12 +158,3 @@ def _cpu_flags() -> bytes:
         pass
     return platform.processor().encode()
 
-
-def decode_attention(kernel: NativeKernel, q: torch.Tensor, k_cache: torch.Tensor,
-                     v_cache: torch.Tensor, tables: torch.Tensor, lengths: torch.Tensor,
-                     scale: float, out: torch.Tensor | None = None) -> torch.Tensor:
-    """`NativeKernel.run` into `out` (a new tensor if None); returns it."""
-    if out is None:
-        out = torch.empty(q.shape, dtype=q.dtype, device=q.device)
-    kernel.run(q, k_cache, v_cache, tables, lengths, scale, out)
-    return out
