@@ -145,3 +145,8 @@ def test_attention_env_torch_turns_the_kernel_off(monkeypatch) -> None:
     monkeypatch.setenv(native.ATTENTION_ENV, "torch")
     assert native.load_kernel() is None
 
+
+def test_an_unknown_attention_choice_is_refused(monkeypatch) -> None:
+    monkeypatch.setenv(native.ATTENTION_ENV, "flash")
+    with pytest.raises(native.ConfigError, match="SHUNTER_ATTENTION='flash': use 'native'"):
+        native.load_kernel()

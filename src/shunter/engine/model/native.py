@@ -35,6 +35,8 @@ from pathlib import Path
 
 import torch
 
+from shunter.errors import ConfigError
+
 __all__ = ["ATTENTION_ENV", "NativeKernel", "load_kernel"]
 
 log = logging.getLogger(__name__)
@@ -114,7 +116,10 @@ _loaded: dict[tuple[str, ...], NativeKernel | None] = {}
 def load_kernel(extra_flags: tuple[str, ...] = ()) -> NativeKernel | None:
     """The compiled kernel (built on first use), or None: chosen off, or no compiler. Once
     per process and flags."""
-    if os.environ.get(ATTENTION_ENV, "native") == "torch" and not extra_flags:
+    choice = os.environ.get(ATTENTION_ENV) or "native"
+    if choice not in ("native", "torch"):
+        raise ConfigError(f"{ATTENTION_ENV}={choice!r}: use 'native' (the default) or 'torch'")
+    if choice == "torch" and not extra_flags:
         return None
     if extra_flags not in _loaded:
         _loaded[extra_flags] = _build(extra_flags)
