@@ -312,6 +312,8 @@ def probe(port: int, cwd: Path, env: dict[str, str]) -> None:
         status, out = run_shell(substituted(command.text).replace(PORT, str(port)), cwd, env,
                                 120)
         assert status == 0 and '"choices"' in out, f"{command.text}\n{out[-3000:]}"
+        if "capital of France" in command.text and '"temperature":0' in command.text:
+            assert "Paris" in out, out[-3000:]  # issue 17: greedy answers correctly in bf16
     has_openai = subprocess.run(["python", "-c", "import openai"], env=env,
                                 capture_output=True, check=False).returncode == 0
     for body in PYTHON_PROBES:
