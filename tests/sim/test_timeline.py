@@ -1,4 +1,4 @@
-"""TokenTimes must read exactly like the list of floats it replaces."""
+"""TokenTimes must read exactly like the list of floats it replaces; GapTally must count their gaps."""
 
 from __future__ import annotations
 
@@ -8,8 +8,9 @@ import numpy as np
 import pytest
 
 from shunter.metrics.columns import to_columns
+from shunter.metrics.itl import GapCounts
 from shunter.metrics.record import RequestRecord
-from shunter.sim.timeline import StepTimeline, TokenTimes, add_range
+from shunter.sim.timeline import GapTally, StepTimeline, TokenTimes, add_range
 
 
 def build(seed: int) -> tuple[TokenTimes, list[float]]:
@@ -117,3 +118,47 @@ def test_trimmed_steps_keep_live_token_times():
     live.add(later, later + 1)
     assert list(live) == [3.0, 4.0, 5.0] and live[0] == 3.0 and live[-1] == 5.0
     assert np.array_equal(np.asarray(live), [3.0, 4.0, 5.0])
+
+
+@pytest.mark.parametrize("settle_steps", [1, 7, 1 << 15])
+@pytest.mark.parametrize("seed", range(6))
+def test_a_gap_tally_counts_the_gaps_of_each_requests_token_times(seed, settle_steps):
+    """Requests on one timeline, some in several ranges, some with a speculative step's
+    repeated token, finishing in random order while the timeline is trimmed as a streamed
+    run trims it: the tally's (gap, count) pairs are exactly np.diff of every request's token
+    times, counted."""
+    rng = random.Random(seed)
+    timeline = StepTimeline()
+    tally = GapTally(timeline, settle_steps=settle_steps)
+    live: list[TokenTimes] = []
+    expected: list[float] = []
+    for _ in range(400):
+        step = timeline.append(len(timeline) * 0.25 + rng.random() * 0.2)  # distinct and repeated gaps
+        if rng.random() < 0.3:
+            live.append(TokenTimes(timeline))
+        for times in live:
+            last = times._bounds[-1] if times.num_ranges else None
+            if rng.random() < 0.15:
+                continue  # a prefill-only step: this one gets no token
+            if last == step and rng.random() < 0.5:
+                times.add(step - 1, step + 1)  # a repeated token in the same step
+            else:
+                times.add(step, step + 1)
+        for times in [t for t in live if rng.random() < 0.05]:
+            live.remove(times)
+            expected.extend(np.diff(np.asarray(times)).tolist())
+            tally.add(times)
+        if rng.random() < 0.1:  # trim as `SimReplica.trim_timeline` does
+            firsts = [t.first_step for t in live if t.first_step is not None]
+            timeline.trim(min(firsts, default=len(timeline)))
+    for times in live:
+        expected.extend(np.diff(np.asarray(times)).tolist())
+        tally.add(times)
+    tally.settle_all()
+    counted = GapCounts()
+    for gaps, counts in tally.settled:
+        counted.add_counts(gaps, counts)
+    truth = GapCounts.of(np.array(expected))
+    assert truth.counts.sum() > 1000
+    np.testing.assert_array_equal(counted.values, truth.values)
+    np.testing.assert_array_equal(counted.counts, truth.counts)

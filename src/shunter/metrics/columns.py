@@ -111,17 +111,28 @@ def _rejection_groups(records: list[RequestRecord]) -> dict[str, RejectionGroup]
             for reason, group in sorted(lengths.items())}
 
 
-def to_columns(records: Iterable[RequestRecord]) -> RecordColumns:
-    """Extract every field the metrics need from `records` in one pass per field."""
+def to_columns(records: Iterable[RequestRecord], *, token_times: bool = True) -> RecordColumns:
+    """Extract every field the metrics need from `records` in one pass per field. Without
+    `token_times`, only each record's first and last token times are read (the token arrays
+    stay empty: `has_token_times` is False)."""
     recs = records if isinstance(records, list) else list(records)
     n = len(recs)
     num_out = np.fromiter((len(r.token_times_s) for r in recs), dtype=np.int64, count=n)
-    offsets = np.zeros(n + 1, dtype=np.int64)
-    np.cumsum(num_out, out=offsets[1:])
     reasons = [r.finish_reason for r in recs]
     tenant_index, tenant_names = _tenant_column(recs)
     rejections = _rejection_groups(recs)
-    token_times_s = _token_column(recs, num_out)
+    if token_times:
+        offsets = np.zeros(n + 1, dtype=np.int64)
+        np.cumsum(num_out, out=offsets[1:])
+        token_times_s = _token_column(recs, num_out)
+        first_token_s = _token_at(num_out, token_times_s, offsets[:-1])
+        last_token_s = _token_at(num_out, token_times_s, offsets[1:] - 1)
+    else:
+        offsets, token_times_s = np.empty(0, dtype=np.int64), np.empty(0, dtype=np.float64)
+        first_token_s = _float_column([r.token_times_s[0] if len(r.token_times_s) else None
+                                       for r in recs])
+        last_token_s = _float_column([r.token_times_s[-1] if len(r.token_times_s) else None
+                                      for r in recs])
     return RecordColumns(
         arrival_s=np.fromiter((r.arrival_s for r in recs), dtype=np.float64, count=n),
         first_scheduled_s=_float_column([r.first_scheduled_s for r in recs]),
@@ -130,8 +141,8 @@ def to_columns(records: Iterable[RequestRecord]) -> RecordColumns:
         num_cached_tokens=np.fromiter((r.num_cached_tokens for r in recs), np.int64, count=n),
         num_preemptions=np.fromiter((r.num_preemptions for r in recs), np.int64, count=n),
         num_output_tokens=num_out,
-        first_token_s=_token_at(num_out, token_times_s, offsets[:-1]),
-        last_token_s=_token_at(num_out, token_times_s, offsets[1:] - 1),
+        first_token_s=first_token_s,
+        last_token_s=last_token_s,
         token_offsets=offsets,
         token_times_s=token_times_s,
         is_completed=np.fromiter((x in COMPLETED_REASONS for x in reasons), dtype=bool, count=n),

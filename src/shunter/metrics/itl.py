@@ -62,6 +62,11 @@ class GapCounts:
             values, counts = np.unique(gaps, return_counts=True)
             self._push(values, counts.astype(np.int64))
 
+    def add_counts(self, gaps: np.ndarray, counts: np.ndarray) -> None:
+        """Count in `gaps[i]` `counts[i]` times each (values in any order, repeats allowed)."""
+        if gaps.size:
+            self._push(gaps, counts.astype(np.int64, copy=False))
+
     def merge(self, other: GapCounts) -> None:
         """Count another multiset in."""
         if other.values.size:
@@ -76,12 +81,26 @@ class GapCounts:
     def _merge(self) -> None:
         if not self._pending:
             return
-        parts = [(self._values, self._counts), *self._pending]
+        gaps = np.concatenate([v for v, _ in self._pending])
+        weights = np.concatenate([c for _, c in self._pending])
         self._pending, self._pending_size = [], 0
-        merged, inverse = np.unique(np.concatenate([v for v, _ in parts]), return_inverse=True)
-        total = np.zeros(merged.size, dtype=np.int64)
-        np.add.at(total, inverse, np.concatenate([c for _, c in parts]))
-        self._values, self._counts = merged, total
+        new, inverse = np.unique(gaps, return_inverse=True)
+        new_counts = np.bincount(inverse, weights=weights, minlength=new.size).astype(np.int64)
+        del gaps, weights, inverse  # (float64 sums of int64 counts: exact below 2^53 gaps)
+        if not self._values.size:
+            self._values, self._counts = new, new_counts
+            return
+        # both sorted and distinct: add the counts of values already held, insert the others
+        # (a merge in place of one sort of everything: peak memory about twice the values held,
+        # not six times)
+        at = np.searchsorted(self._values, new)
+        held = at < self._values.size
+        held[held] = self._values[at[held]] == new[held]
+        self._counts[at[held]] += new_counts[held]
+        fresh = ~held
+        if fresh.any():
+            self._values = np.insert(self._values, at[fresh], new[fresh])
+            self._counts = np.insert(self._counts, at[fresh], new_counts[fresh])
 
     def stats(self) -> LatencyStats:
         return LatencyStats.of_counts(self.values, self.counts)

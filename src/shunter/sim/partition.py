@@ -163,7 +163,7 @@ def _run_part(config: SimConfig, make_specs: Callable[[], Iterable[RequestSpec]]
     sink = None if sink_token_times is None else ColumnSink(keep_token_times=sink_token_times)
     if sink is not None:
         records = cluster.run(own(make_specs()), on_record=sink)
-        sink.columns()  # joined in the worker, sent as a few arrays
+        sink.finish()  # gaps counted and columns joined in the worker, sent as a few arrays
     elif spill_dir is None:
         records = cluster.run(own(make_specs()))
     else:

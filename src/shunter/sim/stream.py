@@ -22,10 +22,10 @@ need every token and are not computed here: run without streaming for those.
 
 from __future__ import annotations
 
+import math
 import shutil
 import tempfile
 from collections.abc import Mapping
-from dataclasses import replace
 from pathlib import Path
 from typing import Any, BinaryIO
 
@@ -37,6 +37,7 @@ from shunter.metrics.itl import GapCounts, itl_gaps
 from shunter.metrics.record import COMPLETED_REASONS, RequestRecord
 from shunter.metrics.stats import LatencyStats, safe_ratio
 from shunter.metrics.summary import Summary, summarize_columns
+from shunter.sim.timeline import GapTally, TokenTimes
 
 __all__ = ["RECORD_ROW", "ColumnSink", "RecordSpill"]
 
@@ -186,9 +187,15 @@ class ColumnSink:
     unless `keep_token_times` (the max service gap between tenants reads every token; without
     them a run of two or more tenants cannot be summarized, and says so). `summary()` equals
     `summarize(records)` of the same records to the bit, in whatever order they came.
+
+    Without `keep_token_times`, a record whose token times are ranges of a replica's step
+    timeline (`TokenTimes`, every request that stayed on its replica) never has them copied:
+    its gaps are counted a step at a time on that timeline (`GapTally`: 20M gaps of a
+    100,000-request run are about 2M steps' values) and only its first and last token times
+    and token count are kept.
     """
 
-    __slots__ = ("_parts", "_pending", "chunk_records", "gaps", "keep_token_times",
+    __slots__ = ("_parts", "_pending", "_tallies", "chunk_records", "gaps", "keep_token_times",
                  "num_records")
 
     def __init__(self, *, keep_token_times: bool, chunk_records: int = 512) -> None:
@@ -198,24 +205,42 @@ class ColumnSink:
         self.num_records = 0
         self._parts: list[RecordColumns] = []
         self._pending: list[RequestRecord] = []
+        self._tallies: dict[int, GapTally] = {}  # by id() of the timeline each counts
 
     def __call__(self, record: RequestRecord) -> None:
-        """Take one finished record (its token times are copied now: a streamed run's step
+        """Take one finished record (its token times are read now: a streamed run's step
         timeline forgets them later)."""
-        record.token_times_s = np.asarray(record.token_times_s, dtype=np.float64)  # type: ignore[assignment]
+        times = record.token_times_s
+        if self.keep_token_times or type(times) is not TokenTimes:
+            record.token_times_s = np.asarray(times, dtype=np.float64)  # type: ignore[assignment]
+        else:
+            if record.finish_reason in COMPLETED_REASONS:
+                tally = self._tallies.get(id(times.timeline))
+                if tally is None:
+                    tally = self._tallies[id(times.timeline)] = GapTally(times.timeline)
+                tally.add(times)
+            record.token_times_s = _Ends(times)  # type: ignore[assignment]
         self._pending.append(record)
         self.num_records += 1
         if len(self._pending) >= self.chunk_records:
             self._flush()
 
     def _flush(self) -> None:
+        for tally in self._tallies.values():
+            for gaps, counts in tally.settled:
+                self.gaps.add_counts(gaps, counts)
+            tally.settled.clear()
         if not self._pending:
             return
-        cols = to_columns(self._pending)
-        self._pending = []
-        self.gaps.add(itl_gaps(cols))
-        if not self.keep_token_times:
-            cols = replace(cols, token_offsets=_NO_TOKENS.astype(np.int64), token_times_s=_NO_TOKENS)
+        pending, self._pending = self._pending, []
+        if self.keep_token_times:
+            cols = to_columns(pending)
+            self.gaps.add(itl_gaps(cols))
+        else:
+            copied = [r for r in pending if type(r.token_times_s) is not _Ends]
+            if copied:  # token times of another kind, copied whole
+                self.gaps.add(itl_gaps(to_columns(copied)))
+            cols = to_columns(pending, token_times=False)
         self._parts.append(cols)
         # join as it goes, every 2^18 records: a few arrays, not one set per chunk (small
         # chunks keep the token times and gaps of a flush small: 512 records of 200 tokens
@@ -223,10 +248,19 @@ class ColumnSink:
         if len(self._parts) * self.chunk_records >= 1 << 18:
             self._parts = [self.columns()]
 
+    def finish(self) -> RecordColumns:
+        """Every record taken has been counted: settle the gaps not yet counted (call once the
+        run is over) and return the columns."""
+        for tally in self._tallies.values():
+            tally.settle_all()
+        self._flush()
+        self._tallies.clear()
+        return self.columns()
+
     def absorb(self, other: ColumnSink) -> None:
         """Take another sink's records after this one's (a split run's workers)."""
-        other._flush()
-        self._flush()
+        other.finish()
+        self.finish()
         self._parts.extend(other._parts)
         self.gaps.merge(other.gaps)
         self.num_records += other.num_records
@@ -241,5 +275,27 @@ class ColumnSink:
     def summary(self, *, ttft_slo_s: float | None = None, tpot_slo_s: float | None = None,
                 tenant_weights: Mapping[str, float] | None = None) -> Summary:
         """`summarize(records, ...)` of the records taken."""
-        return summarize_columns(self.columns(), self.gaps, ttft_slo_s=ttft_slo_s,
+        return summarize_columns(self.finish(), self.gaps, ttft_slo_s=ttft_slo_s,
                                  tpot_slo_s=tpot_slo_s, tenant_weights=tenant_weights)
+
+
+class _Ends:
+    """What a `ColumnSink` keeps of a record's token times it counted on the timeline: their
+    number and the first and last (`to_columns(..., token_times=False)` reads no more)."""
+
+    __slots__ = ("first", "last", "num_tokens")
+
+    def __init__(self, times: TokenTimes) -> None:
+        self.num_tokens = n = len(times)
+        self.first = times[0] if n else math.nan
+        self.last = times[n - 1] if n else math.nan
+
+    def __len__(self) -> int:
+        return self.num_tokens
+
+    def __getitem__(self, index: int) -> float:
+        if index == 0:
+            return self.first
+        if index in (-1, self.num_tokens - 1):
+            return self.last
+        raise IndexError("a counted record keeps its first and last token times only")

@@ -9,6 +9,10 @@ bytes per interruption instead of 8 bytes per token (a list of floats costs ~32 
 `TokenTimes` reads like the list it replaces (len, indexing, iteration, equality, numpy
 conversion), so metrics code is unchanged. The values are the very floats step-by-step
 recording stores; nothing is recomputed.
+
+`GapTally` counts finished requests' inter-token gaps on the same timeline: a decode step gives
+every request in its batch the same gap, so the gaps of a run (20M for 100,000 requests) are a
+few values per step, each with how many requests' ranges span it.
 """
 
 from __future__ import annotations
@@ -19,7 +23,7 @@ from typing import Any, overload
 
 import numpy as np
 
-__all__ = ["StepTimeline", "TokenTimes", "add_range"]
+__all__ = ["GapTally", "StepTimeline", "TokenTimes", "add_range"]
 
 
 class StepTimeline:
@@ -84,6 +88,10 @@ class TokenTimes(Sequence[float]):
             bounds.append(start)
             bounds.append(stop)
         self._num_tokens += stop - start
+
+    @property
+    def timeline(self) -> StepTimeline:
+        return self._timeline
 
     @property
     def num_ranges(self) -> int:
@@ -175,3 +183,91 @@ def add_range(times: Iterable[Any], start: int, stop: int) -> None:
         else:  # a new range: every running request after a prefill-only step
             bounds += pair  # (array += array: one copy, no per-item conversion)
         t._num_tokens += num_tokens
+
+
+SETTLE_STEPS = 1 << 15  # a tally settles its complete steps in batches at least this long
+
+
+class GapTally:
+    """The inter-token gaps of finished requests on one timeline, counted per step.
+
+    A request's token range [s, e) holds the gaps t[i + 1] - t[i] for s <= i < e - 1: `add`
+    marks them in a difference array over the steps (two writes a range, whatever its length),
+    and a gap between two of its ranges (after a prefill-only step or a speculative step) is
+    kept as it is. Steps before the timeline's base are complete (`trim` forgot them because no
+    live request reads them, so every request that spans them has been added); they are
+    settled into (gap, count) pairs, per step t[i + 1] - t[i] and how many ranges span it: the
+    same floats as `np.diff` of each request's token times, counted. The tally holds its own
+    copy of the step times it may still need, so a trim never takes them from it.
+    """
+
+    __slots__ = ("_base", "_cover", "_times", "settle_steps", "settled", "timeline")
+
+    def __init__(self, timeline: StepTimeline, settle_steps: int = SETTLE_STEPS) -> None:
+        self.timeline = timeline
+        self.settle_steps = settle_steps
+        self._base = timeline.base  # global step index of _times[0] and _cover[0]
+        self._times = array("d")
+        self._cover = array("q")
+        # (gaps, counts) pairs ready to be counted in; cross-range gaps with a count of 1
+        self.settled: list[tuple[np.ndarray, np.ndarray]] = []
+
+    def add(self, times: TokenTimes) -> None:
+        """Count a finished request's gaps (read now: its steps may be trimmed after)."""
+        assert times._timeline is self.timeline, "a tally counts one timeline's requests"
+        bounds = times._bounds
+        if not bounds:
+            return
+        if self.timeline.base - self._base >= self.settle_steps:
+            self._settle(self.timeline.base - self._base)
+        self._copy_through(bounds[len(bounds) - 1])
+        own, cover, base = self._times, self._cover, self._base
+        cross = array("d")
+        for k in range(0, len(bounds), 2):
+            start, stop = bounds[k], bounds[k + 1]
+            if stop - start >= 2:
+                cover[start - base] += 1
+                cover[stop - 1 - base] -= 1
+            if k:
+                cross.append(own[start - base] - own[bounds[k - 1] - 1 - base])
+        if cross:
+            self.settled.append((np.frombuffer(cross, dtype=np.float64),
+                                 np.ones(len(cross), dtype=np.int64)))
+
+    def settle_all(self) -> None:
+        """Settle every step held: call once every request that spans them has been added."""
+        self._settle(len(self._times))
+
+    def _settle(self, num_steps: int) -> None:
+        """Count the first `num_steps` steps held (complete ones) into `settled`; forget them."""
+        held = len(self._times)
+        m = min(num_steps, held)
+        if m <= 0:
+            return
+        counts = np.cumsum(np.frombuffer(self._cover[:m], dtype=np.int64))
+        times = np.frombuffer(self._times[:min(m + 1, held)], dtype=np.float64)
+        gaps = times[1:] - times[:-1]  # a counted step i always holds step i + 1's time
+        spanned = counts[:gaps.size] > 0
+        if spanned.any():
+            self.settled.append((gaps[spanned], counts[:gaps.size][spanned]))
+        carry = int(counts[-1])  # ranges that go on past the cut
+        del self._times[:m]
+        del self._cover[:m]
+        if self._cover:
+            self._cover[0] += carry
+        else:
+            assert carry == 0, "a range outlives the steps held"
+        self._base += m
+
+    def _copy_through(self, stop: int) -> None:
+        """Hold the timeline's step times up to `stop` (exclusive)."""
+        timeline = self.timeline
+        copied = self._base + len(self._times)
+        if copied < timeline.base:
+            # steps [copied, base) were trimmed unread: nothing spans them and every step held
+            # is complete; settle them and hold from the timeline's base on
+            self.settle_all()
+            self._base = copied = timeline.base
+        if stop > copied:
+            self._times.extend(timeline.times_s[copied - timeline.base:stop - timeline.base])
+            self._cover.frombytes(bytes(8 * (stop - copied)))  # zeros
