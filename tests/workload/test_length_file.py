@@ -7,6 +7,8 @@ import pytest
 from shunter.core.types import RequestSpec
 from shunter.errors import WorkloadError
 from shunter.workload import iter_workload, load_workload
+from shunter.workload.length_file import LengthWorkload
+from shunter.workload.loaders import load_requests
 
 LENGTHS = (
     "num_prefill_tokens,num_decode_tokens,num_total_tokens,pd_ratio\n"
@@ -99,3 +101,25 @@ def test_real_length_files(traces_dir) -> None:
         num_requests=40000, rate=10.0, seed=0)
     assert len(arxiv) == 40000
     assert 0.9 * 10.0 < 40000 / arxiv[-1].arrival_s < 1.1 * 10.0
+
+
+@pytest.mark.parametrize("num_requests", [None, 2, 3, 50])
+def test_a_replayed_length_workload_is_the_loaded_list_on_every_pass(write_file, num_requests):
+    """`load_requests` holds a re-timed length file's rows, not its requests: each pass makes
+    the very requests `load_workload` lists (ids, lengths, arrivals), and its len is theirs."""
+    path = write_file("l.csv", LENGTHS)
+    listed = load_workload(path, "lengths", num_requests=num_requests, rate=2.5, seed=4)
+    replayed = load_requests(path, None, num_requests=num_requests, rate=2.5, seed=4)
+    assert isinstance(replayed, LengthWorkload)
+    assert len(replayed) == len(listed)
+    assert list(replayed) == listed == list(replayed)
+    assert listed[-1] in replayed
+    # without a rate (arrivals at 0, or the file's own) it is the list itself
+    assert load_requests(path, "lengths", num_requests=num_requests) == load_workload(
+        path, "lengths", num_requests=num_requests)
+
+
+def test_a_replayed_length_workload_checks_its_rows_when_loaded(write_file):
+    path = write_file("l.csv", LENGTHS + "12,x,1,1\n")
+    with pytest.raises(WorkloadError, match="num_decode_tokens"):
+        load_requests(path, "lengths", num_requests=10, rate=1.0)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import os
 import time
+from collections.abc import Collection
 from dataclasses import asdict
 from typing import Any
 
@@ -32,6 +33,7 @@ from shunter.sim.config import SimConfig
 from shunter.sim.partition import partition_blocker, simulate_parallel
 from shunter.sim.runner import SimRun, simulate
 from shunter.sim.stream import ColumnSink
+from shunter.workload.length_file import LengthWorkload
 
 __all__ = ["autoscale_lines", "auto_workers", "run_compare", "run_simulate"]
 
@@ -44,7 +46,15 @@ def auto_workers(scenario: Scenario, num_requests: int) -> int:
     return max(1, min(os.cpu_count() or 1, scenario.sim.num_replicas_total))
 
 
-def _run(scenario: Scenario, specs: list[RequestSpec], label: str, quiet: bool,
+def _one_tenant(specs: Collection[RequestSpec]) -> bool:
+    if isinstance(specs, LengthWorkload):
+        return True  # a length file names no tenant (and is not read again to see it)
+    tenants = (s.tenant for s in specs)
+    first = next(tenants, None)
+    return all(t == first for t in tenants)
+
+
+def _run(scenario: Scenario, specs: Collection[RequestSpec], label: str, quiet: bool,
          workers: int | None = None) -> tuple[SimRun, Summary, float]:
     """One run and its summary. From `AUTO_STREAM_MIN_REQUESTS` requests on, finished records
     are not kept: a `ColumnSink` takes each as it finishes (the same summary to the bit, in a
@@ -54,8 +64,7 @@ def _run(scenario: Scenario, specs: list[RequestSpec], label: str, quiet: bool,
         workers = auto_workers(scenario, len(specs))
     sink = None
     if len(specs) >= AUTO_STREAM_MIN_REQUESTS:
-        first_tenant = specs[0].tenant
-        sink = ColumnSink(keep_token_times=any(s.tenant != first_tenant for s in specs))
+        sink = ColumnSink(keep_token_times=not _one_tenant(specs))
     blocker = partition_blocker(scenario.sim) if workers > 1 else "one worker"
     if blocker is None:
         if not quiet:

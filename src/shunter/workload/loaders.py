@@ -26,14 +26,19 @@ import csv
 import dataclasses
 import itertools
 import warnings
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Collection, Iterable, Iterator
 from pathlib import Path
 
 from shunter.core.types import RequestSpec
 from shunter.errors import ConfigError, WorkloadError
 from shunter.workload.arrival import STREAM_ARRIVALS, iter_arrival_times, seeded_rng
 from shunter.workload.jsonl import iter_jsonl
-from shunter.workload.length_file import LENGTH_COLUMNS, has_arrival_column, iter_lengths
+from shunter.workload.length_file import (
+    LENGTH_COLUMNS,
+    LengthWorkload,
+    has_arrival_column,
+    iter_lengths,
+)
 from shunter.workload.parse import LoadOptions, LoadReport, ZeroLengthWarning, open_text
 from shunter.workload.sharegpt import SHAREGPT_COLUMNS, iter_sharegpt
 from shunter.workload.timed_csv import AZURE_COLUMNS, VTC_COLUMNS, iter_azure, iter_vtc
@@ -43,6 +48,7 @@ __all__ = [
     "TraceLoader",
     "detect_format",
     "iter_workload",
+    "load_requests",
     "load_workload",
     "retime",
 ]
@@ -152,6 +158,25 @@ def iter_workload(path: str | Path, fmt: str | None = None, *, num_requests: int
     open_text(path).close()  # a missing file fails here, not at the first next()
     report = report if report is not None else LoadReport()
     return _counted(loader(path, options, report), report, str(path))
+
+
+def load_requests(path: str | Path, fmt: str | None = None, *, num_requests: int | None = None,
+                  rate: float | None = None, seed: int = 0, zero_tokens: str = "error",
+                  ) -> Collection[RequestSpec]:
+    """`load_workload`'s requests, not necessarily held: a length file given a `rate` is a
+    `LengthWorkload` (its rows read and checked now, its requests made again on each pass, the
+    same ones), any other trace the list."""
+    name = fmt if fmt is not None else detect_format(path)
+    if name != "lengths" or rate is None:
+        return load_workload(path, name, num_requests=num_requests, rate=rate, seed=seed,
+                             zero_tokens=zero_tokens)
+    options = LoadOptions(num_requests=num_requests, rate=rate, seed=seed, zero_tokens=zero_tokens)
+    open_text(path).close()  # a missing file: the same error as load_workload's
+    report = LoadReport()
+    workload = LengthWorkload(path, options, report)
+    if report.num_clamped:
+        warnings.warn(ZeroLengthWarning(report.summary(str(path))), stacklevel=2)
+    return workload
 
 
 def load_workload(path: str | Path, fmt: str | None = None, *, num_requests: int | None = None,
