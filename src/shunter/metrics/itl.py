@@ -17,6 +17,8 @@ from shunter.metrics.stats import LatencyStats
 
 __all__ = ["GapCounts", "itl_gaps"]
 
+MERGE_BATCH = 1 << 16
+
 
 def itl_gaps(cols: RecordColumns) -> np.ndarray:
     """Gaps between consecutive tokens of the same completed request, pooled."""
@@ -29,8 +31,9 @@ def itl_gaps(cols: RecordColumns) -> np.ndarray:
 
 class GapCounts:
     """A multiset of gaps: distinct values (ascending) and how often each occurs. Chunks are
-    counted as they come and merged in batches about the size of what is already merged, so
-    each gap is re-sorted O(log) times, not once per chunk."""
+    counted as they come and merged into what is held in batches of `MERGE_BATCH` values (a
+    batch is sorted, then inserted: the values held are copied once a batch, never sorted
+    again, and a merge's peak memory is about the values held plus a batch)."""
 
     __slots__ = ("_counts", "_pending", "_pending_size", "_values")
 
@@ -75,7 +78,7 @@ class GapCounts:
     def _push(self, values: np.ndarray, counts: np.ndarray) -> None:
         self._pending.append((values, counts))
         self._pending_size += values.size
-        if self._pending_size >= max(self._values.size, 1 << 18):
+        if self._pending_size >= MERGE_BATCH:
             self._merge()
 
     def _merge(self) -> None:
