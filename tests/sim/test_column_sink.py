@@ -34,6 +34,13 @@ CONFIGS = {
     "memory pressure, rejections": SimConfig(num_blocks=400, scheduler={"max_model_len": 2048}),
     "round robin, prefill-first": SimConfig(num_replicas=3, router="round_robin", scheduler={
         "enable_chunked_prefill": False, "enable_prefix_caching": False}),
+    # requests that move (their token times spliced, not ranges of one timeline), steps that
+    # give a request several tokens, and pipelined batches
+    "llumnix migration": SimConfig(num_replicas=3, router="llumnix", num_blocks=400, migration={
+        "interval_s": 0.2, "out_threshold": 10, "in_threshold": 10}),  # ~20 requests move
+    "speculative decoding": SimConfig(num_replicas=2, speculative={
+        "method": "ngram", "num_speculative_tokens": 3, "acceptance_rate": 0.6, "seed": 1}),
+    "two pipeline stages": SimConfig(num_replicas=2, pp=2),
 }
 
 

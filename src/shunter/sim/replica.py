@@ -14,6 +14,7 @@ With `pp` > 1 pipeline stages, up to `pp` batches are in flight (`sim.pipeline`)
 
 from __future__ import annotations
 
+from array import array
 from bisect import bisect_right
 from collections.abc import Sequence
 
@@ -338,6 +339,9 @@ class SimReplica:
         """Take a running request out, with its record and true remaining length."""
         assert self._in_flight is None, "detach between steps only"
         request, record = self._live.pop(request_id)
+        # its token times so far, copied now: until it lands on another replica no trim of this
+        # replica's timeline waits for it (a streamed run lost the tokens of requests in transit)
+        record.token_times_s = array("d", record.token_times_s)  # type: ignore[assignment]
         handover.detach(self.scheduler, request_id)
         num_remaining = self.executor.steps_until_stop([request_id])
         probe_trace = self.executor.probe_trace(request_id)
