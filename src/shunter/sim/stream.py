@@ -46,7 +46,6 @@ RECORD_ROW = np.dtype([
     ("last_token_s", "<f8"), ("finish_s", "<f8"), ("num_output_tokens", "<i8"),
     ("is_completed", "?"),
 ])
-_NO_TOKENS = np.empty(0, dtype=np.float64)
 _ROWS_PER_CHUNK = 65536
 _SUMMARY_ROWS = 1 << 20  # rows read at once by `summary`
 
