@@ -84,6 +84,9 @@ SKIPS: list[tuple[str, str]] = [
     (r"^python -m benchmarks\.sim_vs_vidur\b",
      "installs Vidur 0.0.26 in its own venv and runs 100,000 requests through it (~9 min for "
      "Vidur alone); benchmarks/_external/tests covers its parts at small size"),
+    (r"^python -m benchmarks\.plain_vs_vidur\b",
+     "runs Vidur 0.0.26 on 100,000 requests (~10 min); tests/benchmarks/test_plain_vs_vidur.py "
+     "measures Shunter's side small and holds its command to the README's"),
     (r"^python benchmarks/live_vs_sim\.py\b",
      "serves live workloads on CPU engines under two policies and profiles them: 9 min on "
      "2 cores even with --backend engines --quick --only a"),
