@@ -20,18 +20,29 @@ from shunter.core.types import ProbeTrace
 from shunter.metrics.record import RequestRecord
 from shunter.sim.timeline import StepTimeline, TokenTimes
 
-__all__ = ["MovedRequest", "SplicedTokenTimes", "splice_token_times"]
+__all__ = ["MovedRequest", "SplicedTokenTimes"]
 
 
 @dataclass(slots=True)
 class MovedRequest:
-    """A request detached from one replica, not yet attached to another."""
+    """A request detached from one replica, not yet attached to another. Its token times so far
+    are copied out as it leaves: in transit it is live on neither replica, so no trim of the
+    old timeline waits for it (a streamed run lost the tokens of requests in transit)."""
 
     request: Request
     record: RequestRecord
     num_remaining_tokens: int  # true output tokens still to sample (the executor's secret)
     detached_s: float
     probe_trace: ProbeTrace | None = None  # a probed request's certainty trace (also secret)
+
+    def __post_init__(self) -> None:
+        self.record.token_times_s = array("d", self.record.token_times_s)
+
+    def continue_on(self, timeline: StepTimeline) -> None:
+        """Its record's token times: those so far, then `timeline`'s (the new replica's)."""
+        done = self.record.token_times_s
+        assert isinstance(done, array), "copied out when it left"
+        self.record.token_times_s = SplicedTokenTimes(done, TokenTimes(timeline))
 
 
 class SplicedTokenTimes(Sequence[float]):
@@ -91,9 +102,4 @@ class SplicedTokenTimes(Sequence[float]):
 
     def __repr__(self) -> str:
         return f"SplicedTokenTimes({self.tolist()!r})"
-
-
-def splice_token_times(times: Sequence[float], timeline: StepTimeline) -> SplicedTokenTimes:
-    """The token times so far, frozen, continued on `timeline` (the new replica's)."""
-    return SplicedTokenTimes(array("d", times), TokenTimes(timeline))
 

@@ -14,7 +14,6 @@ With `pp` > 1 pipeline stages, up to `pp` batches are in flight (`sim.pipeline`)
 
 from __future__ import annotations
 
-from array import array
 from bisect import bisect_right
 from collections.abc import Sequence
 
@@ -35,7 +34,7 @@ from shunter.sim.decode_run import (
     decode_run_horizon,
 )
 from shunter.sim.executor import SimExecutor
-from shunter.sim.handoff import MovedRequest, splice_token_times
+from shunter.sim.handoff import MovedRequest
 from shunter.sim.pipeline import Pipeline
 from shunter.sim.timeline import StepTimeline, TokenTimes, add_range
 
@@ -339,9 +338,6 @@ class SimReplica:
         """Take a running request out, with its record and true remaining length."""
         assert self._in_flight is None, "detach between steps only"
         request, record = self._live.pop(request_id)
-        # its token times so far, copied now: until it lands on another replica no trim of this
-        # replica's timeline waits for it (a streamed run lost the tokens of requests in transit)
-        record.token_times_s = array("d", record.token_times_s)  # type: ignore[assignment]
         handover.detach(self.scheduler, request_id)
         num_remaining = self.executor.steps_until_stop([request_id])
         probe_trace = self.executor.probe_trace(request_id)
@@ -367,7 +363,7 @@ class SimReplica:
     def _adopt(self, moved: MovedRequest) -> None:
         rid = moved.request.request_id
         record = moved.record
-        record.token_times_s = splice_token_times(record.token_times_s, self._timeline)  # type: ignore[assignment]
+        moved.continue_on(self._timeline)
         record.replica_id = self.replica_id
         self.executor.register(rid, moved.num_remaining_tokens, moved.probe_trace,
                                num_sampled=moved.request.num_output_tokens,
