@@ -222,15 +222,14 @@ class GapTally:
             self._settle(self.timeline.base - self._base)
         self._copy_through(bounds[len(bounds) - 1])
         own, cover, base = self._times, self._cover, self._base
-        cross = array("d")
         for k in range(0, len(bounds), 2):
             start, stop = bounds[k], bounds[k + 1]
             if stop - start >= 2:
                 cover[start - base] += 1
                 cover[stop - 1 - base] -= 1
-            if k:
-                cross.append(own[start - base] - own[bounds[k - 1] - 1 - base])
-        if cross:
+        if len(bounds) > 2:  # the gaps between its ranges, one each
+            cross = array("d", [own[bounds[k] - base] - own[bounds[k - 1] - 1 - base]
+                                for k in range(2, len(bounds), 2)])
             self.settled.append((np.frombuffer(cross, dtype=np.float64),
                                  np.ones(len(cross), dtype=np.int64)))
 
