@@ -25,8 +25,12 @@ from shunter.gateway.remote import RemoteConfig, RemoteEngineClient  # noqa: E40
 
 pytestmark = [pytest.mark.slow, pytest.mark.external]
 
-MAX_TOKENS = 48
-KILL_AFTER_EVENTS = 10
+# The victim must still be generating when it is killed, or the stream ends without a
+# failover: an official CI run saw exactly that with 48 tokens killed after 10 events (the
+# victim had sent all 48 before the client read its 10th). Killed after 2 events of 160,
+# the victim has ~158 tokens (seconds on CPU) left to race the client's reads.
+MAX_TOKENS = 160
+KILL_AFTER_EVENTS = 2
 
 
 @pytest.mark.parametrize("kind", ["chat", "completion"])
