@@ -50,7 +50,8 @@ COMPILED_MODULES = (
     "core/sched/config", "core/sched/headroom",
     "core/sched/interface", "core/sched/limits", "core/sched/plan", "core/sched/queue",
     "core/sched/scheduler", "core/sched/stats",
-    "sim/cluster", "sim/cost/moe", "sim/cost/roofline", "sim/executor", "sim/loop", "sim/replica",
+    "sim/cluster", "sim/cost/moe", "sim/cost/roofline", "sim/executor", "sim/flight", "sim/loop",
+    "sim/replica",
     "sim/decode_run", "sim/timeline",
 )
 MYPY_SPEC = "mypy==1.13.0"  # the mypyc the build is checked with

@@ -19,8 +19,10 @@ __all__ = ["ReplicaView", "RouteDecision", "Router", "is_load_blind", "live_refu
 @dataclass(slots=True, kw_only=True)
 class ReplicaView:
     """A snapshot of one replica's load, as a router may see it (possibly stale). Read-only by
-    contract (routers never write to it); not a frozen dataclass because a simulated cluster
-    builds one per replica per request, and a frozen one costs four times as much to build."""
+    contract: routers never write to it, and keep none past the decision it was given for (a
+    simulated cluster hands a replica's view out again, brought up to date, until its load
+    changes). Not a frozen dataclass because a simulated cluster builds one per replica per
+    request, and a frozen one costs four times as much to build."""
 
     replica_id: int
     num_waiting: int = 0

@@ -14,48 +14,26 @@ With `pp` > 1 pipeline stages, up to `pp` batches are in flight (`sim.pipeline`)
 
 from __future__ import annotations
 
-from bisect import bisect_right
 from collections.abc import Sequence
 
 from shunter.core.clock import Clock
 from shunter.core.request import Request
 from shunter.core.sched import handover
-from shunter.core.sched.interface import RequestOutput, SchedulerOutput, StepResult
+from shunter.core.sched.interface import RequestOutput
 from shunter.core.sched.policy import EarlyStoppingPolicy
 from shunter.core.sched.scheduler import CoreScheduler
 from shunter.core.types import RequestId, RequestSpec
 from shunter.metrics.record import RequestRecord
 from shunter.router.interface import ReplicaView
 from shunter.sim.cost.speed import ReplicaSpeeds
-from shunter.sim.decode_run import (
-    advance_decode_run,
-    begin_steady_run,
-    blocks_for_steps,
-    decode_run_horizon,
-)
+from shunter.sim.decode_run import advance_decode_run, begin_steady_run, decode_run_horizon
 from shunter.sim.executor import SimExecutor
+from shunter.sim.flight import InFlight, LastView, StepLog, log_steps, run_load
 from shunter.sim.handoff import MovedRequest
 from shunter.sim.pipeline import Pipeline
 from shunter.sim.timeline import StepTimeline, TokenTimes, add_range
 
 __all__ = ["SimReplica", "StepLog"]
-
-StepLog = tuple[int, float, float, int, int, int]  # replica, start, end, prefill tokens, decodes, preempted
-
-
-class _InFlight:
-    __slots__ = ("end_times_s", "output", "result", "run_ids", "start_s")
-
-    def __init__(self, output: SchedulerOutput | None, result: StepResult | None,
-                 start_s: float, end_times_s: list[float], run_ids: list[RequestId]) -> None:
-        # the run's first step, scheduled for real; None for a steady run, all of whose steps
-        # are planned decode steps (`begin_steady_run`)
-        self.output = output
-        self.result = result
-        self.start_s = start_s
-        self.end_times_s = end_times_s  # end of the first step, then of each planned decode step
-        self.run_ids = run_ids  # the requests every decode step of the run serves
-
 
 class SimReplica:
     def __init__(self, replica_id: int, scheduler: CoreScheduler, executor: SimExecutor,
@@ -74,7 +52,11 @@ class SimReplica:
         self._pipeline = Pipeline(pp) if pp > 1 else None
         self.generation = 0  # bumped when a run is cut short: older StepDone events are stale
         self._live: dict[RequestId, tuple[Request, RequestRecord]] = {}
-        self._in_flight: _InFlight | None = None
+        self._in_flight: InFlight | None = None
+        # bumped by every call that may change what `view()` reports, but for the passing of
+        # time within a run (`InFlight.steps_done`); `_last_view` is valid while it stands
+        self.stamp = 0
+        self._last_view: LastView | None = None
         self._timeline = StepTimeline()  # every applied step's end: token times index into it
         self._speeds = ReplicaSpeeds(executor.cost_model, scheduler.config.max_num_batched_tokens)
         self._held_s = 0.0  # server time of predictions made here, spent before the next step
@@ -88,36 +70,49 @@ class SimReplica:
         return self._in_flight is not None or (self._pipeline is not None
                                                and len(self._pipeline.batches) > 0)
 
-    def _steps_done(self, flight: _InFlight) -> int:
-        return bisect_right(flight.end_times_s, self.clock.now())
-
-    def view(self, with_speeds: bool = True) -> ReplicaView:
+    def view(self, with_speeds: bool = True, *, reuse: bool = False) -> ReplicaView:
         """This replica's load now; its speed fields None unless `with_speeds` (the router
-        reads them: `router.interface.reads_speeds`)."""
-        scheduler, flight = self.scheduler, self._in_flight
+        reads them: `router.interface.reads_speeds`). With `reuse`, while no call has changed
+        what it reports since the last such call, the view that call returned comes back,
+        brought up to now (for views that live for one routing decision)."""
+        scheduler, flight, now = self.scheduler, self._in_flight, self.clock.now()
+        done = 0 if flight is None else flight.steps_done(now)
+        last = self._last_view
+        if (reuse and last is not None and last.stamp == self.stamp
+                and last.with_speeds == with_speeds and last.headroom is self.priority_headroom):
+            view = last.view
+            view.taken_at_s = now
+            if last.done != done:  # only time has passed, within the flight
+                tokens, blocks = run_load(scheduler, flight, done)
+                view.num_running_tokens = last.running_tokens + tokens
+                view.num_free_blocks = last.free_blocks - blocks
+                if with_speeds:
+                    view.decode_step_s = self._speeds.decode_step_s(view.num_running,
+                                                                    view.num_running_tokens)
+                last.done = done
+            return view
         running = scheduler.running
         running_tokens = sum([r.num_tokens for r in running])
         free_blocks = scheduler.kv.num_free_blocks
-        if flight is not None and (flight.output is None or len(flight.end_times_s) > 1):
-            done = self._steps_done(flight)  # steps of the run that step by step has applied
-            running_tokens += len(flight.run_ids) * done
-            if flight.output is None:  # ... and it has scheduled the next
-                free_blocks -= blocks_for_steps(scheduler, done + 1, is_applied=True)
-            elif done:
-                free_blocks -= blocks_for_steps(scheduler, min(done, len(flight.end_times_s) - 1))
         if self.priority_headroom is not None:
             high, blocks = self.priority_headroom
             free_blocks -= blocks * sum(1 for r in running if r.priority <= high)
+        tokens, blocks = run_load(scheduler, flight, done)
         config, speeds, lora = scheduler.config, self._speeds, self.executor.lora
-        return ReplicaView(
+        view = ReplicaView(
             replica_id=self.replica_id, num_waiting=len(scheduler.waiting),
             num_running=len(running), num_waiting_tokens=scheduler.num_waiting_tokens,
-            num_running_tokens=running_tokens, num_free_blocks=free_blocks,
+            num_running_tokens=running_tokens + tokens, num_free_blocks=free_blocks - blocks,
             num_total_blocks=config.num_blocks, block_size=config.block_size,
-            taken_at_s=self.clock.now(), max_num_seqs=config.max_num_seqs,
+            taken_at_s=now, max_num_seqs=config.max_num_seqs,
             prefill_tokens_per_s=speeds.prefill_tokens_per_s if with_speeds else None,
-            decode_step_s=speeds.decode_step_s(len(running), running_tokens) if with_speeds else None,
+            decode_step_s=(speeds.decode_step_s(len(running), running_tokens + tokens)
+                           if with_speeds else None),
             lora_ids=frozenset() if lora is None else lora.lora_ids)
+        if reuse:
+            self._last_view = LastView(view, self.stamp, done, with_speeds, self.priority_headroom,
+                                       running_tokens, free_blocks)
+        return view
 
     def add(self, spec: RequestSpec, *, predicted_output_tokens: float | None = None,
             dispatched_s: float | None = None, server_s: float = 0.0) -> RequestRecord | None:
@@ -127,6 +122,7 @@ class SimReplica:
         gateway tier released it here, which is the arrival this engine sees (the record keeps
         the request's own arrival). `server_s`: seconds its prediction holds this replica
         (`core.predict.skip`, cost_mode "server"): the next step starts that much later."""
+        self.stamp += 1
         self._held_s += server_s
         record = RequestRecord(
             request_id=spec.request_id, arrival_s=spec.arrival_s,
@@ -157,6 +153,7 @@ class SimReplica:
         """Begin the next step (or decode run) if idle and there is work; returns when it ends.
         With a pipeline: begin batches while there is room; returns when the oldest ends, if
         no event for it is pending yet."""
+        self.stamp += 1
         if self._pipeline is not None:
             return self._start_batches(self._pipeline)
         if self._in_flight is not None or not self.scheduler.has_work:
@@ -181,7 +178,7 @@ class SimReplica:
                 end_times += self.executor.decode_run_end_times(
                     end_times[0], len(run_ids), output.shape.num_decode_context_tokens, num_steps,
                     run_ids)
-        self._in_flight = _InFlight(output, result, start_s, end_times, run_ids)
+        self._in_flight = InFlight(output, result, start_s, end_times, run_ids)
         return end_times[-1]
 
     def _start_batches(self, pipe: Pipeline) -> float | None:
@@ -232,7 +229,7 @@ class SimReplica:
         # step i (1-based) reads the KV of every token computed before it
         end_times = self.executor.decode_run_end_times(start_s, n, context_tokens - n, num_steps,
                                                        run_ids)
-        self._in_flight = _InFlight(None, None, start_s, end_times, run_ids)
+        self._in_flight = InFlight(None, None, start_s, end_times, run_ids)
         return end_times[-1]
 
     def _take_held(self) -> float:
@@ -247,15 +244,16 @@ class SimReplica:
         flight = self._in_flight
         if flight is None or len(flight.end_times_s) == 1:
             return None
-        keep = self._steps_done(flight) + 1
+        keep = flight.steps_done(self.clock.now()) + 1
         if keep >= len(flight.end_times_s):
-            return None
+            return None  # (what `view` reports now stands: the steps done and the one in flight)
         del flight.end_times_s[keep:]
         self.generation += 1
         return flight.end_times_s[-1]
 
     def finish_step(self, log: list[StepLog] | None = None) -> list[RequestRecord]:
         """Apply the step (or run) that just ended; returns the records of finished requests."""
+        self.stamp += 1
         if self._pipeline is not None:
             return self._finish_batch(self._pipeline, log)
         flight = self._in_flight
@@ -263,7 +261,7 @@ class SimReplica:
         self._in_flight = None
         output, end_times = flight.output, flight.end_times_s
         if log is not None:
-            self._log(log, flight)
+            log_steps(log, self.replica_id, flight)
         if output is None:  # a steady run: every step is a bulk decode step
             return self._apply_run(flight, self._timeline.extend(end_times), len(end_times))
         first = self._timeline.append(end_times[0])
@@ -292,7 +290,7 @@ class SimReplica:
                 done.append(self._close(out.request_id, out.finish_reason))
         return done
 
-    def _apply_run(self, flight: _InFlight, first: int, num_steps: int) -> list[RequestRecord]:
+    def _apply_run(self, flight: InFlight, first: int, num_steps: int) -> list[RequestRecord]:
         """Apply a run's `num_steps` bulk steps; its requests' tokens are timeline steps
         [first, end) (`first` may be the run's real first step, already applied)."""
         stopped = self.executor.advance(flight.run_ids, num_steps)
@@ -319,7 +317,7 @@ class SimReplica:
         flight = self._in_flight
         if flight is None or request_id not in flight.run_ids:
             return request.num_computed_tokens
-        return request.num_computed_tokens + self._steps_done(flight)
+        return request.num_computed_tokens + flight.steps_done(self.clock.now())
 
     def prefilled_ids(self) -> list[RequestId]:
         """Running requests that have sampled their first token (a prefill replica's to hand off)."""
@@ -337,6 +335,7 @@ class SimReplica:
     def detach(self, request_id: RequestId) -> MovedRequest:
         """Take a running request out, with its record and true remaining length."""
         assert self._in_flight is None, "detach between steps only"
+        self.stamp += 1
         request, record = self._live.pop(request_id)
         handover.detach(self.scheduler, request_id)
         num_remaining = self.executor.steps_until_stop([request_id])
@@ -350,6 +349,7 @@ class SimReplica:
     def attach(self, moved: MovedRequest) -> bool:
         """Continue a moved request here with its KV (copied in); False if it does not fit."""
         assert self._in_flight is None, "attach between steps only"
+        self.stamp += 1
         if not handover.attach(self.scheduler, moved.request):
             return False
         self._adopt(moved)
@@ -357,6 +357,7 @@ class SimReplica:
 
     def requeue(self, moved: MovedRequest) -> None:
         """Continue a moved request here by recomputing its KV (it could not be copied in)."""
+        self.stamp += 1
         handover.requeue(self.scheduler, moved.request)
         self._adopt(moved)
 
@@ -370,19 +371,6 @@ class SimReplica:
                                expert_profile=moved.request.expert_profile,
                                lora_id=moved.request.lora_id)
         self._live[rid] = (moved.request, record)
-
-    def _log(self, log: list[StepLog], flight: _InFlight) -> None:
-        ends = flight.end_times_s
-        previous = flight.start_s
-        if flight.output is not None:
-            shape = flight.output.shape
-            log.append((self.replica_id, flight.start_s, ends[0], shape.num_prefill_tokens,
-                         shape.num_decode_requests,
-                         len(flight.output.preempted_ids) + len(flight.output.swap_out)))
-            previous, ends = ends[0], ends[1:]
-        for end in ends:
-            log.append((self.replica_id, previous, end, 0, len(flight.run_ids), 0))
-            previous = end
 
     def trim_timeline(self) -> None:
         """Forget step times no live request can read (a streamed run has handed its finished

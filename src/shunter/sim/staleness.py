@@ -27,7 +27,9 @@ class LazyViews(Sequence[ReplicaView]):
 
     A router that looks at one replica (round robin, random) costs O(1) per request instead of
     O(replicas); one that scans them all sees exactly what a list would have held, since nothing
-    changes between the arrival and its routing decision.
+    changes between the arrival and its routing decision. A replica whose load has not
+    changed since the last arrival hands back the view it gave then (`SimReplica.view`'s
+    `reuse`): a router reads these views while it routes, and keeps none.
     """
 
     __slots__ = ("_replicas", "_views", "_with_speeds")
@@ -45,14 +47,14 @@ class LazyViews(Sequence[ReplicaView]):
             return [self[i] for i in range(*index.indices(len(self._replicas)))]
         view = self._views[index]
         if view is None:
-            view = self._views[index] = self._replicas[index].view(self._with_speeds)
+            view = self._views[index] = self._replicas[index].view(self._with_speeds, reuse=True)
         return view
 
     def __iter__(self) -> Iterator[ReplicaView]:
         views, replicas, with_speeds = self._views, self._replicas, self._with_speeds
         for i, view in enumerate(views):
             if view is None:
-                view = views[i] = replicas[i].view(with_speeds)
+                view = views[i] = replicas[i].view(with_speeds, reuse=True)
             yield view
 
 
