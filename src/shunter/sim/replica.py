@@ -14,6 +14,7 @@ With `pp` > 1 pipeline stages, up to `pp` batches are in flight (`sim.pipeline`)
 
 from __future__ import annotations
 
+from bisect import bisect_right
 from collections.abc import Sequence
 
 from shunter.core.clock import Clock
@@ -76,13 +77,15 @@ class SimReplica:
         what it reports since the last such call, the view that call returned comes back,
         brought up to now (for views that live for one routing decision)."""
         scheduler, flight, now = self.scheduler, self._in_flight, self.clock.now()
-        done = 0 if flight is None else flight.steps_done(now)
         last = self._last_view
         if (reuse and last is not None and last.stamp == self.stamp
                 and last.with_speeds == with_speeds and last.headroom is self.priority_headroom):
             view = last.view
             view.taken_at_s = now
-            if last.done != done:  # only time has passed, within the flight
+            done = last.done  # (the same flight, if any: only time has passed)
+            ends = flight.end_times_s if flight is not None else []
+            if done < len(ends) and ends[done] <= now:  # a step of the flight ended since
+                done = bisect_right(ends, now, done)
                 tokens, blocks = run_load(scheduler, flight, done)
                 view.num_running_tokens = last.running_tokens + tokens
                 view.num_free_blocks = last.free_blocks - blocks
@@ -91,6 +94,7 @@ class SimReplica:
                                                                     view.num_running_tokens)
                 last.done = done
             return view
+        done = 0 if flight is None else flight.steps_done(now)
         running = scheduler.running
         running_tokens = sum([r.num_tokens for r in running])
         free_blocks = scheduler.kv.num_free_blocks
