@@ -29,9 +29,13 @@ class InFlight:
         self.end_times_s = end_times_s  # end of the first step, then of each planned decode step
         self.run_ids = run_ids  # the requests every decode step of the run serves
 
-    def steps_done(self, now_s: float) -> int:
-        """Steps of this flight that step by step would have applied by `now_s`."""
-        return bisect_right(self.end_times_s, now_s)
+    def steps_done(self, now_s: float, since: int = 0) -> int:
+        """Steps of this flight that step by step would have applied by `now_s`, knowing that
+        `since` of them were by an earlier time (a bisect only if a step has ended since)."""
+        ends = self.end_times_s
+        if since < len(ends) and ends[since] > now_s:
+            return since
+        return bisect_right(ends, now_s, since)
 
 
 def log_steps(log: list[StepLog], replica_id: int, flight: InFlight) -> None:

@@ -14,7 +14,6 @@ With `pp` > 1 pipeline stages, up to `pp` batches are in flight (`sim.pipeline`)
 
 from __future__ import annotations
 
-from bisect import bisect_right
 from collections.abc import Sequence
 
 from shunter.core.clock import Clock
@@ -82,10 +81,9 @@ class SimReplica:
                 and last.with_speeds == with_speeds and last.headroom is self.priority_headroom):
             view = last.view
             view.taken_at_s = now
-            done = last.done  # (the same flight, if any: only time has passed)
-            ends = flight.end_times_s if flight is not None else []
-            if done < len(ends) and ends[done] <= now:  # a step of the flight ended since
-                done = bisect_right(ends, now, done)
+            # the same flight, if any: only time has passed
+            done = last.done if flight is None else flight.steps_done(now, since=last.done)
+            if done != last.done:
                 tokens, blocks = run_load(scheduler, flight, done)
                 view.num_running_tokens = last.running_tokens + tokens
                 view.num_free_blocks = last.free_blocks - blocks
