@@ -1,6 +1,7 @@
 """The gateway's added latency and sustained rate, side by side with the Rust `vllm-router`.
 
     python benchmarks/gateway_overhead.py [--rates 100,500,1000] [--duration-s 4] [--burst 2000]
+        [--burst-runs 5]
         [--routers shunter:cost,shunter:round_robin,vllm-router:round_robin,vllm-router:cache_aware]
         [--json results/gateway_overhead.json]
 
@@ -17,7 +18,14 @@ router's added latency is its median (p99) minus direct's median (p99) at the sa
   CPU: the router process's user+system time over the run, in % of one core.
 - Burst: `burst` streaming completions (16 tokens, 5 ms apart at the backend) started at once;
   the penalty is the routed median (p99) end-to-end latency minus direct's; errors are counted.
-  CPU: the router process's user+system seconds over the burst.
+  CPU: the router process's user+system seconds over the burst. The burst runs `burst_runs`
+  times, each from a new client that first sends 200 (so 200 connections are open and the
+  rest are opened by the burst); each figure is the median over the runs, and the added p50
+  of each run is listed. A single run is a coin toss on 2 cores: the load generator, the
+  backends and the router share them, and a burst settles into one of two regimes (the router
+  relays each event as it comes and takes requests in slowly, so streams finish in arrival
+  order; or it takes them all in first and every stream finishes near the end), whose
+  medians differ by up to 2x.
 
 vllm-router comes from PyPI into its own venv `.bench/vllm-router-venv` (installed on first use).
 Shunter runs `shunter.gateway` with its `cost` router (or any other) over `RemoteEngineClient`s,
@@ -178,28 +186,45 @@ def _summary(latencies: list[float | None]) -> dict[str, float]:
             "errors": len(latencies) - len(ok)}
 
 
+def _burst_row(runs: list[dict[str, float]]) -> dict[str, Any]:
+    """The median over burst runs of each figure (errors: their total), and the runs."""
+    row: dict[str, Any] = {k: statistics.median(r[k] for r in runs)
+                           for k in runs[0] if k != "errors"}
+    row["errors"] = sum(int(r["errors"]) for r in runs)
+    row["runs"] = runs
+    return row
+
+
 async def _suite(urls: list[str], rates: list[float], duration_s: float, burst: int,
-                 pid: int | None) -> dict[str, Any]:
+                 burst_runs: int, pid: int | None) -> dict[str, Any]:
     import aiohttp
-    connector = aiohttp.TCPConnector(limit=0, keepalive_timeout=60)
-    timeout = aiohttp.ClientTimeout(total=REQUEST_TIMEOUT_S * 2)
+
+    def session() -> aiohttp.ClientSession:
+        return aiohttp.ClientSession(
+            connector=aiohttp.TCPConnector(limit=0, keepalive_timeout=60),
+            timeout=aiohttp.ClientTimeout(total=REQUEST_TIMEOUT_S * 2))
     out: dict[str, Any] = {"rates": {}}
-    async with aiohttp.ClientSession(connector=connector, timeout=timeout) as session:
+    async with session() as client:
         for rate in rates:
-            await _at_rate(session, urls, rate, 1.0, 10_000_000)  # warm-up: pools, caches
+            await _at_rate(client, urls, rate, 1.0, 10_000_000)  # warm-up: pools, caches
             cpu0 = _cpu_s(pid) if pid else 0.0
             wall0 = time.perf_counter()
-            row = _summary(await _at_rate(session, urls, rate, duration_s, 0))
+            row = _summary(await _at_rate(client, urls, rate, duration_s, 0))
             if pid:
                 row["cpu_pct"] = 100 * (_cpu_s(pid) - cpu0) / (time.perf_counter() - wall0)
             out["rates"][str(rate)] = row
-        if burst:
-            await _burst(session, urls, min(burst, 200))  # warm-up
+    runs = []
+    for _ in range(burst_runs if burst else 0):
+        # each run as the first: a new client, 200 connections warmed, the rest opened cold
+        async with session() as client:
+            await _burst(client, urls, min(burst, 200))
             cpu0 = _cpu_s(pid) if pid else 0.0
-            results, wall_s = await _burst(session, urls, burst)
-            out["burst"] = {**_summary(results), "wall_s": wall_s}
+            results, wall_s = await _burst(client, urls, burst)
+            runs.append({**_summary(results), "wall_s": wall_s})
             if pid:
-                out["burst"]["cpu_s"] = _cpu_s(pid) - cpu0
+                runs[-1]["cpu_s"] = _cpu_s(pid) - cpu0
+    if runs:
+        out["burst"] = _burst_row(runs)
     return out
 
 
@@ -238,7 +263,8 @@ def _print_table(results: dict[str, Any], rates: list[float]) -> None:
                   f"{add99:8.2f} {cpu:>6} {row['errors']:6d}")
     if "burst" in direct:
         print(f"\nburst of concurrent streams ({BURST_TOKENS} tokens, {BURST_TOKEN_DELAY_S * 1e3:.0f}"
-              " ms apart at the backend; penalty = routed - direct)")
+              " ms apart at the backend; penalty = routed - direct; medians over "
+              f"{len(direct['burst']['runs'])} runs)")
         print(f"{'router':34} {'p50 ms':>8} {'p99 ms':>8} {'+p50 ms':>8} {'+p99 ms':>8} "
               f"{'wall s':>7} {'cpu s':>6} {'errors':>6}")
         base = direct["burst"]
@@ -248,6 +274,11 @@ def _print_table(results: dict[str, Any], rates: list[float]) -> None:
             print(f"{name:34} {b['p50_ms']:8.1f} {b['p99_ms']:8.1f} "
                   f"{b['p50_ms'] - base['p50_ms']:8.1f} {b['p99_ms'] - base['p99_ms']:8.1f} "
                   f"{b['wall_s']:7.2f} {cpu:>6} {b['errors']:6d}")
+        for name, res in results.items():
+            if name != "direct":
+                added = ", ".join(f"{r['p50_ms'] - base['p50_ms']:.0f}"
+                                  for r in res["burst"]["runs"])
+                print(f"  {name}: added p50 of each run (ms): {added}")
     _print_ratios(results, rates)
 
 
@@ -281,12 +312,18 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--rates", default="100,500,1000")
     parser.add_argument("--duration-s", type=float, default=4.0)
-    parser.add_argument("--burst", type=int, default=2000)
+    parser.add_argument("--burst", type=int, default=2000,
+                        help="concurrent streams in the burst, 0 for none (default: 2000)")
+    parser.add_argument("--burst-runs", type=int, default=5,
+                        help="bursts per router; the figures are their medians (default: 5)")
     parser.add_argument("--routers", default="shunter:cost,shunter:round_robin,"
                                              "vllm-router:round_robin,vllm-router:cache_aware")
     parser.add_argument("--json", metavar="FILE")
     args = parser.parse_args(argv)
     rates = [float(r) for r in args.rates.split(",")]
+    if args.burst < 0 or args.burst_runs < 1:
+        parser.error(f"--burst must be >= 0 and --burst-runs >= 1, got {args.burst} and "
+                     f"{args.burst_runs}")
     import uvloop
     backend_ports = [_free_port(), _free_port()]
     backends = subprocess.Popen([sys.executable, __file__, "_backends",
@@ -296,7 +333,8 @@ def main(argv: list[str] | None = None) -> int:
         urls = [f"http://127.0.0.1:{p}/v1/completions" for p in backend_ports]
         for url in urls:
             _wait_ready(url, backends)
-        results["direct"] = uvloop.run(_suite(urls, rates, args.duration_s, args.burst, None))
+        results["direct"] = uvloop.run(_suite(urls, rates, args.duration_s, args.burst,
+                                                  args.burst_runs, None))
         for spec in args.routers.split(","):
             kind, _, policy = spec.partition(":")
             port = _free_port()
@@ -305,7 +343,7 @@ def main(argv: list[str] | None = None) -> int:
                 url = f"http://127.0.0.1:{port}/v1/completions"
                 _wait_ready(url, proc)
                 results[spec] = uvloop.run(_suite([url], rates, args.duration_s, args.burst,
-                                                  proc.pid))
+                                                  args.burst_runs, proc.pid))
             finally:
                 stop_process_group(proc, STOP_GRACE_S)
             print(f"done: {spec}", file=sys.stderr, flush=True)
