@@ -52,7 +52,7 @@ COMPILED_MODULES = (
     "core/sched/scheduler", "core/sched/stats",
     "sim/cluster", "sim/cost/moe", "sim/cost/roofline", "sim/executor", "sim/flight", "sim/loop",
     "sim/replica",
-    "sim/decode_run", "sim/timeline",
+    "sim/decode_run", "sim/ranking", "sim/timeline",
 )
 MYPY_SPEC = "mypy==1.13.0"  # the mypyc the build is checked with
 PURE_ENV = "SHUNTER_PURE_PYTHON"

@@ -10,6 +10,7 @@ import dataclasses
 import pytest
 from tests.factories import make_spec, poisson_specs
 
+from shunter.router.policies.least_load import LeastLoadRouter
 from shunter.sim.config import SimConfig
 from shunter.sim.runner import build_cluster, simulate
 from shunter.sim.staleness import LazyViews, ViewSource
@@ -44,6 +45,9 @@ def test_every_reused_view_equals_a_fresh_one(name, monkeypatch):
         return views
 
     monkeypatch.setattr(ViewSource, "views", checked_views)
+    # least load read through views, not the index of replicas by its key (`sim.ranking`,
+    # checked against fresh views in tests/sim/test_ranking.py)
+    monkeypatch.setattr(LeastLoadRouter, "min_key", None)
     specs = [dataclasses.replace(s, priority=i % 2)
              for i, s in enumerate(poisson_specs(300, seed=5, rate=12.0))]
     run = simulate(CONFIGS[name], specs)

@@ -6,13 +6,13 @@ by whoever owns the replicas (the simulator's cluster or the gateway's live rout
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Any, Protocol
 
 from shunter.core.types import RequestSpec
 
-__all__ = ["ReplicaView", "RouteDecision", "Router", "is_load_blind", "live_refusal",
+__all__ = ["ReplicaView", "RouteDecision", "Router", "is_load_blind", "live_refusal", "min_key",
            "reads_speeds"]
 
 
@@ -73,6 +73,12 @@ class Router(Protocol):
     A router that never reads the speed fields (`prefill_tokens_per_s`, `decode_step_s`) may
     say so with `reads_speeds = False`: the simulator then leaves them None instead of
     evaluating its cost model for every replica at every arrival (`reads_speeds`).
+    A router whose decision is always the first of the views it is given with the least
+    `key(view)`, reading nothing else and keeping no state, may declare that key with a class
+    attribute `min_key = staticmethod(key)`, provided the key of a replica's view never falls
+    while only time passes (its steps run on; nothing is added, started, finished or moved):
+    the simulator then keeps the replicas ordered by key instead of building every view at
+    every arrival (`min_key`, `shunter.sim.ranking`).
     """
 
     def route(self, request: RequestSpec, replicas: Sequence[ReplicaView]) -> RouteDecision:
@@ -90,6 +96,13 @@ def reads_speeds(router: Router) -> bool:
     """Whether `router` may read a view's speed fields: True unless its class declares
     `reads_speeds = False` (see `Router`)."""
     return getattr(type(router), "reads_speeds", True) is not False
+
+
+def min_key(router: Router) -> Callable[[ReplicaView], Any] | None:
+    """The key `router`'s class declares it routes by the least of (`min_key`, see `Router`),
+    or None."""
+    key = getattr(type(router), "min_key", None)
+    return key if callable(key) else None
 
 
 def live_refusal(router: Router) -> str | None:

@@ -24,7 +24,7 @@ from shunter.core.predict.interface import (
 from shunter.core.types import RequestId, RequestSpec
 from shunter.errors import WorkloadError
 from shunter.metrics.record import RequestRecord
-from shunter.router.interface import Router, is_load_blind, reads_speeds
+from shunter.router.interface import Router, is_load_blind, min_key, reads_speeds
 from shunter.sim.autoscale import Autoscaling, SimAutoscaler, next_tick_s
 from shunter.sim.config import MigrationConfig
 from shunter.sim.disagg import KV_TRANSFER_TIMER, Disaggregation
@@ -39,6 +39,7 @@ from shunter.sim.loop import (
     Timer,
 )
 from shunter.sim.migration import MIGRATION_STAGE_TIMER, MIGRATION_TICK_TIMER, Migrator
+from shunter.sim.ranking import index_for
 from shunter.sim.replica import SimReplica, StepLog
 from shunter.sim.staleness import ViewSource
 from shunter.workload.program import FollowUps, followers
@@ -114,6 +115,9 @@ class SimCluster:
         # a load-blind router reads ids only: it gets these views, never recomputed
         self._blind_views = ([r.view() for r in replicas]
                              if is_load_blind(router) else None)
+        self._min_index = index_for(replicas, min_key(router), reads_speeds(router), is_fixed_fresh=(
+            self._blind_views is None and topo.decode_router is None and topo.autoscale is None
+            and topo.snapshot_interval_s == 0))
         self.migrator = (None if topo.migration is None else
                          Migrator(self, pool, topo.migration, kv_link_bytes_s=topo.kv_link_bytes_s))
         self._timers: dict[str, Callable[[int], None]] = {
@@ -256,8 +260,11 @@ class SimCluster:
             replica_id = self.disagg.route(spec)
         else:
             source = self.views[0]
-            views = self._blind_views if self._blind_views is not None else source.views()
-            replica_id = self.router.route(spec, views).replica_id  # type: ignore[arg-type]
+            if self._min_index is not None:
+                replica_id = self._min_index.pick()
+            else:
+                views = self._blind_views if self._blind_views is not None else source.views()
+                replica_id = self.router.route(spec, views).replica_id  # type: ignore[arg-type]
             source.dispatched(replica_id, spec)
         replica = self.replicas[replica_id]
         self.num_routed[replica_id] += 1

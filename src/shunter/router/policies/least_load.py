@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import ClassVar
 
@@ -25,6 +25,9 @@ def least_loaded(replicas: Sequence[ReplicaView]) -> ReplicaView:
 @dataclass(slots=True)
 class LeastLoadRouter:
     reads_speeds: ClassVar[bool] = False  # never reads prefill_tokens_per_s or decode_step_s
+    # the least load_key wins (`router.interface.min_key`): tokens and requests only grow while
+    # a replica's steps run on
+    min_key: ClassVar[Callable[[ReplicaView], tuple[int, int, int]]] = staticmethod(load_key)
 
     def route(self, request: RequestSpec, replicas: Sequence[ReplicaView]) -> RouteDecision:
         return RouteDecision(least_loaded(replicas).replica_id)
