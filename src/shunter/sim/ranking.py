@@ -44,35 +44,36 @@ class MinIndex:
         self._versions = [0] * len(self._replicas)  # an entry counts if it has the latest
         self._heap: list[tuple[Any, int, int]] = []  # (key, position, version)
 
-    def _keyed(self, index: int) -> tuple[Any, int, int]:
-        view = self._replicas[index].view(self._with_speeds, reuse=True)
+    def _key_now(self, index: int) -> Any:
+        return self._key(self._replicas[index].view(self._with_speeds, reuse=True))
+
+    def _entry(self, index: int, key: Any) -> tuple[Any, int, int]:
+        """A heap entry for `key`, superseding the replica's earlier ones."""
         version = self._versions[index] + 1
         self._versions[index] = version
-        return self._key(view), index, version
+        return key, index, version
 
     def pick(self) -> int:
         """The replica id with the least key now (never empty)."""
-        replicas, stamps, heap = self._replicas, self._stamps, self._heap
+        replicas, stamps, versions = self._replicas, self._stamps, self._versions
+        heap = self._heap
         for index in range(len(replicas)):
             stamp = replicas[index].stamp
             if stamp != stamps[index]:
                 stamps[index] = stamp
-                heapq.heappush(heap, self._keyed(index))
+                heapq.heappush(heap, self._entry(index, self._key_now(index)))
         if len(heap) > _SLACK * len(replicas):
-            versions = self._versions
             self._heap = heap = [e for e in heap if e[2] == versions[e[1]]]
             heapq.heapify(heap)
-        versions = self._versions
         while True:
             key, index, version = heap[0]
             if version != versions[index]:
                 heapq.heappop(heap)  # superseded by a later entry
                 continue
-            entry = self._keyed(index)
-            if entry[0] == key:
-                self._versions[index] = version  # the entry in the heap stands
+            now = self._key_now(index)
+            if now == key:
                 return replicas[index].replica_id
-            heapq.heapreplace(heap, entry)
+            heapq.heapreplace(heap, self._entry(index, now))
 
 
 def index_for(replicas: Sequence[SimReplica], key: Callable[[ReplicaView], Any] | None,
