@@ -7,7 +7,7 @@ from tests.gateway.factories import MODEL, asgi_client, make_app, run
 
 from shunter.backend.protocol import GenerateRequest
 from shunter.gateway.breaker import BreakerConfig, BreakerState, CircuitBreaker
-from shunter.gateway.fake import FakeModel
+from shunter.gateway.fake import FakeEngineClient, FakeModel
 
 
 def stream_text(text: str) -> tuple[str, list]:
@@ -190,6 +190,29 @@ def test_health_check_takes_an_unhealthy_replica_out_and_back():
         assert app.pool.capacity() == 128
     run(go())
     assert (r0.num_submitted, r1.num_submitted) == (0, 3)
+
+
+def test_a_health_check_that_raises_is_logged_and_the_checks_go_on(caplog, monkeypatch):
+    """CI, stop 36: an exception a backend client raised outside (TimeoutError, BackendError,
+    OSError) left `check_once`, and the background loop of every later check ended with it."""
+    app, (r0, r1) = make_app()
+    load = FakeEngineClient.load
+
+    async def broken_load(client):
+        if client is r0:
+            raise RuntimeError("metrics the client cannot read")
+        return await load(client)
+
+    async def go():
+        monkeypatch.setattr(FakeEngineClient, "load", broken_load)
+        await app.pool.check_once()  # raised before
+        assert [r.is_healthy for r in app.pool.replicas] == [False, True]
+        monkeypatch.undo()
+        await app.pool.check_once()
+        assert [r.is_healthy for r in app.pool.replicas] == [True, True]
+    run(go())
+    assert "health check of backend r0 failed" in caplog.text
+    assert "metrics the client cannot read" in caplog.text
 
 
 def test_every_backend_down_is_a_503_at_once_not_a_queue_timeout():

@@ -107,3 +107,43 @@ def test_the_aiohttp_path_for_https_backends_reads_what_the_http1_client_reads()
     h1_stream, h1_whole, aio_stream, aio_whole = asyncio.run(main())
     assert aio_stream == h1_stream and aio_whole == h1_whole
     assert len(h1_stream) > 1 and h1_stream[-1][1] == "length"
+
+
+def test_metrics_on_a_connection_the_backend_drops_read_as_unknown_load_not_an_error():
+    """A backend that drops the connection it is asked for /metrics on (aiohttp tries twice)
+    raised aiohttp's ServerDisconnectedError out of `load`, past the pool's health check, and
+    ended the loop of every later check (`test_failover.py`): the replica's health stood as
+    the last round left it. Now that read is unknown load; the next, answered, gives the load
+    (and that the backend is vLLM) again."""
+    import asyncio
+
+    from shunter.gateway.remote import RemoteConfig, RemoteEngineClient
+
+    async def main() -> list[object]:
+        num_asked = 0
+
+        async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            nonlocal num_asked
+            await reader.readuntil(b"\r\n\r\n")
+            num_asked += 1
+            if num_asked > 2:  # the first two are dropped unanswered (aiohttp tries twice)
+                body = VLLM_METRICS.encode()
+                writer.write(b"HTTP/1.1 200 OK\r\ncontent-type: text/plain\r\n"
+                             b"content-length: %d\r\nconnection: close\r\n\r\n%s"
+                             % (len(body), body))
+                await writer.drain()
+            writer.close()
+
+        server = await asyncio.start_server(serve, "127.0.0.1", 0)
+        port = server.sockets[0].getsockname()[1]
+        client = RemoteEngineClient(RemoteConfig(url=f"http://127.0.0.1:{port}",
+                                                 metrics_path="/metrics"))
+        try:
+            return [await client.load(), client.is_vllm, await client.load(), client.is_vllm]
+        finally:
+            await client.close()
+            server.close()
+
+    dropped, was_vllm, answered, is_vllm = asyncio.run(main())
+    assert dropped is None and not was_vllm
+    assert answered.num_running == 5 and answered.num_waiting == 7 and is_vllm

@@ -10,6 +10,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 import urllib.request
 from pathlib import Path
@@ -350,7 +351,15 @@ startup_timeout_s = 400
         request = urllib.request.Request(f"http://127.0.0.1:{port}/v1/chat/completions",
                                          data=body.encode(),
                                          headers={"content-type": "application/json"})
-        _wait(lambda: _answers(f"http://127.0.0.1:{port}/health"), 30)
+        later: list[bytes] = []  # read on, so that a full pipe never stalls the gateway
+        threading.Thread(target=lambda: later.extend(gateway.stdout), daemon=True).start()
+        deadline_s = time.monotonic() + 60
+        while not _answers(f"http://127.0.0.1:{port}/health"):
+            assert time.monotonic() < deadline_s, (
+                "the gateway's /health never said ok; it printed:\n" + output
+                + b"".join(later).decode(errors="replace") + "\nvLLM's log ends:\n"
+                + log_path.read_text(errors="replace")[-3000:])
+            time.sleep(0.1)
         with urllib.request.urlopen(request, timeout=120) as response:
             answer = json.loads(response.read())
         assert answer["choices"][0]["message"]["content"]

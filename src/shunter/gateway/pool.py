@@ -168,8 +168,7 @@ class ReplicaPool:
         return replace(spec, prompt_token_ids=ids, num_prompt_tokens=len(ids))
 
     def refusal(self, request: GenerateRequest) -> tuple[str, str] | None:
-        """(parameter, why) when no backend can serve `request` as asked (every one refuses
-        it: `EngineClient.unsupported`); None when some backend can."""
+        """(parameter, why) when every backend refuses `request` (`unsupported`), else None."""
         first = None
         for replica in self.replicas:
             why = replica.client.unsupported(request)
@@ -355,7 +354,9 @@ class ReplicaPool:
         try:
             is_healthy = await asyncio.wait_for(replica.client.health(), timeout)
             load = await asyncio.wait_for(replica.client.load(), timeout) if is_healthy else None
-        except (TimeoutError, BackendError, OSError):
+        except Exception as exc:  # one check fails, never the loop of every later one
+            if not isinstance(exc, TimeoutError | BackendError | OSError):
+                log.exception("health check of backend %s failed", replica.name)
             is_healthy, load = False, None
         replica.is_healthy = is_healthy
         if load is not None:

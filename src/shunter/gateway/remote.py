@@ -283,14 +283,20 @@ class RemoteEngineClient:
             raise BackendError(f"backend {self.config.url}: {type(exc).__name__}: {exc}") from None
 
     async def load(self) -> BackendLoad | None:
+        """The backend's load from its metrics; None when it has none, or when they could not
+        be read this time (a kept-alive connection the backend closed as it was reused: its
+        health says whether it is up)."""
         if self.config.metrics_path is None:
             return None
-        async with self._http().get(self.config.metrics_path.lstrip("/")) as response:
-            if response.status != 200:
-                return None
-            text = await response.text()
-            self.is_vllm = "vllm:" in text
-            return parse_load(text, time.monotonic())
+        try:
+            async with self._http().get(self.config.metrics_path.lstrip("/")) as response:
+                if response.status != 200:
+                    return None
+                text = await response.text()
+        except aiohttp.ClientError:
+            return None
+        self.is_vllm = "vllm:" in text
+        return parse_load(text, time.monotonic())
 
     async def health(self) -> bool:
         try:
