@@ -7,7 +7,7 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Sequence
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -73,14 +73,28 @@ def make_client(num_connections: int) -> httpx.Client:
     return httpx.Client(timeout=_TIMEOUT_S, limits=limits)
 
 
-def stream_all(base_url: str, requests: Sequence[tuple[str, float, dict[str, Any]]],
-               ) -> list[Stream]:
-    """Stream every (tenant, delay_s, body) at once, each sent `delay_s` after the first."""
+def stream_all(base_url: str, first: Sequence[tuple[str, dict[str, Any]]],
+               then: Sequence[tuple[str, dict[str, Any]]] = (), *, after_tokens: int = 1,
+               timeout_s: float = _TIMEOUT_S) -> list[Stream]:
+    """Stream every (tenant, body) of `first` at once, and those of `then` once one of the
+    first has `after_tokens` output tokens (a point in the engine's work, not on the clock: on
+    loaded cores a fixed delay lands anywhere in it). The streams in that order."""
+    requests = [*first, *then]
+    streams = [Stream(tenant=tenant, num_prompt_tokens=0, sent_s=0.0) for tenant, _ in requests]
     with make_client(len(requests)) as client, \
             ThreadPoolExecutor(max_workers=len(requests)) as pool:
-        start_s = time.perf_counter()
-        futures = [pool.submit(stream_completion, client, base_url, body, tenant=tenant,
-                               delay_s=delay, start_s=start_s) for tenant, delay, body in requests]
+        def send(i: int) -> Future[Stream]:
+            return pool.submit(stream_completion, client, base_url, requests[i][1],
+                               tenant=requests[i][0], start_s=time.perf_counter(),
+                               into=streams[i])
+
+        futures = [send(i) for i in range(len(first))]
+        deadline_s = time.perf_counter() + timeout_s
+        while then and max(len(s.token_times_s) for s in streams[:len(first)]) < after_tokens:
+            if time.perf_counter() > deadline_s or any(f.done() for f in futures):
+                break  # (a stream that ended or failed: its result says how)
+            time.sleep(0.005)
+        futures += [send(i) for i in range(len(first), len(requests))]
         return [f.result() for f in futures]
 
 

