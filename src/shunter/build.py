@@ -51,7 +51,7 @@ COMPILED_MODULES = (
     "core/sched/interface", "core/sched/limits", "core/sched/plan", "core/sched/queue",
     "core/sched/scheduler", "core/sched/stats",
     "sim/cluster", "sim/cost/moe", "sim/cost/roofline", "sim/decode_run", "sim/executor",
-    "sim/flight", "sim/loop", "sim/ranking", "sim/replica", "sim/timeline",
+    "sim/flight", "sim/loop", "sim/ranking", "sim/replica", "sim/stream", "sim/timeline",
 )
 MYPY_SPEC = "mypy==1.13.0"  # the mypyc the build is checked with
 PURE_ENV = "SHUNTER_PURE_PYTHON"

@@ -41,11 +41,12 @@ from shunter.sim.timeline import GapTally, TokenTimes
 
 __all__ = ["RECORD_ROW", "ColumnSink", "RecordSpill"]
 
-RECORD_ROW = np.dtype([
+_ROW_FIELDS = (
     ("arrival_s", "<f8"), ("first_scheduled_s", "<f8"), ("first_token_s", "<f8"),
     ("last_token_s", "<f8"), ("finish_s", "<f8"), ("num_output_tokens", "<i8"),
     ("is_completed", "?"),
-])
+)
+RECORD_ROW = np.dtype(list(_ROW_FIELDS))
 _ROWS_PER_CHUNK = 65536
 _SUMMARY_ROWS = 1 << 20  # rows read at once by `summary`
 
@@ -66,7 +67,7 @@ class RecordSpill:
             self.directory.mkdir(parents=True, exist_ok=True)
         self._files: dict[str, BinaryIO] = {
             name: open(self.directory / f"{name}.bin", "wb")  # noqa: SIM115  # closed by close
-            for name in RECORD_ROW.names}
+            for name, _ in _ROW_FIELDS}
         self._chunk = np.empty(_ROWS_PER_CHUNK, dtype=RECORD_ROW)
         self._num_buffered = 0
         self.num_records = 0
@@ -94,7 +95,7 @@ class RecordSpill:
     def column(self, name: str) -> np.ndarray:
         """One field of every row so far, as a read-only memory map (no copy)."""
         self._flush()
-        dtype = RECORD_ROW.fields[name][0]
+        dtype = RECORD_ROW[name]
         if self.num_records == 0:
             return np.empty(0, dtype=dtype)
         return np.memmap(self.directory / f"{name}.bin", dtype=dtype, mode="r",
@@ -152,8 +153,8 @@ class RecordSpill:
     def absorb(self, directory: str | Path) -> None:
         """Append the rows of another spill, written (and closed) under `directory`."""
         self._flush()
-        sizes = {name: (Path(directory) / f"{name}.bin").stat().st_size for name in RECORD_ROW.names}
-        num_rows = {size // RECORD_ROW.fields[name][0].itemsize for name, size in sizes.items()}
+        sizes = {name: (Path(directory) / f"{name}.bin").stat().st_size for name in self._files}
+        num_rows = {size // self._chunk.dtype[name].itemsize for name, size in sizes.items()}
         if len(num_rows) != 1:
             raise ValueError(f"{directory}: its column files hold different numbers of rows")
         for name, f in self._files.items():
@@ -247,6 +248,13 @@ class ColumnSink:
         if len(self._parts) * self.chunk_records >= 1 << 18:
             self._parts = [self.columns()]
 
+    def __reduce__(self) -> tuple[Any, ...]:
+        """A finished sink, as a split run's worker sends it (compiled, the class cannot be
+        rebuilt field by field without its constructor)."""
+        assert not self._tallies and not self._pending, "send a sink after finish()"
+        return _sink_from, (self.keep_token_times, self.chunk_records, self.gaps,
+                            self.num_records, self._parts)
+
     def finish(self) -> RecordColumns:
         """Every record taken has been counted: settle the gaps not yet counted (call once the
         run is over) and return the columns."""
@@ -276,6 +284,13 @@ class ColumnSink:
         """`summarize(records, ...)` of the records taken."""
         return summarize_columns(self.finish(), self.gaps, ttft_slo_s=ttft_slo_s,
                                  tpot_slo_s=tpot_slo_s, tenant_weights=tenant_weights)
+
+
+def _sink_from(keep_token_times: bool, chunk_records: int, gaps: GapCounts, num_records: int,
+               parts: list[RecordColumns]) -> ColumnSink:
+    sink = ColumnSink(keep_token_times=keep_token_times, chunk_records=chunk_records)
+    sink.gaps, sink.num_records, sink._parts = gaps, num_records, parts
+    return sink
 
 
 class _Ends:
