@@ -7,7 +7,8 @@ inputs: `max_num_seqs` decodes whose contexts fill the whole KV cache, plus a pr
 the rest of the budget after `DEFAULT_PREFILL_CONTEXT_TOKENS` (capped by the context) of its
 own prompt. The KV it reads holds whatever the cache holds (zeros at start-up): attention
 costs the same whatever the values. Budgets are doubled from the smallest until one misses
-the target, then bisected; each is timed as the best of `REPEATS` passes.
+the target, then searched between the last two (`largest_budget_within`); each is timed as
+the best of `REPEATS` passes.
 """
 
 from __future__ import annotations
@@ -68,12 +69,13 @@ def measure_budget_for_tbt(runner: ModelRunner, tbt_slo_s: float, *, num_decodes
                                          max_seq_len=max_seq_len)
         return times[budget]
 
-    max_budget = smallest_budget(num_decodes)
+    smallest = max_budget = smallest_budget(num_decodes)
     while max_budget < max_seq_len and step_s(max_budget) <= tbt_slo_s:
-        max_budget *= 2  # stop at the first budget that misses: bisect below it
+        max_budget *= 2  # stop at the first budget that misses: search below it
     try:
         return largest_budget_within(step_s, tbt_slo_s, num_decodes=num_decodes,
-                                     max_budget=min(max_budget, max_seq_len))
+                                     max_budget=min(max_budget, max_seq_len),
+                                     fits=max_budget // 2 if max_budget > smallest else None)
     except BudgetOutOfReach as exc:
         raise ConfigError(
             f"sarathi: TBT target {tbt_slo_s} s is out of reach on this engine: {num_decodes} "
