@@ -284,8 +284,7 @@ class RemoteEngineClient:
 
     async def load(self) -> BackendLoad | None:
         """The backend's load from its metrics; None when it has none, or when they could not
-        be read this time (a kept-alive connection the backend closed as it was reused: its
-        health says whether it is up)."""
+        be read this time (the connection dropped: its health says whether it is up)."""
         if self.config.metrics_path is None:
             return None
         try:

@@ -154,7 +154,7 @@ class RecordSpill:
         """Append the rows of another spill, written (and closed) under `directory`."""
         self._flush()
         sizes = {name: (Path(directory) / f"{name}.bin").stat().st_size for name in self._files}
-        num_rows = {size // self._chunk.dtype[name].itemsize for name, size in sizes.items()}
+        num_rows = {size // RECORD_ROW[name].itemsize for name, size in sizes.items()}
         if len(num_rows) != 1:
             raise ValueError(f"{directory}: its column files hold different numbers of rows")
         for name, f in self._files.items():

@@ -63,8 +63,7 @@ def largest_budget_within(step_s: Callable[[int], float], tbt_slo_s: float, *,
         if halve or hi_s <= lo_s:
             mid = lo + width // 2
         else:  # where the line meets the target; a step above it once lo has risen there
-            mid = lo + int(width * (tbt_slo_s - lo_s) / (hi_s - lo_s))
-            mid = mid // BUDGET_ALIGN_TOKENS * BUDGET_ALIGN_TOKENS + raised * BUDGET_ALIGN_TOKENS
+            mid = lo + int(width * (tbt_slo_s - lo_s) / (hi_s - lo_s)) + raised * BUDGET_ALIGN_TOKENS
         mid = min(max(mid // BUDGET_ALIGN_TOKENS * BUDGET_ALIGN_TOKENS, lo + BUDGET_ALIGN_TOKENS),
                   hi - BUDGET_ALIGN_TOKENS)
         mid_s = step_s(mid)
