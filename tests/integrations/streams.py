@@ -25,6 +25,7 @@ class Stream:
     tenant: str
     num_prompt_tokens: int
     sent_s: float
+    opened_s: float = 0.0  # when the response's headers came: the server has the request
     token_times_s: list[float] = field(default_factory=list)  # arrival of output token i
     text: str = ""
     finish_reason: str | None = None
@@ -53,6 +54,7 @@ def stream_completion(client: httpx.Client, base_url: str, body: dict[str, Any],
     stream.sent_s = time.perf_counter()
     with client.stream("POST", f"{base_url}/v1/completions", json=body) as response:
         response.raise_for_status()
+        stream.opened_s = time.perf_counter()
         for line in response.iter_lines():
             if not line.startswith("data: ") or line == "data: [DONE]":
                 continue
@@ -76,9 +78,10 @@ def make_client(num_connections: int) -> httpx.Client:
 def stream_all(base_url: str, first: Sequence[tuple[str, dict[str, Any]]],
                then: Sequence[tuple[str, dict[str, Any]]] = (), *, after_tokens: int = 1,
                timeout_s: float = _TIMEOUT_S) -> list[Stream]:
-    """Stream every (tenant, body) of `first` at once, and those of `then` once one of the
-    first has `after_tokens` output tokens (a point in the engine's work, not on the clock: on
-    loaded cores a fixed delay lands anywhere in it). The streams in that order."""
+    """Stream every (tenant, body) of `first` at once, and those of `then` once the server has
+    every one of the first (its response is open) and one of them has `after_tokens` output
+    tokens (a point in the engine's work, not on the clock: on loaded cores a fixed delay lands
+    anywhere in it, and a thread of the first can start late). The streams in that order."""
     requests = [*first, *then]
     streams = [Stream(tenant=tenant, num_prompt_tokens=0, sent_s=0.0) for tenant, _ in requests]
     with make_client(len(requests)) as client, \
@@ -90,7 +93,12 @@ def stream_all(base_url: str, first: Sequence[tuple[str, dict[str, Any]]],
 
         futures = [send(i) for i in range(len(first))]
         deadline_s = time.perf_counter() + timeout_s
-        while then and max(len(s.token_times_s) for s in streams[:len(first)]) < after_tokens:
+
+        def first_are_in() -> bool:
+            return (all(s.opened_s for s in streams[:len(first)])
+                    and max(len(s.token_times_s) for s in streams[:len(first)]) >= after_tokens)
+
+        while then and not first_are_in():
             if time.perf_counter() > deadline_s or any(f.done() for f in futures):
                 break  # (a stream that ended or failed: its result says how)
             time.sleep(0.005)
