@@ -46,7 +46,7 @@ __all__ = ["BUILD_DIR_ENV", "COMPILED_MODULES", "MYPY_SPEC", "PURE_ENV", "activa
            "source_digest"]
 
 COMPILED_MODULES = (
-    "core/request", "core/kv/block_pool", "core/kv/hashing", "core/kv/manager",
+    "core/clock", "core/request", "core/kv/block_pool", "core/kv/hashing", "core/kv/manager",
     "core/sched/config", "core/sched/headroom",
     "core/sched/interface", "core/sched/limits", "core/sched/plan", "core/sched/queue",
     "core/sched/scheduler", "core/sched/stats",

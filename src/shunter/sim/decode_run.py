@@ -37,7 +37,6 @@ import sys
 from shunter.core.request import Request
 from shunter.core.sched.interface import RequestOutput, SchedulerOutput
 from shunter.core.sched.limits import stop_status
-from shunter.core.sched.policy import victim_sort_key
 from shunter.core.sched.scheduler import CoreScheduler
 from shunter.core.types import FINISHED_STATUSES
 
@@ -111,7 +110,7 @@ def begin_steady_run(scheduler: CoreScheduler, max_steps: int) -> int:
         return 0
     horizon = _memory_horizon(scheduler, horizon, is_applied=True)
     if horizon:
-        running.sort(key=victim_sort_key(scheduler.policy, scheduler.clock.now()))
+        running.sort(key=scheduler.victim_key(scheduler.clock.now()))
     return horizon
 
 

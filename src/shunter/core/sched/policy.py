@@ -45,7 +45,8 @@ from shunter.core.types import RequestId, TenantId
 
 __all__ = ["EarlyStoppingPolicy", "KeyedQueue", "Policy", "PrefixAwarePolicy", "PrefixProbe", "RecallingPolicy",
            "ReorderBoundPolicy", "ScheduledChunk", "StaticKeyPolicy", "WaitingQueue",
-           "charges_service", "chunk_charger", "never_preempts", "victim_sort_key"]
+           "charges_service", "chunk_charger", "never_preempts", "static_victim_key",
+           "victim_sort_key"]
 
 PrefixProbe = Callable[[Request], int]  # cached prompt tokens a waiting request would hit now
 
@@ -229,6 +230,12 @@ def charges_service(policy: Policy) -> bool:
     if isinstance(policy, StaticKeyPolicy):
         return not _keeps_static(policy, "on_scheduled")
     return getattr(type(policy), "charges_on_schedule", True) is not False
+
+
+def static_victim_key(policy: Policy) -> Callable[[Request], Any] | None:
+    """`victim_sort_key`'s answer at every time, where it does not depend on the time (a
+    static order's key itself); None where it does. Runtimes cache it: they sort every step."""
+    return policy.order_key if _keeps_static(policy, "victim_key") else None  # type: ignore[attr-defined]
 
 
 def victim_sort_key(policy: Policy, now_s: float) -> Callable[[Request], Any]:

@@ -30,7 +30,8 @@ neither schedules, recalls nor preempts them (they keep their blocks and count a
 from __future__ import annotations
 
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
 
 from shunter.core.clock import Clock
 from shunter.core.kv.manager import KVCacheManager
@@ -49,6 +50,7 @@ from shunter.core.sched.policy import (
     ReorderBoundPolicy,
     charges_service,
     never_preempts,
+    static_victim_key,
     step_charger,
     victim_sort_key,
 )
@@ -70,6 +72,8 @@ class CoreScheduler:
         self.charges_service = charges_service(policy)  # (cached: checked every step)
         self.charge_step = step_charger(policy)
         self.never_preempts = never_preempts(policy)
+        self._static_victim_key = static_victim_key(policy)  # (cached: the running list is
+        # sorted by it every step)
         self._reorder_bound = (policy.steps_until_reorder
                                if isinstance(policy, ReorderBoundPolicy) else None)
         self._recalls = policy.recalls if isinstance(policy, RecallingPolicy) else None
@@ -143,6 +147,10 @@ class CoreScheduler:
             num_free_blocks=self.kv.num_free_blocks, num_total_blocks=self.config.num_blocks,
             num_preemptions=self.num_preemptions)
 
+    def victim_key(self, now: float) -> Callable[[Request], Any]:
+        """The key that sorts the running list worst victim last (`victim_sort_key`)."""
+        return self._static_victim_key or victim_sort_key(self.policy, now)
+
     # ---- one step ------------------------------------------------------------------------
 
     def schedule(self) -> SchedulerOutput:
@@ -171,7 +179,7 @@ class CoreScheduler:
     def _schedule_running(self, plan: StepPlan, now: float) -> bool:
         """Phase 1. Returns whether memory ran short (a request was preempted or had to wait)."""
         running = self.running
-        running.sort(key=victim_sort_key(self.policy, now))
+        running.sort(key=self.victim_key(now))
         chunked = self.config.enable_chunked_prefill
         in_flight = self.in_flight_ids
         is_short = False
