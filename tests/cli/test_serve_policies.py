@@ -25,7 +25,9 @@ pytest.importorskip("uvicorn")
 SHUNTER = str(Path(sys.executable).parent / "shunter")
 START_TIMEOUT_S = 120.0
 # on a CPU, sarathi's default TBT target (0.1 s, a GPU's) is out of reach: it says so and stops
-PARAMS = {"sarathi": '{"tbt_slo_s": 5.0}'}  # reachable on a loaded 2-core machine too
+# 1.5 s: six times the smallest step here under CI load (0.25 s), and its budget is measured
+# in about 10 s (at 5.0 the probes took a minute)
+PARAMS = {"sarathi": '{"tbt_slo_s": 1.5}'}
 
 
 def _free_port() -> int:

@@ -8,7 +8,7 @@ the rest of the budget after `DEFAULT_PREFILL_CONTEXT_TOKENS` (capped by the con
 own prompt. The KV it reads holds whatever the cache holds (zeros at start-up): attention
 costs the same whatever the values. Budgets are doubled from the smallest until one misses
 the target, then searched between the last two (`largest_budget_within`); each is timed as
-the best of `REPEATS` passes.
+the best of `REPEATS` passes, or by one that took `CLEAR_MISS` times the target.
 """
 
 from __future__ import annotations
@@ -28,6 +28,9 @@ from shunter.errors import ConfigError
 __all__ = ["measure_budget_for_tbt", "worst_step_s"]
 
 REPEATS = 2
+# a pass this many times the target: the budget misses, whatever the next pass says (a pass
+# slowed that much by a loaded machine costs at most a smaller budget, never a missed target)
+CLEAR_MISS = 1.5
 _FILL_TOKEN_ID = 100  # any ordinary token: the values do not change the time
 
 
@@ -35,9 +38,12 @@ def _blocks(num_tokens: int, first: int, block_size: int, num_blocks: int) -> li
     return [(first + j) % num_blocks for j in range(-(-num_tokens // block_size))]
 
 
-def worst_step_s(runner: ModelRunner, budget: int, *, num_decodes: int,
-                 max_seq_len: int, timer: Callable[[], float] = time.perf_counter) -> float:
-    """The best of `REPEATS` timed forward passes of the worst step `budget` allows."""
+def worst_step_s(runner: ModelRunner, budget: int, *, num_decodes: int, max_seq_len: int,
+                 timer: Callable[[], float] = time.perf_counter,
+                 clear_miss_s: float = float("inf")) -> float:
+    """The best of `REPEATS` timed forward passes of the worst step `budget` allows; a pass
+    slower than `clear_miss_s` ends the timing (a budget that far over its target would not
+    come under it on the next pass: that pass is the search's most expensive one)."""
     size, total = runner.block_size, runner.num_blocks
     context = max(1, total * size // max(num_decodes, 1) - 1)
     context = min(context, max_seq_len - 1)
@@ -54,11 +60,14 @@ def worst_step_s(runner: ModelRunner, budget: int, *, num_decodes: int,
         begin = timer()
         runner.execute(chunks)
         best = min(best, timer() - begin)
+        if best > clear_miss_s:
+            break
     return best
 
 
 def measure_budget_for_tbt(runner: ModelRunner, tbt_slo_s: float, *, num_decodes: int,
-                           max_seq_len: int) -> int:
+                           max_seq_len: int,
+                           timer: Callable[[], float] = time.perf_counter) -> int:
     """The largest aligned budget whose worst step on this model meets `tbt_slo_s`;
     ConfigError (with the smallest reachable target) if none does."""
     times: dict[int, float] = {}
@@ -66,7 +75,8 @@ def measure_budget_for_tbt(runner: ModelRunner, tbt_slo_s: float, *, num_decodes
     def step_s(budget: int) -> float:
         if budget not in times:
             times[budget] = worst_step_s(runner, budget, num_decodes=num_decodes,
-                                         max_seq_len=max_seq_len)
+                                         max_seq_len=max_seq_len, timer=timer,
+                                         clear_miss_s=CLEAR_MISS * tbt_slo_s)
         return times[budget]
 
     smallest = max_budget = smallest_budget(num_decodes)
