@@ -36,9 +36,11 @@ class Scripted:
     answers: list[ScaleDecision]
     config: SimpleNamespace = field(default_factory=lambda: SimpleNamespace(interval_s=1.0))
     seen: list[tuple[list[int], int]] = field(default_factory=list)
+    views: list[list[ReplicaView]] = field(default_factory=list)
 
     def decide(self, now_s: float, views: list[ReplicaView], num_starting: int) -> ScaleDecision:
         self.seen.append(([v.replica_id for v in views], num_starting))
+        self.views.append(list(views))
         return self.answers.pop(0) if self.answers else ScaleDecision(num_add=0, drain_ids=())
 
 
@@ -59,7 +61,8 @@ def scaled_app(script: Scripted, *, fails: bool = False):
             raise RuntimeError("no memory for another replica")
         return Replica.of_slot(fake_slot(f"f-{index}"), replica_id, BreakerConfig())
 
-    scaler = LiveAutoscaler(app.pool, script, make, "f", app.metrics, loop.time)  # type: ignore[arg-type]
+    scaler = LiveAutoscaler(app.pool, script, make, "f", app.metrics, loop.time,  # type: ignore[arg-type]
+                            queue=app.admission.queue)
     scaler.start()  # (the ASGI test client runs no lifespan, which starts app.services)
     return app, scaler
 
@@ -117,6 +120,31 @@ def test_scale_up_then_drain_and_remove() -> None:
     # shown the serving replicas and how many start; never a draining one
     assert script.seen[:2] == [([0], 0), ([0, 1], 0)]
     assert len(script.seen[3][0]) == 1
+
+
+def test_requests_queued_at_the_gateway_count_as_waiting_at_the_replicas() -> None:
+    """Ten long requests on one replica of 4 slots: at the decision at 1 s, 4 are there and 6
+    wait in the gateway's queue, which the decision sees as waiting at that replica (the
+    simulator, without a gateway queue, would hold them there)."""
+    script = Scripted([])
+
+    async def go() -> tuple[ReplicaView, ReplicaView, list[int]]:
+        loop = asyncio.get_running_loop()
+        app, scaler = scaled_app(script)
+        async with asgi_client(app) as client:
+            tasks = [asyncio.create_task(complete(client, 300)) for _ in range(10)]  # ~3 s each
+            await asyncio.sleep(1.1 - loop.time())
+            queued = [r.num_prompt_tokens for r in app.admission.queue]
+            own = app.pool.replicas[0].view(loop.time())  # what it holds itself, as at 1 s
+            await asyncio.gather(*tasks)
+        await scaler.stop()
+        return script.views[0][0], own, queued
+
+    seen, own, queued = run_virtual(go())
+    assert len(queued) == 6 and own.num_requests == 4
+    assert (seen.num_running, seen.num_waiting) == (own.num_running, own.num_waiting + 6)
+    assert seen.num_waiting_tokens == own.num_waiting_tokens + sum(queued)
+    assert sum(queued) > 0
 
 
 def test_a_replica_that_fails_to_start_is_reported_and_changes_nothing() -> None:

@@ -290,7 +290,7 @@ def _autoscaler(config: GatewayConfig, app: GatewayApp, model: str) -> LiveAutos
     assert config.autoscale is not None
     return LiveAutoscaler(app.pool, Autoscaler(config.autoscale.config),
                           replica_maker(config, model), config.autoscale.backend, app.metrics,
-                          app.clock)
+                          app.clock, queue=app.admission.queue)
 
 
 def replica_maker(config: GatewayConfig, model: str) -> ReplicaMaker:

@@ -3,8 +3,9 @@
 One backend is scaled (`AutoscaleSettings.backend`). Every `interval_s` the decision function
 (`shunter.router.autoscale`, the same object `shunter simulate --autoscale` runs) sees that
 backend's serving replicas as the router sees them (`Replica.view`: the gateway's in-flight
-counts reconciled with the backends' reports) and how many are still starting, and answers
-with replicas to add and replicas to drain:
+counts reconciled with the backends' reports; requests waiting in the gateway's admission
+queue for a slot count as waiting at the replicas, dealt out over the pool) and how many are
+still starting, and answers with replicas to add and replicas to drain:
 
 - **up**: one more replica of the backend is built (an in-process engine loads its model, in a
   worker thread so that the event loop keeps serving: that is its cold start, which the
@@ -27,13 +28,15 @@ import asyncio
 import contextlib
 import logging
 import math
-from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field
+from collections.abc import Awaitable, Callable, Iterable
+from dataclasses import dataclass, field, replace
 
+from shunter.core.request import Request
 from shunter.gateway.metrics import Counter, GatewayMetrics, Gauge
 from shunter.gateway.pool import ReplicaPool
 from shunter.gateway.replica import Replica
 from shunter.router.autoscale import Autoscaler
+from shunter.router.interface import ReplicaView
 
 __all__ = ["LiveAutoscaler", "ReplicaMaker", "ScaleEvent"]
 
@@ -60,6 +63,9 @@ class LiveAutoscaler:
     backend: str  # the scaled backend's name
     metrics: GatewayMetrics
     clock: Callable[[], float]
+    # the gateway's admission queue: requests waiting for a slot on any backend, which the
+    # decision counts as waiting at the replicas (as the simulator, where they wait there)
+    queue: Iterable[Request] = ()
     events: list[ScaleEvent] = field(default_factory=list)
     counts: Counter = field(default_factory=lambda: Counter(
         "shunter_autoscale_events_total", "Autoscaling events: up (a replica asked for), ready "
@@ -127,8 +133,7 @@ class LiveAutoscaler:
             if replica.is_draining and replica.num_in_flight == 0:
                 self._remove(replica, now)
         serving = [r for r in self.scaled() if not r.is_draining]
-        decision = self.autoscaler.decide(now, [r.view(now) for r in serving],
-                                          len(self._starting))
+        decision = self.autoscaler.decide(now, self.views(now, serving), len(self._starting))
         for _ in range(decision.num_add):
             self._add(now)
         by_id = {r.replica_id: r for r in serving}
@@ -139,6 +144,21 @@ class LiveAutoscaler:
             if replica.num_in_flight == 0:
                 self._remove(replica, now)
         self.pool.on_capacity()
+
+    def views(self, now: float, serving: list[Replica]) -> list[ReplicaView]:
+        """The serving replicas' views, with the gateway's queued requests dealt out in queue
+        order over every replica of the pool that takes requests (they wait for a slot on any
+        of them): those dealt to one of `serving` wait there, prompt tokens and all."""
+        views = [r.view(now) for r in serving]
+        takers = sorted(r.replica_id for r in self.pool.replicas if not r.is_draining)
+        extra = {i: [0, 0] for i in takers}
+        for i, request in enumerate(self.queue):
+            share = extra[takers[i % len(takers)]]
+            share[0] += 1
+            share[1] += request.num_prompt_tokens
+        return [replace(v, num_waiting=v.num_waiting + extra[v.replica_id][0],
+                        num_waiting_tokens=v.num_waiting_tokens + extra[v.replica_id][1])
+                if extra.get(v.replica_id, (0,))[0] else v for v in views]
 
     def _add(self, now: float) -> None:
         index, replica_id = self._next_index, self._next_id
