@@ -23,8 +23,7 @@ and the mean over the light (victim) tenants; ratios are baseline / D2LPM, same 
 Paper setup (`--setup paper`): the paper's headline (7.18x, P50 latency of the well-behaved
 clients) is measured with one ill-behaved client sending far above its share, against the
 state-of-the-art distributed system, SGLang's router: cache-aware routing in front of replicas
-whose queues are SGLang's default longest-prefix-match order (LPM; modelled as `dlpm` with a
-quantum no tenant ever exhausts, i.e. pure LPM). Also run: the fair baseline, VTC replica
+whose queues are SGLang's longest-prefix-match order (the `lpm` policy). Also run: the fair baseline, VTC replica
 queues behind a least-load router, and (for continuity) today's FCFS prefix-affinity baseline.
 - Matched: the baseline (cache-aware router + LPM; VTC is our fair reference, not known to be
   the paper's distributed baseline), the ill-behaved client (here the
@@ -66,7 +65,6 @@ HEAVY_PAPER_RATE, LIGHT_PAPER_RATE = 100.0, 10.0  # req/s: one ill-behaved clien
 # Seconds of arrivals: the backlog forms once the replicas' batches are full (~10 s here).
 PAPER_DURATION_S, QUICK_DURATION_S = 30.0, 15.0
 SGLANG_ROUTER = "SGLang router (cache-aware + LPM)"
-LPM_QUANTUM = 1e18  # a deficit no tenant exhausts: DLPM's order is then pure LPM
 
 
 def configs() -> dict[str, SimConfig]:
@@ -93,8 +91,7 @@ def workload(heavy: tuple[int, float], light: tuple[int, float]) -> list:
 def paper_configs() -> dict[str, SimConfig]:
     return {
         SGLANG_ROUTER: SimConfig(
-            router="prefix_affinity", policy="dlpm", policy_params={"quantum": LPM_QUANTUM},
-            **BASE),
+            router="prefix_affinity", policy="lpm", **BASE),
         "VTC (least-load + vtc)": SimConfig(router="least_load", policy="vtc", **BASE),
         "prefix_affinity + fcfs": configs()["prefix_affinity"],
         "d2lpm": configs()["d2lpm"],

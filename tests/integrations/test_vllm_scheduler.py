@@ -97,9 +97,9 @@ def test_every_policy_serves_a_mixed_load_to_the_end(report: dict[str, Any]) -> 
     """Two tenants, three programs, two priorities, predictions, and a KV cache of 12 blocks:
     every request of every policy finishes with all its tokens, each released once."""
     runs = report["every_policy_runs"]
-    assert sorted(runs) == ["aios_rr", "dlpm", "fastswitch", "fcfs", "ltr", "mlfq", "parrot",
-                            "plas", "priority", "read_me", "sarathi", "sjf", "skippredict",
-                            "vtc"]
+    assert sorted(runs) == ["aios_rr", "dlpm", "fastswitch", "fcfs", "lpm", "ltr", "mlfq",
+                            "parrot", "plas", "priority", "read_me", "sarathi", "sjf",
+                            "skippredict", "vtc"]
     for name, run in runs.items():
         assert run["finished"] == [f"r{i}" for i in range(6)], name
         assert run["outputs"] == [12], name

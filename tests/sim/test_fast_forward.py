@@ -64,6 +64,7 @@ SCENARIOS = {
     "vtc": SimConfig(num_blocks=300, policy="vtc", scheduler={"max_num_seqs": 16}),
     "dlpm": SimConfig(num_blocks=300, policy="dlpm", policy_params={"quantum": 2048.0},
                       scheduler={"max_num_seqs": 16}),
+    "lpm": SimConfig(num_blocks=300, policy="lpm", scheduler={"max_num_seqs": 16}),
     "plas": SimConfig(num_blocks=300, policy="plas",
                       policy_params={"first_level_service": 512.0, "aging_s": 5.0}),
     "fastswitch": SimConfig(num_blocks=300, policy="fastswitch",
@@ -166,10 +167,11 @@ FULL_SEATS = {
                             scheduler={"max_num_seqs": 4, "preemption_mode": "swap"}),
     "dlpm": SimConfig(policy="dlpm", policy_params={"quantum": 1024.0},
                       scheduler={"max_num_seqs": 4}),
+    "lpm": SimConfig(policy="lpm", scheduler={"max_num_seqs": 4}),
 }
 
 
-@pytest.mark.parametrize("name", ["plas", "vtc", "fastswitch", "dlpm", "aios-rr"])
+@pytest.mark.parametrize("name", ["plas", "vtc", "fastswitch", "dlpm", "lpm", "aios-rr"])
 def test_fast_forward_equals_step_by_step_with_full_seats(name):
     specs = varied_workload(seed=7, n=100, rate=8.0)
     fast = simulate(replace(FULL_SEATS[name], fast_forward=True), specs)
@@ -180,7 +182,7 @@ def test_fast_forward_equals_step_by_step_with_full_seats(name):
 @interpreted_only
 @pytest.mark.parametrize("name", sorted(FULL_SEATS))
 def test_runs_also_cover_reordering_policies_and_full_seats(name, monkeypatch):
-    """plas, vtc, mlfq, fastswitch, dlpm: runs capped at the next reordering; with every seat taken, waiting
+    """plas, vtc, mlfq, fastswitch, dlpm, lpm: runs capped at the next reordering; with every seat taken, waiting
     requests no longer stop runs."""
     bulk = []
 

@@ -16,8 +16,8 @@ def test_engine_only_policies_are_refused_with_where_they_run():
             GatewayQueue(make_policy(name))
         message = str(info.value)
         assert name in message and "engine" in message and "--policy" in message
-    assert GATEWAY_POLICIES == ["dlpm", "fcfs", "ltr", "parrot", "plas", "priority", "read_me", "sjf",
-                                "skippredict", "vtc"]
+    assert GATEWAY_POLICIES == ["dlpm", "fcfs", "lpm", "ltr", "parrot", "plas", "priority", "read_me",
+                                "sjf", "skippredict", "vtc"]
     assert all(gateway_refusal(make_policy(n)) is None for n in GATEWAY_POLICIES)
 
 

@@ -13,6 +13,7 @@ from shunter.core.sched.policies.dynasor import DynasorPolicy
 from shunter.core.sched.policies.fastswitch import FastSwitchPolicy
 from shunter.core.sched.policies.fcfs import FcfsPolicy
 from shunter.core.sched.policies.length_grouped import LengthGroupedPolicy
+from shunter.core.sched.policies.lpm import LpmPolicy
 from shunter.core.sched.policies.ltr import LtrPolicy
 from shunter.core.sched.policies.mlfq import MlfqPolicy
 from shunter.core.sched.policies.parrot import ParrotPolicy
@@ -36,6 +37,7 @@ POLICIES: dict[str, Callable[..., Policy]] = {
     "fastswitch": FastSwitchPolicy,
     "fcfs": FcfsPolicy,
     "length_grouped": LengthGroupedPolicy,
+    "lpm": LpmPolicy,
     "ltr": LtrPolicy,
     "mlfq": MlfqPolicy,
     "parrot": ParrotPolicy,

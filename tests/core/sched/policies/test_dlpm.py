@@ -22,7 +22,7 @@ def prompt_sharing(tenant: str, i: int, arrival_s: float = 0.0):
 def run(policy: str, quantum: float = 1e9, num_each: int = 6):
     clock = ManualClock()
     # one request at a time, and room for only one system prompt to stay cached next to it
-    params = {"quantum": quantum} if policy == "dlpm" else {}
+    params = {"quantum": quantum} if policy == "dlpm" else {}  # (lpm has none)
     s = make_scheduler(clock=clock, policy=policy, policy_params=params, num_blocks=8,
                        max_num_seqs=1, watermark=0.0)
     requests = [prompt_sharing(t, i) for i in range(num_each) for t in ("a", "b")]
