@@ -198,3 +198,16 @@ def test_config_refuses_bad_autoscale_tables(tmp_path: Path, extra: str, table: 
     with pytest.raises(ConfigError, match="autoscale") as caught:
         load_config(write(tmp_path, ENGINE + extra + "[autoscale]\n" + table))
     assert message in str(caught.value)
+
+
+def test_queued_requests_with_no_replica_taking_requests_leave_the_views_alone() -> None:
+    async def go() -> list:
+        app, scaler = scaled_app(Scripted([]))
+        await scaler.stop()
+        (replica,) = app.pool.replicas
+        replica.is_draining = True  # nothing takes requests; a queue remains
+        scaler.queue = [SimpleNamespace(num_prompt_tokens=5)]  # type: ignore[list-item]
+        return scaler.views(0.0, []) + scaler.views(0.0, [replica])
+
+    views = run_virtual(go())
+    assert len(views) == 1 and views[0].num_waiting == 0

@@ -151,6 +151,8 @@ class LiveAutoscaler:
         of them): those dealt to one of `serving` wait there, prompt tokens and all."""
         views = [r.view(now) for r in serving]
         takers = sorted(r.replica_id for r in self.pool.replicas if not r.is_draining)
+        if not views or not takers:
+            return views
         extra = {i: [0, 0] for i in takers}
         for i, request in enumerate(self.queue):
             share = extra[takers[i % len(takers)]]
