@@ -7,8 +7,9 @@ inputs: `max_num_seqs` decodes whose contexts fill the whole KV cache, plus a pr
 the rest of the budget after `DEFAULT_PREFILL_CONTEXT_TOKENS` (capped by the context) of its
 own prompt. The KV it reads holds whatever the cache holds (zeros at start-up): attention
 costs the same whatever the values. Budgets are doubled from the smallest until one misses
-the target, then searched between the last two (`largest_budget_within`); each is timed as
-the best of `REPEATS` passes, or by one that took `CLEAR_MISS` times the target.
+the target, then searched between the last two (`largest_budget_within`, to `RESOLUTION`);
+each is timed as the best of `REPEATS` passes, or by one that took `CLEAR_MISS` times the
+target.
 """
 
 from __future__ import annotations
@@ -31,6 +32,9 @@ REPEATS = 2
 # a pass this many times the target: the budget misses, whatever the next pass says (a pass
 # slowed that much by a loaded machine costs at most a smaller budget, never a missed target)
 CLEAR_MISS = 1.5
+# the search ends once a fit and a miss are within 5% of the fit: the same budget's worst step
+# varies by about as much from run to run here, so the last aligned steps are noise
+RESOLUTION = 0.05
 _FILL_TOKEN_ID = 100  # any ordinary token: the values do not change the time
 
 
@@ -85,7 +89,8 @@ def measure_budget_for_tbt(runner: ModelRunner, tbt_slo_s: float, *, num_decodes
     try:
         return largest_budget_within(step_s, tbt_slo_s, num_decodes=num_decodes,
                                      max_budget=min(max_budget, max_seq_len),
-                                     fits=max_budget // 2 if max_budget > smallest else None)
+                                     fits=max_budget // 2 if max_budget > smallest else None,
+                                     resolution=RESOLUTION)
     except BudgetOutOfReach as exc:
         raise ConfigError(
             f"sarathi: TBT target {tbt_slo_s} s is out of reach on this engine: {num_decodes} "

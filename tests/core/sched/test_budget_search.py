@@ -52,6 +52,28 @@ def test_the_answer_is_the_scans_for_step_times_that_never_fall(seed: int) -> No
                                      max_budget=max_budget, fits=known) == expected
 
 
+@pytest.mark.parametrize("seed", range(40))
+def test_a_coarser_resolution_answers_a_fit_within_it_with_no_more_probes(seed: int) -> None:
+    step_s = _non_decreasing(seed)
+    rng = random.Random(seed)
+    max_budget = rng.choice([1024, 4096, 1 << 14])
+    target = rng.uniform(step_s(smallest_budget(NUM_DECODES)), step_s(max_budget) * 1.1)
+    expected = _scan(step_s, target, max_budget)
+    probes: dict[float, list[int]] = {0.0: [], 0.05: []}
+    answers = {}
+    for resolution, seen in probes.items():
+        def counted(budget: int, seen: list[int] = seen) -> float:
+            seen.append(budget)
+            return step_s(budget)
+        answers[resolution] = largest_budget_within(counted, target, num_decodes=NUM_DECODES,
+                                                    max_budget=max_budget, resolution=resolution)
+    coarse = answers[0.05]
+    assert answers[0.0] == expected
+    assert step_s(coarse) <= target and coarse % BUDGET_ALIGN_TOKENS == 0
+    assert expected - max(BUDGET_ALIGN_TOKENS, 0.05 * coarse) < coarse <= expected
+    assert len(probes[0.05]) <= len(probes[0.0])
+
+
 def test_a_measured_line_takes_a_few_probes_where_bisection_took_seven() -> None:
     """The engine's case: after doubling to 3072 (5.6 s) past 1536 (2.8 s), a 5 s target."""
     probes: list[int] = []
@@ -73,3 +95,22 @@ def test_out_of_reach_and_a_wrong_known_fit_are_refused() -> None:
     with pytest.raises(AssertionError, match="does not fit"):
         largest_budget_within(lambda b: b / 1000, 1.0, num_decodes=NUM_DECODES,
                               max_budget=4096, fits=2048)
+
+
+def test_the_engines_resolution_stops_where_its_measured_times_are_noise() -> None:
+    """SmolLM2 on this machine at a 5 s target (seconds, one measured start-up): 2400 took
+    longer than 2432 would by the line. Exactly, four probes chase the last aligned step; at
+    the engine's 5% resolution the search ends at the first fit and miss 4% apart."""
+    measured = {1536: 2.837, 3072: 6.893, 2336: 4.776, 2432: 5.107, 2400: 5.102, 2368: 4.850}
+    searched: dict[float, list[int]] = {0.0: [], 0.05: []}
+    answers = {}
+    for resolution, probes in searched.items():
+        def step_s(budget: int, probes: list[int] = probes) -> float:
+            if budget not in (smallest_budget(NUM_DECODES), 1536, 3072):
+                probes.append(budget)
+            return measured.get(budget, 0.2)
+        answers[resolution] = largest_budget_within(step_s, 5.0, num_decodes=NUM_DECODES,
+                                                    max_budget=3072, fits=1536,
+                                                    resolution=resolution)
+    assert (answers[0.0], searched[0.0]) == (2368, [2336, 2432, 2400, 2368])
+    assert (answers[0.05], searched[0.05]) == (2336, [2336, 2432])

@@ -34,10 +34,14 @@ def smallest_budget(num_decodes: int) -> int:
 
 
 def largest_budget_within(step_s: Callable[[int], float], tbt_slo_s: float, *,
-                          num_decodes: int, max_budget: int, fits: int | None = None) -> int:
+                          num_decodes: int, max_budget: int, fits: int | None = None,
+                          resolution: float = 0.0) -> int:
     """The largest aligned budget b <= `max_budget` with `step_s(b) <= tbt_slo_s`, where
     `step_s(b)` is the time of the worst step budget b allows; BudgetOutOfReach if none.
     `fits`: an aligned budget already known to meet the target, searched from.
+    `resolution`: stop once a budget that fits and one that misses are within this fraction of
+    the one that fits, and answer that one (a measured search, whose times vary from run to run
+    by about as much, need not chase the last aligned step).
 
     Step time grows with the budget, close to linearly: each probe goes where the line
     through the bounds' times meets the target (one aligned step above it after a probe that
@@ -58,7 +62,7 @@ def largest_budget_within(step_s: Callable[[int], float], tbt_slo_s: float, *,
         return hi
     halve = raised = False
     last_width = 2 * (hi - lo)  # the interval before the last probe
-    while hi - lo > BUDGET_ALIGN_TOKENS:  # lo fits, hi does not, both aligned
+    while hi - lo > max(BUDGET_ALIGN_TOKENS, resolution * lo):  # lo fits, hi misses; aligned
         width = hi - lo
         if halve or hi_s <= lo_s:
             mid = lo + width // 2
