@@ -33,17 +33,26 @@ def one_engine_answers() -> list[tuple[str, str]]:
     tokens in a smaller batch; that rounds differently and can flip a near-tied greedy token
     ("Say hello." answers "Hello! I'm..." first and "Hello there, ..." after), in one engine
     as in the pools, so the reference has to see the same history."""
+    import torch
+
     from shunter.engine import EngineConfig, LLMEngine, SamplingParams
 
-    engine = LLMEngine(EngineConfig.of(model="smollm2-135m"))
-    assert engine.tokenizer is not None
-    params = SamplingParams(temperature=0.0, max_tokens=MAX_TOKENS)
-    answers = []
-    for question in QUESTIONS:
-        prompt = engine.tokenizer.apply_chat_template([{"role": "user", "content": question}])
-        first, second = (engine.generate([prompt], params)[0].text for _ in range(2))
-        answers.append((first, second))
-    return answers
+    # one thread, as the server's engines (`serving` sets OMP_NUM_THREADS=1): a matmul split
+    # over another number of threads sums in another order, which can flip a near tie too
+    num_threads = torch.get_num_threads()
+    try:
+        engine = LLMEngine(EngineConfig.of(model="smollm2-135m", num_threads=1))
+        assert engine.tokenizer is not None
+        params = SamplingParams(temperature=0.0, max_tokens=MAX_TOKENS)
+        answers = []
+        for question in QUESTIONS:
+            prompt = engine.tokenizer.apply_chat_template([{"role": "user",
+                                                            "content": question}])
+            first, second = (engine.generate([prompt], params)[0].text for _ in range(2))
+            answers.append((first, second))
+        return answers
+    finally:
+        torch.set_num_threads(num_threads)
 
 
 @pytest.mark.slow
