@@ -37,13 +37,18 @@ def _non_decreasing(seed: int):
     return step_s
 
 
-@pytest.mark.parametrize("seed", range(40))
-def test_the_answer_is_the_scans_for_step_times_that_never_fall(seed: int) -> None:
+def _case(seed: int):
+    """(step times, largest budget, target, the scan's answer) of a seeded case."""
     step_s = _non_decreasing(seed)
     rng = random.Random(seed)
     max_budget = rng.choice([1024, 4096, 1 << 14])
     target = rng.uniform(step_s(smallest_budget(NUM_DECODES)), step_s(max_budget) * 1.1)
-    expected = _scan(step_s, target, max_budget)
+    return step_s, max_budget, target, _scan(step_s, target, max_budget)
+
+
+@pytest.mark.parametrize("seed", range(40))
+def test_the_answer_is_the_scans_for_step_times_that_never_fall(seed: int) -> None:
+    step_s, max_budget, target, expected = _case(seed)
     assert largest_budget_within(step_s, target, num_decodes=NUM_DECODES,
                                  max_budget=max_budget) == expected
     fits = [b for b in (64, 256, 1024) if b < max_budget and step_s(b) <= target]
@@ -54,11 +59,7 @@ def test_the_answer_is_the_scans_for_step_times_that_never_fall(seed: int) -> No
 
 @pytest.mark.parametrize("seed", range(40))
 def test_a_coarser_resolution_answers_a_fit_within_it_with_no_more_probes(seed: int) -> None:
-    step_s = _non_decreasing(seed)
-    rng = random.Random(seed)
-    max_budget = rng.choice([1024, 4096, 1 << 14])
-    target = rng.uniform(step_s(smallest_budget(NUM_DECODES)), step_s(max_budget) * 1.1)
-    expected = _scan(step_s, target, max_budget)
+    step_s, max_budget, target, expected = _case(seed)
     probes: dict[float, list[int]] = {0.0: [], 0.05: []}
     answers = {}
     for resolution, seen in probes.items():
