@@ -150,17 +150,18 @@ class LiveAutoscaler:
         order over every replica of the pool that takes requests (they wait for a slot on any
         of them): those dealt to one of `serving` wait there, prompt tokens and all."""
         views = [r.view(now) for r in serving]
+        queued = [request.num_prompt_tokens for request in self.queue]
         takers = sorted(r.replica_id for r in self.pool.replicas if not r.is_draining)
-        if not views or not takers:
-            return views
-        extra = {i: [0, 0] for i in takers}
-        for i, request in enumerate(self.queue):
-            share = extra[takers[i % len(takers)]]
-            share[0] += 1
-            share[1] += request.num_prompt_tokens
-        return [replace(v, num_waiting=v.num_waiting + extra[v.replica_id][0],
-                        num_waiting_tokens=v.num_waiting_tokens + extra[v.replica_id][1])
-                if extra.get(v.replica_id, (0,))[0] else v for v in views]
+        place = {replica_id: i for i, replica_id in enumerate(takers)}
+
+        def with_queued(view: ReplicaView) -> ReplicaView:
+            i = place.get(view.replica_id)
+            mine = [] if i is None else queued[i::len(takers)]  # its deal: one in len(takers)
+            if not mine:
+                return view
+            return replace(view, num_waiting=view.num_waiting + len(mine),
+                           num_waiting_tokens=view.num_waiting_tokens + sum(mine))
+        return [with_queued(v) for v in views]
 
     def _add(self, now: float) -> None:
         index, replica_id = self._next_index, self._next_id

@@ -243,8 +243,9 @@ def victim_sort_key(policy: Policy, now_s: float) -> Callable[[Request], Any]:
     key itself when the policy keeps StaticKeyPolicy's victim key, else the policy's own
     `victim_key_at(now_s)` where it has one (one call per request, not three: the scheduler
     sorts the running list every step)."""
-    if _keeps_static(policy, "victim_key"):
-        return policy.order_key  # type: ignore[attr-defined]
+    static = static_victim_key(policy)
+    if static is not None:
+        return static
     victim_key_at = getattr(policy, "victim_key_at", None)
     if victim_key_at is not None:
         return victim_key_at(now_s)  # type: ignore[no-any-return]
