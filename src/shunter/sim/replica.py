@@ -101,6 +101,22 @@ class SimReplica:
             free_blocks -= blocks * sum(1 for r in running if r.priority <= high)
         tokens, blocks = run_load(scheduler, flight, done)
         config, speeds, lora = scheduler.config, self._speeds, self.executor.lora
+        if reuse and last is not None and last.with_speeds == with_speeds:
+            # the last view lived for its decision only: refill it (a fifth of building one)
+            view = last.view
+            view.num_waiting = len(scheduler.waiting)
+            view.num_running = len(running)
+            view.num_waiting_tokens = scheduler.num_waiting_tokens
+            view.num_running_tokens = running_tokens + tokens
+            view.num_free_blocks = free_blocks - blocks
+            view.taken_at_s = now
+            if with_speeds:
+                view.decode_step_s = speeds.decode_step_s(len(running), running_tokens + tokens)
+            if lora is not None:
+                view.lora_ids = lora.lora_ids
+            last.stamp, last.done, last.headroom = self.stamp, done, self.priority_headroom
+            last.running_tokens, last.free_blocks = running_tokens, free_blocks
+            return view
         view = ReplicaView(
             replica_id=self.replica_id, num_waiting=len(scheduler.waiting),
             num_running=len(running), num_waiting_tokens=scheduler.num_waiting_tokens,
