@@ -57,7 +57,6 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import Callable
 from operator import attrgetter
 from typing import Any
 
@@ -84,10 +83,10 @@ from shunter.core.request import Request  # noqa: E402
 from shunter.core.sched.policy import (  # noqa: E402
     Policy,
     PrefixAwarePolicy,
-    StaticKeyPolicy,
     charges_service,
     chunk_charger,
     never_preempts,
+    static_victim_key,
     step_charger,
     victim_sort_key,
 )
@@ -133,7 +132,7 @@ class ShunterScheduler(Scheduler):
         # `running` sorted by the policy's victim key, so that is the policy's victim
         self.policy = SchedulingPolicy.FCFS
         self.shunter_policy: Policy = policy
-        static_key = _static_victim_key(policy)
+        static_key = static_victim_key(policy)
         self.mirrors = Mirrors(static_key)
         self._static_keys = self.mirrors.static_keys if static_key is not None else None
         queue = (policy.make_prefix_queue(self._num_cached_prompt_tokens)
@@ -358,15 +357,6 @@ class ShunterScheduler(Scheduler):
                         budget.worst_step_s(budget.budget or 1), budget.tbt_slo_s,
                         "; out of reach even at the smallest budget" if budget.is_out_of_reach
                         else "")
-
-
-def _static_victim_key(policy: Policy) -> Callable[[Request], Any] | None:
-    """The policy's static key when its victim key is that key (fcfs, priority, sjf, ltr): it
-    reads only what a request arrives with, so it is taken once per request."""
-    if isinstance(policy, StaticKeyPolicy) \
-            and type(policy).victim_key is StaticKeyPolicy.victim_key:
-        return policy.order_key
-    return None
 
 
 class ShunterAsyncScheduler(ShunterScheduler, AsyncScheduler):
