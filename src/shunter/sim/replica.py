@@ -101,32 +101,22 @@ class SimReplica:
             free_blocks -= blocks * sum(1 for r in running if r.priority <= high)
         tokens, blocks = run_load(scheduler, flight, done)
         config, speeds, lora = scheduler.config, self._speeds, self.executor.lora
+        num_running, num_tokens = len(running), running_tokens + tokens
+        decode_s = speeds.decode_step_s(num_running, num_tokens) if with_speeds else None
+        lora_ids = frozenset() if lora is None else lora.lora_ids
         if reuse and last is not None and last.with_speeds == with_speeds:
-            # the last view lived for its decision only: refill it (a fifth of building one)
-            view = last.view
-            view.num_waiting = len(scheduler.waiting)
-            view.num_running = len(running)
-            view.num_waiting_tokens = scheduler.num_waiting_tokens
-            view.num_running_tokens = running_tokens + tokens
-            view.num_free_blocks = free_blocks - blocks
-            view.taken_at_s = now
-            if with_speeds:
-                view.decode_step_s = speeds.decode_step_s(len(running), running_tokens + tokens)
-            if lora is not None:
-                view.lora_ids = lora.lora_ids
-            last.stamp, last.done, last.headroom = self.stamp, done, self.priority_headroom
-            last.running_tokens, last.free_blocks = running_tokens, free_blocks
-            return view
+            last.refill(self.stamp, done, self.priority_headroom, running_tokens, free_blocks,
+                        len(scheduler.waiting), num_running, scheduler.num_waiting_tokens,
+                        num_tokens, free_blocks - blocks, now, decode_s, lora_ids)
+            return last.view
         view = ReplicaView(
             replica_id=self.replica_id, num_waiting=len(scheduler.waiting),
-            num_running=len(running), num_waiting_tokens=scheduler.num_waiting_tokens,
-            num_running_tokens=running_tokens + tokens, num_free_blocks=free_blocks - blocks,
+            num_running=num_running, num_waiting_tokens=scheduler.num_waiting_tokens,
+            num_running_tokens=num_tokens, num_free_blocks=free_blocks - blocks,
             num_total_blocks=config.num_blocks, block_size=config.block_size,
             taken_at_s=now, max_num_seqs=config.max_num_seqs,
             prefill_tokens_per_s=speeds.prefill_tokens_per_s if with_speeds else None,
-            decode_step_s=(speeds.decode_step_s(len(running), running_tokens + tokens)
-                           if with_speeds else None),
-            lora_ids=frozenset() if lora is None else lora.lora_ids)
+            decode_step_s=decode_s, lora_ids=lora_ids)
         if reuse:
             self._last_view = LastView(view, self.stamp, done, with_speeds, self.priority_headroom,
                                        running_tokens, free_blocks)
