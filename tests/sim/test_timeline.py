@@ -137,7 +137,7 @@ def test_a_gap_tally_counts_the_gaps_of_each_requests_token_times(seed, settle_s
         if rng.random() < 0.3:
             live.append(TokenTimes(timeline))
         for times in live:
-            last = times._bounds[-1] if times.num_ranges else None
+            last = times.bounds[-1] if times.num_ranges else None
             if rng.random() < 0.15:
                 continue  # a prefill-only step: this one gets no token
             if last == step and rng.random() < 0.5:

@@ -292,8 +292,12 @@ class SimReplica:
             # (none: a request stopped early while it sampled nothing; several: speculative
             # decoding's accepted drafts, all at this step)
             times = live[out.request_id][1].token_times_s
-            for _ in out.new_token_ids:
-                times.add(first, first + 1)  # type: ignore[attr-defined]
+            if isinstance(times, TokenTimes):  # (the common kind: a native call)
+                for _ in out.new_token_ids:
+                    times.add(first, first + 1)
+            else:  # a moved request's spliced times
+                for _ in out.new_token_ids:
+                    times.add(first, first + 1)  # type: ignore[attr-defined]
             if out.finish_reason is not None:
                 done.append(self._close(out.request_id, out.finish_reason))
         return done

@@ -64,30 +64,50 @@ class StepTimeline:
 
 
 class TokenTimes(Sequence[float]):
-    """One request's token times: ranges of its replica's timeline, merged when adjacent."""
+    """One request's token times: ranges of its replica's timeline, merged when adjacent.
 
-    __slots__ = ("_bounds", "_num_tokens", "_timeline")
+    The last range is held in two native ints (`_last`, `_stop`; -1 before the first token),
+    the earlier ones in an `array('q')`: a step's token continues the last range, so `add`
+    writes one int instead of an array item (run for every request of every step)."""
+
+    __slots__ = ("_closed", "_last", "_num_tokens", "_stop", "_timeline")
 
     def __init__(self, timeline: StepTimeline) -> None:
         self._timeline = timeline
-        self._bounds = array("q")  # start0, stop0, start1, stop1, ... (timeline indices)
+        self._closed = array("q")  # start0, stop0, start1, stop1, ... before the last range
+        self._last = -1  # the last range [_last, _stop) (timeline indices)
+        self._stop = -1
         self._num_tokens = 0
 
     def __reduce__(self) -> tuple[Any, ...]:  # mypyc: native __init__ needs `timeline` on unpickle
-        return (_rebuild_token_times, (self._timeline, self._bounds, self._num_tokens))
+        return (_rebuild_token_times, (self._timeline, self.bounds, self._num_tokens))
 
     def add(self, start: int, stop: int) -> None:
         """The request got a token at each step in [start, stop) of the timeline (again at
         the last step it got one: speculative decoding's several tokens in one step)."""
-        bounds = self._bounds
-        if bounds and bounds[-1] == start:
-            bounds[-1] = stop
+        if self._stop == start:
+            self._stop = stop
         else:
-            assert not bounds or bounds[-1] <= start + 1, "token ranges must be added in order"
+            assert self._stop <= start + 1, "token ranges must be added in order"
             assert start < stop <= len(self._timeline), f"bad token range [{start}, {stop})"
-            bounds.append(start)
-            bounds.append(stop)
+            self._open(start, stop)
         self._num_tokens += stop - start
+
+    def _open(self, start: int, stop: int) -> None:
+        """Begin a new last range, closing the one before."""
+        if self._stop >= 0:
+            self._closed.append(self._last)
+            self._closed.append(self._stop)
+        self._last, self._stop = start, stop
+
+    @property
+    def bounds(self) -> array[int]:
+        """start0, stop0, start1, stop1, ... of every range (a copy)."""
+        out = array("q", self._closed)
+        if self._stop >= 0:
+            out.append(self._last)
+            out.append(self._stop)
+        return out
 
     @property
     def timeline(self) -> StepTimeline:
@@ -95,12 +115,14 @@ class TokenTimes(Sequence[float]):
 
     @property
     def num_ranges(self) -> int:
-        return len(self._bounds) // 2
+        return len(self._closed) // 2 + (self._stop >= 0)
 
     @property
     def first_step(self) -> int | None:
         """Timeline index of the first token (None before it): what a trim must keep."""
-        return self._bounds[0] if self._bounds else None
+        if self._closed:
+            return self._closed[0]
+        return self._last if self._stop >= 0 else None
 
     def __len__(self) -> int:
         return self._num_tokens
@@ -119,9 +141,10 @@ class TokenTimes(Sequence[float]):
             index += n
         if not 0 <= index < n:
             raise IndexError("token index out of range")
-        bounds, times, base = self._bounds, self._timeline.times_s, self._timeline.base
+        times, base = self._timeline.times_s, self._timeline.base
         if index == n - 1:  # the last token (finish time): O(1)
-            return times[bounds[-1] - 1 - base]
+            return times[self._stop - 1 - base]
+        bounds = self.bounds
         for k in range(0, len(bounds), 2):
             width = bounds[k + 1] - bounds[k]
             if index < width:
@@ -130,7 +153,7 @@ class TokenTimes(Sequence[float]):
         raise AssertionError("token count and ranges disagree")
 
     def __iter__(self) -> Iterator[float]:
-        bounds, times, base = self._bounds, self._timeline.times_s, self._timeline.base
+        bounds, times, base = self.bounds, self._timeline.times_s, self._timeline.base
         for k in range(0, len(bounds), 2):
             yield from times[bounds[k] - base:bounds[k + 1] - base]
 
@@ -138,10 +161,11 @@ class TokenTimes(Sequence[float]):
         return list(self)
 
     def __array__(self, dtype: Any = None, copy: Any = None) -> np.ndarray:
-        bounds, times, base = self._bounds, self._timeline.times_s, self._timeline.base
-        if len(bounds) == 2:  # one range (most requests): no list of parts, no concatenation
-            out = np.frombuffer(times[bounds[0] - base:bounds[1] - base], dtype=np.float64)
+        times, base = self._timeline.times_s, self._timeline.base
+        if not self._closed and self._stop >= 0:  # one range (most requests): no list of parts
+            out = np.frombuffer(times[self._last - base:self._stop - base], dtype=np.float64)
             return out if dtype is None else out.astype(dtype, copy=False)
+        bounds = self.bounds
         parts = [np.frombuffer(times[bounds[k] - base:bounds[k + 1] - base], dtype=np.float64)
                  for k in range(0, len(bounds), 2)]
         out = np.concatenate(parts) if parts else np.empty(0, dtype=np.float64)
@@ -161,7 +185,10 @@ class TokenTimes(Sequence[float]):
 
 def _rebuild_token_times(timeline: StepTimeline, bounds: array[int], num_tokens: int) -> TokenTimes:
     t = TokenTimes(timeline)
-    t._bounds, t._num_tokens = bounds, num_tokens
+    if bounds:
+        t._closed = bounds[:-2]
+        t._last, t._stop = bounds[-2], bounds[-1]
+    t._num_tokens = num_tokens
     return t
 
 
@@ -170,18 +197,16 @@ def add_range(times: Iterable[Any], start: int, stop: int) -> None:
     loop, so `add` is inlined: a range that continues the last one, as after a mixed step, or
     a new one, as after a prefill-only step, which gives the running requests no token)."""
     num_tokens = stop - start
-    pair = array("q", (start, stop))
     for t in times:
         if type(t) is not TokenTimes:
             t.add(start, stop)  # another kind (a moved request's spliced times)
             continue
-        bounds = t._bounds
-        if bounds and bounds[-1] == start:
-            bounds[-1] = stop
-        elif bounds and bounds[-1] > start:
+        if t._stop == start:
+            t._stop = stop
+        elif t._stop > start:
             raise AssertionError("token ranges must be added in order")
         else:  # a new range: every running request after a prefill-only step
-            bounds += pair  # (array += array: one copy, no per-item conversion)
+            t._open(start, stop)
         t._num_tokens += num_tokens
 
 
@@ -215,7 +240,7 @@ class GapTally:
     def add(self, times: TokenTimes) -> None:
         """Count a finished request's gaps (read now: its steps may be trimmed after)."""
         assert times._timeline is self.timeline, "a tally counts one timeline's requests"
-        bounds = times._bounds
+        bounds = times.bounds
         if not bounds:
             return
         if self.timeline.base - self._base >= self.settle_steps:
