@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import sys
 from dataclasses import dataclass
+from typing import Final
 
 from shunter.core.kv.hashing import BlockHasher, request_salt
 from shunter.core.types import (
@@ -23,6 +24,8 @@ from shunter.core.types import (
 )
 
 __all__ = ["Request"]
+
+_WAITING: Final = RequestStatus.WAITING  # (read once: see core.sched.scheduler's _RUNNING)
 
 
 @dataclass(slots=True, eq=False, init=False)
@@ -90,7 +93,7 @@ class Request:
         self.predicted_output_tokens = predicted_output_tokens
         self.lora_id = lora_id
         self.expert_profile = None
-        self.status = RequestStatus.WAITING
+        self.status = _WAITING
         self.num_output_tokens = 0
         self.num_computed_tokens = 0
         self.token_ids = token_ids

@@ -31,7 +31,7 @@ from __future__ import annotations
 
 import sys
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import Any, Final
 
 from shunter.core.clock import Clock
 from shunter.core.kv.manager import KVCacheManager
@@ -62,6 +62,10 @@ __all__ = ["CoreScheduler", "SchedulerConfig"]
 
 # a finished conversation turn whose KV the next turn may reuse (host KV reuse)
 _OFFLOADED_STATUSES = (RequestStatus.FINISHED_STOPPED, RequestStatus.FINISHED_LENGTH)
+# the statuses the hot paths test, read once: on Python 3.11 `RequestStatus.RUNNING` goes
+# through EnumType.__getattr__'s slot (about 900 instructions; a compiled Final is a C static)
+_RUNNING: Final = RequestStatus.RUNNING
+_SWAPPED: Final = RequestStatus.SWAPPED
 
 
 class CoreScheduler:
@@ -125,7 +129,7 @@ class CoreScheduler:
         request = self.requests.get(request_id)
         if request is None:
             return None
-        if request.status == RequestStatus.RUNNING:
+        if request.status == _RUNNING:
             self.running.remove(request)
         else:
             self.waiting.remove(request)
@@ -212,7 +216,7 @@ class CoreScheduler:
                 is_allocated = self.kv.allocate_slots(request, num_new)
             if is_allocated:
                 plan.add(request, num_new)
-            if is_allocated or request.status == RequestStatus.RUNNING:
+            if is_allocated or request.status == _RUNNING:
                 i += 1
         return is_short
 
@@ -240,7 +244,7 @@ class CoreScheduler:
                 break
             num_queued = request.num_uncomputed_tokens
             reserve = self.headroom.reserve_for(request, reserved, len(self.running))
-            if request.status == RequestStatus.SWAPPED:
+            if request.status == _SWAPPED:
                 # swapped out mid-prompt, it may need more than one new block for its next chunk
                 num_new = min(request.num_uncomputed_tokens, plan.budget)
                 num_held = len(request.host_block_ids or ())
@@ -268,7 +272,7 @@ class CoreScheduler:
                 plan.add_new_request(request)
             self.waiting.pop()
             self.num_waiting_tokens -= num_queued
-            request.status = RequestStatus.RUNNING
+            request.status = _RUNNING
             request.has_progressed = False
             if request.first_scheduled_s is None:
                 request.first_scheduled_s = now
@@ -323,7 +327,7 @@ class CoreScheduler:
     def num_cached_prefix_tokens(self, request: Request) -> int:
         """Tokens a waiting request would not compute if admitted now (prefix-aware policies'
         probe): its prefix-cache hits, or all it computed before a swap-out (copied back)."""
-        if request.status == RequestStatus.SWAPPED:
+        if request.status == _SWAPPED:
             return request.num_computed_tokens
         return len(self.kv.computed_blocks(request)) * self.config.block_size
 
@@ -338,7 +342,7 @@ class CoreScheduler:
         request.has_progressed = False
         if self.config.preemption_mode == "swap" and self.kv.can_swap_out(request):
             plan.swap_out.extend(self.kv.swap_out(request))
-            request.status = RequestStatus.SWAPPED
+            request.status = _SWAPPED
         else:
             self.kv.free(request, alive=True)
             request.num_computed_tokens = 0
@@ -365,7 +369,7 @@ class CoreScheduler:
         max_seq_len = self.max_seq_len
         for chunk in output.chunks:
             request = self.requests.get(chunk.request_id)
-            if request is None or request.status != RequestStatus.RUNNING:
+            if request is None or request.status != _RUNNING:
                 continue  # aborted while the step ran
             request.num_computed_tokens += chunk.num_scheduled_tokens
             if not chunk.is_sampling:
