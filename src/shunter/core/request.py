@@ -14,7 +14,7 @@ import sys
 from dataclasses import dataclass
 from typing import Final
 
-from shunter.core.kv.hashing import BlockHasher, request_salt
+from shunter.core.kv.hashing import BlockHasher
 from shunter.core.types import (
     DEFAULT_BLOCK_SIZE,
     ExpertProfile,
@@ -121,7 +121,7 @@ class Request:
         if hash_blocks:
             hasher = BlockHasher(block_size, hash_ids=spec.hash_ids,
                                  hash_block_size=spec.hash_block_size,
-                                 salt=request_salt(spec.request_id))
+                                 salt_id=spec.request_id)
         request = Request(  # not cls(...): a direct call is a native one when compiled
             request_id=spec.request_id, arrival_s=spec.arrival_s,
             num_prompt_tokens=spec.num_prompt_tokens, max_output_tokens=spec.max_output_tokens,

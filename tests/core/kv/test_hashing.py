@@ -40,6 +40,14 @@ def test_blocks_beyond_hash_ids_are_unique_to_the_request():
     assert a[0] == b[0] and a[1] != b[1]
 
 
+def test_a_salt_named_by_request_id_is_that_requests_salt_taken_when_first_needed():
+    hasher = BlockHasher(16, hash_ids=[5], hash_block_size=16, salt_id="x")
+    assert hashes(hasher, 16) == hashes(BlockHasher(16, hash_ids=[5], hash_block_size=16), 16)
+    assert hashes(hasher, 48) == hashes(
+        BlockHasher(16, hash_ids=[5], hash_block_size=16, salt=request_salt("x")), 48)
+    assert hasher.salt == request_salt("x")
+
+
 def test_hashes_are_stable_across_processes_with_different_hash_seeds():
     code = ("from shunter.core.kv.hashing import BlockHasher, request_salt; o=[]; "
             "BlockHasher(4, salt=request_salt('r1')).extend(o, 8); "

@@ -37,14 +37,25 @@ def request_salt(request_id: str) -> int:
 class BlockHasher:
     """Extends a request's list of full-block hashes as its known tokens grow."""
 
-    __slots__ = ("block_size", "hash_block_size", "hash_ids", "salt")
+    __slots__ = ("_salt", "block_size", "hash_block_size", "hash_ids", "salt_id")
 
     def __init__(self, block_size: int, *, hash_ids: Sequence[int] | None = None,
-                 hash_block_size: int = 16, salt: int = 0) -> None:
+                 hash_block_size: int = 16, salt: int = 0, salt_id: str | None = None) -> None:
+        """`salt_id`: a request id whose `request_salt` is the salt instead, taken when first
+        needed (most requests never hash a block of their own: `Request.publish_limit`)."""
         self.block_size = block_size
         self.hash_ids = tuple(hash_ids) if hash_ids is not None else None
         self.hash_block_size = hash_block_size
-        self.salt = salt
+        self.salt_id = salt_id
+        self._salt: int | None = salt if salt_id is None else None
+
+    @property
+    def salt(self) -> int:
+        """The key of this request's unique blocks."""
+        if self._salt is None:
+            assert self.salt_id is not None
+            self._salt = request_salt(self.salt_id)
+        return self._salt
 
     def num_shareable_blocks(self, has_token_ids: bool) -> int:
         """Leading blocks another request may share: all with token ids, those the hash ids
