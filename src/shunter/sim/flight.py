@@ -73,16 +73,20 @@ class LastView:
     def refill(self, stamp: int, done: int, headroom: tuple[int, int] | None,
                running_tokens: int, free_blocks: int, num_waiting: int, num_running: int,
                num_waiting_tokens: int, num_running_tokens: int, num_free_blocks: int,
-               taken_at_s: float, decode_step_s: float | None, lora_ids: frozenset[str]) -> None:
+               taken_at_s: float, decode_step_s: float | None,
+               lora_ids: frozenset[str] | None) -> None:
         """Take the replica's load now into this view (it lived for one decision only, so
-        refilling it is safe, and about a fifth of the cost of building a `ReplicaView`)."""
+        refilling it is safe, and about a fifth of the cost of building a `ReplicaView`).
+        `lora_ids` None: the replica serves no adapters (the view's stay empty)."""
         self.stamp, self.done, self.headroom = stamp, done, headroom
         self.running_tokens, self.free_blocks = running_tokens, free_blocks
         view = self.view
         view.num_waiting, view.num_running = num_waiting, num_running
         view.num_waiting_tokens, view.num_running_tokens = num_waiting_tokens, num_running_tokens
         view.num_free_blocks, view.taken_at_s = num_free_blocks, taken_at_s
-        view.decode_step_s, view.lora_ids = decode_step_s, lora_ids
+        view.decode_step_s = decode_step_s
+        if lora_ids is not None:
+            view.lora_ids = lora_ids
 
 
 def run_load(scheduler: CoreScheduler, flight: InFlight | None, done: int) -> tuple[int, int]:

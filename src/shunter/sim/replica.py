@@ -103,11 +103,11 @@ class SimReplica:
         config, speeds, lora = scheduler.config, self._speeds, self.executor.lora
         num_running, num_tokens = len(running), running_tokens + tokens
         decode_s = speeds.decode_step_s(num_running, num_tokens) if with_speeds else None
-        lora_ids = frozenset() if lora is None else lora.lora_ids
         if reuse and last is not None and last.with_speeds == with_speeds:
             last.refill(self.stamp, done, self.priority_headroom, running_tokens, free_blocks,
                         len(scheduler.waiting), num_running, scheduler.num_waiting_tokens,
-                        num_tokens, free_blocks - blocks, now, decode_s, lora_ids)
+                        num_tokens, free_blocks - blocks, now, decode_s,
+                        None if lora is None else lora.lora_ids)
             return last.view
         view = ReplicaView(
             replica_id=self.replica_id, num_waiting=len(scheduler.waiting),
@@ -116,7 +116,7 @@ class SimReplica:
             num_total_blocks=config.num_blocks, block_size=config.block_size,
             taken_at_s=now, max_num_seqs=config.max_num_seqs,
             prefill_tokens_per_s=speeds.prefill_tokens_per_s if with_speeds else None,
-            decode_step_s=decode_s, lora_ids=lora_ids)
+            decode_step_s=decode_s, lora_ids=frozenset() if lora is None else lora.lora_ids)
         if reuse:
             self._last_view = LastView(view, self.stamp, done, with_speeds, self.priority_headroom,
                                        running_tokens, free_blocks)

@@ -240,23 +240,27 @@ class GapTally:
     def add(self, times: TokenTimes) -> None:
         """Count a finished request's gaps (read now: its steps may be trimmed after)."""
         assert times._timeline is self.timeline, "a tally counts one timeline's requests"
-        bounds = times.bounds
-        if not bounds:
+        if times._stop < 0:
             return
         if self.timeline.base - self._base >= self.settle_steps:
             self._settle(self.timeline.base - self._base)
-        self._copy_through(bounds[len(bounds) - 1])
-        own, cover, base = self._times, self._cover, self._base
-        for k in range(0, len(bounds), 2):
-            start, stop = bounds[k], bounds[k + 1]
-            if stop - start >= 2:
-                cover[start - base] += 1
-                cover[stop - 1 - base] -= 1
-        if len(bounds) > 2:  # the gaps between its ranges, one each
+        self._copy_through(times._stop)
+        closed = times._closed
+        for k in range(0, len(closed), 2):
+            self._cover_range(closed[k], closed[k + 1])
+        self._cover_range(times._last, times._stop)
+        if closed:  # the gaps between its ranges, one each
+            own, base, bounds = self._times, self._base, times.bounds
             cross = array("d", [own[bounds[k] - base] - own[bounds[k - 1] - 1 - base]
                                 for k in range(2, len(bounds), 2)])
             self.settled.append((np.frombuffer(cross, dtype=np.float64),
                                  np.ones(len(cross), dtype=np.int64)))
+
+    def _cover_range(self, start: int, stop: int) -> None:
+        """Mark the gaps of one token range [start, stop) in the difference array."""
+        if stop - start >= 2:
+            self._cover[start - self._base] += 1
+            self._cover[stop - 1 - self._base] -= 1
 
     def settle_all(self) -> None:
         """Settle every step held: call once every request that spans them has been added."""
