@@ -33,6 +33,7 @@ give each request one token (which it does: the sort, here), so the whole run is
 from __future__ import annotations
 
 import sys
+from typing import Final
 
 from shunter.core.request import Request
 from shunter.core.sched.interface import RequestOutput, SchedulerOutput
@@ -41,6 +42,9 @@ from shunter.core.sched.scheduler import CoreScheduler
 from shunter.core.types import FINISHED_STATUSES
 
 __all__ = ["advance_decode_run", "begin_steady_run", "blocks_for_steps", "decode_run_horizon"]
+
+# a publish limit of every block (a module attribute read is a dict lookup; a Final a C static)
+_ALL_BLOCKS: Final = sys.maxsize
 
 
 def decode_run_horizon(scheduler: CoreScheduler, output: SchedulerOutput, max_steps: int) -> int:
@@ -202,7 +206,7 @@ def advance_decode_run(scheduler: CoreScheduler, num_steps: int,
 
 def _last_publish_step(r: Request, num_steps: int, bs: int) -> int:
     """The last of the run's steps after which `r` publishes a block (0: none)."""
-    if r.publish_limit == sys.maxsize:
+    if r.publish_limit == _ALL_BLOCKS:
         return num_steps
     # block b fills after step (b + 1) * bs - c; blocks below the limit are published
     return max(min(num_steps, r.publish_limit * bs - r.num_computed_tokens), 0)

@@ -8,8 +8,8 @@ arrives at t is routed, so the router sees the replica as it is at t.
 
 from __future__ import annotations
 
-import heapq
 from dataclasses import dataclass
+from heapq import heappop, heappush
 from itertools import count
 
 from shunter.core.clock import ManualClock
@@ -66,11 +66,11 @@ class EventLoop:
         self._seq = count()
 
     def push(self, time_s: float, priority: int, event: Event) -> None:
-        heapq.heappush(self._heap, (time_s, priority, next(self._seq), event))
+        heappush(self._heap, (time_s, priority, next(self._seq), event))
 
     def pop(self) -> Event:
         """Remove the earliest event and move the clock to its time."""
-        time_s, _, _, event = heapq.heappop(self._heap)
+        time_s, _, _, event = heappop(self._heap)
         self.clock.advance_to(time_s)
         return event
 

@@ -18,8 +18,8 @@ would have read fresh views of one fixed set of replicas (`index_for`).
 
 from __future__ import annotations
 
-import heapq
 from collections.abc import Callable, Sequence
+from heapq import heapify, heappop, heappush, heapreplace
 from typing import Any
 
 from shunter.router.interface import ReplicaView
@@ -61,19 +61,19 @@ class MinIndex:
             stamp = replicas[index].stamp
             if stamp != stamps[index]:
                 stamps[index] = stamp
-                heapq.heappush(heap, self._entry(index, self._key_now(index)))
+                heappush(heap, self._entry(index, self._key_now(index)))
         if len(heap) > _SLACK * len(replicas):
             self._heap = heap = [e for e in heap if e[2] == versions[e[1]]]
-            heapq.heapify(heap)
+            heapify(heap)
         while True:
             key, index, version = heap[0]
             if version != versions[index]:
-                heapq.heappop(heap)  # superseded by a later entry
+                heappop(heap)  # superseded by a later entry
                 continue
             now = self._key_now(index)
             if now == key:
                 return replicas[index].replica_id
-            heapq.heapreplace(heap, self._entry(index, now))
+            heapreplace(heap, self._entry(index, now))
 
 
 def index_for(replicas: Sequence[SimReplica], key: Callable[[ReplicaView], Any] | None,

@@ -2,11 +2,17 @@
 
 from __future__ import annotations
 
+from typing import Final
+
 from shunter.core.request import Request
 from shunter.core.sched.config import SchedulerConfig
 from shunter.core.types import RequestId, RequestStatus
 
 __all__ = ["rejection_reason", "stop_status"]
+
+# read once (on Python 3.11 an enum member read goes through EnumType.__getattr__'s slot)
+_STOPPED: Final = RequestStatus.FINISHED_STOPPED
+_LENGTH: Final = RequestStatus.FINISHED_LENGTH
 
 
 def _cdiv(a: int, b: int) -> int:
@@ -32,9 +38,9 @@ def stop_status(request: Request, stopped: frozenset[RequestId], max_seq_len: in
     """How a request that just sampled a token ends, if it does: the executor's stop first,
     then its max output tokens, then the longest sequence the replica can hold."""
     if request.request_id in stopped:
-        return RequestStatus.FINISHED_STOPPED
+        return _STOPPED
     if request.max_output_tokens is not None and request.num_output_tokens >= request.max_output_tokens:
-        return RequestStatus.FINISHED_LENGTH
+        return _LENGTH
     if request.num_tokens >= max_seq_len:
-        return RequestStatus.FINISHED_LENGTH
+        return _LENGTH
     return None

@@ -6,8 +6,8 @@ while the policy classes, which users subclass, stay interpreted.
 
 from __future__ import annotations
 
-import heapq
 from collections.abc import Callable, Iterator
+from heapq import heappop, heappush
 from itertools import count
 
 from shunter.core.request import Request
@@ -30,12 +30,12 @@ class KeyedQueue:
     def add(self, request: Request) -> None:
         seq = next(self._seq)
         self._live[request.request_id] = seq
-        heapq.heappush(self._heap, (self._key(request), seq, request))
+        heappush(self._heap, (self._key(request), seq, request))
 
     def _drop_dead(self) -> None:
         heap, live = self._heap, self._live
         while heap and live.get(heap[0][2].request_id) != heap[0][1]:
-            heapq.heappop(heap)
+            heappop(heap)
 
     def peek(self) -> Request | None:
         self._drop_dead()
@@ -43,7 +43,7 @@ class KeyedQueue:
 
     def pop(self) -> Request:
         self._drop_dead()
-        _, _, request = heapq.heappop(self._heap)
+        _, _, request = heappop(self._heap)
         del self._live[request.request_id]
         return request
 
@@ -53,7 +53,7 @@ class KeyedQueue:
     def set_aside(self) -> Request:
         """Take the head out of the order until `put_back` (still queued and counted)."""
         self._drop_dead()
-        entry = heapq.heappop(self._heap)
+        entry = heappop(self._heap)
         self._aside.append(entry)
         return entry[2]
 
@@ -61,7 +61,7 @@ class KeyedQueue:
         """Return the heads set aside, each with its old key and sequence number: the order
         is exactly as before."""
         for entry in self._aside:
-            heapq.heappush(self._heap, entry)
+            heappush(self._heap, entry)
         self._aside.clear()
 
     def __len__(self) -> int:
