@@ -49,7 +49,7 @@ COMPILED_MODULES = (
     "core/clock", "core/request", "core/kv/block_pool", "core/kv/hashing", "core/kv/manager",
     "core/sched/config", "core/sched/headroom",
     "core/sched/interface", "core/sched/limits", "core/sched/plan", "core/sched/queue",
-    "core/sched/scheduler", "core/sched/stats",
+    "core/sched/scheduler", "core/sched/stats", "router/interface",
     "sim/cluster", "sim/cost/moe", "sim/cost/roofline", "sim/decode_run", "sim/executor",
     "sim/flight", "sim/loop", "sim/ranking", "sim/replica", "sim/stream", "sim/timeline",
 )
