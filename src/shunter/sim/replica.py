@@ -15,6 +15,7 @@ With `pp` > 1 pipeline stages, up to `pp` batches are in flight (`sim.pipeline`)
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import cast
 
 from shunter.core.clock import Clock
 from shunter.core.request import Request
@@ -29,7 +30,7 @@ from shunter.sim.cost.speed import ReplicaSpeeds
 from shunter.sim.decode_run import advance_decode_run, begin_steady_run, decode_run_horizon
 from shunter.sim.executor import SimExecutor
 from shunter.sim.flight import InFlight, LastView, StepLog, log_steps, run_load
-from shunter.sim.handoff import MovedRequest
+from shunter.sim.handoff import MovedRequest, SplicedTokenTimes
 from shunter.sim.pipeline import Pipeline
 from shunter.sim.timeline import StepTimeline, TokenTimes, add_range
 
@@ -292,12 +293,11 @@ class SimReplica:
             # (none: a request stopped early while it sampled nothing; several: speculative
             # decoding's accepted drafts, all at this step)
             times = live[out.request_id][1].token_times_s
-            if isinstance(times, TokenTimes):  # (the common kind: a native call)
-                for _ in out.new_token_ids:
-                    times.add(first, first + 1)
-            else:  # a moved request's spliced times
-                for _ in out.new_token_ids:
-                    times.add(first, first + 1)  # type: ignore[attr-defined]
+            # this replica's TokenTimes (a moved request's spliced ones end in it): native add
+            tail = (cast(TokenTimes, times) if type(times) is TokenTimes
+                    else cast(SplicedTokenTimes, times).tail)
+            for _ in out.new_token_ids:
+                tail.add(first, first + 1)
             if out.finish_reason is not None:
                 done.append(self._close(out.request_id, out.finish_reason))
         return done
