@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
@@ -77,11 +77,14 @@ def make_client(num_connections: int) -> httpx.Client:
 
 def stream_all(base_url: str, first: Sequence[tuple[str, dict[str, Any]]],
                then: Sequence[tuple[str, dict[str, Any]]] = (), *, after_tokens: int = 1,
+               ready: Callable[[], bool] | None = None,
                timeout_s: float = _TIMEOUT_S) -> list[Stream]:
     """Stream every (tenant, body) of `first` at once, and those of `then` once the server has
     every one of the first (its response is open) and one of them has `after_tokens` output
     tokens (a point in the engine's work, not on the clock: on loaded cores a fixed delay lands
-    anywhere in it, and a thread of the first can start late). The streams in that order."""
+    anywhere in it, and a thread of the first can start late), and `ready()`, if given, says
+    so too (an open response is not proof that the engine has the request: a server may send
+    its headers before it hands the request on). The streams in that order."""
     requests = [*first, *then]
     streams = [Stream(tenant=tenant, num_prompt_tokens=0, sent_s=0.0) for tenant, _ in requests]
     with make_client(len(requests)) as client, \
@@ -96,11 +99,22 @@ def stream_all(base_url: str, first: Sequence[tuple[str, dict[str, Any]]],
 
         def first_are_in() -> bool:
             return (all(s.opened_s for s in streams[:len(first)])
-                    and max(len(s.token_times_s) for s in streams[:len(first)]) >= after_tokens)
+                    and max(len(s.token_times_s) for s in streams[:len(first)]) >= after_tokens
+                    and (ready is None or ready()))
 
         while then and not first_are_in():
-            if time.perf_counter() > deadline_s or any(f.done() for f in futures):
-                break  # (a stream that ended or failed: its result says how)
+            ended = [f for f in futures if f.done()]
+            if ended or time.perf_counter() > deadline_s:
+                for f in ended:
+                    f.result()  # (a stream that failed raises its own error)
+                opened = sum(1 for s in streams[:len(first)] if s.opened_s)
+                raise RuntimeError(
+                    f"the first {len(first)} requests were not all in "
+                    f"{'before one of them ended' if ended else f'within {timeout_s} s'}: "
+                    f"{opened} responses open, at most "
+                    f"{max(len(s.token_times_s) for s in streams[:len(first)])} tokens "
+                    f"(waiting for {after_tokens}), ready(): "
+                    f"{None if ready is None else ready()}")
             time.sleep(0.005)
         futures += [send(i) for i in range(len(first), len(requests))]
         return [f.result() for f in futures]

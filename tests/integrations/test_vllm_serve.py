@@ -64,15 +64,48 @@ def _greedy(base_url: str, tagged: bool) -> list[str]:
         return list(pool.map(one, range(len(PROMPTS))))
 
 
+def _metrics(base_url: str) -> str:
+    with urllib.request.urlopen(f"{base_url}/metrics", timeout=10) as response:
+        return str(response.read().decode())
+
+
+def _engine_counts(base_url: str) -> dict[str, float]:
+    """The engine's own counts, from its /metrics: requests running, waiting, finished."""
+    text = _metrics(base_url)
+    counts = dict.fromkeys(("running", "waiting", "finished"), 0.0)
+    for name, value in re.findall(r"^vllm:(num_requests_running|num_requests_waiting|"
+                                  r"request_success_total)\{[^}]*\} (\S+)$", text, re.MULTILINE):
+        key = {"num_requests_running": "running", "num_requests_waiting": "waiting"}.get(
+            name, "finished")
+        counts[key] += float(value)
+    return counts
+
+
 def _fairness(base_url: str, vllm_cpu: Any) -> list[Stream]:
+    """a's flood, then b's few once the engine's scheduler holds every one of a's requests (its
+    metrics count them running, waiting or finished): CI failed fcfs once with one of a's
+    requests scheduled after two of b's, though its response had opened before b sent. vLLM
+    sends the headers before the request reaches the engine, and on two busy cores the API
+    server can hand it on late (its arrival time is stamped then)."""
     prompts = vllm_cpu.random_prompts(num_prompts=NUM_FLOOD + NUM_FEW, prompt_len=PROMPT_LEN,
                                       seed=7)
     body = {"model": MODEL, "max_tokens": OUTPUT_LEN, "ignore_eos": True, "temperature": 0.0}
+    finished_before = _engine_counts(base_url)["finished"]
+
+    def engine_has_the_flood() -> bool:
+        counts = _engine_counts(base_url)
+        if (counts["running"] + counts["waiting"] + counts["finished"] - finished_before
+                >= NUM_FLOOD):
+            return True
+        time.sleep(0.05)  # (poll the busy server 20 times a second at most)
+        return False
+
     return stream_all(base_url,
                       [("a", {**body, "prompt": p, "vllm_xargs": {"tenant": "a"}})
                        for p in prompts[:NUM_FLOOD]],
                       [("b", {**body, "prompt": p, "vllm_xargs": {"tenant": "b"}})
-                       for p in prompts[NUM_FLOOD:]], after_tokens=FEW_AFTER_TOKENS)
+                       for p in prompts[NUM_FLOOD:]], after_tokens=FEW_AFTER_TOKENS,
+                      ready=engine_has_the_flood)
 
 
 def _vtc_fair(streams: list[Stream]) -> bool:
@@ -93,8 +126,7 @@ def _fairness_vtc(base_url: str, vllm_cpu: Any) -> dict[str, Any]:
 
 
 def _num_preemptions(base_url: str) -> float:
-    with urllib.request.urlopen(f"{base_url}/metrics", timeout=10) as response:
-        text = response.read().decode()
+    text = _metrics(base_url)
     return sum(float(m[1]) for m in re.finditer(r"^vllm:num_preemptions_total\{[^}]*\} (\S+)$",
                                                   text, re.MULTILINE))
 
