@@ -17,7 +17,7 @@ from shunter.metrics.stats import LatencyStats
 
 __all__ = ["GapCounts", "itl_gaps"]
 
-MERGE_BATCH = 1 << 16
+MERGE_BATCH = 1 << 18
 
 
 def itl_gaps(cols: RecordColumns) -> np.ndarray:
@@ -27,6 +27,19 @@ def itl_gaps(cols: RecordColumns) -> np.ndarray:
     has_gap_before = np.repeat(cols.is_completed, cols.num_output_tokens)
     has_gap_before[cols.token_offsets[:-1][cols.num_output_tokens > 0]] = False
     return np.diff(cols.token_times_s)[has_gap_before[1:]]
+
+
+def _distinct(values: np.ndarray, counts: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The distinct values (ascending) and the counts summed for each. (What `np.unique`
+    with `return_inverse` and a `bincount` give, in about half the time: an unstable sort is
+    enough here, and `np.unique` sorts stably.)"""
+    if not values.size:
+        return values, counts
+    order = np.argsort(values)
+    values, counts = values[order], counts[order]
+    del order
+    starts = np.flatnonzero(np.concatenate(([True], values[1:] != values[:-1])))
+    return values[starts], np.add.reduceat(counts, starts)
 
 
 class GapCounts:
@@ -87,9 +100,8 @@ class GapCounts:
         gaps = np.concatenate([v for v, _ in self._pending])
         weights = np.concatenate([c for _, c in self._pending])
         self._pending, self._pending_size = [], 0
-        new, inverse = np.unique(gaps, return_inverse=True)
-        new_counts = np.bincount(inverse, weights=weights, minlength=new.size).astype(np.int64)
-        del gaps, weights, inverse  # (float64 sums of int64 counts: exact below 2^53 gaps)
+        new, new_counts = _distinct(gaps, weights)
+        del gaps, weights
         if not self._values.size:
             self._values, self._counts = new, new_counts
             return
