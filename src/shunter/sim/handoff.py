@@ -38,11 +38,14 @@ class MovedRequest:
     def __post_init__(self) -> None:
         self.record.token_times_s = array("d", self.record.token_times_s)
 
-    def continue_on(self, timeline: StepTimeline) -> None:
-        """Its record's token times: those so far, then `timeline`'s (the new replica's)."""
+    def continue_on(self, timeline: StepTimeline) -> TokenTimes:
+        """Its record's token times: those so far, then `timeline`'s (the new replica's);
+        returns the latter, where the new replica records its tokens."""
         done = self.record.token_times_s
         assert isinstance(done, array), "copied out when it left"
-        self.record.token_times_s = SplicedTokenTimes(done, TokenTimes(timeline))
+        tail = TokenTimes(timeline)
+        self.record.token_times_s = SplicedTokenTimes(done, tail)
+        return tail
 
 
 class SplicedTokenTimes(Sequence[float]):

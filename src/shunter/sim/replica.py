@@ -15,7 +15,6 @@ With `pp` > 1 pipeline stages, up to `pp` batches are in flight (`sim.pipeline`)
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import cast
 
 from shunter.core.clock import Clock
 from shunter.core.request import Request
@@ -30,7 +29,7 @@ from shunter.sim.cost.speed import ReplicaSpeeds
 from shunter.sim.decode_run import advance_decode_run, begin_steady_run, decode_run_horizon
 from shunter.sim.executor import SimExecutor
 from shunter.sim.flight import InFlight, LastView, StepLog, log_steps, run_load
-from shunter.sim.handoff import MovedRequest, SplicedTokenTimes
+from shunter.sim.handoff import MovedRequest
 from shunter.sim.pipeline import Pipeline
 from shunter.sim.timeline import StepTimeline, TokenTimes, add_range
 
@@ -52,7 +51,9 @@ class SimReplica:
         # pp > 1: batches in flight through the stages of a `StagedCostModel`
         self._pipeline = Pipeline(pp) if pp > 1 else None
         self.generation = 0  # bumped when a run is cut short: older StepDone events are stale
-        self._live: dict[RequestId, tuple[Request, RequestRecord]] = {}
+        # each live request, its record, and the token times this replica adds its tokens to
+        # (the record's own, or their tail on this replica if it moved here)
+        self._live: dict[RequestId, tuple[Request, RequestRecord, TokenTimes]] = {}
         self._in_flight: InFlight | None = None
         # bumped by every call that may change what `view()` reports, but for the passing of
         # time within a run (`InFlight.steps_done`); `_last_view` is valid while it stands
@@ -133,12 +134,13 @@ class SimReplica:
         (`core.predict.skip`, cost_mode "server"): the next step starts that much later."""
         self.stamp += 1
         self._held_s += server_s
+        times = TokenTimes(self._timeline)
         record = RequestRecord(
             request_id=spec.request_id, arrival_s=spec.arrival_s,
             num_prompt_tokens=spec.num_prompt_tokens, tenant=spec.tenant, priority=spec.priority,
             ttft_slo_s=spec.ttft_slo_s, tpot_slo_s=spec.tpot_slo_s, session_id=spec.session_id,
             program_id=spec.program_id, replica_id=self.replica_id,
-            token_times_s=TokenTimes(self._timeline),  # type: ignore[arg-type]  # see timeline.py
+            token_times_s=times,  # type: ignore[arg-type]  # see timeline.py
         )
         config = self.scheduler.config
         request = Request.from_spec(spec, block_size=config.block_size,
@@ -155,7 +157,7 @@ class SimReplica:
             record.finish_reason = rejected.finish_reason
             record.error = rejected.error
             return record
-        self._live[spec.request_id] = (request, record)
+        self._live[spec.request_id] = (request, record, times)
         return None
 
     def start_step(self) -> float | None:
@@ -292,12 +294,9 @@ class SimReplica:
         for out in outputs:
             # (none: a request stopped early while it sampled nothing; several: speculative
             # decoding's accepted drafts, all at this step)
-            times = live[out.request_id][1].token_times_s
-            # this replica's TokenTimes (a moved request's spliced ones end in it): native add
-            tail = (cast(TokenTimes, times) if type(times) is TokenTimes
-                    else cast(SplicedTokenTimes, times).tail)
+            times = live[out.request_id][2]
             for _ in out.new_token_ids:
-                tail.add(first, first + 1)
+                times.add(first, first + 1)
             if out.finish_reason is not None:
                 done.append(self._close(out.request_id, out.finish_reason))
         return done
@@ -308,12 +307,11 @@ class SimReplica:
         stopped = self.executor.advance(flight.run_ids, num_steps)
         finished = advance_decode_run(self.scheduler, num_steps, stopped)
         live = self._live
-        add_range([live[rid][1].token_times_s for rid in flight.run_ids],  # type: ignore[misc]
-                  first, len(self._timeline))
+        add_range([live[rid][2] for rid in flight.run_ids], first, len(self._timeline))
         return [self._close(out.request_id, out.finish_reason) for out in finished]
 
     def _close(self, request_id: RequestId, reason: object) -> RequestRecord:
-        request, record = self._live.pop(request_id)
+        request, record, _ = self._live.pop(request_id)
         record.finish_s = record.token_times_s[-1] if record.token_times_s else self.clock.now()
         record.finish_reason = reason  # type: ignore[assignment]
         record.first_scheduled_s = request.first_scheduled_s
@@ -348,7 +346,7 @@ class SimReplica:
         """Take a running request out, with its record and true remaining length."""
         assert self._in_flight is None, "detach between steps only"
         self.stamp += 1
-        request, record = self._live.pop(request_id)
+        request, record, _ = self._live.pop(request_id)
         handover.detach(self.scheduler, request_id)
         num_remaining = self.executor.steps_until_stop([request_id])
         probe_trace = self.executor.probe_trace(request_id)
@@ -376,24 +374,24 @@ class SimReplica:
     def _adopt(self, moved: MovedRequest) -> None:
         rid = moved.request.request_id
         record = moved.record
-        moved.continue_on(self._timeline)
+        times = moved.continue_on(self._timeline)
         record.replica_id = self.replica_id
         self.executor.register(rid, moved.num_remaining_tokens, moved.probe_trace,
                                num_sampled=moved.request.num_output_tokens,
                                expert_profile=moved.request.expert_profile,
                                lora_id=moved.request.lora_id)
-        self._live[rid] = (moved.request, record)
+        self._live[rid] = (moved.request, record, times)
 
     def trim_timeline(self) -> None:
         """Forget step times no live request can read (a streamed run has handed its finished
         records off)."""
-        firsts = (record.token_times_s.first_step for _, record in self._live.values())  # type: ignore[attr-defined]
+        firsts = (times.first_step for _, _, times in self._live.values())
         self._timeline.trim(min((f for f in firsts if f is not None), default=len(self._timeline)))
 
     def unfinished(self) -> list[RequestRecord]:
         """Records of requests still queued or running (a run cut short must still report them)."""
         out = []
-        for request, record in self._live.values():
+        for request, record, _ in self._live.values():
             record.first_scheduled_s = request.first_scheduled_s
             record.num_preemptions = request.num_preemptions
             out.append(record)

@@ -18,7 +18,7 @@ few values per step, each with how many requests' ranges span it.
 from __future__ import annotations
 
 from array import array
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from typing import Any, overload
 
 import numpy as np
@@ -192,15 +192,12 @@ def _rebuild_token_times(timeline: StepTimeline, bounds: array[int], num_tokens:
     return t
 
 
-def add_range(times: Iterable[Any], start: int, stop: int) -> None:
+def add_range(times: list[TokenTimes], start: int, stop: int) -> None:
     """`t.add(start, stop)` for every `t` (a decode run's requests: the simulator's hottest
     loop, so `add` is inlined: a range that continues the last one, as after a mixed step, or
     a new one, as after a prefill-only step, which gives the running requests no token)."""
     num_tokens = stop - start
     for t in times:
-        if type(t) is not TokenTimes:
-            t.add(start, stop)  # another kind (a moved request's spliced times)
-            continue
         if t._stop == start:
             t._stop = stop
         elif t._stop > start:
