@@ -204,12 +204,16 @@ class RequestSpec:
                                  f"got {value}")
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
+@dataclass(slots=True, init=False)
 class StepShape:
     """What a cost model needs to know about one engine step (one forward pass).
 
     Prefill chunks are (num_new_tokens, num_context_tokens_before_chunk) pairs; decodes are
     summarised, since their cost depends only on their count and the KV they read.
+
+    Read-only by contract, like the scheduler's messages (`core.sched.interface`), and for the
+    same reason not `frozen=True`: a simulated step builds two, and a frozen dataclass's
+    generated `__init__` sets each field through `object.__setattr__`.
     """
 
     prefill_chunks: tuple[tuple[int, int], ...] = ()
@@ -222,6 +226,16 @@ class StepShape:
     # order (the simulator's executor fills it; the MoE cost model charges the experts they
     # hit, other tokens are routed uniformly); () leaves every cost model as it was
     expert_mix: tuple[tuple[int, ExpertProfile], ...] = ()
+
+    def __init__(self, *, prefill_chunks: tuple[tuple[int, int], ...] = (),
+                 num_decode_requests: int = 0, num_decode_context_tokens: int = 0,
+                 num_decode_draft_tokens: int = 0,
+                 expert_mix: tuple[tuple[int, ExpertProfile], ...] = ()) -> None:
+        self.prefill_chunks = prefill_chunks
+        self.num_decode_requests = num_decode_requests
+        self.num_decode_context_tokens = num_decode_context_tokens
+        self.num_decode_draft_tokens = num_decode_draft_tokens
+        self.expert_mix = expert_mix
 
     @property
     def num_prefill_tokens(self) -> int:
