@@ -54,3 +54,36 @@ def test_request_spec_refuses_nan_and_infinite_times(field, value):
               field: value}
     with pytest.raises(ValueError, match=f"{field} must be a finite number"):
         RequestSpec(**kwargs)
+
+
+def _explicit_init_classes() -> list[type]:
+    from shunter.core.sched import interface
+    from shunter.core.types import StepShape
+    return [RequestSpec, StepShape, interface.ScheduledChunk, interface.NewRequestData,
+            interface.SchedulerOutput, interface.StepResult, interface.RequestOutput]
+
+
+@pytest.mark.parametrize("cls", _explicit_init_classes(), ids=lambda c: c.__name__)
+def test_a_hand_written_init_takes_every_field_with_its_default(cls):
+    """Hot messages and specs write their `__init__` out (a frozen or generated one costs
+    3-4x more): it must take the fields the dataclass declares, in order, with their defaults,
+    or `dataclasses.replace` and `repr` would disagree with construction."""
+    import dataclasses
+    import inspect
+    params = [p for name, p in inspect.signature(cls.__init__).parameters.items()
+              if name != "self"]
+    fields = dataclasses.fields(cls)
+    assert [p.name for p in params] == [f.name for f in fields]
+    for param, f in zip(params, fields, strict=True):
+        if f.default is not dataclasses.MISSING:  # (a message's init may default more)
+            assert param.default == f.default, f.name
+
+
+def test_a_spec_is_hashable_by_value_and_replace_checks_it_again():
+    import dataclasses
+    spec = RequestSpec(request_id="r", arrival_s=0.0, num_prompt_tokens=3, num_output_tokens=2)
+    same = RequestSpec(request_id="r", arrival_s=0.0, num_prompt_tokens=3, num_output_tokens=2)
+    assert spec == same and hash(spec) == hash(same) and len({spec, same}) == 1
+    assert dataclasses.replace(spec, tenant="t").tenant == "t"
+    with pytest.raises(ValueError, match="num_output_tokens must be >= 1"):
+        dataclasses.replace(spec, num_output_tokens=0)
