@@ -70,6 +70,8 @@ def test_a_hand_written_init_takes_every_field_with_its_default(cls):
     or `dataclasses.replace` and `repr` would disagree with construction."""
     import dataclasses
     import inspect
+    if not inspect.isfunction(cls.__init__):
+        pytest.skip("compiled in this install: a native __init__ shows no signature")
     params = [p for name, p in inspect.signature(cls.__init__).parameters.items()
               if name != "self"]
     fields = dataclasses.fields(cls)
